@@ -1,0 +1,25 @@
+# `make demo` and `make test` work on a fresh clone: each creates .venv and installs the project.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.clotclf-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" >$(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
+	$(PY) -c "import clotclf_core, torch, timm, openslide, tifffile, albumentations, huggingface_hub"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/clotclf list-plugins
+	$(VENV)/bin/clotclf smoke-test
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

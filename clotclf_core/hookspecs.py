@@ -1,0 +1,73 @@
+"""The whole clotclf plugin contract, on one page.
+
+A plugin is a module named by an entry point in the ``clotclf.plugins`` group::
+
+    [project.entry-points."clotclf.plugins"]
+    my_resnet = "my_package.plugin"
+
+The module defines any of the hooks below, each decorated with :data:`hookimpl`::
+
+    from clotclf_core.hookspecs import hookimpl
+
+    @hookimpl
+    def clotclf_backbones():
+        return [ComponentSpec(kind="backbone", name="resnet", ...)]
+
+Every hook is optional. The core calls each plugin's hook on its own, so one plugin that raises
+is reported (``clotclf list-plugins`` shows ``error: <reason>``) and never breaks the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "clotclf"
+ENTRY_POINT_GROUP = "clotclf.plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def clotclf_patch_sources() -> list[Any]:
+    """Return ComponentSpecs of kind ``source``: readers that open slide files.
+
+    Called once when the plugin manager is first used. Must not import openslide or other heavy
+    libraries at module level or in this hook; do it in the spec's factory.
+    """
+
+
+@hookspec
+def clotclf_patch_filters() -> list[Any]:
+    """Return ComponentSpecs of kind ``filter``: scorers deciding which candidate tiles to keep."""
+
+
+@hookspec
+def clotclf_backbones() -> list[Any]:
+    """Return ComponentSpecs of kind ``backbone``: feature extractors (B,3,H,W) -> (B,F)."""
+
+
+@hookspec
+def clotclf_heads() -> list[Any]:
+    """Return ComponentSpecs of kind ``head``: classifiers (B,F) -> (B,num_classes)."""
+
+
+@hookspec
+def clotclf_add_commands(cli: Any) -> None:
+    """Add click commands to the ``clotclf`` group ``cli`` (e.g. the registry's push / pull).
+
+    Called while the CLI is being built, before arguments are parsed.
+    """
+
+
+@hookspec(firstresult=True)
+def clotclf_resolve_model(name: str) -> Any:
+    """Turn a model reference that is not an existing folder (``mayo-poolformer``,
+    ``org/name@v1``) into a local run directory (a ``pathlib.Path``), downloading it if needed.
+
+    Return ``None`` if this plugin does not recognise ``name``; the first non-None answer wins.
+    Raise :class:`clotclf_core.errors.ClotclfError` when it recognises the name but cannot
+    fetch it (no network, missing revision...).
+    """

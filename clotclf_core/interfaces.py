@@ -1,0 +1,135 @@
+"""What a patch source, slide, patch filter, backbone and head must provide.
+
+A plugin hands the core *specs* (:class:`ComponentSpec`): light metadata plus a factory.
+Importing a spec must not import torch, timm or openslide; the factory does the heavy
+imports when the component is built.
+
+The objects the factories return follow the protocols below. The core only ever talks to
+components through these protocols, so a third-party component is a drop-in replacement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import torch
+
+Kind = Literal["source", "filter", "backbone", "head"]
+KINDS: tuple[str, ...] = ("source", "filter", "backbone", "head")
+
+
+class Options(BaseModel):
+    """Base class for a component's options. Unknown option names are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoOptions(Options):
+    """For a component that takes no options."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Light description of one component a plugin provides.
+
+    - ``kind``: ``source`` | ``filter`` | ``backbone`` | ``head``.
+    - ``name``: what users type (``--backbone cct``). Lower case, no ``/`` or ``:``.
+    - ``summary``: one line for ``clotclf list-plugins``.
+    - ``options``: a pydantic model (subclass :class:`Options`) with a default for every field
+      that has a sensible one; ``Field(description=...)`` becomes the help text.
+    - ``factory``: builds the component. Signatures by kind:
+
+      * source:   ``factory(opts) -> PatchSource``
+      * filter:   ``factory(opts) -> PatchFilter``
+      * backbone: ``factory(opts) -> torch.nn.Module`` with ``num_features`` (see :class:`Backbone`)
+      * head:     ``factory(opts, in_features: int, num_classes: int) -> torch.nn.Module``
+    """
+
+    kind: str
+    name: str
+    summary: str
+    options: type[Options]
+    factory: Callable[..., Any]
+    #: filled in by the plugin manager: the plugin (entry point) and distribution providing it
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate_options(self, values: dict[str, Any] | None) -> Options:
+        """Validate ``values`` against the options model (raises :class:`ConfigError`)."""
+        from .config import validate_options
+
+        return validate_options(self, values or {})
+
+
+# --------------------------------------------------------------------------- slides / sources
+
+
+@runtime_checkable
+class Slide(Protocol):
+    """An open whole-slide image. Coordinates are always level-0 (full resolution) pixels."""
+
+    path: str
+    #: (width, height) at level 0
+    dimensions: tuple[int, int]
+    #: microns per pixel at level 0, or None when the file does not say
+    mpp: float | None
+
+    def thumbnail(self, max_size: int) -> "np.ndarray":
+        """RGB uint8 array (H, W, 3) of the whole slide whose longer side is <= ``max_size``."""
+
+    def read_region(self, x: int, y: int, width: int, height: int, downsample: float = 1.0) -> "np.ndarray":
+        """RGB uint8 array of the level-0 rectangle (x, y, width, height), resized by 1/downsample.
+
+        The result has shape (round(height / downsample), round(width / downsample), 3).
+        Pixels outside the slide are white.
+        """
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class PatchSource(Protocol):
+    """Opens slide files of the formats it understands."""
+
+    def can_open(self, path: str) -> bool:
+        """Cheap check (extension, magic bytes) whether :meth:`open` is likely to work."""
+
+    def open(self, path: str) -> Slide:
+        """Open ``path``; raise :class:`clotclf_core.errors.ClotclfError` if it cannot be read."""
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@runtime_checkable
+class PatchFilter(Protocol):
+    """Scores a batch of candidate tiles; tiles scoring >= ``threshold`` are kept."""
+
+    threshold: float
+
+    def score(self, tiles: "np.ndarray") -> "np.ndarray":
+        """``tiles``: uint8 (N, H, W, 3) RGB. Returns float (N,) scores, higher = more tissue."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Backbone(Protocol):
+    """A ``torch.nn.Module`` mapping images (B, 3, H, W) to pooled features (B, num_features)."""
+
+    num_features: int
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor": ...
+
+
+class Head(Protocol):
+    """A ``torch.nn.Module`` mapping features (B, in_features) to logits (B, num_classes)."""
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor": ...
