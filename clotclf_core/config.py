@@ -32,8 +32,10 @@ def format_validation_error(err: ValidationError, what: str) -> str:
     """One readable line per problem: ``what: option 'depth': Input should be a valid integer (got '99x')``."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(value)"
-        if e["type"] == "extra_forbidden":
+        loc = ".".join(str(p) for p in e["loc"])
+        if not loc:  # a check of several options together: its own message names them
+            parts.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             parts.append(f"unknown option '{loc}'")
         else:
             got = e.get("input")

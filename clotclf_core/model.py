@@ -34,7 +34,11 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     mgr = get_manager()
     bspec = mgr.get("backbone", cfg.backbone)
     hspec = mgr.get("head", cfg.head)
-    bopts = bspec.validate_options(cfg.backbone_options)
+    bvalues = dict(cfg.backbone_options)
+    if "img_size" in bspec.options.model_fields and "img_size" not in bvalues:
+        # convention: a backbone with an ``img_size`` option is built for the model's input size
+        bvalues["img_size"] = cfg.input_size
+    bopts = bspec.validate_options(bvalues)
     hopts = hspec.validate_options(cfg.head_options)
     backbone = bspec.factory(bopts)
     num_features = getattr(backbone, "num_features", None)
@@ -215,6 +219,12 @@ def load_model(run_dir: str | Path) -> nn.Module:
     if not run_dir.is_dir():
         raise ModelLoadError(f"run directory '{run_dir}' does not exist")
     config = read_config(run_dir)
+    if config.get("kind", "clot_classifier") != "clot_classifier":  # e.g. a patch filter's run directory
+        name = config.get("filter") or config["kind"]
+        raise ModelLoadError(
+            f"'{run_dir}' holds a {config['kind']} ({name}), not a clot classifier; "
+            f"use it where a {config['kind']} is expected (e.g. `clotclf tile --filter {name}:weights={run_dir}`)"
+        )
     weights = run_dir / WEIGHTS_NAME
     if not weights.is_file():
         pickles = [p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
