@@ -41,7 +41,11 @@ def clotclf_patch_sources() -> list[Any]:
 
 @hookspec
 def clotclf_patch_filters() -> list[Any]:
-    """Return ComponentSpecs of kind ``filter``: scorers deciding which candidate tiles to keep."""
+    """Return ComponentSpecs of kind ``filter``: scorers deciding which candidate tiles to keep.
+
+    The built filter's ``score`` gets batches of uint8 (N, S, S, 3) RGB tiles at the cache
+    resolution (``train_size``); see :class:`clotclf_core.interfaces.PatchFilter`.
+    """
 
 
 @hookspec

@@ -110,12 +110,20 @@ class PatchSource(Protocol):
 
 @runtime_checkable
 class PatchFilter(Protocol):
-    """Scores a batch of candidate tiles; tiles scoring >= ``threshold`` are kept."""
+    """Scores a batch of candidate tiles; tiles scoring >= ``threshold`` are kept.
+
+    Tiling calls :meth:`score` on batches (up to ``TileSettings.batch_size`` tiles, never one
+    at a time), with the tiles already at the cache resolution ``train_size`` (224 by default):
+    the same pixels training will see. Filters run in the order given; a filter only sees the
+    tiles every earlier filter kept. Each score is stored in the tile index as ``score_<name>``.
+    An optional ``describe() -> dict`` (e.g. the weights' sha256) is recorded in tileset.json.
+    """
 
     threshold: float
 
     def score(self, tiles: "np.ndarray") -> "np.ndarray":
-        """``tiles``: uint8 (N, H, W, 3) RGB. Returns float (N,) scores, higher = more tissue."""
+        """``tiles``: uint8 (N, S, S, 3) RGB, NHWC, S = train_size. Returns float (N,) finite
+        scores, higher = more tissue."""
 
 
 # --------------------------------------------------------------------------- models

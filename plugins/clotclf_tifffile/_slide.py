@@ -1,0 +1,297 @@
+"""TIFF slides decoded one tile (or strip) at a time with tifffile.
+
+Nothing here ever decodes a whole level: ``read_region`` and ``thumbnail`` ask
+:func:`clotclf_core.sources.render_region` for the result, and it pulls only the segments
+(tiles or strips) that intersect the request, each read from its file offset and decoded with
+``page.decode``. Large reductions (thumbnails of single-level slides) are averaged segment by
+segment into a small image, so the peak memory is one segment plus the small output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import tifffile
+
+from clotclf_core.sources import (
+    SlideReadError,
+    best_level,
+    check_region,
+    render_region,
+    thumbnail_downsample,
+    to_rgb,
+)
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: vendor formats tifffile can parse but whose quirks (overlapping tiles, several images, sparse
+#: tiles) a dedicated reader such as OpenSlide handles: rank them low so that reader wins
+_VENDOR_FLAGS = ("ndpi", "scn", "philips", "bif", "qpi")
+_PHOTOMETRIC_NAMES = {0: "MINISWHITE", 3: "PALETTE", 4: "MASK", 5: "SEPARATED (CMYK)", 8: "CIELAB"}
+
+
+@dataclass(frozen=True)
+class TileByteCounts:
+    """Compressed bytes of each tile of one level: a decode-free tissue pre-screen.
+
+    ``counts[r, c]`` is the size in the file of the tile covering level pixels
+    ``(c * tile_width, r * tile_height)`` onward, i.e. level-0 pixels scaled by ``downsample``.
+    Blank glass compresses far better than tissue, so high counts suggest tissue (verify
+    with the pixels: noisy glass or debris compress badly too). For a stripped TIFF each row is
+    one strip (``tile_width`` = image width).
+    """
+
+    counts: np.ndarray
+    tile_width: int
+    tile_height: int
+    downsample: float
+
+
+class TifffileSource:
+    """The ``tifffile`` PatchSource."""
+
+    def can_open(self, path: str) -> bool:
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(4) in _TIFF_MAGIC
+        except OSError:
+            return False
+
+    def priority(self, path: str) -> float:
+        """6 for single-level TIFFs (the reason this source exists), 5 for pyramids, 1 for vendor
+        formats better served by OpenSlide, 0 when the file cannot be read here."""
+        try:
+            with TifffileSlide(path) as slide:
+                if slide.vendor in _VENDOR_FLAGS:
+                    return 1.0
+                return 6.0 if slide.level_count == 1 else 5.0
+        except SlideReadError:
+            return 0.0
+
+    def open(self, path: str) -> "TifffileSlide":
+        return TifffileSlide(path)
+
+
+class TifffileSlide:
+    """A :class:`clotclf_core.interfaces.Slide` backed by ``tifffile.TiffFile``."""
+
+    source_name = "tifffile"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+        except FileNotFoundError:
+            raise SlideReadError(f"slide file '{self.path}' does not exist: check the path") from None
+        except Exception as exc:  # TiffFileError, struct errors on a cut header, ...
+            raise SlideReadError(
+                f"slide '{self.path}' is not a readable TIFF ({type(exc).__name__}: {exc}); "
+                "check that it is a complete TIFF file (re-copy it if the copy was interrupted)"
+            ) from None
+        self._lock = threading.Lock()
+        try:
+            self._setup()
+        except BaseException:
+            self._tif.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+    def _setup(self) -> None:
+        tif = self._tif
+        try:
+            series = tif.series[0] if tif.series else None
+        except Exception as exc:
+            raise SlideReadError(f"slide '{self.path}': its TIFF structure is damaged ({exc})") from None
+        if series is None:
+            raise SlideReadError(f"slide '{self.path}' holds no image")
+        pages = sorted((lvl.keyframe for lvl in series.levels), key=lambda p: -p.imagewidth)
+        for page in pages:
+            self._check_page(page)
+        self._pages = pages
+        w0, h0 = pages[0].imagewidth, pages[0].imagelength
+        self.dimensions = (int(w0), int(h0))
+        self.level_dimensions = [(int(p.imagewidth), int(p.imagelength)) for p in pages]
+        self.level_downsamples = [(w0 / w + h0 / h) / 2 for w, h in self.level_dimensions]
+        self.level_count = len(pages)
+        self.vendor = next((flag for flag in _VENDOR_FLAGS + ("svs",) if getattr(tif, f"is_{flag}", False)), "")
+        self.mpp = _mpp(tif, pages[0])
+        self._check_complete()
+        self._decode_one()
+
+    def _check_page(self, page) -> None:
+        why = ""
+        photometric = int(page.photometric)
+        samples = page.samplesperpixel
+        if page.imagedepth > 1:
+            why = "a volumetric (3-D) image"
+        elif page.dtype is None or page.dtype.char not in "BH":
+            why = f"{page.bitspersample}-bit samples of format {page.sampleformat} (8- or 16-bit unsigned are supported)"
+        elif samples > 1 and page.planarconfig == 2:
+            why = "colour planes stored separately (PlanarConfiguration=2)"
+        elif photometric == 6 and page.compression not in (6, 7):
+            why = "YCbCr pixels without JPEG compression"
+        elif photometric not in (1, 2, 6):
+            why = f"photometric interpretation {_PHOTOMETRIC_NAMES.get(photometric, photometric)}"
+        elif (photometric == 1 and samples > 2) or (photometric in (2, 6) and samples not in (3, 4)):
+            why = f"{samples} samples per pixel with photometric {photometric}"
+        elif len(page.dataoffsets) != self._segment_count(page):
+            why = f"{len(page.dataoffsets)} tiles or strips where its size needs {self._segment_count(page)}"
+        if why:
+            raise SlideReadError(
+                f"slide '{self.path}' has {why}, which the tifffile source does not read; try "
+                "`--source openslide`, or convert it to an RGB tiled TIFF"
+            )
+
+    def _check_complete(self) -> None:
+        """A copy cut short keeps its header: compare where the pixel data ends with the file size."""
+        size = os.path.getsize(self.path)
+        for page in self._pages:
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:
+                raise SlideReadError(
+                    f"slide '{self.path}' is truncated: its image data runs to byte {max(ends):,} but the file "
+                    f"has {size:,} bytes; re-copy or re-download it"
+                )
+
+    def _decode_one(self) -> None:
+        """Decode one segment now, so an unsupported codec fails at open, not mid-tiling."""
+        page = self._pages[-1]
+        for index, count in enumerate(page.databytecounts):
+            if count:
+                self._decode(len(self._pages) - 1, index)
+                return
+
+    # ------------------------------------------------------------------ geometry
+    @staticmethod
+    def _rows_per_strip(page) -> int:
+        rps = int(page.rowsperstrip or 0)
+        return rps if 0 < rps < page.imagelength else int(page.imagelength)
+
+    @staticmethod
+    def _segments_across(page) -> int:
+        return math.ceil(page.imagewidth / page.tilewidth) if page.is_tiled else 1
+
+    def _segment_count(self, page) -> int:
+        if page.is_tiled:
+            return self._segments_across(page) * math.ceil(page.imagelength / page.tilelength)
+        return math.ceil(page.imagelength / self._rows_per_strip(page))
+
+    def _segment_indices(self, page, x0: int, y0: int, x1: int, y1: int) -> list[int]:
+        if page.is_tiled:
+            tw, th, across = page.tilewidth, page.tilelength, self._segments_across(page)
+            return [
+                ty * across + tx
+                for ty in range(y0 // th, (y1 - 1) // th + 1)
+                for tx in range(x0 // tw, (x1 - 1) // tw + 1)
+            ]
+        rps = self._rows_per_strip(page)
+        return list(range(y0 // rps, (y1 - 1) // rps + 1))
+
+    # ------------------------------------------------------------------ pixels
+    def _decode(self, level: int, index: int) -> tuple[int, int, np.ndarray] | None:
+        page = self._pages[level]
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if not count:
+            return None  # a sparse (empty) tile: white
+        with self._lock:  # one file handle: seek + read must not interleave between threads
+            fh = self._tif.filehandle
+            fh.seek(offset)
+            data = fh.read(count)
+        what = "tile" if page.is_tiled else "strip"
+        if len(data) < count:
+            raise SlideReadError(f"slide '{self.path}' is truncated: {what} {index} of level {level} is cut short; re-copy it")
+        try:
+            pixels, position, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:
+            raise SlideReadError(
+                f"slide '{self.path}': {what} {index} of level {level} could not be decoded "
+                f"({type(exc).__name__}: {exc}); the file is damaged or uses a codec imagecodecs lacks"
+            ) from None
+        pixels = pixels[0]  # (depth=1, rows, columns, samples) -> (rows, columns, samples)
+        if pixels.shape[-1] in (2, 4):
+            extra = int(page.extrasamples[0]) if page.extrasamples else 0
+            if extra == 1:  # associated (premultiplied) alpha: add the white the colour lacks
+                colour, alpha = to_rgb(pixels[..., :-1]).astype(np.int16), to_rgb(pixels[..., -1:]).astype(np.int16)
+                return position[3], position[2], np.clip(colour + 255 - alpha, 0, 255).astype(np.uint8)
+            if extra != 2:  # an extra sample that is not alpha
+                pixels = pixels[..., :-1]
+        return position[3], position[2], to_rgb(pixels)
+
+    def _blocks(self, level: int):
+        page = self._pages[level]
+
+        def blocks(x0: int, y0: int, x1: int, y1: int) -> Iterator[tuple[int, int, np.ndarray]]:
+            for index in self._segment_indices(page, x0, y0, x1, y1):
+                block = self._decode(level, index)
+                if block is not None:
+                    yield block
+
+        return blocks
+
+    def read_region(self, x: int, y: int, width: int, height: int, downsample: float = 1.0) -> np.ndarray:
+        check_region(x, y, width, height, downsample, self.path)
+        level = best_level(self.level_downsamples, downsample)
+        return render_region(
+            self._blocks(level),
+            self.level_dimensions[level],
+            self.level_downsamples[level],
+            x,
+            y,
+            width,
+            height,
+            downsample,
+        )
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        ds = thumbnail_downsample(self.dimensions, max_size)
+        return self.read_region(0, 0, self.dimensions[0], self.dimensions[1], ds)
+
+    def tile_byte_counts(self, level: int = 0) -> TileByteCounts:
+        """Compressed size of every tile (or strip) of ``level``, read from the header only."""
+        if not 0 <= level < self.level_count:
+            raise SlideReadError(f"slide '{self.path}' has levels 0..{self.level_count - 1}, not {level}")
+        page, downsample = self._pages[level], self.level_downsamples[level]
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        if page.is_tiled:
+            grid = counts.reshape(-1, self._segments_across(page))
+            return TileByteCounts(grid, int(page.tilewidth), int(page.tilelength), downsample)
+        return TileByteCounts(counts.reshape(-1, 1), int(page.imagewidth), self._rows_per_strip(page), downsample)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        self._tif.close()
+
+    def __enter__(self) -> "TifffileSlide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"TifffileSlide('{self.path}', {w}x{h}, levels={self.level_count}, mpp={self.mpp})"
+
+
+def _mpp(tif, page) -> float | None:
+    """Microns per pixel from the resolution tags (unit inch or cm), else Aperio's ``MPP = x``.
+
+    Values outside 0.01-20 um are ignored (None): they are screen-resolution defaults such as
+    72 dpi written by image editors, not a microscope's pixel size.
+    """
+    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if res is not None and unit is not None and int(unit.value) in (2, 3):
+        num, den = res.value
+        if num > 0 and den > 0:
+            mpp = (25400.0 if int(unit.value) == 2 else 10000.0) / (num / den)
+            if 0.01 <= mpp <= 20:
+                return mpp
+    if tif.is_svs:
+        match = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+        if match:
+            return float(match.group(1))
+    return None

@@ -1,0 +1,360 @@
+"""Slide sources (openslide, tifffile), source selection and find_slide.
+
+Real data: tests/data/cmu_small_region.svs (CC0, see tests/data/README.md). Everything else is
+written here with tifffile: small tiled, stripped and pyramidal TIFFs with known pixels.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import clotclf_core.sources as sources
+from clotclf_core.errors import ClotclfError, ConfigError, PluginError
+from clotclf_core.interfaces import Slide
+from clotclf_core.sources import find_slide, open_slide
+
+SVS = Path(__file__).parent / "data" / "cmu_small_region.svs"
+H, W = 700, 900  # synthetic test image, level 0
+
+
+def _pattern(h: int = H, w: int = W) -> np.ndarray:
+    """Smooth gradients plus random blocks: every region differs, downsampling is checkable."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) % 256)], axis=-1).astype(np.uint8)
+    for _ in range(40):
+        y, x = rng.integers(0, h - 40), rng.integers(0, w - 40)
+        img[y : y + 40, x : x + 40] = rng.integers(0, 256, size=3)
+    return img
+
+
+def _levels(img: np.ndarray, n: int) -> list[np.ndarray]:
+    """Level i of a pyramid painted one flat colour, so a read shows which level it came from."""
+    out = [img]
+    for i in range(1, n):
+        h, w = img.shape[0] // 2**i, img.shape[1] // 2**i
+        out.append(np.full((h, w, 3), (40 * i, 200 - 40 * i, 90), np.uint8))
+    return out
+
+
+RES = {"resolution": (20000, 20000), "resolutionunit": "CENTIMETER"}  # 0.5 um/pixel
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("slides")
+    img = _pattern()
+    paths = {name: d / f"{name}.tif" for name in ("tiled", "stripped", "pages", "subifd", "rgba", "inch", "nounit")}
+    tifffile.imwrite(paths["tiled"], img, tile=(128, 128), compression="zlib", photometric="rgb", **RES)
+    tifffile.imwrite(paths["stripped"], img, rowsperstrip=50, compression="zlib", photometric="rgb", **RES)
+    levels = _levels(img, 3)
+    with tifffile.TiffWriter(paths["pages"]) as tw:  # pyramid as consecutive reduced pages (OpenSlide reads it)
+        tw.write(levels[0], tile=(128, 128), compression="zlib", photometric="rgb", **RES)
+        for level in levels[1:]:
+            tw.write(level, tile=(128, 128), compression="zlib", photometric="rgb", subfiletype=1)
+    with tifffile.TiffWriter(paths["subifd"]) as tw:  # pyramid in SubIFDs (OpenSlide sees one level)
+        tw.write(levels[0], tile=(128, 128), compression="zlib", photometric="rgb", subifds=2, **RES)
+        for level in levels[1:]:
+            tw.write(level, tile=(128, 128), compression="zlib", photometric="rgb", subfiletype=1)
+    rgba = np.dstack([img, np.full((H, W), 255, np.uint8)])
+    rgba[:, :300, 3] = 0  # transparent: must read as white
+    rgba[:, 300:600, 3] = 128  # half transparent: halfway to white
+    tifffile.imwrite(paths["rgba"], rgba, tile=(128, 128), photometric="rgb", extrasamples=["unassalpha"], **RES)
+    tifffile.imwrite(paths["inch"], img, tile=(128, 128), photometric="rgb", resolution=(50800, 50800), resolutionunit="INCH")
+    tifffile.imwrite(paths["nounit"], img, tile=(128, 128), photometric="rgb")  # tifffile writes no unit
+    data = paths["tiled"].read_bytes()
+    paths.update(truncated=d / "truncated.tif", text=d / "notes.tif", empty=d / "empty.svs")
+    paths["truncated"].write_bytes(data[: len(data) * 2 // 3])  # a copy cut short
+    paths["text"].write_text("this is not an image\n" * 50)
+    paths["empty"].write_bytes(b"")
+    paths["image"] = img  # type: ignore[assignment]
+    return paths
+
+
+def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
+    h, w = img.shape[0] // k * k, img.shape[1] // k * k
+    return img[:h, :w].reshape(h // k, k, w // k, k, 3).mean(axis=(1, 3))
+
+
+# ----------------------------------------------------------------------------- the real slide
+
+
+@pytest.mark.parametrize("source", ["openslide", "tifffile"])
+def test_real_svs_dimensions_mpp_and_protocol(source):
+    with open_slide(SVS, source) as slide:
+        assert isinstance(slide, Slide)
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.level_count == 1 and slide.level_downsamples == [1.0]
+        thumb = slide.thumbnail(512)
+        assert thumb.shape == (512, 383, 3) and thumb.dtype == np.uint8
+        assert 150 < thumb.mean() < 250  # mostly glass with some stained tissue
+
+
+def test_real_svs_sources_agree():
+    """Both sources decode the same JPEG tiles: regions at several downsamples must match."""
+    import openslide
+
+    a, b = open_slide(SVS, "openslide"), open_slide(SVS, "tifffile")
+    truth = np.asarray(openslide.OpenSlide(str(SVS)).read_region((300, 1200), 0, (500, 400)))[..., :3]
+    assert np.array_equal(a.read_region(300, 1200, 500, 400), truth)
+    for ds in (1.0, 2.0, 3.5, 8.0):
+        ra, rb = a.read_region(300, 1200, 1000, 800, ds), b.read_region(300, 1200, 1000, 800, ds)
+        assert ra.shape == rb.shape == (round(800 / ds), round(1000 / ds), 3)
+        diff = np.abs(ra.astype(int) - rb.astype(int))
+        assert diff.mean() < 2.0 and np.percentile(diff, 99) < 16, (ds, diff.mean())
+    ta, tb = a.thumbnail(300), b.thumbnail(300)
+    assert ta.shape == tb.shape and np.abs(ta.astype(int) - tb.astype(int)).mean() < 2.0
+    a.close(), b.close()
+
+
+# ----------------------------------------------------------------------------- synthetic TIFFs
+
+
+@pytest.mark.parametrize("kind", ["tiled", "stripped", "pages", "subifd"])
+def test_tifffile_reads_exact_pixels(files, kind):
+    img = files["image"]
+    with open_slide(files[kind], "tifffile") as slide:
+        assert slide.dimensions == (W, H) and slide.mpp == pytest.approx(0.5)
+        assert np.array_equal(slide.read_region(0, 0, W, H), img)
+        assert np.array_equal(slide.read_region(131, 77, 250, 301), img[77:378, 131:381])
+        if kind in ("tiled", "stripped"):  # single level: a 2x read is the 2x2 block mean
+            got = slide.read_region(100, 50, 400, 300, 2.0).astype(float)
+            want = _block_mean(img[50:350, 100:500], 2)
+            assert np.abs(got - want).max() <= 1.0
+
+
+def test_stripped_tiff_needs_tifffile(files):
+    with pytest.raises(ClotclfError, match="tifffile"):
+        open_slide(files["stripped"], "openslide")
+    with open_slide(files["stripped"]) as slide:
+        assert slide.source_name == "tifffile"
+
+
+@pytest.mark.parametrize(("kind", "source"), [("pages", "openslide"), ("pages", "tifffile"), ("subifd", "tifffile")])
+def test_pyramid_reads_the_best_level(files, kind, source):
+    with open_slide(files[kind], source) as slide:
+        assert slide.level_count == 3 and slide.level_downsamples == pytest.approx([1.0, 2.0, 4.0])
+        for ds, level in ((1.0, 0), (2.0, 1), (3.0, 1), (4.0, 2), (6.5, 2)):
+            region = slide.read_region(200, 100, 400, 320, ds)
+            assert region.shape == (round(320 / ds), round(400 / ds), 3)
+            if level:  # the reduced levels are flat colours naming the level
+                assert tuple(region[5, 5]) == (40 * level, 200 - 40 * level, 90), (ds, region[5, 5])
+        assert tuple(slide.thumbnail(225)[10, 10]) == (80, 120, 90)  # 900 / 225 = 4: level 2
+
+
+def test_automatic_choice_of_source(files):
+    chosen = {}
+    for kind in ("tiled", "stripped", "pages", "subifd"):
+        with open_slide(files[kind]) as slide:
+            chosen[kind] = slide.source_name
+    # single-level TIFFs: tifffile (OpenSlide would decode a whole level for a thumbnail);
+    # a pyramid OpenSlide understands: openslide; a SubIFD pyramid, where OpenSlide sees one level: tifffile
+    assert chosen == {"tiled": "tifffile", "stripped": "tifffile", "pages": "openslide", "subifd": "tifffile"}
+
+
+@pytest.mark.parametrize("source", ["openslide", "tifffile"])
+def test_outside_the_slide_is_white_and_shapes_are_exact(files, source):
+    img = files["image"]
+    with open_slide(files["tiled"], source) as slide:
+        region = slide.read_region(-50, -20, 150, 120)
+        assert region.shape == (120, 150, 3)
+        assert (region[:20] == 255).all() and (region[:, :50] == 255).all()
+        assert np.array_equal(region[20:, 50:], img[:100, :100])
+        far = slide.read_region(W + 10, H + 10, 64, 64, 2.0)
+        assert far.shape == (32, 32, 3) and (far == 255).all()
+        edge = slide.read_region(W - 100, H - 100, 300, 300, 3.0)
+        assert edge.shape == (100, 100, 3) and (edge[40:, :] == 255).all() and (edge[:, 40:] == 255).all()
+        for ds in (1.0, 1.7, 2.5, 7.0):
+            assert slide.read_region(3, 5, 333, 222, ds).shape == (round(222 / ds), round(333 / ds), 3)
+
+
+def test_alpha_is_composited_onto_white(files):
+    img = files["image"].astype(int)
+    with open_slide(files["rgba"], "tifffile") as slide:
+        region = slide.read_region(0, 0, W, H).astype(int)
+    assert (region[:, :300] == 255).all()
+    assert np.abs(region[:, 300:600] - (img[:, 300:600] * 128 + 255 * 127) / 255).max() <= 1
+    assert np.array_equal(region[:, 600:], img[:, 600:])
+
+
+def test_other_pixel_layouts(tmp_path):
+    img = _pattern(200, 300)
+    grey, rgb16, planar = tmp_path / "grey.tif", tmp_path / "rgb16.tif", tmp_path / "planar.tif"
+    tifffile.imwrite(grey, img[..., 0], tile=(64, 64), photometric="minisblack")
+    tifffile.imwrite(rgb16, img.astype(np.uint16) * 257, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(planar, np.moveaxis(img, -1, 0), photometric="rgb", planarconfig="separate")
+    with open_slide(grey, "tifffile") as slide:
+        assert np.array_equal(slide.read_region(0, 0, 300, 200), np.repeat(img[..., :1], 3, axis=2))
+    with open_slide(rgb16, "tifffile") as slide:
+        assert np.array_equal(slide.read_region(0, 0, 300, 200), img)
+    with pytest.raises(ClotclfError, match="colour planes stored separately.*openslide"):
+        open_slide(planar, "tifffile")
+
+
+def test_mpp_from_resolution_tags(files):
+    assert open_slide(files["inch"], "tifffile").mpp == pytest.approx(0.5)  # 50800 dpi
+    assert open_slide(files["nounit"], "tifffile").mpp is None
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+
+@pytest.fixture(scope="module")
+def big_tiff(tmp_path_factory) -> Path:
+    """8192 x 8192 single-level tiled deflate TIFF (192 MiB raw), written tile by tile."""
+    path = tmp_path_factory.mktemp("big") / "big.tif"
+    n, t = 16, 512
+
+    def tiles():
+        for ty in range(n):
+            for tx in range(n):
+                yield np.full((t, t, 3), (tx * 16, ty * 16, 200), np.uint8)
+
+    tifffile.imwrite(path, tiles(), shape=(n * t, n * t, 3), dtype=np.uint8, tile=(t, t), compression="zlib", photometric="rgb")
+    return path
+
+
+def test_thumbnail_of_a_large_single_level_tiff_uses_bounded_memory(big_tiff):
+    raw = 8192 * 8192 * 3
+    with open_slide(big_tiff) as slide:
+        assert slide.source_name == "tifffile" and slide.level_count == 1
+        tracemalloc.start()
+        try:
+            thumb = slide.thumbnail(256)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert thumb.shape == (256, 256, 3)
+    # a few decoded tiles' worth (a 512-px tile is 0.8 MB, 3 MB as float32), not the image
+    assert peak < raw / 10, f"thumbnail peaked at {peak / 1e6:.1f} MB for a {raw / 1e6:.0f} MB image"
+    # each 512-px tile is 16 thumbnail pixels of its own colour
+    assert tuple(thumb[8, 8]) == (0, 0, 200) and tuple(thumb[16 * 3 + 8, 16 * 5 + 8]) == (80, 48, 200)
+
+
+def test_streamed_reduction_matches_direct_read(files, monkeypatch):
+    """Regions too big to assemble are averaged tile by tile: same answer as the direct path."""
+    with open_slide(files["tiled"], "tifffile") as slide:
+        cases = [((0, 0, W, H), 2.0), ((-64, 32, 640, 512), 4.0), ((37, 51, 777, 555), 3.3)]
+        direct = [slide.read_region(*box, ds) for box, ds in cases]
+        monkeypatch.setattr(sources, "DIRECT_READ_MAX_PIXELS", 1000)
+        streamed = [slide.read_region(*box, ds) for box, ds in cases]
+    for (box, ds), a, b in zip(cases, direct, streamed):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        if ds == int(ds) and box[0] % ds == 0:  # whole pixels per output pixel: the same numbers
+            assert diff.max() <= 1, (box, ds)
+        else:  # PIL samples pixel centres, the stream weighs partial pixels: close, not equal
+            assert diff.mean() < 3, (box, ds, diff.mean())
+
+
+def test_tile_byte_counts_flag_busy_tiles(files, big_tiff):
+    with open_slide(files["tiled"], "tifffile") as slide:
+        grid = slide.tile_byte_counts()
+    assert grid.counts.shape == (6, 8) and (grid.tile_width, grid.tile_height) == (128, 128)
+    assert grid.downsample == 1.0 and (grid.counts > 0).all()
+    with open_slide(files["stripped"], "tifffile") as slide:
+        strips = slide.tile_byte_counts()
+    assert strips.counts.shape == (14, 1) and strips.tile_width == W and strips.tile_height == 50
+    with open_slide(files["pages"], "tifffile") as slide:
+        assert slide.tile_byte_counts(2).counts.shape == (2, 2)
+        with pytest.raises(ClotclfError, match="levels 0..2"):
+            slide.tile_byte_counts(3)
+    with open_slide(big_tiff) as slide:  # flat tiles compress to almost nothing
+        assert slide.tile_byte_counts().counts.max() < 5000
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_truncated_tiff_is_a_clear_error(files):
+    with pytest.raises(ClotclfError, match="truncated"):
+        open_slide(files["truncated"], "tifffile")
+    # OpenSlide may open it (the header is intact) but must fail with a clear error when reading
+    with pytest.raises(ClotclfError, match="truncated"):
+        slide = open_slide(files["truncated"], "openslide")
+        slide.read_region(0, 0, W, H)
+    with pytest.raises(ClotclfError, match="truncated"):
+        slide = open_slide(files["truncated"])
+        slide.read_region(0, 0, W, H)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty"])
+def test_file_that_is_not_an_image(files, kind):
+    with pytest.raises(ClotclfError) as err:
+        open_slide(files[kind])
+    message = str(err.value)
+    assert str(files[kind]) in message and "openslide" in message and "tifffile" in message
+    with pytest.raises(ClotclfError, match="not a readable TIFF"):
+        open_slide(files[kind], "tifffile")
+    with pytest.raises(ClotclfError, match="OpenSlide does not recognise"):
+        open_slide(files[kind], "openslide")
+
+
+def test_missing_file_unknown_source_and_bad_options(files, tmp_path):
+    with pytest.raises(ClotclfError, match="does not exist"):
+        open_slide(tmp_path / "nope.tif")
+    with pytest.raises(ClotclfError, match="is a folder"):
+        open_slide(tmp_path)
+    with pytest.raises(PluginError, match="unknown source 'bioformats'.*openslide"):
+        open_slide(files["tiled"], "bioformats")
+    with pytest.raises(ConfigError, match="cache_mb"):
+        open_slide(files["tiled"], "openslide", {"cache_mb": -1})
+    with pytest.raises(ConfigError, match="unknown option 'cache_mb'"):
+        open_slide(files["tiled"], "tifffile", {"cache_mb": 8})
+    with pytest.raises(ClotclfError, match="without a source"):
+        open_slide(files["tiled"], options={"cache_mb": 8})
+    with open_slide(files["tiled"], "openslide", {"cache_mb": 8}) as slide:
+        assert slide.read_region(0, 0, 10, 10).shape == (10, 10, 3)
+
+
+@pytest.mark.parametrize("source", ["openslide", "tifffile"])
+def test_bad_region_arguments(files, source):
+    with open_slide(files["tiled"], source) as slide:
+        with pytest.raises(ClotclfError, match="width and height"):
+            slide.read_region(0, 0, 0, 10)
+        with pytest.raises(ClotclfError, match="downsample"):
+            slide.read_region(0, 0, 10, 10, 0)
+        with pytest.raises(ClotclfError, match="thumbnail size"):
+            slide.thumbnail(0)
+
+
+# ----------------------------------------------------------------------------- find_slide
+
+
+def test_find_slide(tmp_path):
+    (tmp_path / "006388_0.tif").write_bytes(b"")
+    (tmp_path / "008e5c_0.TIFF").write_bytes(b"")
+    (tmp_path / "00a_1.Svs").write_bytes(b"")
+    (tmp_path / "dup.tif").write_bytes(b"")
+    (tmp_path / "dup.svs").write_bytes(b"")
+    (tmp_path / "other_0.csv").write_bytes(b"")
+    assert find_slide(tmp_path, "006388_0") == tmp_path / "006388_0.tif"
+    assert find_slide(tmp_path, "008e5c_0") == tmp_path / "008e5c_0.TIFF"
+    assert find_slide(tmp_path, "00a_1") == tmp_path / "00a_1.Svs"
+    with pytest.raises(ClotclfError, match="several slide files.*dup.svs, dup.tif"):
+        find_slide(tmp_path, "dup")
+    with pytest.raises(ClotclfError, match="no slide file for image_id 'other_0'.*other_0.csv"):
+        find_slide(tmp_path, "other_0")
+    with pytest.raises(ClotclfError, match="not a file name"):
+        find_slide(tmp_path, "../006388_0")
+    with pytest.raises(ClotclfError, match="does not exist"):
+        find_slide(tmp_path / "missing", "006388_0")
+    assert {".svs", ".tif", ".tiff", ".ndpi", ".mrxs"} <= set(sources.slide_extensions())
+
+
+def test_plugin_spec_modules_are_light():
+    code = (
+        "import sys, clotclf_openslide, clotclf_tifffile\n"
+        "clotclf_openslide.clotclf_patch_sources(); clotclf_tifffile.clotclf_patch_sources()\n"
+        "heavy = [m for m in ('openslide', 'tifffile', 'torch', 'timm', 'numpy') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
