@@ -16,6 +16,7 @@ This module imports torch and timm: only the factories and ``train-filter`` impo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +133,28 @@ def _run_dir_of(ref: str) -> Path:
     """The run directory ``ref`` names: a folder, a file inside one, or a registry name."""
     path = Path(ref).expanduser()
     if path.is_file():
-        if path.suffix.lower() in PICKLE_SUFFIXES or path.name != WEIGHTS_NAME:
-            load_state(path)  # raises the clear "pickle / not safetensors" error when it is one
-            raise ModelLoadError(
-                f"weights='{ref}' is a file; give the run directory that holds {WEIGHTS_NAME} and {CONFIG_NAME} "
-                "(made by `clotclf train-filter`)"
-            )
-        return path.parent
-    if not path.exists() and (path.is_absolute() or ref.startswith(".") or Path(ref).suffix):
-        raise ModelLoadError(f"weights='{ref}' does not exist; train a filter with `clotclf train-filter DATA --out RUN`")
-    return resolve_run_dir(ref)
+        if path.name in (WEIGHTS_NAME, CONFIG_NAME):
+            return path.parent
+        hint = f"give the run directory that holds {WEIGHTS_NAME} and {CONFIG_NAME} (made by `clotclf train-filter`)"
+        try:
+            load_state(path)  # the clear "pickle / not safetensors" refusal when it is one
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"weights='{ref}': {exc}; {hint}") from None
+        raise ModelLoadError(f"weights='{ref}' is a file; {hint}")
+    if path.is_dir():
+        return path
+    looks_like_path = path.is_absolute() or ref.startswith((".", "~")) or (os.sep in ref and path.parent.is_dir())
+    if looks_like_path:
+        raise ModelLoadError(
+            f"weights='{ref}' does not exist; train a background filter with `clotclf train-filter DATA --out RUN` "
+            "and pass weights=RUN"
+        )
+    try:
+        return resolve_run_dir(ref)  # a registry name, when the registry plugin knows it
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"weights='{ref}': {exc}. A background filter's run directory is made by `clotclf train-filter DATA --out RUN`"
+        ) from None
 
 
 def read_filter_config(run_dir: Path) -> dict[str, Any]:
