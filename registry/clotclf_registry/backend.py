@@ -1,0 +1,120 @@
+"""The registry backend interface: the small contract a place to keep models must meet.
+
+Two backends are built in: the Hugging Face Hub (:mod:`.hub`, any Hub-compatible server) and a
+local directory (:mod:`.local`, for sites that cannot reach the Hub). Another one (S3, MLflow...)
+is a class implementing :class:`RegistryBackend`, registered by a distribution in the entry-point
+group ``clotclf.registry_backends`` under its URL scheme::
+
+    [project.entry-points."clotclf.registry_backends"]
+    s3 = "clotclf_s3:S3Registry"     # used for --registry s3://bucket/prefix
+
+It is constructed as ``S3Registry(settings, token)``. A backend moves files and answers
+questions; naming, verification and the CLI are shared (:mod:`.api`), so every backend gets the
+same checks for free.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RegistryError
+from .settings import RegistrySettings
+
+ENTRY_POINT_GROUP = "clotclf.registry_backends"
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    url: str
+    commit: str
+    tag: str | None
+    files: list[str]
+    unchanged: bool = False  # the files were already at the head of main: no new commit
+
+
+@dataclass
+class Fetched:
+    """A revision's files on local disk, not yet verified."""
+
+    path: Path
+    commit: str
+    #: sha256 of model.safetensors as the registry serves it (None: offline, from the cache)
+    registry_sha256: str | None
+    from_cache: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelEntry:
+    repo_id: str
+    private: bool
+    card: dict[str, Any]  # the model card's front matter
+    updated: str | None = None
+
+
+class RegistryBackend(ABC):
+    """Where models live. Files are ``(repo path, local path or bytes)`` pairs of the layout."""
+
+    #: how messages name this registry, e.g. ``https://huggingface.co`` or ``file:///srv/models``
+    label: str
+
+    @abstractmethod
+    def push(self, repo_id: str, files: list[tuple[str, Path | bytes]], *, private: bool, tag: str | None,
+             message: str) -> PushResult:
+        """Create the repo if needed and commit ``files`` to its main branch in one commit; tag it.
+        Refuse an existing tag before committing anything."""
+
+    @abstractmethod
+    def fetch(self, repo_id: str, revision: str | None, *, staging: Path | None, offline: bool) -> Fetched:
+        """Bring the layout files of ``revision`` (None: main) to disk: into the backend's cache, or
+        into the empty folder ``staging``. Check the file list with :func:`.layout.check_listing`
+        before downloading. ``offline``: use the cache only."""
+
+    @abstractmethod
+    def discard(self, fetched: Fetched) -> None:
+        """Remove a fetched copy that failed verification, so it is never used later."""
+
+    @abstractmethod
+    def list_models(self, namespace: str) -> list[ModelEntry]:
+        """The clotclf models in ``namespace`` this caller can see."""
+
+    def url_of(self, repo_id: str) -> str:
+        return f"{self.label.rstrip('/')}/{repo_id}"
+
+
+def open_backend(settings: RegistrySettings, token: str | bool | None = None) -> RegistryBackend:
+    """The backend for ``settings.registry``: built-in for ``hub`` and ``file``, else a plugin."""
+    scheme = settings.scheme
+    if scheme == "hub":
+        from .hub import HubRegistry
+
+        return HubRegistry(settings, token)
+    if scheme == "file":
+        from .local import LocalRegistry
+
+        return LocalRegistry(settings, token)
+    eps = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
+    if not eps:
+        known = sorted({"file", *(ep.name for ep in md.entry_points(group=ENTRY_POINT_GROUP))})
+        raise RegistryError(
+            f"no registry backend for '{settings.registry}' (scheme '{scheme}'): use hub (the default), "
+            f"file:///path, or install a plugin registering '{scheme}' in the entry-point group {ENTRY_POINT_GROUP} "
+            f"(available: hub, {', '.join(known)})"
+        )
+    if len(eps) > 1:
+        raise RegistryError(
+            f"registry scheme '{scheme}' is provided by several distributions "
+            f"({', '.join(ep.value for ep in eps)}); uninstall all but one"
+        )
+    try:
+        backend_cls = eps[0].load()
+        return backend_cls(settings, token)
+    except RegistryError:
+        raise
+    except Exception as exc:  # a broken backend plugin is one clear error, not a traceback
+        raise RegistryError(f"registry backend '{scheme}' ({eps[0].value}) failed to load: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,89 @@
+"""The model card as pushed, and what ``list-models`` reads back from it.
+
+A run's own README.md (written by training) is pushed with its body untouched; its YAML front
+matter gains what a registry needs to find and describe the model without downloading it:
+``library_name: clotclf``, the ``clotclf`` tag, and a ``clotclf:`` section (kind, backbone,
+head, labels, input size, weights sha256). A run without a README gets one from
+:func:`clotclf_core.modelcard.render_model_card`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clotclf_core.modelcard import BASE_TAGS, card_results, read_model_card, render_model_card
+
+from .layout import CARD_NAME
+from .verify import FILTER_KIND, model_kind
+
+#: the headline metric, best first: (model-index type, short label)
+HEADLINE = [("weighted_log_loss", "patient wLL"), ("balanced_accuracy", "patient bal.acc"), ("roc_auc", "patient AUC")]
+
+
+def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``clotclf:`` section: enough to list and judge a model without downloading it."""
+    model = config.get("model") or {}
+    kind = model_kind(config)
+    return {
+        "kind": kind,
+        "backbone": str(model.get("arch") if kind == FILTER_KIND else model.get("backbone")),
+        "head": "-" if kind == FILTER_KIND else str(model.get("head", "linear")),
+        "labels": list(model.get("labels") or []),
+        "input_size": model.get("input_size"),
+        "weights_sha256": config.get("weights_sha256"),
+        "clotclf_version": config.get("clotclf_version"),
+    }
+
+
+def card_for_push(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], repo_id: str) -> str:
+    """The README.md text to upload: the run's card (or a rendered one) with registry metadata added."""
+    import yaml
+
+    path = run_dir / CARD_NAME
+    if path.is_file():
+        meta, body = read_model_card(path.read_text(encoding="utf-8"))
+    elif model_kind(config) == "classifier":
+        extra = {"repo_id": repo_id} | ({} if config.get("name") else {"name": repo_id.split("/")[-1]})
+        meta, body = read_model_card(render_model_card(config, metrics, extra, run_dir))
+    else:
+        meta, body = {}, f"# {repo_id}\n\nA clotclf {config.get('filter', 'patch')} filter. See config.json and metrics.json.\n"
+    info = card_metadata(config)
+    meta["library_name"] = "clotclf"
+    tags = [str(t) for t in meta.get("tags") or []]
+    extra = BASE_TAGS + ([info["backbone"]] if info["kind"] == "classifier" else ["patch-filter", info["backbone"]])
+    meta["tags"] = tags + [t for t in extra if t not in tags]
+    meta["clotclf"] = info
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def summarize(meta: dict[str, Any]) -> dict[str, Any]:
+    """``{kind, backbone, head, metric, value}`` from a card's front matter (missing -> None)."""
+    info = meta.get("clotclf") if isinstance(meta.get("clotclf"), dict) else {}
+    results = card_results(meta)
+    metric, value = None, None
+    for key, label in HEADLINE:
+        if key in results:
+            metric, value = label, results[key]
+            break
+    else:
+        if results:
+            metric, value = next(iter(results.items()))
+    return {
+        "kind": info.get("kind"),
+        "backbone": info.get("backbone"),
+        "head": info.get("head"),
+        "metric": metric,
+        "value": value,
+    }
+
+
+def summarize_text(text: str) -> dict[str, Any]:
+    """:func:`summarize` of a card's text; a card that does not parse gives an all-None summary."""
+    from clotclf_core.errors import ClotclfError
+
+    try:
+        meta, _ = read_model_card(text)
+    except ClotclfError:
+        meta = {}
+    return summarize(meta)

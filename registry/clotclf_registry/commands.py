@@ -1,0 +1,141 @@
+"""``clotclf push``, ``clotclf pull`` and ``clotclf list-models``: thin click wrappers over
+:mod:`.api`. Heavy modules (torch, huggingface_hub) are imported inside the command bodies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, Callable
+
+import click
+
+
+def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--registry / --endpoint / --namespace, shared by the three commands."""
+    fn = click.option(
+        "--namespace", metavar="ORG", default=None,
+        help="Namespace short names live in. [default: $CLOTCLF_NAMESPACE, the config file, or 'clotclf']",
+    )(fn)
+    fn = click.option(
+        "--endpoint", metavar="URL", default=None,
+        help="Hugging Face Hub URL (enterprise hub, mirror). [default: $HF_ENDPOINT or https://huggingface.co]",
+    )(fn)
+    fn = click.option(
+        "--registry", metavar="URL", default=None,
+        help="'hub', or file:///path for a local-directory registry. [default: $CLOTCLF_REGISTRY, the config file, or hub]",
+    )(fn)
+    return fn
+
+
+def _settings(registry: str | None, endpoint: str | None, namespace: str | None, **extra: Any):
+    from .settings import load_settings
+
+    return load_settings(registry=registry, endpoint=endpoint, namespace=namespace, **extra)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@click.command("push")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--repo", required=True, metavar="[ORG/]NAME", help="Repository to push to; NAME alone is in the default namespace.")
+@click.option("--private", is_flag=True, help="Create the repository private (pushing to an existing public one is refused).")
+@click.option("--tag", metavar="TAG", default=None, help="Also tag the new commit (e.g. v1). An existing tag is an error: tags never move.")
+@click.option("--message", "-m", default=None, help="Commit message. [default: 'clotclf push of RUN']")
+@click.option("--no-metrics", is_flag=True, help="Publish a run that has no metrics.json (its card will show no results).")
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def push_command(run: str, repo: str, private: bool, tag: str | None, message: str | None, no_metrics: bool,
+                 registry: str | None, endpoint: str | None, namespace: str | None, as_json: bool, quiet: bool) -> None:
+    """Upload a run directory (weights, config, metrics, plots, model card) as one commit.
+
+    The run is checked first: complete, weights matching config.json, and the model loads. The
+    token comes from HF_TOKEN or `hf auth login` and is never printed.
+    """
+    from .api import push
+
+    settings = _settings(registry, endpoint, namespace)
+    result = push(run, repo, private=private, tag=tag, message=message, require_metrics=not no_metrics,
+                  settings=settings, quiet=quiet or as_json)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+        return
+    click.echo(f"pushed {run} to {result.url}")
+    click.echo(f"commit {result.commit}" + (f"  (tag {result.tag})" if result.tag else "")
+               + ("  (unchanged: main already had these files)" if result.unchanged else ""))
+    click.echo(f"files: {', '.join(result.files)}")
+    ref = f"{result.repo_id}@{result.tag or result.commit}"
+    where = f" --registry {settings.registry}" if settings.registry != "hub" else (
+        f" --endpoint {settings.endpoint}" if endpoint else "")
+    click.echo(f"pull it with: clotclf pull {ref}{where}")
+
+
+@click.command("pull")
+@click.argument("name", metavar="NAME[@REVISION]")
+@click.option("--out", type=click.Path(path_type=str), default=None,
+              help="Put the model in this folder (replacing an earlier pull there) instead of the cache.")
+@click.option("--offline", is_flag=True, help="Use the cache only (same as HF_HUB_OFFLINE=1).")
+@click.option("--cache-dir", metavar="DIR", default=None,
+              help="Cache for pulled models. [default: $CLOTCLF_CACHE_DIR, else the huggingface_hub cache]")
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def pull_command(name: str, out: str | None, offline: bool, cache_dir: str | None, registry: str | None,
+                 endpoint: str | None, namespace: str | None, as_json: bool, quiet: bool) -> None:
+    """Download a model, verify its weights, and say where it is and which plugins it needs.
+
+    NAME is ORG/NAME or a short name in the default namespace; REVISION is a branch, a tag or a
+    commit sha (a commit sha always gives the same bytes).
+    """
+    from .api import pull
+
+    settings = _settings(registry, endpoint, namespace, cache_dir=cache_dir, offline=True if offline else None)
+    result = pull(name, out=out, settings=settings, quiet=quiet or as_json)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    source = "the cache" if result.from_cache else result.registry
+    click.echo(f"pulled {result.ref} (commit {result.commit}) from {source}")
+    click.echo(f"path: {result.path}")
+    click.echo(f"verified: model.safetensors sha256 {result.weights_sha256[:16]}… matches "
+               + " and ".join("the registry's hash" if a == "registry" else a for a in result.verified_against))
+    for need in result.needs:
+        state = f"installed ({need['installed_version']})" if need["installed"] else "NOT installed"
+        click.echo(f"needs: {need['role']} '{need['name']}' from {need['distribution']} {need['version']}: {state}")
+    # a name resolves with the settings of the environment; a registry given as an option needs the path
+    use = result.path if (registry or endpoint or namespace) else f"{result.repo_id}@{result.commit}"
+    click.echo(f"use it: clotclf predict SLIDES --model {use}")
+
+
+@click.command("list-models")
+@click.option("--namespace", metavar="ORG", default=None,
+              help="Whose models to list. [default: $CLOTCLF_NAMESPACE, the config file, or 'clotclf']")
+@click.option("--registry", metavar="URL", default=None, help="'hub', or file:///path. [default: $CLOTCLF_REGISTRY or hub]")
+@click.option("--endpoint", metavar="URL", default=None, help="Hugging Face Hub URL. [default: $HF_ENDPOINT or https://huggingface.co]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_models_command(namespace: str | None, registry: str | None, endpoint: str | None, as_json: bool) -> None:
+    """List the clotclf models of a namespace: backbone, head and the headline patient-level metric
+    from each model card."""
+    from .api import list_models
+
+    settings = _settings(registry, endpoint, None)
+    rows = list_models(namespace, settings=settings)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["headline"] = f"{row['metric']}={row['value']:.3f}" if row["value"] is not None else None
+        row["private"] = "yes" if row["private"] else "no"
+    if not rows:
+        click.echo(f"no clotclf models in '{namespace or settings.namespace}' at {settings.registry if settings.registry != 'hub' else settings.endpoint}")
+        return
+    click.echo(_table(rows, ["name", "kind", "backbone", "head", "headline", "private", "updated"]))
+
+
+COMMANDS = (push_command, pull_command, list_models_command)

@@ -1,0 +1,332 @@
+"""A registry in a plain directory (``--registry file:///srv/clotclf-models``), for sites whose
+machines cannot reach the Hub. Same names, revisions and checks as the Hub; layout on disk::
+
+    <root>/<org>/<name>/
+        repo.json                 {"format", "id", "private", "created"}
+        refs.json                 {"branches": {"main": <commit>}, "tags": {"v1": {"commit", "message", "created"}}}
+        commits/<commit>.json     {"parent", "message", "created", "files": {path: {"sha256", "size"}}}
+        objects/<ab>/<sha256>     file contents, named by their sha256 (shared by all commits)
+
+A commit id is the first 40 hex digits of the sha256 of its manifest (canonical JSON), and every
+object is named by the sha256 of its bytes: a commit sha always means the same bytes, and any
+change to a manifest or an object is detected when it is read. Writes are atomic and ``refs.json``
+is updated last, under a lock, so a crashed push leaves only unreferenced objects behind.
+
+Pulled revisions are copied to ``<cache>/<registry key>/<org>/<name>/snapshots/<commit>/`` (and
+``refs/<revision>`` remembers what a branch or tag pointed to, for offline pulls).
+Access control is the filesystem's: ``--private`` makes the repo folder readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
+
+from clotclf_core.io import atomic_path, write_json, write_text
+from clotclf_core.model import WEIGHTS_NAME
+
+from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
+from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
+from .layout import CARD_NAME, check_listing, is_layout_file
+from .names import COMMIT_SHA
+from .settings import RegistrySettings
+
+FORMAT = "clotclf-local-registry/1"
+CHUNK = 1 << 20
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def commit_id(manifest: dict[str, Any]) -> str:
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()[:40]
+
+
+def copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy ``src`` to ``dst`` (atomically), returning the sha256 and size of the bytes copied."""
+    h, size = hashlib.sha256(), 0
+    with atomic_path(dst) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while block := fin.read(CHUNK):
+            h.update(block)
+            size += len(block)
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest(), size
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (POSIX flock); concurrent pushes to one repo take turns."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, pushes must not overlap
+        yield
+        return
+    with open(folder / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class LocalRegistry(RegistryBackend):
+    def __init__(self, settings: RegistrySettings, token: str | bool | None = None):
+        parsed = urlparse(settings.registry)
+        if parsed.netloc not in ("", "localhost"):
+            raise RegistryError(
+                f"registry '{settings.registry}' names a remote host; a local registry is file:///absolute/path "
+                "(mount the share and give its path)"
+            )
+        self.root = Path(unquote(parsed.path))
+        self.label = self.root.as_uri()
+        self.settings = settings
+        base = Path(settings.cache_dir).expanduser() / "clotclf-local" if settings.cache_dir else (
+            Path.home() / ".cache" / "clotclf" / "registries")
+        key = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        self.cache = base / f"{self.root.name or 'root'}-{key}"
+
+    # ------------------------------------------------------------------ reading
+    def _repo(self, repo_id: str, must_exist: bool = True) -> Path:
+        if not self.root.is_dir():
+            raise UnreachableError(
+                f"local registry {self.label} does not exist or is not mounted: create it (mkdir -p {self.root}) or "
+                "fix --registry / CLOTCLF_REGISTRY"
+            )
+        folder = self.root / repo_id
+        if must_exist and not (folder / "repo.json").is_file():
+            if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+                raise AuthError(f"model '{repo_id}' in {self.label} is private and this user may not read it (filesystem permissions)")
+            ns = folder.parent
+            known = sorted(p.name for p in ns.iterdir() if (p / "repo.json").is_file()) if ns.is_dir() else []
+            close = difflib.get_close_matches(repo_id.split("/")[1], known, n=3)
+            hint = f"; did you mean {', '.join(f'{ns.name}/{c}' for c in close)}?" if close else (
+                f"; '{ns.name}' has: {', '.join(known)}" if known else "")
+            raise NotFoundError(f"model '{repo_id}' was not found in {self.label}{hint}")
+        return folder
+
+    def _refs(self, folder: Path) -> dict[str, Any]:
+        path = folder / "refs.json"
+        if not path.is_file():
+            return {"branches": {}, "tags": {}}
+        try:
+            refs = json.loads(path.read_text(encoding="utf-8"))
+        except PermissionError:
+            raise AuthError(f"'{folder}' is private and this user may not read it (filesystem permissions)") from None
+        except ValueError as exc:
+            raise IntegrityError(f"'{path}' is not valid JSON ({exc}): the registry is damaged; restore it from a backup") from None
+        return {"branches": refs.get("branches", {}), "tags": refs.get("tags", {})}
+
+    def _commit(self, folder: Path, commit: str) -> dict[str, Any]:
+        path = folder / "commits" / f"{commit}.json"
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IntegrityError(f"commit {commit} of '{folder.relative_to(self.root)}' is missing in {self.label}: the registry is damaged") from None
+        except ValueError as exc:
+            raise IntegrityError(f"'{path}' is not valid JSON ({exc}): the registry is damaged") from None
+        if commit_id(manifest) != commit:
+            raise IntegrityError(
+                f"commit {commit[:12]} of '{folder.relative_to(self.root).as_posix()}' in {self.label} was modified after it "
+                "was written (its content no longer hashes to its name); nothing was downloaded. Restore the registry "
+                "from a backup or push the model again"
+            )
+        return manifest
+
+    def _resolve(self, repo_id: str, folder: Path, revision: str | None) -> str:
+        refs = self._refs(folder)
+        rev = revision or "main"
+        if rev in refs["branches"]:
+            return refs["branches"][rev]
+        if rev in refs["tags"]:
+            return refs["tags"][rev]["commit"]
+        commits = folder / "commits"
+        if COMMIT_SHA.match(rev) and (commits / f"{rev}.json").is_file():
+            return rev
+        if 7 <= len(rev) < 40 and all(c in "0123456789abcdef" for c in rev):
+            matches = [p.stem for p in commits.glob(f"{rev}*.json")]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise NotFoundError(f"revision '{rev}' of '{repo_id}' is ambiguous ({len(matches)} commits); give more digits")
+        names = sorted([*refs["branches"], *refs["tags"]])
+        raise NotFoundError(
+            f"model '{repo_id}' in {self.label} has no revision '{rev}'" + (f"; it has: {', '.join(names)}" if names else "")
+        )
+
+    def _object(self, folder: Path, sha256: str) -> Path:
+        return folder / "objects" / sha256[:2] / sha256
+
+    # ------------------------------------------------------------------ push
+    def push(self, repo_id: str, files: list[tuple[str, Path | bytes]], *, private: bool, tag: str | None,
+             message: str) -> PushResult:
+        if not self.root.is_dir():
+            raise UnreachableError(
+                f"local registry {self.label} does not exist: create it first (mkdir -p {self.root}), or fix --registry"
+            )
+        folder = self.root / repo_id
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / "repo.json").is_file():
+            raise NotAModelError(f"'{folder}' exists and is not a clotclf registry repo; nothing was pushed. Choose another name")
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder):
+            info_path = folder / "repo.json"
+            if info_path.is_file():
+                info = json.loads(info_path.read_text(encoding="utf-8"))
+                if private and not info.get("private"):
+                    raise RegistryError(
+                        f"'{repo_id}' already exists in {self.label} and is not private, but --private was given; nothing "
+                        "was pushed. Restrict its folder's permissions first, or push without --private"
+                    )
+            else:
+                info = {"format": FORMAT, "id": repo_id, "private": bool(private), "created": _now()}
+                write_json(info_path, info)
+            refs = self._refs(folder)
+            if tag and tag in refs["tags"]:
+                raise RegistryError(
+                    f"'{repo_id}' in {self.label} already has a tag '{tag}' (commit {refs['tags'][tag]['commit'][:12]}); "
+                    "tags never move: choose another --tag. Nothing was pushed"
+                )
+            entries: dict[str, dict[str, Any]] = {}
+            for name, src in files:
+                entries[name] = self._store(folder, src)
+            parent = refs["branches"].get("main")
+            unchanged = parent is not None and self._commit(folder, parent)["files"] == entries
+            if unchanged:
+                commit = parent
+            else:
+                manifest = {"parent": parent, "message": message, "created": _now(), "files": entries}
+                commit = commit_id(manifest)
+                write_json(folder / "commits" / f"{commit}.json", manifest)
+                refs["branches"]["main"] = commit
+            if tag:
+                refs["tags"][tag] = {"commit": commit, "message": message, "created": _now()}
+            write_json(folder / "refs.json", refs)
+        if private:
+            folder.chmod(0o700)
+        return PushResult(repo_id, self.url_of(repo_id), commit, tag, sorted(entries), unchanged=unchanged)
+
+    def _store(self, folder: Path, src: Path | bytes) -> dict[str, Any]:
+        """Put one file's bytes in the object store (once per content); return its manifest entry."""
+        from clotclf_core.io import write_bytes
+        from clotclf_core.model import sha256_file
+
+        if isinstance(src, bytes):
+            digest, size = hashlib.sha256(src).hexdigest(), len(src)
+            if not self._object(folder, digest).is_file():
+                write_bytes(self._object(folder, digest), src)
+            return {"sha256": digest, "size": size}
+        digest = sha256_file(src)
+        target = self._object(folder, digest)
+        if not target.is_file():
+            copied, _ = copy_hashing(src, target)
+            if copied != digest:  # the file changed between hashing and copying
+                target.unlink()
+                raise RegistryError(f"'{src}' changed while it was being pushed; nothing was pushed. Push again")
+        return {"sha256": digest, "size": target.stat().st_size}
+
+    # ------------------------------------------------------------------ pull
+    def fetch(self, repo_id: str, revision: str | None, *, staging: Path | None, offline: bool) -> Fetched:
+        label = f"{repo_id}@{revision}" if revision else repo_id
+        if offline:
+            return self._from_cache(repo_id, revision, staging, "offline mode is on (HF_HUB_OFFLINE=1 or --offline)")
+        if not self.root.is_dir():
+            with contextlib.suppress(UnreachableError):
+                fetched = self._from_cache(repo_id, revision, staging, "")
+                print(f"note: {self.label} is not reachable; using the cached copy of '{label}'", file=sys.stderr)
+                return fetched
+        folder = self._repo(repo_id)
+        commit = self._resolve(repo_id, folder, revision)
+        manifest = self._commit(folder, commit)
+        files = manifest.get("files", {})
+        check_listing(f"{repo_id}@{revision or 'main'}", list(files))
+        wanted = {n: e for n, e in files.items() if is_layout_file(n)}
+        cached = self.cache / repo_id / "snapshots" / commit
+        target = staging if staging is not None else cached
+        if staging is not None or not cached.is_dir():
+            self._materialize(folder, wanted, target, label)
+        write_text(self.cache / repo_id / "refs" / (revision or "main"), commit)
+        return Fetched(target, commit, wanted[WEIGHTS_NAME]["sha256"], extra={"staging": staging})
+
+    def _materialize(self, folder: Path, files: dict[str, dict[str, Any]], target: Path, label: str) -> None:
+        """Copy the objects into ``target`` through a temporary sibling folder, checking every hash."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            for name, entry in sorted(files.items()):
+                src = self._object(folder, entry["sha256"])
+                if not src.is_file():
+                    raise IntegrityError(f"'{label}': the object of {name} is missing from {self.label}: the registry is damaged")
+                digest, size = copy_hashing(src, partial / name)
+                if digest != entry["sha256"] or size != entry["size"]:
+                    raise IntegrityError(
+                        f"{name} of '{label}' in {self.label} hashes to sha256 {digest[:16]}…, but the registry records "
+                        f"{entry['sha256'][:16]}…: the file was modified or corrupted in the registry. Nothing was kept; "
+                        "restore it from a backup or push the model again"
+                    )
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def _from_cache(self, repo_id: str, revision: str | None, staging: Path | None, why: str) -> Fetched:
+        label = f"{repo_id}@{revision}" if revision else repo_id
+        rev = revision or "main"
+        base = self.cache / repo_id
+        commit = rev if COMMIT_SHA.match(rev) else None
+        ref = base / "refs" / rev
+        if commit is None and ref.is_file():
+            commit = ref.read_text(encoding="utf-8").strip()
+        snapshot = base / "snapshots" / str(commit)
+        if commit is None or not (snapshot / WEIGHTS_NAME).is_file():
+            raise UnreachableError(
+                f"'{label}' from {self.label} is not in the cache ({self.cache}){', and ' + why if why else ''}: pull it once "
+                "while the registry is reachable (unset HF_HUB_OFFLINE)"
+            )
+        if staging is not None:
+            shutil.copytree(snapshot, staging, dirs_exist_ok=True)
+            snapshot = staging
+        return Fetched(snapshot, commit, None, from_cache=True, extra={"staging": staging})
+
+    def discard(self, fetched: Fetched) -> None:
+        shutil.rmtree(fetched.path, ignore_errors=True)
+
+    # ------------------------------------------------------------------ list
+    def list_models(self, namespace: str) -> list[ModelEntry]:
+        if not self.root.is_dir():
+            raise UnreachableError(f"local registry {self.label} does not exist or is not mounted: fix --registry / CLOTCLF_REGISTRY")
+        from clotclf_core.errors import ClotclfError
+        from clotclf_core.modelcard import read_model_card
+
+        out = []
+        ns = self.root / namespace
+        for folder in sorted(ns.iterdir()) if ns.is_dir() else []:
+            if not (folder / "repo.json").is_file() or not os.access(folder, os.R_OK | os.X_OK):
+                continue
+            info = json.loads((folder / "repo.json").read_text(encoding="utf-8"))
+            head = self._refs(folder)["branches"].get("main")
+            meta: dict[str, Any] = {}
+            updated = None
+            if head:
+                manifest = self._commit(folder, head)
+                updated = manifest.get("created")
+                card = manifest["files"].get(CARD_NAME)
+                if card:
+                    with contextlib.suppress(ClotclfError, OSError, UnicodeDecodeError):
+                        meta, _ = read_model_card(self._object(folder, card["sha256"]).read_text(encoding="utf-8"))
+            if meta.get("library_name") == "clotclf":
+                out.append(ModelEntry(f"{namespace}/{folder.name}", bool(info.get("private")), meta, updated))
+        return out

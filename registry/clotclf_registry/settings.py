@@ -1,0 +1,135 @@
+"""Where models are pushed to and pulled from, resolved once per command.
+
+Each setting comes from, first to last: the command-line option, the environment, the config
+file, the default. The config file is ``$CLOTCLF_CONFIG`` if set, else
+``$XDG_CONFIG_HOME/clotclf/registry.yaml`` (``~/.config/clotclf/registry.yaml``), a YAML mapping
+of the fields below. Tokens never live here: they come from ``HF_TOKEN`` or ``hf auth login``.
+
+===========  =====================  ==================================================  ==================
+setting      environment            meaning                                             default
+===========  =====================  ==================================================  ==================
+registry     CLOTCLF_REGISTRY       ``hub``, or ``file:///path`` (a local registry)      ``hub``
+endpoint     HF_ENDPOINT            the Hub's URL (a mirror, an enterprise hub)          huggingface.co
+namespace    CLOTCLF_NAMESPACE      org that short names live in                         ``clotclf``
+cache_dir    CLOTCLF_CACHE_DIR      where pulled models are kept                         see below
+offline      HF_HUB_OFFLINE         pull from the cache only                             false
+xet          CLOTCLF_HUB_XET        ``auto`` / ``on`` / ``off``: Xet uploads             ``auto``
+===========  =====================  ==================================================  ==================
+
+``cache_dir`` unset means: the huggingface_hub cache for the Hub (``HF_HUB_CACHE``, by default
+``~/.cache/huggingface/hub``) and ``~/.cache/clotclf/registries`` for local registries.
+``xet: auto`` uses Xet only toward huggingface.co, the one server known to speak it; every other
+endpoint gets plain Git-LFS uploads, which any Hub-compatible server implements
+(``HF_HUB_DISABLE_XET=1`` always turns Xet off).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import RegistryError
+from .names import check_part
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_NAMESPACE = "clotclf"
+CONFIG_ENV = "CLOTCLF_CONFIG"
+XET_HOSTS = ("huggingface.co", "hf.co")
+
+#: setting -> environment variable
+ENV = {
+    "registry": "CLOTCLF_REGISTRY",
+    "endpoint": "HF_ENDPOINT",
+    "namespace": "CLOTCLF_NAMESPACE",
+    "cache_dir": "CLOTCLF_CACHE_DIR",
+    "offline": "HF_HUB_OFFLINE",
+    "xet": "CLOTCLF_HUB_XET",
+}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class RegistrySettings(BaseModel):
+    """The resolved settings (see the module docstring for each field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: str = "hub"
+    endpoint: str = DEFAULT_ENDPOINT
+    namespace: str = DEFAULT_NAMESPACE
+    cache_dir: str | None = None
+    offline: bool = False
+    xet: Literal["auto", "on", "off"] = "auto"
+
+    @property
+    def scheme(self) -> str:
+        """``hub`` for the Hugging Face Hub, else the registry URL's scheme (``file``, ...)."""
+        if self.registry == "hub":
+            return "hub"
+        return urlparse(self.registry).scheme or "file"
+
+    def use_xet(self) -> bool:
+        if os.environ.get("HF_HUB_DISABLE_XET", "").strip().lower() in _TRUE or self.xet == "off":
+            return False
+        return self.xet == "on" or (urlparse(self.endpoint).hostname or "") in XET_HOSTS
+
+
+def config_path() -> Path:
+    """The config file: ``$CLOTCLF_CONFIG`` or ``$XDG_CONFIG_HOME/clotclf/registry.yaml``."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "clotclf" / "registry.yaml"
+
+
+def _read_config_file() -> dict[str, Any]:
+    from clotclf_core.config import load_yaml
+
+    path = config_path()
+    if not path.is_file():
+        if os.environ.get(CONFIG_ENV):
+            raise RegistryError(f"{CONFIG_ENV}={path} does not exist: create it, or unset {CONFIG_ENV}")
+        return {}
+    data = load_yaml(path)
+    unknown = sorted(set(data) - set(RegistrySettings.model_fields))
+    if unknown:
+        raise RegistryError(
+            f"config file '{path}' has unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(RegistrySettings.model_fields)}"
+        )
+    return data
+
+
+def _from_env() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, var in ENV.items():
+        value = os.environ.get(var, "").strip()
+        if value:
+            out[field] = value.lower() in _TRUE if field == "offline" else value
+    return out
+
+
+def load_settings(**overrides: Any) -> RegistrySettings:
+    """Resolve settings: ``overrides`` (CLI options; None = not given) > environment > file > default."""
+    file_values = _read_config_file()
+    values: dict[str, Any] = {**file_values, **_from_env()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = RegistrySettings.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
+        raise RegistryError(f"invalid registry settings ({problems}); see `clotclf push --help` and docs/registry.md") from None
+    settings.endpoint = settings.endpoint.rstrip("/")
+    if urlparse(settings.endpoint).scheme not in ("http", "https") or not urlparse(settings.endpoint).netloc:
+        raise RegistryError(
+            f"endpoint '{settings.endpoint}' is not an http(s) URL: set --endpoint / HF_ENDPOINT to e.g. https://huggingface.co"
+        )
+    if settings.registry.startswith(("http://", "https://")):  # a Hub given by its URL
+        settings.endpoint, settings.registry = settings.registry.rstrip("/"), "hub"
+    elif settings.registry != "hub" and "://" not in settings.registry:  # a plain path: a local registry
+        settings.registry = Path(settings.registry).expanduser().resolve().as_uri()
+    check_part(settings.namespace, "namespace")
+    return settings
