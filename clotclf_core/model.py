@@ -10,8 +10,6 @@ This module imports torch; the CLI imports it only inside the commands that need
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,7 @@ from .errors import ModelLoadError, PluginError
 from .io import atomic_path, write_json
 from .plugins import get_manager
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
+from .runs import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, read_config, resolve_run_dir, sha256_file  # noqa: F401  (re-exported)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -78,14 +74,6 @@ class ClotClassifier(nn.Module):
 # ----------------------------------------------------------------------------- save
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> str:
     """Write the model's state dict as safetensors, atomically. Returns the file's sha256."""
     from safetensors.torch import save_file
@@ -123,19 +111,6 @@ def save_model(model: nn.Module, run_dir: str | Path, extra: dict[str, Any] | No
 
 
 # ----------------------------------------------------------------------------- load
-
-
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise ModelLoadError(f"'{run_dir}' has no {CONFIG_NAME}: it is not a clotclf run directory (train one with `clotclf train`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"'{path}' is not valid JSON ({exc}); re-create the run directory") from None
-    if not isinstance(data, dict) or "model" not in data:
-        raise ModelLoadError(f"'{path}' has no 'model' section: it is not a clotclf model config")
-    return data
 
 
 def _check_safetensors(path: Path) -> None:
@@ -240,18 +215,3 @@ def load_model(run_dir: str | Path) -> nn.Module:
     load_state_into(model, load_state(weights), str(weights))
     model.eval()
     return model
-
-
-def resolve_run_dir(ref: str | Path) -> Path:
-    """A local run directory for ``ref``: an existing folder, or a name a plugin (the registry)
-    resolves (``mayo-poolformer``, ``org/name@v1``)."""
-    p = Path(ref)
-    if p.is_dir():
-        return p
-    resolved = get_manager().resolve_model(str(ref))
-    if resolved is not None:
-        return Path(resolved)
-    raise ModelLoadError(
-        f"model '{ref}' is neither a run directory nor a name any installed plugin knows; "
-        "give the path of a run directory (from `clotclf train`), or install clotclf's registry to pull models by name"
-    )

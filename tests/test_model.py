@@ -136,3 +136,17 @@ def test_save_is_atomic_on_failure(tmp_path, small_cfg, monkeypatch):
         save_model(model, tmp_path / "run")
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == good
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from clotclf_core.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from clotclf_core.errors import ModelLoadError
 from clotclf_core.io import write_json
-from clotclf_core.model import CONFIG_NAME
+from clotclf_core.runs import CONFIG_NAME
 
 from .backend import PushResult, open_backend
 from .card import card_for_push, summarize

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from clotclf_core import __version__
 from clotclf_core.errors import ClotclfError
-from clotclf_core.model import CONFIG_NAME, WEIGHTS_NAME
+from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
@@ -196,7 +196,7 @@ class HubRegistry(RegistryBackend):
         weights = {s.rfilename: s for s in stored.siblings or []}.get(WEIGHTS_NAME)
         local = dict(files).get(WEIGHTS_NAME)
         if weights is not None and weights.lfs is not None and isinstance(local, Path):
-            from clotclf_core.model import sha256_file
+            from clotclf_core.runs import sha256_file
 
             if weights.lfs.sha256 != sha256_file(local):
                 raise IntegrityError(

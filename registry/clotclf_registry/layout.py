@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from clotclf_core.model import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME
+from clotclf_core.runs import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME
 
 from .errors import NotAModelError
 

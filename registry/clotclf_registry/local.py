@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from clotclf_core.io import atomic_path, write_json, write_text
-from clotclf_core.model import WEIGHTS_NAME
+from clotclf_core.runs import WEIGHTS_NAME
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
@@ -221,7 +221,7 @@ class LocalRegistry(RegistryBackend):
     def _store(self, folder: Path, src: Path | bytes) -> dict[str, Any]:
         """Put one file's bytes in the object store (once per content); return its manifest entry."""
         from clotclf_core.io import write_bytes
-        from clotclf_core.model import sha256_file
+        from clotclf_core.runs import sha256_file
 
         if isinstance(src, bytes):
             digest, size = hashlib.sha256(src).hexdigest(), len(src)

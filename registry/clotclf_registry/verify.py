@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clotclf_core.errors import ModelLoadError
-from clotclf_core.model import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, read_config, sha256_file
+from clotclf_core.runs import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, read_config, sha256_file
 
 from .errors import IntegrityError, NotAModelError, RegistryError
 from .layout import METRICS_NAME
