@@ -1,0 +1,135 @@
+"""`clotclf predict`: slides -> tiles (with the model's own tiling settings) -> probabilities,
+submission.csv, heatmaps; ensembles; and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from clotclf_core.cli import cli
+from clotclf_core.config import ModelConfig
+from clotclf_core.errors import ClotclfError
+from clotclf_core.model import build_model, save_model
+from clotclf_core.predict import predict
+from clotclf_core.tiling import TileSettings
+
+SETTINGS = TileSettings(downsample=2, tile_size=100, train_size=32, thumbnail_size=256, batch_size=8)
+
+
+def write_slide(path: Path, blobs, seed: int, size=(1000, 800)) -> Path:
+    """A tiled deflate TIFF: near-white glass with pink 'tissue' discs (synthetic)."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = np.clip(243 + rng.normal(0, 2, (h, w, 3)), 0, 255)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for cx, cy, r in blobs:
+        inside = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        img[inside] = np.clip(np.array([200, 100, 150]) + rng.normal(0, 20, (int(inside.sum()), 3)), 0, 255)
+    tifffile.imwrite(path, img.astype(np.uint8), tile=(128, 128), compression="deflate", photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    return path
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    d = tmp_path_factory.mktemp("slides")
+    write_slide(d / "a_0.tif", ((300, 300, 180), (700, 500, 150)), 1)
+    write_slide(d / "a_1.tif", ((500, 400, 250),), 2)
+    write_slide(d / "b_0.tif", ((400, 400, 220),), 3)
+    return d
+
+
+def make_run(path: Path, seed: int, labels=("CE", "LAA"), tiling=SETTINGS, with_tileset=True) -> Path:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="cct", backbone_options={"variant": "cct_2_3x2_32"}, head="linear",
+                      labels=list(labels), input_size=32)
+    extra = {}
+    if with_tileset:
+        extra["tileset"] = {"settings": {**tiling.model_dump(mode="json"), "filters": [{"name": "otsu", "options": {}}],
+                                         "source": "auto"}}
+    return save_model(build_model(cfg), path, extra=extra)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    return make_run(d / "m1", 1), make_run(d / "m2", 2)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    p = tmp_path_factory.mktemp("manifest") / "test.csv"
+    pd.DataFrame({"image_id": ["a_0", "a_1", "b_0"], "patient_id": ["a", "a", "b"], "center_id": ["1", "1", "2"],
+                  "label": ["CE", "CE", "LAA"]}).to_csv(p, index=False)
+    return p
+
+
+def _slide_probs(out: Path) -> pd.DataFrame:
+    df = pd.read_csv(out / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    return df[df["level"] == "slide"].set_index("image_id")
+
+
+def test_single_model_writes_predictions_submission_heatmaps(tmp_path, slides, runs, manifest):
+    out = tmp_path / "preds"
+    summary = predict(slides, [str(runs[0])], out, manifest=manifest, progress=False)
+    assert summary["n_slides"] == 3 and summary["n_patients"] == 2
+    table = pd.read_csv(out / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    slides_t = table[table["level"] == "slide"]
+    patients_t = table[table["level"] == "patient"].set_index("patient_id")
+    assert np.allclose(slides_t["p_CE"] + slides_t["p_LAA"], 1.0, atol=1e-5)
+    # patient probability = mean of its slides' probabilities
+    a = slides_t[slides_t["patient_id"] == "a"]["p_LAA"].mean()
+    assert patients_t.loc["a", "p_LAA"] == pytest.approx(a, abs=2e-6)
+    sub = pd.read_csv(out / "submission.csv", dtype={"patient_id": str})
+    assert list(sub.columns) == ["patient_id", "CE", "LAA"] and sorted(sub["patient_id"]) == ["a", "b"]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["a_0.png", "a_1.png", "b_0.png"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["patient"]["n"] == 2 and metrics["slide"]["n"] == 3
+
+
+def test_ensemble_is_the_weighted_mean_of_its_members(tmp_path, slides, runs):
+    for name, run in (("one", runs[0]), ("two", runs[1])):
+        predict(slides, [str(run)], tmp_path / name, progress=False, heatmaps=False)
+    one, two = _slide_probs(tmp_path / "one"), _slide_probs(tmp_path / "two")
+    predict(slides, [str(runs[0]), str(runs[1])], tmp_path / "ens", weights=[3, 1], progress=False, heatmaps=False)
+    ens = _slide_probs(tmp_path / "ens")
+    expected = 0.75 * one["p_LAA"] + 0.25 * two["p_LAA"]
+    assert np.allclose(ens["p_LAA"].sort_index(), expected.sort_index(), atol=2e-6)
+    assert not np.allclose(one["p_LAA"], two["p_LAA"])  # the members really differ
+
+
+def test_cli_predict_and_bad_inputs(tmp_path, slides, runs):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["predict", str(slides), "--model", str(runs[0]), "--out", str(tmp_path / "p"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p" / "submission.csv").is_file()
+
+    empty = tmp_path / "junk"
+    empty.mkdir()
+    (empty / "x.tif").write_text("this is not a slide")
+    res = runner.invoke(cli, ["predict", str(empty), "--model", str(runs[0]), "--out", str(tmp_path / "q"), "-q"])
+    assert res.exit_code != 0 and res.output.startswith("Error:") and "Traceback" not in res.output
+
+    res = runner.invoke(cli, ["predict", str(slides), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "nope" in res.output
+
+    res = runner.invoke(cli, ["predict", str(slides), "--model", str(runs[0]), "--weight", "1", "--weight", "2",
+                              "--out", str(tmp_path / "s")])
+    assert res.exit_code != 0 and "one weight per model" in res.output
+
+
+def test_models_with_other_labels_or_no_tiling_record_are_refused(tmp_path, slides, runs):
+    other = make_run(tmp_path / "other", 3, labels=("LAA", "CE"))
+    with pytest.raises(ClotclfError, match="disagree on their labels"):
+        predict(slides, [str(runs[0]), str(other)], tmp_path / "x", progress=False)
+    bare = make_run(tmp_path / "bare", 4, with_tileset=False)
+    with pytest.raises(ClotclfError, match="tiling settings"):
+        predict(slides, [str(bare)], tmp_path / "y", progress=False)
