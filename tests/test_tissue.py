@@ -1,0 +1,95 @@
+"""Tissue mask: about a third of the real slide, nothing on blank glass, specks and holes handled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clotclf_core.tissue import fill_small_holes, remove_small_objects, tissue_mask
+
+REAL_SLIDE = Path(__file__).parent / "data" / "cmu_small_region.svs"
+
+
+@pytest.fixture(scope="module")
+def real_thumbnail():
+    openslide = pytest.importorskip("openslide")
+    with openslide.OpenSlide(str(REAL_SLIDE)) as s:
+        return np.asarray(s.get_thumbnail((512, 512)).convert("RGB"))
+
+
+@pytest.mark.parametrize("method", ["saturation", "od", "either", "both"])
+def test_real_slide_is_about_a_third_tissue(real_thumbnail, method):
+    mask = tissue_mask(real_thumbnail, method=method)
+    assert mask.shape == real_thumbnail.shape[:2] and mask.dtype == bool
+    assert 0.25 < mask.mean() < 0.45
+    # the white glass at the left and right edges is not tissue; the band in the middle is
+    h, w = mask.shape
+    assert mask[:, : w // 10].mean() < 0.05 and mask[:, -w // 10 :].mean() < 0.05
+    assert mask[h // 4 : 3 * h // 4, int(w * 0.45) : int(w * 0.55)].mean() > 0.8
+
+
+def test_blank_glass_gives_an_empty_mask():
+    rng = np.random.default_rng(0)
+    assert not tissue_mask(np.full((200, 300, 3), 255, np.uint8)).any()
+    noisy = np.clip(240 + rng.normal(0, 4, (200, 300, 3)), 0, 255).astype(np.uint8)
+    assert not tissue_mask(noisy).any()
+    assert not tissue_mask(np.zeros((50, 50, 3), np.uint8)).any()  # black padding is not tissue
+
+
+def test_all_tissue_gives_a_full_mask():
+    rng = np.random.default_rng(1)
+    pink = np.clip(np.array([200, 110, 160]) + rng.normal(0, 15, (200, 300, 3)), 0, 255).astype(np.uint8)
+    assert tissue_mask(pink).mean() > 0.99
+
+
+def test_specks_removed_and_holes_filled():
+    img = np.full((200, 200, 3), 245, np.uint8)
+    img[40:160, 40:160] = (190, 90, 140)  # tissue block...
+    img[90:93, 90:93] = 245  # ...with a pinhole of glass
+    img[5:7, 5:7] = (190, 90, 140)  # a 4-pixel speck of debris
+    mask = tissue_mask(img, min_object_fraction=0.001, max_hole_fraction=0.001)
+    assert mask[90:93, 90:93].all() and not mask[5:7, 5:7].any()
+    assert mask.sum() == 120 * 120
+
+
+def test_helpers_keep_big_objects_and_border_holes():
+    m = np.zeros((10, 10), bool)
+    m[1:4, 1:4] = True
+    m[6, 6] = True
+    assert remove_small_objects(m, 2).sum() == 9
+    ring = np.ones((10, 10), bool)
+    ring[4:6, 4:6] = False  # enclosed hole: filled
+    ring[0, 0] = False  # touches the border: not a hole
+    filled = fill_small_holes(ring, 10)
+    assert filled[4:6, 4:6].all() and not filled[0, 0]
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="RGB"):
+        tissue_mask(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        tissue_mask(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="method"):
+        tissue_mask(np.zeros((10, 10, 3), np.uint8), method="magic")
+
+
+def test_byte_count_prescreen():
+    from clotclf_core.tissue import byte_count_prescreen
+
+    rng = np.random.default_rng(3)
+    counts = rng.normal(2_000, 100, (20, 30))  # glass compresses to ~2 kB per tile
+    counts[5:12, 8:20] = rng.normal(25_000, 3_000, (7, 12))  # tissue ~25 kB
+    busy = byte_count_prescreen(counts)
+    assert busy.sum() == 7 * 12 and busy[5:12, 8:20].all()
+    # one bell-shaped group (all glass, or all tissue): no split is trusted
+    assert byte_count_prescreen(rng.normal(2_000, 300, (20, 30))) is None
+    assert byte_count_prescreen(np.full((5, 5), 700)) is None
+    # edge tiles: blank padding shrinks them (still glass), copied content does not (kept as busy)
+    coverage = np.ones((20, 30))
+    coverage[:, -1] = 0.1
+    counts[:, -1] = 200  # blank-padded glass edge tiles
+    counts[0, -1] = 2_000  # an edge tile whose padding is content: busy, not missed
+    busy = byte_count_prescreen(counts, coverage)
+    assert not busy[1:, -1].any() and busy[0, -1] and busy[5:12, 8:20].all()
