@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -204,6 +205,232 @@ def smoke_test(input_size: int, batch_size: int, as_json: bool) -> None:
         click.echo(_table(rows, ["backbone", "head", "params_m", "loss", "seconds", "status"]))
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- tile
+
+
+@cli.command("tile")
+@click.argument("slides", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="TileSet folder to write (resumed if it exists).")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every slide file, id = file stem.")
+@click.option("--source", metavar="NAME[:k=v,...]", help="Slide source plugin (default: the best one for each file).")
+@click.option("--filter", "filters", multiple=True, default=("otsu",), metavar="NAME[:k=v,...]", help="Patch filter, repeatable, run in order (e.g. mobilenetv3:weights=RUN,threshold=0.5).")
+@click.option("--downsample", type=float, default=10.0, help="View the slide at 1/downsample.")
+@click.option("--tile-size", type=int, default=600, help="Tile side in pixels of that view.")
+@click.option("--stride", type=int, default=None, help="Step between tiles in pixels of that view [default: tile size].")
+@click.option("--tile-um", type=float, default=None, help="Tile side in microns (needs the slide's mpp); replaces --tile-size.")
+@click.option("--train-size", type=int, default=224, help="Side of the cached tiles (training input size).")
+@click.option("--min-tissue", type=float, default=0.1, help="Share of a tile that must be in the tissue mask for it to be read.")
+@click.option("--thumbnail-size", type=int, default=1024, help="Longer side of the view the tissue mask is computed on.")
+@click.option("--batch-size", type=int, default=64, help="Tiles read and filtered together.")
+@click.option("--prescreen/--no-prescreen", default=True, help="Large single-level tiled TIFFs: tissue mask from the TIFF tiles' compressed sizes, checked on a sample (no full decode).")
+@click.option("--workers", type=int, default=1, help="Slides tiled in parallel (processes).")
+@click.option("--threads", type=int, default=None, help="Reading threads per worker [default: CPU cores / workers, at most 8].")
+@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), help="Allowed label, repeatable.")
+@click.option("--require-labels", is_flag=True, help="Fail on manifest rows without a label (for a training set).")
+@click.option("--overwrite", is_flag=True, help="Replace a TileSet made with different settings.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no per-slide table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def tile(slides, out, manifest, source, filters, downsample, tile_size, stride, tile_um, train_size, min_tissue,
+         thumbnail_size, batch_size, prescreen, workers, threads, labels, require_labels, overwrite, quiet, as_json) -> None:
+    """Cut the slides in SLIDES into a TileSet: tissue mask, candidate tiles, filters, pixel cache, QC pictures."""
+    from .config import parse_component_ref
+    from .tiling import TileSettings, format_summary, tile_slides
+
+    settings = TileSettings.from_values(
+        downsample=downsample, tile_size=tile_size, stride=stride, tile_um=tile_um, train_size=train_size,
+        min_tissue=min_tissue, thumbnail_size=thumbnail_size, batch_size=batch_size, prescreen=prescreen,
+    )
+    refs = [parse_component_ref(f, "--filter") for f in filters]
+    summary = tile_slides(
+        slides, out, manifest=manifest, settings=settings, filters=refs, source=source, workers=workers, threads=threads,
+        overwrite=overwrite, progress=not (quiet or as_json), labels=labels, require_labels=require_labels,
+    )
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        text = format_summary(summary)
+        click.echo("\n".join(text.splitlines()[:2]) if quiet else text)
+
+
+# ----------------------------------------------------------------------------- export-patches
+
+
+@cli.command("export-patches")
+@click.argument("slides", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write tissue/ and background/ PNG patches into.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV whose image_id column selects the slides of the SLIDES folder.")
+@click.option("--per-slide", type=int, default=20, help="At most this many patches of each class per slide.")
+@click.option("--size", type=int, default=224, help="Side of the saved patches in pixels (the TileSet's --train-size).")
+@click.option("--tile-size", type=int, default=600, help="Patch side in pixels of the 1/downsample view (as in `clotclf tile`).")
+@click.option("--downsample", type=float, default=10.0, help="View the slide at 1/downsample (as in `clotclf tile`).")
+@click.option("--min-tissue", type=float, default=0.75, help="Share of a patch inside the tissue mask for it to count as tissue.")
+@click.option("--thumbnail-size", type=int, default=2048, help="Longer side of the view the tissue mask is computed on.")
+@click.option("--tissue-method", type=click.Choice(["saturation", "od", "either", "both"]), default="either", help="Tissue mask method (see clotclf_core.tissue).")
+@click.option("--seed", type=int, default=0, help="Seed for the choice of patches.")
+@click.option("--overwrite", is_flag=True, help="Replace a patch set already in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print patchset.json's content as JSON.")
+def export_patches_command(slides, out, manifest, per_slide, size, tile_size, downsample, min_tissue, thumbnail_size,
+                           tissue_method, seed, overwrite, quiet, as_json) -> None:
+    """Cut a balanced tissue / background patch set from the slide(s) SLIDES, labelled by the
+    tissue mask: the training data of `clotclf train-filter`."""
+    from .patchset import export_patches
+
+    summary = export_patches(
+        slides, out, manifest=manifest, per_slide=per_slide, size=size, tile_size=tile_size, downsample=downsample,
+        min_tissue=min_tissue, thumbnail_size=thumbnail_size, tissue_method=tissue_method, seed=seed,
+        overwrite=overwrite, progress=not (quiet or as_json),
+    )
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(
+        f"wrote {summary['n_tissue']} tissue + {summary['n_background']} background patches from "
+        f"{summary['slides_used']} slide(s) to {out}"
+    )
+    for image_id, reason in summary["slides_skipped"].items():
+        click.echo(f"skipped {image_id}: {reason}")
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+from .train import cli_options as _train_options  # noqa: E402  (pydantic only: keeps start-up light)
+
+
+@cli.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML of training settings; options given here override it.")
+@_train_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same settings).")
+@click.option("--nproc", type=int, default=None, help="Train data-parallel in N processes (torch.distributed launcher); or start under torchrun yourself.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no metrics table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary (metrics per fold) as JSON.")
+def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
+    """Train a classifier on a TileSet (--tiles) with a patient-level split; with no --tiles, on the
+    built-in demo cohort (generated and tiled once under --demo-dir). Writes a run directory:
+    model.safetensors, config.json, metrics.json, history.csv, plots/, README.md. See docs/training.md."""
+    import os
+
+    from .train import launch_distributed, overrides_from_cli, report_table, resolve_settings, train
+
+    settings = resolve_settings(config_path, overrides_from_cli(params))
+    if nproc:
+        launch_distributed(settings, nproc, resume, quiet, as_json)
+        return
+    summary = train(settings, resume=resume, progress=not (quiet or as_json))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    elif not quiet:
+        click.echo(report_table(summary))
+    else:
+        click.echo(summary["run_dir"])
+
+
+@cli.command("evaluate")
+@click.argument("run")
+@click.option("--tiles", required=True, type=click.Path(file_okay=False), help="TileSet to score (from `clotclf tile`).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and plots/ [default: RUN/eval-<tileset name>].")
+@click.option("--patients", type=click.Choice(["unseen", "val", "test", "all"]), default="unseen",
+              help="Which patients to score: those the model never trained on, the run's validation / test patients, or all (optimistic).")
+@click.option("--batch-size", type=int, default=64, help="Tiles per inference batch.")
+@click.option("--workers", type=int, default=2, help="Data-loader worker processes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
+def evaluate_command(run, tiles, out, patients, batch_size, workers, device, quiet, as_json) -> None:
+    """Re-evaluate the model RUN (a run directory, or a registry name) on a TileSet, at tile, slide
+    and patient level; by default only on patients the model never trained on."""
+    from .evaluate import evaluate_run
+    from .metrics import format_table
+
+    report = evaluate_run(run, tiles, out, patients, batch_size, workers, device, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    elif not quiet:
+        click.echo(f"{report['patients_scored']} patient(s), {report['n_tiles']} tiles ({report['subset']}; "
+                   f"{report['seen_in_training']} of the TileSet's patients were in the model's training split)")
+        if report["note"]:
+            click.echo(report["note"])
+        click.echo(format_table(report["metrics"]))
+        click.echo(f"\nwritten to {report['out']}")
+
+
+@cli.command("predict")
+@click.argument("slides", type=click.Path(path_type=str))
+@click.option("--model", "models", multiple=True, required=True, metavar="RUN",
+              help="Run directory or registry name (org/name[@rev]); repeat for an ensemble.")
+@click.option("--weight", "weights", multiple=True, type=float, help="Ensemble weight per --model, in order [default: equal].")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions.csv, submission.csv, heatmaps/.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label]; default: every slide file (patient = slide).")
+@click.option("--workers", type=int, default=1, help="Slides tiled in parallel (processes).")
+@click.option("--batch-size", type=int, default=64, help="Tiles per inference batch.")
+@click.option("--loader-workers", type=int, default=0, help="Data-loader worker processes for inference.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
+@click.option("--no-heatmaps", is_flag=True, help="Skip the heatmap pictures.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def predict_command(slides, models, weights, out, manifest, workers, batch_size, loader_workers, device, no_heatmaps,
+                    quiet, as_json) -> None:
+    """Classify the slides in SLIDES with one model or an ensemble: tiles them with each model's own
+    tiling settings, writes per-slide and per-patient probabilities (predictions.csv), a Kaggle-style
+    submission.csv (patient_id,CE,LAA) and one heatmap per slide."""
+    from .predict import predict
+
+    summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
+                      batch_size=batch_size, loader_workers=loader_workers, device=device,
+                      heatmaps=not no_heatmaps, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    if quiet:
+        click.echo(summary["out"])
+        return
+    click.echo(f"{summary['n_slides']} slide(s), {summary['n_patients']} patient(s) scored by "
+               f"{len(summary['models'])} model(s) in {summary['seconds']} s")
+    if summary["slides_without_tiles"]:
+        click.echo(f"no tissue tiles (not scored): {', '.join(summary['slides_without_tiles'])}")
+    for level, m in summary.get("metrics", {}).items():
+        click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
+                   f"weighted log loss {m['weighted_log_loss']:.3f}")
+    click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
+               f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
+
+
+# ----------------------------------------------------------------------------- demo data
+
+
+@cli.command("demo-data")
+@click.argument("out", type=click.Path(file_okay=False, path_type=str))
+@click.option("--seed", type=int, default=0, help="Seed: the same seed writes the same pixels.")
+@click.option("--patients", type=int, default=22, help="Number of patients (about 1.4 slides each, ~65% CE).")
+@click.option("--overwrite", is_flag=True, help="Replace the demo cohort in a non-empty OUT (slides/, train.csv, README.md).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the manifest path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo_data_command(out, seed, patients, overwrite, quiet, as_json) -> None:
+    """Write a small synthetic STRIP-AI-like cohort to OUT: train.csv (Kaggle columns), slides/*.tif
+    (tiled, pyramidal and stripped TIFFs) and a README. Synthetic: for demos and tests only."""
+    from .demo_data import timed_write
+
+    summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if quiet:
+        click.echo(summary["manifest"])
+        return
+    labels = ", ".join(f"{n} {k}" for k, n in summary["slides_per_label"].items())
+    tiling = summary["tiling"]
+    click.echo(
+        f"{summary['slides']} synthetic slides ({labels}) of {summary['patients']} patients "
+        f"({summary['patients_with_several_slides']} with several slides) from centres "
+        f"{', '.join(map(str, summary['centres']))}: {summary['megabytes']} MB in {summary['seconds']} s\n"
+        f"manifest: {summary['manifest']}\nslides:   {summary['slides_dir']}\n"
+        f"tile them with: clotclf tile {summary['slides_dir']} --manifest {summary['manifest']} --out TILES "
+        f"--downsample {tiling['downsample']:g} --tile-size {tiling['tile_size']} --stride {tiling['stride']}"
+    )
 
 
 def main() -> None:

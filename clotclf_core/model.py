@@ -122,6 +122,10 @@ def _check_safetensors(path: Path) -> None:
         )
     with open(path, "rb") as fh:
         head = fh.read(9)
+    # safetensors = 8-byte little-endian header length, then the JSON header: its first byte can be
+    # anything (0x80 when the length is 128 more than a multiple of 256), so the "{" decides first
+    if len(head) == 9 and head[8:9] == b"{":
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise ModelLoadError(
             f"'{path}' is a pickle / torch.save file despite its name; clotclf only loads safetensors "

@@ -1,0 +1,129 @@
+"""`clotclf train` and `clotclf evaluate` end to end, and their bad inputs: one line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from test_data import make_tileset
+from test_train import TINY_CCT
+
+from clotclf_core.cli import cli
+from clotclf_core.plugins import reset_manager
+
+TINY = [arg for k, v in TINY_CCT.items() for arg in ("--backbone-opt", f"{k}={v}")]
+FAST = ["--backbone", "cct", *TINY, "--epochs", "1", "--batch-size", "8", "--folds", "3", "--workers", "0", "--patience", "0"]
+
+
+def run(*args):
+    reset_manager()
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, *phrases):
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tiles = make_tileset(root / "tiles", n_patients=8, tiles_per_slide=3, size=32)
+    res = run("train", "--tiles", tiles, "--out", root / "run", *FAST, "--test-fraction", "0.25", "--json")
+    assert res.exit_code == 0, res.output
+    return root, tiles, json.loads(res.output)
+
+
+def test_train_json_summary_and_run_directory(trained):
+    root, _, summary = trained
+    assert summary["run_dir"] == str(root / "run") and summary["labels"] == ["CE", "LAA"]
+    fold = summary["folds"][0]
+    assert set(fold["val"]) == {"tile", "slide", "patient"} and fold["test"]["patient"]["n"] == 2
+    assert (root / "run" / "model.safetensors").is_file() and (root / "run" / "README.md").is_file()
+
+
+def test_train_config_file_with_cli_override(trained, tmp_path):
+    _, tiles, _ = trained
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(f"tiles: {tiles}\nbackbone: cct\nbackbone_options: {json.dumps(TINY_CCT)}\nepochs: 3\n"
+                   "batch_size: 8\nfolds: 3\nworkers: 0\n")
+    res = run("train", "--config", cfg, "--epochs", "1", "--out", tmp_path / "r", "--quiet")
+    assert res.exit_code == 0, res.output
+    resolved = json.loads((tmp_path / "r" / "config.json").read_text())["training"]
+    assert resolved["epochs"] == 1 and resolved["batch_size"] == 8  # CLI over YAML, YAML over defaults
+    assert (tmp_path / "r" / "training.yaml").is_file()
+
+
+def test_evaluate_scores_only_unseen_patients_by_default(trained):
+    root, tiles, _ = trained
+    config = json.loads((root / "run" / "config.json").read_text())
+    unseen = len(config["split"]["val"]) + len(config["split"]["test"])
+    res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["patients_scored"] == unseen and report["metrics"]["patient"]["n"] == unseen
+    assert report["seen_in_training"] == len(config["split"]["train"])
+    assert (root / "run" / "eval-tiles" / "metrics.json").is_file()
+    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate.png").is_file()
+    res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "all", "--out", root / "all", "-q")
+    assert res.exit_code == 0 and json.loads((root / "all" / "metrics.json").read_text())["patients_scored"] == 8
+    res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "test", "--out", root / "t")
+    assert "2 patient(s)" in res.output and "patient" in res.output
+
+
+def test_evaluate_on_another_cohort_scores_everyone(trained, tmp_path):
+    root, _, _ = trained
+    other = make_tileset(tmp_path / "other", n_patients=4, tiles_per_slide=2, size=48, prefix="q", seed=5)
+    res = run("evaluate", root / "run", "--tiles", other, "--workers", "0", "--json")
+    report = json.loads(res.output)
+    assert report["patients_scored"] == 4 and report["seen_in_training"] == 0
+    assert "resized" in report["note"]  # 48-px tiles for a 32-px model
+
+
+def test_evaluate_bad_inputs(trained, tmp_path):
+    root, tiles, _ = trained
+    one_line_error(run("evaluate", tmp_path / "nope", "--tiles", tiles), "is neither a run directory")
+    one_line_error(run("evaluate", root / "run", "--tiles", tmp_path / "missing"), "does not exist")
+    strange = make_tileset(tmp_path / "strange", n_patients=2, tiles_per_slide=1, labels=("CE", "Other"), prefix="z")
+    one_line_error(run("evaluate", root / "run", "--tiles", strange), "label(s) Other that the model does not know")
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "cv.json").write_text("{}")
+    (cv / "fold_0").mkdir()
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "cross-validation run; evaluate one of its fold models")
+
+
+def test_evaluate_refuses_when_every_patient_was_trained_on():
+    import pandas as pd
+
+    from clotclf_core.errors import ClotclfError
+    from clotclf_core.evaluate import select_patients
+
+    index = pd.DataFrame({"patient_id": ["a", "a", "b"], "image_id": ["1", "2", "3"]})
+    config = {"split": {"train": ["a", "b"], "val": [], "test": []}}
+    with pytest.raises(ClotclfError, match="every patient of this TileSet was used to train"):
+        select_patients(index, config, "unseen")
+    with pytest.raises(ClotclfError, match="has no val patients"):
+        select_patients(index, config, "val")
+    kept, info = select_patients(index, config, "all")
+    assert len(kept) == 3 and info["seen_in_training"] == 2
+
+
+def test_train_bad_inputs(trained, tmp_path):
+    root, tiles, _ = trained
+    one_line_error(run("train", "--tiles", tmp_path / "missing", *FAST, "--out", tmp_path / "a"), "does not exist")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("epochz: 3\n")
+    one_line_error(run("train", "--config", cfg, "--tiles", tiles), "unknown option 'epochz'", "did you mean 'epochs'")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--fold", "x"), "--fold 'x' must be a fold number")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--backbone-opt", "num_layers=two", "--out", tmp_path / "b"),
+                   "num_layers")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--folds", "9", "--out", tmp_path / "c"),
+                   "8 patient(s) cannot be split into 9 folds")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--out", root / "run", "--resume", "--lr", "0.5"),
+                   "started with other settings")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--nproc", "1"), "--nproc must be at least 2")
