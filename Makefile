@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import clotclf_core, torch, timm, openslide, tifffile, albumentations, huggingface_hub"
 	touch $(STAMP)
 
+# The main job: generate (or reuse) the synthetic demo cohort in clotclf-demo/, tile it, train a
+# small CCT with a patient-level split, and print the metrics and where the run directory is.
 demo: $(STAMP)
 	$(VENV)/bin/clotclf list-plugins
-	$(VENV)/bin/clotclf smoke-test
+	$(VENV)/bin/clotclf train --backbone cct
 
 test: $(STAMP)
 	$(PY) -m pytest -q
