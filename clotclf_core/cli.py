@@ -24,17 +24,17 @@ class ClotclfGroup(click.Group):
 
     _plugin_commands_added = False
 
-    def _add_plugin_commands(self) -> None:
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
         if not self._plugin_commands_added:
             self._plugin_commands_added = True
-            get_manager().hook.clotclf_add_commands(cli=self)
+            get_manager().add_commands(self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._add_plugin_commands()
+        self._add_plugin_commands(ctx)
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        self._add_plugin_commands()
+        self._add_plugin_commands(ctx)
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -45,6 +45,12 @@ class ClotclfGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
+def _apply_disabled(names: tuple[str, ...]) -> tuple[str, ...]:
+    if names:
+        reset_manager(disabled=names)
+    return names
+
+
 @click.group(cls=ClotclfGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="clotclf")
 @click.option(
@@ -53,6 +59,8 @@ class ClotclfGroup(click.Group):
     multiple=True,
     metavar="NAME",
     help=f"Skip a plugin (entry-point or distribution name); repeatable. Same as {DISABLE_ENV}=a,b.",
+    is_eager=True,  # applied while parsing, before plugins add their commands (and before --help)
+    callback=lambda ctx, param, value: _apply_disabled(value),
 )
 def cli(disable: tuple[str, ...]) -> None:
     """clotclf: classify stroke-clot origin (CE vs LAA) from whole-slide images.
@@ -60,8 +68,6 @@ def cli(disable: tuple[str, ...]) -> None:
     Slides -> tiles (`clotclf tile`) -> trained, patient-level evaluated models (`clotclf train`)
     -> predictions with heatmaps (`clotclf predict`). Components are plugins: `clotclf list-plugins`.
     """
-    if disable:
-        reset_manager(disabled=disable)
 
 
 # ----------------------------------------------------------------------------- plugins

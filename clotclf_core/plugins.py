@@ -206,6 +206,17 @@ class PluginManager:
     def distribution_of(self, spec: ComponentSpec) -> dict[str, str]:
         return {"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version}
 
+    def add_commands(self, cli: Any) -> None:
+        """Let each plugin add its click commands; one that raises is marked ``error`` and skipped."""
+        for impl in self.pm.hook.clotclf_add_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                info = next((p for p in self.plugins if p.name == impl.plugin_name), None)
+                if info is not None:
+                    info.status = f"error: clotclf_add_commands() raised {_short_reason(exc)}"
+                    info.detail = traceback.format_exc()
+
     def resolve_model(self, name: str) -> Any:
         """Ask plugins (e.g. the registry) to turn a model name into a local run directory."""
         return self.pm.hook.clotclf_resolve_model(name=name)

@@ -87,6 +87,25 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None) -> 
     return out
 
 
+def _job_image_ids(slides_dir: str | Path, manifest: str | Path | None, labels: list[str]) -> set[str]:
+    """The image_ids this prediction is about: the manifest's rows, or every slide file in the folder."""
+    from .manifest import manifest_from_files, read_manifest
+    from .tiling import TilingError, find_slides
+
+    if manifest is not None:
+        try:
+            df = read_manifest(manifest, labels=labels, require_labels=False)
+        except ClotclfError as exc:
+            raise PredictError(
+                f"{exc}".replace("choose the labels with --label", f"use a model trained on these labels (this one knows {', '.join(labels)})")
+            ) from None
+        return set(df["image_id"])
+    folder = Path(slides_dir)
+    if not folder.is_dir():
+        raise TilingError(f"slide folder '{folder}' does not exist or is not a folder: check the SLIDES argument")
+    return set(manifest_from_files(find_slides(folder))["image_id"])
+
+
 def _settings_key(t: dict[str, Any]) -> str:
     blob = json.dumps({"s": t["settings"].model_dump(mode="json"), "f": t["filters"], "src": t["source"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -135,6 +154,7 @@ def predict(
     loaded = load_models(models, weights)
     labels = loaded[0].labels
     rt = pick_runtime(device)
+    job_ids = _job_image_ids(slides_dir, manifest, labels)
 
     # 1. tile once per distinct tiling recipe among the models
     groups: dict[str, list[LoadedModel]] = {}
@@ -153,7 +173,10 @@ def predict(
             workers=workers, progress=progress, labels=labels, require_labels=False,
         )
         ts = TileSet(tiles_dir)
-        statuses.update({k: v for k, v in ts.slides.items() if k not in statuses or v.get("status") == "done"})
+        # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one
+        ts.index = ts.index[ts.index["image_id"].isin(job_ids)].reset_index(drop=True)
+        mine = {k: v for k, v in ts.slides.items() if k in job_ids}
+        statuses.update({k: v for k, v in mine.items() if k not in statuses or v.get("status") == "done"})
         if len(ts) == 0:
             continue
         probs = _score_tileset(ts, members, batch_size, loader_workers, rt, progress)
@@ -176,8 +199,9 @@ def predict(
     slides = slides.drop(columns="_weight")
     patients = slides.groupby("patient_id", sort=True).agg({**{c: "mean" for c in pcols}, "image_id": "count"}).reset_index()
     patients = patients.rename(columns={"image_id": "n_slides"})
-    if "label" in slides.columns:
-        patients = patients.merge(slides.groupby("patient_id")["label"].first().reset_index(), on="patient_id")
+    if "label" in slides.columns:  # a patient's label: the first non-empty one of its slides
+        first_label = slides.groupby("patient_id")["label"].agg(lambda v: next((x for x in v if x), ""))
+        patients = patients.merge(first_label.reset_index(), on="patient_id")
 
     # slides that gave no tiles are listed with their reason; patients with none get no made-up number
     failed = [(k, v) for k, v in statuses.items() if v.get("status") != "done" and k not in set(slides["image_id"])]

@@ -82,3 +82,36 @@ def test_smoke_test_command():
     assert res.exit_code == 0
     assert {("poolformer", "linear"), ("poolformer", "mlp")} <= {(r["backbone"], r["head"]) for r in rows}
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_plugin_whose_add_commands_raises_does_not_break_the_cli(fake_dist):
+    fake_dist(
+        "fake-cmd-broken",
+        "fake_cmd_broken",
+        """
+        from clotclf_core.hookspecs import hookimpl
+        @hookimpl
+        def clotclf_add_commands(cli):
+            raise RuntimeError('cannot add my command')
+        """,
+    )
+    import clotclf_core.cli as cli_mod
+
+    reset_manager()
+    group = cli_mod.ClotclfGroup(name="clotclf", commands=dict(cli.commands), params=list(cli.params), callback=cli.callback)
+    res = CliRunner().invoke(group, ["list-plugins"], catch_exceptions=False)
+    assert res.exit_code == 0
+    line = next(line for line in res.output.splitlines() if "fake_cmd_broken" in line)
+    assert "cannot add my command" in line and "clotclf_add_commands" in line
+    assert "poolformer" in res.output
+
+
+def test_disable_plugin_option_applies_before_plugin_commands_are_added():
+    def commands(*args):
+        out = subprocess.run([sys.executable, "-m", "clotclf_core.cli", *args, "--help"], capture_output=True, text=True,
+                             check=True).stdout
+        return {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()}
+
+    assert {"pull", "push", "list-models", "train-filter"} <= commands()
+    without = commands("--disable-plugin", "registry")
+    assert "pull" not in without and "push" not in without and "train-filter" in without

@@ -133,3 +133,25 @@ def test_models_with_other_labels_or_no_tiling_record_are_refused(tmp_path, slid
     bare = make_run(tmp_path / "bare", 4, with_tileset=False)
     with pytest.raises(ClotclfError, match="tiling settings"):
         predict(slides, [str(bare)], tmp_path / "y", progress=False)
+
+
+def test_reusing_out_scores_only_this_jobs_slides(tmp_path, slides, runs):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "a_0.tif").write_bytes((slides / "a_0.tif").read_bytes())
+    (second / "b_0.tif").write_bytes((slides / "b_0.tif").read_bytes())
+    out = tmp_path / "preds"
+    predict(first, [str(runs[0])], out, progress=False)
+    summary = predict(second, [str(runs[0])], out, progress=False)
+    assert summary["n_slides"] == 1
+    assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["b_0"]
+    assert [Path(h).name for h in summary["heatmaps"]] == ["b_0.png"]
+
+
+def test_manifest_label_unknown_to_the_model(tmp_path, slides, runs):
+    bad = tmp_path / "m.csv"
+    pd.DataFrame({"image_id": ["a_0"], "patient_id": ["a"], "label": ["Other"]}).to_csv(bad, index=False)
+    with pytest.raises(ClotclfError) as err:
+        predict(slides, [str(runs[0])], tmp_path / "o", manifest=bad, progress=False)
+    assert "--label" not in str(err.value) and "CE, LAA" in str(err.value)

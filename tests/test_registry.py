@@ -421,7 +421,8 @@ def test_model_names_resolve_anywhere_a_run_directory_is_accepted(reg, runs, mon
         path = resolve_run_dir(name)
         assert torch.equal(outputs(path), outputs(runs["a"]))
     assert load_model(resolve_run_dir("tiny")).labels == ["CE", "LAA"]
-    predict = pytest.importorskip("clotclf_core.predict")
+    import clotclf_core.predict as predict
+
     by_name, by_path = predict.load_models([f"{NS}/tiny@v1", str(runs["a"])])  # what `clotclf predict --model` does
     assert sha256_file(by_name.run_dir / WEIGHTS_NAME) == sha256_file(runs["a"] / WEIGHTS_NAME)
     assert by_name.config == by_path.config

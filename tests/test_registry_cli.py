@@ -165,10 +165,7 @@ def test_a_background_filter_is_pushed_and_used_by_name_as_filter_weights(tmp_pa
 
     from clotclf_core.plugins import get_manager
 
-    try:
-        from clotclf_mobilenet_bg._net import BackgroundNet, save_run
-    except ImportError:  # pragma: no cover - the filter plugin is optional
-        pytest.skip("the mobilenetv3 filter plugin is not installed")
+    from clotclf_mobilenet_bg._net import BackgroundNet, save_run  # a built-in plugin: must be installed
     torch.manual_seed(0)
     run = tmp_path / "bg"
     save_run(BackgroundNet("mobilenetv3_small_050", input_size=32), run, {})
