@@ -17,9 +17,11 @@ For each slide (see docs/data-formats.md for what is written):
 
 A slide that cannot be read, has no tissue, or is smaller than one tile is recorded with its
 status and reason and the run goes on; re-running skips finished slides (``failed`` ones are
-retried). ``workers`` > 1 tiles slides in parallel processes (one slide per process at a time,
-its handle closed after); the parent alone writes, in manifest order, so the result does not
-depend on the number of workers.
+retried, and so are slides whose pixel file is missing or broken) after bringing them up to date
+with the current manifest: new patient / centre / label values are written into the index without
+pixel work, and slides it no longer lists leave the TileSet. ``workers`` > 1 tiles slides in
+parallel processes (one slide per process at a time, its handle closed after); the parent alone
+writes, in manifest order, so the result does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -521,7 +523,7 @@ def tile_slides(
     from tqdm.auto import tqdm
 
     from .manifest import manifest_from_files, read_manifest
-    from .tileset import TileSetWriter
+    from .tileset import MANIFEST_COLUMNS, TileSetWriter
 
     t_start = time.perf_counter()
     settings = settings or TileSettings()
@@ -564,6 +566,17 @@ def tile_slides(
     qc_dir = str(Path(out) / "qc")
 
     records = df.to_dict("records")
+    # a resumed TileSet must say what a fresh one would: labels and slides from the current manifest
+    changes = writer.sync({rec["image_id"]: {c: rec.get(c, "") for c in MANIFEST_COLUMNS} for rec in records})
+    listing = "manifest" if manifest is not None else "slide folder"
+    per_slide: list[dict[str, Any]] = [
+        {"image_id": k, "status": "removed", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": f"no longer in the {listing} ({why})"}
+        for k, why in changes["removed"].items()
+    ] + [
+        {"image_id": k, "status": "relabelled", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": what}
+        for k, what in changes["relabelled"].items()
+    ]
+    notes = [f"{k}: pixels/{k}.npy was broken ({why}); tiling it again" for k, why in writer.broken.items() if k not in changes["removed"]]
     todo, skipped = [], []
     for rec in records:
         status = writer.meta["slides"].get(rec["image_id"], {}).get("status")
@@ -583,7 +596,6 @@ def tile_slides(
         for rec in todo
     ]
     by_id = {rec["image_id"]: rec for rec in todo}
-    per_slide: list[dict[str, Any]] = []
     rejected = {b.name: 0 for b in built}
 
     def commit(res: dict[str, Any]) -> None:
@@ -629,6 +641,8 @@ def tile_slides(
         "out": str(out),
         "slides": len(records),
         "skipped": len(skipped),
+        "relabelled": len(changes["relabelled"]),
+        "removed": len(changes["removed"]),
         "tiled": sum(1 for s in per_slide if s["status"] == "done"),
         "no_tissue": sum(1 for s in per_slide if s["status"] == "no_tissue"),
         "failed": sum(1 for s in per_slide if s["status"] == "failed"),
@@ -640,13 +654,14 @@ def tile_slides(
         "threads": threads,
         "seconds": round(time.perf_counter() - t_start, 2),
         "per_slide": per_slide,
-        "notes": list(df.attrs.get("notes", [])),
+        "notes": list(df.attrs.get("notes", [])) + notes,
     }
     if done_total == 0:
-        reasons = "; ".join(f"{s['image_id']}: {s['reason']}" for s in per_slide[:3])
+        tried = [s for s in per_slide if s["status"] in ("failed", "no_tissue")]
+        reasons = "; ".join(f"{s['image_id']}: {s['reason']}" for s in tried[:3])
         raise TilingError(
             f"no slide could be tiled ({summary['failed']} failed, {summary['no_tissue']} without tissue): {reasons}"
-            + (" ..." if len(per_slide) > 3 else "")
+            + (" ..." if len(tried) > 3 else "")
             + f". Statuses are in {Path(out) / 'tileset.json'}"
         )
     return summary
@@ -682,8 +697,9 @@ def _run_pool(jobs: list[dict[str, Any]], workers: int, commit: Any, overall: An
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table printed by ``clotclf tile``."""
     lines = [
-        f"TileSet {summary['out']}: {summary['slides']} slides: {summary['tiled']} tiled, {summary['skipped']} already done, "
-        f"{summary['no_tissue']} without tissue, {summary['failed']} failed; {summary['seconds']} s with {summary['workers']} worker(s)",
+        f"TileSet {summary['out']}: {summary['slides']} slides: {summary['tiled']} tiled, {summary['skipped']} already done"
+        + "".join(f", {summary[k]} {k}" for k in ("relabelled", "removed") if summary.get(k))
+        + f", {summary['no_tissue']} without tissue, {summary['failed']} failed; {summary['seconds']} s with {summary['workers']} worker(s)",
         f"tiles: {summary['candidates']} candidates read, {summary['tiles_kept']} kept"
         + "".join(f", {k} rejected {v}" for k, v in summary["rejected"].items())
         + f"; {summary['tiles_in_tileset']} tiles in the TileSet",

@@ -224,6 +224,67 @@ def test_manifest_labels_resume_and_settings(tmp_path, slides):
     assert redo["tiled"] == 3 and TileSet(out).settings["tile_size"] == 120
 
 
+def test_retiling_follows_the_current_manifest(tmp_path, slides):
+    """Tile with a label left blank, fix the manifest, re-tile into the same folder: the done
+    slides take the new labels / patients without being read again, and a slide the manifest
+    no longer lists leaves the TileSet (index, status, pixels, QC picture)."""
+    write_slide(slides / "s3.tif", seed=3)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image_id,center_id,patient_id,label\ns1,11,p1,CE\ns2,4,p2,\ns3,4,p3,CE\n")
+    out = tmp_path / "ts"
+    tile_slides(slides, out, manifest=manifest, settings=SMALL, progress=False)
+    assert TileSet(out).index.query("image_id == 's2'")["label"].eq("").all()
+    stamps = {k: (out / "pixels" / f"{k}.npy").stat().st_mtime_ns for k in ("s1", "s2")}
+    n_s3 = TileSet(out).slides["s3"]["n_tiles"]
+
+    manifest.write_text("image_id,center_id,patient_id,label\ns1,11,p7,CE\ns2,4,p2,LAA\n")
+    again = tile_slides(slides, out, manifest=manifest, settings=SMALL, progress=False)
+    assert (again["skipped"], again["tiled"], again["candidates"], again["relabelled"], again["removed"]) == (2, 0, 0, 2, 1)
+    assert {r["image_id"]: (r["status"], r["reason"]) for r in again["per_slide"]} == {
+        "s1": ("relabelled", "patient_id 'p1' -> 'p7'"),
+        "s2": ("relabelled", "label '' -> 'LAA'"),
+        "s3": ("removed", f"no longer in the manifest (was done, {n_s3} tiles)"),
+    }
+    ts = TileSet(out)
+    per_slide = ts.index.groupby("image_id")[["patient_id", "label"]].first().apply(tuple, axis=1).to_dict()
+    assert per_slide == {"s1": ("p7", "CE"), "s2": ("p2", "LAA")} and set(ts.slides) == {"s1", "s2"}
+    assert again["tiles_in_tileset"] == len(ts)
+    assert not (out / "pixels" / "s3.npy").exists() and not (out / "qc" / "s3.png").exists()
+    assert stamps == {k: (out / "pixels" / f"{k}.npy").stat().st_mtime_ns for k in ("s1", "s2")}, "no pixel work"
+    text = tiling.format_summary(again)
+    assert "2 already done, 2 relabelled, 1 removed," in text.splitlines()[0]
+    assert any(line.startswith("s3") and "removed" in line for line in text.splitlines()[2:])
+    assert no_temp_files(out)
+
+    # the same run again changes nothing; the slide listed again is tiled again
+    assert tile_slides(slides, out, manifest=manifest, settings=SMALL, progress=False)["relabelled"] == 0
+    manifest.write_text(manifest.read_text() + "s3,4,p3,LAA\n")
+    third = tile_slides(slides, out, manifest=manifest, settings=SMALL, progress=False)
+    assert third["tiled"] == 1 and third["removed"] == third["relabelled"] == 0
+    assert TileSet(out).index.query("image_id == 's3'")["label"].eq("LAA").all()
+
+
+def test_retiling_repairs_missing_and_truncated_pixel_files(tmp_path, slides):
+    out = tmp_path / "ts"
+    tile_slides(slides, out, settings=SMALL, progress=False)
+    before = TileSet(out)
+    original = {k: np.array(before.pixels(k)) for k in ("s1", "s2")}
+    del before
+    data = (out / "pixels" / "s1.npy").read_bytes()
+    (out / "pixels" / "s1.npy").write_bytes(data[: len(data) // 2])
+    (out / "pixels" / "s2.npy").unlink()
+    with pytest.raises(TileSetError, match=r"2 broken pixel file\(s\): .*s1.npy: truncated.*s2.npy: missing.*--overwrite"):
+        TileSet(out)
+
+    again = tile_slides(slides, out, settings=SMALL, progress=False)
+    assert again["tiled"] == 2 and again["skipped"] == 0
+    assert any(n.startswith("s1: pixels/s1.npy was broken (truncated") for n in again["notes"])
+    assert any(n.startswith("s2: pixels/s2.npy was broken (missing)") for n in again["notes"])
+    ts = TileSet(out)
+    for k, pixels in original.items():
+        np.testing.assert_array_equal(ts.pixels(k), pixels)
+
+
 def test_interrupted_write_leaves_only_finished_slides(tmp_path, slides, monkeypatch):
     out = tmp_path / "ts"
     import clotclf_core.tileset as tileset_mod
@@ -355,6 +416,23 @@ def test_cli_tile(tmp_path, slides):
     assert res.exit_code == 0, res.output
     ts = TileSet(tmp_path / "ts2")
     assert ts.settings["filters"][0]["options"]["channel"] == "saturation" and (ts.index["score_otsu"] >= 0.6).all()
+    # a slide deleted from the folder leaves the TileSet, said in the summary and the table
+    (slides / "s2.tif").unlink()
+    res = run_cli(slides, "--out", tmp_path / "ts", *SMALL_ARGS)
+    assert res.exit_code == 0 and "1 already done, 1 removed," in res.output, res.output
+    assert any(line.startswith("s2") and "removed" in line and "no longer in the slide folder" in line for line in res.output.splitlines())
+    assert set(TileSet(tmp_path / "ts").slides) == {"s1"}
+
+
+def test_cli_reading_a_tileset_with_a_broken_pixel_file_is_one_line(tmp_path, slides):
+    from clotclf_core.cli import cli
+
+    assert run_cli(slides, "--out", tmp_path / "ts", *SMALL_ARGS, "-q").exit_code == 0
+    (tmp_path / "ts" / "pixels" / "s1.npy").unlink()
+    res = CliRunner().invoke(cli, ["train", "--tiles", str(tmp_path / "ts"), "--out", str(tmp_path / "run"), "-q"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1, res.output
+    assert "s1.npy: missing" in lines[0] and "--overwrite" in lines[0]
 
 
 @pytest.mark.parametrize(
