@@ -120,6 +120,8 @@ def predict_probs(model, loader, positions: np.ndarray, n: int, rt: Runtime, pro
         return mine
     import torch.distributed as dist
 
+    # numpy arrays, gathered as objects: on CUDA the process group has a gloo backend for CPU data
+    # beside NCCL (clotclf_core.train.init_distributed), so this never needs a GPU copy
     shares: list[Any] = [None] * rt.world_size
     dist.all_gather_object(shares, (positions, mine))
     out = np.zeros((n, cfg.num_classes), dtype=np.float32)
@@ -240,11 +242,17 @@ def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "
     ts = TileSet(tiles)
     labels = model.labels
     _check_labels(labels, ts.index, str(tiles))
+    notes = []
     if model.config.input_size != ts.tile_size:
-        note = f"tiles are {ts.tile_size} px and the model takes {model.config.input_size} px: resized on the fly"
-    else:
-        note = ""
-    subset_df, info = select_patients(ts.index, config, patients)
+        notes.append(f"tiles are {ts.tile_size} px and the model takes {model.config.input_size} px: resized on the fly")
+    unlabelled = ts.index["label"] == ""
+    if unlabelled.any():  # nothing to score them against: left out, and said
+        n_slides = int(ts.index.loc[unlabelled, "image_id"].nunique())
+        notes.append(f"{n_slides} slide(s) without a label left out (nothing to score them against; "
+                     "`clotclf predict` gives their probabilities)")
+    subset_df, info = select_patients(ts.index[~unlabelled], config, patients)
+    info["unlabelled_slides_left_out"] = int(ts.index.loc[unlabelled, "image_id"].nunique())
+    note = "; ".join(notes)
     rt = pick_runtime(device)
     model.to(rt.device)
     if rt.channels_last:

@@ -9,8 +9,10 @@ refused with a :class:`SplitError`.
 - ``group_by="patient"``: stratified k-fold over patients.
 - ``group_by="center"``: stratified *group* k-fold with centres as groups, so no centre is on both
   sides (a leave-centre-out check of how a model travels to another hospital).
-- ``test_fraction``: patients held out before the folds are made; no fold ever trains or
-  validates on them, so they give an estimate untouched by early stopping or model choice.
+- ``test_fraction`` (0 to 0.5): patients held out before the folds are made; no fold ever trains
+  or validates on them, so they give an estimate untouched by early stopping or model choice. The
+  held-out share is label-stratified and as close to the request as whole patients (or whole
+  centres) allow; the share achieved is recorded with the split.
 
 A split is saved with the run (``split.json`` and ``config.json``'s ``split``) and can be fed
 back with ``--split-file`` to train another model on exactly the same patients.
@@ -19,6 +21,7 @@ back with ``--split-file`` to train another model on exactly the same patients.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,12 +59,24 @@ class Split:
     group_by: str = "patient"
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    #: the ``--test-fraction`` asked for (None: not recorded, a split file from an older version),
+    #: and how many patients the split covers (test included)
+    test_fraction: float | None = 0.0
+    n_patients: int | None = None
+
+    @property
+    def test_fraction_achieved(self) -> float | None:
+        """Share of the patients actually held out (whole patients / centres: near, not equal, to the request)."""
+        return round(len(self.test) / self.n_patients, 4) if self.n_patients else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "group_by": self.group_by,
             "seed": self.seed,
             "n_folds": len(self.folds),
+            "n_patients": self.n_patients,
+            "test_fraction": self.test_fraction,
+            "test_fraction_achieved": self.test_fraction_achieved,
             "test": self.test,
             "folds": [f.to_dict() for f in self.folds],
             "notes": self.notes,
@@ -89,6 +104,17 @@ def patient_table(index: "pd.DataFrame") -> "pd.DataFrame":
         raise SplitError(
             f"patient '{pid}' has slides with different labels ({', '.join(seen)}); a patient has one stroke "
             f"etiology. Fix the label in the manifest and re-tile ({len(bad)} patient(s) affected)"
+        )
+    # a patient under two centres would be put on both sides of a --group-by center split, and its
+    # centre is reported with every result: a manifest error, never a first-one-wins guess
+    centres = grouped["center_id"].nunique()
+    bad = centres[centres > 1]
+    if len(bad):
+        pid = bad.index[0]
+        seen = sorted(df.loc[df["patient_id"] == pid, "center_id"].unique())
+        raise SplitError(
+            f"patient '{pid}' has slides from different centres ({', '.join(seen)}); a patient's slides come from "
+            f"one centre. Fix the center_id in the manifest and re-tile ({len(bad)} patient(s) affected)"
         )
     table = pd.DataFrame(
         {
@@ -126,24 +152,81 @@ def _check_counts(patients: "pd.DataFrame", n_folds: int, group_by: str) -> None
             )
 
 
-def holdout(patients: "pd.DataFrame", fraction: float, seed: int, group_by: str = "patient") -> list[str]:
-    """Pick about ``fraction`` of the patients (label-stratified, whole centres if grouped) as a test set."""
-    if fraction <= 0:
-        return []
-    if not 0 < fraction < 1:
-        raise SplitError(f"--test-fraction must be between 0 and 1 (got {fraction})")
-    from sklearn.model_selection import StratifiedGroupKFold
+#: the largest --test-fraction: beyond it the test set would be larger than what is trained on
+MAX_TEST_FRACTION = 0.5
 
-    n_parts = max(2, round(1 / fraction))
-    groups = patients["center_id" if group_by == "center" else "patient_id"].to_numpy()
-    if len(set(groups)) < n_parts:
+
+def holdout(patients: "pd.DataFrame", fraction: float, seed: int, group_by: str = "patient") -> list[str]:
+    """About ``fraction`` of the patients, label-stratified, as a test set (whole centres if grouped).
+
+    By patient: each class gives its share (largest remainders, so the total is
+    ``round(fraction * n)``), chosen at random from ``seed``. By centre: the set of whole centres
+    whose patient count and label mix come closest to the request (see :func:`_pick_centres`).
+    """
+    if fraction == 0:
+        return []
+    if not 0 < fraction <= MAX_TEST_FRACTION:
         raise SplitError(
-            f"--test-fraction {fraction} needs at least {n_parts} {group_by}s to hold some out "
-            f"(found {len(set(groups))}); lower the fraction or use --test-fraction 0"
+            f"--test-fraction must be above 0 and at most {MAX_TEST_FRACTION} (got {fraction}): it is the share of "
+            "patients held out for testing, and more than half would leave less to train on than to test. "
+            "Use e.g. --test-fraction 0.2, or 0 for no test set"
         )
-    splitter = StratifiedGroupKFold(n_splits=n_parts, shuffle=True, random_state=seed)
-    _, test_idx = next(splitter.split(patients, patients["label"], groups))
-    return sorted(patients["patient_id"].iloc[test_idx].tolist())
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(patients)
+    if group_by == "center":
+        return _pick_centres(patients, fraction, rng)
+    target = round(fraction * n)
+    if target < 1:
+        raise SplitError(
+            f"--test-fraction {fraction} of {n} patient(s) holds out no patient; use at least "
+            f"{math.ceil(50 / n) / 100 if n else 1:.2f}, or --test-fraction 0 for no test set"
+        )
+    classes = sorted(patients["label"].unique())
+    counts = np.array([(patients["label"] == c).sum() for c in classes])
+    quota = fraction * counts
+    take = np.floor(quota).astype(int)
+    # largest remainders first (ties in random order), until the total is the target
+    order = sorted(range(len(classes)), key=lambda i: (-(quota[i] - take[i]), rng.random()))
+    for i in order[: max(0, target - int(take.sum()))]:
+        take[i] += 1
+    chosen: list[str] = []
+    for cls, k in zip(classes, take):
+        ids = sorted(patients.loc[patients["label"] == cls, "patient_id"])
+        chosen += [ids[j] for j in rng.permutation(len(ids))[:k]]
+    return sorted(chosen)
+
+
+def _pick_centres(patients: "pd.DataFrame", fraction: float, rng) -> list[str]:
+    """Whole centres to hold out: among sets of centres, those whose share of patients is closest
+    to ``fraction`` and whose label mix is closest to the whole cohort's (score = |share - fraction|
+    + half the L1 distance of the class proportions); one of the near-best is drawn from ``rng``.
+    Every set is tried up to 14 centres (16,383 sets), a random 20,000 beyond that."""
+    import numpy as np
+
+    table = patients.groupby(["center_id", "label"]).size().unstack(fill_value=0).sort_index()
+    centres, counts = list(table.index), table.to_numpy(dtype=float)
+    g, n = len(centres), counts.sum()
+    if g < 2:
+        raise SplitError(
+            f"--test-fraction with --group-by center holds out whole centres, and there is only {g} centre; "
+            "use --group-by patient, or --test-fraction 0"
+        )
+    if g <= 14:
+        masks = ((np.arange(1, 2**g - 1)[:, None] >> np.arange(g)) & 1).astype(bool)
+    else:
+        masks = rng.random((20000, g)) < fraction
+        masks = masks[masks.any(1) & ~masks.all(1)]
+    sizes = masks.astype(float) @ counts  # (sets, classes)
+    share = sizes.sum(1) / n
+    mix = sizes / np.maximum(sizes.sum(1, keepdims=True), 1)
+    overall = counts.sum(0) / n
+    score = np.abs(share - fraction) + 0.5 * np.abs(mix - overall).sum(1)
+    near = np.flatnonzero(score <= score.min() + 0.01)
+    pick = masks[near[rng.integers(len(near))]]
+    held = {c for c, m in zip(centres, pick) if m}
+    return sorted(patients.loc[patients["center_id"].isin(held), "patient_id"])
 
 
 def make_split(
@@ -170,11 +253,23 @@ def make_split(
         warnings.simplefilter("ignore", UserWarning)
         for k, (tr, va) in enumerate(splitter.split(rest, rest["label"], groups)):
             folds.append(Fold(k, sorted(rest["patient_id"].iloc[tr]), sorted(rest["patient_id"].iloc[va])))
-    split = Split(folds, test, group_by, seed)
+    split = Split(folds, test, group_by, seed, test_fraction=test_fraction, n_patients=len(patients))
     if (index["patient_id"].astype(str).str.strip() == "").any():
         split.notes.append("some slides had no patient_id: each of them was treated as its own patient")
+    if test:
+        split.notes.append(describe_test_set(split))
     check_split(split, patients, labels)
     return split
+
+
+def describe_test_set(split: Split) -> str:
+    """One sentence: how many patients were held out, against what was asked."""
+    achieved = split.test_fraction_achieved or 0.0
+    asked = "" if split.test_fraction is None else f"; --test-fraction asked {split.test_fraction:.1%}"
+    text = f"held-out test set: {len(split.test)} of {split.n_patients} patients ({achieved:.1%}{asked})"
+    if split.group_by == "center" and split.test_fraction is not None and abs(achieved - split.test_fraction) > 0.05:
+        text += ", whole centres being held out, the share can only move in steps of a centre's size"
+    return text
 
 
 def check_split(split: Split, patients: "pd.DataFrame", labels: list[str] | None = None) -> None:
@@ -241,7 +336,10 @@ def load_split(path: str | Path, index: "pd.DataFrame", labels: list[str] | None
         ) from None
     if not folds:
         raise SplitError(f"split file '{p}' has no folds")
-    split = Split(folds, [str(x) for x in data.get("test", [])], str(data.get("group_by", "patient")),
-                  int(data.get("seed", 0)), [f"loaded from {p}"])
-    check_split(split, patient_table(index), labels)
+    patients = patient_table(index)
+    test = [str(x) for x in data.get("test", [])]
+    split = Split(folds, test, str(data.get("group_by", "patient")), int(data.get("seed", 0)), [f"loaded from {p}"],
+                  test_fraction=None if data.get("test_fraction") is None else float(data["test_fraction"]),
+                  n_patients=len(set(test).union(*(set(f.train) | set(f.val) for f in folds))))
+    check_split(split, patients, labels)
     return split

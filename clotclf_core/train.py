@@ -2,8 +2,11 @@
 
 ``train(settings)`` is what ``clotclf train`` runs:
 
-1. the TileSet (``--tiles``, or the demo cohort generated and tiled once under ``--demo-dir``);
-2. a patient-level split (:mod:`clotclf_core.splits`), saved with the run;
+1. the TileSet (``--tiles``, or the demo cohort generated and tiled once under ``--demo-dir``),
+   its unlabelled slides left out (and said);
+2. a patient-level split (:mod:`clotclf_core.splits`), saved with the run. Everything that can
+   refuse a run (options, model, labels, split: :func:`prepare_run`) is checked before the first
+   file is written, so a refused command never leaves a half-started run behind;
 3. per fold, a :class:`Trainer`: AdamW (no weight decay on biases and norms), cosine schedule
    with warm-up (or reduce-on-plateau, as published), gradient clipping applied between
    ``backward`` and ``step``, early stopping on the validation *patient-level* log loss, bf16
@@ -26,6 +29,7 @@ safetensors metadata) in one file, written atomically — so it is always self-c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -92,7 +96,7 @@ class TrainSettings(StrictModel):
     folds: int = Field(5, ge=2, description="k of the patient-level stratified k-fold")
     fold: int | Literal["all"] = Field(0, description="which fold validates (0..folds-1), or 'all' for full cross-validation")
     group_by: Literal["patient", "center"] = Field("patient", description="keep whole patients (or whole centres) on one side")
-    test_fraction: float = Field(0.0, ge=0, lt=1, description="share of patients held out from every fold as a test set")
+    test_fraction: float = Field(0.0, ge=0, description="share of patients held out from every fold as a test set (0 to 0.5; 0: none)")
     split_file: str | None = Field(None, description="reuse a saved split.json instead of making a split")
     # -- optimisation
     epochs: int = Field(20, ge=1, description="maximum epochs per fold")
@@ -128,6 +132,10 @@ class TrainSettings(StrictModel):
             raise ValueError(f"fold {self.fold} does not exist with folds={self.folds}: use 0..{self.folds - 1} or 'all'")
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
+        if self.test_fraction > 0.5:
+            raise ValueError(
+                f"test_fraction {self.test_fraction} would hold out more patients than are trained on; use a share "
+                "above 0 and at most 0.5 (e.g. 0.2), or 0 for no test set")
         return self
 
 
@@ -266,10 +274,12 @@ def init_distributed(device: str) -> tuple[int, int, int]:
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:  # before any CUDA work, so NCCL and every collective use this rank's GPU, not GPU 0
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # on CUDA, NCCL for CUDA tensors (DDP's gradients) and gloo for CPU ones: the object
+        # collectives (broadcast_object_list, all_gather_object) and barrier then go over gloo, in CPU memory
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     return rank, world, local_rank
 
 
@@ -281,7 +291,7 @@ def _barrier(rt: "Runtime") -> None:
 
 
 def _broadcast(rt: "Runtime", value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
+    """Rank 0's ``value`` on every rank (over gloo, in CPU memory: see :func:`init_distributed`)."""
     if not rt.distributed:
         return value
     import torch.distributed as dist
@@ -289,6 +299,19 @@ def _broadcast(rt: "Runtime", value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _sum_over_ranks(rt: "Runtime", values: list[float]) -> list[float]:
+    """``values`` summed over the data-parallel ranks. The tensor is made on ``rt.device``: the CUDA
+    backend (NCCL) refuses CPU tensors, and on the CPU the device is the CPU anyway."""
+    if not rt.distributed:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    totals = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(totals)
+    return totals.tolist()
 
 
 # ============================================================================ checkpoints
@@ -405,6 +428,11 @@ class Trainer:
 
         size, tile = model.config.input_size, tileset.tile_size
         self.train_ds = TileDataset(tileset, train_rows, self.labels, build_transform(size, tile, s.augment))
+        if (self.train_ds.targets < 0).any():  # prepare_run leaves unlabelled tiles out; a direct caller may not
+            raise ClotclfError(
+                f"fold {fold}: {int((self.train_ds.targets < 0).sum())} training tile(s) have a label outside "
+                f"{self.labels} (or none); leave them out of the training rows"
+            )
         self.sampler = EpochSampler(len(self.train_ds), _mix(s.seed, fold), True, rt.rank, rt.world_size)
         drop_last = len(self.sampler) > s.batch_size  # no tiny last batch, unless one batch is all there is
         self.train_loader = make_loader(self.train_ds, self.sampler, s.batch_size, s.workers,
@@ -489,12 +517,8 @@ class Trainer:
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        stats = torch.tensor([float(total), float(seen)], dtype=torch.float64)
-        if self.rt.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(stats)
-        return {"train_loss": float(stats[0] / max(stats[1], 1)), "images_per_s": float(stats[1]) / max(seconds, 1e-9),
+        loss_sum, images = _sum_over_ranks(self.rt, [float(total), float(seen)])
+        return {"train_loss": loss_sum / max(images, 1), "images_per_s": images / max(seconds, 1e-9),
                 "train_seconds": seconds}
 
     def validate(self, desc: str = "validate") -> tuple[float, dict[str, Any], "np.ndarray"]:
@@ -682,6 +706,120 @@ def _labels_for(s: TrainSettings, index: "pd.DataFrame", where: str) -> list[str
     return found
 
 
+def _drop_unlabelled(ts: "TileSet") -> dict[str, int]:
+    """Leave the tiles without a label out of ``ts.index`` (in memory only); returns what was left out.
+
+    ``clotclf tile`` accepts manifest rows without a label (slides one only wants to predict on).
+    Training cannot use them, so they go before the split is made: no unlabelled patient can land
+    in a fold. A patient with labelled and unlabelled slides keeps its labelled ones.
+    """
+    index = ts.index
+    unlabelled = (index["label"] == "").to_numpy()
+    if not unlabelled.any():
+        return {}
+    gone, kept = index[unlabelled], index[~unlabelled]
+    ts.index = kept.reset_index(drop=True)
+    return {"slides": int(gone["image_id"].nunique()), "tiles": int(len(gone)),
+            "patients": int(len(set(gone["patient_id"]) - set(kept["patient_id"])))}
+
+
+def _model_config(s: TrainSettings, labels: list[str], input_size: int) -> ModelConfig:
+    return ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
+                       head_options=s.head_options, labels=labels, input_size=input_size)
+
+
+def check_model_options(s: TrainSettings) -> None:
+    """The backbone and head exist and their options are valid: checked first, before minutes of
+    demo-cohort generation and before anything is written."""
+    from .plugins import get_manager
+
+    mgr = get_manager()
+    mgr.get("backbone", s.backbone).validate_options(s.backbone_options)
+    mgr.get("head", s.head).validate_options(s.head_options)
+
+
+def check_model(s: TrainSettings, labels: list[str], input_size: int) -> None:
+    """Build the model once and push one input through it, so options that validate but cannot be
+    built, or an input size the backbone cannot take, are refused before the run directory is touched."""
+    from .model import build_model
+
+    try:
+        model = build_model(_model_config(s, labels, input_size))
+    except ClotclfError:
+        raise
+    except Exception as exc:  # a plugin factory's own error: name the options, not a traceback
+        raise ClotclfError(
+            f"backbone '{s.backbone}' with head '{s.head}' cannot be built from these options "
+            f"({type(exc).__name__}: {str(exc)[:200]}); check them with `clotclf show-plugin {s.backbone}` "
+            f"and `clotclf show-plugin {s.head}`"
+        ) from None
+    _check_input_size(model, input_size, s.backbone)
+
+
+@dataclasses.dataclass
+class RunData:
+    """What a run trains on, every check passed (see :func:`prepare_run`)."""
+
+    ts: "TileSet"  #: its index holds the labelled tiles only
+    labels: list[str]
+    split: "Split"
+    records: dict[str, Any]  #: config.json's ``tileset`` (the whole TileSet) and ``data`` (what was used) sections
+    #: data left out, always printed (stderr); notes (the test set's size) printed with progress; both in the summary
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def prepare_run(s: TrainSettings, run_dir: Path, resume: bool) -> RunData:
+    """Everything that can refuse a run, and only reads: the TileSet, its labels (unlabelled slides
+    left out), the model (built once and run on one input) and the split (made or loaded, checked).
+    ``train`` writes nothing before this returns, so a refused command leaves no half-started run."""
+    from .splits import SplitError, describe_test_set, load_split, make_split
+    from .tileset import TileSet
+
+    ts = TileSet(s.tiles)
+    if len(ts) == 0:
+        raise ClotclfError(f"the TileSet '{s.tiles}' has no tiles; check `clotclf tile`'s summary (no tissue found?)")
+    tileset = _tileset_record(ts)
+    labels = _labels_for(s, ts.index, s.tiles)
+    dropped = _drop_unlabelled(ts)
+    data = _data_record(s, ts)
+    warnings, notes = [], []
+    if dropped:
+        data |= {"n_unlabelled_slides_left_out": dropped["slides"], "n_unlabelled_patients_left_out": dropped["patients"]}
+        warnings.append(
+            f"{dropped['slides']} slide(s) of the TileSet have no label ({dropped['tiles']} tiles; {dropped['patients']} "
+            "patient(s) with no labelled slide at all): they are left out of training, validation and test. Label "
+            "them in the manifest and re-tile to use them")
+    check_model(s, labels, s.input_size or ts.tile_size)
+    try:
+        if resume and (run_dir / "split.json").is_file():
+            split = load_split(run_dir / "split.json", ts.index, labels)
+        elif s.split_file:
+            split = load_split(s.split_file, ts.index, labels)
+        else:
+            split = make_split(ts.index, s.folds, s.seed, s.group_by, s.test_fraction, labels)
+    except SplitError as exc:
+        if not dropped:
+            raise
+        raise SplitError(f"{exc} (counted after leaving out the {dropped['slides']} unlabelled slide(s))") from None
+    if len(split.folds) != s.folds:
+        raise ClotclfError(f"the split has {len(split.folds)} folds but folds={s.folds}; set --folds {len(split.folds)}")
+    if split.test:
+        notes.append(describe_test_set(split))
+    return RunData(ts, labels, split, {"tileset": tileset, "data": data}, warnings, notes)
+
+
+def _check_resume(s: TrainSettings, run_dir: Path, resume: bool) -> None:
+    _check_out(run_dir, resume)
+    if resume:
+        diff = _differences(load_yaml(run_dir / "training.yaml"), _settings_dict(s))
+        if diff:
+            raise ClotclfError(
+                f"--resume: '{run_dir}' was started with other settings ({'; '.join(diff[:4])}). Resume with "
+                f"the same settings (--config {run_dir / 'training.yaml'} --resume), or choose another --out"
+            )
+
+
 def _default_out(s: TrainSettings) -> str:
     return str(Path("runs") / f"{s.backbone.split('/')[-1]}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -716,6 +854,7 @@ def _fold_split_record(split: "Split", k: int, index: "pd.DataFrame") -> dict[st
         "strategy": strategy, "group_by": split.group_by, "n_folds": len(split.folds), "fold": k, "seed": split.seed,
         "n_train_patients": len(fold.train), "n_val_patients": len(fold.val), "n_test_patients": len(split.test),
         "n_train_slides": slides(fold.train), "n_val_slides": slides(fold.val), "n_test_slides": slides(split.test),
+        "test_fraction": split.test_fraction, "test_fraction_achieved": split.test_fraction_achieved,
         "train": fold.train, "val": fold.val, "test": split.test,
     }
 
@@ -746,8 +885,10 @@ def _plot_history(history: list[dict[str, Any]], png: Path, title: str) -> None:
 
 def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir: Path, labels: list[str],
                rt: "Runtime", resume: bool, progress: bool,
-               after_train_epoch: Callable[[int, Trainer], None] | None = None) -> dict[str, Any]:
-    """Train and evaluate fold ``k`` into ``fold_dir`` (a complete, loadable run directory)."""
+               after_train_epoch: Callable[[int, Trainer], None] | None = None,
+               records: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and evaluate fold ``k`` into ``fold_dir`` (a complete, loadable run directory).
+    ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``)."""
     from .data import cap_tiles_per_slide, rows_of_patients
     from .evaluate import eval_loader, predict_probs, predictions_frame, score, write_pictures
     from .model import build_model, save_model
@@ -763,11 +904,8 @@ def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir
             f"fold {k}: the training split has no tile of class {', '.join(missing)}; use fewer folds or add data"
         )
     input_size = s.input_size or ts.tile_size
-    cfg = ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
-                      head_options=s.head_options, labels=labels, input_size=input_size)
     seed_everything(_mix(s.seed, k, 0))
-    model = build_model(cfg)
-    _check_input_size(model, input_size, s.backbone)
+    model = build_model(_model_config(s, labels, input_size))  # checked by prepare_run's check_model
     trainer = Trainer(s, model, ts, train_rows, val_rows, k, fold_dir, rt, progress)
     if resume:
         trainer.resume(_settings_dict(s))
@@ -797,8 +935,9 @@ def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir
     if test_metrics is not None:
         result["test"] = test_metrics
     if rt.is_main:
+        records = records or {"tileset": _tileset_record(ts), "data": _data_record(s, ts)}
         extra = {"training": _settings_dict(s), "split": _fold_split_record(split, k, ts.index),
-                 "tileset": _tileset_record(ts), "data": _data_record(s, ts)}
+                 "tileset": records["tileset"], "data": records["data"]}
         with disk_guard("the model and its results", fold_dir):  # the checkpoints are complete: --resume redoes this
             save_model(trainer.model, fold_dir, extra)
             write_json(fold_dir / "metrics.json", result)
@@ -852,9 +991,9 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
           after_train_epoch: Callable[[int, Trainer], None] | None = None) -> dict[str, Any]:
     """Run the training described by ``s``; returns the summary (what ``--json`` prints)."""
     from .evaluate import pick_runtime
-    from .splits import load_split, make_split, save_split
-    from .tileset import TileSet
+    from .splits import save_split
 
+    check_model_options(s)  # before the demo cohort is generated (minutes)
     rank, world, local_rank = init_distributed(s.device)
     rt = pick_runtime(s.device, s.precision, s.channels_last, rank, world, local_rank)
     t_start = time.perf_counter()
@@ -862,30 +1001,19 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
         tiles = prepare_demo(s.demo_dir, progress) if rt.is_main else None
         tiles = str(_broadcast(rt, str(tiles) if tiles else None))
         s = s.model_copy(update={"tiles": tiles})
-    ts = TileSet(s.tiles)
-    if len(ts) == 0:
-        raise ClotclfError(f"the TileSet '{s.tiles}' has no tiles; check `clotclf tile`'s summary (no tissue found?)")
-    labels = _labels_for(s, ts.index, s.tiles)
     if not s.out:
         s = s.model_copy(update={"out": _broadcast(rt, _default_out(s))})
     run_dir = Path(s.out)
-    # every rank runs the checks (they only read), so a refusal stops all ranks alike
-    _check_out(run_dir, resume)
-    if resume:
-        diff = _differences(load_yaml(run_dir / "training.yaml"), _settings_dict(s))
-        if diff:
-            raise ClotclfError(
-                f"--resume: '{run_dir}' was started with other settings ({'; '.join(diff[:4])}). Resume with "
-                f"the same settings (--config {run_dir / 'training.yaml'} --resume), or choose another --out"
-            )
-    if resume and (run_dir / "split.json").is_file():
-        split = load_split(run_dir / "split.json", ts.index, labels)
-    elif s.split_file:
-        split = load_split(s.split_file, ts.index, labels)
-    else:
-        split = make_split(ts.index, s.folds, s.seed, s.group_by, s.test_fraction, labels)
-    if len(split.folds) != s.folds:
-        raise ClotclfError(f"the split has {len(split.folds)} folds but folds={s.folds}; set --folds {len(split.folds)}")
+    # every rank runs the checks (they only read), so a refusal stops all ranks alike; and nothing
+    # is written before they pass, so a refused command leaves no half-started run to block the next
+    _check_resume(s, run_dir, resume)
+    run = prepare_run(s, run_dir, resume)
+    ts, split, labels = run.ts, run.split, run.labels
+    if rt.is_main:
+        for text in run.warnings:
+            print(f"Warning: {text}.", file=sys.stderr)
+        for text in run.notes if progress else []:
+            print(f"Note: {text}.", file=sys.stderr)
     _barrier(rt)
     if rt.is_main:
         import yaml
@@ -903,12 +1031,14 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
         if resume and s.fold == "all" and finished:
             results.append(_reload_fold(s, ts, split, k, fold_dir, labels, rt, progress))
             continue
-        results.append(train_fold(s, ts, split, k, fold_dir, labels, rt, resume, progress, after_train_epoch))
+        results.append(train_fold(s, ts, split, k, fold_dir, labels, rt, resume, progress, after_train_epoch,
+                                  run.records))
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "tileset": str(ts.root), "labels": labels,
+                               "notes": run.warnings + run.notes,
                                "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
     if s.fold == "all":
-        summary |= _cross_validation(s, run_dir, ts, split, results, labels, rt)
+        summary |= _cross_validation(s, run_dir, ts, split, results, labels, rt, run.records)
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     return summary
 
@@ -934,7 +1064,7 @@ def _reload_fold(s, ts, split, k, fold_dir, labels, rt, progress) -> dict[str, A
     return result | out
 
 
-def _cross_validation(s, run_dir: Path, ts, split, results, labels, rt) -> dict[str, Any]:
+def _cross_validation(s, run_dir: Path, ts, split, results, labels, rt, records) -> dict[str, Any]:
     """Mean ± std over folds, the pooled out-of-fold patient-level figures, and (with a test set)
     the test patients scored by the mean of the fold models' probabilities."""
     import numpy as np
@@ -956,7 +1086,7 @@ def _cross_validation(s, run_dir: Path, ts, split, results, labels, rt) -> dict[
         doc = {"val": oof, **out, "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         write_json(run_dir / "metrics.json", doc)
         write_json(run_dir / "cv.json", {"training": _settings_dict(s), "split": split.to_dict(),
-                                         "tileset": _tileset_record(ts), "folds": [f"fold_{r['fold']}" for r in results]})
+                                         "tileset": records["tileset"], "folds": [f"fold_{r['fold']}" for r in results]})
         write_text(run_dir / "predictions_oof.csv", predictions_frame(oof_df, oof_probs, labels).to_csv(index=False))
         write_pictures(run_dir, oof_df, oof_probs, labels, oof, "oof")
         if test_df is not None:
@@ -1083,12 +1213,14 @@ def launch_distributed(s: TrainSettings, nproc: int, resume: bool, quiet: bool, 
         raise ClotclfError(
             f"--nproc must be at least 2 for data-parallel training (got {nproc}); leave it out for one process"
         )
+    check_model_options(s)
     if s.tiles is None:
         s = s.model_copy(update={"tiles": str(prepare_demo(s.demo_dir, not (quiet or as_json)))})
     if not s.out:
         s = s.model_copy(update={"out": _default_out(s)})
     run_dir = Path(s.out)
-    _check_out(run_dir, resume)
+    _check_resume(s, run_dir, resume)
+    prepare_run(s, run_dir, resume)  # the ranks' own checks, once here: a refusal is one line, before N processes start
     run_dir.mkdir(parents=True, exist_ok=True)
     launch_cfg = run_dir / "launch.yaml"
     write_text(launch_cfg, yaml.safe_dump(_settings_dict(s), sort_keys=False))

@@ -103,3 +103,79 @@ def test_split_file_with_a_patient_on_both_sides_is_refused(tmp_path):
         load_split(tmp_path / "split.json", df)
     with pytest.raises(SplitError, match="does not exist"):
         load_split(tmp_path / "nope.json", df)
+
+
+def test_a_patient_with_two_centres_is_an_error():
+    df = index(6, slides=2)
+    df.loc[df["image_id"] == "s1_1", "center_id"] = "c9"  # p1's other slide is from c1
+    with pytest.raises(SplitError, match="patient 'p1' has slides from different centres \\(c1, c9\\).*center_id"):
+        patient_table(df)
+    with pytest.raises(SplitError, match="patient 'p1'"):  # so it can never be on both sides of a centre split
+        make_split(df, n_folds=2, group_by="center")
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.25, 0.3, 0.4, 0.5])
+def test_the_test_set_is_the_fraction_asked_for_and_stratified(fraction):
+    df = index(40, centers=5)  # 20 CE + 20 LAA patients
+    split = make_split(df, n_folds=2, seed=3, test_fraction=fraction)
+    assert len(split.test) == round(40 * fraction)
+    per_class = [sum(int(p[1:]) % 2 == c for p in split.test) for c in (0, 1)]
+    assert abs(per_class[0] - per_class[1]) <= 1  # as stratified as whole patients allow
+    assert split.to_dict()["test_fraction"] == fraction
+    assert split.to_dict()["test_fraction_achieved"] == pytest.approx(len(split.test) / 40)
+    assert any(f"{len(split.test)} of 40 patients" in n for n in split.notes)
+
+
+def test_the_test_set_follows_the_seed_and_rounds_class_shares():
+    # 18 CE + 12 LAA: 0.3 of them is 9 patients, 5.4 + 3.6 -> 5 CE + 4 LAA (largest remainder)
+    df = index(30, label_of=lambda p: "CE" if p < 18 else "LAA")
+    tests = [make_split(df, 2, seed=s, test_fraction=0.3).test for s in range(3)]
+    for test in tests:
+        assert len(test) == 9 and sum(int(p[1:]) < 18 for p in test) == 5
+    assert len({tuple(t) for t in tests}) > 1
+    assert make_split(df, 2, seed=1, test_fraction=0.3).test == tests[1]
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.75, 0.99, -0.1])
+def test_a_test_fraction_outside_0_to_half_is_refused(fraction):
+    with pytest.raises(SplitError, match=f"--test-fraction must be above 0 and at most 0.5 \\(got {fraction}\\)"):
+        make_split(index(20), n_folds=2, test_fraction=fraction)
+
+
+def test_a_test_fraction_too_small_to_hold_out_anyone_is_refused():
+    with pytest.raises(SplitError, match="--test-fraction 0.05 of 8 patient\\(s\\) holds out no patient; use at least 0.07"):
+        make_split(index(8), n_folds=2, test_fraction=0.05)
+
+
+def test_group_by_center_holds_out_whole_centres_close_to_the_fraction():
+    df = index(60, centers=5)  # 5 centres of 12 patients (6 CE + 6 LAA each): 0.2 is one centre
+    centre = dict(zip(df["patient_id"], df["center_id"]))
+    held = set()
+    for seed in range(4):
+        split = make_split(df, n_folds=2, seed=seed, group_by="center", test_fraction=0.2)
+        test_centres = {centre[p] for p in split.test}
+        assert len(test_centres) == 1 and len(split.test) == 12 and split.test_fraction_achieved == 0.2
+        for fold in split.folds:
+            assert not test_centres & {centre[p] for p in fold.train + fold.val}
+        held |= test_centres
+    assert len(held) > 1  # the seed picks among equally good centres
+    # 0.3 cannot be met with 12-patient centres: the nearest (one or two centres) is taken, and said
+    split = make_split(df, n_folds=2, seed=0, group_by="center", test_fraction=0.3)
+    assert len(split.test) in (12, 24)
+    assert any("whole centres being held out" in n for n in split.notes)
+    with pytest.raises(SplitError, match="only 1 centre"):
+        make_split(index(10, centers=1), n_folds=2, group_by="center", test_fraction=0.2)
+
+
+def test_saved_split_keeps_the_test_fraction(tmp_path):
+    df = index(20)
+    split = make_split(df, n_folds=2, seed=0, test_fraction=0.25)
+    save_split(split, tmp_path / "split.json")
+    again = load_split(tmp_path / "split.json", df)
+    assert (again.test_fraction, again.test_fraction_achieved, again.test) == (0.25, 0.25, split.test)
+    older = json.loads((tmp_path / "split.json").read_text())
+    del older["test_fraction"]  # a split.json from before the fraction was recorded
+    (tmp_path / "split.json").write_text(json.dumps(older))
+    from clotclf_core.splits import describe_test_set
+
+    assert describe_test_set(load_split(tmp_path / "split.json", df)) == "held-out test set: 5 of 20 patients (25.0%)"

@@ -244,6 +244,7 @@ def test_impossible_splits_and_unknown_labels_are_refused(tmp_path):
     other = make_tileset(tmp_path / "other", n_patients=4, tiles_per_slide=1, labels=("CE", "LAA", "Other"))
     with pytest.raises(ClotclfError, match="label\\(s\\) Other that are not in --labels CE,LAA"):
         train(settings(other, tmp_path / "r3", labels=["CE", "LAA"]), progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("r")]  # no half-started run left behind
 
 
 def test_a_backbone_that_cannot_take_the_input_size_is_reported(tiles, tmp_path, fake_dist):
@@ -275,6 +276,7 @@ def test_a_backbone_that_cannot_take_the_input_size_is_reported(tiles, tmp_path,
     reset_manager()
     with pytest.raises(ClotclfError, match="backbone 'fixed40' cannot take 32x32 inputs.*--input-size"):
         train(settings(tiles, tmp_path / "r", backbone="fixed40", backbone_options={}), progress=False)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_cross_validation_reports_mean_std_and_out_of_fold(tiles, tmp_path):
@@ -316,3 +318,156 @@ def test_a_safetensors_header_whose_length_starts_with_0x80_is_not_taken_for_a_p
     assert data[0] == 0x80
     (tmp_path / "w.safetensors").write_bytes(data)
     assert torch.equal(load_state(tmp_path / "w.safetensors")["w"], torch.zeros(2))
+
+
+# ----------------------------------------------------------------------------- unlabelled slides, refusals that write nothing
+
+
+def _blank_labels(tiles, image_ids):
+    """Make slides unlabelled in a TileSet's index, as `clotclf tile` does for manifest rows without a label."""
+    index = pd.read_csv(tiles / "tiles.csv", dtype=str, keep_default_na=False)
+    index.loc[index["image_id"].isin(image_ids), "label"] = ""
+    index.to_csv(tiles / "tiles.csv", index=False)
+    return tiles
+
+
+def test_unlabelled_slides_are_left_out_before_the_split_and_reported(tmp_path, capsys):
+    tiles = make_tileset(tmp_path / "t", n_patients=10, slides_per_patient=2, tiles_per_slide=2, size=32)
+    # p08 and p09 have no label at all; p00 has one labelled and one unlabelled slide
+    _blank_labels(tiles, ["ps08_0", "ps08_1", "ps09_0", "ps09_1", "ps00_1"])
+    out = tmp_path / "run"
+    summary = train(settings(tiles, out, epochs=1, fold="all", test_fraction=0.2), progress=False)
+    err = capsys.readouterr().err
+    assert "Warning: 5 slide(s) of the TileSet have no label (10 tiles; 2 patient(s) with no labelled slide" in err
+    assert "left out of training, validation and test" in summary["notes"][0]
+    split = json.loads((out / "split.json").read_text())
+    everyone = set(split["test"]).union(*(set(f["train"]) | set(f["val"]) for f in split["folds"]))
+    assert everyone == {f"p{p:02d}" for p in range(8)} and split["n_patients"] == 8
+    config = json.loads((out / "fold_0" / "config.json").read_text())
+    assert config["data"]["n_unlabelled_slides_left_out"] == 5 and config["data"]["n_unlabelled_patients_left_out"] == 2
+    assert config["data"]["n_slides"] == 15 and config["tileset"]["n_slides"] == 20  # used vs the whole TileSet
+    scored = pd.concat([pd.read_csv(out / "predictions_oof.csv"), pd.read_csv(out / "fold_0" / "predictions_test.csv")])
+    assert not {"ps08_0", "ps09_0", "ps00_1"} & set(scored["image_id"]) and "ps00_0" in set(scored["image_id"])
+
+
+def test_too_few_labelled_patients_left_is_refused_in_one_error(tmp_path):
+    tiles = make_tileset(tmp_path / "t", n_patients=4, tiles_per_slide=1)
+    _blank_labels(tiles, ["ps02_0", "ps03_0"])  # leaves one CE and one LAA patient
+    with pytest.raises(ClotclfError, match="fewer patients \\(CE: 1, LAA: 1\\) than folds \\(2\\).*after leaving out the 2 "
+                       "unlabelled slide"):
+        train(settings(tiles, tmp_path / "r", folds=2), progress=False)
+    assert not (tmp_path / "r").exists()
+    _blank_labels(tiles, ["ps00_0", "ps01_0"])
+    with pytest.raises(ClotclfError, match="has no labelled tiles"):
+        train(settings(tiles, tmp_path / "r"), progress=False)
+
+
+def test_a_refused_run_writes_nothing_so_the_corrected_command_just_works(tiles, tmp_path, fake_dist):
+    fake_dist("fake-broken", "fake_broken", """
+        from clotclf_core.hookspecs import hookimpl
+        from clotclf_core.interfaces import ComponentSpec, NoOptions
+
+        def build(opts):
+            raise ValueError("depth 99 is not a depth this backbone has")
+
+        @hookimpl
+        def clotclf_backbones():
+            return [ComponentSpec("backbone", "broken", "always fails to build", NoOptions, build)]
+    """)
+    from clotclf_core.plugins import reset_manager
+
+    reset_manager()
+    out = tmp_path / "r1"
+    with pytest.raises(ClotclfError, match="backbone 'broken' with head 'linear' cannot be built from these options "
+                       "\\(ValueError: depth 99"):
+        train(settings(tiles, out, backbone="broken", backbone_options={}), progress=False)
+    with pytest.raises(ConfigError, match="num_layers"):
+        train(settings(tiles, out, backbone_options=TINY_CCT | {"num_layers": "9x"}), progress=False)
+    with pytest.raises(ConfigError, match="embed_dim 31 is not divisible by num_heads 2"):  # valid types, invalid model
+        train(settings(tiles, out, backbone_options=TINY_CCT | {"embed_dim": 31}), progress=False)
+    with pytest.raises(ClotclfError, match="cannot be split into 9 folds"):
+        train(settings(tiles, out, folds=9), progress=False)
+    assert not out.exists()
+    train(settings(tiles, out, epochs=1), progress=False)  # no "already holds a training run"
+    assert (out / "model.safetensors").is_file()
+
+
+def test_the_trainer_refuses_training_rows_without_a_known_label(tmp_path):
+    from clotclf_core.config import ModelConfig
+    from clotclf_core.evaluate import pick_runtime
+    from clotclf_core.model import build_model
+    from clotclf_core.tileset import TileSet
+    from clotclf_core.train import Trainer
+
+    tiles = _blank_labels(make_tileset(tmp_path / "t", n_patients=4, tiles_per_slide=2, size=32), ["ps03_0"])
+    model = build_model(ModelConfig(backbone="cct", backbone_options=TINY_CCT, labels=["CE", "LAA"], input_size=32))
+    with pytest.raises(ClotclfError, match="fold 0: 2 training tile\\(s\\) have a label outside \\['CE', 'LAA'\\]"):
+        Trainer(settings(tiles, tmp_path), model, TileSet(tiles), np.arange(8), np.arange(2), 0, tmp_path,
+                pick_runtime("cpu"), False)
+
+
+def test_model_options_are_checked_before_the_demo_cohort_is_made(tmp_path, monkeypatch):
+    import clotclf_core.train as train_module
+
+    def no_demo(*args, **kwargs):
+        raise AssertionError("the demo cohort was generated before the options were checked")
+
+    monkeypatch.setattr(train_module, "prepare_demo", no_demo)
+    s = resolve_settings(None, {"backbone": "cct", "backbone_options": {"num_layers": "9x"}, "demo_dir": str(tmp_path / "d")})
+    with pytest.raises(ConfigError, match="num_layers"):
+        train(s, progress=False)
+    s = resolve_settings(None, {"backbone": "cct", "head": "no-such-head", "demo_dir": str(tmp_path / "d")})
+    with pytest.raises(ClotclfError, match="unknown head 'no-such-head'"):
+        train(s, progress=False)
+
+
+def test_a_test_fraction_above_one_half_is_refused_by_the_settings():
+    with pytest.raises(ConfigError, match="test_fraction 0.7 would hold out more patients than are trained on"):
+        resolve_settings(None, {"tiles": "t", "test_fraction": 0.7})
+
+
+# ----------------------------------------------------------------------------- data-parallel plumbing (no GPU needed)
+
+
+def test_train_loss_is_summed_over_ranks_on_the_runtime_device(monkeypatch):
+    """NCCL refuses CPU tensors: the epoch's loss sum must be all-reduced on the training device.
+    A 'meta' device stands in for the GPU (on a CPU runtime any tensor would pass)."""
+    import torch.distributed as dist
+
+    from clotclf_core.evaluate import Runtime
+    from clotclf_core.train import _sum_over_ranks
+
+    seen = []
+
+    class Reduced(Exception):
+        pass
+
+    def fake_all_reduce(tensor, *args, **kwargs):
+        seen.append((tensor.device, tensor.dtype, tuple(tensor.shape)))
+        raise Reduced
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    with pytest.raises(Reduced):
+        _sum_over_ranks(Runtime(torch.device("meta"), world_size=2), [3.5, 8.0])
+    assert seen == [(torch.device("meta"), torch.float64, (2,))]
+    assert _sum_over_ranks(Runtime(torch.device("cpu")), [3.5, 8.0]) == [3.5, 8.0]  # one process: no collective
+
+
+@pytest.mark.parametrize("cuda, device, backend", [(True, "auto", "cpu:gloo,cuda:nccl"), (True, "cpu", "gloo"),
+                                                   (False, "auto", "gloo")])
+def test_the_process_group_has_gloo_for_cpu_objects_and_each_rank_its_own_gpu(monkeypatch, cuda, device, backend):
+    import torch.distributed as dist
+
+    from clotclf_core.train import init_distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda b, **kw: calls.append(("init", b)))
+    assert init_distributed(device) == (1, 2, 1)
+    gpu = cuda and device != "cpu"
+    assert calls == ([("set_device", 1)] if gpu else []) + [("init", backend)]

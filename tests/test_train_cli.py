@@ -127,3 +127,56 @@ def test_train_bad_inputs(trained, tmp_path):
     one_line_error(run("train", "--tiles", tiles, *FAST, "--out", root / "run", "--resume", "--lr", "0.5"),
                    "started with other settings")
     one_line_error(run("train", "--tiles", tiles, *FAST, "--nproc", "1"), "--nproc must be at least 2")
+
+
+def test_a_bad_backbone_option_leaves_nothing_that_blocks_the_corrected_command(trained, tmp_path):
+    _, tiles, _ = trained
+    out = tmp_path / "r1"
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--out", out, "--backbone-opt", "num_layers=99x"), "num_layers")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--out", out, "--backbone-opt", "embed_dim=31"),
+                   "embed_dim 31 is not divisible by num_heads 2")
+    assert not out.exists()
+    res = run("train", "--tiles", tiles, *FAST, "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+
+
+def test_data_parallel_launch_refuses_bad_runs_before_starting_processes(trained, tmp_path):
+    _, tiles, _ = trained
+    out = tmp_path / "ddp"
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--folds", "9", "--out", out, "--nproc", "2"),
+                   "8 patient(s) cannot be split into 9 folds")
+    one_line_error(run("train", "--tiles", tiles, *FAST, "--test-fraction", "0.6", "--out", out, "--nproc", "2"),
+                   "test_fraction 0.6 would hold out more patients than are trained on")
+    assert not out.exists()
+
+
+def test_train_with_unlabelled_slides_says_what_it_left_out(tmp_path):
+    import pandas as pd
+
+    tiles = make_tileset(tmp_path / "tiles", n_patients=8, tiles_per_slide=2, size=32)
+    index = pd.read_csv(tiles / "tiles.csv", dtype=str, keep_default_na=False)
+    index.loc[index["patient_id"] == "p07", "label"] = ""  # a manifest row without a label: `clotclf tile` keeps it
+    index.to_csv(tiles / "tiles.csv", index=False)
+    res = CliRunner().invoke(cli, ["train", "--tiles", str(tiles), *FAST, "--folds", "2", "--out", str(tmp_path / "r"),
+                                   "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "Warning: 1 slide(s) of the TileSet have no label" in res.stderr
+    summary = json.loads(res.stdout)  # the warning goes to stderr: stdout stays JSON
+    assert "left out of training" in summary["notes"][0]
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["data"]["n_unlabelled_patients_left_out"] == 1
+
+
+def test_evaluate_leaves_unlabelled_slides_out_and_says_so(trained, tmp_path):
+    import pandas as pd
+
+    root, _, _ = trained
+    tiles = make_tileset(tmp_path / "tiles", n_patients=8, tiles_per_slide=3, size=32)  # the fixture's patients
+    index = pd.read_csv(tiles / "tiles.csv", dtype=str, keep_default_na=False)
+    index.loc[index["patient_id"] == "p07", "label"] = ""
+    index.to_csv(tiles / "tiles.csv", index=False)
+    res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "all", "--out", tmp_path / "e")
+    assert res.exit_code == 0, res.output
+    assert "1 slide(s) without a label left out" in res.output
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["patients_scored"] == 7 and report["unlabelled_slides_left_out"] == 1
+    assert "ps07_0" not in set(pd.read_csv(tmp_path / "e" / "predictions.csv")["image_id"])
