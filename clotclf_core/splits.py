@@ -160,7 +160,7 @@ def holdout(patients: "pd.DataFrame", fraction: float, seed: int, group_by: str 
     """About ``fraction`` of the patients, label-stratified, as a test set (whole centres if grouped).
 
     By patient: each class gives its share (largest remainders, so the total is
-    ``round(fraction * n)``), chosen at random from ``seed``. By centre: the set of whole centres
+    ``round(fraction * n)``), chosen at random from ``seed`` and spread over the centres. By centre: the set of whole centres
     whose patient count and label mix come closest to the request (see :func:`_pick_centres`).
     """
     if fraction == 0:
@@ -193,9 +193,29 @@ def holdout(patients: "pd.DataFrame", fraction: float, seed: int, group_by: str 
         take[i] += 1
     chosen: list[str] = []
     for cls, k in zip(classes, take):
-        ids = sorted(patients.loc[patients["label"] == cls, "patient_id"])
-        chosen += [ids[j] for j in rng.permutation(len(ids))[:k]]
+        chosen += _spread_over_centres(patients[patients["label"] == cls], int(k), rng)
     return sorted(chosen)
+
+
+def _spread_over_centres(patients: "pd.DataFrame", k: int, rng) -> list[str]:
+    """``k`` patients drawn at random but spread over the centres (round-robin over centres in a
+    random order), so a test set never takes most of one centre's patients: a model that met a
+    centre's stain only through one or two training patients learns that stain as their label."""
+    centres = patients["center_id"] if "center_id" in patients.columns else None
+    if centres is None:
+        ids = sorted(patients["patient_id"])
+        return [ids[j] for j in rng.permutation(len(ids))[:k]]
+    groups = {}
+    for centre in sorted(set(centres)):
+        ids = sorted(patients.loc[centres == centre, "patient_id"])
+        groups[centre] = [ids[j] for j in rng.permutation(len(ids))]
+    order = [list(groups)[j] for j in rng.permutation(len(groups))]
+    picked: list[str] = []
+    while len(picked) < k:
+        for centre in order:
+            if groups[centre] and len(picked) < k:
+                picked.append(groups[centre].pop(0))
+    return picked
 
 
 def _pick_centres(patients: "pd.DataFrame", fraction: float, rng) -> list[str]:

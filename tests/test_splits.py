@@ -179,3 +179,19 @@ def test_saved_split_keeps_the_test_fraction(tmp_path):
     from clotclf_core.splits import describe_test_set
 
     assert describe_test_set(load_split(tmp_path / "split.json", df)) == "held-out test set: 5 of 20 patients (25.0%)"
+
+
+def test_test_set_is_spread_over_centres():
+    import pandas as pd
+
+    from clotclf_core.splits import holdout
+
+    patients = pd.DataFrame({
+        "patient_id": [f"p{i:02d}" for i in range(18)],
+        "label": ["CE"] * 18,
+        "center_id": ["A"] * 6 + ["B"] * 6 + ["C"] * 6,
+    })
+    for seed in range(5):
+        chosen = holdout(patients, 1 / 3, seed)
+        per_centre = patients[patients["patient_id"].isin(chosen)]["center_id"].value_counts()
+        assert len(chosen) == 6 and per_centre.to_dict() == {"A": 2, "B": 2, "C": 2}
