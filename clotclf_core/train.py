@@ -667,7 +667,7 @@ def prepare_demo(demo_dir: str | Path, progress: bool = True) -> Path:
     tiled into ``demo_dir/tiles``. Both are made once; later runs find and reuse them (tiling
     resumes after the slides already done, so an interrupted preparation just continues)."""
     from .demo_data import DEMO_TILING, write_demo_cohort
-    from .tileset import TileSet
+    from .tileset import TileSet, TileSetError
     from .tiling import TileSettings, tile_slides
 
     demo_dir = Path(demo_dir)
@@ -678,8 +678,12 @@ def prepare_demo(demo_dir: str | Path, progress: bool = True) -> Path:
     import pandas as pd
 
     wanted = set(pd.read_csv(manifest, dtype=str)["image_id"])
-    if (tiles / "tileset.json").is_file() and wanted <= set(TileSet(tiles).slides):
-        return tiles
+    if (tiles / "tileset.json").is_file():
+        try:
+            if wanted <= set(TileSet(tiles).slides):
+                return tiles
+        except TileSetError:
+            pass  # e.g. a damaged pixel file: tiling again below repairs just those slides
     settings = TileSettings(**{**dict(DEMO_TILING), "train_size": DEMO_TRAIN_SIZE})
     tile_slides(cohort / "slides", tiles, manifest=manifest, settings=settings, progress=progress)
     return tiles

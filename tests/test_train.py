@@ -471,3 +471,25 @@ def test_the_process_group_has_gloo_for_cpu_objects_and_each_rank_its_own_gpu(mo
     assert init_distributed(device) == (1, 2, 1)
     gpu = cuda and device != "cpu"
     assert calls == ([("set_device", 1)] if gpu else []) + [("init", backend)]
+
+
+def test_prepare_demo_retiles_when_a_pixel_file_is_damaged(tmp_path, monkeypatch):
+    """A damaged demo TileSet is repaired by tiling again, not reported as an error forever."""
+    import numpy as np
+
+    import clotclf_core.tiling as tiling
+    from clotclf_core.tileset import TileSetWriter
+    from clotclf_core.train import prepare_demo
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "train.csv").write_text("image_id,center_id,patient_id,image_num,label\ns1,1,p1,0,CE\n")
+    writer = TileSetWriter(tmp_path / "tiles", {"x": 1}, tile_pixels=8)
+    writer.add_slide("s1", np.zeros((2, 8, 8, 3), np.uint8),
+                     [{"patient_id": "p1", "center_id": "1", "label": "CE", "x": 0, "y": 0, "size": 8, "downsample": 1.0}] * 2, {})
+    calls = []
+    monkeypatch.setattr(tiling, "tile_slides", lambda *a, **k: calls.append(a))
+    assert prepare_demo(tmp_path) == tmp_path / "tiles" and calls == []  # intact: reused
+    (tmp_path / "tiles" / "pixels" / "s1.npy").write_bytes(b"broken")
+    prepare_demo(tmp_path)
+    assert len(calls) == 1  # damaged: tiled again
