@@ -8,14 +8,16 @@ openslide; commands import those inside their bodies. Plugins may add commands t
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import ClotclfError
+from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ClotclfError, os_error_message
 from .plugins import DISABLE_ENV, get_manager, reset_manager
 
 
@@ -38,11 +40,24 @@ class ClotclfGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        debug = os.environ.get("CLOTCLF_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
         except ClotclfError as exc:
+            if debug:
+                traceback.print_exc()
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # commands that can resume catch this themselves and say what was kept (Interrupted)
+            click.echo("Error: interrupted (Ctrl-C). Every result is written atomically, so nothing was left half-written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            message = os_error_message(exc)
+            if message is None or debug:
+                raise
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
 
 
 def _apply_disabled(names: tuple[str, ...]) -> tuple[str, ...]:
