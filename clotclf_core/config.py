@@ -10,10 +10,12 @@ holds what they share and the model description saved in ``config.json``.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -38,8 +40,9 @@ def format_validation_error(err: ValidationError, what: str) -> str:
         elif e["type"] == "extra_forbidden":
             parts.append(f"unknown option '{loc}'")
         else:
-            got = e.get("input")
-            parts.append(f"option '{loc}': {e['msg']} (got {got!r})")
+            got = repr(e.get("input"))
+            got = got if len(got) <= 120 else got[:119] + "…"
+            parts.append(f"option '{loc}': {e['msg'].removeprefix('Value error, ')} (got {got})")
     return f"{what}: " + "; ".join(parts)
 
 
@@ -89,6 +92,17 @@ def parse_component_ref(text: str, what: str = "--filter") -> tuple[str, dict[st
     return name.strip(), parse_key_values(items, what)
 
 
+def model_config_from(data: Any, where: str) -> "ModelConfig":
+    """``data`` (config.json's ``model`` section) as a :class:`ModelConfig`, or one
+    :class:`ConfigError` naming ``where`` and every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the model section is {type(data).__name__}, not an object")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where)) from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping is a :class:`ConfigError`."""
     import yaml
@@ -107,18 +121,64 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: the component kinds a :class:`ModelConfig` names, each as ``<kind>`` and ``<kind>_options``
+#: (a new kind of model component is one entry here and two fields below)
+MODEL_KINDS: tuple[str, ...] = ("backbone", "head")
+#: a component reference: ``name`` or ``plugin/name``
+COMPONENT_REF = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/)?[a-z0-9][a-z0-9._-]{0,63}$"
+MAX_INPUT_SIZE = 2048
+MAX_LABELS = 64
+
+
 class ModelConfig(StrictModel):
-    """Everything needed to rebuild a :class:`clotclf_core.model.ClotClassifier` (``config.json``'s ``model``)."""
+    """Everything needed to rebuild a :class:`clotclf_core.model.ClotClassifier` (``config.json``'s ``model``).
+
+    Bounded so that a config from elsewhere (a pulled model) is refused before anything is built:
+    component names follow the name rule, 2-64 distinct labels, input size 8-2048 px, a finite
+    normalisation with a positive std. Each component's options are checked by its own options
+    model (:func:`clotclf_core.model.resolve_components`), and the size of the model they describe
+    against the weights (:func:`clotclf_core.model.check_buildable`).
+    """
 
     backbone: str
     backbone_options: dict[str, Any] = Field(default_factory=dict)
     head: str = "linear"
     head_options: dict[str, Any] = Field(default_factory=dict)
-    labels: list[str] = Field(default_factory=lambda: ["CE", "LAA"])
-    input_size: int = 224
+    labels: list[str] = Field(default_factory=lambda: ["CE", "LAA"], min_length=2, max_length=MAX_LABELS)
+    input_size: int = Field(224, ge=8, le=MAX_INPUT_SIZE)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @field_validator(*MODEL_KINDS)
+    @classmethod
+    def _component(cls, name: str, info: Any) -> str:
+        if not re.match(COMPONENT_REF, name):
+            raise ValueError(f"{info.field_name} {name!r} is not a component name (NAME or PLUGIN/NAME: lower-case "
+                             "letters, digits, '.', '_', '-')")
+        return name
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        for label in labels:
+            if not label or len(label) > 64 or not label.isprintable():
+                raise ValueError(f"label {label!r} must be 1-64 printable characters")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels {labels} repeat a label")
+        return labels
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _normalisation(cls, values: tuple[float, float, float], info: Any) -> tuple[float, float, float]:
+        if not all(math.isfinite(v) and abs(v) <= 1e3 for v in values):
+            raise ValueError(f"{info.field_name} {values} must be finite numbers")
+        if info.field_name == "std" and not all(v > 0 for v in values):
+            raise ValueError(f"std {values} must be positive")
+        return values
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def options_of(self, kind: str) -> dict[str, Any]:
+        return dict(getattr(self, f"{kind}_options") or {})

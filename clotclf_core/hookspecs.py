@@ -15,6 +15,22 @@ The module defines any of the hooks below, each decorated with :data:`hookimpl`:
 
 Every hook is optional. The core calls each plugin's hook on its own, so one plugin that raises
 is reported (``clotclf list-plugins`` shows ``error: <reason>``) and never breaks the others.
+
+Contract version: :data:`PLUGIN_API_VERSION` (``MAJOR.MINOR``; a minor release only adds hooks,
+kinds or optional fields, a major one may break plugins). A plugin module may declare the range it
+was written for, as a PEP 440 specifier::
+
+    CLOTCLF_PLUGIN_API = ">=1.0,<2"
+
+A plugin whose range excludes this clotclf's version is not loaded and ``list-plugins`` says why.
+
+Checked when a plugin loads (``list-plugins`` reports a failure as ``error: <reason>``): every
+function of the module named ``clotclf_*`` must be one of the hooks below (a misspelt
+``clotclf_backbone`` is an error, as are ``@hookimpl`` functions pluggy does not know —
+``PluginManager.check_pending``); every spec a hook returns must follow the rules in
+:class:`clotclf_core.interfaces.ComponentSpec`. Importing the module is timed, and a module that
+imports torch, timm, openslide, albumentations or dask at import time is flagged (every command
+would pay for it at start-up).
 """
 
 from __future__ import annotations
@@ -25,6 +41,10 @@ import pluggy
 
 PROJECT = "clotclf"
 ENTRY_POINT_GROUP = "clotclf.plugins"
+#: the version of this contract (hooks, kinds, ComponentSpec, the built objects' protocols)
+PLUGIN_API_VERSION = "1.0"
+#: the module attribute a plugin declares its supported contract versions in (a PEP 440 specifier)
+API_ATTRIBUTE = "CLOTCLF_PLUGIN_API"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -10,6 +10,7 @@ components through these protocols, so a third-party component is a drop-in repl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
 
@@ -20,7 +21,23 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 Kind = Literal["source", "filter", "backbone", "head"]
-KINDS: tuple[str, ...] = ("source", "filter", "backbone", "head")
+
+#: Every component kind and the hook (in :mod:`clotclf_core.hookspecs`) that provides it. The plugin
+#: manager, ``list-plugins``, the name-clash policy and the recorded provenance all read this table:
+#: a new kind is one entry here, its hookspec, and (for ``clotclf smoke-test``) one entry in
+#: :data:`clotclf_core.smoke.SMOKE_BY_KIND`.
+KIND_HOOKS: dict[str, str] = {
+    "source": "clotclf_patch_sources",
+    "filter": "clotclf_patch_filters",
+    "backbone": "clotclf_backbones",
+    "head": "clotclf_heads",
+}
+KINDS: tuple[str, ...] = tuple(KIND_HOOKS)
+
+#: what a component name may look like: lower case letters, digits, ``.``, ``_``, ``-`` (``/`` and
+#: ``:`` are taken by qualified names ``plugin/name`` and filter options ``name:k=v``)
+NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RULE_TEXT = "lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
 
 
 class Options(BaseModel):
@@ -38,7 +55,7 @@ class ComponentSpec:
     """Light description of one component a plugin provides.
 
     - ``kind``: ``source`` | ``filter`` | ``backbone`` | ``head``.
-    - ``name``: what users type (``--backbone cct``). Lower case, no ``/`` or ``:``.
+    - ``name``: what users type (``--backbone cct``): :data:`NAME_RULE` (lower case, no ``/`` or ``:``).
     - ``summary``: one line for ``clotclf list-plugins``.
     - ``options``: a pydantic model (subclass :class:`Options`) with a default for every field
       that has a sensible one; ``Field(description=...)`` becomes the help text.
@@ -48,6 +65,15 @@ class ComponentSpec:
       * filter:   ``factory(opts) -> PatchFilter``
       * backbone: ``factory(opts) -> torch.nn.Module`` with ``num_features`` (see :class:`Backbone`)
       * head:     ``factory(opts, in_features: int, num_classes: int) -> torch.nn.Module``
+
+    The plugin manager checks every spec when the plugin loads (kind, name rule, options subclass
+    :class:`Options`, defaults valid, factory callable) and wraps ``factory`` so an exception while
+    building names the component and its distribution (:class:`clotclf_core.errors.PluginError`).
+
+    ``extra`` is free-form metadata; keys the core reads: ``extensions`` (sources),
+    ``rebuild_options`` (options set when a *saved* model is rebuilt, default
+    ``{"pretrained": False}`` for an options model with a ``pretrained`` field: rebuilding never
+    downloads pretrained weights, the saved weights replace them anyway).
     """
 
     kind: str

@@ -1,54 +1,170 @@
 """ClotClassifier = Backbone plugin + Head plugin, and its save / load as a run directory.
 
 A run directory holds ``model.safetensors`` (weights only, with a few strings in
-``__metadata__``) and ``config.json`` (see docs/data-formats.md). Loading checks that the plugins
-the config names are installed, builds the model from the config, and loads the weights with
-strict keys and shapes. Only safetensors are ever loaded: nothing here unpickles anything.
+``__metadata__``) and ``config.json`` (see docs/data-formats.md). What is saved describes itself:
+
+- ``model``: the **resolved** options of every component — the options model's defaults
+  included — so a plugin release that changes a default does not change an old run;
+- ``plugins``: the plugin, distribution and version of every component (and of the TileSet's
+  filters and source), so loading uses **the recorded provider**: a plugin installed later that
+  registers the same name can neither change nor break the run; a different installed version
+  is a warning, a missing one the exact ``pip install``;
+- ``weights_sha256``: loading refuses weights that changed after saving.
+
+Loading never downloads anything: options listed in a spec's ``rebuild_options`` (by default
+``pretrained=False``) are applied, since the saved weights replace whatever a factory loads. The
+model is built under a parameter budget taken from the safetensors header, so a config that
+describes a far larger model than its weights fails at once instead of exhausting memory;
+:func:`check_buildable` does the same check on the ``meta`` device (no memory at all) for a
+downloaded model. Only safetensors are ever loaded: nothing here unpickles anything.
 
 This module imports torch; the CLI imports it only inside the commands that need a model.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from . import __version__
-from .config import ModelConfig
-from .errors import ModelLoadError, PluginError
+from .config import MODEL_KINDS, ModelConfig, model_config_from
+from .errors import ConfigError, ModelLoadError, PluginError
+from .hookspecs import PLUGIN_API_VERSION
+from .interfaces import ComponentSpec
 from .io import atomic_path, write_json
 from .plugins import get_manager
+from .runs import (  # noqa: F401  (re-exported)
+    CONFIG_NAME,
+    PICKLE_SUFFIXES,
+    WEIGHTS_NAME,
+    check_requirements,
+    header_numel,
+    pipeline_provenance,
+    printable,
+    read_config,
+    read_safetensors_header,
+    resolve_run_dir,
+    sha256_file,
+)
 
-from .runs import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, read_config, resolve_run_dir, sha256_file  # noqa: F401  (re-exported)
+# ----------------------------------------------------------------------------- resolving a config
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build a :class:`ClotClassifier` from names + options (options validated first)."""
+def rebuild_overrides(spec: ComponentSpec) -> dict[str, Any]:
+    """Options set when a saved model is rebuilt: ``spec.extra['rebuild_options']``, or
+    ``pretrained=False`` when the options model has a ``pretrained`` field."""
+    given = spec.extra.get("rebuild_options")
+    if isinstance(given, dict):
+        return dict(given)
+    return {"pretrained": False} if "pretrained" in spec.options.model_fields else {}
+
+
+@dataclass
+class Resolved:
+    """A :class:`ModelConfig` with every component found and its options validated."""
+
+    config: ModelConfig  #: with the resolved options (defaults included): what config.json records
+    specs: dict[str, ComponentSpec]
+    options: dict[str, Any]  #: the validated options objects the factories get (rebuild overrides applied)
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def resolve_components(cfg: ModelConfig, specs: dict[str, ComponentSpec] | None = None, rebuild: bool = False) -> Resolved:
+    """Find each component of ``cfg`` (``specs`` given: those providers, e.g. the ones a saved run
+    records) and validate its options; ``rebuild`` applies :func:`rebuild_overrides`."""
     mgr = get_manager()
-    bspec = mgr.get("backbone", cfg.backbone)
-    hspec = mgr.get("head", cfg.head)
-    bvalues = dict(cfg.backbone_options)
-    if "img_size" in bspec.options.model_fields and "img_size" not in bvalues:
-        # convention: a backbone with an ``img_size`` option is built for the model's input size
-        bvalues["img_size"] = cfg.input_size
-    bopts = bspec.validate_options(bvalues)
-    hopts = hspec.validate_options(cfg.head_options)
-    backbone = bspec.factory(bopts)
-    num_features = getattr(backbone, "num_features", None)
-    if not isinstance(num_features, int) or num_features <= 0:
-        raise PluginError(
-            f"backbone '{cfg.backbone}' (plugin {bspec.plugin}) built a module without a positive integer "
-            "`num_features`; the plugin must set it (see docs/plugins.md)"
-        )
-    head = hspec.factory(hopts, num_features, cfg.num_classes)
-    model = ClotClassifier(backbone, head, cfg)
-    model.plugins = {
-        "backbone": mgr.distribution_of(bspec) | {"name": bspec.name},
-        "head": mgr.distribution_of(hspec) | {"name": hspec.name},
-    }
+    found: dict[str, ComponentSpec] = {}
+    options: dict[str, Any] = {}
+    resolved_values: dict[str, Any] = {}
+    for kind in MODEL_KINDS:
+        name = getattr(cfg, kind, None)
+        if not name:
+            continue
+        spec = (specs or {}).get(kind) or mgr.get(kind, name)
+        values = cfg.options_of(kind)
+        if kind == "backbone" and "img_size" in spec.options.model_fields and values.get("img_size") is None:
+            # convention: a backbone with an ``img_size`` option is built for the model's input size
+            values["img_size"] = cfg.input_size
+        opts = spec.validate_options(values)
+        resolved_values[kind] = spec.name
+        resolved_values[f"{kind}_options"] = opts.model_dump(mode="json")
+        if rebuild and (override := rebuild_overrides(spec)):
+            opts = spec.validate_options(opts.model_dump() | override)
+        found[kind], options[kind] = spec, opts
+    provenance = {k: {"name": s.name, **mgr.distribution_of(s)} for k, s in found.items()}
+    return Resolved(cfg.model_copy(update=resolved_values), found, options, provenance)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class _TooBig(ModelLoadError):
+    pass
+
+
+@contextlib.contextmanager
+def _parameter_guard(budget: int | None, meta: bool, what: str) -> Iterator[None]:
+    """While building: count parameters as modules register them and stop once they exceed
+    ``budget`` elements; with ``meta``, move each one to the meta device (no memory)."""
+    if budget is None and not meta:
+        yield
+        return
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+    count = [0]
+
+    def on_parameter(self: nn.Module, name: str, param: Any) -> None:
+        register_parameter(self, name, param)
+        p = self._parameters.get(name)
+        if p is None:
+            return
+        count[0] += p.numel()
+        if budget is not None and count[0] > budget:
+            raise _TooBig(
+                f"{what} describes a model with more than {budget:,} parameters, far more than its weights file holds; "
+                "its options were changed or do not belong to these weights. Nothing was built"
+            )
+        if meta and p.device.type != "meta":
+            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    def on_buffer(self: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
+        register_buffer(self, name, tensor, persistent)
+        if meta and self._buffers.get(name) is not None:
+            self._buffers[name] = self._buffers[name].to("meta")
+
+    nn.Module.register_parameter, nn.Module.register_buffer = on_parameter, on_buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
+
+
+def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = None, rebuild: bool = False,
+                param_budget: int | None = None, meta: bool = False, what: str = "the config") -> nn.Module:
+    """Build a :class:`ClotClassifier` from names + options (options validated first).
+
+    ``specs``: use these providers (a saved run's); ``rebuild``: rebuilding saved weights (no
+    pretrained downloads); ``param_budget``: refuse a model with more parameters; ``meta``: build on
+    the meta device (shapes only, no memory). ``model.config`` holds the resolved options and
+    ``model.plugins`` who provided each component.
+    """
+    res = resolve_components(cfg, specs, rebuild)
+    bspec, hspec = res.specs["backbone"], res.specs["head"]
+    with _parameter_guard(param_budget, meta, what):
+        backbone = bspec.factory(res.options["backbone"])
+        num_features = getattr(backbone, "num_features", None)
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
+            raise PluginError(
+                f"backbone '{bspec.name}' (plugin {bspec.plugin}, distribution {bspec.distribution} {bspec.version}) built a "
+                "module without a positive integer `num_features`; the plugin must set it (see docs/plugins.md)"
+            )
+        head = hspec.factory(res.options["head"], num_features, res.config.num_classes)
+    model = ClotClassifier(backbone, head, res.config)
+    model.plugins = res.provenance
     return model
 
 
@@ -60,7 +176,7 @@ class ClotClassifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.config = config
-        #: which plugin / distribution / version provided the backbone and head (saved in config.json)
+        #: which plugin / distribution / version provided each component (saved in config.json)
         self.plugins: dict[str, Any] = {}
 
     @property
@@ -91,20 +207,24 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
 
 def save_model(model: nn.Module, run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``run_dir``; ``extra`` adds top-level
-    sections to config.json (training settings, split, ...). Returns the run directory."""
+    sections to config.json (training settings, split, tileset...). ``plugins`` records every
+    component's provider and, from ``extra['tileset']``, the TileSet's filters and source.
+    Returns the run directory."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     digest = save_weights(model, run_dir / WEIGHTS_NAME)
+    extra = dict(extra or {})
     config: dict[str, Any] = {
         "clotclf_version": __version__,
+        "plugin_api": PLUGIN_API_VERSION,
         "model": model.config.model_dump(mode="json"),
-        "plugins": getattr(model, "plugins", {}),
+        "plugins": dict(getattr(model, "plugins", {})) | pipeline_provenance(extra.get("tileset")),
         "weights_sha256": digest,
     }
     existing = read_config(run_dir) if (run_dir / CONFIG_NAME).is_file() else {}
     for key, value in existing.items():  # keep sections written by other steps (training, split...)
         config.setdefault(key, value)
-    config.update(extra or {})
+    config.update(extra)
     config["weights_sha256"] = digest
     write_json(run_dir / CONFIG_NAME, config)
     return run_dir
@@ -149,60 +269,77 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"'{path}' could not be read as safetensors ({exc}); the file may be truncated") from None
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _shape_problems(own: dict[str, tuple[int, ...]], theirs: dict[str, tuple[int, ...]]) -> list[str]:
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    wrong = sorted(k for k in set(own) & set(theirs) if tuple(own[k]) != tuple(theirs[k]))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(printable(k, 80) for k in missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(printable(k, 80) for k in unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} with other shapes (e.g. {printable(k, 80)}: file {tuple(theirs[k])} vs model {tuple(own[k])})")
+    return parts
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "") -> None:
     """Load ``state`` with strict keys and shapes; one error listing what does not match."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    parts = _shape_problems(own, {k: tuple(v.shape) for k, v in state.items()})
+    if parts:
         raise ModelLoadError(
             f"weights in '{source}' do not fit the model described by its config.json: " + "; ".join(parts)
-            + ". The weights and config.json come from different models; use the config.json saved with these weights."
+            + ". The weights and config.json come from different models; use the config.json saved with these weights"
+            + hint
         )
     model.load_state_dict(state, strict=True)
 
 
-def check_plugins(config: dict[str, Any], source: str) -> None:
-    """Each component named in ``config`` must be installed; otherwise say what to install."""
+def check_plugins(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """Each component ``config`` names must be installed from the recorded distribution; otherwise
+    one error saying what to install (:func:`clotclf_core.runs.check_requirements`)."""
+    return check_requirements(config, source)
+
+
+def parameter_budget(header: dict[str, Any]) -> int:
+    """How many parameters a config may describe for weights with ``header``: twice theirs plus
+    16M, so a small mismatch is reported by name and shape (strict loading), and an absurd one
+    (a depth of 10**6, huge widths) is stopped while being built."""
+    return 2 * header_numel(header) + 2**24
+
+
+def _recorded_specs(config: dict[str, Any], label: str) -> tuple[dict[str, ComponentSpec], str]:
+    """The providers the run records (after :func:`check_plugins`), and a hint for messages when
+    an installed version differs from the recorded one."""
     mgr = get_manager()
-    model_cfg = config["model"]
-    recorded = config.get("plugins", {})
-    for kind in ("backbone", "head"):
-        name = model_cfg.get(kind)
+    recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}
+    specs, differ = {}, []
+    for kind in MODEL_KINDS:
+        name = config["model"].get(kind)
         if not name:
-            raise ModelLoadError(f"'{source}' config.json names no {kind}")
-        if name.split("/")[-1] in mgr.names(kind):
             continue
-        info = recorded.get(kind, {})
-        dist = info.get("distribution") or "the plugin that provides it"
-        ver = info.get("version")
-        pin = f"=={ver}" if ver and dist != "the plugin that provides it" else ""
-        raise ModelLoadError(
-            f"model '{source}' needs the {kind} '{name}' from distribution {dist}{' ' + ver if ver else ''}, "
-            f"which is not installed: pip install '{dist}{pin}' (then check with `clotclf list-plugins`)"
-        )
+        row = mgr.requirement(kind, str(name), recorded.get(kind))
+        if row["spec"] is None:  # pragma: no cover - check_plugins raised already
+            raise ModelLoadError(f"model '{label}' needs {kind} '{printable(name)}': {row['fix']}")
+        specs[kind] = row["spec"]
+        if row["state"] == "version differs":
+            differ.append(f"{row['distribution']} {row['version']} (installed: {row['installed_version']}; {row['fix']})")
+    hint = f". It was saved with {', '.join(differ)}: install that version" if differ else ""
+    return specs, hint
 
 
-def load_model(run_dir: str | Path) -> nn.Module:
-    """Rebuild the model saved in ``run_dir`` and load its weights (safetensors only, strict)."""
-    run_dir = Path(run_dir)
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
     if not run_dir.is_dir():
         raise ModelLoadError(f"run directory '{run_dir}' does not exist")
     config = read_config(run_dir)
     if config.get("kind", "clot_classifier") != "clot_classifier":  # e.g. a patch filter's run directory
-        name = config.get("filter") or config["kind"]
+        name = printable(config.get("filter") or config["kind"], 80)
+        kind = printable(config["kind"], 80)
         raise ModelLoadError(
-            f"'{run_dir}' holds a {config['kind']} ({name}), not a clot classifier; "
-            f"use it where a {config['kind']} is expected (e.g. `clotclf tile --filter {name}:weights={run_dir}`)"
+            f"'{run_dir}' holds a {kind} ({name}), not a clot classifier; "
+            f"use it where a {kind} is expected (e.g. `clotclf tile --filter {name}:weights={run_dir}`)"
         )
     weights = run_dir / WEIGHTS_NAME
     if not weights.is_file():
@@ -210,12 +347,75 @@ def load_model(run_dir: str | Path) -> nn.Module:
         if pickles:
             _check_safetensors(run_dir / pickles[0])
         raise ModelLoadError(f"'{run_dir}' has no {WEIGHTS_NAME}; the run did not finish saving, or the folder is incomplete")
-    check_plugins(config, str(run_dir))
+    return config, weights
+
+
+def _model_config(config: dict[str, Any], run_dir: Path) -> ModelConfig:
     try:
-        cfg = ModelConfig.model_validate(config["model"])
-    except Exception as exc:
-        raise ModelLoadError(f"'{run_dir / CONFIG_NAME}' has an invalid model section: {exc}") from None
-    model = build_model(cfg)
-    load_state_into(model, load_state(weights), str(weights))
+        return model_config_from(config["model"], f"'{run_dir / CONFIG_NAME}' (model section)")
+    except ConfigError as exc:
+        raise ModelLoadError(f"{exc}; the file was edited or does not come from clotclf") from None
+
+
+def check_weights_hash(config: dict[str, Any], weights: Path) -> None:
+    """``weights`` must hash to the ``weights_sha256`` that config.json recorded when it was saved."""
+    recorded = config.get("weights_sha256")
+    if not recorded:
+        return
+    actual = sha256_file(weights)
+    if actual != recorded:
+        raise ModelLoadError(
+            f"'{weights}' is not the file its {CONFIG_NAME} describes (sha256 {actual[:12]}…, recorded "
+            f"{printable(recorded, 16)[:12]}…): it was changed or damaged after the model was saved, so clotclf will not "
+            "use it. Restore it (pull the model again, or copy it from where it was trained)"
+        )
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """Rebuild the model saved in ``run_dir`` and load its weights (safetensors only, strict).
+
+    Checks, in order: the weights are the file config.json describes (sha256); the model section
+    is valid; every component is installed from its recorded distribution (a different version
+    warns); the model config describes is no larger than the weights; the keys and shapes match.
+    """
+    run_dir = Path(run_dir)
+    config, weights = _read_run(run_dir)
+    check_weights_hash(config, weights)
+    cfg = _model_config(config, run_dir)
+    check_plugins(config, str(run_dir))
+    specs, hint = _recorded_specs(config, str(run_dir))
+    header = read_safetensors_header(weights)
+    model = build_model(cfg, specs=specs, rebuild=True, param_budget=parameter_budget(header),
+                        what=f"'{run_dir / CONFIG_NAME}'")
+    load_state_into(model, load_state(weights), str(weights), hint)
     model.eval()
     return model
+
+
+def check_buildable(run_dir: str | Path) -> dict[str, Any]:
+    """Everything :func:`load_model` checks, without allocating the model: it is built on the meta
+    device and its parameter names and shapes compared with the safetensors header. For models
+    that came from elsewhere (a pull): a config that would not load, or would describe a model far
+    larger than its weights, is refused before anyone uses it. Returns ``{"parameters", "needs"}``."""
+    run_dir = Path(run_dir)
+    config, weights = _read_run(run_dir)
+    check_weights_hash(config, weights)
+    cfg = _model_config(config, run_dir)
+    rows = check_plugins(config, str(run_dir))
+    specs, hint = _recorded_specs(config, str(run_dir))
+    header = read_safetensors_header(weights)
+    what = f"'{run_dir / CONFIG_NAME}'"
+    try:
+        model = build_model(cfg, specs=specs, rebuild=True, param_budget=parameter_budget(header), meta=True, what=what)
+    except (ModelLoadError, ConfigError):
+        raise
+    except PluginError as exc:
+        raise ModelLoadError(f"{what} does not build: {exc}") from exc
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    parts = _shape_problems(own, {k: shape for k, (_, shape) in header.items()})
+    if parts:
+        raise ModelLoadError(
+            f"weights in '{weights}' do not fit the model described by its config.json: " + "; ".join(parts)
+            + ". The weights and config.json come from different models" + hint
+        )
+    return {"parameters": sum(p.numel() for p in model.parameters()), "needs": rows}

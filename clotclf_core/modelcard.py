@@ -284,6 +284,25 @@ def _usage_section(info: dict[str, Any]) -> str:
     )
 
 
+def requirements_section(config: dict[str, Any]) -> str:
+    """The "What must be installed" section: the distribution and version of every component, as
+    config.json records them (the model's, then the tiling pipeline's that `clotclf predict` re-creates)."""
+    from .runs import install_command, recorded_components
+
+    rows = recorded_components(config)
+    if not rows:
+        return ""
+    table = _table(["needed for", "kind", "name", "distribution", "version"],
+                   [["loading the model" if r["part"] == "model" else "tiling new slides", r["role"], f"`{r['name']}`",
+                     r["distribution"], r["version"]] for r in rows])
+    command = install_command(rows)
+    text = "## What must be installed\n\n" + table + "\n"
+    if command:
+        text += f"\n```bash\n{command}\n```\n"
+    return text + ("\n`clotclf pull` checks these before it calls a download verified; loading uses exactly these "
+                   "providers (another plugin registering the same name is never used in their place).\n")
+
+
 def _limits_section(info: dict[str, Any]) -> str:
     lines = [
         "## Intended use and limitations",
@@ -335,6 +354,7 @@ def render_model_card(config: dict[str, Any], metrics: dict[str, Any], extra: di
         _results_section(info, levels, metrics, run_dir),
         _training_section(info),
         _usage_section(info),
+        requirements_section(config),
         _limits_section(info),
     ]
     return f"---\n{meta}---\n\n" + "\n".join(sections)

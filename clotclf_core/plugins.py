@@ -1,21 +1,35 @@
-"""Plugin discovery and lookup.
+"""Plugin discovery, validation and lookup.
 
 Plugins are found through the ``clotclf.plugins`` entry-point group — the built-in ones too.
 We load each entry point ourselves (pluggy's ``load_setuptools_entrypoints`` stops at the first
 broken plugin) and register each module with a pluggy ``PluginManager``. Each hook is then called
-plugin by plugin, so a plugin that fails to import or whose hook raises is recorded with its
-reason and every other plugin keeps working.
+plugin by plugin, so a plugin that fails to import, whose hook raises, or that breaks a rule of the
+contract is recorded with its reason (``status`` ``error: …``) and every other plugin keeps working.
+
+Checked when a plugin loads: the contract version it declares (``CLOTCLF_PLUGIN_API``), that every
+``clotclf_*`` function is a known hook marked ``@hookimpl`` (pluggy's ``check_pending`` for the
+rest), and every spec (:func:`check_spec`). Importing each module is timed, and heavy libraries it
+pulls into start-up are noted (``clotclf list-plugins --verbose``).
 
 Lookups (``get("backbone", "cct")``) fail with one clear message: unknown names list the known
-ones (closest first); two plugins providing the same name are a conflict naming both
-distributions and how to choose one (``plugin/name``, or disabling one plugin).
+ones (closest first) and say which plugins are broken or disabled. **Name clashes** follow one
+policy: a name provided by the built-in distribution (``clotclf``) keeps meaning the built-in one,
+and a plugin that registers the same name is reachable only as ``plugin/name``; a clash between
+two other plugins is refused until the user picks one (``plugin/name``, or disabling one). A saved
+model is rebuilt from the provider its ``config.json`` records (:meth:`PluginManager.requirement`),
+so a plugin installed later can neither change nor break it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata as md
+import inspect
 import os
+import re
+import sys
+import time
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
@@ -23,17 +37,20 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
-from .interfaces import KINDS, ComponentSpec
+from .errors import ClotclfError, PluginError
+from .interfaces import KIND_HOOKS, KINDS, NAME_RULE, NAME_RULE_TEXT, ComponentSpec, Options
 
 DISABLE_ENV = "CLOTCLF_DISABLE_PLUGINS"
+#: the distribution of the core and the built-in plugins: its names win a clash
+CORE_DISTRIBUTION = "clotclf"
+#: libraries that make start-up slow when a plugin module imports them at import time
+HEAVY_MODULES = ("torch", "timm", "openslide", "albumentations", "dask", "tensorflow", "jax", "cv2")
+HOOK_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith("clotclf_"))
 
-_HOOK_BY_KIND = {
-    "source": "clotclf_patch_sources",
-    "filter": "clotclf_patch_filters",
-    "backbone": "clotclf_backbones",
-    "head": "clotclf_heads",
-}
+
+def normalise_distribution(name: str | None) -> str:
+    """PEP 503 form (``Clotclf_Example.ResNet`` -> ``clotclf-example-resnet``) for comparisons."""
+    return re.sub(r"[-_.]+", "-", str(name or "")).lower()
 
 
 @dataclass
@@ -47,20 +64,56 @@ class PluginInfo:
     status: str = "ok"  # "ok" | "disabled" | "error: <reason>"
     module: Any = None
     detail: str = ""  # traceback for --verbose output
+    #: seconds ``import`` of the module took (None: not imported)
+    import_seconds: float | None = None
+    #: heavy libraries (HEAVY_MODULES) first imported by this module
+    heavy_imports: list[str] = field(default_factory=list)
+    #: the contract versions the plugin declares (``CLOTCLF_PLUGIN_API``), None if it declares none
+    api: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def builtin(self) -> bool:
+        return normalise_distribution(self.distribution) == CORE_DISTRIBUTION
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "plugin": self.name,
+            "module": self.value,
+            "distribution": self.distribution,
+            "version": self.version,
+            "api": self.api or "-",
+            "import_ms": None if self.import_seconds is None else round(self.import_seconds * 1000, 1),
+            "heavy_imports": list(self.heavy_imports),
+            "status": self.status,
+        }
+
 
 @dataclass
 class Conflict:
+    """Several plugins providing one ``kind``/``name``; ``winner`` is the built-in one, if any."""
+
     kind: str
     name: str
     specs: list[ComponentSpec] = field(default_factory=list)
 
+    @property
+    def winner(self) -> ComponentSpec | None:
+        builtin = [s for s in self.specs if normalise_distribution(s.distribution) == CORE_DISTRIBUTION]
+        return builtin[0] if len(builtin) == 1 else None
+
     def message(self) -> str:
         who = " and ".join(f"plugin '{s.plugin}' (distribution {s.distribution} {s.version})" for s in self.specs)
+        winner = self.winner
+        if winner is not None:
+            others = " or ".join(f"'{s.plugin}/{s.name}'" for s in self.specs if s is not winner)
+            return (
+                f"{self.kind} '{self.name}' is provided by {who}. The plain name '{self.name}' means the built-in one "
+                f"({winner.plugin}/{winner.name}); use {others} for the other"
+            )
         choices = " or ".join(f"'{s.plugin}/{s.name}'" for s in self.specs)
         plugins = ",".join(s.plugin for s in self.specs[1:])
         return (
@@ -75,13 +128,117 @@ def _disabled_from_env() -> set[str]:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+class SpecError(TypeError):
+    """A plugin breaks a rule of the contract (a bad spec, options model or hook)."""
+
+
 def _short_reason(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+def _api_problem(declared: Any) -> str | None:
+    """Why a plugin declaring ``CLOTCLF_PLUGIN_API = declared`` cannot load here (None: it can)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        spec = SpecifierSet(str(declared))
+    except InvalidSpecifier:
+        return (f"{hookspecs.API_ATTRIBUTE} = {declared!r} is not a version specifier "
+                f"(write e.g. '>=1.0,<2'); this clotclf provides plugin API {hookspecs.PLUGIN_API_VERSION}")
+    if not spec.contains(hookspecs.PLUGIN_API_VERSION, prereleases=True):
+        return (f"written for clotclf plugin API {declared}, but this clotclf provides {hookspecs.PLUGIN_API_VERSION}: "
+                "install a release of the plugin made for this clotclf (or the clotclf it was made for)")
+    return None
+
+
+def _hook_problems(module: Any, pm: pluggy.PluginManager) -> list[str]:
+    """``clotclf_*`` functions of ``module`` that are not hooks, or hooks without ``@hookimpl``."""
+    problems = []
+    for attr in sorted(dir(module)):
+        if not attr.startswith("clotclf_"):
+            continue
+        fn = getattr(module, attr, None)
+        if not inspect.isfunction(fn):
+            continue
+        if attr not in HOOK_NAMES:
+            close = difflib.get_close_matches(attr, sorted(HOOK_NAMES), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{attr}() is not a clotclf hook{hint}; the hooks are in clotclf_core/hookspecs.py")
+        elif pm.parse_hookimpl_opts(module, attr) is None:
+            problems.append(f"{attr}() is not marked @hookimpl (from clotclf_core.hookspecs import hookimpl)")
+    return problems
+
+
+def check_options_model(options: Any, what: str) -> None:
+    """``options`` must be an :class:`Options` subclass that forbids unknown options and whose
+    defaults validate; raises :class:`SpecError` naming ``what`` otherwise."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from .config import format_validation_error
+
+    if not (isinstance(options, type) and issubclass(options, Options)):
+        shown = options.__name__ if isinstance(options, type) else repr(options)[:60]
+        raise SpecError(f"{what}: options is {shown}, not a subclass of clotclf_core.interfaces.Options")
+    if options.model_config.get("extra") != "forbid":
+        raise SpecError(f"{what}: options {options.__name__} allows unknown options (extra={options.model_config.get('extra')!r}); "
+                        "keep Options' extra='forbid' so a misspelt option is an error")
+    fields = options.model_fields
+    try:
+        if not any(f.is_required() for f in fields.values()):
+            options()
+            return
+        from typing import Annotated
+
+        for fname, f in fields.items():  # required fields: check the defaults of the others one by one
+            if not f.is_required():
+                hint = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+                TypeAdapter(hint).validate_python(f.get_default(call_default_factory=True))
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, f"{what}: the defaults of {options.__name__} do not validate")) from None
+
+
+def _guarded(factory: Any, spec: ComponentSpec) -> Any:
+    """``factory`` whose unexpected exceptions become one :class:`PluginError` naming the component
+    and its distribution (the original is chained: ``CLOTCLF_DEBUG=1`` shows its traceback)."""
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except ClotclfError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{spec.kind} '{spec.name}' (plugin {spec.plugin}, distribution {spec.distribution} {spec.version}) "
+                f"failed to build: {_short_reason(exc)}. Check its options (`clotclf show-plugin {spec.plugin}/{spec.name}`); "
+                f"if they are right, this is a bug in {spec.distribution} (CLOTCLF_DEBUG=1 shows the traceback)"
+            ) from exc
+
+    build.__clotclf_guarded__ = True  # type: ignore[attr-defined]
+    return build
+
+
+def check_spec(spec: Any, kind: str, hook_name: str) -> ComponentSpec:
+    """One spec returned by ``hook_name``: raises :class:`SpecError` naming what breaks the contract."""
+    if not isinstance(spec, ComponentSpec):
+        raise SpecError(f"{hook_name}() returned {type(spec).__name__}, not ComponentSpec")
+    if spec.kind != kind:
+        raise SpecError(f"{hook_name}() returned a spec of kind '{spec.kind}' (expected '{kind}')")
+    if not isinstance(spec.name, str) or not NAME_RULE.match(spec.name):
+        raise SpecError(f"{kind} name {spec.name!r} breaks the name rule ({NAME_RULE_TEXT})")
+    if not isinstance(spec.summary, str):
+        raise SpecError(f"{kind} '{spec.name}': summary must be a string (one line for list-plugins)")
+    if not callable(spec.factory):
+        raise SpecError(f"{kind} '{spec.name}': factory {spec.factory!r} is not callable")
+    if not isinstance(spec.extra, dict):
+        raise SpecError(f"{kind} '{spec.name}': extra must be a dict")
+    check_options_model(spec.options, f"{kind} '{spec.name}'")
+    return spec
+
+
 class PluginManager:
-    """All plugins of the ``clotclf.plugins`` group, loaded and indexed by kind and name."""
+    """All plugins of the ``clotclf.plugins`` group, loaded, checked and indexed by kind and name."""
 
     def __init__(self, disabled: Iterable[str] = (), entry_points: Iterable[md.EntryPoint] | None = None):
         self.disabled = set(disabled) | _disabled_from_env()
@@ -94,8 +251,15 @@ class PluginManager:
             self._load(ep)
         for kind in KINDS:
             self._collect(kind)
+        known = {p.name for p in self.plugins} | {normalise_distribution(p.distribution) for p in self.plugins}
+        #: names asked to be disabled that match no installed plugin (a typo, or an uninstalled one)
+        self.unknown_disabled = sorted(d for d in self.disabled if d not in known and normalise_distribution(d) not in known)
 
     # ------------------------------------------------------------------ loading
+    def _is_disabled(self, info: PluginInfo) -> bool:
+        wanted = {normalise_distribution(d) for d in self.disabled}
+        return info.name in self.disabled or normalise_distribution(info.distribution) in wanted
+
     def _load(self, ep: md.EntryPoint) -> None:
         dist = getattr(ep, "dist", None)
         info = PluginInfo(
@@ -105,23 +269,47 @@ class PluginManager:
             version=dist.version if dist is not None else "?",
         )
         self.plugins.append(info)
-        if any(d in self.disabled for d in (info.name, info.distribution)):
+        if self._is_disabled(info):
             info.status = "disabled"
             return
         if any(p.name == ep.name and p is not info and p.status != "disabled" for p in self.plugins):
             info.status = f"error: another plugin is already registered as '{ep.name}' (entry point names must be unique)"
             return
+        before = set(sys.modules)
+        start = time.perf_counter()
         try:
             module = ep.load()
-            self.pm.register(module, name=ep.name)
         except Exception as exc:  # a broken plugin must not break the CLI
             info.status = f"error: {_short_reason(exc)}"
             info.detail = traceback.format_exc()
             return
+        finally:
+            info.import_seconds = time.perf_counter() - start
+            info.heavy_imports = [m for m in HEAVY_MODULES if m in sys.modules and m not in before]
+        declared = getattr(module, hookspecs.API_ATTRIBUTE, None)
+        if declared is not None:
+            info.api = str(declared)
+            problem = _api_problem(declared)
+            if problem:
+                info.status = f"error: {problem}"
+                return
+        problems = _hook_problems(module, self.pm)
+        if problems:
+            info.status = "error: " + "; ".join(problems)
+            return
+        try:
+            self.pm.register(module, name=ep.name)
+            self.pm.check_pending()
+        except Exception as exc:
+            info.status = f"error: {_short_reason(exc)}"
+            info.detail = traceback.format_exc()
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
+            return
         info.module = module
 
     def _collect(self, kind: str) -> None:
-        hook_name = _HOOK_BY_KIND[kind]
+        hook_name = KIND_HOOKS[kind]
         for info in self.plugins:
             if not info.ok:
                 continue
@@ -130,20 +318,25 @@ class PluginManager:
                 continue
             try:
                 specs = fn()
-                for spec in specs or []:
-                    if not isinstance(spec, ComponentSpec):
-                        raise TypeError(f"{hook_name}() returned {type(spec).__name__}, not ComponentSpec")
-                    if spec.kind != kind:
-                        raise TypeError(f"{hook_name}() returned a spec of kind '{spec.kind}' (expected '{kind}')")
-                    self._components[kind].append(
-                        replace(spec, plugin=info.name, distribution=info.distribution, version=info.version)
-                    )
+                if specs is None:
+                    specs = []
+                if not isinstance(specs, (list, tuple)):
+                    raise SpecError(f"{hook_name}() returned {type(specs).__name__}, not a list of ComponentSpec")
+                added: list[ComponentSpec] = []
+                for spec in specs:
+                    check_spec(spec, kind, hook_name)
+                    if any(s.name == spec.name for s in added):
+                        raise SpecError(f"{hook_name}() returned two {kind}s named '{spec.name}'")
+                    spec = replace(spec, plugin=info.name, distribution=info.distribution, version=info.version)
+                    added.append(replace(spec, factory=_guarded(spec.factory, spec)))
             except Exception as exc:
-                info.status = f"error: {hook_name}() raised {_short_reason(exc)}"
+                info.status = f"error: {exc}" if isinstance(exc, SpecError) else f"error: {hook_name}() raised {_short_reason(exc)}"
                 info.detail = traceback.format_exc()
                 # drop whatever this plugin had contributed: it is not trustworthy
                 for k in KINDS:
                     self._components[k] = [s for s in self._components[k] if s.plugin != info.name]
+                continue
+            self._components[kind].extend(added)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -171,8 +364,25 @@ class PluginManager:
     def names(self, kind: str) -> list[str]:
         return sorted({s.name for s in self.components(kind)})
 
+    def plugin_info(self, name: str) -> PluginInfo | None:
+        """The plugin whose entry-point or distribution name is ``name``."""
+        for info in self.plugins:
+            if info.name == name:
+                return info
+        return next((p for p in self.plugins if normalise_distribution(p.distribution) == normalise_distribution(name)), None)
+
+    def _unavailable(self) -> str:
+        broken = [p.name for p in self.plugins if p.status.startswith("error")]
+        disabled = [p.name for p in self.plugins if p.status == "disabled"]
+        hint = ""
+        if broken:
+            hint += " Some plugins failed to load (see `clotclf list-plugins --verbose`): " + ", ".join(broken) + "."
+        if disabled:
+            hint += " Disabled: " + ", ".join(disabled) + "."
+        return hint
+
     def get(self, kind: str, name: str) -> ComponentSpec:
-        """The spec of ``kind`` called ``name`` (or ``plugin/name`` to pick among conflicting ones)."""
+        """The spec of ``kind`` called ``name`` (``plugin/name`` picks one provider); see the clash policy above."""
         plugin = None
         if "/" in name:
             plugin, name = name.split("/", 1)
@@ -180,28 +390,75 @@ class PluginManager:
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            return self._raise_conflict(kind, name, matches)
+            conflict = Conflict(kind, name, matches)
+            if conflict.winner is not None:
+                return conflict.winner
+            raise PluginError(conflict.message())
         known = self.names(kind)
         close = difflib.get_close_matches(name, known, n=len(known), cutoff=0.0)
-        broken = [p for p in self.plugins if p.status.startswith("error")]
-        hint = ""
-        if broken:
-            hint = " Some plugins failed to load (see `clotclf list-plugins`): " + ", ".join(p.name for p in broken) + "."
+        shown = _printable(name)
         if plugin is not None:
-            return self._raise(
-                f"no {kind} '{name}' from plugin '{plugin}'. Known {kind}s: "
+            raise PluginError(
+                f"no {kind} '{shown}' from plugin '{_printable(plugin)}'. Known {kind}s: "
                 + ", ".join(f"{s.plugin}/{s.name}" for s in self.components(kind))
-                + "."
-                + hint
+                + "." + self._unavailable()
             )
         listing = ", ".join(close) if close else "(none installed)"
-        return self._raise(f"unknown {kind} '{name}'. Known {kind}s: {listing}.{hint}")
+        raise PluginError(f"unknown {kind} '{shown}'. Known {kind}s: {listing}.{self._unavailable()}")
 
-    def _raise_conflict(self, kind: str, name: str, specs: list[ComponentSpec]) -> ComponentSpec:
-        raise PluginError(Conflict(kind, name, specs).message())
+    def requirement(self, kind: str, name: str, record: dict[str, Any] | None) -> dict[str, Any]:
+        """Where the component a saved run names comes from now.
 
-    def _raise(self, msg: str) -> ComponentSpec:
-        raise PluginError(msg)
+        ``record`` is the run's ``{"plugin", "distribution", "version"}`` for it (None for runs
+        saved before clotclf recorded it). The provider is the recorded *distribution* (its plugin
+        first): never another distribution that happens to use the same name. Returns a row:
+        ``role, name, plugin, distribution, version`` (as recorded), ``state`` (``ok``,
+        ``version differs``, ``not installed``, ``disabled``, ``broken``), ``installed_version``,
+        ``spec`` (the ComponentSpec, or None) and ``fix`` (what to do, for messages).
+        """
+        record = record if isinstance(record, dict) else {}
+        base = str(name).split("/")[-1]
+        qualifier = str(name).split("/")[0] if "/" in str(name) else None
+        dist = str(record.get("distribution") or "") or None
+        version = str(record.get("version") or "") or None
+        plugin = str(record.get("plugin") or "") or qualifier
+        row: dict[str, Any] = {"role": kind, "name": base, "plugin": plugin, "distribution": dist or "?",
+                               "version": version or "?", "state": "ok", "installed_version": None, "spec": None, "fix": ""}
+        candidates = [s for s in self._components.get(kind, []) if s.name == base]
+        if dist:
+            same = [s for s in candidates if normalise_distribution(s.distribution) == normalise_distribution(dist)]
+            same.sort(key=lambda s: s.plugin != plugin)
+        elif plugin:
+            same = [s for s in candidates if s.plugin == plugin]
+        else:  # nothing recorded: what the plain name means today
+            try:
+                same = [self.get(kind, base)]
+            except PluginError as exc:
+                row.update(state="not installed", fix=str(exc))
+                return row
+        if same:
+            spec = same[0]
+            row.update(spec=spec, installed_version=spec.version)
+            if version and spec.version != version:
+                row.update(state="version differs", fix=f"pip install '{dist}=={version}'")
+            return row
+        info = next((p for p in self.plugins if dist and normalise_distribution(p.distribution) == normalise_distribution(dist)
+                     and (not plugin or p.name == plugin)), None) or (self.plugin_info(plugin) if plugin else None)
+        pin = f"pip install '{dist}=={version}'" if dist and version else (f"pip install '{dist}'" if dist else
+                                                                           "install the plugin that provides it")
+        if info is not None and info.status == "disabled":
+            row.update(state="disabled", installed_version=info.version,
+                       fix=f"plugin '{info.name}' ({info.distribution}) is disabled: drop it from --disable-plugin / {DISABLE_ENV}")
+        elif info is not None and info.status.startswith("error"):
+            row.update(state="broken", installed_version=info.version,
+                       fix=f"plugin '{info.name}' ({info.distribution} {info.version}) is installed but broken "
+                           f"({info.status.removeprefix('error: ')}); see `clotclf list-plugins --verbose`, or {pin}")
+        else:
+            others = sorted({f"{s.distribution} {s.version}" for s in candidates})
+            also = (f" (another '{base}' is installed, from {', '.join(others)}, but this model was saved with "
+                    f"{dist or 'another plugin'}: it is not used in its place)") if others else ""
+            row.update(state="not installed", fix=pin + also)
+        return row
 
     def distribution_of(self, spec: ComponentSpec) -> dict[str, str]:
         return {"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version}
@@ -220,6 +477,13 @@ class PluginManager:
     def resolve_model(self, name: str) -> Any:
         """Ask plugins (e.g. the registry) to turn a model name into a local run directory."""
         return self.pm.hook.clotclf_resolve_model(name=name)
+
+
+def _printable(text: Any, limit: int = 120) -> str:
+    """``text`` safe for a terminal: control characters escaped, long text cut."""
+    from .runs import printable
+
+    return printable(text, limit)
 
 
 _MANAGER: PluginManager | None = None

@@ -847,6 +847,7 @@ def _tileset_record(ts: "TileSet") -> dict[str, Any]:
         "n_tiles": len(ts),
         "n_slides": int(ts.index["image_id"].nunique()),
         "n_patients": int(ts.index["patient_id"].nunique()),
+        **({"plugins": ts.meta["plugins"]} if ts.meta.get("plugins") else {}),  # filters' / sources' providers
     }
 
 

@@ -378,8 +378,8 @@ def test_a_refused_run_writes_nothing_so_the_corrected_command_just_works(tiles,
 
     reset_manager()
     out = tmp_path / "r1"
-    with pytest.raises(ClotclfError, match="backbone 'broken' with head 'linear' cannot be built from these options "
-                       "\\(ValueError: depth 99"):
+    with pytest.raises(ClotclfError, match=r"backbone 'broken' \(plugin fake_broken, distribution fake-broken 0\.1\.0\) "
+                                           r"failed to build: ValueError: depth 99"):
         train(settings(tiles, out, backbone="broken", backbone_options={}), progress=False)
     with pytest.raises(ConfigError, match="num_layers"):
         train(settings(tiles, out, backbone_options=TINY_CCT | {"num_layers": "9x"}), progress=False)
