@@ -18,6 +18,8 @@ import click
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ClotclfError, os_error_message
+from .hookspecs import PLUGIN_API_VERSION
+from .interfaces import KINDS
 from .plugins import DISABLE_ENV, get_manager, reset_manager
 
 
@@ -60,14 +62,22 @@ class ClotclfGroup(click.Group):
             ctx.exit(EXIT_USER_ERROR)
 
 
-def _apply_disabled(names: tuple[str, ...]) -> tuple[str, ...]:
+def _apply_disabled(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> tuple[str, ...]:
     if names:
-        reset_manager(disabled=names)
+        mgr = reset_manager(disabled=names)
+        unknown = [n for n in names if n in mgr.unknown_disabled]
+        if unknown:
+            known = ", ".join(sorted({p.name for p in mgr.plugins}))
+            raise click.BadParameter(
+                f"no installed plugin is called {', '.join(repr(n) for n in unknown)}; give an entry-point or distribution "
+                f"name from `clotclf list-plugins --verbose` (installed plugins: {known})",
+                ctx=ctx, param=param,
+            )
     return names
 
 
 @click.group(cls=ClotclfGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(__version__, prog_name="clotclf")
+@click.version_option(__version__, prog_name="clotclf", message=f"%(prog)s %(version)s (plugin API {PLUGIN_API_VERSION})")
 @click.option(
     "--disable-plugin",
     "disable",
@@ -75,7 +85,7 @@ def _apply_disabled(names: tuple[str, ...]) -> tuple[str, ...]:
     metavar="NAME",
     help=f"Skip a plugin (entry-point or distribution name); repeatable. Same as {DISABLE_ENV}=a,b.",
     is_eager=True,  # applied while parsing, before plugins add their commands (and before --help)
-    callback=lambda ctx, param, value: _apply_disabled(value),
+    callback=_apply_disabled,
 )
 def cli(disable: tuple[str, ...]) -> None:
     """clotclf: classify stroke-clot origin (CE vs LAA) from whole-slide images.
@@ -88,12 +98,24 @@ def cli(disable: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------- plugins
 
 
+def _status(spec: Any, conflicts: dict[tuple[str, str], Any]) -> str:
+    conflict = conflicts.get((spec.kind, spec.name))
+    if conflict is None:
+        return "ok"
+    if conflict.winner is None:
+        return f"conflict: use {spec.plugin}/{spec.name} (see `clotclf show-plugin {spec.name}`)"
+    if conflict.winner is spec:
+        return "ok (built-in; the plain name means this one)"
+    return f"name taken by the built-in: use {spec.plugin}/{spec.name}"
+
+
 def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
     mgr = get_manager()
-    conflicts = {(c.kind, c.name) for c in mgr.conflicts()}
+    conflicts = {(c.kind, c.name): c for c in mgr.conflicts()}
+    infos = {p.name: p for p in mgr.plugins}
     rows = []
     for spec in mgr.components(kind):
-        status = "conflict: see `clotclf show-plugin`" if (spec.kind, spec.name) in conflicts else "ok"
+        info = infos.get(spec.plugin)
         rows.append(
             {
                 "kind": spec.kind,
@@ -102,7 +124,10 @@ def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
                 "distribution": spec.distribution,
                 "version": spec.version,
                 "summary": spec.summary,
-                "status": status,
+                "status": _status(spec, conflicts),
+                "api": (info.api if info else None) or "-",
+                "import_ms": info.as_row()["import_ms"] if info else None,
+                "heavy_imports": list(info.heavy_imports) if info else [],
             }
         )
     for info in mgr.plugins:  # plugins that contributed nothing because they are broken or disabled
@@ -116,6 +141,9 @@ def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
                     "version": info.version,
                     "summary": info.value,
                     "status": info.status,
+                    "api": info.api or "-",
+                    "import_ms": info.as_row()["import_ms"],
+                    "heavy_imports": list(info.heavy_imports),
                 }
             )
     return rows
@@ -138,41 +166,65 @@ def _options_rows(spec) -> list[dict[str, Any]]:
     return rows
 
 
+def _startup_warnings(mgr: Any) -> list[str]:
+    out = []
+    for info in mgr.plugins:
+        if info.heavy_imports:
+            out.append(
+                f"plugin '{info.name}' ({info.distribution}) imports {', '.join(info.heavy_imports)} when it loads "
+                f"({info.as_row()['import_ms']:.0f} ms): every clotclf command pays for it at start-up. Import heavy "
+                "libraries inside the factory (docs/plugins.md)"
+            )
+    if mgr.unknown_disabled:
+        out.append(f"{DISABLE_ENV} names no installed plugin: {', '.join(mgr.unknown_disabled)}")
+    return out
+
+
 @cli.command("list-plugins")
-@click.option("--kind", type=click.Choice(["source", "filter", "backbone", "head"]), help="Only this kind of component.")
+@click.option("--kind", type=click.Choice(list(KINDS)), help="Only this kind of component.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--verbose", "-v", is_flag=True, help="Also list each component's options, and tracebacks of broken plugins.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also list each plugin's import time, contract version and heavy imports, each component's options, "
+                   "and tracebacks of broken plugins.")
 def list_plugins(kind: str | None, as_json: bool, verbose: bool) -> None:
     """List every installed component: kind, name, plugin, distribution, version, status."""
+    mgr = get_manager()
     rows = _plugin_rows(kind)
     if verbose:
-        mgr = get_manager()
         for row in rows:
             if row["name"] != "-":
                 row["options"] = _options_rows(mgr.get(row["kind"], f"{row['plugin']}/{row['name']}"))
+    for warning in _startup_warnings(mgr):
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(_table(rows, ["kind", "name", "plugin", "distribution", "version", "status", "summary"]))
     if verbose:
+        plugins = [info.as_row() for info in mgr.plugins]
+        for row in plugins:
+            row["import_ms"] = "-" if row["import_ms"] is None else f"{row['import_ms']:.1f}"
+            row["heavy_imports"] = ", ".join(row["heavy_imports"]) or "-"
+        click.echo(f"\nplugins (clotclf plugin API {PLUGIN_API_VERSION}; API = the range a plugin declares):")
+        click.echo(_table(plugins, ["plugin", "distribution", "version", "api", "import_ms", "heavy_imports", "status"]))
         for row in rows:
             if row.get("options"):
                 click.echo(f"\n{row['kind']} {row['name']} options:")
                 click.echo(_table(row["options"], ["option", "type", "default", "help"]))
-        for info in get_manager().plugins:
+        for info in mgr.plugins:
             if info.detail:
                 click.echo(f"\nplugin {info.name} failed:\n{info.detail}", err=True)
 
 
 @cli.command("show-plugin")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["source", "filter", "backbone", "head"]), help="Kind, when NAME exists in several kinds.")
+@click.option("--kind", type=click.Choice(list(KINDS)), help="Kind, when NAME exists in several kinds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def show_plugin(name: str, kind: str | None, as_json: bool) -> None:
     """Show a component's summary and options (types, defaults, help)."""
     mgr = get_manager()
     base = name.split("/")[-1]
-    kinds = [kind] if kind else [k for k in ("source", "filter", "backbone", "head") if base in mgr.names(k)]
+    kinds = [kind] if kind else [k for k in KINDS if base in mgr.names(k)]
     if not kinds:
         every = sorted({s.name for s in mgr.components()})
         import difflib
@@ -202,7 +254,7 @@ def show_plugin(name: str, kind: str | None, as_json: bool) -> None:
         click.echo(f"{item['kind']} {item['name']}  (plugin {item['plugin']}, {item['distribution']})")
         click.echo(f"  {item['summary']}")
         if item["conflict"]:
-            click.echo(f"  CONFLICT: {item['conflict']}")
+            click.echo(f"  NAME CLASH: {item['conflict']}")
         click.echo(_table(item["options"], ["option", "type", "default", "help"]) if item["options"] else "  (no options)")
         click.echo()
 
@@ -211,20 +263,34 @@ def show_plugin(name: str, kind: str | None, as_json: bool) -> None:
 
 
 @cli.command("smoke-test")
-@click.option("--input-size", default=64, help="Side of the random input images.")
-@click.option("--batch-size", default=2, help="Images per step.")
+@click.argument("names", nargs=-1, metavar="[PLUGIN|COMPONENT]...")
+@click.option("--input-size", default=64, type=click.IntRange(min=8), help="Side of the random input images.")
+@click.option("--batch-size", default=2, type=click.IntRange(min=1), help="Images per training step (a batch of one is always tried too).")
+@click.option("--seed", default=0, type=int, help="Seed for the random inputs and initial weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def smoke_test(input_size: int, batch_size: int, as_json: bool) -> None:
-    """Build every installed backbone x head with default options and run one training step
-    (forward, backward, optimiser step) on random input: a quick check of an installation."""
-    from .smoke import smoke_all
+def smoke_test(names: tuple[str, ...], input_size: int, batch_size: int, seed: int, as_json: bool) -> None:
+    """Check components on random input; exits 1 if any check failed.
 
-    rows = smoke_all(input_size=input_size, batch_size=batch_size)
+    With PLUGIN names (entry-point or distribution, e.g. `clotclf smoke-test my_plugin`), every
+    component the plugin provides is checked the way its kind needs: backbones and heads are built
+    with default options, take a training step and a batch of one, and survive a safetensors
+    save / load round trip; filters score generated tiles; sources open a generated TIFF. This is
+    the test a plugin author runs in CI (docs/plugins.md). Without names, every installed
+    backbone x head takes one training step: a quick check of an installation.
+    """
+    from .smoke import smoke_all, smoke_plugins
+
+    if names:
+        rows = smoke_plugins(list(names), input_size=input_size, batch_size=batch_size, seed=seed)
+        columns = ["plugin", "kind", "name", "seconds", "status", "checks"]
+    else:
+        rows = smoke_all(input_size=input_size, batch_size=batch_size)
+        columns = ["backbone", "head", "params_m", "loss", "seconds", "status"]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        click.echo(_table(rows, ["backbone", "head", "params_m", "loss", "seconds", "status"]))
-    if any(r["status"] != "ok" for r in rows):
+        click.echo(_table(rows, columns))
+    if any(str(r["status"]).startswith("error") for r in rows):
         sys.exit(1)
 
 

@@ -186,7 +186,8 @@ def check_options_model(options: Any, what: str) -> None:
     fields = options.model_fields
     try:
         if not any(f.is_required() for f in fields.values()):
-            options()
+            # pydantic does not validate defaults by itself: give them as input (model validators run too)
+            options.model_validate({n: f.get_default(call_default_factory=True) for n, f in fields.items()})
             return
         from typing import Annotated
 
