@@ -371,6 +371,18 @@ def check_weights_hash(config: dict[str, Any], weights: Path) -> None:
         )
 
 
+def _build_saved(cfg: ModelConfig, specs: dict[str, ComponentSpec], header: dict[str, Any], run_dir: Path, hint: str,
+                 meta: bool) -> nn.Module:
+    """Rebuild a saved model (recorded providers, no downloads, a parameter budget from its weights)."""
+    what = f"'{run_dir / CONFIG_NAME}'"
+    try:
+        return build_model(cfg, specs=specs, rebuild=True, param_budget=parameter_budget(header), meta=meta, what=what)
+    except ModelLoadError:
+        raise
+    except (ConfigError, PluginError) as exc:
+        raise ModelLoadError(f"{what} does not build: {exc}{hint}") from exc
+
+
 def load_model(run_dir: str | Path) -> nn.Module:
     """Rebuild the model saved in ``run_dir`` and load its weights (safetensors only, strict).
 
@@ -385,8 +397,7 @@ def load_model(run_dir: str | Path) -> nn.Module:
     check_plugins(config, str(run_dir))
     specs, hint = _recorded_specs(config, str(run_dir))
     header = read_safetensors_header(weights)
-    model = build_model(cfg, specs=specs, rebuild=True, param_budget=parameter_budget(header),
-                        what=f"'{run_dir / CONFIG_NAME}'")
+    model = _build_saved(cfg, specs, header, run_dir, hint, meta=False)
     load_state_into(model, load_state(weights), str(weights), hint)
     model.eval()
     return model
@@ -404,13 +415,7 @@ def check_buildable(run_dir: str | Path) -> dict[str, Any]:
     rows = check_plugins(config, str(run_dir))
     specs, hint = _recorded_specs(config, str(run_dir))
     header = read_safetensors_header(weights)
-    what = f"'{run_dir / CONFIG_NAME}'"
-    try:
-        model = build_model(cfg, specs=specs, rebuild=True, param_budget=parameter_budget(header), meta=True, what=what)
-    except (ModelLoadError, ConfigError):
-        raise
-    except PluginError as exc:
-        raise ModelLoadError(f"{what} does not build: {exc}") from exc
+    model = _build_saved(cfg, specs, header, run_dir, hint, meta=True)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     parts = _shape_problems(own, {k: shape for k, (_, shape) in header.items()})
     if parts:

@@ -277,4 +277,6 @@ def test_classifier_trains_one_step_and_round_trips(tmp_path, head, head_options
     loaded = load_model(tmp_path / "run")
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
-    assert loaded.config.backbone_options == {"variant": "cct_2_3x2_32", "positional_embedding": position}
+    # config.json records the resolved options: those given, and every default beside them
+    assert loaded.config.backbone_options == model.config.backbone_options
+    assert loaded.config.backbone_options.items() >= {"variant": "cct_2_3x2_32", "positional_embedding": position}.items()
