@@ -239,7 +239,7 @@ def test_offline_pull_uses_the_cache_and_says_when_a_model_is_not_there(reg, run
     online = reg.pull("tiny@v1")
     offline = reg.pull("tiny@v1", settings=reg.offline())
     assert offline.from_cache and offline.commit == pushed.commit and offline.path == online.path
-    assert offline.verified_against == [CONFIG_NAME]
+    assert offline.verified_against == ["cache", CONFIG_NAME]  # every cached file re-hashed, then config.json
     with pytest.raises(UnreachableError, match=r"'lab/tiny@v2'.* not in .*offline mode is on"):
         reg.pull("tiny@v2", settings=reg.offline())
     with pytest.raises(UnreachableError, match="not in"):
@@ -350,10 +350,12 @@ def test_pull_of_a_model_needing_an_uninstalled_plugin_names_the_distribution(re
     cfg["plugins"]["backbone"] = {"name": "resnet-x", "plugin": "resnetx", "distribution": "clotclf-resnetx", "version": "0.3.1"}
     (run / CONFIG_NAME).write_text(json.dumps(cfg))
     reg.raw_push("needs-plugin", {WEIGHTS_NAME: run / WEIGHTS_NAME, CONFIG_NAME: run / CONFIG_NAME})
-    with pytest.raises(ModelLoadError, match=r"backbone 'resnet-x' from distribution clotclf-resnetx 0\.3\.1.*"
-                                             r"pip install 'clotclf-resnetx==0\.3\.1'.*downloaded and verified: "):
+    with pytest.raises(ModelLoadError, match=r"was downloaded but cannot be used here, so nothing was kept: .*"
+                                             r"backbone 'resnet-x' from distribution clotclf-resnetx 0\.3\.1.*"
+                                             r"pip install 'clotclf-resnetx==0\.3\.1'"):
         reg.pull("needs-plugin")
-    result = reg.pull("needs-plugin", check_plugins=False)
+    assert not list(reg.cache.rglob(WEIGHTS_NAME))  # "verified" means "loads here": nothing was kept
+    result = reg.pull("needs-plugin", check_plugins=False)  # the API can still fetch it for a machine that has the plugin
     assert [n["installed"] for n in result.needs] == [False, True]
 
 

@@ -14,17 +14,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.errors import ModelLoadError
+from clotclf_core.errors import ModelLoadError, os_error_message
 from clotclf_core.io import write_json
-from clotclf_core.runs import CONFIG_NAME
+from clotclf_core.runs import CONFIG_NAME, printable, requirements, warn
 
-from .backend import PushResult, open_backend
+from .backend import Fetched, PushResult, open_backend
 from .card import card_for_push, summarize
 from .errors import RegistryError
-from .layout import CARD_NAME, METRICS_NAME, run_files
+from .layout import CARD_NAME, METRICS_NAME, SPLIT_NAME, run_files
 from .names import COMMIT_SHA, ModelRef, check_part, check_revision, parse_ref
+from .redact import redact_run
 from .settings import RegistrySettings, load_settings
-from .verify import check_requirements, check_run_dir, requirements, verify_download
+from .verify import check_run_dir, verify_download
 
 PULL_RECORD = ".clotclf-pull.json"
 
@@ -49,10 +50,39 @@ def progress(enabled: bool) -> Iterator[None]:
 # ----------------------------------------------------------------------------- push
 
 
+def publishable(run: Path, config: dict[str, Any], repo_id: str, include_split: bool = False
+                ) -> tuple[list[tuple[str, Path | bytes]], Any]:
+    """The files a push uploads: the layout files of ``run`` with config.json, metrics.json and the
+    model card redacted (:mod:`.redact`), and the redaction report."""
+    files = dict(run_files(run, include_split=include_split))
+    texts = {name: files[name].read_bytes() for name in (METRICS_NAME, "history.csv") if name in files}
+    try:
+        metrics = json.loads(texts.get(METRICS_NAME, b"{}"))
+    except ValueError:
+        metrics = {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+
+    def card(redacted: dict[str, Any]) -> dict[str, bytes]:  # a card rendered by push shows the redacted config
+        return {CARD_NAME: card_for_push(run, redacted, metrics, repo_id).encode("utf-8")}
+
+    redaction = redact_run(run, config, texts, include_split=include_split, more_texts=card)
+    out: list[tuple[str, Path | bytes]] = [(CARD_NAME, redaction.texts[CARD_NAME])]
+    for name, path in sorted(files.items()):
+        if name == CARD_NAME:
+            continue
+        if name == CONFIG_NAME:
+            out.append((name, (json.dumps(redaction.config, indent=2) + "\n").encode("utf-8")))
+        else:
+            out.append((name, redaction.texts.get(name, path)))
+    return sorted(out, key=lambda f: f[0]), redaction
+
+
 def push(run_dir: str | os.PathLike, repo: str, *, private: bool = False, tag: str | None = None,
          message: str | None = None, require_metrics: bool = True, settings: RegistrySettings | None = None,
-         token: str | bool | None = None, quiet: bool = False) -> PushResult:
-    """Check ``run_dir`` is complete and loads, then upload it to ``repo`` in one commit (and tag it)."""
+         token: str | bool | None = None, quiet: bool = False, include_split: bool = False) -> PushResult:
+    """Check ``run_dir`` is complete and loads, then upload it to ``repo`` in one commit (and tag
+    it). config.json, metrics.json and the card are redacted (no identifiers, no local paths)
+    unless ``include_split``; the run directory itself is never changed."""
     settings = settings or load_settings()
     ref = parse_ref(repo, settings.namespace)
     if ref.revision:
@@ -61,10 +91,11 @@ def push(run_dir: str | os.PathLike, repo: str, *, private: bool = False, tag: s
         raise RegistryError(f"tag '{tag}' could be mistaken for a commit sha or a path; choose a name such as v1")
     run = Path(run_dir)
     config = check_run_dir(run, require_metrics=require_metrics)
-    metrics_path = run / METRICS_NAME
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    files: list[tuple[str, Path | bytes]] = [(n, p) for n, p in run_files(run) if n != CARD_NAME]
-    files.append((CARD_NAME, card_for_push(run, config, metrics, ref.repo_id).encode("utf-8")))
+    files, redaction = publishable(run, config, ref.repo_id, include_split)
+    if include_split:
+        warn(f"--include-split: the push publishes the run's split with {redaction.kept_identifiers} patient / slide / "
+             f"centre identifier(s){' and ' + SPLIT_NAME if (run / SPLIT_NAME).is_file() else ''}; anyone who can read "
+             f"'{ref.repo_id}' will see them")
     backend = open_backend(settings, token)
     note = f"clotclf push of {run.resolve().name}" + (f" ({tag})" if tag else "")
     with progress(not quiet):
@@ -85,20 +116,46 @@ class PullResult:
     verified_against: list[str]
     from_cache: bool
     needs: list[dict[str, Any]] = field(default_factory=list)
+    #: every file pulled and checked against the registry's hash
+    files: list[str] = field(default_factory=list)
+    #: files the registry has that are not part of a model: never downloaded
+    ignored: list[str] = field(default_factory=list)
+    #: the commit a tag pointed to at the last pull here, when it has moved since
+    moved_from: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _prepare_out(out: Path) -> Path:
-    """Refuse an --out folder holding anything but an earlier pull; return the staging folder."""
+def _pull_record(out: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((out / PULL_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    """Refuse an --out folder holding anything but an earlier pull (or files the user added to
+    one, unless ``force``); return the staging folder."""
     if out.exists() and not out.is_dir():
         raise RegistryError(f"--out '{out}' is a file; give a folder to put the model in")
-    if out.is_dir() and any(out.iterdir()) and not (out / PULL_RECORD).is_file():
-        raise RegistryError(
-            f"--out '{out}' exists and holds other files; give a new or empty folder (a folder from an earlier "
-            "`clotclf pull --out` is replaced)"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        record = _pull_record(out)
+        if record is None and not force:
+            raise RegistryError(
+                f"--out '{out}' exists and holds other files; give a new or empty folder (a folder from an earlier "
+                "`clotclf pull --out` is replaced), or pass --force to replace it anyway"
+            )
+        pulled = set(record.get("files") or []) | {PULL_RECORD} if record else set()
+        added = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                       and p.relative_to(out).as_posix() not in pulled and ".cache" not in p.relative_to(out).parts)
+        if added and not force:
+            shown = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+            raise RegistryError(
+                f"--out '{out}' holds files the earlier pull did not put there ({shown}); a new pull replaces the whole "
+                "folder. Move them elsewhere, or pass --force to replace the folder with them"
+            )
     staging = out.parent / f".{out.name}.pulling"
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
@@ -116,14 +173,36 @@ def _swap_in(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _moved(backend: Any, ref: ModelRef, fetched: Fetched, before: str | None) -> str | None:
+    """The earlier commit, if ``ref``'s revision is a tag that now points elsewhere."""
+    if before is None or before == fetched.commit or fetched.from_cache or not ref.revision:
+        return None
+    if not backend.is_tag(ref.repo_id, ref.revision):
+        return None  # a branch: moving is what branches do
+    warn(f"tag '{printable(ref.revision, 60)}' of '{ref.repo_id}' at {backend.label} now points to commit "
+         f"{fetched.commit[:12]}, but it pointed to {before[:12]} when it was last pulled here: tags should never "
+         f"move, so its owner re-tagged it. Pin a commit to be sure of what you get ({ref.repo_id}@{fetched.commit})")
+    return before
+
+
 def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistrySettings | None = None,
-         token: str | bool | None = None, check_plugins: bool = True, quiet: bool = False) -> PullResult:
-    """Download ``NAME[@REVISION]`` into the cache (or ``out``), verify it, and report what it needs."""
+         token: str | bool | None = None, check_plugins: bool = True, quiet: bool = False, force: bool = False) -> PullResult:
+    """Download ``NAME[@REVISION]`` into the cache (or ``out``) and verify it: every file against
+    the registry's hash, the weights against config.json, the layout, and (``check_plugins``) that
+    its config builds here. Anything that fails keeps nothing. ``force`` replaces an ``out`` holding
+    other files."""
     settings = settings or load_settings()
     ref: ModelRef = parse_ref(name, settings.namespace)
     backend = open_backend(settings, token)
     out_dir = Path(out).expanduser().resolve() if out is not None else None
-    staging = _prepare_out(out_dir) if out_dir is not None else None
+    record = _pull_record(out_dir) if out_dir is not None and out_dir.is_dir() else None
+    try:
+        staging = _prepare_out(out_dir, force) if out_dir is not None else None
+    except OSError as exc:
+        why = os_error_message(exc)
+        if why is None:
+            raise
+        raise RegistryError(f"cannot pull into --out '{out_dir}': {why}. Nothing was written") from None
     try:
         with progress(not quiet):
             fetched = backend.fetch(ref.repo_id, ref.revision, staging=staging, offline=settings.offline)
@@ -132,25 +211,34 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
             shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
-        config = verify_download(fetched.path, fetched.registry_sha256, str(ref), backend.label)
-    except RegistryError:
+        config = verify_download(fetched.path, fetched.plan, str(ref), backend.label, check_builds=check_plugins)
+    except BaseException:
         backend.discard(fetched)
         raise
+    before = fetched.previous_commit
+    if out_dir is not None and record and record.get("ref") == str(ref) and COMMIT_SHA.match(str(record.get("commit"))):
+        before = str(record["commit"])
+    moved = _moved(backend, ref, fetched, before)
+    files = [e.name for e in fetched.plan.files] if fetched.plan else []
     path = fetched.path
     if out_dir is not None:
-        write_json(fetched.path / PULL_RECORD, {"ref": str(ref), "repo_id": ref.repo_id, "commit": fetched.commit,
-                                                "registry": backend.label, "weights_sha256": config["weights_sha256"]})
-        _swap_in(fetched.path, out_dir)
-        path = out_dir
-    against = (["registry", CONFIG_NAME] if fetched.registry_sha256 else [CONFIG_NAME])
-    result = PullResult(str(ref), ref.repo_id, fetched.commit, str(path), backend.label, config["weights_sha256"],
-                        against, fetched.from_cache, requirements(config))
-    if check_plugins:
         try:
-            check_requirements(config, str(ref))
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{exc}. The model itself was downloaded and verified: {path}") from None
-    return result
+            write_json(fetched.path / PULL_RECORD, {"ref": str(ref), "repo_id": ref.repo_id, "commit": fetched.commit,
+                                                    "registry": backend.label, "weights_sha256": config["weights_sha256"],
+                                                    "files": files})
+            _swap_in(fetched.path, out_dir)
+        except OSError as exc:
+            shutil.rmtree(fetched.path, ignore_errors=True)
+            why = os_error_message(exc)
+            if why is None:
+                raise
+            raise RegistryError(f"cannot pull into --out '{out_dir}': {why}. Nothing was left half-written") from None
+        path = out_dir
+    backend.remember(fetched)
+    against = ["registry", CONFIG_NAME] if not fetched.from_cache else ["cache", CONFIG_NAME]
+    needs = requirements(config)
+    return PullResult(str(ref), ref.repo_id, fetched.commit, str(path), backend.label, str(config["weights_sha256"]),
+                      against, fetched.from_cache, needs, files, list(fetched.plan.ignored) if fetched.plan else [], moved)
 
 
 # ----------------------------------------------------------------------------- list

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RegistryError
+from .layout import Plan
 from .settings import RegistrySettings
 
 ENTRY_POINT_GROUP = "clotclf.registry_backends"
@@ -43,9 +44,13 @@ class Fetched:
 
     path: Path
     commit: str
-    #: sha256 of model.safetensors as the registry serves it (None: offline, from the cache)
+    #: sha256 of model.safetensors as the registry lists it (None: not an LFS file on the Hub)
     registry_sha256: str | None
     from_cache: bool = False
+    #: the files fetched, with the size and hash the registry listed for each (see .layout.plan_download)
+    plan: Plan | None = None
+    #: the commit this revision pointed to when it was last pulled here (None: never, or a commit sha)
+    previous_commit: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,9 +76,17 @@ class RegistryBackend(ABC):
 
     @abstractmethod
     def fetch(self, repo_id: str, revision: str | None, *, staging: Path | None, offline: bool) -> Fetched:
-        """Bring the layout files of ``revision`` (None: main) to disk: into the backend's cache, or
-        into the empty folder ``staging``. Check the file list with :func:`.layout.check_listing`
-        before downloading. ``offline``: use the cache only."""
+        """Bring the files of ``revision`` (None: main) to disk: into the backend's cache, or into
+        the empty folder ``staging``. Plan the download with :func:`.layout.plan_download` from the
+        registry's own list of sizes and hashes, fetch exactly the planned files, and return the
+        plan (the caller verifies every file against it). ``offline``: use the cache only."""
+
+    def remember(self, fetched: Fetched) -> None:
+        """Called once ``fetched`` is verified (e.g. to record what a revision pointed to)."""
+
+    def is_tag(self, repo_id: str, revision: str | None) -> bool:
+        """Whether ``revision`` is a tag of ``repo_id`` (tags should never move)."""
+        return False
 
     @abstractmethod
     def discard(self, fetched: Fetched) -> None:

@@ -48,21 +48,26 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 @click.option("--tag", metavar="TAG", default=None, help="Also tag the new commit (e.g. v1). An existing tag is an error: tags never move.")
 @click.option("--message", "-m", default=None, help="Commit message. [default: 'clotclf push of RUN']")
 @click.option("--no-metrics", is_flag=True, help="Publish a run that has no metrics.json (its card will show no results).")
+@click.option("--include-split", is_flag=True,
+              help="Also publish the split's patient identifiers (config.json's lists and split.csv). Off: counts and a salted hash only.")
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def push_command(run: str, repo: str, private: bool, tag: str | None, message: str | None, no_metrics: bool,
-                 registry: str | None, endpoint: str | None, namespace: str | None, as_json: bool, quiet: bool) -> None:
+                 include_split: bool, registry: str | None, endpoint: str | None, namespace: str | None, as_json: bool,
+                 quiet: bool) -> None:
     """Upload a run directory (weights, config, metrics, plots, model card) as one commit.
 
-    The run is checked first: complete, weights matching config.json, and the model loads. The
-    token comes from HF_TOKEN or `hf auth login` and is never printed.
+    The run is checked first: complete, weights matching config.json, and the model loads.
+    What is published is redacted: no patient, slide or centre identifiers (the split is kept as
+    counts and a salted hash) and no local paths, unless --include-split; the run directory itself
+    keeps everything. The token comes from HF_TOKEN or `hf auth login` and is never printed.
     """
     from .api import push
 
     settings = _settings(registry, endpoint, namespace)
     result = push(run, repo, private=private, tag=tag, message=message, require_metrics=not no_metrics,
-                  settings=settings, quiet=quiet or as_json)
+                  settings=settings, quiet=quiet or as_json, include_split=include_split)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
         return
@@ -72,7 +77,7 @@ def push_command(run: str, repo: str, private: bool, tag: str | None, message: s
     click.echo(f"files: {', '.join(result.files)}")
     ref = f"{result.repo_id}@{result.tag or result.commit}"
     where = f" --registry {settings.registry}" if settings.registry != "hub" else (
-        f" --endpoint {settings.endpoint}" if endpoint else "")
+        f" --endpoint {settings.endpoint_shown}" if endpoint else "")  # never the credentials in a URL
     click.echo(f"pull it with: clotclf pull {ref}{where}")
 
 
@@ -80,33 +85,44 @@ def push_command(run: str, repo: str, private: bool, tag: str | None, message: s
 @click.argument("name", metavar="NAME[@REVISION]")
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="Put the model in this folder (replacing an earlier pull there) instead of the cache.")
+@click.option("--force", is_flag=True, help="With --out: replace the folder even if it holds files the earlier pull did not put there.")
 @click.option("--offline", is_flag=True, help="Use the cache only (same as HF_HUB_OFFLINE=1).")
 @click.option("--cache-dir", metavar="DIR", default=None,
               help="Cache for pulled models. [default: $CLOTCLF_CACHE_DIR, else the huggingface_hub cache]")
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def pull_command(name: str, out: str | None, offline: bool, cache_dir: str | None, registry: str | None,
+def pull_command(name: str, out: str | None, force: bool, offline: bool, cache_dir: str | None, registry: str | None,
                  endpoint: str | None, namespace: str | None, as_json: bool, quiet: bool) -> None:
-    """Download a model, verify its weights, and say where it is and which plugins it needs.
+    """Download a model, verify every file, check that it builds here, and say where it is.
 
-    NAME is ORG/NAME or a short name in the default namespace; REVISION is a branch, a tag or a
-    commit sha (a commit sha always gives the same bytes).
+    Every file is checked against the registry's hash (and the weights against config.json),
+    only the documented layout is accepted, and config.json must build with the plugins installed
+    here; otherwise nothing is kept. NAME is ORG/NAME or a short name in the default namespace;
+    REVISION is a branch, a tag or a commit sha (a commit sha always gives the same bytes).
     """
+    from clotclf_core.runs import printable
+
     from .api import pull
 
     settings = _settings(registry, endpoint, namespace, cache_dir=cache_dir, offline=True if offline else None)
-    result = pull(name, out=out, settings=settings, quiet=quiet or as_json)
+    result = pull(name, out=out, settings=settings, quiet=quiet or as_json, force=force)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
         return
     source = "the cache" if result.from_cache else result.registry
     click.echo(f"pulled {result.ref} (commit {result.commit}) from {source}")
     click.echo(f"path: {result.path}")
-    click.echo(f"verified: model.safetensors sha256 {result.weights_sha256[:16]}… matches "
-               + " and ".join("the registry's hash" if a == "registry" else a for a in result.verified_against))
+    against = "the hashes huggingface_hub named the cached files by" if result.from_cache else "the registry's hashes"
+    click.echo(f"verified: {len(result.files)} files against {against}, model.safetensors (sha256 "
+               f"{result.weights_sha256[:16]}…) against config.json, and config.json builds with the plugins installed here")
+    if result.ignored:
+        click.echo(f"not downloaded (not part of a clotclf model): {', '.join(printable(n, 80) for n in result.ignored[:5])}"
+                   + (f" and {len(result.ignored) - 5} more" if len(result.ignored) > 5 else ""))
     for need in result.needs:
         state = f"installed ({need['installed_version']})" if need["installed"] else "NOT installed"
+        if need["state"] == "version differs":
+            state += f", saved with {need['version']}"
         click.echo(f"needs: {need['role']} '{need['name']}' from {need['distribution']} {need['version']}: {state}")
     # a name resolves with the settings of the environment; a registry given as an option needs the path
     use = result.path if (registry or endpoint or namespace) else f"{result.repo_id}@{result.commit}"
@@ -129,11 +145,15 @@ def list_models_command(namespace: str | None, registry: str | None, endpoint: s
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for row in rows:
-        row["headline"] = f"{row['metric']}={row['value']:.3f}" if row["value"] is not None else None
+    from clotclf_core.runs import printable
+
+    for row in rows:  # card metadata comes from the registry: shown with control characters escaped
+        row["headline"] = f"{printable(row['metric'], 40)}={row['value']:.3f}" if isinstance(row["value"], (int, float)) else None
         row["private"] = "yes" if row["private"] else "no"
+        for key in ("name", "kind", "backbone", "head", "updated"):
+            row[key] = None if row.get(key) is None else printable(row[key], 60)
     if not rows:
-        click.echo(f"no clotclf models in '{namespace or settings.namespace}' at {settings.registry if settings.registry != 'hub' else settings.endpoint}")
+        click.echo(f"no clotclf models in '{namespace or settings.namespace}' at {settings.registry if settings.registry != 'hub' else settings.endpoint_shown}")
         return
     click.echo(_table(rows, ["name", "kind", "backbone", "head", "headline", "private", "updated"]))
 

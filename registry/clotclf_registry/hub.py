@@ -6,16 +6,28 @@ speaking the Hub's HTTP API), through ``huggingface_hub`` — never a re-impleme
 - Push: ``create_repo`` + one ``create_commit`` (adds the layout files, deletes layout files the
   new run no longer has) + ``create_tag``. Xet uploads only toward huggingface.co by default
   (``xet`` setting); elsewhere the plain Git-LFS protocol every Hub-compatible server implements.
-- Pull: resolve the revision to a commit, list its files (refusing unsafe or non-clotclf repos
-  before downloading), ``snapshot_download`` that commit, and read the weights' ETag (the LFS
-  sha256) for :func:`.verify.verify_download`. When the server cannot be reached, a copy already
-  in the cache is used (with a note on stderr); ``offline`` uses the cache only.
-- Tokens: passed to huggingface_hub only; no message here is built from a token.
+- Pull: ``model_info(revision, files_metadata=True)`` gives the commit and, for every file, its
+  size and hash (LFS sha256, or git blob sha1); :func:`.layout.plan_download` decides from that
+  list what to fetch (refusing unsafe names, non-images under ``plots/``, oversized files), and
+  exactly those files are fetched with ``hf_hub_download`` at that commit — after a ``HEAD`` that
+  must announce the listed size — never the tree listing's. :func:`.verify.verify_download` then
+  checks each one. A failure removes what this pull added to the cache (its snapshot and blobs no
+  other snapshot uses), so nothing half-verified is ever used. When the server cannot be reached, a
+  copy already in the cache is used (with a note on stderr) — re-verified file by file against the
+  blob names huggingface_hub gave it (each blob is named by its LFS sha256 or git blob sha1);
+  ``offline`` uses the cache only.
+- Tokens: passed to huggingface_hub only; no message here is built from a token, and endpoints
+  are shown without credentials (:func:`.settings.shown_url`).
+- Only long-standing huggingface_hub API is used (``HfApi.model_info``, ``list_repo_refs``,
+  ``create_repo``, ``create_commit``, ``create_tag``, ``hf_hub_download``,
+  ``get_hf_file_metadata``), so the ``huggingface-hub`` floor in pyproject.toml is the oldest
+  release the tests were run with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import sys
@@ -24,24 +36,31 @@ from typing import Any, Iterator
 
 from clotclf_core import __version__
 from clotclf_core.errors import ClotclfError
-from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME
+from clotclf_core.errors import os_error_message
+from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import PULL_PATTERNS, check_listing, is_layout_file
-from .settings import RegistrySettings
+from .layout import Entry, Plan, is_layout_file, plan_download
+from .names import COMMIT_SHA
+from .settings import RegistrySettings, scrub
 
 OFFLINE_HINT = "to use models already downloaded, set HF_HUB_OFFLINE=1 (or pass --offline)"
 
 
 def _is_transport_error(exc: BaseException) -> bool:
-    """No connection, DNS failure, timeout, dropped connection: httpx's TransportError family."""
+    """No connection, DNS failure, timeout, dropped connection: httpx's TransportError family
+    (huggingface_hub 1.x/2.x), requests' ConnectionError / Timeout (0.x)."""
     names = {c.__name__ for c in type(exc).__mro__}
-    return "TransportError" in names or isinstance(exc, (socket.gaierror, TimeoutError, ConnectionError))
+    return bool({"TransportError", "ConnectionError", "Timeout", "ProtocolError"} & names) or isinstance(
+        exc, (socket.gaierror, TimeoutError, ConnectionError))
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, *secrets: str) -> str:
+    """One line naming ``exc``, with credentials in URLs (and ``secrets``) removed and control
+    characters escaped: exception texts quote URLs and server answers."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = printable(scrub(text, *secrets), 200)
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
@@ -54,6 +73,9 @@ def _xet(enabled: bool) -> Iterator[None]:
     """
     from huggingface_hub import constants
 
+    if not hasattr(constants, "HF_HUB_DISABLE_XET"):  # a release without Xet: always plain LFS
+        yield
+        return
     saved = constants.HF_HUB_DISABLE_XET
     constants.HF_HUB_DISABLE_XET = saved or not enabled
     try:
@@ -66,7 +88,7 @@ class HubRegistry(RegistryBackend):
     def __init__(self, settings: RegistrySettings, token: str | bool | None = None):
         self.settings = settings
         self.endpoint = settings.endpoint
-        self.label = settings.endpoint
+        self.label = settings.endpoint_shown  # never with credentials
         #: None: huggingface_hub's own (HF_TOKEN, then `hf auth login`); False: anonymous
         self.token = token
         self.cache_dir = settings.cache_dir
@@ -80,14 +102,10 @@ class HubRegistry(RegistryBackend):
     @contextlib.contextmanager
     def _errors(self, action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
         """Turn huggingface_hub / httpx exceptions into one clear :class:`RegistryError`."""
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            HfHubHTTPError,
-            RemoteEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
+        from huggingface_hub import errors as hf_errors
+        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+        RemoteEntryNotFoundError = getattr(hf_errors, "RemoteEntryNotFoundError", None) or hf_errors.EntryNotFoundError  # noqa: N806
         namespace = repo_id.split("/")[0]
         try:
             yield
@@ -122,19 +140,20 @@ class HubRegistry(RegistryBackend):
                 ) from None
             said = (getattr(exc, "server_message", None) or "").strip().splitlines()
             raise RegistryError(
-                f"{self.label} answered HTTP {status} to {action} '{repo_id}'" + (f" ({said[0][:200]})" if said else "")
+                f"{self.label} answered HTTP {status} to {action} '{repo_id}'"
+                + (f" ({printable(scrub(said[0], self.endpoint), 200)})" if said else "")
                 + f". Is {self.label} a Hugging Face Hub? Check --endpoint / HF_ENDPOINT"
             ) from None
         except Exception as exc:
             if "xet" in str(exc).lower() and action.startswith("push"):
                 raise RegistryError(
-                    f"{self.label} did not accept a Xet upload of '{repo_id}' ({_reason(exc)}): this server does not "
+                    f"{self.label} did not accept a Xet upload of '{repo_id}' ({_reason(exc, self.endpoint)}): this server does not "
                     "speak Xet; push with CLOTCLF_HUB_XET=off (or `xet: off` in the config file)"
                 ) from None
             if _is_transport_error(exc):
                 hint = f"; {OFFLINE_HINT}" if action == "pull" else ""
                 raise UnreachableError(
-                    f"cannot reach {self.label} to {action} '{repo_id}' ({_reason(exc)}): check the network connection and "
+                    f"cannot reach {self.label} to {action} '{repo_id}' ({_reason(exc, self.endpoint)}): check the network connection and "
                     f"the endpoint (--endpoint / HF_ENDPOINT){hint}"
                 ) from None
             if isinstance(exc, ValueError):  # the client's own validation (e.g. README metadata)
@@ -206,115 +225,180 @@ class HubRegistry(RegistryBackend):
         return PushResult(repo_id, self.url_of(repo_id), commit.oid, tag, sorted(new_names), unchanged=commit.oid == head.sha)
 
     # ------------------------------------------------------------------ pull
-    def fetch(self, repo_id: str, revision: str | None, *, staging: Path | None, offline: bool) -> Fetched:
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
-        from huggingface_hub.errors import RevisionResolutionError
+    def _repo_cache(self, repo_id: str) -> Path:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
 
+        root = Path(self.cache_dir).expanduser() if self.cache_dir else Path(constants.HF_HUB_CACHE)
+        return root / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+    def cached_commit(self, repo_id: str, revision: str | None) -> str | None:
+        """The commit ``revision`` pointed to when it was last pulled into the cache (None: never)."""
+        ref = self._repo_cache(repo_id) / "refs" / (revision or "main")
+        try:
+            commit = ref.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return commit if COMMIT_SHA.match(commit) else None
+
+    def is_tag(self, repo_id: str, revision: str | None) -> bool:
+        if not revision or COMMIT_SHA.match(revision):
+            return False
+        try:
+            return revision in {t.name for t in self._api().list_repo_refs(repo_id).tags}
+        except Exception:  # noqa: BLE001 - only to word a warning
+            return False
+
+    def fetch(self, repo_id: str, revision: str | None, *, staging: Path | None, offline: bool) -> Fetched:
         label = f"{repo_id}@{revision}" if revision else repo_id
         if offline:
             return self._from_cache(repo_id, revision, staging, "offline mode is on (HF_HUB_OFFLINE=1 or --offline)")
         api = self._api()
         with self._errors("pull", repo_id, revision):
             try:
-                resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=self.cache_dir)
-                info = api.model_info(repo_id, revision=resolved.resolved, files_metadata=True)
-            except RevisionResolutionError as exc:
-                cause = exc.__cause__ or exc
-                raise UnreachableError(
-                    f"cannot reach {self.label} to pull '{label}' ({_reason(cause)}), and it is not in the cache: check the "
-                    "network connection and the endpoint (--endpoint / HF_ENDPOINT)"
-                ) from None
+                info = api.model_info(repo_id, revision=revision, files_metadata=True)
             except Exception as exc:
                 if not _is_transport_error(exc):
                     raise
-                print(f"note: cannot reach {self.label} ({_reason(exc)}); using the cached copy of '{label}'", file=sys.stderr)
-                return self._from_cache(repo_id, revision, staging, f"{self.label} cannot be reached ({_reason(exc)})")
-            commit = resolved.resolved
-            siblings = {s.rfilename: s for s in info.siblings or []}
-            check_listing(f"{repo_id}@{revision or 'main'}", list(siblings))
+                reason = _reason(exc, self.endpoint)
+                try:
+                    fetched = self._from_cache(repo_id, revision, staging, f"{self.label} cannot be reached ({reason})")
+                except UnreachableError:
+                    raise UnreachableError(
+                        f"cannot reach {self.label} to pull '{label}' ({reason}), and it is not in the cache: check the "
+                        "network connection and the endpoint (--endpoint / HF_ENDPOINT)"
+                    ) from None
+                print(f"note: cannot reach {self.label} ({reason}); using the cached copy of '{label}'", file=sys.stderr)
+                return fetched
+            commit = str(info.sha or "")
+            if not COMMIT_SHA.match(commit):
+                raise IntegrityError(f"{self.label} named no commit for '{label}' (got {printable(repr(commit), 60)}); "
+                                     "is it a Hugging Face Hub? Check --endpoint / HF_ENDPOINT")
+            entries = [Entry(str(sib.rfilename), sib.size, sib.lfs.sha256 if sib.lfs else None, sib.blob_id)
+                       for sib in info.siblings or []]
+            plan = plan_download(f"{repo_id}@{revision or 'main'}", entries)
+            previous = self.cached_commit(repo_id, revision) if revision is None or not COMMIT_SHA.match(revision) else None
+            downloaded: list[Path] = []
             try:
-                path = snapshot_download(
-                    repo_id,
-                    revision=resolved,
-                    cache_dir=self.cache_dir,
-                    local_dir=str(staging) if staging is not None else None,
-                    allow_patterns=PULL_PATTERNS,
-                    endpoint=self.endpoint,
-                    token=self.token,
-                    library_name="clotclf",
-                    library_version=__version__,
-                )
-            except Exception as exc:
-                from huggingface_hub.errors import HfHubHTTPError
+                for entry in plan.files:
+                    downloaded.append(self._download(repo_id, entry, commit, staging, label))
+            except BaseException:
+                if staging is None:
+                    self._discard_snapshot(repo_id, commit)
+                raise
+        path = staging if staging is not None else next(p.parent for p, e in zip(downloaded, plan.files) if e.name == WEIGHTS_NAME)
+        weights = plan.entry(WEIGHTS_NAME)
+        return Fetched(path, commit, weights.sha256, plan=plan, previous_commit=previous,
+                       extra={"staging": staging, "revision": revision, "repo_id": repo_id})
 
-                cut = isinstance(exc, OSError) and not isinstance(exc, HfHubHTTPError)  # e.g. the size check of a cut file
-                if not (_is_transport_error(exc) or cut):
-                    raise
-                raise UnreachableError(
-                    f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({_reason(exc)}); "
-                    "no partial file was left where the model goes. Run the same pull again: it resumes"
-                ) from None
-            etag = get_hf_file_metadata(
-                hf_hub_url(repo_id, WEIGHTS_NAME, revision=commit, endpoint=self.endpoint), token=self.token
-            ).etag
-        lfs = siblings[WEIGHTS_NAME].lfs
-        served = {h for h in (etag, lfs.sha256 if lfs else None) if h}
-        fetched = Fetched(Path(path), commit, etag, extra={"staging": staging})
-        if len(served) != 1 or len(etag or "") != 64:
-            self.discard(fetched)
-            raise IntegrityError(
-                f"{self.label} does not serve one sha256 for {WEIGHTS_NAME} of '{label}' (ETag {etag!r}, LFS "
-                f"{lfs.sha256 if lfs else None!r}), so the download cannot be verified; nothing was kept. A Hub stores "
-                "safetensors as LFS files: ask the server's administrator"
-            )
-        return fetched
+    def _download(self, repo_id: str, entry: Entry, commit: str, staging: Path | None, label: str) -> Path:
+        """One listed file at ``commit``: its HEAD must announce the listed size, then huggingface_hub fetches it."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
+
+        shown = printable(entry.name, 120)
+        try:
+            meta = get_hf_file_metadata(hf_hub_url(repo_id, entry.name, revision=commit, endpoint=self.endpoint), token=self.token)
+            if meta.size is not None and entry.size is not None and int(meta.size) != int(entry.size):
+                raise IntegrityError(
+                    f"{self.label} lists {shown} of '{label}' at {entry.size} bytes but serves {meta.size}: the repository is "
+                    "inconsistent or the server is tampering with it; nothing was kept. Tell the registry's administrator"
+                )
+            return Path(hf_hub_download(
+                repo_id, entry.name, revision=commit, cache_dir=self.cache_dir,
+                local_dir=str(staging) if staging is not None else None, endpoint=self.endpoint, token=self.token,
+                library_name="clotclf", library_version=__version__,
+            ))
+        except ClotclfError:
+            raise
+        except OSError as exc:
+            if isinstance(exc, HfHubHTTPError) or getattr(exc, "response", None) is not None:
+                raise
+            message = os_error_message(exc)
+            if message:  # a full disk or a read-only cache: the user's to fix, not the network
+                raise RegistryError(f"{message} (pulling '{label}'; nothing was kept)") from None
+            raise UnreachableError(
+                f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({_reason(exc, self.endpoint)}); "
+                "no partial file was left where the model goes. Run the same pull again: it resumes"
+            ) from None
+        except Exception as exc:
+            if not _is_transport_error(exc):
+                raise
+            raise UnreachableError(
+                f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({_reason(exc, self.endpoint)}); "
+                "no partial file was left where the model goes. Run the same pull again: it resumes"
+            ) from None
+
+    def remember(self, fetched: Fetched) -> None:
+        """After verification: record in the cache what the revision pointed to (for offline pulls
+        and for noticing a tag that moved), as huggingface_hub itself does for branch names."""
+        revision = fetched.extra.get("revision")
+        if fetched.from_cache or fetched.extra.get("staging") is not None or (revision and COMMIT_SHA.match(revision)):
+            return
+        from clotclf_core.io import write_text
+
+        with contextlib.suppress(OSError):
+            write_text(self._repo_cache(fetched.extra["repo_id"]) / "refs" / (revision or "main"), fetched.commit)
 
     def _from_cache(self, repo_id: str, revision: str | None, staging: Path | None, why: str) -> Fetched:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError, RevisionResolutionError
-
         label = f"{repo_id}@{revision}" if revision else repo_id
         where = self.cache_dir or "the huggingface_hub cache"
-        try:
-            resolved = self._api().resolve_revision(repo_id, revision=revision, cache_dir=self.cache_dir, local_files_only=True)
-            path = Path(
-                snapshot_download(repo_id, revision=resolved, cache_dir=self.cache_dir, local_files_only=True,
-                                  allow_patterns=PULL_PATTERNS)
-            )
-        except (RevisionResolutionError, LocalEntryNotFoundError, FileNotFoundError):
+        rev = revision or "main"
+        commit = rev if COMMIT_SHA.match(rev) else self.cached_commit(repo_id, revision)
+        snapshot = self._repo_cache(repo_id) / "snapshots" / str(commit)
+        if commit is None or not snapshot.is_dir():
             raise UnreachableError(
                 f"'{label}' is not in {where}, and {why}: pull it once while online (unset HF_HUB_OFFLINE), or copy a "
                 "pulled model folder here and give its path"
-            ) from None
-        if not (path / WEIGHTS_NAME).is_file() or not (path / CONFIG_NAME).is_file():
+            )
+        if not (snapshot / WEIGHTS_NAME).is_file() or not (snapshot / CONFIG_NAME).is_file():
             raise UnreachableError(f"the cached copy of '{label}' in {where} is incomplete, and {why}: pull it again online")
+        entries = []
+        for item in sorted(snapshot.rglob("*")):
+            if item.is_dir():
+                continue
+            name = item.relative_to(snapshot).as_posix()
+            blob = os.path.basename(os.readlink(item)) if item.is_symlink() else ""
+            entries.append(Entry(name, item.stat().st_size if item.exists() else None,
+                                 blob if len(blob) == 64 else None, blob if len(blob) == 40 else None))
+        plan = plan_download(f"{label} (cached)", entries)
         if staging is not None:
             staging.mkdir(parents=True, exist_ok=True)
-            for item in path.rglob("*"):
-                if item.is_file():
-                    target = staging / item.relative_to(path)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(item, target)  # follows the cache's symlinks
-            path = staging
-        return Fetched(path, resolved.resolved, None, from_cache=True, extra={"staging": staging})
+            for entry in plan.files:
+                target = staging / entry.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(snapshot / entry.name, target)  # follows the cache's symlinks
+            snapshot = staging
+        return Fetched(snapshot, commit, None, from_cache=True, plan=plan,
+                       extra={"staging": staging, "revision": revision, "repo_id": repo_id})
+
+    def _discard_snapshot(self, repo_id: str, commit: str) -> None:
+        """Remove a snapshot and the blobs only it links to (blobs are named by hash and shared)."""
+        repo = self._repo_cache(repo_id)
+        snapshot = repo / "snapshots" / commit
+        if not snapshot.is_dir():
+            return
+        elsewhere = set()
+        for other in (repo / "snapshots").iterdir() if (repo / "snapshots").is_dir() else []:
+            if other != snapshot:
+                elsewhere |= {p.resolve() for p in other.rglob("*") if p.is_symlink()}
+        for link in snapshot.rglob("*"):
+            if link.is_symlink():
+                blob = link.resolve()
+                if blob not in elsewhere and blob.is_file() and blob.parent.name == "blobs":
+                    blob.unlink()
+        shutil.rmtree(snapshot, ignore_errors=True)
+        for ref in (repo / "refs").rglob("*") if (repo / "refs").is_dir() else []:
+            with contextlib.suppress(OSError):
+                if ref.is_file() and ref.read_text(encoding="utf-8").strip() == commit:
+                    ref.unlink()
 
     def discard(self, fetched: Fetched) -> None:
         staging = fetched.extra.get("staging")
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
             return
-        from huggingface_hub import scan_cache_dir
-
-        snapshot = fetched.path
-        weights = (snapshot / WEIGHTS_NAME).resolve()  # the blob behind the snapshot's symlink: its bytes are bad
-        if weights.is_file() and weights != snapshot / WEIGHTS_NAME:
-            weights.unlink()
-        repo_folder = snapshot.parent.parent  # <cache>/models--org--name/snapshots/<commit>
-        try:
-            cache = scan_cache_dir(str(repo_folder.parent))
-            cache.delete_revisions(fetched.commit).execute()
-        except Exception:  # noqa: BLE001 - fall back to removing the snapshot by hand
-            shutil.rmtree(snapshot, ignore_errors=True)
+        self._discard_snapshot(fetched.extra["repo_id"], fetched.commit)
 
     # ------------------------------------------------------------------ list
     def list_models(self, namespace: str) -> list[ModelEntry]:

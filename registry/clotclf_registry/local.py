@@ -12,9 +12,15 @@ object is named by the sha256 of its bytes: a commit sha always means the same b
 change to a manifest or an object is detected when it is read. Writes are atomic and ``refs.json``
 is updated last, under a lock, so a crashed push leaves only unreferenced objects behind.
 
-Pulled revisions are copied to ``<cache>/<registry key>/<org>/<name>/snapshots/<commit>/`` (and
-``refs/<revision>`` remembers what a branch or tag pointed to, for offline pulls).
+Every file read from the store is checked for its type and shape first (``repo.json``, ``refs.json``
+and manifests that are not what they should be are one clear "the registry is damaged" error, and
+object names must be sha256 hex, so a crafted manifest cannot point outside ``objects/``).
+
+Pulled revisions are copied to ``<cache>/<registry key>/<org>/<name>/snapshots/<commit>/`` with
+normal permissions (the commit's manifest beside it in ``manifests/``, so an offline pull checks
+every file again), and ``refs/<revision>`` remembers what a branch or tag pointed to.
 Access control is the filesystem's: ``--private`` makes the repo folder readable by its owner only.
+A store this user cannot write to can still be pulled from; a push to it is one clear error.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,17 +39,21 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
+from clotclf_core.errors import os_error_message
 from clotclf_core.io import atomic_path, write_json, write_text
-from clotclf_core.runs import WEIGHTS_NAME
+from clotclf_core.runs import WEIGHTS_NAME, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import CARD_NAME, check_listing, is_layout_file
+from .layout import CARD_NAME, Entry, Plan, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings
 
 FORMAT = "clotclf-local-registry/1"
 CHUNK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: what may be in a repo folder besides the registry's own files while a first push is under way
+_TRANSIENT = (".lock",)
 
 
 def _now() -> str:
@@ -100,6 +111,26 @@ class LocalRegistry(RegistryBackend):
         self.cache = base / f"{self.root.name or 'root'}-{key}"
 
     # ------------------------------------------------------------------ reading
+    def _damaged(self, path: Path, what: str) -> IntegrityError:
+        return IntegrityError(f"'{path}' in {self.label} {what}: the registry is damaged; restore it from a backup, "
+                              "or push the model again")
+
+    def _json(self, path: Path, what: str) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except PermissionError:
+            raise AuthError(f"'{path.parent}' is private and this user may not read it (filesystem permissions)") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._damaged(path, f"is not valid JSON ({printable(exc, 100)})") from None
+        except IsADirectoryError:
+            raise self._damaged(path, f"is a folder, not {what}") from None
+
+    def _info(self, folder: Path) -> dict[str, Any]:
+        info = self._json(folder / "repo.json", "a repo description")
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise self._damaged(folder / "repo.json", f"is not a {FORMAT} repo description")
+        return info
+
     def _repo(self, repo_id: str, must_exist: bool = True) -> Path:
         if not self.root.is_dir():
             raise UnreachableError(
@@ -116,28 +147,44 @@ class LocalRegistry(RegistryBackend):
             hint = f"; did you mean {', '.join(f'{ns.name}/{c}' for c in close)}?" if close else (
                 f"; '{ns.name}' has: {', '.join(known)}" if known else "")
             raise NotFoundError(f"model '{repo_id}' was not found in {self.label}{hint}")
+        if must_exist:
+            self._info(folder)
         return folder
 
     def _refs(self, folder: Path) -> dict[str, Any]:
         path = folder / "refs.json"
         if not path.is_file():
             return {"branches": {}, "tags": {}}
-        try:
-            refs = json.loads(path.read_text(encoding="utf-8"))
-        except PermissionError:
-            raise AuthError(f"'{folder}' is private and this user may not read it (filesystem permissions)") from None
-        except ValueError as exc:
-            raise IntegrityError(f"'{path}' is not valid JSON ({exc}): the registry is damaged; restore it from a backup") from None
-        return {"branches": refs.get("branches", {}), "tags": refs.get("tags", {})}
+        refs = self._json(path, "a list of refs")
+        if not isinstance(refs, dict):
+            raise self._damaged(path, f"holds {type(refs).__name__}, not an object of branches and tags")
+        branches, tags = refs.get("branches", {}), refs.get("tags", {})
+        if not isinstance(branches, dict) or not all(isinstance(k, str) and isinstance(v, str) and COMMIT_SHA.match(v)
+                                                     for k, v in branches.items()):
+            raise self._damaged(path, "has branches that are not names mapped to commit ids")
+        if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("commit"), str)
+                                                 and COMMIT_SHA.match(v["commit"]) for k, v in tags.items()):
+            raise self._damaged(path, "has tags that are not names mapped to {commit, ...}")
+        return {"branches": branches, "tags": tags}
+
+    def _check_manifest(self, path: Path, manifest: Any) -> dict[str, Any]:
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise self._damaged(path, "is not a commit manifest (an object with files)")
+        parent = manifest.get("parent")
+        if parent is not None and not (isinstance(parent, str) and COMMIT_SHA.match(parent)):
+            raise self._damaged(path, "names a parent that is not a commit id")
+        for name, entry in manifest["files"].items():
+            ok = isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]) \
+                and isinstance(entry.get("size"), int) and not isinstance(entry["size"], bool) and entry["size"] >= 0
+            if not ok:
+                raise self._damaged(path, f"lists {printable(repr(name), 80)} without a sha256 and a size")
+        return manifest
 
     def _commit(self, folder: Path, commit: str) -> dict[str, Any]:
         path = folder / "commits" / f"{commit}.json"
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise IntegrityError(f"commit {commit} of '{folder.relative_to(self.root)}' is missing in {self.label}: the registry is damaged") from None
-        except ValueError as exc:
-            raise IntegrityError(f"'{path}' is not valid JSON ({exc}): the registry is damaged") from None
+        if not path.is_file():
+            raise IntegrityError(f"commit {commit} of '{folder.relative_to(self.root)}' is missing in {self.label}: the registry is damaged")
+        manifest = self._check_manifest(path, self._json(path, "a commit manifest"))
         if commit_id(manifest) != commit:
             raise IntegrityError(
                 f"commit {commit[:12]} of '{folder.relative_to(self.root).as_posix()}' in {self.label} was modified after it "
@@ -164,7 +211,8 @@ class LocalRegistry(RegistryBackend):
                 raise NotFoundError(f"revision '{rev}' of '{repo_id}' is ambiguous ({len(matches)} commits); give more digits")
         names = sorted([*refs["branches"], *refs["tags"]])
         raise NotFoundError(
-            f"model '{repo_id}' in {self.label} has no revision '{rev}'" + (f"; it has: {', '.join(names)}" if names else "")
+            f"model '{repo_id}' in {self.label} has no revision '{rev}'"
+            + (f"; it has: {', '.join(printable(n, 60) for n in names)}" if names else "")
         )
 
     def _object(self, folder: Path, sha256: str) -> Path:
@@ -178,13 +226,29 @@ class LocalRegistry(RegistryBackend):
                 f"local registry {self.label} does not exist: create it first (mkdir -p {self.root}), or fix --registry"
             )
         folder = self.root / repo_id
-        if folder.is_dir() and any(folder.iterdir()) and not (folder / "repo.json").is_file():
-            raise NotAModelError(f"'{folder}' exists and is not a clotclf registry repo; nothing was pushed. Choose another name")
+        try:
+            return self._push(repo_id, folder, files, private=private, tag=tag, message=message)
+        except OSError as exc:
+            why = os_error_message(exc)
+            if why is None:
+                raise
+            raise RegistryError(
+                f"cannot push '{repo_id}' to {self.label}: {why}. A crashed push leaves only unreferenced objects "
+                "behind: nothing it wrote is used. Pushes need write access to the registry; pulls work without it"
+            ) from None
+
+    def _push(self, repo_id: str, folder: Path, files: list[tuple[str, Path | bytes]], *, private: bool, tag: str | None,
+              message: str) -> PushResult:
         folder.mkdir(parents=True, exist_ok=True)
         with _locked(folder):
             info_path = folder / "repo.json"
-            if info_path.is_file():
-                info = json.loads(info_path.read_text(encoding="utf-8"))
+            # checked under the lock: a first push under way elsewhere has made the folder and its lock already
+            strangers = [p.name for p in folder.iterdir() if p.name not in _TRANSIENT] if not info_path.exists() else []
+            if strangers:
+                (folder / ".lock").unlink(missing_ok=True)  # leave the stranger's folder as it was
+                raise NotAModelError(f"'{folder}' exists and is not a clotclf registry repo; nothing was pushed. Choose another name")
+            if info_path.exists():
+                info = self._info(folder)
                 if private and not info.get("private"):
                     raise RegistryError(
                         f"'{repo_id}' already exists in {self.label} and is not private, but --private was given; nothing "
@@ -238,6 +302,24 @@ class LocalRegistry(RegistryBackend):
         return {"sha256": digest, "size": target.stat().st_size}
 
     # ------------------------------------------------------------------ pull
+    def _snapshots(self, repo_id: str) -> Path:
+        return self.cache / repo_id / "snapshots"
+
+    def cached_commit(self, repo_id: str, revision: str | None) -> str | None:
+        try:
+            commit = (self.cache / repo_id / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return commit if COMMIT_SHA.match(commit) else None
+
+    def is_tag(self, repo_id: str, revision: str | None) -> bool:
+        if not revision or COMMIT_SHA.match(revision):
+            return False
+        try:
+            return revision in self._refs(self._repo(repo_id))["tags"]
+        except RegistryError:
+            return False
+
     def fetch(self, repo_id: str, revision: str | None, *, staging: Path | None, offline: bool) -> Fetched:
         label = f"{repo_id}@{revision}" if revision else repo_id
         if offline:
@@ -250,31 +332,47 @@ class LocalRegistry(RegistryBackend):
         folder = self._repo(repo_id)
         commit = self._resolve(repo_id, folder, revision)
         manifest = self._commit(folder, commit)
-        files = manifest.get("files", {})
-        check_listing(f"{repo_id}@{revision or 'main'}", list(files))
-        wanted = {n: e for n, e in files.items() if is_layout_file(n)}
-        cached = self.cache / repo_id / "snapshots" / commit
+        plan = _plan(f"{repo_id}@{revision or 'main'}", manifest)
+        previous = self.cached_commit(repo_id, revision) if revision is None or not COMMIT_SHA.match(revision) else None
+        cached = self._snapshots(repo_id) / commit
         target = staging if staging is not None else cached
-        if staging is not None or not cached.is_dir():
-            self._materialize(folder, wanted, target, label)
-        write_text(self.cache / repo_id / "refs" / (revision or "main"), commit)
-        return Fetched(target, commit, wanted[WEIGHTS_NAME]["sha256"], extra={"staging": staging})
+        if staging is not None or not cached.is_dir():  # a cached copy is checked file by file after the fetch
+            self._materialize(folder, plan, target, label)
+        if staging is None:
+            write_json(self.cache / repo_id / "manifests" / f"{commit}.json", manifest)
+        return Fetched(target, commit, plan.entry(WEIGHTS_NAME).sha256, plan=plan, previous_commit=previous,
+                       extra={"staging": staging, "revision": revision, "repo_id": repo_id})
 
-    def _materialize(self, folder: Path, files: dict[str, dict[str, Any]], target: Path, label: str) -> None:
-        """Copy the objects into ``target`` through a temporary sibling folder, checking every hash."""
+    def remember(self, fetched: Fetched) -> None:
+        revision = fetched.extra.get("revision")
+        if fetched.from_cache or (revision and COMMIT_SHA.match(revision)):
+            return
+        with contextlib.suppress(OSError):
+            write_text(self.cache / fetched.extra["repo_id"] / "refs" / (revision or "main"), fetched.commit)
+
+    def _materialize(self, folder: Path, plan: Plan, target: Path, label: str) -> None:
+        """Copy the planned objects into ``target`` through a temporary sibling folder, checking
+        every hash as it copies; the folder gets normal permissions (mkdtemp makes 0700 ones)."""
+        from clotclf_core.io import _umask
+
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         try:
-            for name, entry in sorted(files.items()):
-                src = self._object(folder, entry["sha256"])
+            os.chmod(partial, 0o777 & ~_umask())
+            for entry in plan.files:
+                src = self._object(folder, str(entry.sha256))
                 if not src.is_file():
-                    raise IntegrityError(f"'{label}': the object of {name} is missing from {self.label}: the registry is damaged")
-                digest, size = copy_hashing(src, partial / name)
-                if digest != entry["sha256"] or size != entry["size"]:
+                    raise IntegrityError(f"'{label}': the object of {printable(entry.name, 120)} is missing from {self.label}: "
+                                         "the registry is damaged")
+                dst = partial / entry.name
+                if dst.parent != partial:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                digest, size = copy_hashing(src, dst)
+                if digest != entry.sha256 or size != entry.size:
                     raise IntegrityError(
-                        f"{name} of '{label}' in {self.label} hashes to sha256 {digest[:16]}…, but the registry records "
-                        f"{entry['sha256'][:16]}…: the file was modified or corrupted in the registry. Nothing was kept; "
-                        "restore it from a backup or push the model again"
+                        f"{printable(entry.name, 120)} of '{label}' in {self.label} hashes to sha256 {digest[:16]}…, but the "
+                        f"registry records {str(entry.sha256)[:16]}…: the file was modified or corrupted in the registry. "
+                        "Nothing was kept; restore it from a backup or push the model again"
                     )
             if target.exists():
                 shutil.rmtree(target)
@@ -285,21 +383,23 @@ class LocalRegistry(RegistryBackend):
     def _from_cache(self, repo_id: str, revision: str | None, staging: Path | None, why: str) -> Fetched:
         label = f"{repo_id}@{revision}" if revision else repo_id
         rev = revision or "main"
-        base = self.cache / repo_id
-        commit = rev if COMMIT_SHA.match(rev) else None
-        ref = base / "refs" / rev
-        if commit is None and ref.is_file():
-            commit = ref.read_text(encoding="utf-8").strip()
-        snapshot = base / "snapshots" / str(commit)
-        if commit is None or not (snapshot / WEIGHTS_NAME).is_file():
+        commit = rev if COMMIT_SHA.match(rev) else self.cached_commit(repo_id, revision)
+        snapshot = self._snapshots(repo_id) / str(commit)
+        manifest_path = self.cache / repo_id / "manifests" / f"{commit}.json"
+        if commit is None or not (snapshot / WEIGHTS_NAME).is_file() or not manifest_path.is_file():
             raise UnreachableError(
                 f"'{label}' from {self.label} is not in the cache ({self.cache}){', and ' + why if why else ''}: pull it once "
                 "while the registry is reachable (unset HF_HUB_OFFLINE)"
             )
+        manifest = self._check_manifest(manifest_path, self._json(manifest_path, "a commit manifest"))
+        if commit_id(manifest) != commit:
+            raise IntegrityError(f"the cached manifest of '{label}' ({manifest_path}) was modified; pull it again online")
+        plan = _plan(f"{label} (cached)", manifest)
         if staging is not None:
             shutil.copytree(snapshot, staging, dirs_exist_ok=True)
             snapshot = staging
-        return Fetched(snapshot, commit, None, from_cache=True, extra={"staging": staging})
+        return Fetched(snapshot, commit, None, from_cache=True, plan=plan,
+                       extra={"staging": staging, "revision": revision, "repo_id": repo_id})
 
     def discard(self, fetched: Fetched) -> None:
         shutil.rmtree(fetched.path, ignore_errors=True)
@@ -316,7 +416,7 @@ class LocalRegistry(RegistryBackend):
         for folder in sorted(ns.iterdir()) if ns.is_dir() else []:
             if not (folder / "repo.json").is_file() or not os.access(folder, os.R_OK | os.X_OK):
                 continue
-            info = json.loads((folder / "repo.json").read_text(encoding="utf-8"))
+            info = self._info(folder)
             head = self._refs(folder)["branches"].get("main")
             meta: dict[str, Any] = {}
             updated = None
@@ -330,3 +430,7 @@ class LocalRegistry(RegistryBackend):
             if meta.get("library_name") == "clotclf":
                 out.append(ModelEntry(f"{namespace}/{folder.name}", bool(info.get("private")), meta, updated))
         return out
+
+
+def _plan(label: str, manifest: dict[str, Any]) -> Plan:
+    return plan_download(label, [Entry(name, e["size"], e["sha256"]) for name, e in manifest["files"].items()])

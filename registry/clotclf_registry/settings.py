@@ -26,6 +26,7 @@ endpoint gets plain Git-LFS uploads, which any Hub-compatible server implements
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -71,10 +72,33 @@ class RegistrySettings(BaseModel):
             return "hub"
         return urlparse(self.registry).scheme or "file"
 
+    @property
+    def endpoint_shown(self) -> str:
+        """The endpoint as messages show it: never with credentials (see :func:`shown_url`)."""
+        return shown_url(self.endpoint)
+
     def use_xet(self) -> bool:
         if os.environ.get("HF_HUB_DISABLE_XET", "").strip().lower() in _TRUE or self.xet == "off":
             return False
         return self.xet == "on" or (urlparse(self.endpoint).hostname or "") in XET_HOSTS
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+_SECRET_QUERY = re.compile(r"([?&;](?:token|access_token|auth|api_key|apikey|key|sig|signature|password)=)[^&;#\s]*", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """``url`` without credentials: ``https://user:secret@hub/x?token=t`` -> ``https://hub/x?token=***``.
+    Every message, table and JSON field that names an endpoint goes through this."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1", str(url)))
+
+
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` with credentials in URLs, and any of ``secrets`` (a raw endpoint), removed."""
+    for secret in secrets:
+        if secret and secret != shown_url(secret):
+            text = text.replace(secret, shown_url(secret))
+    return shown_url(text)
 
 
 def config_path() -> Path:
@@ -120,12 +144,12 @@ def load_settings(**overrides: Any) -> RegistrySettings:
     try:
         settings = RegistrySettings.model_validate(values)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {scrub(repr(e.get('input')))})" for e in err.errors())
         raise RegistryError(f"invalid registry settings ({problems}); see `clotclf push --help` and docs/registry.md") from None
     settings.endpoint = settings.endpoint.rstrip("/")
     if urlparse(settings.endpoint).scheme not in ("http", "https") or not urlparse(settings.endpoint).netloc:
         raise RegistryError(
-            f"endpoint '{settings.endpoint}' is not an http(s) URL: set --endpoint / HF_ENDPOINT to e.g. https://huggingface.co"
+            f"endpoint '{shown_url(settings.endpoint)}' is not an http(s) URL: set --endpoint / HF_ENDPOINT to e.g. https://huggingface.co"
         )
     if settings.registry.startswith(("http://", "https://")):  # a Hub given by its URL
         settings.endpoint, settings.registry = settings.registry.rstrip("/"), "hub"

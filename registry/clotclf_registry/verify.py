@@ -2,27 +2,45 @@
 
 - Before a push: the run directory is complete and its model loads, so a broken model is never
   published (:func:`check_run_dir`).
-- After a pull: ``model.safetensors`` hashes to what the registry served it as (the Hub's LFS
-  sha256, i.e. its ETag; the local registry's object name) *and* to the ``weights_sha256`` that
-  ``config.json`` recorded when the model was saved (:func:`verify_download`). Any mismatch is an
-  error, never a warning.
-- The plugins a model needs, with the distribution that provides each and whether it is
-  installed here (:func:`requirements`, :func:`check_requirements`).
+- After a pull (:func:`verify_download`), **every** downloaded file must have the size and the hash
+  the registry listed for it (the Hub's LFS sha256 or git blob sha1; a local registry's object
+  sha256) and be what its name says (:func:`.layout.check_content`); ``model.safetensors`` must also
+  hash to the ``weights_sha256`` that ``config.json`` recorded when the model was saved, and its
+  header must parse. Then the config must *build*: the core's ``ModelConfig`` and bounds, every
+  component installed from its recorded distribution, every component's options model, and the
+  model those options describe must have exactly the weights' tensor names and shapes — checked
+  on the meta device, without allocating it (:func:`clotclf_core.model.check_buildable`). Any
+  failure is an error, never a warning, and the caller keeps nothing.
+- What a model needs installed is the core's check (:func:`clotclf_core.runs.check_requirements`):
+  one check, one message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from clotclf_core.errors import ModelLoadError
-from clotclf_core.runs import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, read_config, sha256_file
+from clotclf_core.errors import ClotclfError, ModelLoadError
+from clotclf_core.runs import (
+    CONFIG_NAME,
+    PICKLE_SUFFIXES,
+    WEIGHTS_NAME,
+    check_requirements,
+    printable,
+    read_config,
+    read_safetensors_header,
+    requirements,
+    sha256_file,
+)
 
 from .errors import IntegrityError, NotAModelError, RegistryError
-from .layout import METRICS_NAME
+from .layout import METRICS_NAME, Plan, check_content
 
 FILTER_KIND = "patch_filter"
+
+__all__ = ["check_requirements", "requirements", "check_run_dir", "verify_download", "load_run", "model_kind"]
 
 
 def model_kind(config: dict[str, Any]) -> str:
@@ -56,7 +74,7 @@ def check_run_dir(run_dir: Path, require_metrics: bool = True) -> dict[str, Any]
     if actual != recorded:
         raise RegistryError(
             f"cannot push '{run_dir}': {WEIGHTS_NAME} (sha256 {actual[:12]}…) is not the file {CONFIG_NAME} describes "
-            f"({recorded[:12]}…); the weights were replaced or the save was interrupted. Re-save the model"
+            f"({str(recorded)[:12]}…); the weights were replaced or the save was interrupted. Re-save the model"
         )
     if require_metrics:
         metrics = run_dir / METRICS_NAME
@@ -85,102 +103,111 @@ def load_run(run_dir: Path, config: dict[str, Any]) -> Any:
         from clotclf_core.model import load_model
 
         return load_model(run_dir)
+    return _load_filter(run_dir, config)
+
+
+def _load_filter(run_dir: Path, config: dict[str, Any]) -> Any:
     from clotclf_core.plugins import get_manager
 
-    spec = get_manager().get("filter", str(config.get("filter")))
+    recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}
+    row = get_manager().requirement("filter", str(config.get("filter")), recorded.get("filter"))
+    spec = row["spec"]
+    if spec is None:  # pragma: no cover - check_requirements raised already
+        raise ModelLoadError(f"'{run_dir}' needs filter '{printable(config.get('filter'))}': {row['fix']}")
     if "weights" not in spec.options.model_fields:
         raise ModelLoadError(f"filter '{spec.name}' takes no weights option, so '{run_dir}' cannot be checked")
-    return spec.factory(spec.validate_options({"weights": str(run_dir)}))
-
-
-# ----------------------------------------------------------------------------- plugins
-
-
-def requirements(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per component the model needs: role, name, distribution, recorded version, installed?"""
-    from clotclf_core.plugins import get_manager
-
-    mgr = get_manager()
-    recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    roles = ["filter"] if model_kind(config) == FILTER_KIND else ["backbone", "head"]
-    rows = []
-    for role in roles:
-        info = recorded.get(role) if isinstance(recorded.get(role), dict) else {}
-        name = (info.get("name") or model.get(role) or config.get(role) or "?") if role != "filter" else (
-            info.get("name") or config.get("filter") or "?")
-        name = str(name).split("/")[-1]
-        installed = [s for s in mgr.components(role) if s.name == name]
-        rows.append(
-            {
-                "role": role,
-                "name": name,
-                "distribution": info.get("distribution") or "?",
-                "version": info.get("version") or "?",
-                "installed": bool(installed),
-                "installed_version": installed[0].version if installed else None,
-            }
-        )
-    return rows
-
-
-def check_requirements(config: dict[str, Any], label: str) -> list[dict[str, Any]]:
-    """:func:`requirements`, raising one error naming every missing distribution and how to install it."""
-    rows = requirements(config)
-    missing = [r for r in rows if not r["installed"]]
-    if missing:
-        what = "; ".join(f"{r['role']} '{r['name']}' from distribution {r['distribution']} {r['version']}" for r in missing)
-        pins = " ".join(
-            f"'{r['distribution']}=={r['version']}'" if r["version"] != "?" else f"'{r['distribution']}'"
-            for r in missing if r["distribution"] != "?"
-        )
-        how = f"pip install {pins}" if pins else "install the plugin that provides it"
-        raise ModelLoadError(f"model '{label}' needs {what}, which is not installed: {how} (then check `clotclf list-plugins`)")
-    return rows
+    try:
+        return spec.factory(spec.validate_options({"weights": str(run_dir), "device": "cpu"}
+                                                  if "device" in spec.options.model_fields else {"weights": str(run_dir)}))
+    except ClotclfError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- after a pull
 
 
-def verify_download(run_dir: Path, registry_sha256: str | None, label: str, registry: str) -> dict[str, Any]:
-    """Check the pulled weights against the registry's hash and config.json's; return the config.
+def git_blob_sha1(path: Path, size: int) -> str:
+    """The git object id of a file's content (what the Hub lists for files not in LFS)."""
+    h = hashlib.sha1(b"blob %d\x00" % size)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
-    ``registry_sha256`` is None only for an offline pull from the cache, where config.json's record
-    is the reference (the cached bytes were checked against the registry when they were fetched).
+
+def check_files(run_dir: Path, plan: Plan, label: str, registry: str) -> None:
+    """Every planned file is in ``run_dir`` with the listed size and hash, and is what its name says."""
+    for entry in plan.files:
+        path = run_dir / entry.name
+        shown = printable(entry.name, 120)
+        if not path.is_file():
+            raise IntegrityError(f"{shown} of '{label}' from {registry} did not arrive; nothing was kept. Pull again")
+        size = path.stat().st_size
+        if entry.size is not None and size != entry.size:
+            raise IntegrityError(
+                f"{shown} of '{label}' from {registry} is {size} bytes, but the registry lists {entry.size}: the download is "
+                "corrupt or was tampered with. Nothing was kept; pull again, and if it persists tell the registry's administrator"
+            )
+        if entry.sha256:
+            digest, expected, kind = sha256_file(path), entry.sha256, "sha256"
+        elif entry.git_oid:
+            digest, expected, kind = git_blob_sha1(path, size), entry.git_oid, "git blob sha1"
+        else:
+            raise IntegrityError(f"{shown} of '{label}': {registry} lists no hash for it, so it cannot be verified; nothing was kept")
+        if digest != expected:
+            raise IntegrityError(
+                f"{shown} of '{label}' from {registry} hashes to {kind} {digest[:16]}…, but the registry lists "
+                f"{printable(expected, 16)}…: the download is corrupt or was tampered with. Nothing was kept; pull again, "
+                "and if it persists tell the registry's administrator"
+            )
+        check_content(label, entry.name, path)
+
+
+def verify_download(run_dir: Path, plan: Plan | None, label: str, registry: str, *, check_builds: bool = True) -> dict[str, Any]:
+    """Check a pulled revision (see the module docstring); return its config.
+
+    ``plan`` is None only for an offline pull from the cache, whose files were checked when they
+    were fetched; config.json's record of the weights is checked again then.
     """
+    if plan is not None:
+        check_files(run_dir, plan, label, registry)
     weights = run_dir / WEIGHTS_NAME
     try:
         config = read_config(run_dir)
     except ModelLoadError as exc:
         raise NotAModelError(f"'{label}' from {registry} is not a clotclf model: {exc}") from None
-    digest = sha256_file(weights)
-    if registry_sha256 is not None and digest != registry_sha256:
-        raise IntegrityError(
-            f"{WEIGHTS_NAME} of '{label}' from {registry} hashes to sha256 {digest[:16]}…, but the registry serves it as "
-            f"{registry_sha256[:16]}…: the download is corrupt or was tampered with. Nothing was kept; pull again, and "
-            "if it persists tell the registry's administrator"
-        )
     recorded = config.get("weights_sha256")
     if not recorded:
         raise NotAModelError(
             f"'{label}' from {registry}: {CONFIG_NAME} records no weights_sha256, so its weights cannot be verified; "
             "ask the owner to push it again with `clotclf push`"
         )
+    digest = sha256_file(weights)
     if digest != recorded:
         raise IntegrityError(
             f"{WEIGHTS_NAME} of '{label}' from {registry} (sha256 {digest[:16]}…) is not the file its {CONFIG_NAME} "
-            f"describes ({str(recorded)[:16]}…): the weights were replaced without their config. Nothing was kept; "
+            f"describes ({printable(recorded, 16)}…): the weights were replaced without their config. Nothing was kept; "
             "pull a revision pushed with `clotclf push`, or ask the owner to fix the repository"
         )
-    _check_header(weights, label)
+    try:
+        read_safetensors_header(weights)
+    except ModelLoadError as exc:
+        raise IntegrityError(f"{WEIGHTS_NAME} of '{label}' is not a readable safetensors file ({exc}); nothing was kept") from None
+    if check_builds:
+        check_config_builds(run_dir, config, label, registry)
     return config
 
 
-def _check_header(weights: Path, label: str) -> None:
-    from safetensors import safe_open
-
+def check_config_builds(run_dir: Path, config: dict[str, Any], label: str, registry: str) -> None:
+    """The model config.json describes can be built here and fits its weights (no memory spent)."""
     try:
-        with safe_open(str(weights), framework="pt") as fh:
-            fh.keys()
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not safetensors"
-        raise IntegrityError(f"{WEIGHTS_NAME} of '{label}' is not a readable safetensors file ({exc}); nothing was kept") from None
+        if model_kind(config) == "classifier":
+            from clotclf_core.model import check_buildable
+
+            check_buildable(run_dir)
+        else:
+            check_requirements(config, label)
+            _load_filter(run_dir, config)
+    except ModelLoadError as exc:
+        text = str(exc).replace(str(run_dir), f"'{label}'").replace(f"''{label}''", f"'{label}'")
+        raise ModelLoadError(f"'{label}' from {registry} was downloaded but cannot be used here, so nothing was kept: {text}") from None
