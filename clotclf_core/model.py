@@ -325,7 +325,7 @@ def _recorded_specs(config: dict[str, Any], label: str) -> tuple[dict[str, Compo
             raise ModelLoadError(f"model '{label}' needs {kind} '{printable(name)}': {row['fix']}")
         specs[kind] = row["spec"]
         if row["state"] == "version differs":
-            differ.append(f"{row['distribution']} {row['version']} (installed: {row['installed_version']}; {row['fix']})")
+            differ.append(printable(f"{row['distribution']} {row['version']} (installed: {row['installed_version']}; {row['fix']})", 400))
     hint = f". It was saved with {', '.join(differ)}: install that version" if differ else ""
     return specs, hint
 

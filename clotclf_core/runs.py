@@ -224,6 +224,7 @@ def _row(kind: str, name: str, info: dict[str, Any] | None, part: str) -> dict[s
     row["name"] = printable(row["name"], 80)
     for key in ("plugin", "distribution", "version"):
         row[key] = printable(row[key], 80) if row[key] is not None else None
+    row["fix"] = printable(row["fix"], 600)  # quotes the recorded names: text from a config that may come from elsewhere
     return row
 
 

@@ -25,10 +25,15 @@ Errors are 4xx only (huggingface_hub retries 5xx for over a minute) and carry th
 access to the namespace (401 without a valid token, 403 without the right); a private repo is
 ``401 RepoNotFound`` to anonymous readers and ``404 RepoNotFound`` to other users, as on the Hub.
 
-Test controls (Python methods, not HTTP): :meth:`HubServer.tamper` (change stored bytes without
-changing their recorded hash), :meth:`HubServer.raw_commit` (commit anything, e.g. ``../x``),
-:meth:`HubServer.cut_downloads` (truncate the next download of a file, then drop connections),
-:meth:`HubServer.hide` (list a file but fail its download), ``requests`` (a log of ``(method, path)``).
+Test controls (Python methods, not HTTP) — the stand-in can serve hostile content:
+:meth:`HubServer.tamper` (change stored bytes without changing their recorded hash: a swapped
+config, an edited card), :meth:`HubServer.raw_commit` (commit anything: ``../x``, a pickle under
+``plots/``, a malformed safetensors file), :meth:`HubServer.cut_downloads` (truncate the next
+download of a file, then drop connections), :meth:`HubServer.hide` (list a file but fail its
+download), :meth:`HubServer.tree_only` (a file the tree listing and downloads offer but the model
+info does not list), :meth:`HubServer.misreport_size` (list a file at another size than it has —
+a "2 GiB plot", or a file bigger than announced), :meth:`HubServer.move_tag` (re-point a tag),
+``requests`` (a log of ``(method, path)``).
 """
 
 from __future__ import annotations
@@ -134,6 +139,8 @@ class HubServer:
         self.cut: dict[tuple[str, str], int] = {}  # (repo_id, path) -> downloads left to truncate
         self.down = False  # after a cut: drop every connection, like a network that went away
         self.hidden: set[tuple[str, str]] = set()  # (repo_id, path) listed but answering 404 on download
+        self.extra_tree: dict[tuple[str, str], bytes] = {}  # (repo_id, path) in the tree listing only
+        self.listed_size: dict[tuple[str, str], int] = {}  # (repo_id, path) -> the size the listings announce
         self.lock = threading.RLock()
         self._counter = 0
         self.httpd: ThreadingHTTPServer | None = None
@@ -196,6 +203,23 @@ class HubServer:
         with self.lock:
             self.hidden.add((repo_id, path))
 
+    def tree_only(self, repo_id: str, path: str, data: bytes) -> None:
+        """Offer ``path`` in the tree listing (and for download) without listing it in the model
+        info: what a client that downloads "the tree" instead of what it checked would fetch."""
+        with self.lock:
+            self.extra_tree[(repo_id, path)] = data
+
+    def misreport_size(self, repo_id: str, path: str, size: int) -> None:
+        """Announce ``size`` bytes for ``path`` in the model info and tree listings (the download's
+        headers still tell the truth)."""
+        with self.lock:
+            self.listed_size[(repo_id, path)] = size
+
+    def move_tag(self, repo_id: str, tag: str, commit: str) -> None:
+        """Re-point ``tag`` (which the Hub's API never does by itself)."""
+        with self.lock:
+            self._repo(repo_id).tags[tag] = commit
+
     def create_repo(self, repo_id: str, private: bool = False) -> Repo:
         with self.lock:
             repo = Repo(repo_id, private, _now())
@@ -254,9 +278,10 @@ class HubServer:
         for path, f in sorted(commit.files.items()):
             sib: dict[str, Any] = {"rfilename": path}
             if blobs:
-                sib |= {"blobId": f.git_oid, "size": f.size}
+                size = self.listed_size.get((repo.id, path), f.size)
+                sib |= {"blobId": f.git_oid, "size": size}
                 if f.lfs:
-                    sib["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}
+                    sib["lfs"] = {"sha256": f.sha256, "size": size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}
             siblings.append(sib)
         info = {
             "_id": hashlib.md5(repo.id.encode()).hexdigest()[:24],
@@ -475,7 +500,11 @@ class _Handler(BaseHTTPRequestHandler):
             commit = hub._resolve_commit(r, rev)
             prefix = path.strip("/") + "/" if path else ""
             entries, folders = [], set()
-            for name, f in sorted(commit.files.items()):
+            offered = dict(commit.files)
+            for (rid, extra_path), data in hub.extra_tree.items():
+                if rid == repo:
+                    offered[extra_path] = hub._store(extra_path, data)
+            for name, f in sorted(offered.items()):
                 if not name.startswith(prefix):
                     continue
                 rest = name[len(prefix):]
@@ -484,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 for i in range(rest.count("/")):
                     folders.add(prefix + "/".join(rest.split("/")[: i + 1]))
-                item: dict[str, Any] = {"type": "file", "oid": f.git_oid, "size": f.size, "path": name}
+                item: dict[str, Any] = {"type": "file", "oid": f.git_oid, "size": hub.listed_size.get((repo, name), f.size), "path": name}
                 if f.lfs:
                     item["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}
                 entries.append(item)
@@ -615,6 +644,8 @@ class _Handler(BaseHTTPRequestHandler):
             hub.check_read(r, token)
             commit = hub._resolve_commit(r, rev)
             entry = commit.files.get(path)
+            if entry is None and (repo, path) in hub.extra_tree:
+                entry = hub._store(path, hub.extra_tree[(repo, path)])
             if entry is None or (repo, path) in hub.hidden:
                 raise HubError(404, f"{path} does not exist at {rev}", "EntryNotFound", commit.oid)
             data = hub.blobs[entry.sha256]
