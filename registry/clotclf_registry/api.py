@@ -196,6 +196,15 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
     backend = open_backend(settings, token)
     out_dir = Path(out).expanduser().resolve() if out is not None else None
     record = _pull_record(out_dir) if out_dir is not None and out_dir.is_dir() else None
+    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()] if out_dir is not None else []
+
+    def clean_out() -> None:  # never leave half a model, or folders made for it, next to --out
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
     try:
         staging = _prepare_out(out_dir, force) if out_dir is not None else None
     except OSError as exc:
@@ -207,13 +216,13 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
         with progress(not quiet):
             fetched = backend.fetch(ref.repo_id, ref.revision, staging=staging, offline=settings.offline)
     except BaseException:
-        if staging is not None:  # never leave half a model next to --out
-            shutil.rmtree(staging, ignore_errors=True)
+        clean_out()
         raise
     try:
         config = verify_download(fetched.path, fetched.plan, str(ref), backend.label, check_builds=check_plugins)
     except BaseException:
         backend.discard(fetched)
+        clean_out()
         raise
     before = fetched.previous_commit
     if out_dir is not None and record and record.get("ref") == str(ref) and COMMIT_SHA.match(str(record.get("commit"))):
@@ -228,7 +237,7 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
                                                     "files": files})
             _swap_in(fetched.path, out_dir)
         except OSError as exc:
-            shutil.rmtree(fetched.path, ignore_errors=True)
+            clean_out()
             why = os_error_message(exc)
             if why is None:
                 raise

@@ -36,12 +36,11 @@ from typing import Any, Iterator
 
 from clotclf_core import __version__
 from clotclf_core.errors import ClotclfError
-from clotclf_core.errors import os_error_message
 from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import Entry, Plan, is_layout_file, plan_download
+from .layout import Entry, Plan, disk_error, is_layout_file, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings, scrub
 
@@ -314,9 +313,10 @@ class HubRegistry(RegistryBackend):
         except OSError as exc:
             if isinstance(exc, HfHubHTTPError) or getattr(exc, "response", None) is not None:
                 raise
-            message = os_error_message(exc)
+            where = staging if staging is not None else self._repo_cache(repo_id)
+            message = disk_error(exc, where, int(entry.size or 0), f"downloading {shown} of '{label}'")
             if message:  # a full disk or a read-only cache: the user's to fix, not the network
-                raise RegistryError(f"{message} (pulling '{label}'; nothing was kept)") from None
+                raise RegistryError(message) from None
             raise UnreachableError(
                 f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({_reason(exc, self.endpoint)}); "
                 "no partial file was left where the model goes. Run the same pull again: it resumes"

@@ -45,7 +45,7 @@ from clotclf_core.runs import WEIGHTS_NAME, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import CARD_NAME, Entry, Plan, plan_download
+from .layout import CARD_NAME, Entry, Plan, disk_error, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings
 
@@ -337,7 +337,13 @@ class LocalRegistry(RegistryBackend):
         cached = self._snapshots(repo_id) / commit
         target = staging if staging is not None else cached
         if staging is not None or not cached.is_dir():  # a cached copy is checked file by file after the fetch
-            self._materialize(folder, plan, target, label)
+            try:
+                self._materialize(folder, plan, target, label)
+            except OSError as exc:
+                why = disk_error(exc, target.parent, sum(e.size or 0 for e in plan.files), f"copying '{label}'")
+                if why is None:
+                    raise
+                raise RegistryError(why) from None
         if staging is None:
             write_json(self.cache / repo_id / "manifests" / f"{commit}.json", manifest)
         return Fetched(target, commit, plan.entry(WEIGHTS_NAME).sha256, plan=plan, previous_commit=previous,
