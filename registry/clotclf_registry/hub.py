@@ -44,6 +44,8 @@ from .layout import Entry, Plan, disk_error, is_layout_file, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings, scrub
 
+#: tries per file when the connection drops mid-download (each resumes where the last one stopped)
+DOWNLOAD_ATTEMPTS = 3
 OFFLINE_HINT = "to use models already downloaded, set HF_HUB_OFFLINE=1 (or pass --offline)"
 
 
@@ -303,11 +305,19 @@ class HubRegistry(RegistryBackend):
                     f"{self.label} lists {shown} of '{label}' at {entry.size} bytes but serves {meta.size}: the repository is "
                     "inconsistent or the server is tampering with it; nothing was kept. Tell the registry's administrator"
                 )
-            return Path(hf_hub_download(
-                repo_id, entry.name, revision=commit, cache_dir=self.cache_dir,
-                local_dir=str(staging) if staging is not None else None, endpoint=self.endpoint, token=self.token,
-                library_name="clotclf", library_version=__version__,
-            ))
+            for attempt in range(DOWNLOAD_ATTEMPTS):
+                try:
+                    return Path(hf_hub_download(
+                        repo_id, entry.name, revision=commit, cache_dir=self.cache_dir,
+                        local_dir=str(staging) if staging is not None else None, endpoint=self.endpoint, token=self.token,
+                        library_name="clotclf", library_version=__version__,
+                    ))
+                except Exception as exc:  # a dropped connection: huggingface_hub resumes from the partial file
+                    cut = _is_transport_error(exc) or (isinstance(exc, OSError) and exc.errno is None
+                                                       and not isinstance(exc, HfHubHTTPError))
+                    if not cut or attempt == DOWNLOAD_ATTEMPTS - 1:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
         except ClotclfError:
             raise
         except OSError as exc:
