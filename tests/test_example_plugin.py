@@ -61,3 +61,17 @@ print(cfg["plugins"]["backbone"]["distribution"], float(loss))
     out = subprocess.run([sys.executable, "-c", code], env=_env(site), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("clotclf-example-resnet ")
+
+
+def test_its_author_can_smoke_test_it_as_in_ci(site):
+    out = subprocess.run(
+        [sys.executable, "-m", "clotclf_core.cli", "smoke-test", "clotclf-example-resnet", "--json"],
+        env=_env(site), capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    [row] = json.loads(out.stdout)
+    assert (row["plugin"], row["kind"], row["name"], row["status"]) == ("example_resnet", "backbone", "resnet", "ok")
+    assert row["checks"] == "build, features, train step, batch of 1, save/load"
+    listed = subprocess.run([sys.executable, "-m", "clotclf_core.cli", "list-plugins", "--json"], env=_env(site),
+                            capture_output=True, text=True, check=True).stdout
+    assert next(r for r in json.loads(listed) if r["name"] == "resnet")["api"] == ">=1.0,<2"

@@ -13,6 +13,9 @@ from pydantic import Field
 from clotclf_core.hookspecs import hookimpl
 from clotclf_core.interfaces import ComponentSpec, Options
 
+#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
+CLOTCLF_PLUGIN_API = ">=1.0,<2"
+
 
 class ResNetOptions(Options):
     variant: Literal["resnet10t", "resnet14t", "resnet18", "resnet34", "resnet50"] = Field(
