@@ -68,6 +68,18 @@ def test_a_push_to_a_read_only_store_is_one_line(model, tmp_path):
     assert left == []
 
 
+def test_pulls_from_a_read_only_store_still_work(model, tmp_path):
+    reg = Registry("local", tmp_path)
+    reg.push(model)
+    store = tmp_path / "mounted"
+    env = {"CLOTCLF_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "0"}
+    args = ["pull", "tiny", "--registry", store.as_uri(), "--namespace", NS, "--out", str(tmp_path / "here")]
+    outcome, _ = run_on_small_disk(args, store, size_kb=8192, readonly=True, env=env,
+                                   prepare=f"cp -a {reg.root}/. {store}/")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "verified:" in outcome.stdout and (tmp_path / "here" / WEIGHTS_NAME).is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "code", "mentions"),
     [
