@@ -24,6 +24,7 @@ This module imports torch; the CLI imports it only inside the commands that need
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -114,6 +115,16 @@ def _parameter_guard(budget: int | None, meta: bool, what: str) -> Iterator[None
     if budget is None and not meta:
         yield
         return
+    with _GUARD_LOCK:  # the patch is process-wide: builds in other threads wait (and nest correctly)
+        with _patched_registration(budget, meta, what):
+            yield
+
+
+_GUARD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _patched_registration(budget: int | None, meta: bool, what: str) -> Iterator[None]:
     register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
     count = [0]
 

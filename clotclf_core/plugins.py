@@ -6,10 +6,10 @@ broken plugin) and register each module with a pluggy ``PluginManager``. Each ho
 plugin by plugin, so a plugin that fails to import, whose hook raises, or that breaks a rule of the
 contract is recorded with its reason (``status`` ``error: …``) and every other plugin keeps working.
 
-Checked when a plugin loads: the contract version it declares (``CLOTCLF_PLUGIN_API``), that every
-``clotclf_*`` function is a known hook marked ``@hookimpl`` (pluggy's ``check_pending`` for the
-rest), and every spec (:func:`check_spec`). Importing each module is timed, and heavy libraries it
-pulls into start-up are noted (``clotclf list-plugins --verbose``).
+Checked when a plugin loads (:mod:`clotclf_core.plugin_checks`): the contract version it declares
+(``CLOTCLF_PLUGIN_API``), that every ``clotclf_*`` function is a known hook marked ``@hookimpl``
+(pluggy's ``check_pending`` for the rest), and every spec. Importing each module is timed, and
+heavy libraries it pulls into start-up are noted (``clotclf list-plugins --verbose``).
 
 Lookups (``get("backbone", "cct")``) fail with one clear message: unknown names list the known
 ones (closest first) and say which plugins are broken or disabled. **Name clashes** follow one
@@ -23,9 +23,7 @@ so a plugin installed later can neither change nor break it.
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib.metadata as md
-import inspect
 import os
 import re
 import sys
@@ -37,15 +35,15 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import ClotclfError, PluginError
-from .interfaces import KIND_HOOKS, KINDS, NAME_RULE, NAME_RULE_TEXT, ComponentSpec, Options
+from .errors import PluginError
+from .interfaces import KIND_HOOKS, KINDS, ComponentSpec
+from .plugin_checks import SpecError, api_problem, check_spec, guarded, hook_problems, short_reason
 
 DISABLE_ENV = "CLOTCLF_DISABLE_PLUGINS"
 #: the distribution of the core and the built-in plugins: its names win a clash
 CORE_DISTRIBUTION = "clotclf"
 #: libraries that make start-up slow when a plugin module imports them at import time
 HEAVY_MODULES = ("torch", "timm", "openslide", "albumentations", "dask", "tensorflow", "jax", "cv2")
-HOOK_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith("clotclf_"))
 
 
 def normalise_distribution(name: str | None) -> str:
@@ -128,116 +126,6 @@ def _disabled_from_env() -> set[str]:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
-class SpecError(TypeError):
-    """A plugin breaks a rule of the contract (a bad spec, options model or hook)."""
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _api_problem(declared: Any) -> str | None:
-    """Why a plugin declaring ``CLOTCLF_PLUGIN_API = declared`` cannot load here (None: it can)."""
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    try:
-        spec = SpecifierSet(str(declared))
-    except InvalidSpecifier:
-        return (f"{hookspecs.API_ATTRIBUTE} = {declared!r} is not a version specifier "
-                f"(write e.g. '>=1.0,<2'); this clotclf provides plugin API {hookspecs.PLUGIN_API_VERSION}")
-    if not spec.contains(hookspecs.PLUGIN_API_VERSION, prereleases=True):
-        return (f"written for clotclf plugin API {declared}, but this clotclf provides {hookspecs.PLUGIN_API_VERSION}: "
-                "install a release of the plugin made for this clotclf (or the clotclf it was made for)")
-    return None
-
-
-def _hook_problems(module: Any, pm: pluggy.PluginManager) -> list[str]:
-    """``clotclf_*`` functions of ``module`` that are not hooks, or hooks without ``@hookimpl``."""
-    problems = []
-    for attr in sorted(dir(module)):
-        if not attr.startswith("clotclf_"):
-            continue
-        fn = getattr(module, attr, None)
-        if not inspect.isfunction(fn):
-            continue
-        if attr not in HOOK_NAMES:
-            close = difflib.get_close_matches(attr, sorted(HOOK_NAMES), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{attr}() is not a clotclf hook{hint}; the hooks are in clotclf_core/hookspecs.py")
-        elif pm.parse_hookimpl_opts(module, attr) is None:
-            problems.append(f"{attr}() is not marked @hookimpl (from clotclf_core.hookspecs import hookimpl)")
-    return problems
-
-
-def check_options_model(options: Any, what: str) -> None:
-    """``options`` must be an :class:`Options` subclass that forbids unknown options and whose
-    defaults validate; raises :class:`SpecError` naming ``what`` otherwise."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from .config import format_validation_error
-
-    if not (isinstance(options, type) and issubclass(options, Options)):
-        shown = options.__name__ if isinstance(options, type) else repr(options)[:60]
-        raise SpecError(f"{what}: options is {shown}, not a subclass of clotclf_core.interfaces.Options")
-    if options.model_config.get("extra") != "forbid":
-        raise SpecError(f"{what}: options {options.__name__} allows unknown options (extra={options.model_config.get('extra')!r}); "
-                        "keep Options' extra='forbid' so a misspelt option is an error")
-    fields = options.model_fields
-    try:
-        if not any(f.is_required() for f in fields.values()):
-            # pydantic does not validate defaults by itself: give them as input (model validators run too)
-            options.model_validate({n: f.get_default(call_default_factory=True) for n, f in fields.items()})
-            return
-        from typing import Annotated
-
-        for fname, f in fields.items():  # required fields: check the defaults of the others one by one
-            if not f.is_required():
-                hint = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
-                TypeAdapter(hint).validate_python(f.get_default(call_default_factory=True))
-    except ValidationError as err:
-        raise SpecError(format_validation_error(err, f"{what}: the defaults of {options.__name__} do not validate")) from None
-
-
-def _guarded(factory: Any, spec: ComponentSpec) -> Any:
-    """``factory`` whose unexpected exceptions become one :class:`PluginError` naming the component
-    and its distribution (the original is chained: ``CLOTCLF_DEBUG=1`` shows its traceback)."""
-
-    @functools.wraps(factory)
-    def build(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return factory(*args, **kwargs)
-        except ClotclfError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"{spec.kind} '{spec.name}' (plugin {spec.plugin}, distribution {spec.distribution} {spec.version}) "
-                f"failed to build: {_short_reason(exc)}. Check its options (`clotclf show-plugin {spec.plugin}/{spec.name}`); "
-                f"if they are right, this is a bug in {spec.distribution} (CLOTCLF_DEBUG=1 shows the traceback)"
-            ) from exc
-
-    build.__clotclf_guarded__ = True  # type: ignore[attr-defined]
-    return build
-
-
-def check_spec(spec: Any, kind: str, hook_name: str) -> ComponentSpec:
-    """One spec returned by ``hook_name``: raises :class:`SpecError` naming what breaks the contract."""
-    if not isinstance(spec, ComponentSpec):
-        raise SpecError(f"{hook_name}() returned {type(spec).__name__}, not ComponentSpec")
-    if spec.kind != kind:
-        raise SpecError(f"{hook_name}() returned a spec of kind '{spec.kind}' (expected '{kind}')")
-    if not isinstance(spec.name, str) or not NAME_RULE.match(spec.name):
-        raise SpecError(f"{kind} name {spec.name!r} breaks the name rule ({NAME_RULE_TEXT})")
-    if not isinstance(spec.summary, str):
-        raise SpecError(f"{kind} '{spec.name}': summary must be a string (one line for list-plugins)")
-    if not callable(spec.factory):
-        raise SpecError(f"{kind} '{spec.name}': factory {spec.factory!r} is not callable")
-    if not isinstance(spec.extra, dict):
-        raise SpecError(f"{kind} '{spec.name}': extra must be a dict")
-    check_options_model(spec.options, f"{kind} '{spec.name}'")
-    return spec
-
-
 class PluginManager:
     """All plugins of the ``clotclf.plugins`` group, loaded, checked and indexed by kind and name."""
 
@@ -281,7 +169,7 @@ class PluginManager:
         try:
             module = ep.load()
         except Exception as exc:  # a broken plugin must not break the CLI
-            info.status = f"error: {_short_reason(exc)}"
+            info.status = f"error: {short_reason(exc)}"
             info.detail = traceback.format_exc()
             return
         finally:
@@ -290,11 +178,11 @@ class PluginManager:
         declared = getattr(module, hookspecs.API_ATTRIBUTE, None)
         if declared is not None:
             info.api = str(declared)
-            problem = _api_problem(declared)
+            problem = api_problem(declared)
             if problem:
                 info.status = f"error: {problem}"
                 return
-        problems = _hook_problems(module, self.pm)
+        problems = hook_problems(module, self.pm)
         if problems:
             info.status = "error: " + "; ".join(problems)
             return
@@ -302,7 +190,7 @@ class PluginManager:
             self.pm.register(module, name=ep.name)
             self.pm.check_pending()
         except Exception as exc:
-            info.status = f"error: {_short_reason(exc)}"
+            info.status = f"error: {short_reason(exc)}"
             info.detail = traceback.format_exc()
             if self.pm.is_registered(module):
                 self.pm.unregister(module)
@@ -329,9 +217,9 @@ class PluginManager:
                     if any(s.name == spec.name for s in added):
                         raise SpecError(f"{hook_name}() returned two {kind}s named '{spec.name}'")
                     spec = replace(spec, plugin=info.name, distribution=info.distribution, version=info.version)
-                    added.append(replace(spec, factory=_guarded(spec.factory, spec)))
+                    added.append(replace(spec, factory=guarded(spec.factory, spec)))
             except Exception as exc:
-                info.status = f"error: {exc}" if isinstance(exc, SpecError) else f"error: {hook_name}() raised {_short_reason(exc)}"
+                info.status = f"error: {exc}" if isinstance(exc, SpecError) else f"error: {hook_name}() raised {short_reason(exc)}"
                 info.detail = traceback.format_exc()
                 # drop whatever this plugin had contributed: it is not trustworthy
                 for k in KINDS:
@@ -472,7 +360,7 @@ class PluginManager:
             except Exception as exc:
                 info = next((p for p in self.plugins if p.name == impl.plugin_name), None)
                 if info is not None:
-                    info.status = f"error: clotclf_add_commands() raised {_short_reason(exc)}"
+                    info.status = f"error: clotclf_add_commands() raised {short_reason(exc)}"
                     info.detail = traceback.format_exc()
 
     def resolve_model(self, name: str) -> Any:

@@ -158,6 +158,33 @@ def test_absurd_or_wrong_options_are_refused_before_memory_is_spent(tmp_path, ch
         assert time.perf_counter() - start < 30  # refused while building, not after exhausting memory
 
 
+def test_loads_in_threads_leave_torch_as_they_found_it(tmp_path):
+    import threading
+
+    from torch import nn
+
+    reset_manager()
+    runs = [save_model(build_model(ModelConfig(backbone="cct", backbone_options=TINY, input_size=32)), tmp_path / f"r{i}")
+            for i in range(2)]
+    original = nn.Module.register_parameter
+    errors = []
+
+    def load(run):
+        try:
+            for _ in range(3):
+                load_model(run)
+                check_buildable(run)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(r,)) for r in runs * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and nn.Module.register_parameter is original  # the parameter guard is restored
+
+
 def test_check_buildable_compares_shapes_without_building_for_real(tmp_path):
     reset_manager()
     run = save_model(build_model(ModelConfig(backbone="cct", backbone_options=TINY, input_size=32)), tmp_path / "run")

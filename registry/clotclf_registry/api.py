@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.errors import ModelLoadError, os_error_message
+from clotclf_core.errors import os_error_message
 from clotclf_core.io import write_json
 from clotclf_core.runs import CONFIG_NAME, printable, requirements, warn
 

@@ -100,6 +100,17 @@ class RegistryBackend(ABC):
         return f"{self.label.rstrip('/')}/{repo_id}"
 
 
+def read_ref(path: Path) -> str | None:
+    """The commit id a cache's ref file holds (``refs/<revision>``), or None."""
+    from .names import COMMIT_SHA
+
+    try:
+        commit = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return commit if COMMIT_SHA.match(commit) else None
+
+
 def open_backend(settings: RegistrySettings, token: str | bool | None = None) -> RegistryBackend:
     """The backend for ``settings.registry``: built-in for ``hub`` and ``file``, else a plugin."""
     scheme = settings.scheme

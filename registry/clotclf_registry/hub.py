@@ -38,9 +38,9 @@ from clotclf_core import __version__
 from clotclf_core.errors import ClotclfError
 from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME, printable
 
-from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
+from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import Entry, Plan, disk_error, is_layout_file, plan_download
+from .layout import Entry, disk_error, is_layout_file, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings, scrub
 
@@ -235,12 +235,7 @@ class HubRegistry(RegistryBackend):
 
     def cached_commit(self, repo_id: str, revision: str | None) -> str | None:
         """The commit ``revision`` pointed to when it was last pulled into the cache (None: never)."""
-        ref = self._repo_cache(repo_id) / "refs" / (revision or "main")
-        try:
-            commit = ref.read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return commit if COMMIT_SHA.match(commit) else None
+        return read_ref(self._repo_cache(repo_id) / "refs" / (revision or "main"))
 
     def is_tag(self, repo_id: str, revision: str | None) -> bool:
         if not revision or COMMIT_SHA.match(revision):

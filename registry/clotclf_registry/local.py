@@ -43,7 +43,7 @@ from clotclf_core.errors import os_error_message
 from clotclf_core.io import atomic_path, write_json, write_text
 from clotclf_core.runs import WEIGHTS_NAME, printable
 
-from .backend import Fetched, ModelEntry, PushResult, RegistryBackend
+from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
 from .layout import CARD_NAME, Entry, Plan, disk_error, plan_download
 from .names import COMMIT_SHA
@@ -306,11 +306,7 @@ class LocalRegistry(RegistryBackend):
         return self.cache / repo_id / "snapshots"
 
     def cached_commit(self, repo_id: str, revision: str | None) -> str | None:
-        try:
-            commit = (self.cache / repo_id / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return commit if COMMIT_SHA.match(commit) else None
+        return read_ref(self.cache / repo_id / "refs" / (revision or "main"))
 
     def is_tag(self, repo_id: str, revision: str | None) -> bool:
         if not revision or COMMIT_SHA.match(revision):
