@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ClotclfError, os_error_message
+from .interfaces import KINDS
 from .plugins import DISABLE_ENV, get_manager, reset_manager
 
 
@@ -139,7 +140,7 @@ def _options_rows(spec) -> list[dict[str, Any]]:
 
 
 @cli.command("list-plugins")
-@click.option("--kind", type=click.Choice(["source", "filter", "backbone", "head"]), help="Only this kind of component.")
+@click.option("--kind", type=click.Choice(list(KINDS)), help="Only this kind of component.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--verbose", "-v", is_flag=True, help="Also list each component's options, and tracebacks of broken plugins.")
 def list_plugins(kind: str | None, as_json: bool, verbose: bool) -> None:
@@ -166,13 +167,13 @@ def list_plugins(kind: str | None, as_json: bool, verbose: bool) -> None:
 
 @cli.command("show-plugin")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["source", "filter", "backbone", "head"]), help="Kind, when NAME exists in several kinds.")
+@click.option("--kind", type=click.Choice(list(KINDS)), help="Kind, when NAME exists in several kinds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def show_plugin(name: str, kind: str | None, as_json: bool) -> None:
     """Show a component's summary and options (types, defaults, help)."""
     mgr = get_manager()
     base = name.split("/")[-1]
-    kinds = [kind] if kind else [k for k in ("source", "filter", "backbone", "head") if base in mgr.names(k)]
+    kinds = [kind] if kind else [k for k in KINDS if base in mgr.names(k)]
     if not kinds:
         every = sorted({s.name for s in mgr.components()})
         import difflib
@@ -418,6 +419,40 @@ def predict_command(slides, models, weights, out, manifest, workers, batch_size,
                    f"weighted log loss {m['weighted_log_loss']:.3f}")
     click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
                f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+@cli.command("embed")
+@click.option("--tiles", required=True, type=click.Path(file_okay=False), help="TileSet to embed (from `clotclf tile`).")
+@click.option("--backbone", required=True, metavar="NAME[:k=v,...]", help="Encoder: any backbone plugin with its options, e.g. timm:model=hf-hub:ORG/NAME.")
+@click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="KEY=VALUE", help="Encoder option, repeatable (added to those after NAME:).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Feature store folder (created; an existing one is resumed).")
+@click.option("--input-size", type=int, default=None, help="Encoder input side in pixels [default: what the encoder declares, else the tile size].")
+@click.option("--batch-size", type=int, default=64, help="Tiles per forward pass (batches never cross slides).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA (bf16) if available.")
+@click.option("--seed", type=int, default=0, help="Seeds an encoder without pretrained weights (recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace a feature store made with another encoder or TileSet.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, overwrite, quiet, as_json) -> None:
+    """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
+    store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
+    run it again to embed what is missing. See docs/data-formats.md, Feature store."""
+    from .config import parse_component_ref, parse_key_values
+    from .embed import embed_tileset, format_summary
+
+    name, options = parse_component_ref(backbone, "--backbone")
+    options |= parse_key_values(backbone_opts, "--backbone-opt")
+    summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
+                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif quiet:
+        click.echo(summary["out"])
+    else:
+        click.echo(format_summary(summary))
 
 
 # ----------------------------------------------------------------------------- demo data

@@ -24,16 +24,11 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .interfaces import KINDS, ComponentSpec
+from .interfaces import KIND_HOOKS, KINDS, ComponentSpec
 
 DISABLE_ENV = "CLOTCLF_DISABLE_PLUGINS"
 
-_HOOK_BY_KIND = {
-    "source": "clotclf_patch_sources",
-    "filter": "clotclf_patch_filters",
-    "backbone": "clotclf_backbones",
-    "head": "clotclf_heads",
-}
+_HOOK_BY_KIND = KIND_HOOKS  # one table of kinds, in interfaces.py
 
 
 @dataclass
