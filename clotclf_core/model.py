@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .backbone_input import apply_to_model_config
 from .config import ModelConfig
 from .errors import ModelLoadError, PluginError
 from .io import atomic_path, write_json
@@ -37,6 +38,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     bopts = bspec.validate_options(bvalues)
     hopts = hspec.validate_options(cfg.head_options)
     backbone = bspec.factory(bopts)
+    cfg = apply_to_model_config(cfg, backbone)  # the backbone's declared mean / std, where cfg sets none
     num_features = getattr(backbone, "num_features", None)
     if not isinstance(num_features, int) or num_features <= 0:
         raise PluginError(
