@@ -122,4 +122,8 @@ def build_timm(opts: TimmOptions):
                            "check the options") from None
     if not isinstance(getattr(model, "num_features", None), int):
         raise ClotclfError(f"timm model '{name}' has no integer num_features; it cannot be used as a backbone")
+    size = kwargs.get("img_size")
+    if isinstance(size, int) and isinstance(getattr(model, "pretrained_cfg", None), dict):
+        # a model built for another size than its weights' declares the size it was built for
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
     return model
