@@ -462,15 +462,18 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
 @click.argument("out", type=click.Path(file_okay=False, path_type=str))
 @click.option("--seed", type=int, default=0, help="Seed: the same seed writes the same pixels.")
 @click.option("--patients", type=int, default=22, help="Number of patients (about 1.4 slides each, ~65% CE).")
+@click.option("--signal", type=click.Choice(["texture", "sparse"]), default="texture",
+              help="Where the label shows: the texture of the whole clot, or (sparse) a few small spots per LAA slide, listed in OUT/markers.csv.")
 @click.option("--overwrite", is_flag=True, help="Replace the demo cohort in a non-empty OUT (slides/, train.csv, README.md).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the manifest path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo_data_command(out, seed, patients, overwrite, quiet, as_json) -> None:
+def demo_data_command(out, seed, patients, signal, overwrite, quiet, as_json) -> None:
     """Write a small synthetic STRIP-AI-like cohort to OUT: train.csv (Kaggle columns), slides/*.tif
     (tiled, pyramidal and stripped TIFFs) and a README. Synthetic: for demos and tests only."""
     from .demo_data import timed_write
 
-    summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json))
+    summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json),
+                          signal=signal)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -148,3 +148,9 @@ def test_real_environment_variables(hub, tiles, tmp_path):
     b = json.loads((tmp_path / "g2" / "features.json").read_text())["encoder"]
     assert a["weights_sha256"] == b["weights_sha256"] and a["mean"] == [0.6, 0.5, 0.4]
     assert temp_leftovers(tmp_path / "g") == []
+
+
+def test_demo_data_unknown_signal(tmp_path):
+    outcome = invoke(["demo-data", tmp_path / "d", "--signal", "dense"])
+    assert_clean_error(outcome, 2, ["--signal", "dense"])
+    assert not (tmp_path / "d").exists()
