@@ -117,13 +117,15 @@ def tileset_mismatches(store: "FeatureStore", tileset: "TileSet") -> list[str]:
     return problems
 
 
-def check_matches_tileset(store: "FeatureStore", tileset: "TileSet") -> None:
-    """Refuse a feature store and a TileSet (``--features`` and ``--tiles``) that describe different tiles."""
+def check_matches_tileset(store: "FeatureStore", tileset: "TileSet", tiles: str | Path | None = None) -> None:
+    """Refuse a feature store and a TileSet (``--features`` and ``--tiles``) that describe different
+    tiles; ``tiles`` is the TileSet's folder as the user gave it (for the message)."""
     problems = tileset_mismatches(store, tileset)
     if problems:
+        where = tiles if tiles is not None else getattr(tileset, "root", "TILES")
         raise FeatureStoreError(
-            f"the feature store '{store.root}' does not match the TileSet '{tileset.root}': " + "; ".join(problems)
-            + f". Bring the features up to date with `clotclf embed --tiles {tileset.root} --out {store.root} ...` "
+            f"the feature store '{store.root}' does not match the TileSet '{where}': " + "; ".join(problems)
+            + f". Bring the features up to date with `clotclf embed --tiles {where} --out {store.root} ...` "
             "(same encoder: it embeds only what changed), or give the TileSet the features were made from"
         )
 
