@@ -43,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--features", type=int, default=1024, help="features per tile (F)")
     p.add_argument("--bags", type=int, default=32, help="bags per mini-batch")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per aggregator (after one warm-up); the best is reported")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
@@ -63,6 +64,8 @@ def main() -> None:
 
     rt = pick_runtime(args.device)
     dev = rt.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((args.n_bags, args.tiles, args.features), dtype=np.float32).astype(np.float16)
     lengths = np.where(rng.random(args.n_bags) < 0.3, rng.integers(8, args.tiles, args.n_bags), args.tiles)

@@ -23,6 +23,7 @@ No torch here; numpy and pandas only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -249,10 +250,10 @@ class FeatureStore:
             rows = self._rows[image_id] = read_rows(self.rows_path(image_id))
         return rows
 
-    @property
+    @functools.cached_property
     def index(self) -> "pd.DataFrame":
         """Every done slide's tile rows in one table (like ``TileSet.index``), with ``feature_row``:
-        the row in that slide's matrix. Splits and metrics work on it unchanged."""
+        the row in that slide's matrix. Splits and metrics work on it unchanged. Read once."""
         import pandas as pd
 
         parts = [self.tiles(i).assign(feature_row=np.arange(len(self.tiles(i)))) for i in self.done]
