@@ -57,8 +57,14 @@ class FeatureStoreWriter:
         if self.root.exists() and not self.root.is_dir():
             raise FeatureStoreError(f"--out '{self.root}' is a file, not a folder: choose a folder for the feature store")
         has_meta = (self.root / META_NAME).is_file()
+        if not has_meta and self.root.is_dir() and any(self.root.iterdir()):
+            # features.json is always written first: a folder without it was not made by clotclf embed,
+            # and nothing in it is ours to replace (a cohort's slides/ folder, say), --overwrite or not
+            raise FeatureStoreError(
+                f"--out '{self.root}' is not empty and is not a feature store (no {META_NAME}): choose a new or empty folder")
+        if has_meta:
+            meta = self._read_own_meta(overwrite)
         if has_meta and not overwrite:
-            meta = read_meta(self.root)
             if encoder_identity(meta.get("encoder", {})) != encoder_identity(encoder):
                 raise FeatureStoreError(
                     f"'{self.root}' holds features made with the encoder {describe_encoder(meta.get('encoder', {}))}, not "
@@ -71,16 +77,33 @@ class FeatureStoreWriter:
             self.meta["encoder"] = encoder  # same identity; refresh the information fields (plugin version…)
             self.meta["tileset"] = tileset
         else:
-            if not has_meta and self.root.is_dir() and any(p.name not in (SLIDES_DIR,) for p in self.root.iterdir()) and not overwrite:
-                raise FeatureStoreError(
-                    f"--out '{self.root}' is not empty and is not a feature store: choose a new or empty folder")
-            if overwrite:
+            if has_meta:  # --overwrite of a feature store: only its own files go
                 shutil.rmtree(self.root / SLIDES_DIR, ignore_errors=True)
-                (self.root / META_NAME).unlink(missing_ok=True)
             self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "clotclf_version": __version__,
                          "encoder": encoder, "num_features": int(num_features), "dtype": "float16",
                          "tileset": tileset, "slides": {}}
+            self._write_meta()  # first, before slides/: it marks the folder as a feature store
         (self.root / SLIDES_DIR).mkdir(parents=True, exist_ok=True)
+
+    def _read_own_meta(self, overwrite: bool) -> dict[str, Any]:
+        """The existing features.json; with ``overwrite`` a damaged one is accepted (it is replaced),
+        but never one that says it is something else."""
+        try:
+            return read_meta(self.root)
+        except FeatureStoreError:
+            if not overwrite:
+                raise
+            import json
+
+            try:
+                other = json.loads((self.root / META_NAME).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError, OSError):
+                return {}  # unreadable: a damaged store of ours (the name is ours), replaced
+            if isinstance(other, dict) and other.get("format") == FORMAT:
+                return other  # another format version of ours
+            raise FeatureStoreError(
+                f"'{self.root / META_NAME}' is not a clotclf feature store's, so --overwrite will not replace the folder: "
+                "choose another --out") from None
 
     def _path(self, image_id: str, suffix: str) -> Path:
         return self.root / SLIDES_DIR / f"{image_id}{suffix}"
@@ -135,9 +158,10 @@ class FeatureStoreWriter:
         return plan
 
     def _delete_unused(self) -> None:
+        """Files of slides that are not done, and temporary files a killed run left (slides/ is ours)."""
         done = {k for k, v in self.meta["slides"].items() if v.get("status") == "done"}
         for path in (self.root / SLIDES_DIR).iterdir():
-            if path.suffix in (".npy", ".csv") and path.stem not in done:
+            if (path.suffix in (".npy", ".csv") and path.stem not in done) or (path.name.startswith(".") and path.suffix == ".tmp"):
                 path.unlink(missing_ok=True)
 
     @contextlib.contextmanager

@@ -81,7 +81,8 @@ def test_store_of_a_tileset_cut_otherwise(tiles, tmp_path):
     assert_clean_error(_embed(other, out), 2, ["other tiling settings", "--overwrite"])
 
 
-@pytest.mark.parametrize("case", ["out is a file", "out is another folder", "tiles missing", "tiles without any tile",
+@pytest.mark.parametrize("case", ["out is a file", "out is another folder", "out is a cohort folder, --overwrite",
+                                  "out has someone else's features.json, --overwrite", "tiles missing", "tiles without any tile",
                                   "batch size 0", "bad encoder option", "input size the encoder cannot take",
                                   "unknown backbone"])
 def test_embed_arguments(case, tiles, tmp_path):
@@ -96,6 +97,16 @@ def test_embed_arguments(case, tiles, tmp_path):
         out.mkdir()
         (out / "thesis.tex").write_text("keep me")
         mentions = ["not empty and is not a feature store"]
+    elif case == "out is a cohort folder, --overwrite":  # its slides/ must survive
+        (out / "slides").mkdir(parents=True)
+        (out / "slides" / "a.csv").write_text("image_id\n")
+        (out / "slides" / "a.npy").write_bytes(b"x")
+        args, mentions = ["--overwrite"], ["not empty and is not a feature store"]
+    elif case == "out has someone else's features.json, --overwrite":
+        (out / "slides").mkdir(parents=True)
+        (out / "slides" / "a.npy").write_bytes(b"x")
+        (out / "features.json").write_text('{"format": "their-tool"}')
+        args, mentions = ["--overwrite"], ["not a clotclf feature store", "will not replace"]
     elif case == "tiles missing":
         src = tmp_path / "nope"
         mentions = ["does not exist", "clotclf tile"]
@@ -113,11 +124,11 @@ def test_embed_arguments(case, tiles, tmp_path):
         args, mentions = ["--input-size", "48"], ["cannot take 48x48", "--input-size"]
     elif case == "unknown backbone":
         backbone, mentions = "tim:model=x", ["unknown backbone 'tim'", "timm"]
-    before = files_under(out) if out.is_dir() else None
+    before = {f: (out / f).read_bytes() for f in files_under(out) if (out / f).is_file()} if out.is_dir() else None
     outcome = _embed(src, out, backbone, *args)
     assert_clean_error(outcome, 2, mentions)
-    if case == "out is another folder":
-        assert files_under(out) == before
+    if case.startswith("out is another") or case.startswith("out is a cohort") or case.startswith("out has"):
+        assert {f: (out / f).read_bytes() for f in files_under(out) if (out / f).is_file()} == before
     elif case != "out is a file":
         assert not out.exists()
 

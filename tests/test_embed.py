@@ -120,6 +120,15 @@ def test_follows_a_changed_tileset(tiles, tmp_path):
     check_matches_tileset(store, TileSet(tiles))
 
 
+def test_overwrite_replaces_a_store_and_leftovers_are_cleaned(tiles, tmp_path):
+    out = tmp_path / "f"
+    _embed(tiles, out)
+    (out / "slides" / ".s0.npy.abc123.npy.tmp").write_bytes(b"left by a killed run")
+    again = embed_tileset(tiles, out, "timm", {**TINY_TIMM, "embed_dim": 32}, device="cpu", progress=False, overwrite=True)
+    assert again["embedded"] == 4 and FeatureStore(out).num_features == 32
+    assert not [p for p in (out / "slides").iterdir() if p.suffix == ".tmp"]
+
+
 def test_broken_slide_file_is_refused_then_embedded_again(tiles, tmp_path):
     out = tmp_path / "f"
     _embed(tiles, out)
