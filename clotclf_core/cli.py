@@ -486,6 +486,40 @@ def predict_command(slides, models, weights, out, manifest, workers, batch_size,
                f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
 
 
+# ----------------------------------------------------------------------------- embed
+
+
+@cli.command("embed")
+@click.option("--tiles", required=True, type=click.Path(file_okay=False), help="TileSet to embed (from `clotclf tile`).")
+@click.option("--backbone", required=True, metavar="NAME[:k=v,...]", help="Encoder: any backbone plugin with its options, e.g. timm:model=hf-hub:ORG/NAME.")
+@click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="KEY=VALUE", help="Encoder option, repeatable (added to those after NAME:).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Feature store folder (created; an existing one is resumed).")
+@click.option("--input-size", type=int, default=None, help="Encoder input side in pixels [default: what the encoder declares, else the tile size].")
+@click.option("--batch-size", type=int, default=64, help="Tiles per forward pass (batches never cross slides).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA (bf16) if available.")
+@click.option("--seed", type=int, default=0, help="Seeds an encoder without pretrained weights (recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace a feature store made with another encoder or TileSet.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, overwrite, quiet, as_json) -> None:
+    """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
+    store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
+    run it again to embed what is missing. See docs/data-formats.md, Feature store."""
+    from .config import parse_component_ref, parse_key_values
+    from .embed import embed_tileset, format_summary
+
+    name, options = parse_component_ref(backbone, "--backbone")
+    options |= parse_key_values(backbone_opts, "--backbone-opt")
+    summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
+                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif quiet:
+        click.echo(summary["out"])
+    else:
+        click.echo(format_summary(summary))
+
+
 # ----------------------------------------------------------------------------- demo data
 
 
@@ -493,15 +527,18 @@ def predict_command(slides, models, weights, out, manifest, workers, batch_size,
 @click.argument("out", type=click.Path(file_okay=False, path_type=str))
 @click.option("--seed", type=int, default=0, help="Seed: the same seed writes the same pixels.")
 @click.option("--patients", type=int, default=22, help="Number of patients (about 1.4 slides each, ~65% CE).")
+@click.option("--signal", type=click.Choice(["texture", "sparse"]), default="texture",
+              help="Where the label shows: the texture of the whole clot, or (sparse) a few small spots per LAA slide, listed in OUT/markers.csv.")
 @click.option("--overwrite", is_flag=True, help="Replace the demo cohort in a non-empty OUT (slides/, train.csv, README.md).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the manifest path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo_data_command(out, seed, patients, overwrite, quiet, as_json) -> None:
+def demo_data_command(out, seed, patients, signal, overwrite, quiet, as_json) -> None:
     """Write a small synthetic STRIP-AI-like cohort to OUT: train.csv (Kaggle columns), slides/*.tif
     (tiled, pyramidal and stripped TIFFs) and a README. Synthetic: for demos and tests only."""
     from .demo_data import timed_write
 
-    summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json))
+    summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json),
+                          signal=signal)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

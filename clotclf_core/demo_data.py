@@ -370,7 +370,7 @@ def _clear_output(out: Path, overwrite: bool) -> None:
         slides = out / "slides"
         if slides.is_dir():
             shutil.rmtree(slides)
-        for name in ("train.csv", "README.md"):
+        for name in ("train.csv", "README.md", "markers.csv"):
             (out / name).unlink(missing_ok=True)
 
 
@@ -417,6 +417,7 @@ def write_demo_cohort(
     overwrite: bool = False,
     progress: bool = False,
     workers: int | None = None,
+    signal: str = "texture",
 ) -> Path:
     """Write the synthetic cohort into ``out``; return the manifest path ``out/train.csv``.
 
@@ -424,14 +425,25 @@ def write_demo_cohort(
     and ``README.md`` and leaves other files alone). Every file is written atomically and the
     manifest last, so a manifest always describes complete slides. ``progress`` shows a tqdm
     bar; ``workers`` threads draw slides at once (default: the CPU count, at most 4).
+    ``signal="sparse"``: the label shows in a few tiles only (:mod:`clotclf_core.demo_sparse`).
     """
+    from . import demo_sparse
+
+    if signal not in demo_sparse.SIGNALS:
+        raise ClotclfError(f"unknown --signal '{signal}': choose {' or '.join(demo_sparse.SIGNALS)}")
     out = Path(out)
     slides = plan_cohort(seed, n_patients)  # validates n_patients before touching the disk
+    if signal == "sparse":
+        slides = demo_sparse.plan(slides, seed)
     _clear_output(out, overwrite)
     (out / "slides").mkdir(parents=True, exist_ok=True)
 
-    def make(slide: DemoSlide) -> None:
-        _write_tiff(out / "slides" / f"{slide.image_id}.tif", render_slide(slide), slide.layout)
+    def make(slide: DemoSlide) -> list[dict[str, Any]]:
+        pixels, spots = render_slide(slide), []
+        if signal == "sparse":
+            pixels, spots = demo_sparse.add_markers(pixels, slide)
+        _write_tiff(out / "slides" / f"{slide.image_id}.tif", pixels, slide.layout)
+        return spots
 
     _red_cell_texture(seed), _nuclei_texture(seed)  # draw the shared textures once, before the threads
     workers = workers or min(4, os.cpu_count() or 1)
@@ -442,11 +454,16 @@ def write_demo_cohort(
         bar = tqdm
     else:
         bar = lambda it, **_: it  # noqa: E731
+    spots: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy, PIL and zlib release the GIL
-        for _ in bar(pool.map(make, slides), total=len(slides), desc="demo slides", unit="slide"):
-            pass
+        for made in bar(pool.map(make, slides), total=len(slides), desc="demo slides", unit="slide"):
+            spots += made
     rows = [",".join(str(getattr(s, c)) for c in MANIFEST_COLUMNS) for s in slides]
-    write_text(out / "README.md", _readme(slides, seed, n_patients))
+    readme = _readme(slides, seed, n_patients)
+    if signal == "sparse":
+        demo_sparse.write_markers(out, spots)
+        readme = demo_sparse.readme(readme, spots)
+    write_text(out / "README.md", readme)
     manifest = out / "train.csv"
     write_text(manifest, "\n".join([",".join(MANIFEST_COLUMNS), *rows]) + "\n")
     return manifest

@@ -42,7 +42,7 @@ import pluggy
 PROJECT = "clotclf"
 ENTRY_POINT_GROUP = "clotclf.plugins"
 #: the version of this contract (hooks, kinds, ComponentSpec, the built objects' protocols)
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"  # 1.1: the aggregator kind; backbones may declare pretrained_cfg
 #: the module attribute a plugin declares its supported contract versions in (a PEP 440 specifier)
 API_ATTRIBUTE = "CLOTCLF_PLUGIN_API"
 
@@ -70,12 +70,31 @@ def clotclf_patch_filters() -> list[Any]:
 
 @hookspec
 def clotclf_backbones() -> list[Any]:
-    """Return ComponentSpecs of kind ``backbone``: feature extractors (B,3,H,W) -> (B,F)."""
+    """Return ComponentSpecs of kind ``backbone``: feature extractors (B,3,H,W) -> (B,F).
+
+    The built module sets ``num_features`` (F) and may declare its input normalisation and size
+    as a timm-style ``pretrained_cfg`` (``mean``, ``std``, ``input_size``); clotclf then
+    normalises with those values (ImageNet's otherwise) and records them in the run's
+    config.json. See :class:`clotclf_core.interfaces.Backbone`.
+    """
 
 
 @hookspec
 def clotclf_heads() -> list[Any]:
     """Return ComponentSpecs of kind ``head``: classifiers (B,F) -> (B,num_classes)."""
+
+
+@hookspec
+def clotclf_aggregators() -> list[Any]:
+    """Return ComponentSpecs of kind ``aggregator``: multiple-instance pooling of a bag of tile
+    features, ``(B, N, F)`` float + ``(B, N)`` bool mask -> ``(B, num_classes)`` logits and, where
+    the aggregator has them, ``(B, N)`` attention weights.
+
+    The factory is ``factory(opts, in_features, num_classes) -> torch.nn.Module`` (``in_features``
+    is the encoder's ``num_features``); see :class:`clotclf_core.interfaces.Aggregator` for the
+    tensor contract. Called once when the plugin manager is first used; import torch only in
+    the factory.
+    """
 
 
 @hookspec

@@ -1,4 +1,4 @@
-"""What a patch source, slide, patch filter, backbone and head must provide.
+"""What a patch source, slide, patch filter, backbone, head and aggregator must provide.
 
 A plugin hands the core *specs* (:class:`ComponentSpec`): light metadata plus a factory.
 Importing a spec must not import torch, timm or openslide; the factory does the heavy
@@ -20,17 +20,18 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     import torch
 
-Kind = Literal["source", "filter", "backbone", "head"]
+Kind = Literal["source", "filter", "backbone", "head", "aggregator"]
 
 #: Every component kind and the hook (in :mod:`clotclf_core.hookspecs`) that provides it. The plugin
 #: manager, ``list-plugins``, the name-clash policy and the recorded provenance all read this table:
-#: a new kind is one entry here, its hookspec, and (for ``clotclf smoke-test``) one entry in
-#: :data:`clotclf_core.smoke.SMOKE_BY_KIND`.
+#: a new kind is one entry here, its hookspec, its protocol below, and (for ``clotclf smoke-test``)
+#: one entry in :data:`clotclf_core.smoke.SMOKE_BY_KIND`.
 KIND_HOOKS: dict[str, str] = {
     "source": "clotclf_patch_sources",
     "filter": "clotclf_patch_filters",
     "backbone": "clotclf_backbones",
     "head": "clotclf_heads",
+    "aggregator": "clotclf_aggregators",
 }
 KINDS: tuple[str, ...] = tuple(KIND_HOOKS)
 
@@ -54,7 +55,7 @@ class NoOptions(Options):
 class ComponentSpec:
     """Light description of one component a plugin provides.
 
-    - ``kind``: ``source`` | ``filter`` | ``backbone`` | ``head``.
+    - ``kind``: ``source`` | ``filter`` | ``backbone`` | ``head`` | ``aggregator``.
     - ``name``: what users type (``--backbone cct``): :data:`NAME_RULE` (lower case, no ``/`` or ``:``).
     - ``summary``: one line for ``clotclf list-plugins``.
     - ``options``: a pydantic model (subclass :class:`Options`) with a default for every field
@@ -65,6 +66,8 @@ class ComponentSpec:
       * filter:   ``factory(opts) -> PatchFilter``
       * backbone: ``factory(opts) -> torch.nn.Module`` with ``num_features`` (see :class:`Backbone`)
       * head:     ``factory(opts, in_features: int, num_classes: int) -> torch.nn.Module``
+      * aggregator: ``factory(opts, in_features: int, num_classes: int) -> torch.nn.Module``
+        (see :class:`Aggregator`)
 
     The plugin manager checks every spec when the plugin loads (kind, name rule, options subclass
     :class:`Options`, defaults valid, factory callable) and wraps ``factory`` so an exception while
@@ -156,7 +159,17 @@ class PatchFilter(Protocol):
 
 
 class Backbone(Protocol):
-    """A ``torch.nn.Module`` mapping images (B, 3, H, W) to pooled features (B, num_features)."""
+    """A ``torch.nn.Module`` mapping images (B, 3, H, W) to pooled features (B, num_features).
+
+    What it receives: float32 (B, 3, H, W) RGB, ``(pixel / 255 - mean) / std`` per channel, with
+    ``mean`` / ``std`` and H = W = the input size it declares (below), or what the run chose.
+
+    Optional declaration of its input, read by :func:`clotclf_core.backbone_input.input_spec`:
+    a ``pretrained_cfg`` mapping in timm's style (every timm model already has one) with
+    ``mean`` and ``std`` (3 floats each, on the 0-1 scale) and ``input_size`` ``(3, H, W)``.
+    Without it clotclf uses the ImageNet mean / std and the TileSet's tile size. A backbone with
+    its own weights (a foundation encoder) must declare the normalisation they were trained with.
+    """
 
     num_features: int
 
@@ -167,3 +180,27 @@ class Head(Protocol):
     """A ``torch.nn.Module`` mapping features (B, in_features) to logits (B, num_classes)."""
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor": ...
+
+
+class Aggregator(Protocol):
+    """A ``torch.nn.Module`` pooling a bag of tile features into one prediction (multiple-instance learning).
+
+    ``forward(bags, mask, return_attention=False)``:
+
+    - ``bags``: float (B, N, F) — B bags (slides or patients) of up to N tiles with F features
+      each (``F = in_features``, the encoder's ``num_features``). float32, or bf16 / fp16 under autocast.
+    - ``mask``: bool (B, N) — True where a position holds a real tile; bags shorter than N are
+      padded and their padded positions must not change the result (zero attention, not counted
+      in a mean). A bag may be a single tile (N = 1), and B may be 1 (no batch norm over bags).
+      A bag whose mask is all False must give finite logits (no NaN), e.g. the bias alone.
+    - returns logits (B, num_classes); with ``return_attention=True`` a pair ``(logits,
+      attention)`` where ``attention`` is float (B, N), non-negative, zero at padded positions
+      and summing to 1 over each bag's real tiles — or ``None`` for an aggregator without one.
+
+    ``has_attention``: True when ``attention`` is returned (heatmaps of attention need it).
+    :func:`clotclf_core.aggregate.run_aggregator` calls an aggregator and checks these shapes.
+    """
+
+    has_attention: bool
+
+    def forward(self, bags: "torch.Tensor", mask: "torch.Tensor", return_attention: bool = False) -> Any: ...

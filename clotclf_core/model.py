@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .backbone_input import apply_to_model_config
 from .config import MODEL_KINDS, ModelConfig, model_config_from
 from .errors import ConfigError, ModelLoadError, PluginError
 from .hookspecs import PLUGIN_API_VERSION
@@ -167,6 +168,7 @@ def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = No
     bspec, hspec = res.specs["backbone"], res.specs["head"]
     with _parameter_guard(param_budget, meta, what):
         backbone = bspec.factory(res.options["backbone"])
+        res.config = apply_to_model_config(res.config, backbone)  # the backbone's declared mean / std, where cfg sets none
         num_features = getattr(backbone, "num_features", None)
         if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
             raise PluginError(

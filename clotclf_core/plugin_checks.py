@@ -72,9 +72,11 @@ def hook_problems(module: Any, pm: pluggy.PluginManager) -> list[str]:
     return problems
 
 
-def check_options_model(options: Any, what: str) -> None:
-    """``options`` must be an :class:`Options` subclass that forbids unknown options and whose
-    defaults validate; raises :class:`SpecError` naming ``what`` otherwise."""
+def check_options_model(options: Any, what: str, open_options: bool = False) -> None:
+    """``options`` must be an :class:`Options` subclass that forbids unknown options (unless the
+    spec declares ``extra={"open_options": True}``: a component that passes further options on to a
+    library constructor, like ``timm``, and checks them itself when it builds) and whose defaults
+    validate; raises :class:`SpecError` naming ``what`` otherwise."""
     from pydantic import TypeAdapter, ValidationError
 
     from .config import format_validation_error
@@ -82,9 +84,10 @@ def check_options_model(options: Any, what: str) -> None:
     if not (isinstance(options, type) and issubclass(options, Options)):
         shown = options.__name__ if isinstance(options, type) else repr(options)[:60]
         raise SpecError(f"{what}: options is {shown}, not a subclass of clotclf_core.interfaces.Options")
-    if options.model_config.get("extra") != "forbid":
+    if options.model_config.get("extra") != "forbid" and not (open_options and options.model_config.get("extra") == "allow"):
         raise SpecError(f"{what}: options {options.__name__} allows unknown options (extra={options.model_config.get('extra')!r}); "
-                        "keep Options' extra='forbid' so a misspelt option is an error")
+                        "keep Options' extra='forbid' so a misspelt option is an error (or declare extra={'open_options': True} on the spec "
+                        "if the component passes further options to a constructor and checks them when it builds)")
     fields = options.model_fields
     try:
         if not any(f.is_required() for f in fields.values()):
@@ -136,5 +139,5 @@ def check_spec(spec: Any, kind: str, hook_name: str) -> ComponentSpec:
         raise SpecError(f"{kind} '{spec.name}': factory {spec.factory!r} is not callable")
     if not isinstance(spec.extra, dict):
         raise SpecError(f"{kind} '{spec.name}': extra must be a dict")
-    check_options_model(spec.options, f"{kind} '{spec.name}'")
+    check_options_model(spec.options, f"{kind} '{spec.name}'", open_options=spec.extra.get("open_options") is True)
     return spec

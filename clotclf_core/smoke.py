@@ -8,6 +8,9 @@
     optimiser step) through a linear probe, a batch of one in training and eval mode, and a
     safetensors save / strict load round trip into a second build giving the same outputs;
   * head: the same on random features of width 32;
+  * aggregator: build for features of width 32, logits on random bags with padding, padded
+    positions changing nothing, attention (when it has any) >= 0, 0 where padded and summing to 1,
+    an empty bag giving finite logits, a training step, a bag batch of one, a round trip;
   * filter: build, ``threshold``, ``score`` on generated tiles (glass, noise, stained tissue-like
     texture) — one finite score per tile, the same scores twice, a batch of one;
   * source: a generated tiled TIFF (written here): ``can_open``, ``open``, ``dimensions``,
@@ -262,12 +265,61 @@ def smoke_source(spec: ComponentSpec, input_size: int, batch_size: int, seed: in
     return ["build", "can_open", "open", "dimensions", "read_region", "downsample", "outside", "thumbnail"]
 
 
+def smoke_aggregator(spec: ComponentSpec, input_size: int, batch_size: int, seed: int) -> list[str]:
+    import torch
+
+    from .aggregate import run_aggregator
+
+    opts = _defaults(spec)
+    torch.manual_seed(seed)
+    width, n = 32, 6
+    agg = _build(spec, opts, width, 2)
+    _check(hasattr(agg, "has_attention"), "the module does not set has_attention (True or False)")
+    bags = torch.randn(batch_size, n, width)
+    mask = torch.ones(batch_size, n, dtype=torch.bool)
+    mask[0, n // 2:] = False  # the first bag is half padding
+    agg.eval()
+    with torch.no_grad():
+        logits, att = run_aggregator(agg, bags, mask, return_attention=True)
+        changed = bags.clone()
+        changed[0, n // 2:] = 1e3 * torch.randn(n - n // 2, width)
+        again, _ = run_aggregator(agg, changed, mask, return_attention=True)
+        empty, _ = run_aggregator(agg, bags[:1], torch.zeros(1, n, dtype=torch.bool))
+    _check(tuple(logits.shape) == (batch_size, 2), f"logits of shape {tuple(logits.shape)}, expected ({batch_size}, 2)")
+    _check(torch.allclose(logits, again, atol=1e-5), "changing the features at padded positions changed the logits")
+    _check(bool(torch.isfinite(empty).all()), "a bag with no real tile gave non-finite logits")
+    checks = ["build", "logits", "padding ignored", "empty bag"]
+    if agg.has_attention:
+        _check(att is not None, "has_attention is True but no attention was returned")
+        _check(bool((att >= 0).all()) and bool((att[0, n // 2:] == 0).all()), "attention is negative, or not 0 at padded positions")
+        _check(torch.allclose(att.sum(1), torch.ones(batch_size), atol=1e-4), f"attention sums to {att.sum(1).tolist()}, not 1 per bag")
+        checks.append("attention")
+
+    class Probe(torch.nn.Module):  # the shared step / round-trip helpers call module(x) -> logits; x = (bags, mask)
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            return run_aggregator(self.inner, x[0], x[1])[0]
+
+    _train_step(torch, Probe(agg), (bags, mask), torch.arange(batch_size) % 2, "training step")
+    agg.train()
+    one, _ = run_aggregator(agg, bags[:1], mask[:1])
+    one.sum().backward()
+    _check(tuple(one.shape) == (1, 2), f"a batch of one bag gives shape {tuple(one.shape)}")
+    torch.manual_seed(seed + 1)
+    _round_trip(torch, Probe(agg), Probe(_build(spec, opts, width, 2)), (bags, mask), "aggregator")
+    return checks + ["train step", "batch of 1", "save/load"]
+
+
 #: kind -> check; see the module docstring
 SMOKE_BY_KIND: dict[str, Callable[[ComponentSpec, int, int, int], list[str]]] = {
     "backbone": smoke_backbone,
     "head": smoke_head,
     "filter": smoke_filter,
     "source": smoke_source,
+    "aggregator": smoke_aggregator,
 }
 
 

@@ -34,6 +34,10 @@ download), :meth:`HubServer.tree_only` (a file the tree listing and downloads of
 info does not list), :meth:`HubServer.misreport_size` (list a file at another size than it has —
 a "2 GiB plot", or a file bigger than announced), :meth:`HubServer.move_tag` (re-point a tag),
 ``requests`` (a log of ``(method, path)``).
+
+Gated repos (``create_repo(id, gated=True, granted=("alice",))``), as on the Hub: listed and
+described to anyone (``"gated": "manual"``), but their files answer ``401 GatedRepo`` to anonymous
+readers and ``403 GatedRepo`` to users not granted access.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    gated: bool = False
+    granted: set[str] = field(default_factory=set)  # users allowed to download a gated repo's files
 
 
 class HubError(Exception):
@@ -220,9 +226,9 @@ class HubServer:
         with self.lock:
             self._repo(repo_id).tags[tag] = commit
 
-    def create_repo(self, repo_id: str, private: bool = False) -> Repo:
+    def create_repo(self, repo_id: str, private: bool = False, gated: bool = False, granted: tuple[str, ...] = ()) -> Repo:
         with self.lock:
-            repo = Repo(repo_id, private, _now())
+            repo = Repo(repo_id, private, _now(), gated=gated, granted=set(granted))
             self.repos[repo_id] = repo
             attributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
             self._commit(repo, None, "initial commit", {".gitattributes": self._store(".gitattributes", attributes)})
@@ -293,7 +299,7 @@ class HubServer:
             "createdAt": repo.created,
             "private": repo.private,
             "disabled": False,
-            "gated": False,
+            "gated": "manual" if repo.gated else False,
             "downloads": 0,
             "likes": 0,
             "library_name": meta.get("library_name"),
@@ -318,6 +324,16 @@ class HubServer:
     def check_read(self, repo: Repo, token: Token | None) -> None:
         if repo.private and (token is None or not token.may_read(repo.id.split("/")[0])):
             raise HubError(401 if token is None else 404, f"Repository {repo.id} not found", "RepoNotFound")
+
+    def check_gated(self, repo: Repo, token: Token | None) -> None:
+        """Files of a gated repo: 401 to anonymous readers, 403 to users without access (X-Error-Code GatedRepo)."""
+        if not repo.gated or (token is not None and (token.user in repo.granted or token.may_read(repo.id.split("/")[0]))):
+            return
+        if token is None:
+            raise HubError(401, f"Access to model {repo.id} is restricted. You must have access to it and be authenticated "
+                                "to access it. Please log in.", "GatedRepo")
+        raise HubError(403, f"Access to model {repo.id} is restricted and you are not in the authorized list. Visit the "
+                            "repo's page to ask for access.", "GatedRepo")
 
     def check_write(self, namespace: str, token: Token | None) -> None:
         if token is None:
@@ -642,6 +658,7 @@ class _Handler(BaseHTTPRequestHandler):
         with hub.lock:
             r = hub._repo(repo)
             hub.check_read(r, token)
+            hub.check_gated(r, token)
             commit = hub._resolve_commit(r, rev)
             entry = commit.files.get(path)
             if entry is None and (repo, path) in hub.extra_tree:

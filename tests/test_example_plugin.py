@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clotclf-example-resnet"
+from example_site import env_with, install_example
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """pip-install the example distribution into its own folder (real wheel build, real entry point)."""
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(target), str(EXAMPLE)],
-        check=True, capture_output=True, text=True, cwd=build,
-    )
+    target = install_example("clotclf-example-resnet", tmp_path_factory)
     assert list(target.glob("clotclf_example_resnet-*.dist-info"))
     return target
 
 
 def _env(site):
-    return {**os.environ, "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return env_with(site)
 
 
 def test_listed_through_entry_point(site):

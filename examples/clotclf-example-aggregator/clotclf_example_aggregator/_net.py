@@ -1,0 +1,31 @@
+"""The ``topk`` module: bags (B, N, F) + mask (B, N) -> logits (B, C) [, attention (B, N)]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clotclf_core.aggregate import masked_softmax  # the core's masked reductions: no NaN for empty bags
+
+
+class TopKPool(nn.Module):
+    has_attention = True  # the contract: say whether forward(..., return_attention=True) gives weights
+
+    def __init__(self, in_features: int, num_classes: int, k: int, hidden: int):
+        super().__init__()
+        self.k = k
+        self.embed = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+        self.score = nn.Linear(hidden, 1)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, bags: torch.Tensor, mask: torch.Tensor, return_attention: bool = False):
+        h = self.embed(bags)  # (B, N, H)
+        scores = self.score(h).squeeze(-1)  # (B, N)
+        ranked = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # padded tiles rank last
+        chosen = ranked.topk(min(self.k, bags.shape[1]), dim=1).indices  # (B, k)
+        # softmax over the chosen real tiles (a short bag's padded picks get 0), scattered back to (B, N)
+        picked = masked_softmax(scores.gather(1, chosen), mask.gather(1, chosen))
+        weights = torch.zeros_like(scores).scatter(1, chosen, picked)
+        pooled = torch.bmm(weights.unsqueeze(1).to(h.dtype), h).squeeze(1)
+        logits = self.classifier(pooled)
+        return (logits, weights) if return_attention else logits

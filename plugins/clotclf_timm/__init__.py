@@ -1,0 +1,84 @@
+"""The ``timm`` backbone: any timm architecture, or any Hugging Face Hub repo in timm's layout.
+
+    clotclf embed  --backbone timm:model=convnext_atto ...
+    clotclf train  --backbone timm --backbone-opt model=hf-hub:ORG/NAME --backbone-opt init_values=1e-5
+
+``model`` is a timm name (``timm.list_models()``, optionally with a pretrained tag such as
+``vit_small_patch16_224.augreg_in21k``) or ``hf-hub:ORG/NAME[@REVISION]`` — a repo holding timm's
+``config.json`` and ``model.safetensors``, as ``timm.models.push_to_hf_hub`` writes them and as
+pathology foundation encoders (UNI, Virchow, H-optimus…) are distributed. Every other option is
+passed to ``timm.create_model`` as a constructor argument (``init_values``, ``dynamic_img_size``,
+``drop_path_rate``, ``global_pool``…); a ``*_layer`` option given as a name is looked up in
+``timm.layers`` / ``torch.nn`` (``mlp_layer=SwiGLUPacked``, ``act_layer=SiLU``).
+
+Gated repos read ``HF_TOKEN``; ``HF_HUB_OFFLINE=1`` loads from the Hugging Face cache. The
+encoder's own normalisation and input size (``pretrained_cfg``: mean, std, input_size) travel on
+the built module, so clotclf normalises as the weights expect and records it. Only safetensors
+weights are loaded: a repo with pickle weights only is refused.
+
+Importing this module imports no torch or timm; the factory does.
+"""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from clotclf_core.hookspecs import hookimpl
+from clotclf_core.interfaces import ComponentSpec, Options
+
+#: constructor arguments clotclf decides itself, or that would load files behind its back
+RESERVED = {
+    "num_classes": "clotclf sets num_classes=0 (pooled features); the head or aggregator classifies",
+    "features_only": "a backbone must return pooled features (B, F), not feature maps",
+    "pretrained_cfg": "give the weights as model=hf-hub:ORG/NAME instead",
+    "pretrained_cfg_overlay": "give the weights as model=hf-hub:ORG/NAME instead",
+    "checkpoint_path": "clotclf loads weights from the Hub or its cache (safetensors only), not from a local checkpoint",
+}
+
+
+class TimmOptions(Options):
+    # any further option is a timm constructor argument (checked when the model is built)
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field("convnext_atto", min_length=1, description=(
+        "a timm model name (timm.list_models(); a pretrained tag may follow a dot) or hf-hub:ORG/NAME[@REVISION], "
+        "a Hub repo in timm's layout (config.json + model.safetensors). Other options go to timm.create_model"))
+    pretrained: bool | None = Field(None, description=(
+        "load the weights: default true for hf-hub: repos, false for timm names (their weights come from the Hub too)"))
+
+    @field_validator("model")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _no_reserved(self) -> "TimmOptions":
+        for key in self.model_extra or {}:
+            if key in RESERVED:
+                raise ValueError(f"option '{key}' cannot be set: {RESERVED[key]}")
+            if not key.isidentifier():
+                raise ValueError(f"option '{key}' is not a valid constructor argument name")
+        return self
+
+    def constructor_kwargs(self) -> dict:
+        """The extra options: timm constructor arguments."""
+        return dict(self.model_extra or {})
+
+
+def build(opts: TimmOptions):
+    from ._build import build_timm
+
+    return build_timm(opts)
+
+
+@hookimpl
+def clotclf_backbones():
+    return [
+        ComponentSpec(
+            "backbone", "timm",
+            "Any timm model (model=NAME) or Hub repo in timm's layout (model=hf-hub:ORG/NAME); other options go to timm.create_model",
+            TimmOptions, build,
+            # every option beyond `model` / `pretrained` is a timm constructor argument (timm checks them when building)
+            extra={"open_options": True},
+        )
+    ]

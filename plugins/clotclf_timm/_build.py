@@ -1,0 +1,129 @@
+"""Build a timm model as a clotclf backbone (imports timm)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from clotclf_core.errors import ClotclfError
+
+from . import TimmOptions
+from ._hub import HubModelError, read_timm_config, safetensors_weights, split_ref
+
+HF_PREFIX = "hf-hub:"
+
+
+def _number(value: Any) -> Any:
+    """``"1e-5"`` -> ``1e-05``: YAML 1.1 (how --backbone-opt values are read) keeps exponent
+    notation without a dot as a string; constructor arguments want the number."""
+    if isinstance(value, str):
+        try:
+            return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _layer(key: str, value: Any) -> Any:
+    """A ``*_layer`` option given by name -> the class in timm.layers or torch.nn (nothing is imported by name)."""
+    if not (key.endswith("_layer") and isinstance(value, str)):
+        return value
+    import timm.layers
+    import torch.nn
+
+    name = value
+    for prefix in ("timm.layers.", "torch.nn.", "nn."):
+        name = name.removeprefix(prefix)
+    for module in (timm.layers, torch.nn):
+        found = getattr(module, name, None)
+        if isinstance(found, type):
+            return found
+    if key == "act_layer":
+        return value  # timm resolves activation names itself ('gelu', 'silu'...)
+    raise ClotclfError(
+        f"backbone 'timm': option {key}={value!r} names no class in timm.layers or torch.nn "
+        f"(e.g. {key}=SwiGLUPacked, act_layer=SiLU, norm_layer=LayerNorm)")
+
+
+def _unknown_name(name: str) -> ClotclfError:
+    import timm
+
+    base, _, tag = name.partition(".")
+    if tag and timm.is_model(base):
+        tags = timm.list_pretrained(f"{base}.*")
+        return ClotclfError(
+            f"timm has no pretrained tag '{tag}' for '{base}'; its tags: {', '.join(tags) or '(none)'}"
+            f" (or drop the tag: model={base})")
+    names = timm.list_models()
+    close = difflib.get_close_matches(base, names, n=5, cutoff=0.6) or difflib.get_close_matches(base, names, n=5, cutoff=0.3)
+    hint = f" Closest timm names: {', '.join(close)}." if close else ""
+    return ClotclfError(
+        f"unknown timm model '{name}'.{hint} List them with python -c \"import timm; print(timm.list_models('*{base.split('_')[0]}*'))\", "
+        "or give a Hub repo as model=hf-hub:ORG/NAME")
+
+
+def _fetch_weights_of_timm_name(name: str) -> None:
+    """pretrained=True for a timm name: timm's weights live on the Hub (timm/...); fetch the
+    safetensors file first (same cache), refuse weights only reachable as a pickle by URL."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise ClotclfError(
+            f"timm model '{name}' has no weights on the Hugging Face Hub (only a pickle checkpoint by URL, which clotclf "
+            f"does not load): use pretrained=false, or another tag (timm.list_pretrained('{name.split('.')[0]}*'))")
+    repo_id, revision = split_ref(hub_id)
+    safetensors_weights(repo_id, revision, getattr(cfg, "hf_hub_filename", None))
+
+
+def build_timm(opts: TimmOptions):
+    import timm
+
+    name = opts.model
+    kwargs = {k: _layer(k, _number(v)) for k, v in opts.constructor_kwargs().items()}
+    if name.startswith(HF_PREFIX):
+        repo_id, revision = split_ref(name[len(HF_PREFIX):])
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            raise ClotclfError(f"model '{name}' is not of the form hf-hub:ORG/NAME[@REVISION]")
+        pretrained = True if opts.pretrained is None else opts.pretrained
+        config = read_timm_config(repo_id, revision)
+        if pretrained:
+            cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else config
+            safetensors_weights(repo_id, revision, cfg.get("hf_hub_filename"))
+    else:
+        if not timm.is_model(name) or ("." in name and name not in timm.list_pretrained(name)):
+            raise _unknown_name(name)
+        pretrained = bool(opts.pretrained)
+        if pretrained:
+            _fetch_weights_of_timm_name(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except HubModelError:
+        raise
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            bad = str(exc).rsplit("argument", 1)[-1].strip(" '\"")
+            raise ClotclfError(
+                f"timm model '{name}' does not take the option '{bad}': remove --backbone-opt {bad}=... "
+                f"(the options are its constructor's arguments; see the model's code or card)") from None
+        raise ClotclfError(f"timm could not build '{name}' with these options ({exc}); check the --backbone-opt values") from None
+    except (RuntimeError, ValueError, KeyError, AssertionError, OSError) as exc:
+        text = str(exc)
+        if "Unknown model" in text:
+            raise _unknown_name(name) from None
+        if "loading state_dict" in text:  # the weights do not fit the architecture built from config + options
+            detail = "; ".join(line.strip()[:160] for line in text.splitlines()[1:3] if line.strip())
+            raise ClotclfError(
+                f"the weights of '{name}' do not fit the model timm built from its config.json and these options "
+                f"({detail}): the model card usually names constructor options to add (e.g. --backbone-opt "
+                "init_values=1e-5, dynamic_img_size=true, mlp_layer=SwiGLUPacked)") from None
+        raise ClotclfError(f"timm could not build '{name}' ({type(exc).__name__}: {text.splitlines()[0][:240] if text else ''}); "
+                           "check the options") from None
+    if not isinstance(getattr(model, "num_features", None), int):
+        raise ClotclfError(f"timm model '{name}' has no integer num_features; it cannot be used as a backbone")
+    size = kwargs.get("img_size")
+    if isinstance(size, int) and isinstance(getattr(model, "pretrained_cfg", None), dict):
+        # a model built for another size than its weights' declares the size it was built for
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
+    return model

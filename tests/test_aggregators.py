@@ -1,0 +1,240 @@
+"""The aggregator kind: contract, the built-in mean and abmil, discovery, third-party aggregators."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clotclf_core.aggregate import build_aggregator, masked_mean, masked_softmax, require_attention, run_aggregator
+from clotclf_core.errors import ClotclfError, PluginError
+from clotclf_core.plugins import PluginManager
+
+F, C = 12, 2
+
+
+def _bags(seed=0, b=3, n=6):
+    g = torch.Generator().manual_seed(seed)
+    bags = torch.randn(b, n, F, generator=g)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, 4:] = False  # bag 0: 4 real tiles
+    mask[1, 1:] = False  # bag 1: one real tile
+    return bags, mask
+
+
+@pytest.mark.parametrize("name", ["mean", "abmil"])
+def test_padding_changes_nothing(name):
+    torch.manual_seed(0)
+    agg = build_aggregator(name, {}, F, C).eval()
+    bags, mask = _bags()
+    logits, _ = run_aggregator(agg, bags, mask)
+    garbage = bags.clone()
+    garbage[~mask] = 1e4  # whatever sits in padded positions must not matter
+    logits2, _ = run_aggregator(agg, garbage, mask)
+    assert torch.allclose(logits, logits2, atol=1e-5)
+    # each bag alone, unpadded, gives the same logits: padding is invisible and bags are independent
+    for i in range(2):
+        alone, _ = run_aggregator(agg, bags[i:i + 1, mask[i]], None)
+        assert torch.allclose(alone, logits[i:i + 1], atol=1e-5)
+
+
+def test_abmil_attention_contract():
+    torch.manual_seed(0)
+    agg = build_aggregator("abmil", {}, F, C).eval()
+    assert agg.has_attention is True
+    bags, mask = _bags()
+    logits, att = run_aggregator(agg, bags, mask, return_attention=True)
+    assert logits.shape == (3, C) and att.shape == (3, 6)
+    assert torch.all(att[~mask] == 0)
+    assert torch.allclose(att.sum(1), torch.ones(3))
+    assert torch.all(att >= 0)
+    assert torch.allclose(att[1], torch.tensor([1.0, 0, 0, 0, 0, 0]))  # one tile: all the attention
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread. With two on a busy 2-core machine every op waits for the second
+    (150 steps took 12.6 s instead of 0.3 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_abmil_attention_follows_the_evidence(one_thread):
+    """After a few steps on bags where one tile carries the class, attention lands on that tile."""
+    torch.manual_seed(0)
+    agg = build_aggregator("abmil", {"dropout": 0.0}, F, C)
+    opt = torch.optim.Adam(agg.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        bags = torch.randn(16, 8, F, generator=g)
+        y = torch.randint(0, 2, (16,), generator=g)
+        pos = torch.randint(0, 8, (16,), generator=g)
+        bags[torch.arange(16), pos, 0] += 4.0 * (2 * y - 1)  # the one informative tile
+        loss = torch.nn.functional.cross_entropy(run_aggregator(agg, bags, None)[0], y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    agg.eval()
+    bags = torch.randn(64, 8, F, generator=g)
+    y = torch.randint(0, 2, (64,), generator=g)
+    pos = torch.randint(0, 8, (64,), generator=g)
+    bags[torch.arange(64), pos, 0] += 4.0 * (2 * y - 1)
+    logits, att = run_aggregator(agg, bags, None, return_attention=True)
+    assert (logits.argmax(1) == y).float().mean() > 0.9
+    assert (att.argmax(1) == pos).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("name", ["mean", "abmil"])
+def test_batch_of_one_empty_bags_and_gradients(name):
+    torch.manual_seed(0)
+    agg = build_aggregator(name, {}, F, C).train()
+    bags = torch.randn(1, 5, F, requires_grad=True)
+    mask = torch.zeros(1, 5, dtype=torch.bool)  # a bag with no real tile: finite, no NaN anywhere
+    logits, att = run_aggregator(agg, bags, mask, return_attention=True)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in agg.parameters() if p.grad is not None)
+    if att is not None:
+        assert torch.all(att == 0)
+    single, _ = run_aggregator(agg, torch.randn(1, 1, F), None)
+    assert single.shape == (1, C)
+
+
+def test_mean_is_the_mean_of_embeddings():
+    agg = build_aggregator("mean", {"hidden": 0, "dropout": 0.0}, F, C).eval()
+    bags, mask = _bags()
+    logits, att = run_aggregator(agg, bags, mask, return_attention=True)
+    assert att is None and agg.has_attention is False
+    expected = agg.classifier(bags[0, :4].mean(0, keepdim=True))
+    assert torch.allclose(logits[0:1], expected, atol=1e-6)
+
+
+def test_bf16_autocast_forward():
+    agg = build_aggregator("abmil", {}, F, C).eval()
+    bags, mask = _bags()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, att = run_aggregator(agg, bags, mask, return_attention=True)
+    assert torch.isfinite(logits.float()).all() and torch.all(att[~mask] == 0)
+
+
+def test_masked_helpers():
+    scores = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    w = masked_softmax(scores, mask)
+    assert torch.allclose(w[0, :2], torch.softmax(torch.tensor([1.0, 2.0]), 0)) and w[0, 2] == 0 and torch.all(w[1] == 0)
+    x = torch.arange(12.0).view(2, 3, 2)
+    assert torch.allclose(masked_mean(x, mask)[0], x[0, :2].mean(0)) and torch.all(masked_mean(x, mask)[1] == 0)
+
+
+def test_options_are_validated():
+    with pytest.raises(ClotclfError, match="hidden"):
+        build_aggregator("abmil", {"hidden": "wide"}, F, C)
+    with pytest.raises(ClotclfError, match="unknown option 'heads'"):
+        build_aggregator("abmil", {"heads": 2}, F, C)
+    with pytest.raises(PluginError, match="unknown aggregator 'abmi'.*abmil"):
+        build_aggregator("abmi", {}, F, C)
+
+
+def test_require_attention():
+    require_attention(build_aggregator("abmil", {}, F, C))
+    with pytest.raises(ClotclfError, match="'mean' has no attention weights.*abmil"):
+        require_attention(build_aggregator("mean", {}, F, C))
+
+
+def test_recorded_for_rebuilding():
+    agg = build_aggregator("abmil", {"hidden": 32}, F, C)
+    rec = agg.clotclf_record
+    assert rec["name"] == "abmil" and rec["options"]["hidden"] == 32 and rec["distribution"] == "clotclf"
+
+
+def test_listed_by_list_plugins():
+    from badinput import invoke
+
+    out = invoke(["list-plugins", "--kind", "aggregator", "--json"])
+    assert out.exit_code == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert {r["name"] for r in rows} == {"mean", "abmil"} and all(r["kind"] == "aggregator" and r["status"] == "ok" for r in rows)
+    shown = invoke(["show-plugin", "abmil"])
+    assert shown.exit_code == 0 and "attention_dim" in shown.stdout
+
+
+BROKEN = """
+from clotclf_core.hookspecs import hookimpl
+from clotclf_core.interfaces import ComponentSpec, NoOptions
+
+def build(opts, in_features, num_classes):
+    import torch
+    class Bad(torch.nn.Module):
+        has_attention = True
+        def forward(self, bags, mask, return_attention=False):
+            out = bags.mean(1)  # (B, F): not (B, C)
+            return (out, None) if return_attention else out
+    return Bad()
+
+def build_untyped(opts, in_features, num_classes):
+    import torch
+    return torch.nn.Linear(in_features, num_classes)
+
+@hookimpl
+def clotclf_aggregators():
+    return [ComponentSpec("aggregator", "bad", "wrong shapes", NoOptions, build),
+            ComponentSpec("aggregator", "untyped", "no has_attention", NoOptions, build_untyped)]
+"""
+
+
+def test_third_party_aggregator_contract_checked(fake_dist):
+    fake_dist("fake-agg", "fake_agg", BROKEN, "fake_agg")
+    from clotclf_core.plugins import reset_manager
+
+    reset_manager()
+    mgr = PluginManager()
+    assert {"bad", "untyped", "mean", "abmil"} <= set(mgr.names("aggregator"))
+    bad = build_aggregator("bad", {}, F, C)
+    with pytest.raises(PluginError, match="aggregator 'bad' returned logits of shape \\(3, 12\\)"):
+        run_aggregator(bad, *_bags())
+    with pytest.raises(PluginError, match="has_attention"):
+        build_aggregator("untyped", {}, F, C)
+
+
+def test_new_kind_is_one_table_entry():
+    from clotclf_core import hookspecs
+    from clotclf_core.interfaces import KIND_HOOKS, KINDS
+
+    assert KINDS == tuple(KIND_HOOKS) and KIND_HOOKS["aggregator"] == "clotclf_aggregators"
+    assert all(hasattr(hookspecs, hook) and getattr(hookspecs, hook).__doc__ for hook in KIND_HOOKS.values())
+
+
+LEAKY = """
+from clotclf_core.hookspecs import hookimpl
+from clotclf_core.interfaces import ComponentSpec, NoOptions
+
+def build(opts, in_features, num_classes):
+    import torch
+
+    class Leaky(torch.nn.Module):  # averages padded positions too: breaks the mask contract
+        has_attention = False
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(in_features, num_classes)
+        def forward(self, bags, mask, return_attention=False):
+            logits = self.out(bags.mean(1))
+            return (logits, None) if return_attention else logits
+    return Leaky()
+
+@hookimpl
+def clotclf_aggregators():
+    return [ComponentSpec("aggregator", "leaky", "ignores the mask", NoOptions, build)]
+"""
+
+
+def test_smoke_test_checks_aggregators(fake_dist):
+    from clotclf_core.plugins import reset_manager
+    from clotclf_core.smoke import SMOKE_BY_KIND, SmokeFailure
+
+    fake_dist("fake-leaky", "fake_leaky", LEAKY, "fake_leaky")
+    mgr = reset_manager()
+    checks = SMOKE_BY_KIND["aggregator"](mgr.get("aggregator", "abmil"), 64, 3, 0)
+    assert "attention" in checks and "save/load" in checks
+    with pytest.raises(SmokeFailure, match="padded positions"):
+        SMOKE_BY_KIND["aggregator"](mgr.get("aggregator", "leaky"), 64, 3, 0)

@@ -1,0 +1,167 @@
+"""Bad inputs of slide-level learning (encoders, clotclf embed, feature stores): one clear
+``Error:`` line each, the documented exit code, nothing half-written. One case per input."""
+
+from __future__ import annotations
+
+import pytest
+
+from badinput import assert_clean_error, files_under, invoke, run, run_on_small_disk, temp_leftovers
+from tilesets import TINY_TIMM, make_tileset
+from timm_repos import point_client_at, start_hub
+
+TINY = "timm:" + ",".join(f"{k}={v}" for k, v in TINY_TIMM.items())
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = start_hub()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    return make_tileset(tmp_path_factory.mktemp("t") / "tiles")
+
+
+def _embed(tiles, out, backbone=TINY, *extra):
+    return invoke(["embed", "--tiles", tiles, "--backbone", backbone, "--out", out, "--device", "cpu", "-q", *extra])
+
+
+HUB_CASES = {
+    "unknown timm name": ("timm:model=convnext_atoo", {}, ["unknown timm model 'convnext_atoo'", "convnext_atto"]),
+    "gated, no token": ("timm:model=hf-hub:lab/gated", {}, ["'hf-hub:lab/gated' is gated", "HF_TOKEN"]),
+    "gated, token without access": ("timm:model=hf-hub:lab/gated", {"HF_TOKEN": "tok-bob"}, ["gated", "has no access", "request access"]),
+    "absent repo": ("timm:model=hf-hub:lab/nothing-here", {}, ["no Hub repo 'hf-hub:lab/nothing-here'", "HF_TOKEN"]),
+    "absent revision": ("timm:model=hf-hub:lab/tiny-vit@v9", {}, ["no revision 'v9'"]),
+    "not timm's layout (no config.json)": ("timm:model=hf-hub:lab/no-config", {}, ["has no config.json", "timm's layout"]),
+    "not timm's layout (transformers config)": ("timm:model=hf-hub:lab/transformers", {}, ["no 'architecture'", "timm's layout"]),
+    "pickle weights only": ("timm:model=hf-hub:lab/pickle-only", {}, ["no safetensors weights", "does not load pickle"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HUB_CASES))
+def test_encoder_that_cannot_be_had(case, hub, tiles, tmp_path, monkeypatch):
+    backbone, env, mentions = HUB_CASES[case]
+    point_client_at(monkeypatch, hub.url, tmp_path / "cache")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = _embed(tiles, tmp_path / "f", backbone)
+    line = assert_clean_error(out, 2, mentions)
+    assert "tok-" not in line  # the token is never printed
+    assert not (tmp_path / "f").exists()  # refused before anything was written
+    assert not any(p.endswith(".bin") for _, p in hub.requests)
+
+
+def test_offline_and_not_cached(hub, tiles, tmp_path, monkeypatch):
+    point_client_at(monkeypatch, hub.url, tmp_path / "empty-cache", offline=True)
+    before = len(hub.requests)
+    out = _embed(tiles, tmp_path / "f", "timm:model=hf-hub:lab/tiny-vit")
+    assert_clean_error(out, 2, ["HF_HUB_OFFLINE=1", "not in the Hugging Face cache", "lab/tiny-vit"])
+    assert len(hub.requests) == before and not (tmp_path / "f").exists()
+
+
+def _store(tiles, tmp_path):
+    out = tmp_path / "f"
+    assert _embed(tiles, out).exit_code == 0
+    return out
+
+
+def test_store_made_with_another_encoder(tiles, tmp_path):
+    out = _store(tiles, tmp_path)
+    before = {p: (out / p).read_bytes() for p in files_under(out) if (out / p).is_file()}
+    other = _embed(tiles, out, TINY.replace("embed_dim=16", "embed_dim=32"))
+    assert_clean_error(other, 2, ["holds features made with the encoder", "embed_dim=16", "embed_dim=32", "--overwrite"])
+    assert {p: (out / p).read_bytes() for p in files_under(out) if (out / p).is_file()} == before
+
+
+def test_store_of_a_tileset_cut_otherwise(tiles, tmp_path):
+    out = _store(tiles, tmp_path)
+    other = make_tileset(tmp_path / "other", settings={"synthetic": True, "stride": 16})
+    assert_clean_error(_embed(other, out), 2, ["other tiling settings", "--overwrite"])
+
+
+@pytest.mark.parametrize("case", ["out is a file", "out is another folder", "out is a cohort folder, --overwrite",
+                                  "out has someone else's features.json, --overwrite", "tiles missing", "tiles without any tile",
+                                  "batch size 0", "bad encoder option", "input size the encoder cannot take",
+                                  "unknown backbone"])
+def test_embed_arguments(case, tiles, tmp_path):
+    out = tmp_path / "f"
+    args, mentions = [], []
+    src = tiles
+    backbone = TINY
+    if case == "out is a file":
+        out.write_text("x")
+        mentions = ["--out", "is a file"]
+    elif case == "out is another folder":
+        out.mkdir()
+        (out / "thesis.tex").write_text("keep me")
+        mentions = ["not empty and is not a feature store"]
+    elif case == "out is a cohort folder, --overwrite":  # its slides/ must survive
+        (out / "slides").mkdir(parents=True)
+        (out / "slides" / "a.csv").write_text("image_id\n")
+        (out / "slides" / "a.npy").write_bytes(b"x")
+        args, mentions = ["--overwrite"], ["not empty and is not a feature store"]
+    elif case == "out has someone else's features.json, --overwrite":
+        (out / "slides").mkdir(parents=True)
+        (out / "slides" / "a.npy").write_bytes(b"x")
+        (out / "features.json").write_text('{"format": "their-tool"}')
+        args, mentions = ["--overwrite"], ["not a clotclf feature store", "will not replace"]
+    elif case == "tiles missing":
+        src = tmp_path / "nope"
+        mentions = ["does not exist", "clotclf tile"]
+    elif case == "tiles without any tile":
+        from clotclf_core.tileset import TileSetWriter
+
+        src = tmp_path / "empty"
+        TileSetWriter(src, {}, 32).record_failure("a", "no_tissue", "empty mask")
+        mentions = ["no tiles.csv"]
+    elif case == "batch size 0":
+        args, mentions = ["--batch-size", "0"], ["--batch-size"]
+    elif case == "bad encoder option":
+        backbone, mentions = "cct:num_layers=x", ["num_layers", "show-plugin cct"]
+    elif case == "input size the encoder cannot take":
+        args, mentions = ["--input-size", "48"], ["cannot take 48x48", "--input-size"]
+    elif case == "unknown backbone":
+        backbone, mentions = "tim:model=x", ["unknown backbone 'tim'", "timm"]
+    before = {f: (out / f).read_bytes() for f in files_under(out) if (out / f).is_file()} if out.is_dir() else None
+    outcome = _embed(src, out, backbone, *args)
+    assert_clean_error(outcome, 2, mentions)
+    if case.startswith("out is another") or case.startswith("out is a cohort") or case.startswith("out has"):
+        assert {f: (out / f).read_bytes() for f in files_under(out) if (out / f).is_file()} == before
+    elif case != "out is a file":
+        assert not out.exists()
+
+
+def test_full_disk_leaves_no_half_written_slide(tiles, tmp_path):
+    mount = tmp_path / "small"
+    outcome, left = run_on_small_disk(
+        ["embed", "--tiles", str(tiles), "--backbone", TINY, "--out", str(mount / "f"), "--device", "cpu", "-q"],
+        mount, size_kb=8)
+    assert_clean_error(outcome, 2, ["out of disk space", "run the command again"])
+    assert not [p for p in left if p.endswith(".tmp")]
+
+
+def test_real_environment_variables(hub, tiles, tmp_path):
+    """The child-process path users take: HF_ENDPOINT / HF_HOME / HF_TOKEN / HF_HUB_OFFLINE as variables."""
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    gated = run(["embed", "--tiles", tiles, "--backbone", "timm:model=hf-hub:lab/gated", "--out", tmp_path / "g", "-q"], env=env)
+    assert_clean_error(gated, 2, ["is gated", "HF_TOKEN"])
+    ok = run(["embed", "--tiles", tiles, "--backbone", "timm:model=hf-hub:lab/gated", "--out", tmp_path / "g", "-q"],
+             env={**env, "HF_TOKEN": "tok-alice"})
+    assert ok.exit_code == 0, ok.stderr
+    offline = run(["embed", "--tiles", tiles, "--backbone", "timm:model=hf-hub:lab/gated", "--out", tmp_path / "g2", "-q"],
+                  env={**env, "HF_HUB_OFFLINE": "1"})
+    assert offline.exit_code == 0, offline.stderr  # from the cache the first run filled, no token needed
+    import json
+
+    a = json.loads((tmp_path / "g" / "features.json").read_text())["encoder"]
+    b = json.loads((tmp_path / "g2" / "features.json").read_text())["encoder"]
+    assert a["weights_sha256"] == b["weights_sha256"] and a["mean"] == [0.6, 0.5, 0.4]
+    assert temp_leftovers(tmp_path / "g") == []
+
+
+def test_demo_data_unknown_signal(tmp_path):
+    outcome = invoke(["demo-data", tmp_path / "d", "--signal", "dense"])
+    assert_clean_error(outcome, 2, ["--signal", "dense"])
+    assert not (tmp_path / "d").exists()

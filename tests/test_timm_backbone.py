@@ -1,0 +1,109 @@
+"""The timm backbone plugin: timm names, constructor options, and Hub repos in timm's layout loaded
+through timm's own hf-hub code from the test Hub server on 127.0.0.1 (real HTTP, no network)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clotclf_core.config import ModelConfig
+from clotclf_core.errors import ClotclfError
+from timm_repos import TINY_MEAN, TINY_STD, TINY_VIT, point_client_at, start_hub, tiny_vit_state
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = start_hub()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(hub, monkeypatch, tmp_path):
+    point_client_at(monkeypatch, hub.url, tmp_path / "hf-cache")
+    return monkeypatch
+
+
+def _encoder(options, **kw):
+    from clotclf_core.encoder import build_encoder
+
+    return build_encoder("timm", options, tile_size=32, device="cpu", **kw)
+
+
+def test_timm_name_uses_and_records_its_own_normalisation(tmp_path):
+    from clotclf_core.model import build_model, load_model, save_model
+
+    vit = build_model(ModelConfig(backbone="timm", backbone_options={"model": "vit_tiny_patch16_224", "img_size": 32,
+                                                                   "depth": 1}, input_size=32))
+    assert vit.config.mean == (0.5, 0.5, 0.5) and vit.config.std == (0.5, 0.5, 0.5)  # timm's pretrained_cfg
+    save_model(vit, tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert recorded["mean"] == [0.5, 0.5, 0.5]
+    assert load_model(tmp_path / "run").config.mean == (0.5, 0.5, 0.5)
+    conv = build_model(ModelConfig(backbone="timm", backbone_options={"model": "convnext_atto"}, input_size=32))
+    assert conv.config.mean == (0.485, 0.456, 0.406) and conv.backbone.num_features == 320
+    assert conv(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_constructor_options_pass_through():
+    from clotclf_core.model import build_model
+
+    m = build_model(ModelConfig(backbone="timm", input_size=32, backbone_options={
+        "model": "vit_tiny_patch16_224", "img_size": 32, "depth": 1, "init_values": "1e-5",  # YAML 1.1 keeps 1e-5 a string
+        "act_layer": "SiLU", "global_pool": "avg"}))
+    block = m.backbone.blocks[0]
+    assert isinstance(block.mlp.act, torch.nn.SiLU) and float(block.ls1.gamma[0].detach()) == pytest.approx(1e-5)
+    assert m.backbone.global_pool == "avg"
+
+
+def test_hub_repo_in_timm_layout(client, hub):
+    import timm
+
+    from clotclf_core.encoder import state_sha256
+
+    enc = _encoder({"model": "hf-hub:lab/tiny-vit"})
+    ref = timm.create_model("vit_tiny_patch16_224", num_classes=0, **TINY_VIT)
+    ref.load_state_dict(tiny_vit_state())
+    assert enc.weights_sha256 == state_sha256(ref)  # the repo's weights, not a random init
+    assert enc.spec.mean == TINY_MEAN and enc.spec.std == TINY_STD and enc.spec.source == "backbone"
+    assert enc.input_size == 32 and enc.num_features == 16
+    assert ("GET", "/lab/tiny-vit/resolve/main/model.safetensors") in hub.requests
+    assert not any(p.endswith(".bin") for _, p in hub.requests)  # never asked for a pickle
+    assert _encoder({"model": "hf-hub:lab/tiny-vit@main"}).weights_sha256 == enc.weights_sha256
+
+
+def test_offline_from_the_cache(client, hub, tmp_path):
+    online = _encoder({"model": "hf-hub:lab/tiny-vit"})
+    from huggingface_hub import constants
+
+    client.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = len(hub.requests)
+    offline = _encoder({"model": "hf-hub:lab/tiny-vit"})
+    assert offline.weights_sha256 == online.weights_sha256 and len(hub.requests) == before
+
+
+def test_gated_repo_with_a_token_that_has_access(client):
+    client.setenv("HF_TOKEN", "tok-alice")
+    assert _encoder({"model": "hf-hub:lab/gated"}).spec.mean == TINY_MEAN
+
+
+def test_extra_constructor_option_the_card_asks_for(client):
+    with pytest.raises(ClotclfError, match="do not fit.*init_values"):
+        _encoder({"model": "hf-hub:lab/needs-init"})
+    enc = _encoder({"model": "hf-hub:lab/needs-init", "init_values": 1e-5})
+    assert enc.weights_sha256 == _encoder({"model": "hf-hub:lab/tiny-vit"}).weights_sha256
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"model": "convnext_atoo"}, "unknown timm model 'convnext_atoo'. Closest timm names: convnext_atto"),
+    ({"model": "convnext_atto.in99k"}, "no pretrained tag 'in99k' for 'convnext_atto'; its tags: convnext_atto.d2_in1k"),
+    ({"model": "convnext_atto", "drop_pathrate": 0.1}, "does not take the option 'drop_pathrate'"),
+    ({"model": "convnext_atto", "num_classes": 5}, "option 'num_classes' cannot be set"),
+    ({"model": "vit_tiny_patch16_224", "mlp_layer": "NoSuchMlp"}, "mlp_layer='NoSuchMlp' names no class"),
+    ({"model": "hf-hub:lab"}, "not of the form hf-hub:ORG/NAME"),
+])
+def test_bad_timm_options(options, message):
+    with pytest.raises(ClotclfError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        _encoder(options)

@@ -1,0 +1,29 @@
+"""Small synthetic TileSets for the feature-store tests, written through TileSetWriter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: a 1-block timm ViT on 32-px tiles: the fastest real encoder for tests
+TINY_TIMM = {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2}
+
+
+def make_tileset(root: Path, sizes=(5, 8, 11, 3), settings=None, labels=None, seed: int = 0, tile: int = 32,
+                 empty: dict[str, str] | None = None) -> Path:
+    """Slides ``s0, s1…`` with ``sizes[i]`` random tiles each (patients of two slides, alternating
+    labels), plus ``empty``: slides recorded without tiles (id -> reason)."""
+    from clotclf_core.tileset import TileSetWriter
+
+    rng = np.random.default_rng(seed)
+    writer = TileSetWriter(root, settings or {"synthetic": True}, tile)
+    for s, n in enumerate(sizes):
+        pixels = rng.integers(0, 256, (n, tile, tile, 3), dtype=np.uint8)
+        label = (labels or {}).get(f"s{s}", "CE" if s % 2 else "LAA")
+        rows = [{"patient_id": f"p{s // 2}", "center_id": "c1", "label": label, "x": 40 * i, "y": 7 * s,
+                 "size": tile * 2, "downsample": 2.0} for i in range(n)]
+        writer.add_slide(f"s{s}", pixels, rows, {})
+    for image_id, reason in (empty if empty is not None else {"s9": "the tissue mask is empty"}).items():
+        writer.record_failure(image_id, "no_tissue", reason)
+    return root
