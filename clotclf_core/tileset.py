@@ -534,6 +534,7 @@ class TileSetWriter:
         for k in removed:
             self.meta["slides"].pop(k, None)
         relabelled: dict[str, str] = {}
+        changed = bool(removed or self.broken)
         for image_id, rec in self.meta["slides"].items():
             want = {c: str(listed[image_id].get(c, "")) for c in MANIFEST_COLUMNS}
             old = {c: str(rec.get(c, "")) for c in MANIFEST_COLUMNS}
@@ -541,7 +542,9 @@ class TileSetWriter:
                 if rec.get("status") == "done":
                     relabelled[image_id] = ", ".join(f"{c} {old[c]!r} -> {want[c]!r}" for c in MANIFEST_COLUMNS if old[c] != want[c])
                 rec.update(want)
-        self._write_meta()
+                changed = True
+        if changed:  # tileset.json first: readers ignore files of slides it does not list as done
+            self._write_meta()
         self._delete_unused_files(list(removed))
         return {"removed": removed, "relabelled": relabelled}
 

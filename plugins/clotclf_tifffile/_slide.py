@@ -112,10 +112,16 @@ class TifffileSlide:
         """The first image series. A vips-written pyramid copies tifffile's shaped JSON description
         into every page, which tifffile's shaped parser refuses ("incompatible keyframe"): such a
         file is opened again with that parser off (``is_shaped=False``)."""
-        try:
-            return self._tif.series[0] if self._tif.series else None
-        except Exception as exc:
-            first = exc
+        tif = self._tif
+        copied = (getattr(tif, "is_shaped", False) and len(tif.pages) > 1
+                  and getattr(tif.pages[1], "description", "") == tif.pages[0].description)
+        if not copied:
+            try:
+                return tif.series[0] if tif.series else None
+            except Exception as exc:
+                first: Exception | str = exc
+        else:
+            first = "every page carries the first page's shaped description"
         self._tif.close()
         try:
             self._tif = tifffile.TiffFile(self.path, is_shaped=False)
