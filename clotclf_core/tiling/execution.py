@@ -216,7 +216,8 @@ class DaskCluster:
 
     name = "dask"
 
-    def __init__(self, address: str, workers: int, timeout: float = 10.0):
+    def __init__(self, address: str, workers: int, timeout: float | None = None):
+        timeout = float(os.environ.get("CLOTCLF_DASK_TIMEOUT", "10")) if timeout is None else timeout
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError:

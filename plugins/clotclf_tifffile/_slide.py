@@ -187,8 +187,9 @@ class TifffileSlide:
         for page in self._pages:
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
             if ends and max(ends) > size:
+                w, h = self.dimensions
                 raise SlideDamaged(
-                    f"slide '{self.path}' is truncated: its image data runs to byte {max(ends):,} but the file "
+                    f"slide '{self.path}' ({w:,} x {h:,} px) is truncated: its image data runs to byte {max(ends):,} but the file "
                     f"has {size:,} bytes; re-copy or re-download it"
                 )
 
