@@ -366,7 +366,10 @@ class PixelFileWriter:
     def add(self, pixels: np.ndarray) -> None:
         if pixels.dtype != np.uint8 or pixels.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"tiles must be uint8 (n, {self.size}, {self.size}, 3), got {pixels.dtype} {pixels.shape}")
-        self._fh.write(np.ascontiguousarray(pixels))
+        try:
+            self._fh.write(np.ascontiguousarray(pixels))
+        except OSError as exc:  # name the file: it is in the TileSet folder (full disk, quota)
+            raise OSError(exc.errno, exc.strerror, str(self.tmp)) from None
         self.count += len(pixels)
 
     def finish(self, keep: np.ndarray | None) -> int:

@@ -161,15 +161,16 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     xs, ys = grid.xs(), grid.ys()
     kept_rank: list[tuple[float, float]] = []
     rows: list[dict[str, Any]] = []
-    pending: list[tuple[int, int, float, np.ndarray]] = []
+    pending: list[tuple[int, int, float]] = []
+    buf = np.empty((settings.batch_size, grid.tile, grid.tile, 3), np.uint8)  # reused: no fresh pages per batch
 
     def flush() -> None:
-        batch = np.stack([p[3] for p in pending])
+        batch = buf[: len(pending)]
         if grid.tile != S:
             batch = _resize(batch, S)
         alive, scores, by = run_filters(filters, batch, bg)
         dark = darkness(batch, bg)
-        for j, (x, y, fr, _) in enumerate(pending):
+        for j, (x, y, fr) in enumerate(pending):
             row = {"x": int(round(x * f)), "y": int(round(y * f)), "size": side0, "downsample": settings.downsample,
                    "level0_px_per_pixel": round(px, 4), "tissue": round(float(fr), 4), "darkness": round(float(dark[j]), 4)}
             row.update({f"score_{name}": round(float(v[j]), 4) for name, v in scores.items()})
@@ -181,7 +182,7 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
                 rejected[filters[int(by[j])].name] += 1
             rows.append(row)
         if alive.any():
-            sink.add(batch[alive])
+            sink.add(batch if alive.all() else batch[alive])
         pending.clear()
 
     by_row: dict[int, list[int]] = {}
@@ -191,7 +192,8 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     cuts = windows(scan, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
     order = [(r, c) for r in row_ids for c in by_row[r]]
     for (r, c), (x, y, win) in zip(order, cuts):
-        pending.append((x, y, float(frac[r, c]), win))
+        buf[len(pending)] = win
+        pending.append((x, y, float(frac[r, c])))
         if len(pending) >= settings.batch_size:
             flush()
     if pending:

@@ -39,7 +39,7 @@ import numpy as np
 from ..sources import LevelLayout, choose_level, level_layout
 
 #: rasters up to this size stay in memory; larger ones go to an anonymous temporary file
-RASTER_IN_MEMORY_BYTES = 256 * 2**20
+RASTER_IN_MEMORY_BYTES = 768 * 2**20
 
 
 class Raster:
@@ -53,11 +53,20 @@ class Raster:
             in_memory = self.nbytes <= RASTER_IN_MEMORY_BYTES
         self._array: np.ndarray | None = None
         self._file = None
+        self._buffer: bytearray | None = None
+        self.scratch_dir = scratch_dir
         if in_memory:
             self._array = np.zeros((self.height, self.width, 3), np.uint8)
         else:
-            self._file = tempfile.TemporaryFile(dir=scratch_dir, prefix="clotclf-raster-")
-            os.ftruncate(self._file.fileno(), self.nbytes)  # sparse: unwritten rows read as zeros
+            try:
+                self._file = tempfile.TemporaryFile(dir=scratch_dir, prefix="clotclf-raster-")
+                os.ftruncate(self._file.fileno(), self.nbytes)  # sparse: unwritten rows read as zeros
+            except OSError as exc:
+                raise self._scratch_error(exc) from None
+
+    def _scratch_error(self, exc: OSError) -> OSError:
+        """The OS error, naming the scratch folder (so that it is not taken for the TileSet's)."""
+        return OSError(exc.errno, exc.strerror, self.scratch_dir or tempfile.gettempdir())
 
     @property
     def on_disk(self) -> bool:
@@ -70,11 +79,14 @@ class Raster:
             return
         fd = self._file.fileno()
         block = np.ascontiguousarray(block)
-        if x == 0 and w == self.width:
-            os.pwrite(fd, block, y * self.row_bytes)
-            return
-        for i in range(h):
-            os.pwrite(fd, block[i], (y + i) * self.row_bytes + x * 3)
+        try:
+            if x == 0 and w == self.width:
+                os.pwrite(fd, block, y * self.row_bytes)
+                return
+            for i in range(h):
+                os.pwrite(fd, block[i], (y + i) * self.row_bytes + x * 3)
+        except OSError as exc:
+            raise self._scratch_error(exc) from None
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0:y1`` (clipped to the raster), a read-only view or a fresh array."""
@@ -83,8 +95,14 @@ class Raster:
             return np.zeros((0, self.width, 3), np.uint8)
         if self._array is not None:
             return self._array[y0:y1]
-        data = os.pread(self._file.fileno(), (y1 - y0) * self.row_bytes, y0 * self.row_bytes)
-        return np.frombuffer(data, np.uint8).reshape(y1 - y0, self.width, 3)
+        n = (y1 - y0) * self.row_bytes
+        if self._buffer is None or len(self._buffer) < n:  # one buffer, reused: no fresh pages per band
+            self._buffer = bytearray(n)
+        view = memoryview(self._buffer)[:n]
+        got = os.preadv(self._file.fileno(), [view], y0 * self.row_bytes)
+        if got != n:
+            raise OSError(f"short read from the working raster ({got} of {n} bytes)")
+        return np.frombuffer(view, np.uint8).reshape(y1 - y0, self.width, 3)
 
     def close(self) -> None:
         self._array = None
@@ -408,7 +426,9 @@ def windows(
 ) -> Iterable[tuple[int, int, np.ndarray]]:
     """Cut ``tile``-pixel squares from the raster: for each grid row top ``y`` (raster pixels,
     possibly negative), the squares at its ``xs``; outside the slide and over never-decoded
-    segments the pixels are the glass colour. Yields ``(x, y, (tile, tile, 3) uint8)``."""
+    segments the pixels are the glass colour. Yields ``(x, y, (tile, tile, 3) uint8)``; the array
+    may be a view of a buffer that the next grid row reuses: copy it (the pipeline copies it into
+    its batch)."""
     raster = scan.raster
     bg = np.asarray(background, np.uint8).reshape(1, 1, 3)
     skipped = ~scan.decoded
@@ -425,7 +445,7 @@ def windows(
             c0, c1 = max(0, x // sw), min(cols - 1, max(0, (x + tile - 1) // sw))
             holes = gaps is not None and bool(gaps[c0 : c1 + 1].any())
             if len(band) == tile and x0 == x and x1 == x + tile and not holes:
-                yield x, y, np.array(band[:, x0:x1])  # inside the slide, all decoded: a plain copy
+                yield x, y, band[:, x0:x1]  # inside the slide, all decoded: a view (copy it before the next row)
                 continue
             win = np.empty((tile, tile, 3), np.uint8)
             win[:] = bg
