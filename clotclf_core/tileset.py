@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ClotclfError
-from .io import atomic_path, write_json, write_text
+from .io import write_json, write_text
 
 FORMAT = "clotclf-tileset"
 FORMAT_VERSION = 2

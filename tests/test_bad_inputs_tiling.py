@@ -10,7 +10,6 @@ import json
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 from badinput import assert_clean_error, files_under, invoke, run, run_on_small_disk, temp_leftovers
 from test_tiling import DARK, SMALL_ARGS, write_slide

@@ -244,6 +244,7 @@ def test_real_svs_keeps_the_same_tissue_as_clotclf_0_1(tmp_path, real_folder):
     assert (ts.rejected["rejected_by"] == "otsu").all()
     assert rec["mpp"] == pytest.approx(0.499) and rec["level0_px_per_pixel"] == 7.0
     assert rec["um_per_pixel"] == pytest.approx(7 * 0.499, rel=1e-3) and rec["mask"]["background_from"].startswith("mode")
+    assert ts.meta["geometry"]["level0_px_per_pixel"] == 7.0 and ts.meta["geometry"]["slides_without_mpp"] == 0
     assert ts.settings["filters"][0]["name"] == "otsu" and ts.settings["source"] == "auto"
     comp = ts.meta["components"]
     assert comp["filters"][0]["distribution"] == "clotclf" and comp["filters"][0]["version"]

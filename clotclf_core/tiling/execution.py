@@ -241,9 +241,12 @@ class DaskCluster:
             ) from None
 
     def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+        import uuid
+
         from dask.distributed import as_completed
 
-        futures = {self.client.submit(process_slide, job, pure=False, key=f"clotclf-tile-{i}-{job['image_id']}"): job
+        run = uuid.uuid4().hex[:8]  # keys of this run only: a scheduler may still hold an earlier run's
+        futures = {self.client.submit(process_slide, job, pure=False, key=f"clotclf-tile-{run}-{i}-{job['image_id']}"): job
                    for i, job in enumerate(jobs)}
         for fut in as_completed(list(futures)):
             job = futures[fut]
@@ -264,9 +267,8 @@ class DaskCluster:
                 self.cluster.close()
 
 
-def make_engine(workers: int, dask: str | None, inner_bar: Any = None) -> Any:
-    if dask:
-        return DaskCluster(dask, workers)
-    if workers > 1:
+def make_engine(workers: int, n_jobs: int, inner_bar: Any = None) -> Any:
+    """A local pool when it helps (several workers and slides), else this process."""
+    if workers > 1 and n_jobs > 1:
         return LocalPool(workers)
     return InProcess(inner_bar)

@@ -94,7 +94,14 @@ def geometry(slide: Any, settings: TileSettings) -> dict[str, Any]:
     width, height = (int(v) for v in slide.dimensions)
     if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
         raise SlideSkip("failed", f"the slide is {width} x {height} px, smaller than {MIN_SLIDE_SIDE} px a side: not a slide to tile")
-    mpp = getattr(slide, "mpp", None)
+    from ..sources import checked_mpp
+
+    mpp, note = checked_mpp(getattr(slide, "mpp", None))  # the same range for every source, third-party ones too
+    if note and not getattr(slide, "mpp_note", ""):
+        try:
+            slide.mpp_note = note
+        except AttributeError:
+            pass
     size0, stride0 = settings.level0_geometry(mpp)
     factor = working_factor(size0, settings.train_size)
     rh, rw = raster_shape(slide, factor)
@@ -114,7 +121,6 @@ def tile_one(
     result with status ``no_tissue``."""
     start = time.perf_counter()
     geo = geometry(slide, settings)
-    grid: Grid = geo["grid"]
     info: dict[str, Any] = {"width": geo["width"], "height": geo["height"], "mpp": geo["mpp"]}
     if getattr(slide, "mpp_note", ""):
         info["mpp_note"] = slide.mpp_note

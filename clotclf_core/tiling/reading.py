@@ -10,10 +10,10 @@ working resolution (1/``factor`` of level 0; a factor of 2, 4, 8 or 16 stays ali
 tiles, whose sides are multiples of 16). A low-resolution view for the tissue mask is accumulated
 on the way. Candidate tiles are then cut from the raster — no decoding at all.
 
-Why this and not a library's region reader: measured on a 23,000 x 37,600 deflate TIFF here
-(docs/performance.md), decoding every tile once with tifffile took 3.1 CPU-s, and decode +
-``INTER_AREA`` by 4 4.2 CPU-s, against 6.6 for row bands read through tifffile's zarr view
-(``aszarr``) + the same reduction, and 5.9 for pyvips ``shrink`` (libvips' own decode alone: 6.5).
+Why this and not a library's region reader: measured on a synthetic 23,000 x 37,600 deflate TIFF
+here (``benchmarks/tiling.py --engines``, docs/performance.md), decoding every tile once with
+tifffile took 3.0 CPU-s, decode + ``INTER_AREA`` by 4 3.9 CPU-s, against 6.4 for row bands read
+through tifffile's zarr view (``aszarr``) + the same reduction, and 5.7 for pyvips ``shrink``.
 
 The raster is held in memory up to :data:`RASTER_IN_MEMORY_BYTES`, else in an anonymous temporary
 file (``TMPDIR``, deleted even on a crash) read and written by rows, so memory stays bounded

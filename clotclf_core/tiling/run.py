@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ClotclfError, Interrupted
 from .filters import BuiltFilter, FilterRef, as_built, filters_for
-from .settings import SLIDE_SUFFIXES, SlideSkip, TileSettings, TilingError
+from .settings import SLIDE_SUFFIXES, TileSettings, TilingError
 from .summary import build_summary, per_slide_row
 
 
@@ -119,7 +119,7 @@ def tile_slides(
     from .. import progress as bars
     from ..manifest import manifest_from_files, read_manifest
     from ..tileset import MANIFEST_COLUMNS, TileSetWriter
-    from .execution import InProcess, file_fingerprint, make_engine
+    from .execution import DaskCluster, file_fingerprint, make_engine
 
     t_start = time.perf_counter()
     settings = settings or TileSettings()
@@ -157,7 +157,7 @@ def tile_slides(
     engine = None
     try:
         # connect before anything is written: an unreachable scheduler leaves no folder behind
-        engine = make_engine(workers if len(records) > 1 else 1, dask, None)
+        engine = DaskCluster(dask, workers) if dask else None
         try:
             writer = TileSetWriter(out, recorded, tile_pixels=settings.train_size, overwrite=overwrite,
                                    components=_components(built, source))
@@ -184,7 +184,8 @@ def tile_slides(
                     writer.forget(rec["image_id"])
                 todo.append(rec)
         jobs = [
-            {"image_id": rec["image_id"], "path": rec.get("path") or None, "folder": str(slides_dir), "source": source,
+            {"image_id": rec["image_id"], "path": str(Path(rec["path"]).resolve()) if rec.get("path") else None,
+             "folder": str(slides_dir.resolve()), "source": source,
              "settings": settings.model_dump(), "filters": refs, "out": str(out.resolve()), "threads": threads,
              "scratch": scratch_dir, "qc": True}
             for rec in todo
@@ -192,8 +193,8 @@ def tile_slides(
         rejected = {b.name: 0 for b in built}
         overall = bars.bar(total=len(jobs), desc="slides", unit="slide", disable=not progress)
         inner = bars.bar(total=0, desc="tiles", unit="row", leave=False, inner=True, disable=not progress)
-        if isinstance(engine, InProcess):
-            engine.inner = inner if progress else None
+        if engine is None:
+            engine = make_engine(workers, len(jobs), inner if progress else None)
         finished: list[str] = []
 
         def commit(res: dict[str, Any]) -> None:
@@ -228,6 +229,7 @@ def tile_slides(
         if engine is not None:
             engine.close()
 
+    writer.meta["geometry"] = _geometry_of(writer.meta["slides"])
     try:
         writer.merge_index()  # one tiles.csv for fast reading (the shards stay the truth)
     except OSError as exc:
@@ -244,6 +246,16 @@ def tile_slides(
             + f". Statuses are in {out / 'tileset.json'}"
         )
     return summary
+
+
+def _geometry_of(slides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What one cached pixel stands for across the TileSet's tiled slides (level-0 px, microns)."""
+    done = [v for v in slides.values() if v.get("status") == "done"]
+    px = sorted({v["level0_px_per_pixel"] for v in done if v.get("level0_px_per_pixel") is not None})
+    um = [v["um_per_pixel"] for v in done if v.get("um_per_pixel") is not None]
+    return {"level0_px_per_pixel": px[0] if len(px) == 1 else px,
+            "um_per_pixel": (round(min(um), 4), round(max(um), 4)) if um else None,
+            "slides_without_mpp": sum(1 for v in done if v.get("um_per_pixel") is None)}
 
 
 def _changed(rec: dict[str, Any], meta: dict[str, Any], folder: Path, fingerprint: Any, notes: list[str]) -> bool:
