@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import clotclf_core.tileset as tileset_mod
+import clotclf_core.tileset_writer as tileset_writer
 from clotclf_core.errors import ClotclfError
 from clotclf_core.tileset import PixelFileWriter, TileSet, TileSetError, TileSetWriter, pixel_file_problem, write_shard
 
@@ -231,7 +232,7 @@ def test_sync_interrupted_at_any_step_leaves_a_consistent_tileset(tmp_path, monk
         raise OSError("No space left on device")
 
     if fail_on == "tileset.json":
-        monkeypatch.setattr(tileset_mod, "write_json", crash)
+        monkeypatch.setattr(tileset_writer, "write_json", crash)
     else:
         monkeypatch.setattr(Path, "unlink", crash)
     with pytest.raises(OSError, match="No space"):
