@@ -1,22 +1,31 @@
-"""Tiling benchmark: clotclf tiling vs a re-implementation of the published STRIP AI approach.
+"""Tiling benchmark on STRIP-AI-shaped synthetic slides, against the floor of decoding every pixel once.
 
-Generates single-level, tiled (512 px), deflate-compressed RGB TIFFs like the Mayo Clinic STRIP AI
-slides, square, of increasing size, with pink textured "tissue" blobs covering ~30 % of the
-area on slightly noisy glass (cached in --workdir). Each measurement runs in a fresh child
-process, which reports its wall and CPU time for the work itself (imports done first) and its
-peak RSS (``VmHWM`` of the process, and ``resource.getrusage(RUSAGE_CHILDREN)`` for workers).
+Generates (streamed, tile by tile: never a whole slide in memory; cached in --workdir, deleted with
+--clean) single-level, tiled (512 px), deflate-compressed RGB TIFFs shaped like the Mayo Clinic
+STRIP AI slides: **synthetic** content, smooth pink / purple "tissue" blobs (some pale, fibrin-like)
+over ~30 % of the area on near-white glass with sparse specks. Each measurement runs in a fresh
+child process that imports everything first and then reports the wall and CPU time of the work
+(user + system, its threads included) and its peak RSS (``VmHWM``).
 
-- ``clotclf``: ``tile_slides`` with the recipe geometry (1/10 view, 600 px tiles -> 224 px cache),
-  the ``otsu`` filter, TileSet + QC picture written; with the byte-count prescreen (1 and 2
-  reading threads) and without it (1 thread).
-- ``published``: PIL loads the whole image (``MAX_IMAGE_PIXELS`` raised), downscales it by 10,
-  cuts every 600 x 600 tile to a PNG on disk, then filters each PNG one by one with Otsu. It
-  holds the whole slide in memory, so it is skipped when that would exceed --published-max-gb.
+Rows:
+
+- **floor**: decode every TIFF tile of the file once with the decoder tiling uses (tifffile
+  ``page.decode`` + imagecodecs), one thread, nothing else — the cost any full read must pay;
+- **clotclf, defaults**: ``tile_slides`` with no geometry flags (1/4 view, 224-px tiles = 896
+  level-0 px, cached at 224 px, otsu filter, TileSet + QC picture written), one decoding thread;
+- **clotclf, fine**: ``--downsample 2 --tile-size 224 --stride 112`` (the geometry that held 5,369
+  tiles and 1.8 GB in clotclf 0.1);
+- decode engines (``--engines``): the same full reduction to 1/4 through tifffile's zarr view
+  (``aszarr``, row bands) + OpenCV, and through pyvips ``shrink`` (when installed) — why the reader
+  uses tifffile's own decoder;
+- ``--big``: a 100,000 x 80,000 slide at the defaults (peak RSS; ~6 GB file, minutes to write);
+- ``--dask``: 4 smaller slides tiled with 2 local worker processes and with ``--dask local`` (2
+  workers): the two TileSets must be identical.
 
 Usage::
 
-    .venv/bin/python benchmarks/tiling.py                       # 10k, 20k, 40k px: ~3 min on 2 cores
-    .venv/bin/python benchmarks/tiling.py --sizes 10000,20000,30000,40000 --repeat 2   # docs/performance.md
+    .venv/bin/python benchmarks/tiling.py                    # mean slide: floor, defaults, fine (~2 min here)
+    .venv/bin/python benchmarks/tiling.py --engines --dask --big --clean   # everything in docs/performance.md
 
 Prints a markdown table (paste it into docs/performance.md).
 """
@@ -38,68 +47,90 @@ from pathlib import Path
 import numpy as np
 
 TIFF_TILE = 512
+MEAN = (23_000, 37_600)  # width x height of a mean STRIP AI slide
+BIG = (100_000, 80_000)
 
 
-# ----------------------------------------------------------------------------- synthetic slides
+# ----------------------------------------------------------------------------- synthetic slides (streamed)
 
 
-def make_slide(path: Path, size: int, seed: int = 0, coverage: float = 0.3) -> Path:
-    """Write a size x size single-level tiled deflate TIFF, streaming tiles (bounded memory)."""
+def _textures(rng, n, base, noise, smooth, tile=TIFF_TILE):
+    out = []
+    for _ in range(n):
+        low = np.repeat(np.repeat(rng.normal(0, 1, (tile // 32, tile // 32, 3)), 32, 0), 32, 1)
+        if noise >= 1:  # tissue: smooth variation + pixel noise
+            t = np.asarray(base, float) + smooth * low + rng.normal(0, noise, (tile, tile, 3))
+        else:  # glass: smooth, with sparse specks (compresses ~16x, like scanned glass)
+            specks = (rng.random((tile, tile, 1)) < noise) * rng.normal(0, 3, (tile, tile, 3))
+            t = np.asarray(base, float) + np.rint(smooth * low) + specks
+        out.append(np.clip(np.rint(t), 0, 255).astype(np.uint8))
+    return out
+
+
+def make_slide(path: Path, width: int, height: int, seed: int = 0, coverage: float = 0.3) -> float:
+    """Write a width x height single-level tiled deflate TIFF, tile by tile; returns the tissue share."""
     import tifffile
+    from scipy.ndimage import zoom
 
     rng = np.random.default_rng(seed)
-    cell = 32  # the blob field is drawn at 1/32 and upsampled per tile
-    mh = mw = -(-size // cell)
-    yy, xx = np.mgrid[0:mh, 0:mw]
-    field = np.zeros((mh, mw))
-    for _ in range(12):
-        cy, cx, s = rng.uniform(0, mh), rng.uniform(0, mw), rng.uniform(0.05, 0.15) * mh
+    cell = 16  # the blob map is drawn at 1/16 (from a 1/256 field, upsampled)
+    mh, mw = -(-height // cell), -(-width // cell)
+    ch, cw = -(-mh // 16), -(-mw // 16)
+    yy, xx = np.mgrid[0:ch, 0:cw]
+    field = np.zeros((ch, cw))
+    for _ in range(14):
+        cy, cx, s = rng.uniform(0, ch), rng.uniform(0, cw), rng.uniform(0.04, 0.12) * max(ch, cw)
         field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    field = zoom(field, 16, order=1)[:mh, :mw]
     blobs = field > np.quantile(field, 1 - coverage)
-    tissue = [np.clip(np.array([205, 110, 150]) + rng.normal(0, 25, (TIFF_TILE, TIFF_TILE, 3)), 0, 255).astype(np.uint8) for _ in range(4)]
-    glass = [np.clip(242 + rng.normal(0, 2, (TIFF_TILE, TIFF_TILE, 3)), 0, 255).astype(np.uint8) for _ in range(4)]
+    tissue = _textures(rng, 4, (190, 90, 140), 5, 14) + _textures(rng, 2, (222, 190, 212), 3, 5)  # dark + pale
+    glass = _textures(rng, 4, (242, 242, 242), 0.02, 1.0)
     k = TIFF_TILE // cell
 
     def tiles():
-        for ty in range(0, size, TIFF_TILE):
-            for tx in range(0, size, TIFF_TILE):
+        for ty in range(0, height, TIFF_TILE):
+            for tx in range(0, width, TIFF_TILE):
                 m = blobs[ty // cell : ty // cell + k, tx // cell : tx // cell + k]
+                g = glass[(tx // TIFF_TILE + 3 * (ty // TIFF_TILE)) % 4]
                 if not m.any():
-                    yield glass[(tx + ty) // TIFF_TILE % 4]
+                    yield g
                     continue
                 full = np.zeros((k, k), bool)
                 full[: m.shape[0], : m.shape[1]] = m
                 inside = np.repeat(np.repeat(full, cell, 0), cell, 1)[..., None]
-                yield np.where(inside, tissue[(tx // TIFF_TILE) % 4], glass[(ty // TIFF_TILE) % 4])
+                yield np.where(inside, tissue[(tx // TIFF_TILE + ty // TIFF_TILE) % len(tissue)], g)
 
     tmp = path.with_suffix(".part")
     tifffile.imwrite(
-        tmp, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE), photometric="rgb",
-        compression="deflate", compressionargs={"level": 1}, maxworkers=2,
-        resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
+        tmp, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE), photometric="rgb",
+        compression="deflate", compressionargs={"level": 1}, maxworkers=2, bigtiff=width * height * 3 > 2**31,
+        resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER",
     )
     os.replace(tmp, path)
+    return float(blobs.mean())
+
+
+def ensure_slide(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        share = make_slide(path, width, height, seed)
+        print(f"generated {path.name}: {width:,} x {height:,}, {share:.0%} tissue, {path.stat().st_size / 1e6:.0f} MB "
+              f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return path
 
 
-# ----------------------------------------------------------------------------- the two approaches (child side)
+# ----------------------------------------------------------------------------- measurements (child side)
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process since it started (VmHWM: ``ru_maxrss`` also counts the pages of the
-    parent it was forked from, before exec) and of its worker processes (RUSAGE_CHILDREN)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        with open("/proc/self/status") as fh:
-            own = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        pass
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024.0  # KiB
+    """Peak RSS of this process (``VmHWM``) or of any of its worker processes, whichever is larger."""
+    with open("/proc/self/status") as fh:
+        own = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this process and its finished children (worker processes)."""
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         r = resource.getrusage(who)
@@ -107,190 +138,212 @@ def cpu_seconds() -> float:
     return total
 
 
-def run_clotclf(slides: str, out: str, downsample: float, tile_size: int, workers: int, prescreen: bool, threads: int) -> dict:
-    from clotclf_core.tiling import TileSettings, TilingError, tile_slides
+def run_floor(path: str) -> dict:
+    import tifffile
 
-    settings = TileSettings(downsample=downsample, tile_size=tile_size, prescreen=prescreen)
-    t0 = time.perf_counter()
-    try:
-        tile_slides(slides, out, settings=settings, filters=[("otsu", {})], workers=workers, threads=threads, progress=False)
-    except TilingError:  # every candidate rejected: still a measurement (0 tiles kept)
-        pass
-    seconds = time.perf_counter() - t0
-    slides_meta = json.loads((Path(out) / "tileset.json").read_text())["slides"].values()
-    return {"seconds": seconds, "candidates": sum(m.get("n_candidates", 0) for m in slides_meta),
-            "kept": sum(m.get("n_tiles", 0) for m in slides_meta), "how": sorted({m.get("mask_from", "?") for m in slides_meta})}
-
-
-def run_published(path: str, out: str, downsample: float, tile_size: int) -> dict:
-    """Whole image in RAM -> downscale -> every tile to PNG -> Otsu on each PNG (bright-side share, as published)."""
-    from PIL import Image
-    from skimage.filters import threshold_otsu
-
-    Image.MAX_IMAGE_PIXELS = None
-    t0 = time.perf_counter()
-    with Image.open(path) as im:
-        im.load()
-        small = im.resize((round(im.width / downsample), round(im.height / downsample)))
-    n = 0
-    for y in range(0, small.height - tile_size + 1, tile_size):
-        for x in range(0, small.width - tile_size + 1, tile_size):
-            small.crop((x, y, x + tile_size, y + tile_size)).save(Path(out) / f"{x}_{y}.png")
+    with tifffile.TiffFile(path) as tif:
+        page, fh = tif.pages[0], tif.filehandle
+        n = 0
+        for i, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
+            fh.seek(offset)
+            page.decode(fh.read(count), i)
             n += 1
-    del small
-    kept = 0
-    for png in sorted(Path(out).glob("*.png")):
-        grey = np.asarray(Image.open(png).convert("L"))
-        kept += int((grey > threshold_otsu(grey)).mean() >= 0.3) if grey.min() < grey.max() else 0
-    return {"seconds": time.perf_counter() - t0, "candidates": n, "kept": kept, "how": ["full image"]}
+    return {"tiles": n}
+
+
+def run_clotclf(folder: str, out: str, settings: dict, workers: int = 1, threads: int = 1, dask: str | None = None) -> dict:
+    from clotclf_core.tiling import TileSettings, tile_slides
+
+    s = tile_slides(folder, out, settings=TileSettings(**settings), workers=workers, threads=threads, dask=dask, progress=False)
+    meta = json.loads((Path(out) / "tileset.json").read_text())["slides"]
+    first = next(iter(meta.values()))
+    return {"candidates": s["candidates"], "kept": s["tiles_kept"], "decoded": f"{first.get('decoding', {}).get('decoded_segments')}"
+            f"/{first.get('decoding', {}).get('segments')}", "on_disk": first.get("decoding", {}).get("raster_on_disk")}
+
+
+def run_zarr(path: str) -> dict:
+    import cv2
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        z = zarr.open(tif.aszarr(level=0), mode="r")
+        h, w = z.shape[:2]
+        for y in range(0, h, TIFF_TILE):
+            band = np.asarray(z[y : y + TIFF_TILE])
+            cv2.resize(band[: band.shape[0] // 4 * 4, : w // 4 * 4], (w // 4, band.shape[0] // 4), interpolation=cv2.INTER_AREA)
+    return {}
+
+
+def run_vips(path: str) -> dict:
+    import pyvips
+
+    pyvips.Image.new_from_file(path, access="sequential").shrink(4, 4).write_to_memory()
+    return {}
+
+
+def run_tifffile_reduce(path: str) -> dict:
+    """What the reader does per tile, without the rest of tiling: decode + INTER_AREA by 4."""
+    import cv2
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page, fh = tif.pages[0], tif.filehandle
+        for i, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
+            fh.seek(offset)
+            a = page.decode(fh.read(count), i)[0][0]
+            cv2.resize(a, (a.shape[1] // 4, a.shape[0] // 4), interpolation=cv2.INTER_AREA)
+    return {}
 
 
 def child(argv: list[str]) -> None:
     kind, args = argv[0], json.loads(argv[1])
     # imports and plugin discovery first: the clock measures the work, not the interpreter's start
+    import cv2  # noqa: F401
+    import pandas  # noqa: F401
     import PIL.Image  # noqa: F401
+    import PIL.ImageDraw  # noqa: F401
+    import scipy.ndimage  # noqa: F401
     import skimage.filters  # noqa: F401
+    import skimage.measure  # noqa: F401
+    import skimage.segmentation  # noqa: F401
     import tifffile  # noqa: F401
 
+    from clotclf_core import manifest, tileset, tiling  # noqa: F401
     from clotclf_core.plugins import get_manager
-    from clotclf_core import tiling, sources  # noqa: F401
 
     get_manager()
-    cpu0 = cpu_seconds()
-    res = run_clotclf(**args) if kind == "clotclf" else run_published(**args)
-    res["cpu"] = cpu_seconds() - cpu0
-    res["rss_mb"] = peak_rss_mb()
+    if kind == "vips":
+        import pyvips  # noqa: F401
+    if kind == "zarr":
+        import zarr  # noqa: F401
+    fn = {"floor": run_floor, "clotclf": run_clotclf, "zarr": run_zarr, "vips": run_vips, "reduce": run_tifffile_reduce}[kind]
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    res = fn(**args)
+    res.update(seconds=time.perf_counter() - t0, cpu=cpu_seconds() - cpu0, rss_mb=peak_rss_mb())
     print(json.dumps(res))
 
 
 # ----------------------------------------------------------------------------- parent side
 
 
-def measure(kind: str, repeat: int = 1, clean: Path | None = None, **args) -> dict:
-    """Run ``kind`` in fresh child processes ``repeat`` times; keep the fastest run (least disturbed)."""
+def measure(kind: str, repeat: int = 1, clean: Path | None = None, env: dict | None = None, **args) -> dict:
+    """Run ``kind`` in fresh child processes ``repeat`` times; keep the run with the least CPU."""
     best: dict = {}
     for _ in range(repeat):
         if clean is not None:
             shutil.rmtree(clean, ignore_errors=True)
-            if kind == "published":
-                clean.mkdir(parents=True)
-        proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(args)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(args)], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})})
         if proc.returncode != 0:
-            return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:120]}
+            return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:160]}
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        if not best or res["seconds"] < best["seconds"]:
+        if not best or res["cpu"] < best["cpu"]:
             best = res
     return best
 
 
+DEFAULTS: dict = {}
+FINE = {"downsample": 2.0, "tile_size": 224, "stride": 112}
+
+
+def same_tilesets(a: Path, b: Path) -> str:
+    from clotclf_core.tileset import TileSet
+
+    ta, tb = TileSet(a), TileSet(b)
+    if not (ta.index.equals(tb.index) and ta.rejected.equals(tb.rejected) and list(ta.slides) == list(tb.slides)):
+        return "no: the indexes differ"
+    for image_id in ta.slides:
+        if ta.slides[image_id].get("status") == "done" and not np.array_equal(ta.pixels(image_id), tb.pixels(image_id)):
+            return f"no: the pixels of {image_id} differ"
+    return f"yes ({len(ta)} tiles, {len(ta.slides)} slides: same index, same pixels)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10000,20000,40000", help="comma-separated slide sides in pixels")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "clotclf-bench-tiling"), help="slides are cached here")
-    ap.add_argument("--downsample", type=float, default=10.0)
-    ap.add_argument("--tile-size", type=int, default=600)
-    ap.add_argument("--workers", type=int, default=2, help="also tile all slides together with 1 and with this many workers (0: skip)")
-    ap.add_argument("--published-max-gb", type=float, default=6.0, help="skip the published approach above this memory need")
-    ap.add_argument("--no-published", action="store_true", help="only measure clotclf")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is reported (for busy machines)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the one with the least CPU is reported")
+    ap.add_argument("--engines", action="store_true", help="also time the zarr view and pyvips reductions")
+    ap.add_argument("--big", action="store_true", help=f"also tile a {BIG[0]:,} x {BIG[1]:,} slide (peak RSS)")
+    ap.add_argument("--dask", action="store_true", help="also compare a Dask run of 4 slides with a local run")
+    ap.add_argument("--clean", action="store_true", help="delete the generated slides at the end (disk is shared)")
+    ap.add_argument("--no-mean", action="store_true", help="skip the mean slide's rows (e.g. only --big)")
     opts = ap.parse_args()
 
     work = Path(opts.workdir)
-    (work / "slides").mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in opts.sizes.split(",") if s.strip()]
-    geometry = {"downsample": opts.downsample, "tile_size": opts.tile_size}
-    rows = []
-    for size in sizes:
-        path = work / "slides" / f"synthetic_{size}.tif"
-        if not path.exists():
-            t0 = time.perf_counter()
-            make_slide(path, size)
-            print(f"generated {path.name} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        single = work / f"one_{size}"
-        single.mkdir(exist_ok=True)
-        if not (single / path.name).exists():
-            (single / path.name).symlink_to(path)
-        base = {"size": size, "file_mb": path.stat().st_size / 1e6}
-        variants = [("clotclf, 1 thread", True, 1), ("clotclf, 2 threads", True, 2), ("clotclf --no-prescreen, 1 thread", False, 1)]
-        for label, prescreen, threads in variants:
-            out = work / f"ts_{size}_{prescreen}_{threads}"
-            res = measure("clotclf", opts.repeat, out, slides=str(single), out=str(out), workers=1, prescreen=prescreen,
-                          threads=threads, **geometry)
-            rows.append({**base, "approach": label, **res})
-            print(f"{size}: {label}: {res}", file=sys.stderr)
-        need_gb = 2 * size * size * 3 / 1e9  # measured: PIL's peak is ~1.9x the raw RGB image (load + resize)
-        if opts.no_published:
-            continue
-        if need_gb > opts.published_max_gb:
-            rows.append({**base, "approach": "published", "skipped": f"would need ~{need_gb:.1f} GB RAM > cap {opts.published_max_gb:g} GB"})
-            continue
-        out = work / f"png_{size}"
-        res = measure("published", opts.repeat, out, path=str(path), out=str(out), **geometry)
-        rows.append({**base, "approach": "published", **res})
-        print(f"{size}: published: {res}", file=sys.stderr)
-        shutil.rmtree(out, ignore_errors=True)
+    rows: list[dict] = []
+    notes: list[str] = []
+    try:
+        mean_dir = work / "mean"
+        mean = ensure_slide(mean_dir / "mean.tif", *MEAN)
+        base = {"slide": f"{MEAN[0]:,} x {MEAN[1]:,}", "file_mb": mean.stat().st_size / 1e6}
+        if not opts.no_mean:
+            floor = measure("floor", opts.repeat, path=str(mean))
+            rows.append({**base, "what": "floor: decode every tile once (tifffile + imagecodecs, 1 thread)", **floor})
+        for label, settings in (("clotclf, defaults (1/4, 224 px = 896 level-0 px)", DEFAULTS),
+                                ("clotclf, defaults, --no-prescreen (every TIFF tile decoded)", {"prescreen": False}),
+                                ("clotclf, fine (--downsample 2 --tile-size 224 --stride 112)", FINE)):
+            if opts.no_mean:
+                break
+            out = work / "ts"
+            res = measure("clotclf", opts.repeat, out, folder=str(mean_dir), out=str(out), settings=settings)
+            rows.append({**base, "what": label, **res})
+            print(f"{label}: {res}", file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
+        if opts.engines and not opts.no_mean:
+            rows.append({**base, "what": "engine: tifffile decode + OpenCV INTER_AREA by 4 (what the reader does)", **measure("reduce", opts.repeat, path=str(mean))})
+            rows.append({**base, "what": "engine: tifffile aszarr (zarr) row bands + OpenCV INTER_AREA by 4", **measure("zarr", opts.repeat, path=str(mean))})
+            rows.append({**base, "what": "engine: pyvips shrink by 4 (libvips' own threads)", **measure("vips", opts.repeat, path=str(mean))})
+        if opts.big:
+            big_dir = work / "big"
+            big = ensure_slide(big_dir / "big.tif", *BIG, seed=1)
+            bbase = {"slide": f"{BIG[0]:,} x {BIG[1]:,}", "file_mb": big.stat().st_size / 1e6}
+            rows.append({**bbase, "what": "floor: decode every tile once", **measure("floor", 1, path=str(big))})
+            out = work / "ts_big"
+            rows.append({**bbase, "what": "clotclf, defaults", **measure("clotclf", 1, out, folder=str(big_dir), out=str(out), settings=DEFAULTS)})
+            shutil.rmtree(out, ignore_errors=True)
+        if opts.dask:
+            four = work / "four"
+            for i in range(4):
+                ensure_slide(four / f"s{i}.tif", 8_000, 12_000, seed=10 + i)
+            local, dsk = work / "ts_local", work / "ts_dask"
+            for p in (local, dsk):
+                shutil.rmtree(p, ignore_errors=True)
+            a = measure("clotclf", 1, None, folder=str(four), out=str(local), settings=DEFAULTS, workers=2)
+            b = measure("clotclf", 1, None, folder=str(four), out=str(dsk), settings=DEFAULTS, workers=2, dask="local")
+            base4 = {"slide": "4 x (8,000 x 12,000)", "file_mb": sum(p.stat().st_size for p in four.glob("*.tif")) / 1e6}
+            rows.append({**base4, "what": "clotclf, defaults, 2 local worker processes", **a})
+            rows.append({**base4, "what": "clotclf, defaults, --dask local (2 workers)", **b})
+            notes.append(f"Dask run identical to the local run: {same_tilesets(local, dsk)}")
+            for p in (local, dsk):
+                shutil.rmtree(p, ignore_errors=True)
+    finally:
+        if opts.clean:
+            shutil.rmtree(work, ignore_errors=True)
+    print(render(rows, notes, opts))
 
-    multi = []
-    if opts.workers:
-        together = work / "together"
-        shutil.rmtree(together, ignore_errors=True)
-        together.mkdir()
-        for size in sizes:
-            (together / f"synthetic_{size}.tif").symlink_to(work / "slides" / f"synthetic_{size}.tif")
-        for w in sorted({1, opts.workers}):
-            out = work / f"ts_all_{w}"
-            res = measure("clotclf", 1, out, slides=str(together), out=str(out), workers=w, prescreen=True,
-                          threads=1, **geometry)
-            multi.append({"workers": w, **res})
-            print(f"all slides, {w} worker(s): {res}", file=sys.stderr)
-    print(render(rows, multi, opts, sizes))
 
-
-def render(rows: list[dict], multi: list[dict], opts, sizes) -> str:
-    cpu = platform.processor() or platform.machine()
-    load = os.getloadavg()[0]
+def render(rows: list[dict], notes: list[str], opts) -> str:
+    floors = {r["slide"]: r for r in rows if r["what"].startswith("floor") and "cpu" in r}
     lines = [
-        f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
-        f"load average {load:.1f} at the end (other work shares these cores: wall times are noisy, CPU times less so; "
-        f"best of {opts.repeat} run(s)). "
-        f"Geometry: 1/{opts.downsample:g} view, {opts.tile_size}-px tiles ({opts.downsample * opts.tile_size:.0f} level-0 px), "
-        "otsu filter. One slide per run, one process (published: single-threaded PIL).",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end (shared cores: wall times are "
+        f"noisy, CPU times less so; best of {opts.repeat}). Synthetic STRIP-AI-shaped slides (deflate, 512-px tiles, ~30 % tissue).",
         "",
-        "| slide (px) | file (MB) | approach | wall s | CPU s | peak RSS (MB) | tiles read | tiles kept | tiles/s | mask from | vs published (wall / CPU) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| slide (px) | file (MB) | what | wall s | CPU s | CPU ÷ floor | peak RSS (MB) | candidates | kept | TIFF tiles decoded |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    published = {r["size"]: r for r in rows if r["approach"] == "published" and "seconds" in r}
     for r in rows:
-        head = f"| {r['size']:,} | {r['file_mb']:.0f} | {r['approach']} |"
-        if "skipped" in r:
-            lines.append(f"{head} skipped: {r['skipped']} | | | | | | | |")
-            continue
+        head = f"| {r['slide']} | {r['file_mb']:.0f} | {r['what']} |"
         if "error" in r:
-            lines.append(f"{head} error: {r['error']} | | | | | | | |")
+            lines.append(f"{head} error: {r['error']} | | | | | | |")
             continue
-        rate = r["candidates"] / r["seconds"] if r["seconds"] else 0.0
-        ref = published.get(r["size"])
-        if r["approach"] == "published":
-            speed = "1.0x / 1.0x"
-        elif ref:
-            speed = f"{ref['seconds'] / r['seconds']:.1f}x / {ref['cpu'] / r['cpu']:.1f}x"
-        else:
-            speed = "n/a"
-        lines.append(
-            f"{head} {r['seconds']:.1f} | {r['cpu']:.1f} | {r['rss_mb']:.0f} | {r['candidates']} | {r['kept']} | {rate:.2f} | "
-            f"{', '.join(r.get('how', []))} | {speed} |"
-        )
-    if multi:
-        lines += ["", f"All {len(sizes)} slides in one run (`tile_slides`, prescreen on, 1 reading thread per worker):", "",
-                  "| workers | wall s | CPU s | peak RSS per process (MB) | tiles read | tiles/s per worker |", "|---|---|---|---|---|---|"]
-        for m in multi:
-            if "error" in m:
-                lines.append(f"| {m['workers']} | error: {m['error']} | | | | |")
-                continue
-            lines.append(
-                f"| {m['workers']} | {m['seconds']:.1f} | {m['cpu']:.1f} | {m['rss_mb']:.0f} | {m['candidates']} | "
-                f"{m['candidates'] / m['seconds'] / m['workers']:.2f} |"
-            )
+        fl = floors.get(r["slide"])
+        ratio = f"{r['cpu'] / fl['cpu']:.2f}" if fl and fl is not r else ("1.00" if fl is r else "")
+        lines.append(f"{head} {r['seconds']:.1f} | {r['cpu']:.1f} | {ratio} | {r['rss_mb']:.0f} | {r.get('candidates', '')} | "
+                     f"{r.get('kept', '')} | {r.get('decoded', r.get('tiles', ''))} |")
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines)
 
 

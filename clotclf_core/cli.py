@@ -302,43 +302,60 @@ def smoke_test(names: tuple[str, ...], input_size: int, batch_size: int, seed: i
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="TileSet folder to write (resumed if it exists).")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every slide file, id = file stem.")
 @click.option("--source", metavar="NAME[:k=v,...]", help="Slide source plugin (default: the best one for each file).")
-@click.option("--filter", "filters", multiple=True, default=("otsu",), metavar="NAME[:k=v,...]", help="Patch filter, repeatable, run in order (e.g. mobilenetv3:weights=RUN,threshold=0.5).")
-@click.option("--downsample", type=float, default=10.0, help="View the slide at 1/downsample.")
-@click.option("--tile-size", type=int, default=600, help="Tile side in pixels of that view.")
-@click.option("--stride", type=int, default=None, help="Step between tiles in pixels of that view [default: tile size].")
-@click.option("--tile-um", type=float, default=None, help="Tile side in microns (needs the slide's mpp); replaces --tile-size.")
-@click.option("--train-size", type=int, default=224, help="Side of the cached tiles (training input size).")
-@click.option("--min-tissue", type=float, default=0.1, help="Share of a tile that must be in the tissue mask for it to be read.")
-@click.option("--thumbnail-size", type=int, default=1024, help="Longer side of the view the tissue mask is computed on.")
-@click.option("--batch-size", type=int, default=64, help="Tiles read and filtered together.")
-@click.option("--prescreen/--no-prescreen", default=True, help="Large single-level tiled TIFFs: tissue mask from the TIFF tiles' compressed sizes, checked on a sample (no full decode).")
-@click.option("--workers", type=int, default=1, help="Slides tiled in parallel (processes).")
-@click.option("--threads", type=int, default=None, help="Reading threads per worker [default: CPU cores / workers, at most 8].")
-@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), help="Allowed label, repeatable.")
+@click.option("--filter", "filters", multiple=True, default=("otsu",), show_default=True, metavar="NAME[:k=v,...]", help="Patch filter, repeatable, run in order (e.g. mobilenetv3:weights=RUN,threshold=0.5).")
+@click.option("--downsample", type=float, default=4.0, show_default=True, help="View the slide at 1/downsample (--tile-size and --stride are pixels of that view).")
+@click.option("--tile-size", type=int, default=None, help="Tile side in pixels of that view [default: 224, i.e. 896 level-0 px]. Not with --tile-um.")
+@click.option("--stride", type=int, default=None, help="Step between tiles in pixels of that view [default: tile size, no overlap].")
+@click.option("--tile-um", type=float, default=None, help="Tile side in microns (needs the slide's mpp), instead of --tile-size.")
+@click.option("--train-size", type=int, default=224, show_default=True, help="Side of the cached tiles (training input size).")
+@click.option("--min-tissue", type=float, default=0.1, show_default=True, help="Share of a tile that must be in the tissue mask for it to be a candidate.")
+@click.option("--max-tiles", type=int, default=None, help="Keep at most N tiles per slide, the best by --max-tiles-by [default: all].")
+@click.option("--max-tiles-by", type=click.Choice(["tissue", "dark"]), default="tissue", show_default=True, help="Rank for --max-tiles: tissue share (ties: darker first), or darkness alone.")
+@click.option("--edges", type=click.Choice(["pad", "drop"]), default="pad", show_default=True, help="pad: the grid covers the whole slide (tiles past the edge padded with its glass colour); drop: whole tiles only.")
+@click.option("--background", type=click.Choice(["slide", "white"]), default="slide", show_default=True, help="Glass colour for the tissue mask, padding and filters: estimated per slide, or white.")
+@click.option("--thumbnail-size", type=int, default=1024, show_default=True, help="Longer side of the view the tissue mask is computed on.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Tiles filtered together.")
+@click.option("--prescreen/--no-prescreen", default=True, show_default=True, help="Tiled TIFFs: skip decoding TIFF tiles whose compressed size says glass, away from tissue (checked on a lattice).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Slides tiled in parallel (local processes, or Dask workers with --dask local).")
+@click.option("--threads", type=int, default=None, help="Decoding threads per worker [default: CPU cores / workers, at most 8].")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. --out must be on a file system every worker sees.")
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Folder for large working rasters of huge slides [default: TMPDIR].")
+@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="Allowed label, repeatable.")
 @click.option("--require-labels", is_flag=True, help="Fail on manifest rows without a label (for a training set).")
 @click.option("--overwrite", is_flag=True, help="Replace a TileSet made with different settings.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no per-slide table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no per-slide table (failures are still listed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def tile(slides, out, manifest, source, filters, downsample, tile_size, stride, tile_um, train_size, min_tissue,
-         thumbnail_size, batch_size, prescreen, workers, threads, labels, require_labels, overwrite, quiet, as_json) -> None:
-    """Cut the slides in SLIDES into a TileSet: tissue mask, candidate tiles, filters, pixel cache, QC pictures."""
+def tile(slides, out, manifest, source, filters, downsample, tile_size, stride, tile_um, train_size, min_tissue, max_tiles,
+         max_tiles_by, edges, background, thumbnail_size, batch_size, prescreen, workers, threads, dask_address, scratch_dir,
+         labels, require_labels, overwrite, quiet, as_json) -> None:
+    """Cut the slides in SLIDES into a TileSet: each slide read once, tissue mask relative to its glass,
+    a grid covering it, filters, pixel cache, QC pictures. Exit 3 when some slides failed (listed)."""
     from .config import parse_component_ref
-    from .tiling import TileSettings, format_summary, tile_slides
+    from .errors import ConfigError, PartialFailure
+    from .tiling import TileSettings, failure_message, format_summary, tile_slides
 
+    if tile_um is not None and tile_size is not None:
+        raise ConfigError(
+            f"--tile-um {tile_um:g} and --tile-size {tile_size} both set the tile side: give one (--tile-um needs the slides' mpp)"
+        )
     settings = TileSettings.from_values(
-        downsample=downsample, tile_size=tile_size, stride=stride, tile_um=tile_um, train_size=train_size,
-        min_tissue=min_tissue, thumbnail_size=thumbnail_size, batch_size=batch_size, prescreen=prescreen,
+        downsample=downsample, tile_size=224 if tile_size is None else tile_size, stride=stride, tile_um=tile_um,
+        train_size=train_size, min_tissue=min_tissue, thumbnail_size=thumbnail_size, batch_size=batch_size,
+        prescreen=prescreen, edges=edges, max_tiles=max_tiles, max_tiles_by=max_tiles_by, background=background,
     )
     refs = [parse_component_ref(f, "--filter") for f in filters]
     summary = tile_slides(
         slides, out, manifest=manifest, settings=settings, filters=refs, source=source, workers=workers, threads=threads,
         overwrite=overwrite, progress=not (quiet or as_json), labels=labels, require_labels=require_labels,
+        dask=dask_address, scratch_dir=scratch_dir,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         text = format_summary(summary)
         click.echo("\n".join(text.splitlines()[:2]) if quiet else text)
+    if summary["failed"]:
+        raise PartialFailure(failure_message(summary))
 
 
 # ----------------------------------------------------------------------------- export-patches
@@ -350,8 +367,8 @@ def tile(slides, out, manifest, source, filters, downsample, tile_size, stride, 
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV whose image_id column selects the slides of the SLIDES folder.")
 @click.option("--per-slide", type=int, default=20, help="At most this many patches of each class per slide.")
 @click.option("--size", type=int, default=224, help="Side of the saved patches in pixels (the TileSet's --train-size).")
-@click.option("--tile-size", type=int, default=600, help="Patch side in pixels of the 1/downsample view (as in `clotclf tile`).")
-@click.option("--downsample", type=float, default=10.0, help="View the slide at 1/downsample (as in `clotclf tile`).")
+@click.option("--tile-size", type=int, default=224, help="Patch side in pixels of the 1/downsample view (as in `clotclf tile`).")
+@click.option("--downsample", type=float, default=4.0, help="View the slide at 1/downsample (as in `clotclf tile`).")
 @click.option("--min-tissue", type=float, default=0.75, help="Share of a patch inside the tissue mask for it to count as tissue.")
 @click.option("--thumbnail-size", type=int, default=2048, help="Longer side of the view the tissue mask is computed on.")
 @click.option("--tissue-method", type=click.Choice(["saturation", "od", "either", "both"]), default="either", help="Tissue mask method (see clotclf_core.tissue).")

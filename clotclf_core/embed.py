@@ -262,6 +262,11 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1, got {batch_size}")
     ts = TileSet(tiles)
+    if len(ts) == 0:
+        raise ClotclfError(
+            f"TileSet '{tiles}' holds no tiles: no slide of it was tiled (see the statuses in its tileset.json); "
+            "tile the slides again, e.g. with a lower --min-tissue"
+        )
     if encoder is None:
         encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size, device=device, seed=seed)
     record = encoder.record()

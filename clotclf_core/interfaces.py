@@ -146,6 +146,8 @@ class PatchFilter(Protocol):
     the same pixels training will see. Filters run in the order given; a filter only sees the
     tiles every earlier filter kept. Each score is stored in the tile index as ``score_<name>``.
     An optional ``describe() -> dict`` (e.g. the weights' sha256) is recorded in tileset.json.
+    A filter whose ``score`` takes a ``background`` keyword gets the slide's estimated glass colour
+    (``(r, g, b)`` ints), so that "glass" can follow the slide (grey-green glass, dim scans).
     """
 
     threshold: float

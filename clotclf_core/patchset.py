@@ -12,7 +12,9 @@ pixels, the TileSet's training size) so the filter learns from tiles like those 
 - each slide gives at most ``per_slide`` tiles of each class (seeded random choice), then the
   larger class is trimmed at random so that the set is balanced 50/50.
 
-Only the chosen tiles are read at full resolution. Output (``DATA``)::
+Only the chosen tiles are read at full resolution. The whole patch set is written into a temporary
+folder inside ``DATA`` and moved into place at the end, so a full disk, a read-only folder or a
+Ctrl-C leaves no partial patch set (and an earlier one untouched). Output (``DATA``)::
 
     tissue/<image_id>_x<X>_y<Y>.png       size x size RGB (X, Y: level-0 top-left corner)
     background/<image_id>_x<X>_y<Y>.png
@@ -26,6 +28,7 @@ full resolution (and to reject debris specks, which the mask drops as too small)
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,8 @@ class PatchSetError(ClotclfError):
 def find_slides(slides: str | Path, manifest: str | Path | None = None) -> list[tuple[str, Path]]:
     """(image_id, path) of the slides to use: one slide file, or the slide files of a folder (only
     those a manifest lists, when given; found as ``<image_id>.<ext>`` like `clotclf tile` does)."""
-    from .tiling import SLIDE_SUFFIXES, find_slides as slide_files
+    from .tiling import SLIDE_SUFFIXES
+    from .tiling import find_slides as slide_files
 
     root = Path(slides)
     if not root.exists():
@@ -110,8 +114,8 @@ def export_patches(
     manifest: str | Path | None = None,
     per_slide: int = 20,
     size: int = 224,
-    tile_size: int = 600,
-    downsample: float = 10.0,
+    tile_size: int = 224,
+    downsample: float = 4.0,
     min_tissue: float = 0.75,
     thumbnail_size: int = 2048,
     seed: int = 0,
@@ -120,8 +124,7 @@ def export_patches(
     tissue_method: str = "either",
 ) -> dict[str, Any]:
     """Write a balanced tissue / background patch set into ``out``; returns patchset.json's content."""
-    from tqdm.auto import tqdm
-
+    from .progress import bar
     from .sources import open_slide
     from .tissue import tissue_mask
 
@@ -153,7 +156,7 @@ def export_patches(
     chosen: dict[str, list[tuple[str, int, int, float]]] = {k: [] for k in LABELS}
     paths: dict[str, Path] = {}
     skipped: dict[str, str] = {}
-    for image_id, path in tqdm(todo, desc="finding tissue", unit="slide", disable=not progress):
+    for image_id, path in bar(todo, desc="finding tissue", unit="slide", disable=not progress):
         try:
             slide = open_slide(path)
         except ClotclfError as exc:
@@ -186,51 +189,99 @@ def export_patches(
         keep = np.sort(rng.permutation(len(chosen[label]))[:n])
         chosen[label] = [chosen[label][i] for i in keep]
 
-    # pass 2: read the chosen cells, slide by slide
-    if overwrite:
-        for name in LABELS:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-    for name in LABELS:
-        (out / name).mkdir(parents=True, exist_ok=True)
-    by_slide: dict[str, list[tuple[str, int, int, float]]] = {}
-    for label in LABELS:
-        for image_id, x, y, frac in chosen[label]:
-            by_slide.setdefault(image_id, []).append((label, x, y, frac))
-    rows = []
-    counts = {image_id: dict.fromkeys(LABELS, 0) for image_id in paths}
-    bar = tqdm(total=2 * n, desc="cutting patches", unit="patch", disable=not progress)
-    for image_id, wanted in by_slide.items():
-        path = paths[image_id]
-        slide = open_slide(path)
-        try:
-            for label, x, y, frac in sorted(wanted, key=lambda r: (r[2], r[1])):
-                pixels = np.asarray(slide.read_region(x, y, side, side, side / size), dtype=np.uint8)[..., :3]
-                if pixels.shape[:2] != (size, size):  # rounding of a fractional downsample
-                    from PIL import Image
+    # pass 2: read the chosen cells, slide by slide, into a temporary folder moved into place at the end
+    settings = {"per_slide": per_slide, "size": size, "tile_size": tile_size, "downsample": downsample,
+                "tile_size_level0": side, "min_tissue": min_tissue, "seed": seed,
+                "thumbnail_size": thumbnail_size, "tissue_method": tissue_method}
+    created = not out.exists()
+    try:
+        return _write(out, paths, chosen, n, side, size, downsample, settings, skipped, overwrite, progress)
+    except BaseException as exc:
+        if created:  # leave no empty folder behind either
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, out, 2 * n * size * size * 3) from None
+        raise
 
-                    pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
-                name = f"{label}/{image_id}_x{x}_y{y}.png"
-                _save_png(out / name, pixels)
-                rows.append({"file": name, "label": label, "image_id": image_id, "x": x, "y": y, "size": side,
-                             "downsample": downsample, "tissue_fraction": round(frac, 4)})
-                counts[image_id][label] += 1
-                bar.update(1)
+
+def _write_error(exc: OSError, out: Path, needed: int) -> ClotclfError:
+    import errno
+
+    from .errors import os_error_message
+
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        try:
+            free = f"{shutil.disk_usage(out if out.exists() else out.parent).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "no space free"
+        return PatchSetError(f"out of disk space writing the patch set in '{out}' ({free}; it needs up to about "
+                             f"{needed / 2**20:.0f} MiB); nothing was written. Free some space or choose another --out")
+    if exc.errno == errno.EROFS:
+        return PatchSetError(f"cannot write the patch set in '{out}': the file system is read-only. Choose an --out on a writable disk")
+    return PatchSetError(f"cannot write the patch set in '{out}': {os_error_message(exc) or exc}")
+
+
+def _write(out: Path, paths: dict[str, Path], chosen: dict[str, list[tuple[str, int, int, float]]], n: int, side: int,
+           size: int, downsample: float, settings: dict[str, Any], skipped: dict[str, str], overwrite: bool,
+           progress: bool) -> dict[str, Any]:
+    import tempfile
+
+    from .progress import bar as progress_bar
+    from .sources import open_slide
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".patchset-", suffix=".tmp", dir=out))
+    try:
+        for name in LABELS:
+            (stage / name).mkdir()
+        by_slide: dict[str, list[tuple[str, int, int, float]]] = {}
+        for label in LABELS:
+            for image_id, x, y, frac in chosen[label]:
+                by_slide.setdefault(image_id, []).append((label, x, y, frac))
+        rows = []
+        counts = {image_id: dict.fromkeys(LABELS, 0) for image_id in paths}
+        bar = progress_bar(total=2 * n, desc="cutting patches", unit="patch", disable=not progress)
+        try:
+            for image_id, wanted in by_slide.items():
+                slide = open_slide(paths[image_id])
+                try:
+                    for label, x, y, frac in sorted(wanted, key=lambda r: (r[2], r[1])):
+                        pixels = np.asarray(slide.read_region(x, y, side, side, side / size), dtype=np.uint8)[..., :3]
+                        if pixels.shape[:2] != (size, size):  # rounding of a fractional downsample
+                            from PIL import Image
+
+                            pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+                        name = f"{label}/{image_id}_x{x}_y{y}.png"
+                        _save_png(stage / name, pixels)
+                        rows.append({"file": name, "label": label, "image_id": image_id, "x": x, "y": y, "size": side,
+                                     "downsample": downsample, "tissue_fraction": round(frac, 4)})
+                        counts[image_id][label] += 1
+                        bar.update(1)
+                finally:
+                    slide.close()
         finally:
-            slide.close()
-    bar.close()
-    write_text(out / "patches.csv", _csv(rows))
-    summary = {
-        "format": "clotclf-patchset",
-        "clotclf_version": __version__,
-        "settings": {"per_slide": per_slide, "size": size, "tile_size": tile_size, "downsample": downsample,
-                     "tile_size_level0": side, "min_tissue": min_tissue, "seed": seed,
-                     "thumbnail_size": thumbnail_size, "tissue_method": tissue_method},
-        "n_tissue": n,
-        "n_background": n,
-        "slides_used": len(paths),
-        "slides_skipped": skipped,
-        "per_slide_counts": counts,
-    }
-    write_json(out / "patchset.json", summary)
-    return summary
+            bar.close()
+        write_text(stage / "patches.csv", _csv(rows))
+        summary = {
+            "format": "clotclf-patchset",
+            "clotclf_version": __version__,
+            "settings": settings,
+            "n_tissue": n,
+            "n_background": n,
+            "slides_used": len(paths),
+            "slides_skipped": skipped,
+            "per_slide_counts": counts,
+        }
+        write_json(stage / "patchset.json", summary)
+        # move into place: an earlier patch set goes only once the new one is complete
+        for name in (*LABELS, "patches.csv", "patchset.json"):
+            old = out / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        for name in (*LABELS, "patches.csv", "patchset.json"):
+            os.replace(stage / name, out / name)
+        return summary
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -56,8 +56,7 @@ def _tiling_of(m: LoadedModel) -> dict[str, Any]:
             f"model '{m.ref}' does not record the tiling settings it was trained with (config.json has no "
             "'tileset' section), so its tiles cannot be reproduced; use a run directory written by `clotclf train`"
         )
-    fields = set(TileSettings.model_fields)
-    settings = TileSettings(**{k: v for k, v in recorded.items() if k in fields})
+    settings = TileSettings.from_recorded(recorded)  # records of clotclf 0.1 get its geometry (edges dropped, white glass)
     filters = [(f["name"], dict(f.get("options") or {})) for f in recorded.get("filters", [])]
     source = recorded.get("source")
     return {"settings": settings, "filters": filters, "source": None if source in (None, "auto") else source}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -42,6 +43,35 @@ BlockReader = Callable[[int, int, int, int], Iterable[Block]]
 
 class SlideReadError(ClotclfError):
     """A slide file that is missing, not an image, damaged, or that no installed source can read."""
+
+
+class SlideDamaged(SlideReadError):
+    """A slide file that is certainly broken whatever reads it (e.g. cut short: its header says its
+    data runs past the end of the file). A source raising this from ``priority`` stops the
+    automatic choice, so that another reader does not hang or fail later with a vaguer message."""
+
+
+#: microns per pixel outside this range are not a microscope's pixel size (72 dpi screen defaults,
+#: a vips file without resolution tags read as 1,000 um/px ...): every source ignores them
+MPP_RANGE = (0.05, 50.0)
+
+
+def checked_mpp(value: Any, path: str = "") -> tuple[float | None, str]:
+    """``(mpp, note)``: ``value`` as microns per pixel when it is a plausible one, else ``None`` and
+    a note saying why it was ignored (recorded per slide; ``--tile-um`` then refuses the slide)."""
+    if value is None or value == "":
+        return None, ""
+    try:
+        mpp = float(value)
+    except (TypeError, ValueError):
+        return None, f"the slide's microns per pixel {value!r} is not a number: ignored"
+    lo, hi = MPP_RANGE
+    if not (math.isfinite(mpp) and lo <= mpp <= hi):
+        return None, (
+            f"the slide reports {mpp:g} microns per pixel, outside the plausible {lo:g}-{hi:g}: ignored "
+            "(a screen-resolution default or a missing tag, not the scanner's pixel size)"
+        )
+    return mpp, ""
 
 
 # ----------------------------------------------------------------------------- choosing a source
@@ -91,6 +121,8 @@ def open_slide(path: str | os.PathLike, source: str | None = None, options: dict
                 continue
             rank_fn = getattr(reader, "priority", None)
             rank = float(rank_fn(str(p))) if rank_fn is not None else 0.0
+        except SlideDamaged as exc:  # broken for every reader: say so now, do not try the others
+            raise SlideDamaged(str(exc)) from None
         except Exception as exc:  # a broken third-party source must not hide the others
             reasons[label] = f"{type(exc).__name__}: {exc}"
             continue
@@ -164,6 +196,78 @@ def find_slide(folder: str | os.PathLike, image_id: str) -> Path:
         f"no slide file for image_id '{image_id}' in '{root}' (looked for {image_id}.<ext> with ext one of "
         f"{', '.join(sorted(exts)) or '(no source installed)'}).{hint} Check the manifest and the slide folder."
     )
+
+
+# ----------------------------------------------------------------------------- level layouts
+
+
+@dataclass
+class LevelLayout:
+    """One level of a slide cut into the pieces its file stores (TIFF tiles or strips), so that a
+    reader can decode each piece exactly once (what tiling does: :mod:`clotclf_core.tiling.reading`).
+
+    ``read(row, col)`` returns the RGB uint8 pixels of segment (row, col), clipped to the level
+    (``seg_height`` x ``seg_width`` except at the right and bottom edges), or ``None`` for an empty
+    (sparse) segment. Segment (row, col) starts at level pixel (``col * seg_width``,
+    ``row * seg_height``); a level pixel is ``downsample`` level-0 pixels. ``byte_counts``: the
+    compressed size of each segment, (rows, cols), when the file says (a decode-free tissue guess).
+    A source offers this through ``Slide.level_layout(level)``; :func:`level_layout` makes one from
+    ``read_region`` for any other Slide.
+    """
+
+    level: int
+    width: int
+    height: int
+    downsample: float
+    seg_width: int
+    seg_height: int
+    read: Callable[[int, int], "np.ndarray | None"]
+    byte_counts: "np.ndarray | None" = None
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.seg_height)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.seg_width)
+
+
+#: block side (level pixels) for slides that hide their storage: a multiple of 16 (TIFF tiles are),
+#: so that reductions by 2, 4, 8 or 16 stay aligned with the blocks
+GENERIC_BLOCK = 1024
+
+
+def level_layout(slide: Any, level: int = 0) -> LevelLayout:
+    """The :class:`LevelLayout` of ``level``: the Slide's own when it offers ``level_layout``,
+    else aligned :data:`GENERIC_BLOCK`-pixel blocks read through ``read_region``."""
+    own = getattr(slide, "level_layout", None)
+    if callable(own):
+        return own(level)
+    downsamples = list(getattr(slide, "level_downsamples", [1.0]))
+    dims = list(getattr(slide, "level_dimensions", [tuple(slide.dimensions)]))
+    ds = float(downsamples[level])
+    width, height = (int(v) for v in dims[level])
+    block = GENERIC_BLOCK
+
+    def read(row: int, col: int) -> np.ndarray:
+        x, y = col * block, row * block
+        w, h = min(block, width - x), min(block, height - y)
+        return np.asarray(slide.read_region(x * ds, y * ds, w * ds, h * ds, ds))[:h, :w, :3]
+
+    return LevelLayout(level, width, height, ds, block, block, read)
+
+
+def choose_level(level_downsamples: Iterable[float], factor: int) -> tuple[int, int]:
+    """``(level, ratio)``: the most reduced level from which a view at 1/``factor`` of level 0 is an
+    exact integer reduction by ``ratio`` (within 1 %: pyramids store 4.0003 for 4)."""
+    best = (0, int(factor))
+    for i, ds in enumerate(level_downsamples):
+        ratio = factor / float(ds)
+        whole = round(ratio)
+        if whole >= 1 and abs(ratio - whole) <= 0.01 * ratio and whole < best[1]:
+            best = (i, int(whole))
+    return best
 
 
 # ----------------------------------------------------------------------------- region engine

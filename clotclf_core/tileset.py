@@ -1,22 +1,26 @@
 """The TileSet: what tiling writes and training reads (format in docs/data-formats.md).
 
-A TileSet is a folder::
+A TileSet (format 2) is a folder::
 
     tileset.json          format name + version, the settings that produced it, per-slide status
-    tiles.csv             the tile index: one row per kept tile
-    pixels/<image_id>.npy uint8 (n_tiles, S, S, 3) RGB at training resolution S, memory-mappable
+    index/<image_id>.csv  one row per candidate tile of the slide: kept ones and rejected ones
+    pixels/<image_id>.npy uint8 (n_kept, S, S, 3) RGB at training resolution S, memory-mappable
     qc/<image_id>.png     QC picture per slide
 
-``tiles.csv`` columns: ``image_id, patient_id, center_id, label, row, x, y, size, downsample``
-then one ``score_<filter>`` column per filter. ``row`` is the tile's index in
-``pixels/<image_id>.npy``; ``x, y, size`` are the tile's top-left corner and side in level-0
-pixels; ``downsample`` is level-0 pixels per pixel of the view the tile was cut from.
+Index columns: ``image_id, row, x, y, size, downsample, level0_px_per_pixel, tissue, darkness,
+kept, rejected_by`` and one ``score_<filter>`` per filter. ``row`` is a kept tile's index in
+``pixels/<image_id>.npy`` (-1 for a rejected tile); ``x, y, size`` the tile's top-left corner and
+side in level-0 pixels (a tile may reach past the slide's edge, padded with its glass colour);
+``level0_px_per_pixel`` what one cached pixel stands for. A slide's ``patient_id``,
+``center_id`` and ``label`` live in its ``tileset.json`` entry (so a relabelled manifest needs no
+index rewrite) and are joined into :attr:`TileSet.index`.
 
-Every file is written atomically; a slide's pixels and index rows are committed together with
-its status in ``tileset.json``, so an interrupted run leaves only finished slides behind and
-re-running resumes after them. A resumed run also brings the finished slides up to date with the
-current manifest (:meth:`TileSetWriter.sync`: new labels / patients, slides no longer listed
-dropped) and tiles again any slide whose pixel file is missing or broken.
+Each slide is written by whoever tiles it (a worker process, a Dask worker): its pixel file is
+streamed to a temporary file and renamed, then its index shard written atomically; the run's
+client then marks it ``done`` in ``tileset.json``. Readers only use slides marked ``done``, so an
+interrupted run leaves nothing half-visible, and the next run re-tiles what is not done.
+Format 1 TileSets (clotclf 0.1: one ``tiles.csv`` of kept tiles) are still read. This module
+reads; :mod:`clotclf_core.tileset_writer` writes (its names are importable from here too).
 """
 
 from __future__ import annotations
@@ -27,37 +31,76 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import __version__
 from .errors import ClotclfError
-from .io import atomic_path, write_json, write_text
 
 FORMAT = "clotclf-tileset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: the columns of :attr:`TileSet.index`, in this order (then the others alphabetically)
 INDEX_COLUMNS = ["image_id", "patient_id", "center_id", "label", "row", "x", "y", "size", "downsample"]
-#: the index columns that come from the manifest (rewritten when it changes, no pixel work)
+#: the index columns that come from the manifest (kept per slide in tileset.json)
 MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
+#: columns of an index shard before the score columns
+SHARD_COLUMNS = ["image_id", "row", "x", "y", "size", "downsample", "level0_px_per_pixel", "tissue", "darkness", "kept", "rejected_by"]
 
 
 class TileSetError(ClotclfError):
     pass
 
 
-def _read_meta(root: Path) -> dict[str, Any]:
+def _fix_hint(root: Path) -> str:
+    return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
+
+
+def read_meta(root: Path) -> dict[str, Any]:
     meta_path = root / "tileset.json"
     if not meta_path.is_file():
         raise TileSetError(f"'{root}' is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TileSetError(f"'{meta_path}' is not valid JSON ({exc}); re-run `clotclf tile` with --overwrite") from None
-    if meta.get("format") != FORMAT:
-        raise TileSetError(f"'{meta_path}' is not a clotclf TileSet description (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise TileSetError(f"'{meta_path}' is not a clotclf TileSet description (format={got!r})")
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise TileSetError(
-            f"TileSet '{root}' has format version {meta.get('format_version')}, this clotclf reads version "
-            f"{FORMAT_VERSION}; re-tile the slides with this version (`clotclf tile ... --overwrite`)"
+            f"TileSet '{root}' has format version {meta.get('format_version')}, this clotclf reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-tile the slides with this version (`clotclf tile ... --overwrite`)"
         )
     return meta
+
+
+_read_meta = read_meta  # the name clotclf 0.1 used
+
+
+def read_index_file(path: Path, required: list[str], root: Path) -> Any:
+    """A tile index CSV (a shard, or format 1's tiles.csv) as a DataFrame; an empty, binary or
+    malformed file is one :class:`TileSetError` naming it."""
+    import pandas as pd
+
+    try:
+        head = path.read_bytes()[:65536]
+    except OSError as exc:
+        raise TileSetError(f"cannot read the tile index '{path}' ({exc.strerror}); {_fix_hint(root)}") from None
+    if not head.strip():
+        raise TileSetError(f"the tile index '{path}' is empty; {_fix_hint(root)}")
+    binary = b"\x00" in head
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        binary = binary or exc.start < len(head) - 4  # (a character cut by the 64 KiB read is fine)
+    if binary:
+        raise TileSetError(f"the tile index '{path}' is not a CSV text file (binary data); {_fix_hint(root)}")
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str, "rejected_by": str},
+                         keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise TileSetError(f"the tile index '{path}' is not a readable CSV ({type(exc).__name__}: {str(exc)[:120]}); {_fix_hint(root)}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise TileSetError(f"the tile index '{path}' lacks columns {missing}; {_fix_hint(root)}")
+    return df
 
 
 def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None:
@@ -83,62 +126,144 @@ def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None
     return None
 
 
-def _slide_problem(root: Path, image_id: str, n_tiles: int, tile_pixels: int, n_rows: int, max_row: int) -> str | None:
-    """Why a done slide's pixel file and its ``n_rows`` index rows (highest ``row`` ``max_row``) disagree."""
-    problem = pixel_file_problem(root / "pixels" / f"{image_id}.npy", n_tiles, tile_pixels)
-    if problem is None and n_rows != n_tiles:
-        problem = f"holds {n_tiles} tiles but tiles.csv lists {n_rows}"
-    elif problem is None and n_rows and not 0 <= max_row < n_tiles:
-        problem = f"holds {n_tiles} tiles but tiles.csv refers to tile {max_row}"
-    return problem
+def slide_problem(root: Path, image_id: str, rec: Mapping[str, Any], tile_pixels: int) -> tuple[str | None, Any]:
+    """Why a done slide of a format 2 TileSet is broken (None when it is not), and its shard."""
+    shard_path = root / "index" / f"{image_id}.csv"
+    if not shard_path.is_file():
+        return "index/" + f"{image_id}.csv: missing", None
+    try:
+        shard = read_index_file(shard_path, SHARD_COLUMNS, root)
+    except TileSetError as exc:
+        return str(exc).split("; re-run")[0], None
+    kept = shard[shard["kept"].astype(str).isin(("True", "true", "1"))]
+    n = int(rec.get("n_tiles", len(kept)))
+    pix = root / "pixels" / f"{image_id}.npy"
+    if n == 0:
+        return (None if len(kept) == 0 else f"index/{image_id}.csv lists {len(kept)} kept tiles but none are recorded"), shard
+    problem = pixel_file_problem(pix, n, tile_pixels)
+    if problem:
+        return f"pixels/{image_id}.npy: {problem}", shard
+    rows = kept["row"].astype(int)
+    if len(kept) != n or (len(rows) and (rows.min() < 0 or rows.max() >= n or rows.nunique() != n)):
+        return f"pixels/{image_id}.npy holds {n} tiles but index/{image_id}.csv lists {len(kept)} kept", shard
+    return None, shard
 
 
-def _fix_hint(root: Path) -> str:
-    return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
+def index_stamp(slides: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the merged ``tiles.csv`` must have been made from: the done slides, their tile counts
+    and manifest values."""
+    import hashlib
+
+    done = sorted((k, int(v.get("n_tiles", 0)), *(str(v.get(c, "")) for c in MANIFEST_COLUMNS))
+                  for k, v in slides.items() if v.get("status") == "done")
+    return hashlib.sha256(json.dumps(done).encode()).hexdigest()[:16]
+
+
+def read_shards(root: Path, slides: Mapping[str, Mapping[str, Any]], done: list[str], tile_pixels: int) -> tuple[Any, Any, list[str]]:
+    """(kept, rejected, problems) from the index shards of the ``done`` slides, with their manifest columns."""
+    import pandas as pd
+
+    shards, problems = [], []
+    for image_id in done:
+        problem, shard = slide_problem(root, image_id, slides[image_id], tile_pixels)
+        if problem:
+            problems.append(problem)
+            continue
+        for col in MANIFEST_COLUMNS:
+            shard[col] = str(slides[image_id].get(col, ""))
+        shards.append(shard)
+    cols = INDEX_COLUMNS + [c for c in SHARD_COLUMNS if c not in INDEX_COLUMNS and c not in ("kept", "rejected_by")]
+    if not shards:
+        empty = pd.DataFrame(columns=cols)
+        return empty, pd.DataFrame(columns=cols + ["rejected_by"]), problems
+    every = pd.concat(shards, ignore_index=True)
+    every["kept"] = every["kept"].astype(str).isin(("True", "true", "1"))
+    cols += sorted(c for c in every.columns if c not in cols and c not in ("kept", "rejected_by"))
+    kept = every[every["kept"]].reindex(columns=cols).reset_index(drop=True)
+    kept["row"] = kept["row"].astype(int)
+    rejected = every[~every["kept"]].reindex(columns=cols + ["rejected_by"]).reset_index(drop=True)
+    return kept, rejected, problems
 
 
 class TileSet:
-    """Read access to a TileSet folder. ``index`` is a pandas DataFrame of ``tiles.csv``."""
+    """Read access to a TileSet folder.
+
+    ``index``: a pandas DataFrame of the kept tiles (``image_id, patient_id, center_id, label, row,
+    x, y, size, downsample, level0_px_per_pixel, tissue, darkness, score_<filter>...``);
+    ``rejected``: the candidates that were not kept, with their scores and ``rejected_by``.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.is_dir():
             raise TileSetError(f"TileSet folder '{self.root}' does not exist; make one with `clotclf tile`")
-        self.meta = _read_meta(self.root)
+        self.meta = read_meta(self.root)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._rejected = None
+        done = [k for k, v in self.slides.items() if v.get("status") == "done"]
+        if self.meta.get("format_version") == 1:
+            self.index, self.rejected = self._read_v1(set(done))
+        else:
+            self.index, self.rejected = self._read_v2(done)
+
+    # ------------------------------------------------------------------ reading
+    def _read_v1(self, done: set[str]) -> tuple[Any, Any]:
         import pandas as pd
 
         index_path = self.root / "tiles.csv"
         if not index_path.is_file():
             raise TileSetError(f"TileSet '{self.root}' has no tiles.csv; tiling did not finish any slide")
-        self.index = pd.read_csv(
-            index_path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str}, keep_default_na=False
-        )
-        missing = [c for c in INDEX_COLUMNS if c not in self.index.columns]
-        if missing:
-            raise TileSetError(f"'{index_path}' lacks columns {missing}; re-tile with this clotclf version")
-        done = {k for k, v in self.slides.items() if v.get("status") == "done"}
-        # rows of a slide whose commit was interrupted are not part of the TileSet
-        self.index = self.index[self.index["image_id"].isin(done)].reset_index(drop=True)
-        self._arrays: dict[str, np.ndarray] = {}
-        self._check_pixel_files(sorted(done))
-
-    def _check_pixel_files(self, done: list[str]) -> None:
-        """Every done slide's pixel file holds exactly its index rows' tiles (else one TileSetError)."""
-        by_slide = self.index.groupby("image_id")["row"]
+        index = read_index_file(index_path, INDEX_COLUMNS, self.root)
+        index = index[index["image_id"].isin(done)].reset_index(drop=True)  # rows of unfinished commits
+        by_slide = index.groupby("image_id")["row"]
         n_rows, max_row = by_slide.size().to_dict(), by_slide.max().to_dict()
         problems = []
-        for image_id in done:
+        for image_id in sorted(done):
             rows = int(n_rows.get(image_id, 0))
             n = int(self.slides[image_id].get("n_tiles", rows))
-            problem = _slide_problem(self.root, image_id, n, self.tile_size, rows, int(max_row.get(image_id, -1)))
+            problem = pixel_file_problem(self.root / "pixels" / f"{image_id}.npy", n, self.tile_size)
+            if problem is None and rows != n:
+                problem = f"holds {n} tiles but tiles.csv lists {rows}"
+            elif problem is None and rows and not 0 <= int(max_row.get(image_id, -1)) < n:
+                problem = f"holds {n} tiles but tiles.csv refers to tile {max_row.get(image_id)}"
             if problem:
                 problems.append(f"{self.root / 'pixels' / image_id}.npy: {problem}")
+        self._raise_problems(problems)
+        return index, pd.DataFrame(columns=INDEX_COLUMNS)
+
+    def _read_v2(self, done: list[str]) -> tuple[Any, Any]:
+        merged = self.meta.get("merged_index") or {}
+        if merged.get("stamp") == index_stamp(self.slides) and (self.root / "tiles.csv").is_file():
+            return self._read_v1(set(done))[0], None  # the merged index is up to date: one file to read
+        kept, rejected, problems = read_shards(self.root, self.slides, done, self.tile_size)
+        self._raise_problems(problems)
+        return kept, rejected
+
+    @property
+    def rejected(self) -> Any:
+        """The candidates that were not kept (``rejected_by``: the filter, or ``max_tiles``), with their scores."""
+        if self._rejected is None:
+            done = [k for k, v in self.slides.items() if v.get("status") == "done"]
+            _, self._rejected, problems = read_shards(self.root, self.slides, done, self.tile_size)
+            self._raise_problems(problems)
+        return self._rejected
+
+    @rejected.setter
+    def rejected(self, value: Any) -> None:
+        self._rejected = value
+
+    def _raise_problems(self, problems: list[str]) -> None:
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise TileSetError(
-                f"TileSet '{self.root}' has {len(problems)} broken pixel file(s): {'; '.join(problems[:3])}{more}; "
-                + _fix_hint(self.root)
+                f"TileSet '{self.root}' has {len(problems)} broken slide file(s) (broken pixel file or index): "
+                f"{'; '.join(problems[:3])}{more}; " + _fix_hint(self.root)
             )
+
+    # ------------------------------------------------------------------ access
+    @property
+    def format_version(self) -> int:
+        return int(self.meta.get("format_version", 1))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -174,6 +299,24 @@ class TileSet:
         rec = self.index.iloc[i]
         return np.asarray(self.pixels(rec["image_id"])[int(rec["row"])])
 
+    def with_thresholds(self, **thresholds: float) -> Any:
+        """The index with stricter filter thresholds applied, without re-reading any slide
+        (``ts.with_thresholds(otsu=0.5)``): kept tiles whose ``score_<name>`` is below the new
+        threshold are left out. A threshold below the one the TileSet was made with cannot be
+        applied (the tiles it would add were never cached): that needs `clotclf tile` again."""
+        used = {f["name"]: f.get("options", {}).get("threshold") for f in self.settings.get("filters", [])}
+        keep = np.ones(len(self.index), bool)
+        for name, value in thresholds.items():
+            if f"score_{name}" not in self.index.columns:
+                raise TileSetError(f"TileSet '{self.root}' has no score_{name} column (filters: {', '.join(used) or 'none'})")
+            if used.get(name) is not None and value < used[name]:
+                raise TileSetError(
+                    f"threshold {name}={value} is below the {used[name]} this TileSet was made with: the tiles it would add "
+                    f"were never cached; re-tile with `--filter {name}:threshold={value}`"
+                )
+            keep &= self.index[f"score_{name}"].to_numpy() >= value
+        return self.index[keep].reset_index(drop=True)
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -183,166 +326,17 @@ class TileSet:
         return state
 
 
-class TileSetWriter:
-    """Creates / resumes a TileSet folder and commits one slide at a time."""
+# the writing side lives in clotclf_core.tileset_writer; its names stay importable from here (lazily:
+# tileset_writer imports this module, so either may be imported first)
+_WRITER_NAMES = ("PixelFileWriter", "TileSetWriter", "slide_pixels", "write_shard")
 
-    def __init__(self, root: str | Path, settings: dict[str, Any], tile_pixels: int, overwrite: bool = False):
-        self.root = Path(root)
-        self.settings = settings
-        self.tile_pixels = int(tile_pixels)
-        meta_path = self.root / "tileset.json"
-        if meta_path.exists() and not overwrite:
-            meta = _read_meta(self.root)
-            if meta.get("settings") != settings or meta.get("tile_pixels") != self.tile_pixels:
-                changed = sorted(
-                    k for k in set(settings) | set(meta.get("settings", {}))
-                    if settings.get(k) != meta.get("settings", {}).get(k)
-                )
-                raise TileSetError(
-                    f"'{self.root}' holds a TileSet made with different settings ({', '.join(changed) or 'tile_pixels'}); "
-                    "choose another --out, or pass --overwrite to replace it"
-                )
-            self.meta = meta
-        else:
-            if overwrite and self.root.exists():
-                import shutil
 
-                for name in ("pixels", "qc", "tiles.csv", "tileset.json"):
-                    p = self.root / name
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
-            self.meta = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "clotclf_version": __version__,
-                "tile_pixels": self.tile_pixels,
-                "settings": settings,
-                "slides": {},
-            }
-        (self.root / "pixels").mkdir(parents=True, exist_ok=True)
-        (self.root / "qc").mkdir(parents=True, exist_ok=True)
-        self._rows = self._existing_rows()
-        #: done slides whose pixel file was missing or broken (id -> why): no longer done, so tiled again
-        self.broken = self._forget_broken()
+def __getattr__(name: str) -> Any:
+    if name in _WRITER_NAMES:
+        from . import tileset_writer
 
-    def _existing_rows(self) -> list[dict[str, Any]]:
-        import pandas as pd
+        return getattr(tileset_writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-        path = self.root / "tiles.csv"
-        if not path.is_file():
-            return []
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        done = self._done()
-        return [r for r in df.to_dict("records") if r["image_id"] in done]
-
-    def _done(self) -> set[str]:
-        return {k for k, v in self.meta["slides"].items() if v.get("status") == "done"}
-
-    def _forget_broken(self) -> dict[str, str]:
-        """Drop (in memory; written with the next commit) the done slides whose pixel file is
-        missing, truncated or does not match their index rows, so that they are tiled again."""
-        counts: dict[str, int] = {}
-        max_row: dict[str, int] = {}
-        for r in self._rows:
-            k = r["image_id"]
-            counts[k] = counts.get(k, 0) + 1
-            max_row[k] = max(max_row.get(k, -1), int(r["row"]))
-        broken: dict[str, str] = {}
-        for image_id in sorted(self._done()):
-            n = int(self.meta["slides"][image_id].get("n_tiles", counts.get(image_id, 0)))
-            problem = _slide_problem(self.root, image_id, n, self.tile_pixels, counts.get(image_id, 0), max_row.get(image_id, -1))
-            if problem:
-                broken[image_id] = problem
-                del self.meta["slides"][image_id]
-        if broken:
-            self._rows = [r for r in self._rows if r["image_id"] not in broken]
-        return broken
-
-    def sync(self, listed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
-        """Bring the finished slides up to date with the current manifest, without pixel work.
-
-        ``listed``: every slide of the current manifest (or file list), image_id -> its
-        ``patient_id``, ``center_id`` and ``label``. Done slides keep their pixels but their index
-        rows take these values; slides no longer listed leave the TileSet (status, rows, pixel
-        file, QC picture). So a resumed TileSet says what a fresh one would.
-
-        Commit order keeps every crash point consistent: ``tileset.json`` first (readers ignore
-        rows and pixels of a slide it does not list as done), then ``tiles.csv``, then the
-        files are deleted (a left-over file is unused and deleted by the next sync).
-        Returns ``{"removed": {id: what it was}, "relabelled": {id: what changed}}``.
-        """
-        removed = {
-            k: f"was {v.get('status')}" + (f", {v.get('n_tiles', 0)} tiles" if v.get("status") == "done" else "")
-            for k, v in self.meta["slides"].items()
-            if k not in listed
-        }
-        removed.update({k: f"pixel file broken: {why}" for k, why in self.broken.items() if k not in listed})
-        for k in removed:
-            self.meta["slides"].pop(k, None)
-        done = self._done()
-        relabelled: dict[str, str] = {}
-        rows = []
-        for r in self._rows:
-            image_id = r["image_id"]
-            if image_id not in done:
-                continue
-            want = {c: str(listed[image_id].get(c, "")) for c in MANIFEST_COLUMNS}
-            old = {c: str(r.get(c, "")) for c in MANIFEST_COLUMNS}
-            if old != want:
-                relabelled.setdefault(
-                    image_id, ", ".join(f"{c} {old[c]!r} -> {want[c]!r}" for c in MANIFEST_COLUMNS if old[c] != want[c])
-                )
-                r = {**r, **want}
-            rows.append(r)
-        if removed or relabelled or self.broken:
-            write_json(self.root / "tileset.json", self.meta)
-            self._rows = rows
-            self._write_index()
-        self._delete_unused_files(list(removed))
-        return {"removed": removed, "relabelled": relabelled}
-
-    def _delete_unused_files(self, removed: list[str]) -> None:
-        """Pixel files of slides that are not done (removed, broken, or left by an interrupted
-        commit) and the QC pictures of removed slides."""
-        done = self._done()
-        for path in (self.root / "pixels").glob("*.npy"):
-            if path.stem not in done:
-                path.unlink(missing_ok=True)
-        for image_id in removed:
-            (self.root / "qc" / f"{image_id}.png").unlink(missing_ok=True)
-
-    def is_done(self, image_id: str) -> bool:
-        """True if this slide was already finished (tiled, or recorded as failed / without tissue);
-        a slide whose pixel file is missing or broken is not."""
-        return image_id in self.meta["slides"]
-
-    def add_slide(self, image_id: str, pixels: np.ndarray, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
-        """Commit one finished slide: its pixel array, its index rows and its status (``info``)."""
-        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (self.tile_pixels, self.tile_pixels, 3):
-            raise ValueError(f"pixels must be uint8 (n, {self.tile_pixels}, {self.tile_pixels}, 3), got {pixels.dtype} {pixels.shape}")
-        if len(rows) != len(pixels):
-            raise ValueError("one index row per tile is required")
-        with atomic_path(self.root / "pixels" / f"{image_id}.npy", suffix=".npy") as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(pixels), allow_pickle=False)
-        self._rows = [r for r in self._rows if r["image_id"] != image_id] + [
-            {**r, "image_id": image_id, "row": i} for i, r in enumerate(rows)
-        ]
-        self._write_index()
-        self.meta["slides"][image_id] = {"status": "done", "n_tiles": int(len(pixels)), **info}
-        write_json(self.root / "tileset.json", self.meta)
-
-    def record_failure(self, image_id: str, status: str, reason: str, info: dict[str, Any] | None = None) -> None:
-        """Record a slide that produced no tiles (``status`` e.g. ``failed`` or ``no_tissue``)."""
-        self.meta["slides"][image_id] = {"status": status, "reason": reason, "n_tiles": 0, **(info or {})}
-        write_json(self.root / "tileset.json", self.meta)
-
-    def _write_index(self) -> None:
-        import pandas as pd
-
-        df = pd.DataFrame(self._rows)
-        cols = INDEX_COLUMNS + sorted(c for c in df.columns if c not in INDEX_COLUMNS)
-        df = df.reindex(columns=cols) if len(df) else pd.DataFrame(columns=INDEX_COLUMNS)
-        write_text(self.root / "tiles.csv", df.to_csv(index=False))
+__all__ = ["TileSet", "TileSetError", "TileSetWriter", "PixelFileWriter", "slide_pixels", "write_shard", "read_meta",
+           "read_index_file", "pixel_file_problem", "FORMAT", "FORMAT_VERSION", "INDEX_COLUMNS", "MANIFEST_COLUMNS"]

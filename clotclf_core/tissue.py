@@ -1,39 +1,47 @@
-"""Tissue detection on a slide's low-resolution view (its thumbnail).
+"""Tissue detection on a slide's low-resolution view, relative to the slide's own glass.
 
-Tiling looks at the slide only through this mask before reading anything at full resolution:
-tiles that do not overlap tissue are never read, which is what makes tiling a mostly-white
-whole-slide image cheap. The mask is deliberately generous (a later filter such as ``otsu``
-judges each tile at full detail); it must above all never call blank glass tissue.
+Tiling looks at the slide only through this mask before choosing which tiles to keep. The mask is
+deliberately generous (a later filter such as ``otsu`` judges each tile at full detail); it must
+above all never call blank glass tissue — whatever colour the glass is.
 
-How: a pixel is tissue when it is coloured (HSV saturation) and/or absorbs light (optical
-density, ``-log(I / 255)``) above an Otsu threshold computed on the whole thumbnail. Otsu always
-splits an image in two, even one that is all glass or all tissue, so each threshold is clipped
-into a plausible range: on an all-white thumbnail the threshold stays above glass noise (empty
-mask), on an all-tissue one it stays below stained tissue (full mask). Then specks smaller than
-``min_object_fraction`` of the image are removed and holes smaller than ``max_hole_fraction``
-filled (scikit-image connected components).
+How:
 
-:func:`slide_overview` gives tiling a Slide's view and mask. A large single-level TIFF has no
-small level to make a thumbnail from, so there the mask comes from the compressed size of each
-TIFF tile (glass compresses better than tissue: :func:`byte_count_prescreen`), checked by
-decoding a sample of the tiles it calls glass.
+1. **Background.** Glass is not always white: some centres' glass is grey-green (RGB ≈ 195–210),
+   some scans are dim. :func:`estimate_background` takes the mode of the view's bright,
+   unsaturated pixels (the glass) and the median colour around that mode; a view with no such
+   pixels (tissue everywhere) keeps a white default, and says so.
+2. **Relative tests.** A pixel is tissue when it absorbs more light than the glass in some channel
+   (optical density relative to the background, ``max_c log((bg_c + 1) / (I_c + 1))``) and/or is
+   more saturated than the glass (HSV saturation minus the glass's). Each threshold is Otsu's on
+   the whole view, clipped into a low range just above glass noise — so pale, fibrin-rich tissue
+   (≈ 220, 190, 212 on white glass) beside dark tissue stays in the mask: Otsu alone would split
+   dark tissue from everything else.
+3. Specks smaller than ``min_object_fraction`` of the image are removed and holes smaller than
+   ``max_hole_fraction`` filled (scikit-image connected components).
+
+:func:`byte_count_prescreen` guesses from the compressed size of each TIFF tile where tissue is,
+without decoding (tiling's reader uses it to skip decoding glass far from tissue).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 Method = Literal["saturation", "od", "either", "both"]
 
-#: Otsu thresholds are clipped into these ranges (saturation in 0..1, optical density in OD units).
-#: The upper bounds are low on purpose: pale tissue next to strongly stained tissue stays in.
-SATURATION_BOUNDS = (0.05, 0.15)
-OD_BOUNDS = (0.10, 0.25)
-#: slides with fewer level-0 pixels are always decoded whole for their mask (that is cheap, and
-#: the byte-count prescreen's mask is coarser)
-PRESCREEN_MIN_PIXELS = 64_000_000
+#: Otsu thresholds are clipped into these ranges: saturation above the glass's (0..1), and optical
+#: density above the glass's in the most absorbing channel (OD units). The upper bounds are low on
+#: purpose: pale tissue next to strongly stained tissue stays in (≈ 0.14 saturation, 0.24 OD on white
+#: glass). The lower bounds sit above the noise of glass even pixel by pixel (±4 grey levels).
+SATURATION_BOUNDS = (0.06, 0.12)
+OD_BOUNDS = (0.06, 0.12)
+#: the background when a view shows no glass (tissue everywhere): white, as scanners calibrate it
+DEFAULT_BACKGROUND = (255, 255, 255)
+#: pixels less saturated than this can be glass
+GLASS_MAX_SATURATION = 0.10
 
 
 def _channel_max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,30 +105,106 @@ def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
     return mask | fill[labels]
 
 
+def estimate_background(rgb: np.ndarray, valid: np.ndarray | None = None, black_level: int = 25) -> tuple[np.ndarray, str]:
+    """The glass colour of a low-resolution view: ``(uint8 RGB (3,), how it was found)``.
+
+    The glass is the mode of the grey level of the bright, unsaturated pixels (saturation below
+    :data:`GLASS_MAX_SATURATION`, grey level 120 or more); its colour is the median of the pixels
+    within 4 grey levels of that mode. ``valid``: the pixels that were really decoded (others are
+    ignored). With fewer than 1 % of the valid pixels looking like glass, the view shows no glass:
+    :data:`DEFAULT_BACKGROUND`.
+    """
+    rgb = np.asarray(rgb)[..., :3]
+    ok = _channel_max_min(rgb)[0] >= black_level
+    if valid is not None:
+        ok &= valid
+    n_valid = int(ok.sum())
+    grey = rgb.astype(np.float32).mean(axis=-1)
+    glassy = ok & (saturation(rgb) < GLASS_MAX_SATURATION) & (grey >= 120)
+    if n_valid == 0 or glassy.sum() < max(1, 0.01 * n_valid):
+        return np.array(DEFAULT_BACKGROUND, np.uint8), "default white (no glass visible)"
+    hist = np.bincount(np.rint(grey[glassy]).astype(np.int64), minlength=256)[:256]
+    smooth = np.convolve(hist, np.ones(5), mode="same")
+    mode = int(np.argmax(smooth))
+    near = glassy & (np.abs(grey - mode) <= 4)
+    colour = np.median(rgb[near].reshape(-1, 3), axis=0)
+    share = near.sum() / n_valid
+    return np.clip(np.rint(colour), 0, 255).astype(np.uint8), f"mode of bright unsaturated pixels ({share:.0%} of the view)"
+
+
+def relative_od(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Optical density relative to ``background`` in the most absorbing channel, float32:
+    0 for glass, > 0 for anything darker than glass in some channel."""
+    rgb = np.asarray(rgb, dtype=np.uint8)[..., :3]
+    bg = _OD_LUT[np.asarray(background, dtype=np.uint8)]
+    od = _OD_LUT[rgb] - bg  # -log((I+1)/256) + log((bg+1)/256) = log((bg+1)/(I+1))
+    return od.max(axis=-1)
+
+
+@dataclass(frozen=True)
+class MaskRecipe:
+    """How a mask was made (recorded per slide in tileset.json)."""
+
+    background: tuple[int, int, int]
+    background_from: str
+    method: str
+    thresholds: dict[str, float]
+
+    def describe(self) -> dict[str, Any]:
+        return {"background": list(self.background), "background_from": self.background_from, "method": self.method,
+                "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()}}
+
+
 def tissue_mask(
     thumbnail_rgb: np.ndarray,
     method: Method = "either",
     min_object_fraction: float = 0.0005,
     max_hole_fraction: float = 0.002,
     black_level: int = 25,
+    background: Any = None,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boolean (H, W) mask of tissue on an RGB uint8 (H, W, 3) low-resolution view of a slide.
 
-    - ``method``: ``saturation`` (coloured pixels), ``od`` (absorbing pixels), ``either`` (a pixel
-      passing one of the two: catches pale as well as strongly stained tissue) or ``both``.
+    - ``method``: ``saturation`` (more coloured than the glass), ``od`` (absorbs more than the
+      glass), ``either`` (a pixel passing one of the two: catches pale as well as strongly stained
+      tissue) or ``both``.
+    - ``background``: the glass colour (RGB); default: estimated from the view
+      (:func:`estimate_background`). ``valid``: the pixels that were decoded (default: all).
     - ``min_object_fraction``: connected tissue pieces smaller than this share of the image are
       dropped (dust, debris specks).
     - ``max_hole_fraction``: enclosed background holes up to this share of the image are filled.
     - ``black_level``: pixels whose brightest channel is below this are never tissue (black
       padding outside the scanned area, which some readers return for missing regions).
 
-    An all-white (or all-black) input gives an all-False mask.
+    An all-glass (or all-black) input gives an all-False mask.
     """
-    return clean_mask(tissue_pixels(thumbnail_rgb, method, black_level), min_object_fraction, max_hole_fraction)
+    return tissue_mask_recipe(thumbnail_rgb, method, min_object_fraction, max_hole_fraction, black_level, background, valid)[0]
 
 
-def tissue_pixels(thumbnail_rgb: np.ndarray, method: Method = "either", black_level: int = 25) -> np.ndarray:
+def tissue_mask_recipe(
+    thumbnail_rgb: np.ndarray,
+    method: Method = "either",
+    min_object_fraction: float = 0.0005,
+    max_hole_fraction: float = 0.002,
+    black_level: int = 25,
+    background: Any = None,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, MaskRecipe]:
+    """:func:`tissue_mask` and how it was made (background, thresholds)."""
+    pixels, recipe = tissue_pixels_recipe(thumbnail_rgb, method, black_level, background, valid)
+    return clean_mask(pixels, min_object_fraction, max_hole_fraction), recipe
+
+
+def tissue_pixels(thumbnail_rgb: np.ndarray, method: Method = "either", black_level: int = 25, background: Any = None) -> np.ndarray:
     """The per-pixel tissue decision of :func:`tissue_mask`, before specks and holes are cleaned."""
+    return tissue_pixels_recipe(thumbnail_rgb, method, black_level, background)[0]
+
+
+def tissue_pixels_recipe(
+    thumbnail_rgb: np.ndarray, method: Method = "either", black_level: int = 25, background: Any = None,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, MaskRecipe]:
     rgb = np.asarray(thumbnail_rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"tissue_mask needs an (H, W, 3) RGB image, got shape {rgb.shape}")
@@ -129,19 +213,28 @@ def tissue_pixels(thumbnail_rgb: np.ndarray, method: Method = "either", black_le
         raise ValueError(f"tissue_mask needs uint8 RGB, got {rgb.dtype}")
     if method not in ("saturation", "od", "either", "both"):
         raise ValueError(f"unknown tissue-mask method {method!r}: choose saturation, od, either or both")
+    if background is None:
+        bg, how = estimate_background(rgb, valid, black_level)
+    else:
+        bg, how = np.asarray(background, dtype=np.uint8).reshape(3), "given"
 
-    valid = _channel_max_min(rgb)[0] >= black_level
-    masks = []
+    ok = _channel_max_min(rgb)[0] >= black_level
+    if valid is not None:
+        ok &= valid
+    masks, thresholds = [], {}
     if method in ("saturation", "either", "both"):
-        sat = saturation(rgb)
-        masks.append(sat > clipped_otsu(sat[valid], SATURATION_BOUNDS))
+        sat = saturation(rgb) - float(saturation(bg.reshape(1, 1, 3))[0, 0])
+        thresholds["saturation"] = clipped_otsu(sat[ok], SATURATION_BOUNDS)
+        masks.append(sat > thresholds["saturation"])
     if method in ("od", "either", "both"):
-        od = optical_density(rgb)
-        masks.append(od > clipped_otsu(od[valid], OD_BOUNDS))
+        od = relative_od(rgb, bg)
+        thresholds["od"] = clipped_otsu(od[ok], OD_BOUNDS)
+        masks.append(od > thresholds["od"])
     mask = masks[0]
     for m in masks[1:]:
         mask = (mask & m) if method == "both" else (mask | m)
-    return mask & valid
+    recipe = MaskRecipe(tuple(int(v) for v in bg), how, method, thresholds)
+    return mask & ok, recipe
 
 
 def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_fraction: float = 0.002) -> np.ndarray:
@@ -187,92 +280,3 @@ def byte_count_prescreen(
     # between the two groups (geometric mean of their typical sizes) is the robust cut
     threshold = (np.median(hi) + np.median(lo)) / 2
     return logc > threshold + np.log(cov)
-
-
-# ----------------------------------------------------------------------------- a slide's overview
-
-
-def slide_overview(
-    slide: Any, thumbnail_size: int = 1024, method: Method = "either", prescreen: bool = True
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """A Slide's low-resolution view (RGB uint8), its tissue mask, and how they were made.
-
-    Normally the Slide's ``thumbnail(thumbnail_size)`` and :func:`tissue_mask` on it
-    (``"thumbnail"``). A single-level slide has no small level, so its thumbnail decodes every
-    pixel; when such a slide is large (>= :data:`PRESCREEN_MIN_PIXELS`), ``prescreen`` is on and
-    the Slide offers ``tile_byte_counts()`` (the tifffile source), the mask comes from the
-    compressed size of its TIFF tiles instead, checked on a sample (``"byte_counts"``; see
-    :func:`_prescreened_overview`). The view is then white except the sampled tiles.
-    """
-    how = "thumbnail"
-    width, height = slide.dimensions
-    if prescreen and width * height >= PRESCREEN_MIN_PIXELS:
-        counts = _byte_counts(slide)
-        busy = byte_count_prescreen(counts.counts, _coverage(counts, slide.dimensions)) if counts is not None else None
-        if busy is not None:
-            got = _prescreened_overview(slide, thumbnail_size, method, counts.tile_width, busy)
-            if got is not None:
-                return got
-            how = "thumbnail (the byte-count prescreen missed tissue in sampled tiles)"
-    thumb = np.asarray(slide.thumbnail(thumbnail_size))[..., :3].astype(np.uint8, copy=False)
-    return thumb, tissue_mask(thumb, method=method), how
-
-
-def _byte_counts(slide: Any) -> Any:
-    """The compressed size of each level-0 tile, if the slide is single-level, tiled with square tiles, and says."""
-    fn = getattr(slide, "tile_byte_counts", None)
-    if fn is None or getattr(slide, "level_count", 1) != 1:
-        return None
-    try:
-        counts = fn(0)
-    except Exception:
-        return None
-    ok = counts.tile_width == counts.tile_height and counts.counts.ndim == 2 and counts.counts.shape[1] > 1
-    return counts if ok else None
-
-
-def _coverage(counts: Any, dimensions: tuple[int, int]) -> np.ndarray:
-    """Share of each TIFF tile that lies inside the image (edge tiles are partly padding)."""
-    rows, cols = counts.counts.shape
-    t = counts.tile_width
-    fx = np.clip((dimensions[0] - np.arange(cols) * t) / t, 0, 1)
-    fy = np.clip((dimensions[1] - np.arange(rows) * t) / t, 0, 1)
-    return np.outer(fy, fx)
-
-
-def _prescreened_overview(
-    slide: Any, thumbnail_size: int, method: Method, tile: int, busy: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """Tissue mask from the compressed size of each TIFF tile, checked on a sample of pixels.
-
-    The mask is the "busy" TIFF tiles (see :func:`byte_count_prescreen`)
-    grown by one tile on every side, so that the edges of tissue are kept: nothing is decoded for
-    it, and candidates are then read once, by tiling itself. To check the guess, a 1-in-16
-    lattice of the other (quiet) TIFF tiles is decoded: if any holds tissue (>= 20 % of it), the
-    byte counts cannot be trusted for this slide (pale tissue can compress like glass): return
-    None so the caller decodes everything. The overview is white but for the sampled tiles;
-    tiling pastes the candidates in.
-    """
-    from scipy.ndimage import binary_dilation
-
-    width, height = (int(v) for v in slide.dimensions)
-    px = max(1, round(tile * thumbnail_size / max(width, height)))  # overview pixels per TIFF tile
-    ds = tile / px
-    grown = binary_dilation(busy, structure=np.ones((3, 3), bool))
-    sample = np.zeros_like(busy)
-    sample[2::4, 2::4] = True
-    sample &= ~grown
-    rows, cols = busy.shape
-    canvas = np.full((rows * px, cols * px, 3), 255, np.uint8)
-    for r, c in np.argwhere(sample):
-        canvas[r * px : (r + 1) * px, c * px : (c + 1) * px] = np.asarray(
-            slide.read_region(int(c * tile), int(r * tile), tile, tile, ds)
-        )[:px, :px, :3]
-    h, w = round(height / ds), round(width / ds)
-    found = np.zeros((rows * px, cols * px), bool)
-    found[:h, :w] = tissue_pixels(canvas[:h, :w], method=method)
-    share = found.reshape(rows, px, cols, px).mean(axis=(1, 3))
-    if (share[sample] >= 0.2).any():
-        return None
-    mask = np.repeat(np.repeat(grown, px, axis=0), px, axis=1)[:h, :w]
-    return canvas[:h, :w], mask, "byte_counts"

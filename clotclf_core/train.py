@@ -847,7 +847,8 @@ def _tileset_record(ts: "TileSet") -> dict[str, Any]:
         "n_tiles": len(ts),
         "n_slides": int(ts.index["image_id"].nunique()),
         "n_patients": int(ts.index["patient_id"].nunique()),
-        **({"plugins": ts.meta["plugins"]} if ts.meta.get("plugins") else {}),  # filters' / sources' providers
+        # filters' / sources' providers (tileset.json's "components"; "plugins" in early format-2 sets)
+        **({"plugins": ts.meta.get("components") or ts.meta["plugins"]} if ts.meta.get("components") or ts.meta.get("plugins") else {}),
     }
 
 

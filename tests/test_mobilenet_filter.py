@@ -438,7 +438,8 @@ def test_export_patches_from_the_real_slide(tmp_path):
     lines = (tmp_path / "p" / "patches.csv").read_text().splitlines()
     assert lines[0].startswith("file,label,image_id,x,y") and len(lines) == 31
 
-    small = CliRunner().invoke(cli, ["export-patches", str(REAL_SLIDE), "--out", str(tmp_path / "q")])
+    small = CliRunner().invoke(cli, ["export-patches", str(REAL_SLIDE), "--out", str(tmp_path / "q"), "--tile-size", "600",
+                                     "--downsample", "10"])  # the published geometry: 6000-px patches
     assert small.exit_code == 2 and "no slide could be read" in small.stderr and "smaller than one patch" in small.stderr
 
 

@@ -358,3 +358,94 @@ def test_plugin_spec_modules_are_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# ----------------------------------------------------------------------------- layouts tiling reads, stacks, bit depths, mpp
+
+
+def test_twelve_bit_samples_in_sixteen_are_scaled_by_their_real_depth(tmp_path):
+    img = _pattern(200, 300)
+    path = tmp_path / "rgb12.tif"
+    tifffile.imwrite(path, (img.astype(np.uint16) << 4) | 7, tile=(64, 64), photometric="rgb")  # 0..4095
+    with open_slide(path, "tifffile") as slide:
+        assert slide.sample_bits == 12
+        assert np.abs(slide.read_region(0, 0, 300, 200).astype(int) - img).max() == 0  # not >> 8 (nearly black)
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, message",
+    [
+        ((3, 120, 160), {"photometric": "minisblack", "metadata": {"axes": "CYX"}}, r"stack of images \(axes CYX"),
+        ((4, 120, 160, 3), {"photometric": "rgb", "metadata": {"axes": "ZYXS"}}, r"4 along depth \(Z\)"),
+    ],
+    ids=["channels-as-pages", "z-stack"],
+)
+def test_stacks_are_one_clear_error_not_their_first_plane(tmp_path, shape, kwargs, message):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), **kwargs)
+    with pytest.raises(ClotclfError, match=message):
+        open_slide(path, "tifffile")
+
+
+def test_mpp_is_checked_in_every_source_and_read_from_ome_xml(tmp_path):
+    from clotclf_core.sources import checked_mpp
+
+    assert checked_mpp(0.25) == (0.25, "") and checked_mpp(None) == (None, "")
+    for bad in (1000.0, 0.001, float("nan"), "x"):
+        mpp, note = checked_mpp(bad)
+        assert mpp is None and "ignored" in note
+    img = _pattern(128, 128)
+    absurd = tmp_path / "absurd.tif"  # 10 px per cm: 1,000 um per pixel, like a vips file without resolution tags
+    tifffile.imwrite(absurd, img, tile=(64, 64), photometric="rgb", resolution=(10, 10), resolutionunit="CENTIMETER")
+    for source in ("tifffile", "openslide"):
+        with open_slide(absurd, source) as slide:
+            assert slide.mpp is None and "1000 microns per pixel" in slide.mpp_note, source
+    ome = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(ome, img, tile=(64, 64), photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": 250,
+                                                                             "PhysicalSizeXUnit": "nm"})
+    with open_slide(ome, "tifffile") as slide:
+        assert slide.mpp == pytest.approx(0.25)
+
+
+def test_a_vips_style_pyramid_with_copied_descriptions_opens(tmp_path):
+    """vips copies tifffile's shaped JSON description into every page of a pyramid, which
+    tifffile's shaped parser misreads; the source opens such files with that parser off."""
+    import json
+
+    img = _pattern(512, 640)
+    desc = json.dumps({"shape": list(img.shape)})
+    path = tmp_path / "vips.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(128, 128), photometric="rgb", description=desc, metadata=None)
+        for k in (2, 4):
+            tw.write(img[::k, ::k], tile=(128, 128), photometric="rgb", description=desc, metadata=None, subfiletype=1)
+    with open_slide(path, "tifffile") as slide:
+        assert slide.level_count == 3 and slide.level_downsamples == [1.0, 2.0, 4.0]
+
+
+def test_a_truncated_pyramid_is_tifffiles_clear_reason_not_openslides(tmp_path, files):
+    data = files["pages"].read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(sources.SlideDamaged, match=r"is truncated: its image data runs to byte"):
+        open_slide(cut)  # OpenSlide would rank first for a pyramid, and fail later with "row 4294967295"
+
+
+@pytest.mark.parametrize("source", ["tifffile", "openslide"])
+def test_level_layouts_cover_the_level_once(files, source):
+    """Every source's level layout tiles the level exactly: assembling its segments gives read_region."""
+    kind = "pages" if source == "tifffile" else "tiled"
+    with open_slide(files[kind], source) as slide:
+        for level in range(slide.level_count):
+            lay = sources.level_layout(slide, level)
+            canvas = np.zeros((lay.height, lay.width, 3), np.uint8)
+            for r in range(lay.rows):
+                for c in range(lay.cols):
+                    block = lay.read(r, c)
+                    canvas[r * lay.seg_height : r * lay.seg_height + block.shape[0],
+                           c * lay.seg_width : c * lay.seg_width + block.shape[1]] = block
+            ds = lay.downsample
+            expect = slide.read_region(0, 0, lay.width * ds, lay.height * ds, ds)
+            assert np.abs(canvas.astype(int) - expect.astype(int)).max() <= 1, (source, level)
+    assert sources.choose_level([1.0, 4.0003, 16.001], 4) == (1, 1)
+    assert sources.choose_level([1.0, 3.0], 4) == (0, 4) and sources.choose_level([1.0], 16) == (0, 16)

@@ -12,7 +12,17 @@ import os
 import numpy as np
 import openslide
 
-from clotclf_core.sources import SlideReadError, check_region, grid_blocks, render_region, thumbnail_downsample, to_rgb
+from clotclf_core.sources import (
+    GENERIC_BLOCK,
+    LevelLayout,
+    SlideReadError,
+    check_region,
+    checked_mpp,
+    grid_blocks,
+    render_region,
+    thumbnail_downsample,
+    to_rgb,
+)
 
 _BLOCK = 2048
 
@@ -69,11 +79,7 @@ class OpenSlideSlide:
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._osr.level_dimensions]
         self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
         self.vendor = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "")
-        mpp = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        try:
-            self.mpp = float(mpp) if mpp else None
-        except ValueError:
-            self.mpp = None
+        self.mpp, self.mpp_note = checked_mpp(self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X), self.path)
 
     def _reader(self, level: int):
         downsample = self.level_downsamples[level]
@@ -90,6 +96,27 @@ class OpenSlideSlide:
             return to_rgb(np.asarray(image))  # RGBA, transparent outside the slide -> white
 
         return grid_blocks(read, _BLOCK)
+
+    def level_layout(self, level: int = 0) -> LevelLayout:
+        """Blocks of the level aligned with OpenSlide's own tiles (a multiple of them, about
+        :data:`GENERIC_BLOCK` pixels), so that each stored tile is decoded once."""
+        if not 0 <= level < self.level_count:
+            raise SlideReadError(f"slide '{self.path}' has levels 0..{self.level_count - 1}, not {level}")
+        props = self._osr.properties
+        try:
+            tile = int(props.get(f"openslide.level[{level}].tile-width", 0)) or GENERIC_BLOCK
+        except ValueError:
+            tile = GENERIC_BLOCK
+        block = max(1, GENERIC_BLOCK // tile) * tile if tile % 16 == 0 else GENERIC_BLOCK
+        width, height = self.level_dimensions[level]
+        read_level = self._reader(level)
+
+        def read(row: int, col: int) -> np.ndarray:
+            x, y = col * block, row * block
+            (_, _, pixels), = read_level(x, y, min(x + block, width), min(y + block, height))
+            return pixels
+
+        return LevelLayout(level, width, height, self.level_downsamples[level], block, block, read)
 
     def read_region(self, x: int, y: int, width: int, height: int, downsample: float = 1.0) -> np.ndarray:
         check_region(x, y, width, height, downsample, self.path)

@@ -16,16 +16,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def batch_otsu(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Otsu on each row of ``values`` (uint8, (N, P)).
+def histograms(values: np.ndarray) -> np.ndarray:
+    """256-bin histogram of each row of ``values`` (uint8, (N, P)), (N, 256) int64 (OpenCV's
+    ``calcHist`` per row: much faster than numpy's bincount on tens of thousands of pixels)."""
+    import cv2
 
-    Returns ``(threshold, low_mean, high_mean)``, each (N,): the threshold t (class "low" is
-    values <= t) and the mean value of each class. A row with a single value has both means equal.
-    """
-    n, p = values.shape
-    offsets = (np.arange(n, dtype=np.int64) * 256)[:, None]
-    hist = np.bincount((values.astype(np.int64) + offsets).ravel(), minlength=n * 256).reshape(n, 256)
-    prob = hist / float(p)
+    out = np.empty((len(values), 256), np.int64)
+    for i, row in enumerate(values):
+        out[i] = cv2.calcHist([np.ascontiguousarray(row).reshape(1, -1)], [0], None, [256], [0, 256]).reshape(-1)
+    return out
+
+
+def otsu_from_histograms(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Otsu on each row of 256-bin histograms: ``(threshold, low_mean, high_mean)``, each (N,) — the
+    threshold t (class "low" is values <= t) and the mean value of each class. A histogram with a
+    single value has both means equal."""
+    n = len(hist)
+    prob = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1).astype(np.float64)
     omega = np.cumsum(prob, axis=1)  # weight of the low class for each threshold
     mu = np.cumsum(prob * np.arange(256), axis=1)
     mu_t = mu[:, -1:]
@@ -43,6 +50,11 @@ def batch_otsu(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t, np.where(valid, m0, flat), np.where(valid, m1, flat)
 
 
+def batch_otsu(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Otsu on each row of ``values`` (uint8, (N, P)); see :func:`otsu_from_histograms`."""
+    return otsu_from_histograms(histograms(np.asarray(values, np.uint8)))
+
+
 class OtsuFilter:
     """PatchFilter: ``score(tiles)`` = tissue fraction per tile; kept when >= ``threshold``."""
 
@@ -50,33 +62,50 @@ class OtsuFilter:
         self.opts = opts
         self.threshold = float(opts.threshold)
 
-    def _tissue_low_values(self, tiles: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per-pixel values where tissue is LOW, (N, P) uint8, and the glass level in those units."""
+    def glass_level(self, background=None) -> float:
+        """The value (in the units of :meth:`_tissue_low_values`) from which a pixel is glass."""
+        bg = np.asarray(background if background is not None else (242, 242, 242), dtype=np.float64).reshape(3)
+        if self.opts.channel == "grey":
+            if self.opts.background_level is not None:
+                return float(self.opts.background_level)
+            return float(bg @ np.array([0.299, 0.587, 0.114])) - float(self.opts.background_margin)
+        mx, mn = bg.max(), bg.min()
+        bg_sat = (mx - mn) * 255.0 / mx if mx > 0 else 0.0
+        return 255.0 - float(self.opts.min_saturation) - bg_sat
+
+    def _tissue_low_values(self, tiles: np.ndarray) -> np.ndarray:
+        """Per-pixel values where tissue is LOW, (N, P) uint8."""
         n = tiles.shape[0]
         rgb = tiles[..., :3]
         if self.opts.channel == "grey":
-            # ITU-R 601 luma, integer arithmetic (fast, exact enough for a histogram)
-            r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-            grey = (r * 299 + g * 587 + b * 114 + 500) // 1000
-            return grey.astype(np.uint8).reshape(n, -1), float(self.opts.background_level)
+            # ITU-R 601 luma (OpenCV's fixed-point RGB2GRAY: several times faster than numpy here)
+            import cv2
+
+            flat = np.ascontiguousarray(rgb.reshape(-1, rgb.shape[-2], 3))
+            return cv2.cvtColor(flat, cv2.COLOR_RGB2GRAY).reshape(n, -1)
         mx = rgb.max(axis=-1).astype(np.float32)
         mn = rgb.min(axis=-1).astype(np.float32)
         sat = np.where(mx > 0, (mx - mn) * 255.0 / np.maximum(mx, 1.0), 0.0)
         # flip so that tissue (saturated) is low, like dark pixels in grey
-        low = np.rint(255.0 - sat).astype(np.uint8).reshape(n, -1)
-        return low, 255.0 - float(self.opts.min_saturation)
+        return np.rint(255.0 - sat).astype(np.uint8).reshape(n, -1)
 
-    def score(self, tiles: np.ndarray) -> np.ndarray:
+    def score(self, tiles: np.ndarray, background=None) -> np.ndarray:
+        """Tissue share per tile; ``background``: the slide's glass colour (RGB), default white-ish (242)."""
         tiles = np.asarray(tiles)
         if tiles.ndim != 4 or tiles.shape[-1] < 3 or tiles.dtype != np.uint8:
             raise ValueError(f"otsu filter needs uint8 (N, H, W, 3) tiles, got {tiles.dtype} {tiles.shape}")
         if len(tiles) == 0:
             return np.zeros(0, dtype=np.float32)
-        values, glass = self._tissue_low_values(tiles)
-        t, low_mean, high_mean = batch_otsu(values)
-        not_glass = values < glass
+        values, glass = self._tissue_low_values(tiles), self.glass_level(background)
+        hist = histograms(values)
+        t, low_mean, high_mean = otsu_from_histograms(hist)
+        # pixels below `glass` are not glass-bright: values 0 .. last_tissue
+        last_tissue = int(np.ceil(glass)) - 1
+        cum = np.cumsum(hist, axis=1)
+        total = cum[:, -1].astype(np.float64)
+        not_glass = cum[:, last_tissue] if last_tissue >= 0 else np.zeros(len(hist), np.int64)
         # uniform tile, or a tile whose lighter class is still tissue (no glass in it at all)
         all_one_class = ((high_mean - low_mean) < self.opts.min_contrast) | (high_mean < glass)
-        tissue_side = values <= t[:, None]
-        tissue = np.where(all_one_class[:, None], not_glass, tissue_side & not_glass)
-        return tissue.mean(axis=1).astype(np.float32)
+        tissue_side = cum[np.arange(len(hist)), np.clip(np.minimum(t, last_tissue), 0, 255)] if last_tissue >= 0 else not_glass
+        tissue = np.where(all_one_class, not_glass, tissue_side)
+        return (tissue / np.maximum(total, 1)).astype(np.float32)

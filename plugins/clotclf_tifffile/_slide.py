@@ -20,9 +20,12 @@ import numpy as np
 import tifffile
 
 from clotclf_core.sources import (
+    LevelLayout,
+    SlideDamaged,
     SlideReadError,
     best_level,
     check_region,
+    checked_mpp,
     render_region,
     thumbnail_downsample,
     to_rgb,
@@ -32,6 +35,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: vendor formats tifffile can parse but whose quirks (overlapping tiles, several images, sparse
 #: tiles) a dedicated reader such as OpenSlide handles: rank them low so that reader wins
 _VENDOR_FLAGS = ("ndpi", "scn", "philips", "bif", "qpi")
+_AXIS_NAMES = {"C": "channels (C)", "Z": "depth (Z)", "T": "time (T)", "I": "images (I)", "Q": "pages (Q)"}
 _PHOTOMETRIC_NAMES = {0: "MINISWHITE", 3: "PALETTE", 4: "MASK", 5: "SEPARATED (CMYK)", 8: "CIELAB"}
 
 
@@ -70,6 +74,8 @@ class TifffileSource:
                 if slide.vendor in _VENDOR_FLAGS:
                     return 1.0
                 return 6.0 if slide.level_count == 1 else 5.0
+        except SlideDamaged:
+            raise  # cut short: no other reader should be tried (OpenSlide would fail later, or hang)
         except SlideReadError:
             return 0.0
 
@@ -84,6 +90,7 @@ class TifffileSlide:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
+        self.mpp_note = ""
         try:
             self._tif = tifffile.TiffFile(self.path)
         except FileNotFoundError:
@@ -101,14 +108,39 @@ class TifffileSlide:
             raise
 
     # ------------------------------------------------------------------ opening
-    def _setup(self) -> None:
+    def _series(self):
+        """The first image series. A vips-written pyramid copies tifffile's shaped JSON description
+        into every page, which tifffile's shaped parser refuses ("incompatible keyframe"): such a
+        file is opened again with that parser off (``is_shaped=False``)."""
         tif = self._tif
+        copied = (getattr(tif, "is_shaped", False) and len(tif.pages) > 1
+                  and getattr(tif.pages[1], "description", "") == tif.pages[0].description)
+        if not copied:
+            try:
+                return tif.series[0] if tif.series else None
+            except Exception as exc:
+                first: Exception | str = exc
+        else:
+            first = "every page carries the first page's shaped description"
+        self._tif.close()
         try:
-            series = tif.series[0] if tif.series else None
-        except Exception as exc:
-            raise SlideReadError(f"slide '{self.path}': its TIFF structure is damaged ({exc})") from None
+            self._tif = tifffile.TiffFile(self.path, is_shaped=False)
+            return self._tif.series[0] if self._tif.series else None
+        except Exception:
+            raise SlideReadError(f"slide '{self.path}': its TIFF structure is damaged ({first})") from None
+
+    def _setup(self) -> None:
+        series = self._series()
+        tif = self._tif
         if series is None:
             raise SlideReadError(f"slide '{self.path}' holds no image")
+        extra = {a: n for a, n in zip(series.axes, series.shape) if a not in "YXS" and n > 1}
+        if extra:
+            what = ", ".join(f"{n} along {_AXIS_NAMES.get(a, a)}" for a, n in extra.items())
+            raise SlideReadError(
+                f"slide '{self.path}' is a stack of images (axes {series.axes}, shape {tuple(series.shape)}: {what}), "
+                "not one RGB or grey slide; save the RGB image alone (e.g. a colour composite) as a TIFF"
+            )
         pages = sorted((lvl.keyframe for lvl in series.levels), key=lambda p: -p.imagewidth)
         for page in pages:
             self._check_page(page)
@@ -119,9 +151,11 @@ class TifffileSlide:
         self.level_downsamples = [(w0 / w + h0 / h) / 2 for w, h in self.level_dimensions]
         self.level_count = len(pages)
         self.vendor = next((flag for flag in _VENDOR_FLAGS + ("svs",) if getattr(tif, f"is_{flag}", False)), "")
-        self.mpp = _mpp(tif, pages[0])
+        self.mpp, self.mpp_note = checked_mpp(_mpp(tif, pages[0]), self.path)
         self._check_complete()
+        self._shift = 0
         self._decode_one()
+        self._shift = self._sample_shift()
 
     def _check_page(self, page) -> None:
         why = ""
@@ -153,10 +187,30 @@ class TifffileSlide:
         for page in self._pages:
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
             if ends and max(ends) > size:
-                raise SlideReadError(
-                    f"slide '{self.path}' is truncated: its image data runs to byte {max(ends):,} but the file "
+                w, h = self.dimensions
+                raise SlideDamaged(
+                    f"slide '{self.path}' ({w:,} x {h:,} px) is truncated: its image data runs to byte {max(ends):,} but the file "
                     f"has {size:,} bytes; re-copy or re-download it"
                 )
+
+    def _sample_shift(self) -> int:
+        """16-bit samples: how far to shift them right to get 8 bits. From ``MaxSampleValue`` when
+        the file has it; else from the largest value in up to 16 decoded segments of the smallest
+        level (12-bit cameras store 0..4095 in 16-bit samples: ``>> 8`` would make them black)."""
+        page = self._pages[-1]
+        if self._pages[0].dtype is None or self._pages[0].dtype.char != "H":
+            return 0
+        tag = self._pages[0].tags.get("MaxSampleValue")
+        if tag is not None:
+            top = int(np.max(np.atleast_1d(tag.value)))
+        else:
+            top, seen = 0, 0
+            for index, count in enumerate(page.databytecounts):
+                if count and seen < 16:
+                    top = max(top, int(self._raw(len(self._pages) - 1, index)[2].max()))
+                    seen += 1
+        self.sample_bits = max(8, int(top).bit_length())
+        return self.sample_bits - 8
 
     def _decode_one(self) -> None:
         """Decode one segment now, so an unsupported codec fails at open, not mid-tiling."""
@@ -193,11 +247,10 @@ class TifffileSlide:
         return list(range(y0 // rps, (y1 - 1) // rps + 1))
 
     # ------------------------------------------------------------------ pixels
-    def _decode(self, level: int, index: int) -> tuple[int, int, np.ndarray] | None:
+    def _raw(self, level: int, index: int) -> tuple[int, int, np.ndarray]:
+        """Segment ``index`` of ``level`` as stored: (x, y, (rows, columns, samples) array)."""
         page = self._pages[level]
         offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if not count:
-            return None  # a sparse (empty) tile: white
         with self._lock:  # one file handle: seek + read must not interleave between threads
             fh = self._tif.filehandle
             fh.seek(offset)
@@ -212,15 +265,23 @@ class TifffileSlide:
                 f"slide '{self.path}': {what} {index} of level {level} could not be decoded "
                 f"({type(exc).__name__}: {exc}); the file is damaged or uses a codec imagecodecs lacks"
             ) from None
-        pixels = pixels[0]  # (depth=1, rows, columns, samples) -> (rows, columns, samples)
+        return position[3], position[2], pixels[0]  # (depth=1, rows, columns, samples) -> (rows, columns, samples)
+
+    def _decode(self, level: int, index: int) -> tuple[int, int, np.ndarray] | None:
+        page = self._pages[level]
+        if not page.databytecounts[index]:
+            return None  # a sparse (empty) tile: white
+        x, y, pixels = self._raw(level, index)
+        if pixels.dtype == np.uint16 and self._shift != 8:
+            pixels = np.minimum(pixels >> self._shift, 255).astype(np.uint8)
         if pixels.shape[-1] in (2, 4):
             extra = int(page.extrasamples[0]) if page.extrasamples else 0
             if extra == 1:  # associated (premultiplied) alpha: add the white the colour lacks
                 colour, alpha = to_rgb(pixels[..., :-1]).astype(np.int16), to_rgb(pixels[..., -1:]).astype(np.int16)
-                return position[3], position[2], np.clip(colour + 255 - alpha, 0, 255).astype(np.uint8)
+                return x, y, np.clip(colour + 255 - alpha, 0, 255).astype(np.uint8)
             if extra != 2:  # an extra sample that is not alpha
                 pixels = pixels[..., :-1]
-        return position[3], position[2], to_rgb(pixels)
+        return x, y, to_rgb(pixels)
 
     def _blocks(self, level: int):
         page = self._pages[level]
@@ -251,6 +312,27 @@ class TifffileSlide:
         ds = thumbnail_downsample(self.dimensions, max_size)
         return self.read_region(0, 0, self.dimensions[0], self.dimensions[1], ds)
 
+    def level_layout(self, level: int = 0) -> LevelLayout:
+        """The level's TIFF tiles (or strips) as a :class:`clotclf_core.sources.LevelLayout`."""
+        if not 0 <= level < self.level_count:
+            raise SlideReadError(f"slide '{self.path}' has levels 0..{self.level_count - 1}, not {level}")
+        page = self._pages[level]
+        width, height = self.level_dimensions[level]
+        counts = self.tile_byte_counts(level)
+        tiled = bool(page.is_tiled)
+        across = self._segments_across(page)
+        seg_w, seg_h = (int(page.tilewidth), int(page.tilelength)) if tiled else (width, self._rows_per_strip(page))
+
+        def read(row: int, col: int) -> np.ndarray | None:
+            got = self._decode(level, row * across + col)
+            if got is None:
+                return None
+            x, y, pixels = got
+            return pixels[: max(0, min(seg_h, height - y)), : max(0, min(seg_w, width - x))]
+
+        return LevelLayout(level, width, height, self.level_downsamples[level], seg_w, seg_h, read,
+                           counts.counts if tiled else None)
+
     def tile_byte_counts(self, level: int = 0) -> TileByteCounts:
         """Compressed size of every tile (or strip) of ``level``, read from the header only."""
         if not 0 <= level < self.level_count:
@@ -277,18 +359,36 @@ class TifffileSlide:
         return f"TifffileSlide('{self.path}', {w}x{h}, levels={self.level_count}, mpp={self.mpp})"
 
 
-def _mpp(tif, page) -> float | None:
-    """Microns per pixel from the resolution tags (unit inch or cm), else Aperio's ``MPP = x``.
+_OME_UNITS = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
-    Values outside 0.01-20 um are ignored (None): they are screen-resolution defaults such as
-    72 dpi written by image editors, not a microscope's pixel size.
-    """
+
+def _ome_mpp(tif) -> float | None:
+    """``PhysicalSizeX`` of the first OME ``Pixels`` element, in microns (unit default: µm)."""
+    text = getattr(tif, "ome_metadata", None) or ""
+    match = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", text)
+    if not match:
+        return None
+    attrs = dict(re.findall(r'(\w+)="([^"]*)"', match.group(0)))
+    try:
+        size = float(attrs["PhysicalSizeX"])
+    except (KeyError, ValueError):
+        return None
+    return size * _OME_UNITS.get(attrs.get("PhysicalSizeXUnit", "µm"), float("nan"))
+
+
+def _mpp(tif, page) -> float | None:
+    """Microns per pixel: OME-XML ``PhysicalSizeX``; else the resolution tags (unit inch or cm);
+    else Aperio's ``MPP = x``. The caller drops implausible values (:func:`checked_mpp`)."""
+    if getattr(tif, "is_ome", False):
+        ome = _ome_mpp(tif)
+        if ome is not None:
+            return ome
     res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
     if res is not None and unit is not None and int(unit.value) in (2, 3):
         num, den = res.value
         if num > 0 and den > 0:
             mpp = (25400.0 if int(unit.value) == 2 else 10000.0) / (num / den)
-            if 0.01 <= mpp <= 20:
+            if checked_mpp(mpp)[0] is not None or not tif.is_svs:
                 return mpp
     if tif.is_svs:
         match = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")

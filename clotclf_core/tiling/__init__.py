@@ -1,0 +1,43 @@
+"""Slides -> TileSet: read each slide once, tissue mask relative to its glass, a grid covering it,
+batched filters, tiles streamed into the pixel cache, QC pictures; on local processes or Dask.
+
+Modules, one concern each:
+
+- :mod:`.settings` — :class:`TileSettings` (the geometry and its defaults) and the errors;
+- :mod:`.filters` — filter plugins built once and run in order on batches;
+- :mod:`.reading` — decode every stored segment at most once into a working-resolution raster;
+- :mod:`.grid` — working resolution, padded / centred grid, candidates, ``max_tiles`` ranking;
+- :mod:`.pipeline` — one slide: scan, grid, cut, filter, stream into a sink;
+- :mod:`.qc` — the QC picture;
+- :mod:`.execution` — one slide in a worker, and the engines (in-process, local pool, Dask);
+- :mod:`.summary` — the run summary and its table;
+- :mod:`.run` — :func:`tile_slides` (a cohort, resumable) and :func:`tile_slide` (one slide).
+
+See docs/data-formats.md (TileSet, geometry) and docs/performance.md (tiling).
+"""
+
+from .filters import BuiltFilter, FilterRef, build_filters
+from .grid import candidate_grid
+from .run import find_slides, tile_slide, tile_slides
+from .settings import MAX_GRID_CELLS, MIN_SLIDE_SIDE, SLIDE_SUFFIXES, SlideSkip, TileSettings, TilingError
+from .summary import failure_message, format_summary
+from .execution import process_slide
+
+__all__ = [
+    "TileSettings",
+    "BuiltFilter",
+    "FilterRef",
+    "build_filters",
+    "candidate_grid",
+    "tile_slide",
+    "tile_slides",
+    "process_slide",
+    "find_slides",
+    "format_summary",
+    "failure_message",
+    "SLIDE_SUFFIXES",
+    "SlideSkip",
+    "TilingError",
+    "MAX_GRID_CELLS",
+    "MIN_SLIDE_SIDE",
+]

@@ -1,0 +1,274 @@
+"""Running slides: one slide in a worker (:func:`process_slide`), and the engines that run many —
+this process, a local process pool (the default with ``workers`` > 1), or a Dask cluster.
+
+Every engine runs the same task per slide: open it, tile it, stream its tiles into
+``pixels/<image_id>.npy``, write its index shard and QC picture into the TileSet folder, close it,
+and send back a *summary* (status, reason, facts) — never pixels. The client commits each
+summary into ``tileset.json`` as it arrives; slides are listed there in manifest order, so the
+TileSet does not depend on the engine, the number of workers or the order slides finish in.
+
+A Dask cluster's workers write into the TileSet folder themselves, so ``--out`` must be on a file
+system they all see (the same path on every node).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ClotclfError
+from .settings import SlideSkip, TileSettings, TilingError
+
+#: OS errors that mean "the TileSet folder cannot be written": the whole run stops on them
+OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Size + SHA-256 of the first and last 64 KiB: tells a replaced slide file from the one that
+    was tiled (a copy keeps it; ``mtime`` alone would not)."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as fh:
+        h.update(fh.read(65536))
+        if size > 65536:
+            fh.seek(max(65536, size - 65536))
+            h.update(fh.read(65536))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
+def open_for_job(path: str, source: str | None) -> Any:
+    from ..config import parse_component_ref
+    from ..sources import open_slide
+
+    if source:
+        name, options = parse_component_ref(source, "--source")
+        return open_slide(path, source=name, options=options)
+    return open_slide(path)
+
+
+def locate(job: dict[str, Any]) -> str:
+    if job.get("path"):
+        return job["path"]
+    from ..sources import find_slide
+
+    return str(find_slide(job["folder"], job["image_id"]))
+
+
+def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
+    """Open, tile, write (pixels, index shard, QC picture) and close one slide. Never raises for a
+    bad slide: returns ``{"image_id", "status", "reason", "info", "fatal"}``; ``fatal`` is set when
+    the TileSet folder itself cannot be written (full disk, read-only), which stops the run."""
+    from ..tileset import slide_pixels, write_shard
+    from .filters import filters_for
+    from .pipeline import tile_one
+    from .qc import write_qc
+
+    settings = TileSettings(**job["settings"])
+    root = Path(job["out"])
+    out: dict[str, Any] = {"image_id": job["image_id"], "status": "failed", "reason": "", "info": {}, "fatal": None}
+    slide = None
+    try:
+        filters = filters_for(job["filters"])
+        path = locate(job)
+        out["info"]["file"] = Path(path).name
+        out["info"]["fingerprint"] = file_fingerprint(path)
+        slide = open_for_job(path, job.get("source"))
+        used = getattr(slide, "source_name", None)
+        if isinstance(used, str):
+            out["info"]["source"] = used
+        with slide_pixels(root, job["image_id"], settings.train_size) as sink:
+            res = tile_one(slide, settings, filters, sink, int(job.get("threads", 1)), job.get("scratch"), bar)
+        write_shard(root, job["image_id"], res.rows)
+        out["info"].update(res.info)
+        out.update(status=res.status, reason=res.reason)
+        if job.get("qc", True):
+            try:
+                write_qc(root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters], job["image_id"])
+            except OSError:
+                raise
+            except Exception as exc:  # a QC picture is a by-product: never lose the tiles for it
+                out["info"]["qc_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    except SlideSkip as skip:
+        out.update(status=skip.status, reason=skip.reason)
+    except ClotclfError as exc:
+        out["reason"] = str(exc)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except OSError as exc:
+        if exc.errno in OUTPUT_ERRNOS and _under(exc, root):
+            out["fatal"] = _output_error(exc, root, job)
+        elif exc.errno == errno.ENOSPC:  # the scratch folder (TMPDIR) is full
+            out["reason"] = f"out of scratch space in '{job.get('scratch') or os.environ.get('TMPDIR', '/tmp')}' ({exc.strerror}); set TMPDIR to a bigger disk"
+        else:
+            out["reason"] = f"{type(exc).__name__}: {exc}".strip()[:500]
+    except Exception as exc:  # a corrupt file can fail anywhere inside a reader: record, go on
+        out["reason"] = f"{type(exc).__name__}: {exc}".strip()[:500]
+    finally:
+        if slide is not None:
+            try:
+                slide.close()
+            except Exception:
+                pass
+    return out
+
+
+def _under(exc: OSError, root: Path) -> bool:
+    name = exc.filename if exc.filename is not None else exc.filename2
+    if name is None:
+        return True  # a write without a file name (e.g. the pixel stream): ours
+    try:
+        return Path(os.fsdecode(name)).resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _output_error(exc: OSError, root: Path, job: dict[str, Any]) -> str:
+    import shutil
+
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
+        return f"cannot write the TileSet folder '{root}': {why}. Choose an --out on a disk you can write to"
+    try:
+        free = f"{shutil.disk_usage(root).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "no space free"
+    return (f"out of disk space in the TileSet folder '{root}' ({free}) while writing slide '{job['image_id']}'; "
+            "nothing of that slide was left half-written. Free some space (a slide needs about "
+            f"{estimate_slide_bytes(job) / 2**20:.0f} MiB at these settings) and run the same command to resume")
+
+
+def estimate_slide_bytes(job: dict[str, Any]) -> int:
+    """A generous size of one slide's files: its pixel file if 500 tiles are kept."""
+    s = int(job["settings"].get("train_size", 224))
+    return 500 * s * s * 3
+
+
+def _worker_init() -> None:
+    """Worker processes: one thread each for BLAS / OpenMP (the pool is the parallelism)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+Commit = Callable[[dict[str, Any]], None]
+
+
+class InProcess:
+    """Slides one after the other in this process (with a per-slide bar of segment rows)."""
+
+    name = "in-process"
+
+    def __init__(self, inner_bar: Any = None):
+        self.inner = inner_bar
+
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+        for job in jobs:
+            if self.inner is not None:
+                self.inner.set_description(job["image_id"][:24])
+            commit(process_slide(job, self.inner))
+
+    def close(self) -> None:
+        pass
+
+
+class LocalPool:
+    """``workers`` spawned processes; results committed as they finish, a few jobs in flight."""
+
+    name = "local processes"
+
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = workers
+        # fork after torch/openslide threads start can deadlock
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        it = iter(jobs)
+        pending = set()
+        for job in it:
+            pending.add(self.pool.submit(process_slide, job))
+            if len(pending) >= 2 * self.workers:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(self.pool.submit(process_slide, nxt))
+                commit(fut.result())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskCluster:
+    """One task per slide on a Dask distributed cluster (``address``), or on a local one (``local``)."""
+
+    name = "dask"
+
+    def __init__(self, address: str, workers: int, timeout: float | None = None):
+        timeout = float(os.environ.get("CLOTCLF_DASK_TIMEOUT", "10")) if timeout is None else timeout
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            raise TilingError("--dask needs Dask's distributed scheduler: pip install 'dask[distributed]'") from None
+        self.cluster = None
+        self.address = address
+        try:
+            if address == "local":
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, silence_logs=40)
+                self.client = Client(self.cluster, timeout=timeout)
+            else:
+                self.client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            if self.cluster is not None:
+                self.cluster.close()
+            raise TilingError(
+                f"cannot reach the Dask scheduler at '{address}' ({type(exc).__name__}: {str(exc)[:160]}); "
+                "start one (`dask scheduler`, or dask-jobqueue on SLURM, see docs/performance.md), check the address, "
+                "or use --dask local / --workers N. Nothing was written"
+            ) from None
+
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+        import uuid
+
+        from dask.distributed import as_completed
+
+        run = uuid.uuid4().hex[:8]  # keys of this run only: a scheduler may still hold an earlier run's
+        futures = {self.client.submit(process_slide, job, pure=False, key=f"clotclf-tile-{run}-{i}-{job['image_id']}"): job
+                   for i, job in enumerate(jobs)}
+        for fut in as_completed(list(futures)):
+            job = futures[fut]
+            try:
+                res = fut.result()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # the worker died (KilledWorker), or the task could not run
+                res = {"image_id": job["image_id"], "status": "failed", "fatal": None, "info": {},
+                       "reason": f"Dask task failed: {type(exc).__name__}: {str(exc)[:300]}"}
+            commit(res)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def make_engine(workers: int, n_jobs: int, inner_bar: Any = None) -> Any:
+    """A local pool when it helps (several workers and slides), else this process."""
+    if workers > 1 and n_jobs > 1:
+        return LocalPool(workers)
+    return InProcess(inner_bar)

@@ -1,0 +1,240 @@
+"""One slide -> its tiles: read once, mask, grid, cut, filter, keep — streamed into a sink.
+
+1. :func:`clotclf_core.tiling.reading.scan_slide` decodes the slide once at the working resolution
+   and makes the low-resolution view, the glass colour and the tissue mask;
+2. the grid (:mod:`clotclf_core.tiling.grid`) covers the slide; *candidates* are cells with at least
+   ``min_tissue`` of their area in the mask;
+3. candidates are cut from the raster grid row by grid row, resized to ``train_size`` when the tile
+   is another size, and scored by the filters in batches; the survivors stream into the sink (the
+   TileSet's pixel file, or memory for :func:`tile_slide`) as they are made, so memory does not grow
+   with the number of kept tiles;
+4. with ``max_tiles``, the sink keeps the best ``max_tiles`` (see :func:`grid.rank_tiles`).
+
+Every candidate gets an index row: kept tiles with their ``row`` in the pixel file, rejected ones
+with ``row = -1`` and the filter (or ``max_tiles``) that dropped them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .filters import BuiltFilter, run_filters
+from .grid import Grid, candidates, cell_fractions, plan_grid, rank_tiles, working_factor
+from .reading import Scan, raster_shape, scan_slide, windows
+from .settings import MIN_SLIDE_SIDE, SlideSkip, TileSettings
+
+
+class TileSink(Protocol):
+    """Where kept tiles go, as they are made."""
+
+    def add(self, pixels: np.ndarray) -> None: ...
+
+    def finish(self, keep: np.ndarray | None) -> int:
+        """Done adding; keep only tiles ``keep`` (indices, in that order) when given. Returns the count."""
+
+
+class MemorySink:
+    """Kept tiles in a list of batches (for :func:`tile_slide`, which returns them)."""
+
+    def __init__(self, size: int):
+        self.parts: list[np.ndarray] = []
+        self.pixels = np.zeros((0, size, size, 3), np.uint8)
+
+    def add(self, pixels: np.ndarray) -> None:
+        self.parts.append(np.array(pixels, copy=True))
+
+    def finish(self, keep: np.ndarray | None) -> int:
+        if self.parts:
+            self.pixels = np.concatenate(self.parts)
+        if keep is not None:
+            self.pixels = self.pixels[keep]
+        self.parts = []
+        return len(self.pixels)
+
+
+@dataclass
+class SlideResult:
+    """What tiling one slide produced: the index rows of every candidate, facts about the slide,
+    and what the QC picture needs."""
+
+    status: str
+    reason: str
+    info: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    view: np.ndarray | None = None
+    view_decoded: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    #: per candidate: (x, y, side) in level-0 px and -1 kept / filter index / len(filters) for max_tiles
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+def _resize(tiles: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    side = tiles.shape[1]
+    how = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(t, (size, size), interpolation=how) for t in tiles])
+
+
+def darkness(tiles: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """1 - mean grey of each tile / grey of the glass, clipped to 0..1 (0: as bright as glass)."""
+    import cv2
+
+    grey = np.array([sum(cv2.mean(t)[:3]) / 3.0 for t in tiles], np.float64)
+    glass = max(float(np.mean(background)), 1.0)
+    return np.clip(1.0 - grey / glass, 0.0, 1.0)
+
+
+def geometry(slide: Any, settings: TileSettings) -> dict[str, Any]:
+    """The slide's geometry at these settings, checked before any pixel is read."""
+    width, height = (int(v) for v in slide.dimensions)
+    if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
+        raise SlideSkip("failed", f"the slide is {width} x {height} px, smaller than {MIN_SLIDE_SIDE} px a side: not a slide to tile")
+    from ..sources import checked_mpp
+
+    mpp, note = checked_mpp(getattr(slide, "mpp", None))  # the same range for every source, third-party ones too
+    if note and not getattr(slide, "mpp_note", ""):
+        try:
+            slide.mpp_note = note
+        except AttributeError:
+            pass
+    size0, stride0 = settings.level0_geometry(mpp)
+    factor = working_factor(size0, settings.train_size)
+    rh, rw = raster_shape(slide, factor)
+    tile = max(1, round(size0 / factor))
+    stride = max(1, round(stride0 / factor))
+    grid = plan_grid(rw, rh, tile, stride, settings.edges)
+    return {"width": width, "height": height, "mpp": mpp, "factor": factor, "tile": tile, "stride": stride,
+            "grid": grid, "raster": (rw, rh)}
+
+
+def tile_one(
+    slide: Any, settings: TileSettings, filters: list[BuiltFilter], sink: TileSink, threads: int = 1,
+    scratch_dir: str | None = None, progress: Any = None,
+) -> SlideResult:
+    """Tile one open slide into ``sink``. Raises :class:`SlideSkip` for a slide that cannot be
+    tiled (too small, no usable mpp for ``tile_um``, a grid too large); a slide without tissue is a
+    result with status ``no_tissue``."""
+    start = time.perf_counter()
+    geo = geometry(slide, settings)
+    info: dict[str, Any] = {"width": geo["width"], "height": geo["height"], "mpp": geo["mpp"]}
+    if getattr(slide, "mpp_note", ""):
+        info["mpp_note"] = slide.mpp_note
+    scan = scan_slide(
+        slide, geo["factor"], settings.thumbnail_size, settings.tissue_method, settings.prescreen,
+        (255, 255, 255) if settings.background == "white" else None, threads, scratch_dir, progress,
+    )
+    try:
+        return _tile_scanned(scan, settings, filters, sink, geo, info, start)
+    finally:
+        scan.close()
+
+
+def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter], sink: TileSink, geo: dict[str, Any],
+                  info: dict[str, Any], start: float) -> SlideResult:
+    grid: Grid = geo["grid"]
+    f = scan.factor  # level-0 px per raster px
+    S = settings.train_size
+    bg = np.asarray(scan.recipe.background, np.uint8)
+    side0 = int(round(grid.tile * f))
+    px = side0 / S
+    info.update(
+        level0_px_per_pixel=round(px, 4), um_per_pixel=round(px * geo["mpp"], 4) if geo["mpp"] else None,
+        tile_size_level0=side0, stride_level0=int(round(grid.stride * f)),
+        grid={"cols": grid.cols, "rows": grid.rows, "x0": int(round(grid.x0 * f)), "y0": int(round(grid.y0 * f))},
+        mask_from=f"scan of level {scan.level} at 1/{scan.ratio}" + (
+            f", {scan.stats['decoded_segments']} of {scan.stats['segments']} TIFF tiles decoded (byte-count prescreen)"
+            if scan.stats.get("prescreen") == "used" else ""),
+        mask=scan.recipe.describe(), decoding=scan.stats,
+    )
+    info["decoded_fraction"] = round(float(scan.view_decoded.mean()), 4)
+    info["tissue_fraction"] = round(float(scan.mask.mean()), 4)
+    frac = cell_fractions(scan.mask, grid, geo["raster"])
+    cells = candidates(frac, settings.min_tissue)
+    info["n_candidates"] = int(len(cells))
+    result = SlideResult("done", "", info, view=scan.view, view_decoded=scan.view_decoded, mask=scan.mask)
+    rejected = {fl.name: 0 for fl in filters}
+    info["rejected"] = rejected
+    if not scan.mask.any():
+        return _no_tissue(result, sink, "the tissue mask is empty (blank or unreadable image?)", start)
+    if len(cells) == 0:
+        return _no_tissue(result, sink, f"no tile has at least {settings.min_tissue:.0%} of its area in the tissue mask", start)
+
+    xs, ys = grid.xs(), grid.ys()
+    kept_rank: list[tuple[float, float]] = []
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[int, int, float]] = []
+    buf = np.empty((settings.batch_size, grid.tile, grid.tile, 3), np.uint8)  # reused: no fresh pages per batch
+
+    def flush() -> None:
+        batch = buf[: len(pending)]
+        if grid.tile != S:
+            batch = _resize(batch, S)
+        alive, scores, by = run_filters(filters, batch, bg)
+        dark = darkness(batch, bg)
+        for j, (x, y, fr) in enumerate(pending):
+            row = {"x": int(round(x * f)), "y": int(round(y * f)), "size": side0, "downsample": settings.downsample,
+                   "level0_px_per_pixel": round(px, 4), "tissue": round(float(fr), 4), "darkness": round(float(dark[j]), 4)}
+            row.update({f"score_{name}": round(float(v[j]), 4) for name, v in scores.items()})
+            if alive[j]:
+                row.update(row=len(kept_rank), kept=True, rejected_by="")
+                kept_rank.append((float(fr), float(dark[j])))
+            else:
+                row.update(row=-1, kept=False, rejected_by=filters[int(by[j])].name)
+                rejected[filters[int(by[j])].name] += 1
+            rows.append(row)
+        if alive.any():
+            sink.add(batch if alive.all() else batch[alive])
+        pending.clear()
+
+    by_row: dict[int, list[int]] = {}
+    for r, c in cells:
+        by_row.setdefault(int(r), []).append(int(c))
+    row_ids = sorted(by_row)
+    cuts = windows(scan, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
+    order = [(r, c) for r in row_ids for c in by_row[r]]
+    for (r, c), (x, y, win) in zip(order, cuts):
+        buf[len(pending)] = win
+        pending.append((x, y, float(frac[r, c])))
+        if len(pending) >= settings.batch_size:
+            flush()
+    if pending:
+        flush()
+
+    keep = None
+    n_kept = len(kept_rank)
+    if settings.max_tiles is not None and n_kept > settings.max_tiles:
+        t = np.array([k[0] for k in kept_rank]), np.array([k[1] for k in kept_rank])
+        best = np.sort(rank_tiles(t[0], t[1], settings.max_tiles_by)[: settings.max_tiles])
+        keep = best
+        new_row = {int(old): i for i, old in enumerate(best)}
+        for row in rows:
+            if row["kept"]:
+                if row["row"] in new_row:
+                    row["row"] = new_row[row["row"]]
+                else:
+                    row.update(row=-1, kept=False, rejected_by="max_tiles")
+        info["rejected_by_max_tiles"] = n_kept - settings.max_tiles
+    n = sink.finish(keep)
+    info["n_kept"] = n
+    result.rows = rows
+    names = [fl.name for fl in filters]
+    result.boxes = [(r["x"], r["y"], r["size"], -1 if r["kept"] else (names.index(r["rejected_by"]) if r["rejected_by"] in names else len(names)))
+                    for r in rows]
+    info["seconds"] = round(time.perf_counter() - start, 3)
+    if n == 0:
+        result.status = "no_tissue"
+        result.reason = f"all {len(rows)} candidate tiles were rejected by the filters (" + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")"
+    return result
+
+
+def _no_tissue(result: SlideResult, sink: TileSink, reason: str, start: float) -> SlideResult:
+    sink.finish(None)
+    result.status, result.reason = "no_tissue", reason
+    result.info["n_kept"] = 0
+    result.info["seconds"] = round(time.perf_counter() - start, 3)
+    return result

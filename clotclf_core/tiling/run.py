@@ -1,0 +1,276 @@
+"""Slides -> TileSet: :func:`tile_slides` (a cohort, resumable) and :func:`tile_slide` (one open slide).
+
+A re-run skips finished slides (``failed`` ones are retried, and so are slides whose files are
+missing or broken, and slides whose file changed since it was tiled: size and content
+fingerprint), after bringing the TileSet up to date with the current manifest: new patient /
+centre / label values go into ``tileset.json`` without pixel work, and slides it no longer lists
+leave the TileSet.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import ClotclfError, Interrupted
+from .filters import BuiltFilter, FilterRef, as_built, filters_for
+from .settings import SLIDE_SUFFIXES, TileSettings, TilingError
+from .summary import build_summary, per_slide_row
+
+
+def find_slides(folder: Path) -> list[Path]:
+    """Slide files directly in ``folder``: the extensions installed sources declare (else :data:`SLIDE_SUFFIXES`)."""
+    from ..sources import slide_extensions
+
+    exts = set(slide_extensions()) or set(SLIDE_SUFFIXES)
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+def tile_slide(
+    slide: Any,
+    settings: TileSettings | None = None,
+    filters: Sequence[FilterRef | BuiltFilter] = (("otsu", {}),),
+    threads: int = 1,
+) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """Tile one open Slide without writing anything.
+
+    Returns ``(pixels, rows, info)``: uint8 (n, S, S, 3) kept tiles at ``train_size``, one dict per
+    kept tile (x, y, size, downsample, level0_px_per_pixel, tissue, darkness, score_<filter>...)
+    and facts about the slide (``info["rejected_rows"]`` holds the rejected candidates). A slide
+    without tissue gives zero tiles and ``info["status"] == "no_tissue"`` with the reason; a slide
+    that cannot be tiled raises :class:`SlideSkip`. The result does not depend on ``threads``.
+    """
+    from .pipeline import MemorySink, tile_one
+
+    settings = settings or TileSettings()
+    sink = MemorySink(settings.train_size)
+    res = tile_one(slide, settings, as_built(filters), sink, threads)
+    kept = [r for r in res.rows if r["kept"]]
+    kept.sort(key=lambda r: r["row"])
+    res.info.update(status=res.status, rejected_rows=[r for r in res.rows if not r["kept"]])
+    if res.reason:
+        res.info["reason"] = res.reason
+    return sink.pixels, kept, res.info
+
+
+def _components(built: list[BuiltFilter], source: str | None) -> dict[str, Any]:
+    """Every filter and source that may be used, with its plugin, distribution and version."""
+    from ..config import parse_component_ref
+    from ..plugins import get_manager
+
+    mgr = get_manager()
+    specs = [mgr.get("source", parse_component_ref(source, "--source")[0])] if source else list(mgr.components("source"))
+    return {
+        "filters": [{"name": b.name, **b.component} for b in built],
+        "sources": [{"name": s.name, "plugin": s.plugin, "distribution": s.distribution, "version": s.version} for s in specs],
+    }
+
+
+def _output_failure(exc: OSError, out: Path) -> ClotclfError:
+    import shutil
+
+    from ..errors import os_error_message
+
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        try:
+            free = f"{shutil.disk_usage(out if out.exists() else out.parent).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "no space free"
+        return TilingError(f"out of disk space writing the TileSet folder '{out}' ({free}; its index needs a few MiB, "
+                           "each slide its tiles: ~150 KiB per 224-px tile); nothing was left half-written. Free some space "
+                           "and run the same command to resume")
+    if exc.errno == errno.EROFS:
+        return TilingError(f"cannot write the TileSet folder '{out}': the file system is read-only. Choose an --out on a writable disk")
+    msg = os_error_message(exc)
+    return TilingError(f"cannot write the TileSet folder '{out}': {msg or exc}")
+
+
+def tile_slides(
+    slides_dir: str | Path,
+    out: str | Path,
+    manifest: str | Path | None = None,
+    settings: TileSettings | None = None,
+    filters: Sequence[FilterRef] = (("otsu", {}),),
+    source: str | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    labels: Iterable[str] = ("CE", "LAA"),
+    require_labels: bool = False,
+    threads: int | None = None,
+    dask: str | None = None,
+    scratch_dir: str | None = None,
+) -> dict[str, Any]:
+    """Tile every slide of ``slides_dir`` (those of ``manifest``, or every slide file) into a TileSet.
+
+    Returns the summary (also what ``clotclf tile --json`` prints; see
+    :mod:`clotclf_core.tiling.summary`). Raises :class:`TilingError` when it cannot start (no
+    folder, no slide files, unreachable Dask scheduler, unwritable ``out``) or when no slide at all
+    could be tiled, and :class:`clotclf_core.errors.Interrupted` on Ctrl-C (finished slides kept).
+    ``threads``: decoding threads per worker (default: the CPU cores shared among the workers, at
+    most 8). ``dask``: a scheduler address (``tcp://host:8786``) or ``local``; default: local processes.
+    ``scratch_dir``: where large working rasters go (default: ``TMPDIR``).
+    """
+    from .. import progress as bars
+    from ..manifest import manifest_from_files, read_manifest
+    from ..tileset import MANIFEST_COLUMNS, TileSetWriter
+    from .execution import DaskCluster, file_fingerprint, make_engine
+
+    t_start = time.perf_counter()
+    settings = settings or TileSettings()
+    slides_dir, out = Path(slides_dir), Path(out)
+    if not slides_dir.is_dir():
+        raise TilingError(f"slide folder '{slides_dir}' does not exist or is not a folder: check the SLIDES argument")
+    if workers < 1:
+        raise TilingError(f"--workers must be at least 1 (got {workers})")
+    if threads is None:
+        threads = min(8, max(1, (os.cpu_count() or 1) // workers))  # each thread holds one decoded segment
+    if threads < 1:
+        raise TilingError(f"--threads must be at least 1 (got {threads})")
+    if manifest is not None:
+        df = read_manifest(manifest, labels=labels, require_labels=require_labels)
+    else:
+        files = find_slides(slides_dir)
+        if not files:
+            raise TilingError(
+                f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in '{slides_dir}'; pass the folder holding the slides, "
+                "or a --manifest"
+            )
+        df = manifest_from_files(files)
+    if source:  # fail now on an unknown source, not once per slide
+        from ..config import parse_component_ref
+        from ..plugins import get_manager
+
+        name, options = parse_component_ref(source, "--source")
+        get_manager().get("source", name).validate_options(options)
+
+    refs = [(str(n), dict(o or {})) for n, o in filters]
+    built = filters_for(refs)
+    recorded = {**settings.record(), "filters": [b.describe() for b in built], "source": source or "auto"}
+    records = df.to_dict("records")
+    listed = {rec["image_id"]: {c: rec.get(c, "") for c in MANIFEST_COLUMNS} for rec in records}
+    engine = None
+    try:
+        # connect before anything is written: an unreachable scheduler leaves no folder behind
+        engine = DaskCluster(dask, workers) if dask else None
+        try:
+            writer = TileSetWriter(out, recorded, tile_pixels=settings.train_size, overwrite=overwrite,
+                                   components=_components(built, source))
+            changes = writer.sync(listed)
+        except OSError as exc:
+            raise _output_failure(exc, out) from None
+        listing = "manifest" if manifest is not None else "slide folder"
+        per_slide: list[dict[str, Any]] = [
+            {"image_id": k, "status": "removed", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": f"no longer in the {listing} ({why})"}
+            for k, why in changes["removed"].items()
+        ] + [
+            {"image_id": k, "status": "relabelled", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": what}
+            for k, what in changes["relabelled"].items()
+        ]
+        notes = list(df.attrs.get("notes", []))
+        notes += [f"{k}: its files were broken ({why}); tiling it again" for k, why in writer.broken.items() if k not in changes["removed"]]
+        todo, skipped = [], []
+        for rec in records:
+            meta = writer.meta["slides"].get(rec["image_id"], {})
+            if meta.get("status") in ("done", "no_tissue") and not _changed(rec, meta, slides_dir, file_fingerprint, notes):
+                skipped.append(rec)
+            else:
+                if meta.get("status") in ("done", "no_tissue"):
+                    writer.forget(rec["image_id"])
+                todo.append(rec)
+        jobs = [
+            {"image_id": rec["image_id"], "path": str(Path(rec["path"]).resolve()) if rec.get("path") else None,
+             "folder": str(slides_dir.resolve()), "source": source,
+             "settings": settings.model_dump(), "filters": refs, "out": str(out.resolve()), "threads": threads,
+             "scratch": scratch_dir, "qc": True}
+            for rec in todo
+        ]
+        rejected = {b.name: 0 for b in built}
+        overall = bars.bar(total=len(jobs), desc="slides", unit="slide", disable=not progress)
+        inner = bars.bar(total=0, desc="tiles", unit="row", leave=False, inner=True, disable=not progress)
+        if engine is None:
+            engine = make_engine(workers, len(jobs), inner if progress else None)
+        finished: list[str] = []
+
+        def commit(res: dict[str, Any]) -> None:
+            if res.get("fatal"):
+                raise TilingError(res["fatal"])
+            image_id = res["image_id"]
+            info = res["info"]
+            try:
+                writer.commit(image_id, res["status"], info, listed[image_id], res["reason"])
+            except OSError as exc:
+                raise _output_failure(exc, out) from None
+            for k, v in (info.get("rejected") or {}).items():
+                rejected[k] = rejected.get(k, 0) + v
+            per_slide.append(per_slide_row(image_id, res["status"], info, res["reason"]))
+            if info.get("mpp_note"):
+                notes.append(f"{image_id}: {info['mpp_note']}")
+            finished.append(image_id)
+            overall.update()
+
+        try:
+            engine.run(jobs, commit)
+        except KeyboardInterrupt:
+            done_now = sum(1 for v in writer.meta["slides"].values() if v.get("status") == "done")
+            raise Interrupted(
+                f"interrupted: {len(finished)} slide(s) finished in this run and kept ({done_now} tiled slides in '{out}'); "
+                f"the slide(s) in progress were discarded. Run the same command again to resume: finished slides are skipped"
+            ) from None
+        finally:
+            overall.close()
+            inner.close()
+    finally:
+        if engine is not None:
+            engine.close()
+
+    writer.meta["geometry"] = _geometry_of(writer.meta["slides"])
+    try:
+        writer.merge_index()  # one tiles.csv for fast reading (the shards stay the truth)
+    except OSError as exc:
+        raise _output_failure(exc, out) from None
+    summary = build_summary(str(out), len(records), len(skipped), changes, per_slide, rejected, writer.meta["slides"],
+                            workers, threads, engine.name, time.perf_counter() - t_start, notes)
+    done_total = sum(1 for v in writer.meta["slides"].values() if v.get("status") == "done")
+    if done_total == 0:
+        tried = [s for s in per_slide if s["status"] in ("failed", "no_tissue")]
+        reasons = "; ".join(f"{s['image_id']}: {s['reason']}" for s in tried[:3])
+        raise TilingError(
+            f"no slide could be tiled ({summary['failed']} failed, {summary['no_tissue']} without tissue): {reasons}"
+            + (" ..." if len(tried) > 3 else "")
+            + f". Statuses are in {out / 'tileset.json'}"
+        )
+    return summary
+
+
+def _geometry_of(slides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What one cached pixel stands for across the TileSet's tiled slides (level-0 px, microns)."""
+    done = [v for v in slides.values() if v.get("status") == "done"]
+    px = sorted({v["level0_px_per_pixel"] for v in done if v.get("level0_px_per_pixel") is not None})
+    um = [v["um_per_pixel"] for v in done if v.get("um_per_pixel") is not None]
+    return {"level0_px_per_pixel": px[0] if len(px) == 1 else px,
+            "um_per_pixel": (round(min(um), 4), round(max(um), 4)) if um else None,
+            "slides_without_mpp": sum(1 for v in done if v.get("um_per_pixel") is None)}
+
+
+def _changed(rec: dict[str, Any], meta: dict[str, Any], folder: Path, fingerprint: Any, notes: list[str]) -> bool:
+    """Whether a finished slide's file was replaced since it was tiled (then it is tiled again)."""
+    old = meta.get("fingerprint")
+    if not old:
+        return False
+    try:
+        from ..sources import find_slide
+
+        path = rec.get("path") or find_slide(folder, rec["image_id"])
+        now = fingerprint(path)
+    except (ClotclfError, OSError):
+        return False  # gone: the slide keeps its tiles; a manifest that drops it removes it
+    if now != old:
+        notes.append(f"{rec['image_id']}: the slide file changed since it was tiled (size/content {old} -> {now}); tiling it again")
+        return True
+    return False
