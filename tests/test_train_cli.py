@@ -65,10 +65,18 @@ def test_evaluate_scores_only_unseen_patients_by_default(trained):
     res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
-    assert report["patients_scored"] == unseen and report["metrics"]["patient"]["n"] == unseen
-    assert report["seen_in_training"] == len(config["split"]["train"])
+    assert report["patients_scored"] == unseen and report["seen_in_training"] == len(config["split"]["train"])
+    # test and validation patients are scored apart, never pooled; the held-out test patients lead
+    groups = report["groups"]
+    assert list(groups) == ["test", "validation"]
+    assert groups["test"]["metrics"]["patient"]["n"] == len(config["split"]["test"])
+    assert groups["validation"]["metrics"]["patient"]["n"] == len(config["split"]["val"])
+    assert "early stopping" in groups["validation"]["what"]
+    assert report["headline"]["on"] == "test" and report["metrics"] == groups["test"]["metrics"]
+    assert report["headline"]["baseline_weighted_log_loss"] == 0.6931
     assert (root / "run" / "eval-tiles" / "metrics.json").is_file()
-    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate.png").is_file()
+    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate_test.png").is_file()
+    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate_validation.png").is_file()
     res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "all", "--out", root / "all", "-q")
     assert res.exit_code == 0 and json.loads((root / "all" / "metrics.json").read_text())["patients_scored"] == 8
     res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "test", "--out", root / "t")
