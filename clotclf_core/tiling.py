@@ -492,6 +492,15 @@ def _worker_init() -> None:
         os.environ.setdefault(var, "1")
 
 
+def _slide_facts(rec: dict[str, Any]) -> dict[str, Any]:
+    """What tileset.json records per slide from its manifest row, whether or not it gave tiles: its
+    patient (so training can name a patient lost to a failed slide) and the ``synthetic`` mark."""
+    facts: dict[str, Any] = {"patient_id": str(rec.get("patient_id", ""))}
+    if "synthetic" in rec:
+        facts["synthetic"] = str(rec["synthetic"]).strip().lower() in ("true", "1", "yes")
+    return facts
+
+
 def find_slides(folder: Path) -> list[Path]:
     """Slide files directly in ``folder``: the extensions installed sources declare (else :data:`SLIDE_SUFFIXES`)."""
     from .sources import slide_extensions
@@ -596,11 +605,14 @@ def tile_slides(
         for rec in todo
     ]
     by_id = {rec["image_id"]: rec for rec in todo}
+    # tileset.json's top-level mark: true as soon as one slide of the manifest is synthetic (demo-data marks them)
+    synthetic = any(_slide_facts(rec).get("synthetic") for rec in records)
     rejected = {b.name: 0 for b in built}
 
     def commit(res: dict[str, Any]) -> None:
         rec = by_id[res["image_id"]]
-        info = res["info"]
+        info = {**res["info"], **_slide_facts(rec)}
+        writer.meta["synthetic"] = synthetic
         if res["status"] == "done":
             base = {k: rec[k] for k in ("patient_id", "center_id", "label")}
             rows = [{"image_id": rec["image_id"], **base, **r} for r in res["rows"]]

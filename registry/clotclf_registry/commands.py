@@ -131,6 +131,8 @@ def list_models_command(namespace: str | None, registry: str | None, endpoint: s
         return
     for row in rows:
         row["headline"] = f"{row['metric']}={row['value']:.3f}" if row["value"] is not None else None
+        if row.get("synthetic") and row["headline"]:
+            row["headline"] += " (SYNTHETIC data)"
         row["private"] = "yes" if row["private"] else "no"
     if not rows:
         click.echo(f"no clotclf models in '{namespace or settings.namespace}' at {settings.registry if settings.registry != 'hub' else settings.endpoint}")
