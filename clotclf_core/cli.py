@@ -442,7 +442,7 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     _predict_warnings(summary)
     failed = summary["failed_slides"]
     if failed:
-        listed = "; ".join(f"{k} ({v[:120]})" for k, v in list(failed.items())[:10])
+        listed = "; ".join(f"{k} ({v[:240]})" for k, v in list(failed.items())[:10])
         raise PartialFailure(
             f"{len(failed)} of {summary['n_slides_in_job']} slide(s) could not be read and were not scored: {listed}"
             + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")

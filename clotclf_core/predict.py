@@ -131,7 +131,7 @@ def _patients_of(ids: list[str], given: dict[str, str], slide_is_patient: bool, 
     odd = sorted(i for i, m in matches.items() if m is None)
     if odd:
         raise PredictError(
-            f"cannot tell which patient each slide belongs to: {where} gives no patient_id for {len(matches)} slide(s), "
+            f"cannot tell which patient each slide belongs to: {len(matches)} slide(s) have no patient_id ({where}), "
             f"and {len(odd)} of them (e.g. '{odd[0]}') do not follow the STRIP AI image-id convention <patient>_<n>. "
             "Pass --manifest with a patient_id column (Kaggle's test.csv has one), or --slide-is-patient to make each "
             "slide its own patient (submission.csv then has one row per slide)"
@@ -156,12 +156,12 @@ def _job(slides_dir: str | Path, manifest: str | Path | None, labels: list[str],
         filled = set(df.attrs.get("patients_from_image_id", set()))
         ids = list(df["image_id"])
         given = {i: p for i, p in zip(df["image_id"], df["patient_id"]) if i not in filled}
-        where = f"the manifest '{manifest}'"
+        where = f"the manifest '{manifest}' gives none"
         slide_labels = {i: lab for i, lab in zip(df["image_id"], df["label"]) if lab}
     else:
         folder = check_folder(slides_dir, "slide folder", "check the SLIDES argument")
         ids = list(manifest_from_files(find_slides(folder))["image_id"])
-        given, where, slide_labels = {}, "without --manifest, nothing", {}
+        given, where, slide_labels = {}, "no --manifest", {}
     if not ids:
         raise PredictError(f"no slides to predict in '{slides_dir}'" + (f" (manifest '{manifest}')" if manifest else ""))
     patient_of, source = _patients_of(ids, given, slide_is_patient, where)

@@ -287,6 +287,11 @@ def test_cross_validation_reports_mean_std_and_out_of_fold(tiles, tmp_path):
     val_patients = {p for f in split["folds"] for p in f["val"]}
     assert metrics["oof"]["patient"]["n"] == len(val_patients) == 8 - len(split["test"])
     assert metrics["test_ensemble"]["patient"]["n"] == len(split["test"]) > 0
+    # the headline is the held-out test set (scored by the fold models' mean), then out-of-fold, then cv
+    assert list(metrics)[:4] == ["headline", "test_ensemble", "oof", "cv"]
+    assert metrics["headline"]["on"] == "test_ensemble" and metrics["headline"]["n_patients"] == len(split["test"])
+    body = (out / "README.md").read_text()
+    assert body.index("Held-out test patients, mean of the fold models") < body.index("### Out-of-fold patients")
     assert (out / "README.md").is_file() and (out / "plots" / "confusion_patient_oof.png").is_file()
     assert "test_ensemble" in summary and summary["cv"]["patient"]["log_loss"]["n"] == 2
 
@@ -300,6 +305,7 @@ def test_recipes_validate_against_the_installed_plugins(recipe, lr):
     s = resolve_settings(Path(__file__).parents[1] / "examples" / recipe, {"tiles": "tiles/"})
     assert (s.input_size, s.lr, s.schedule, s.grad_clip, s.class_weights) == (224, lr, "plateau", 1.0, "balanced")
     assert s.backbone_options["variant"] in ("poolformer_s36", "cct_14_7x2_224") and s.group_by == "patient"
+    assert s.test_fraction == 0.2 and s.monitor == "patient_weighted_log_loss"  # a held-out test set, the STRIP AI metric
     mgr = get_manager()
     mgr.get("backbone", s.backbone).validate_options(s.backbone_options)
     mgr.get("head", s.head).validate_options(s.head_options)
