@@ -51,17 +51,6 @@ def check_folder(path: str | os.PathLike, what: str, hint: str = "check the path
     return p
 
 
-def check_file(path: str | os.PathLike, what: str, hint: str = "check the path",
-               error: type[ClotclfError] = ClotclfError) -> Path:
-    p = Path(path)
-    problem = why_unusable(p)
-    if problem:
-        raise error(f"{what} '{p}' {problem}" + ("" if problem != "does not exist" else f": {hint}"))
-    if p.is_dir():
-        raise error(f"{what} '{p}' is a folder, not a file: {hint}")
-    return p
-
-
 def _run_dir_hint(p: Path) -> str:
     import json
 
