@@ -259,6 +259,7 @@ def _headline_block(info: dict[str, Any], headline: dict[str, Any]) -> list[str]
     patient = headline["levels"].get("patient") or {}
     chance = math.log(len(info["labels"]))
     what = headline["what"] or headline["title"]
+    what = what.split(": ", 1)[1] if ": " in what else what  # "held-out test patients: never ..." -> "never ..."
     n = patient.get("n")
     equal = " / ".join(f"{1 / len(info['labels']):g}" for _ in info["labels"])
     rows = [
@@ -267,7 +268,7 @@ def _headline_block(info: dict[str, Any], headline: dict[str, Any]) -> list[str]
         [f"constant {equal} (baseline)", f"{chance:.3f}", "0.500", "0.500"],
     ]
     out = [
-        f"**{headline['title']}** (n = {n if n is not None else '?'} patients) — {what}.",
+        f"**{headline['title']}**, n = {n if n is not None else '?'} patients: {what}.",
         "",
         _table(["patient level", "weighted log loss (STRIP AI) ↓", "balanced accuracy", "ROC AUC"], rows),
         "",

@@ -8,7 +8,6 @@ keeps each run to a few seconds."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from test_data import make_tileset
 from test_train import TINY_CCT
 
 from clotclf_core.model import load_state
-from clotclf_core.training.checkpoints import checkpoint_state
+from clotclf_core.training.checkpoints import checkpoint_state, state_digest
 
 MODEL = {**TINY_CCT, "dropout": 0.2}  # plus the CCT's own attention dropout 0.1 and drop-path 0.1
 TIMING = ["images_per_s", "seconds"]
@@ -46,13 +45,7 @@ def _train(tiles, out, *extra):
 
 
 def weights_digest(path) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order. (Not of the file: safetensors
-    writes its metadata from a hash map, so two files of the same tensors can differ in their header.)"""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(load_state(path).items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    return state_digest(load_state(path))
 
 
 def _fingerprint(run):

@@ -92,6 +92,22 @@ def read_checkpoint(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, An
     return model_state, opt_state, state, meta
 
 
+def state_digest(state: dict[str, "torch.Tensor"]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order: equal digests mean
+    bit-identical weights. (A safetensors file's own hash is not that: it writes its metadata from a
+    hash map, so two files of the same tensors can differ in their header.)"""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        t = tensor.detach().cpu().contiguous()
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def checkpoint_state(path: Path) -> dict[str, Any] | None:
     """The trainer state of a checkpoint without reading its tensors; None if absent or unreadable."""
     from safetensors import safe_open

@@ -66,6 +66,22 @@ def sum_over_ranks(rt: "Runtime", values: list[float]) -> list[float]:
     return totals.tolist()
 
 
+def _check_world_size(s: "TrainSettings", run_dir: Path, nproc: int) -> None:
+    """The check each rank's Trainer.resume makes, once before N processes start (one line, not N)."""
+    from .checkpoints import LAST, checkpoint_state
+
+    folds = range(s.folds) if s.fold == "all" else [int(s.fold)]
+    for k in folds:
+        fold_dir = run_dir / f"fold_{k}" if s.fold == "all" else run_dir
+        state = checkpoint_state(fold_dir / "checkpoints" / LAST)
+        if state is not None and int(state.get("world_size", 1)) != nproc:
+            world = int(state.get("world_size", 1))
+            how = f"with --nproc {world}" if world > 1 else "in one process (without --nproc)"
+            raise ClotclfError(
+                f"--resume: fold {k} in '{fold_dir}' was trained in {world} process(es), not {nproc}: the batches of each "
+                f"step and the LR schedule depend on it. Resume it {how}, or start a new run with another --out")
+
+
 def launch_distributed(s: "TrainSettings", nproc: int, resume: bool, quiet: bool, as_json: bool = False) -> int:
     """``clotclf train --nproc N``: resolve the data and run directory here, then start N processes
     with torch.distributed's launcher (``torchrun --standalone``) on the resolved settings."""
@@ -89,6 +105,8 @@ def launch_distributed(s: "TrainSettings", nproc: int, resume: bool, quiet: bool
     run_dir = Path(s.out)
     check_out(s, run_dir, resume)
     prepare_run(s, run_dir, resume)  # the ranks' own checks, once here: a refusal is one line, before N processes start
+    if resume:
+        _check_world_size(s, run_dir, nproc)
     run_dir.mkdir(parents=True, exist_ok=True)
     launch_cfg = run_dir / "launch.yaml"
     write_text(launch_cfg, yaml.safe_dump(settings_dict(s), sort_keys=False))

@@ -221,7 +221,7 @@ class Trainer:
             if self.progress and self.rt.is_main:
                 row = self.history[-1]
                 extra = "".join(f", {k.removeprefix('val_').replace('_', ' ')} {v:.3f}" for k, v in val.history.items()
-                                if k.startswith("val_patient") and isinstance(v, float))
+                                if k.startswith("val_patient") and "log_loss" not in k and isinstance(v, float))
                 write(f"fold {self.fold} epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}, "
                       f"val {s.monitor.replace('_', ' ')} {loss:.4f}{' (best)' if improved else ''}{extra}, "
                       f"{row['images_per_s']:.0f} img/s", file=sys.stderr)
