@@ -155,7 +155,7 @@ def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "
     from .inputs import open_tileset
     from .model import load_model, read_config, resolve_run_dir
     from .training.report import headline
-    from .training.run import tileset_is_synthetic
+    from .training.prepare import tileset_is_synthetic
     from .writes import staged_dir, write_guard
 
     if batch_size < 1:

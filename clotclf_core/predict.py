@@ -6,10 +6,8 @@ slide probability = mean of its tiles, patient probability = mean of its slides 
 ``metrics.aggregate``). Several models form an ensemble: the weighted mean of their slide
 probabilities (the published PoolFormer + CCT ensemble is ``--model A --model B``).
 
-Patients: a slide's patient is the manifest's ``patient_id``; without one (no manifest, or no
-such column), the STRIP AI image-id convention ``<patient>_<n>`` (``006388_0`` and ``006388_1``
-are patient ``006388``); slide names that follow neither are refused unless
-``--slide-is-patient`` makes each slide its own patient.
+Patients: see :mod:`clotclf_core.submission` (the manifest's ``patient_id``, else the STRIP AI
+image-id convention ``<patient>_<n>``, else refused unless ``--slide-is-patient``).
 
 Writes into OUT:
   predictions.csv   one row per slide and per patient: probabilities, predicted label, tiles used,
@@ -28,19 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import ClotclfError
 from .io import write_json, write_text
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from .submission import NO_TILE_NOTE, job_of, round_rows
 
 
 class PredictError(ClotclfError):
@@ -101,73 +96,6 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None) -> 
     return out
 
 
-#: the STRIP AI image-id convention: ``<patient>_<n>`` (e.g. ``006388_0`` is slide 0 of patient ``006388``)
-STRIP_IMAGE_ID = re.compile(r"^(?P<patient>.+)_(?P<num>\d+)$")
-
-
-@dataclass
-class Job:
-    """The slides this prediction is about, in order, and whose patient each one is."""
-
-    image_ids: list[str]
-    patient_of: dict[str, str]
-    patients_from: str  #: "manifest", "image-id convention <patient>_<n>", or "each slide its own patient"
-    labels: dict[str, str]  #: image_id -> label, when the manifest has one
-
-    @property
-    def patients(self) -> list[str]:
-        """Every patient of the job, in the order of their first slide (the manifest's order)."""
-        return list(dict.fromkeys(self.patient_of[i] for i in self.image_ids))
-
-
-def _patients_of(ids: list[str], given: dict[str, str], slide_is_patient: bool, where: str) -> tuple[dict[str, str], str]:
-    """Whose patient each slide is: the manifest's patient_id, else the STRIP AI image-id
-    convention ``<patient>_<n>``, else (asked for) each slide its own patient, else a refusal."""
-    if ids and all(i in given for i in ids):
-        return {i: given[i] for i in ids}, "manifest"
-    if slide_is_patient:
-        return {i: given.get(i, i) for i in ids}, "each slide its own patient (--slide-is-patient)"
-    matches = {i: STRIP_IMAGE_ID.match(i) for i in ids if i not in given}
-    odd = sorted(i for i, m in matches.items() if m is None)
-    if odd:
-        raise PredictError(
-            f"cannot tell which patient each slide belongs to: {len(matches)} slide(s) have no patient_id ({where}), "
-            f"and {len(odd)} of them (e.g. '{odd[0]}') do not follow the STRIP AI image-id convention <patient>_<n>. "
-            "Pass --manifest with a patient_id column (Kaggle's test.csv has one), or --slide-is-patient to make each "
-            "slide its own patient (submission.csv then has one row per slide)"
-        )
-    source = "manifest, else the image-id convention <patient>_<n>" if given else "image-id convention <patient>_<n>"
-    return {i: given[i] if i in given else matches[i]["patient"] for i in ids}, source
-
-
-def _job(slides_dir: str | Path, manifest: str | Path | None, labels: list[str], slide_is_patient: bool) -> Job:
-    """The image_ids this prediction is about (the manifest's rows, or every slide file in the folder)."""
-    from .inputs import check_folder
-    from .manifest import manifest_from_files, read_manifest
-    from .tiling import find_slides
-
-    if manifest is not None:
-        try:
-            df = read_manifest(manifest, labels=labels, require_labels=False)
-        except ClotclfError as exc:
-            raise PredictError(
-                f"{exc}".replace("choose the labels with --label", f"use a model trained on these labels (this one knows {', '.join(labels)})")
-            ) from None
-        filled = set(df.attrs.get("patients_from_image_id", set()))
-        ids = list(df["image_id"])
-        given = {i: p for i, p in zip(df["image_id"], df["patient_id"]) if i not in filled}
-        where = f"the manifest '{manifest}' gives none"
-        slide_labels = {i: lab for i, lab in zip(df["image_id"], df["label"]) if lab}
-    else:
-        folder = check_folder(slides_dir, "slide folder", "check the SLIDES argument")
-        ids = list(manifest_from_files(find_slides(folder))["image_id"])
-        given, where, slide_labels = {}, "no --manifest", {}
-    if not ids:
-        raise PredictError(f"no slides to predict in '{slides_dir}'" + (f" (manifest '{manifest}')" if manifest else ""))
-    patient_of, source = _patients_of(ids, given, slide_is_patient, where)
-    return Job(ids, patient_of, source, slide_labels)
-
-
 def _settings_key(t: dict[str, Any]) -> str:
     blob = json.dumps({"s": t["settings"].model_dump(mode="json"), "f": t["filters"], "src": t["source"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -194,17 +122,6 @@ def _trained_on(loaded: list[LoadedModel]) -> dict[str, set[str]]:
         for side in sides:
             sides[side] |= {str(p) for p in split.get(side, [])}
     return sides
-
-
-def _round_rows(frame: "pd.DataFrame", cols: list[str]) -> "pd.DataFrame":
-    """Probabilities to 6 decimals whose rows still sum to exactly 1 (the last column takes the rest)."""
-    values = np.round(frame[cols].to_numpy(dtype=np.float64), 6)
-    values = values / values.sum(axis=1, keepdims=True)
-    values = np.round(values, 6)
-    values[:, -1] = np.round(1.0 - values[:, :-1].sum(axis=1), 6)
-    out = frame.copy()
-    out[cols] = values
-    return out
 
 
 def predict(
@@ -244,7 +161,7 @@ def predict(
     loaded = load_models(models, weights)
     labels = loaded[0].labels
     rt = pick_runtime(device)
-    job = _job(slides_dir, manifest, labels, slide_is_patient)
+    job = job_of(slides_dir, manifest, labels, slide_is_patient)
     job_ids = set(job.image_ids)
     _check_writable(out)
 
@@ -338,7 +255,7 @@ def predict(
     for c in ("n_tiles", "n_slides"):
         if c in table.columns:
             table[c] = table[c].astype("Int64")
-    sub = _round_rows(patients[["patient_id", *pcols]], pcols).rename(columns={f"p_{n}": n for n in labels})
+    sub = round_rows(patients[["patient_id", *pcols]], pcols).rename(columns={f"p_{n}": n for n in labels})
 
     summary: dict[str, Any] = {
         "out": str(out),
@@ -373,11 +290,6 @@ def predict(
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(out / "summary.json", summary)
     return summary
-
-
-#: what a patient without a single usable tile gets in submission.csv, and why
-NO_TILE_NOTE = ("equal probabilities (1/number of classes: 0.5 for CE / LAA), the constant that scores best on the "
-                "class-weighted STRIP AI metric (ln 2 = 0.693); the training prior would score worse (about 0.80)")
 
 
 def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:

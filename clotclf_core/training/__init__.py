@@ -11,7 +11,8 @@ Modules, one concern each:
 ``checkpoints``     safetensors checkpoints: weights + optimizer + trainer state
 ``loop``            :class:`Trainer`: the epoch loop for any :class:`FoldTask`
 ``tiles``           :class:`TileTask` (a batch = tile images) and :data:`TILE_KIND`
-``run``             :func:`train`: checks, split, folds, run directory
+``prepare``         checks that only read (:func:`prepare_run`) and the data records
+``run``             :func:`train`: split, folds, run directory, Ctrl-C
 ``crossval``        ``--fold all``: mean ± std, out-of-fold, test ensemble
 ``report``          metrics.json (held-out headline first), the fold's files, model card, table
 ==================  ==========================================================================
@@ -28,8 +29,8 @@ from .options import cli_options, overrides_from_cli
 from .settings import AugmentSettings, TrainSettings, resolve_settings
 
 _LAZY = {
-    "train": "run", "train_fold": "run", "prepare_run": "run", "check_model": "run", "check_model_options": "run",
-    "RunData": "run", "config_sections": "run",
+    "train": "run", "train_fold": "run", "prepare_run": "prepare", "check_model": "prepare", "check_model_options": "prepare",
+    "RunData": "prepare", "config_sections": "prepare",
     "Trainer": "loop", "FoldTask": "loop", "Scored": "loop", "cosine_factor": "loop",
     "TileTask": "tiles", "TILE_KIND": "tiles", "TrainingKind": "tiles", "tile_trainer": "tiles", "model_config": "tiles",
     "read_checkpoint": "checkpoints", "write_checkpoint": "checkpoints",

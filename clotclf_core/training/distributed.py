@@ -90,7 +90,7 @@ def launch_distributed(s: "TrainSettings", nproc: int, resume: bool, quiet: bool
     import yaml
 
     from .demo import prepare_demo
-    from .run import check_model_options, check_out, default_out, prepare_run
+    from .prepare import check_model_options, check_out, default_out, prepare_run
     from .settings import settings_dict
 
     if nproc < 2:
