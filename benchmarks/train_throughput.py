@@ -12,7 +12,10 @@ Three measurements, in one run, on the same model and input size:
 - ``loader``: the training DataLoader alone (read + augment + collate), per number of workers.
 
 The framework's cost is ``1 - clotclf / bare``; the loader keeps up when its images/s exceed the
-bare loop's. On CUDA the script uses bf16 autocast and channels-last like `clotclf train`
+bare loop's. The clotclf epoch is split into the time the loop waits for its next batch and the
+time its steps take, so a gap can be told apart: waiting for data (a real cost: the loader),
+slower steps than the bare loop's in the same rounds (a real cost: the step's extra work), or
+neither while the ratio still moves from round to round (noise: another job on the machine). On CUDA the script uses bf16 autocast and channels-last like `clotclf train`
 (``--compile`` adds torch.compile to both loops).
 
 Usage::
@@ -148,9 +151,38 @@ class FrameworkLoop:
 
     def run(self) -> float:
         """images/s over one epoch, data loading and augmentation included."""
-        stats = self.trainer.train_epoch(self.epoch)
+        timed = _Timed(self.trainer.task.train_loader)
+        self.trainer.task.train_loader = timed
+        try:
+            stats = self.trainer.train_epoch(self.epoch)
+        finally:
+            self.trainer.task.train_loader = timed.loader
         self.epoch += 1
+        self.last_wait = timed.wait / max(stats["train_seconds"], 1e-9)  # share of the epoch spent waiting for data
+        self.last_step = (stats["train_seconds"] - timed.wait) / max(timed.batches, 1)
         return stats["images_per_s"]
+
+
+class _Timed:
+    """The training loader, timing how long the loop waits for each batch (the rest is the step)."""
+
+    def __init__(self, loader):
+        self.loader, self.wait, self.batches = loader, 0.0, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            self.batches += 1
+            yield batch
 
 
 def loader_alone(tiles: Path, size: int, batch: int, workers: int, batches: int) -> float:
@@ -212,11 +244,17 @@ def main() -> None:
         ours_loop = FrameworkLoop(args, rt, tiles, batch, train_workers)
         steps_per_epoch = ours_loop.steps_per_epoch
         bares, ours_all = [], []
+        waits, steps_ours = [], []
         for r in range(args.repeats):  # alternate, so both see the same conditions (shared machines)
             bares.append(bare_loop.run(steps))
-            speeds = [ours_loop.run() for _ in range(epochs)]  # equal images per epoch: harmonic mean
+            speeds = []
+            for _ in range(epochs):  # equal images per epoch: harmonic mean
+                speeds.append(ours_loop.run())
+                waits.append(ours_loop.last_wait)
+                steps_ours.append(ours_loop.last_step)
             ours_all.append(len(speeds) / sum(1 / v for v in speeds))
-            print(f"repeat {r + 1}: bare {bares[-1]:.1f}, clotclf {ours_all[-1]:.1f} images/s", file=sys.stderr)
+            print(f"repeat {r + 1}: bare {bares[-1]:.1f}, clotclf {ours_all[-1]:.1f} images/s "
+                  f"(waiting for data {100 * waits[-1]:.1f} % of the epoch)", file=sys.stderr)
         bares.append(bare_loop.run(steps))  # a closing bare round: every clotclf round has a bare one on each side
         bare, ours = max(bares), max(ours_all)  # best of each: the run least disturbed by anything else
         # each repeat's clotclf round against the bare rounds just before and after it: on a machine whose
@@ -242,6 +280,9 @@ def main() -> None:
         "precision": rt.precision, "channels_last": rt.channels_last, "compile": args.compile,
         "steps_timed": steps, "clotclf_steps_per_epoch": steps_per_epoch, "torch_threads": torch.get_num_threads(),
         "framework_overhead": 1 - ours / bare,
+        "data_wait_share_median": float(np.median(waits)),
+        "step_seconds_clotclf_median": float(np.median(steps_ours)),
+        "step_seconds_bare_median": float(np.median([batch / b for b in bares])),
         "paired_ratio_median": float(np.median(paired)), "paired_ratio_min": float(paired[0]),
         "paired_ratio_max": float(paired[-1]),
     }
@@ -258,6 +299,9 @@ def main() -> None:
     print(f"\nframework overhead vs the bare loop: {100 * info['framework_overhead']:.1f} % (best rounds); "
           f"clotclf / bare of neighbouring rounds: median {info['paired_ratio_median']:.2f} "
           f"(min {info['paired_ratio_min']:.2f}, max {info['paired_ratio_max']:.2f}, {len(paired)} rounds)")
+    print(f"where the clotclf epoch goes: waiting for data {100 * info['data_wait_share_median']:.1f} % (median); "
+          f"a step (to_input, forward, loss, backward, clip, AdamW, schedule) {info['step_seconds_clotclf_median']:.3f} s "
+          f"against the bare loop's {info['step_seconds_bare_median']:.3f} s")
 
 
 if __name__ == "__main__":
