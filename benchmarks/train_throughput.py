@@ -5,14 +5,17 @@ Three measurements, in one run, on the same model and input size:
 - ``bare``: the model as timm builds it (``timm.create_model(variant, num_classes=2)``) trained on
   random tensors that already sit on the device: forward, loss, backward, AdamW step, nothing
   else. The ceiling.
-- ``clotclf``: the real :class:`clotclf_core.train.Trainer` (what `clotclf train` runs) over a
+- ``clotclf``: the real :class:`clotclf_core.training.loop.Trainer` on a tile task (what `clotclf train` runs) over a
   synthetic TileSet: memory-mapped pixel cache, albumentations augmentation in DataLoader workers,
   uint8 transfer, normalisation on the device, gradient clipping, LR schedule. Timed over whole
   epochs after a warm-up epoch (workers started, torch.compile done), so epoch boundaries count.
 - ``loader``: the training DataLoader alone (read + augment + collate), per number of workers.
 
 The framework's cost is ``1 - clotclf / bare``; the loader keeps up when its images/s exceed the
-bare loop's. On CUDA the script uses bf16 autocast and channels-last like `clotclf train`
+bare loop's. The clotclf epoch is split into the time the loop waits for its next batch and the
+time its steps take, so a gap can be told apart: waiting for data (a real cost: the loader),
+slower steps than the bare loop's in the same rounds (a real cost: the step's extra work), or
+neither while the ratio still moves from round to round (noise: another job on the machine). On CUDA the script uses bf16 autocast and channels-last like `clotclf train`
 (``--compile`` adds torch.compile to both loops).
 
 Usage::
@@ -50,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", default=None, help="comma-separated loader worker counts (default: 0,1,2,4,8,... up to the CPU count)")
     p.add_argument("--train-workers", type=int, default=None, help="workers of the clotclf loop (default: the CPU count - 1, at most 12)")
     p.add_argument("--compile", action="store_true", help="torch.compile both loops")
-    p.add_argument("--repeats", type=int, default=3, help="alternating timed rounds of each loop; the best is reported")
+    p.add_argument("--repeats", type=int, default=3, help="alternating timed rounds of each loop; the best of each, and the median ratio of neighbouring rounds, are reported")
     p.add_argument("--budget", type=float, default=280.0, help="seconds after which the remaining loader rows are skipped")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p.parse_args()
@@ -127,7 +130,8 @@ class FrameworkLoop:
         from clotclf_core.config import ModelConfig
         from clotclf_core.model import build_model
         from clotclf_core.tileset import TileSet
-        from clotclf_core.train import TrainSettings, Trainer
+        from clotclf_core.training import TrainSettings
+        from clotclf_core.training.tiles import tile_trainer
 
         ts = TileSet(tiles)
         s = TrainSettings(tiles=str(tiles), backbone="poolformer", backbone_options={"variant": args.variant},
@@ -136,7 +140,7 @@ class FrameworkLoop:
         torch.manual_seed(0)
         model = build_model(ModelConfig(backbone="poolformer", backbone_options={"variant": args.variant},
                                         labels=["CE", "LAA"], input_size=args.size))
-        self.trainer = Trainer(s, model, ts, np.arange(len(ts)), np.arange(8), 0, Path(tempfile.mkdtemp()), rt,
+        self.trainer = tile_trainer(s, model, ts, np.arange(len(ts)), np.arange(8), 0, Path(tempfile.mkdtemp()), rt,
                                progress=False)
         self.epoch = 0
         self.run()  # warm-up: workers start, compile, allocator
@@ -147,16 +151,45 @@ class FrameworkLoop:
 
     def run(self) -> float:
         """images/s over one epoch, data loading and augmentation included."""
-        stats = self.trainer.train_epoch(self.epoch)
+        timed = _Timed(self.trainer.task.train_loader)
+        self.trainer.task.train_loader = timed
+        try:
+            stats = self.trainer.train_epoch(self.epoch)
+        finally:
+            self.trainer.task.train_loader = timed.loader
         self.epoch += 1
+        self.last_wait = timed.wait / max(stats["train_seconds"], 1e-9)  # share of the epoch spent waiting for data
+        self.last_step = (stats["train_seconds"] - timed.wait) / max(timed.batches, 1)
         return stats["images_per_s"]
+
+
+class _Timed:
+    """The training loader, timing how long the loop waits for each batch (the rest is the step)."""
+
+    def __init__(self, loader):
+        self.loader, self.wait, self.batches = loader, 0.0, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            self.batches += 1
+            yield batch
 
 
 def loader_alone(tiles: Path, size: int, batch: int, workers: int, batches: int) -> float:
     """images/s of the training DataLoader (read + augment + collate), nothing else."""
     from clotclf_core.data import EpochSampler, TileDataset, build_transform, make_loader
     from clotclf_core.tileset import TileSet
-    from clotclf_core.train import AugmentSettings
+    from clotclf_core.training import AugmentSettings
 
     ts = TileSet(tiles)
     ds = TileDataset(ts, np.arange(len(ts)), ["CE", "LAA"], build_transform(size, ts.tile_size, AugmentSettings()))
@@ -184,7 +217,7 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from clotclf_core.evaluate import pick_runtime
+    from clotclf_core.inference import pick_runtime
 
     rt = pick_runtime(args.device)
     cuda = rt.device.type == "cuda"
@@ -211,12 +244,22 @@ def main() -> None:
         ours_loop = FrameworkLoop(args, rt, tiles, batch, train_workers)
         steps_per_epoch = ours_loop.steps_per_epoch
         bares, ours_all = [], []
+        waits, steps_ours = [], []
         for r in range(args.repeats):  # alternate, so both see the same conditions (shared machines)
             bares.append(bare_loop.run(steps))
-            speeds = [ours_loop.run() for _ in range(epochs)]  # equal images per epoch: harmonic mean
+            speeds = []
+            for _ in range(epochs):  # equal images per epoch: harmonic mean
+                speeds.append(ours_loop.run())
+                waits.append(ours_loop.last_wait)
+                steps_ours.append(ours_loop.last_step)
             ours_all.append(len(speeds) / sum(1 / v for v in speeds))
-            print(f"repeat {r + 1}: bare {bares[-1]:.1f}, clotclf {ours_all[-1]:.1f} images/s", file=sys.stderr)
+            print(f"repeat {r + 1}: bare {bares[-1]:.1f}, clotclf {ours_all[-1]:.1f} images/s "
+                  f"(waiting for data {100 * waits[-1]:.1f} % of the epoch)", file=sys.stderr)
+        bares.append(bare_loop.run(steps))  # a closing bare round: every clotclf round has a bare one on each side
         bare, ours = max(bares), max(ours_all)  # best of each: the run least disturbed by anything else
+        # each repeat's clotclf round against the bare rounds just before and after it: on a machine whose
+        # load drifts, a ratio of neighbours is steadier than a ratio of bests; the median of them is reported
+        paired = sorted(o / np.mean(bares[i:i + 2]) for i, o in enumerate(ours_all))
         del bare_loop, ours_loop
         rows.append({"what": "bare timm loop, random tensors on the device", "images_per_s": bare,
                      "all": [round(b, 1) for b in bares]})
@@ -237,6 +280,11 @@ def main() -> None:
         "precision": rt.precision, "channels_last": rt.channels_last, "compile": args.compile,
         "steps_timed": steps, "clotclf_steps_per_epoch": steps_per_epoch, "torch_threads": torch.get_num_threads(),
         "framework_overhead": 1 - ours / bare,
+        "data_wait_share_median": float(np.median(waits)),
+        "step_seconds_clotclf_median": float(np.median(steps_ours)),
+        "step_seconds_bare_median": float(np.median([batch / b for b in bares])),
+        "paired_ratio_median": float(np.median(paired)), "paired_ratio_min": float(paired[0]),
+        "paired_ratio_max": float(paired[-1]),
     }
     if args.json:
         print(json.dumps({"info": info, "rows": rows}, indent=2))
@@ -248,7 +296,12 @@ def main() -> None:
     for r in rows:
         vs = f"{r['vs_bare']:.2f}" if "vs_bare" in r else "1.00"
         print(f"| {r['what']} | {r['images_per_s']:.1f} | {vs} | {', '.join(map(str, r.get('all', [])))} |")
-    print(f"\nframework overhead vs the bare loop: {100 * info['framework_overhead']:.1f} %")
+    print(f"\nframework overhead vs the bare loop: {100 * info['framework_overhead']:.1f} % (best rounds); "
+          f"clotclf / bare of neighbouring rounds: median {info['paired_ratio_median']:.2f} "
+          f"(min {info['paired_ratio_min']:.2f}, max {info['paired_ratio_max']:.2f}, {len(paired)} rounds)")
+    print(f"where the clotclf epoch goes: waiting for data {100 * info['data_wait_share_median']:.1f} % (median); "
+          f"a step (to_input, forward, loss, backward, clip, AdamW, schedule) {info['step_seconds_clotclf_median']:.3f} s "
+          f"against the bare loop's {info['step_seconds_bare_median']:.3f} s")
 
 
 if __name__ == "__main__":

@@ -400,7 +400,7 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
 
 # ----------------------------------------------------------------------------- train / evaluate
 
-from .train import cli_options as _train_options  # noqa: E402  (pydantic only: keeps start-up light)
+from .training import cli_options as _train_options  # noqa: E402  (pydantic only: keeps start-up light)
 
 
 @cli.command("train")
@@ -416,7 +416,7 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
     model.safetensors, config.json, metrics.json, history.csv, plots/, README.md. See docs/training.md."""
     import os
 
-    from .train import launch_distributed, overrides_from_cli, report_table, resolve_settings, train
+    from .training import launch_distributed, overrides_from_cli, report_table, resolve_settings, train
 
     settings = resolve_settings(config_path, overrides_from_cli(params))
     if nproc:
@@ -438,17 +438,19 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 @click.option("--tiles", required=True, type=click.Path(file_okay=False), help="TileSet to score (from `clotclf tile`).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and plots/ [default: RUN/eval-<tileset name>].")
 @click.option("--patients", type=click.Choice(["unseen", "val", "test", "all"]), default="unseen",
-              help="Which patients to score: those the model never trained on, the run's validation / test patients, or all (optimistic).")
-@click.option("--batch-size", type=int, default=64, help="Tiles per inference batch.")
-@click.option("--workers", type=int, default=2, help="Data-loader worker processes.")
+              help="Which patients to score: those the model never trained on, the run's validation / test patients, or all (optimistic). Each group is reported on its own.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loader worker processes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
 def evaluate_command(run, tiles, out, patients, batch_size, workers, device, quiet, as_json) -> None:
     """Re-evaluate the model RUN (a run directory, or a registry name) on a TileSet, at tile, slide
-    and patient level; by default only on patients the model never trained on."""
+    and patient level; by default only on patients the model never trained on, with the run's
+    test patients, other patients and validation patients reported separately."""
     from .evaluate import evaluate_run
     from .metrics import format_table
+    from .training.report import headline_sentence
 
     report = evaluate_run(run, tiles, out, patients, batch_size, workers, device, progress=not (quiet or as_json))
     if as_json:
@@ -458,8 +460,24 @@ def evaluate_command(run, tiles, out, patients, batch_size, workers, device, qui
                    f"{report['seen_in_training']} of the TileSet's patients were in the model's training split)")
         if report["note"]:
             click.echo(report["note"])
-        click.echo(format_table(report["metrics"]))
+        click.echo(headline_sentence(report["headline"]))
+        for name, group in report["groups"].items():
+            click.echo(f"\n{name} (n = {group['n_patients']} patients): {group['what']}")
+            click.echo(format_table(group["metrics"]))
         click.echo(f"\nwritten to {report['out']}")
+
+
+def _predict_warnings(summary: dict[str, Any]) -> None:
+    """Printed on stderr whatever --quiet / --json say: patients without a number of their own."""
+    missing = summary["patients_without_tiles"]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        click.echo(f"Warning: {len(missing)} PATIENT(S) HAVE NO USABLE TILE and get equal probabilities (0.5 each for "
+                   f"CE / LAA) in submission.csv: {shown}. Their slides' reasons are in predictions.csv", err=True)
+    seen = summary["patients_in_model_split"]
+    if seen.get("train"):
+        click.echo(f"Warning: {seen['train']} patient(s) were TRAINING patients of the model(s) (in_model_split = train "
+                   "in predictions.csv): their predictions are optimistic", err=True)
 
 
 @cli.command("predict")
@@ -468,39 +486,51 @@ def evaluate_command(run, tiles, out, patients, batch_size, workers, device, qui
               help="Run directory or registry name (org/name[@rev]); repeat for an ensemble.")
 @click.option("--weight", "weights", multiple=True, type=float, help="Ensemble weight per --model, in order [default: equal].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions.csv, submission.csv, heatmaps/.")
-@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label]; default: every slide file (patient = slide).")
-@click.option("--workers", type=int, default=1, help="Slides tiled in parallel (processes).")
-@click.option("--batch-size", type=int, default=64, help="Tiles per inference batch.")
-@click.option("--loader-workers", type=int, default=0, help="Data-loader worker processes for inference.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label] (Kaggle's test.csv reads as is); every patient in it gets a submission row.")
+@click.option("--slide-is-patient", is_flag=True, help="Without a patient_id, make each slide its own patient [default: the STRIP AI image-id convention <patient>_<n>, else refused].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Slides tiled in parallel (processes).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
+@click.option("--loader-workers", type=click.IntRange(min=0), default=0, help="Data-loader worker processes for inference.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
 @click.option("--no-heatmaps", is_flag=True, help="Skip the heatmap pictures.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def predict_command(slides, models, weights, out, manifest, workers, batch_size, loader_workers, device, no_heatmaps,
-                    quiet, as_json) -> None:
+def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
+                    no_heatmaps, quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble: tiles them with each model's own
     tiling settings, writes per-slide and per-patient probabilities (predictions.csv), a Kaggle-style
-    submission.csv (patient_id,CE,LAA) and one heatmap per slide."""
+    submission.csv (patient_id,CE,LAA; one row per patient) and one heatmap per slide. Exit code 3
+    when some slides could not be read (listed; everything else is written)."""
+    from .errors import PartialFailure
     from .predict import predict
 
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
-                      heatmaps=not no_heatmaps, progress=not (quiet or as_json))
+                      heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
-        return
-    if quiet:
+    elif quiet:
         click.echo(summary["out"])
-        return
-    click.echo(f"{summary['n_slides']} slide(s), {summary['n_patients']} patient(s) scored by "
-               f"{len(summary['models'])} model(s) in {summary['seconds']} s")
-    if summary["slides_without_tiles"]:
-        click.echo(f"no tissue tiles (not scored): {', '.join(summary['slides_without_tiles'])}")
-    for level, m in summary.get("metrics", {}).items():
-        click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
-                   f"weighted log loss {m['weighted_log_loss']:.3f}")
-    click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
-               f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
+    else:
+        click.echo(f"{summary['n_slides']} slide(s), {summary['n_patients']} patient(s) scored by "
+                   f"{len(summary['models'])} model(s) in {summary['seconds']} s (patients from the "
+                   f"{summary['patient_ids_from']})")
+        if summary["slides_without_tiles"]:
+            click.echo(f"no tissue tiles (not scored): {', '.join(summary['slides_without_tiles'])}")
+        for level, m in summary.get("metrics", {}).items():
+            click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
+                       f"weighted log loss {m['weighted_log_loss']:.3f}")
+        click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
+                   f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
+    _predict_warnings(summary)
+    failed = summary["failed_slides"]
+    if failed:
+        listed = "; ".join(f"{k} ({v[:240]})" for k, v in list(failed.items())[:10])
+        raise PartialFailure(
+            f"{len(failed)} of {summary['n_slides_in_job']} slide(s) could not be read and were not scored: {listed}"
+            + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+            + f". Everything else is written to {summary['out']} (their patients are in submission.csv, with equal "
+            "probabilities if no other slide of theirs was scored); fix those slides and run the command again")
 
 
 # ----------------------------------------------------------------------------- embed

@@ -12,7 +12,8 @@ Why it looks like this:
   ``A.Normalize``, where it is cheapest.
 - Every sample's augmentation is seeded from (run seed, epoch, position): the same seed gives the
   same batches whatever the number of workers, and a resumed run sees exactly the batches the
-  uninterrupted run would have seen.
+  uninterrupted run would have seen. Every loader has its own generator, so making an iterator
+  never draws from the global torch RNG (the dropout stream): see :mod:`clotclf_core.training.seeds`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 def build_transform(input_size: int, tile_size: int, augment=None):
     """An albumentations pipeline on uint8 HWC images (None when there is nothing to do).
 
-    ``augment`` is a :class:`clotclf_core.train.AugmentSettings` (None: no augmentation).
+    ``augment`` is a :class:`clotclf_core.training.AugmentSettings` (None: no augmentation).
     """
     import albumentations as A
     import cv2
@@ -107,8 +108,10 @@ class TileDataset(Dataset):
 
 
 def _mix(*values: int) -> int:
-    """A 63-bit seed from several integers (stable across processes and Python versions)."""
-    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    """A 63-bit seed from several integers (:func:`clotclf_core.training.seeds.mix`)."""
+    from .training.seeds import mix
+
+    return mix(*values)
 
 
 class EpochSampler(Sampler):
@@ -181,15 +184,20 @@ def make_loader(
     workers: int = 2,
     pin_memory: bool = False,
     drop_last: bool = False,
+    generator: "torch.Generator | None" = None,
 ) -> DataLoader:
     """A DataLoader with worker processes kept alive between epochs and pinned memory on CUDA.
 
-    Workers are forked and torch gives each one thread. (Do not call ``cv2.setNumThreads`` in a
-    forked worker: after the parent has used OpenCV's thread pool, that call never returns.)
+    ``generator`` (default: a fixed one) gives the workers' base seed, so the global torch RNG is
+    never touched. Workers are forked and torch gives each one thread. (Do not call
+    ``cv2.setNumThreads`` in a forked worker: after the parent has used OpenCV's thread pool, that
+    call never returns.)
     """
-    kwargs: dict[str, Any] = {}
+    from .training.seeds import loader_generator
+
+    kwargs: dict[str, Any] = {"generator": generator if generator is not None else loader_generator()}
     if workers > 0:
-        kwargs = {"persistent_workers": True, "prefetch_factor": 4}
+        kwargs |= {"persistent_workers": True, "prefetch_factor": 4}
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,7 +1,10 @@
 """A small synthetic cohort shaped like Mayo Clinic STRIP AI, for demos and end-to-end tests.
 
-``write_demo_cohort(out)`` writes ``out/train.csv`` (exactly the Kaggle columns ``image_id,
-center_id, patient_id, image_num, label``), ``out/slides/<image_id>.tif`` and ``out/README.md``.
+``write_demo_cohort(out)`` writes ``out/train.csv`` (the Kaggle columns ``image_id, center_id,
+patient_id, image_num, label``, then ``synthetic`` = ``true``: the mark ``clotclf tile`` carries
+into the TileSet and training into the model card), ``out/slides/<image_id>.tif``,
+``out/README.md`` and, first of all, the marker ``out/.clotclf-demo-cohort.json``: ``--overwrite``
+replaces only a folder that holds a demo cohort and nothing foreign (:func:`overwrite_problem`).
 Everything is drawn from one seed, so a seed always gives the same pixels.
 
 What the slides look like, and why:
@@ -36,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +50,12 @@ from .io import atomic_path, write_text
 #: Tiling settings for the demo cohort (``TileSettings`` fields): 224-pixel tiles at 1 um/pixel,
 #: overlapping by half, so that each slide gives about 35-100 tissue tiles while staying small.
 DEMO_TILING: dict[str, Any] = {"downsample": 2.0, "tile_size": 224, "stride": 112}
-MANIFEST_COLUMNS = ("image_id", "center_id", "patient_id", "image_num", "label")
+KAGGLE_COLUMNS = ("image_id", "center_id", "patient_id", "image_num", "label")
+#: the Kaggle columns, then the synthetic mark
+MANIFEST_COLUMNS = (*KAGGLE_COLUMNS, "synthetic")
+#: written first into a cohort folder: what ``--overwrite`` recognises as a demo cohort
+MARKER = ".clotclf-demo-cohort.json"
+README_TITLE = "# clotclf demo cohort (synthetic)"
 DEFAULT_PATIENTS = 22
 MPP = 0.5  # microns per level-0 pixel, written in the TIFF resolution tags
 SIDE_RANGE = (2000, 3000)  # level-0 pixels per side
@@ -358,6 +366,46 @@ def _write_tiff(path: Path, pixels: np.ndarray, layout: str) -> None:
                     tw.write(level, tile=(256, 256), subfiletype=1, photometric="rgb", metadata=None, **codec)
 
 
+def _demo_slide_name(name: str) -> bool:
+    """A file a demo cohort's slides/ may hold: ``<6 hex>_<n>.tif`` or an atomic write's temporary."""
+    import re
+
+    return bool(re.fullmatch(r"[0-9a-f]{6}_\d+\.tif", name) or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def overwrite_problem(out: Path) -> str | None:
+    """Why ``--overwrite`` must not replace ``out`` (None: it holds a demo cohort and nothing of the user's
+    that would be deleted). Only ``slides/``, ``train.csv`` and ``README.md`` are ever replaced."""
+    readme = out / "README.md"
+    is_demo = (out / MARKER).is_file()
+    if not is_demo and readme.is_file():  # a cohort written before the marker existed
+        try:
+            is_demo = readme.read_text(encoding="utf-8", errors="replace").startswith(README_TITLE)
+        except OSError:
+            is_demo = False
+    if not is_demo:
+        return (f"'{out}' does not hold a clotclf demo cohort (no {MARKER}, and no demo README.md), so --overwrite "
+                "would delete your own files: choose an empty or new folder for the demo")
+    slides = out / "slides"
+    if slides.exists() and not slides.is_dir():
+        return f"'{slides}' is a file, not the demo's slide folder: move it, or choose another folder"
+    foreign = sorted(p.name for p in slides.iterdir() if not _demo_slide_name(p.name)) if slides.is_dir() else []
+    if foreign:
+        return (f"'{slides}' holds {len(foreign)} file(s) that are not demo slides (e.g. '{foreign[0]}'), which "
+                "--overwrite would delete: move them out, or choose another folder for the demo")
+    manifest = out / "train.csv"
+    if manifest.is_file():
+        try:
+            header = manifest.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+        except OSError:
+            header = []
+        if not header or not header[0].startswith(",".join(KAGGLE_COLUMNS)):
+            return (f"'{manifest}' is not the demo's manifest (its header is {header[0][:60]!r} if any), and "
+                    "--overwrite would replace it: move it, or choose another folder for the demo" if header else
+                    f"'{manifest}' is not the demo's manifest: move it, or choose another folder for the demo")
+    return None
+
+
 def _clear_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ClotclfError(f"demo output '{out}' is a file, not a folder: choose a folder path")
@@ -367,11 +415,26 @@ def _clear_output(out: Path, overwrite: bool) -> None:
                 f"demo output folder '{out}' is not empty: choose an empty or new folder, or pass --overwrite "
                 "to replace the demo cohort in it"
             )
+        problem = overwrite_problem(out)
+        if problem:
+            raise ClotclfError(f"demo-data --overwrite refused: {problem}")
         slides = out / "slides"
         if slides.is_dir():
             shutil.rmtree(slides)
         for name in ("train.csv", "README.md", "markers.csv"):
             (out / name).unlink(missing_ok=True)
+
+
+def _write_marker(out: Path, seed: int, n_patients: int) -> None:
+    import json
+
+    write_text(out / MARKER, json.dumps({"clotclf_demo_cohort": True, "synthetic": True, "seed": seed,
+                                         "patients": n_patients, "clotclf_version": __version__}) + "\n")
+
+
+def _estimated_bytes(slides: list[DemoSlide]) -> int:
+    """About what the cohort takes on disk (deflate / JPEG TIFFs of these drawings: ~0.45 byte per pixel)."""
+    return int(sum(s.width * s.height for s in slides) * 0.45)
 
 
 def _readme(slides: list[DemoSlide], seed: int, n_patients: int) -> str:
@@ -422,12 +485,14 @@ def write_demo_cohort(
     """Write the synthetic cohort into ``out``; return the manifest path ``out/train.csv``.
 
     Refuses a non-empty ``out`` unless ``overwrite`` (which replaces ``slides/``, ``train.csv``
-    and ``README.md`` and leaves other files alone). Every file is written atomically and the
+    and ``README.md`` of a demo cohort and leaves other files alone; a folder that does not hold
+    a demo cohort is refused, see :func:`overwrite_problem`). Every file is written atomically and the
     manifest last, so a manifest always describes complete slides. ``progress`` shows a tqdm
     bar; ``workers`` threads draw slides at once (default: the CPU count, at most 4).
     ``signal="sparse"``: the label shows in a few tiles only (:mod:`clotclf_core.demo_sparse`).
     """
     from . import demo_sparse
+    from .writes import write_guard
 
     if signal not in demo_sparse.SIGNALS:
         raise ClotclfError(f"unknown --signal '{signal}': choose {' or '.join(demo_sparse.SIGNALS)}")
@@ -435,8 +500,19 @@ def write_demo_cohort(
     slides = plan_cohort(seed, n_patients)  # validates n_patients before touching the disk
     if signal == "sparse":
         slides = demo_sparse.plan(slides, seed)
-    _clear_output(out, overwrite)
-    (out / "slides").mkdir(parents=True, exist_ok=True)
+    with write_guard("the synthetic demo cohort", out, needed=_estimated_bytes(slides),
+                     after="run the same command again with --overwrite"):
+        _clear_output(out, overwrite)
+        (out / "slides").mkdir(parents=True, exist_ok=True)
+        _write_marker(out, seed, n_patients)
+        return _write_cohort(out, slides, seed, n_patients, progress, workers, signal)
+
+
+def _write_cohort(out: Path, slides: list[DemoSlide], seed: int, n_patients: int, progress: bool,
+                  workers: int | None, signal: str = "texture") -> Path:
+    """The slides (threads), the README, and the manifest last: a manifest always describes complete slides."""
+    from . import demo_sparse
+    from .progress import bar
 
     def make(slide: DemoSlide) -> list[dict[str, Any]]:
         pixels, spots = render_slide(slide), []
@@ -447,18 +523,11 @@ def write_demo_cohort(
 
     _red_cell_texture(seed), _nuclei_texture(seed)  # draw the shared textures once, before the threads
     workers = workers or min(4, os.cpu_count() or 1)
-    bar: Callable[..., Any]
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm
-    else:
-        bar = lambda it, **_: it  # noqa: E731
     spots: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy, PIL and zlib release the GIL
-        for made in bar(pool.map(make, slides), total=len(slides), desc="demo slides", unit="slide"):
+        for made in bar(pool.map(make, slides), total=len(slides), desc="demo slides", unit="slide", disable=not progress):
             spots += made
-    rows = [",".join(str(getattr(s, c)) for c in MANIFEST_COLUMNS) for s in slides]
+    rows = [",".join([*(str(getattr(s, c)) for c in KAGGLE_COLUMNS), "true"]) for s in slides]
     readme = _readme(slides, seed, n_patients)
     if signal == "sparse":
         demo_sparse.write_markers(out, spots)

@@ -1,133 +1,39 @@
-"""Scoring a model on tiles: batched inference, metrics at three levels, pictures, and the
-``clotclf evaluate RUN --tiles TILES`` command's work.
+"""Scoring tile predictions: metrics at three levels, prediction tables, pictures, and the
+``clotclf evaluate RUN --tiles TILES`` command's work. (Inference itself — tiles to
+probabilities — is :mod:`clotclf_core.inference`, shared with training and predict.)
 
 Training uses the same functions for its validation and final reports, so a number printed at
 the end of ``clotclf train`` and one from ``clotclf evaluate`` on the same patients are computed
 by the same code.
 
-Honesty rule: ``evaluate`` scores, by default, only patients the model never trained on
-(``--patients unseen``): the patients of the run's saved split are looked up and its training
-patients are left out. A TileSet from another cohort shares no patient ids, so nothing is
-dropped there; ``--patients all`` includes everything and says how many were seen in training.
+Honesty rules: ``evaluate`` scores, by default, only patients the model never trained on
+(``--patients unseen``), and it scores each group of them on its own: the run's held-out test
+patients, patients outside its split (another cohort), and its validation patients (labelled as
+the ones early stopping chose on). They are never pooled. ``--patients all`` adds the training
+patients, as their own, labelled group. Output is written all at once (a staged folder renamed
+into place), so a full disk leaves the previous results or none, never some.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from .errors import ClotclfError
-from .io import write_json, write_text
+from .io import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import torch
 
 Subset = Literal["unseen", "val", "test", "all"]
 
-
-@dataclass
-class Runtime:
-    """Where and how tensors run: device, precision, memory format, and the data-parallel group."""
-
-    device: "torch.device"
-    precision: str = "fp32"  # "fp32" | "bf16"
-    channels_last: bool = False
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def autocast(self):
-        import torch
-
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def to_input(self, images: "torch.Tensor", mean, std) -> "torch.Tensor":
-        """uint8 batch from the loader -> normalised float on the device (channels-last on request)."""
-        import torch
-
-        from .data import normalize
-
-        x = normalize(images.to(self.device, non_blocking=True), mean, std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def pick_runtime(device: str = "auto", precision: str = "auto", channels_last: str | bool = "auto",
-                 rank: int = 0, world_size: int = 1, local_rank: int = 0) -> Runtime:
-    """``auto``: CUDA with bf16 autocast and channels-last when a GPU is there, else CPU in fp32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ClotclfError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
-    if device not in ("cpu", "cuda"):
-        raise ClotclfError(f"unknown --device '{device}': choose auto, cpu or cuda")
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
-    if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" else "fp32"
-    if channels_last == "auto":
-        channels_last = dev.type == "cuda"
-    return Runtime(dev, precision, bool(channels_last), rank, world_size)
-
-
-# ----------------------------------------------------------------------------- inference
-
-
-def eval_loader(dataset, batch_size: int, workers: int, rt: Runtime):
-    """A loader over this rank's share of ``dataset`` (in order) and the positions it covers."""
-    from .data import ShardSampler, make_loader
-
-    sampler = ShardSampler(len(dataset), rt.rank, rt.world_size)
-    loader = make_loader(dataset, sampler, batch_size, workers, pin_memory=rt.device.type == "cuda")
-    return loader, np.asarray(sampler.positions, dtype=np.int64)
-
-
-def predict_probs(model, loader, positions: np.ndarray, n: int, rt: Runtime, progress: bool = False,
-                  desc: str = "predict") -> np.ndarray:
-    """Softmax probabilities (n, C) for every position of the dataset; under DDP each rank scores
-    its share and the shares are gathered, so every rank returns the full array."""
-    import torch
-    from tqdm.auto import tqdm
-
-    cfg = model.config
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for images, _targets, _rows in tqdm(loader, desc=desc, leave=False, disable=not (progress and rt.is_main),
-                                            unit="batch"):
-            with rt.autocast():
-                logits = model(rt.to_input(images, cfg.mean, cfg.std))
-            chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    model.train(was_training)
-    mine = np.concatenate(chunks) if chunks else np.zeros((0, cfg.num_classes), dtype=np.float32)
-    if not rt.distributed:
-        return mine
-    import torch.distributed as dist
-
-    # numpy arrays, gathered as objects: on CUDA the process group has a gloo backend for CPU data
-    # beside NCCL (clotclf_core.train.init_distributed), so this never needs a GPU copy
-    shares: list[Any] = [None] * rt.world_size
-    dist.all_gather_object(shares, (positions, mine))
-    out = np.zeros((n, cfg.num_classes), dtype=np.float32)
-    for pos, probs in shares:
-        out[pos] = probs
-    return out
+# inference (Runtime, loaders, batched probabilities) lives in clotclf_core.inference; the names
+# stay importable from here
+from .inference import Runtime, eval_loader, pick_runtime, predict_probs  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -181,6 +87,14 @@ def write_pictures(out_dir: Path, df: "pd.DataFrame", probs: np.ndarray, labels:
 
 # ----------------------------------------------------------------------------- the command
 
+#: the groups of patients ``evaluate`` scores separately, most honest first, and what each one is
+GROUPS = {
+    "test": "the run's held-out test patients: never trained on, never used for early stopping",
+    "other": "patients outside the run's split (another cohort, or added since): never seen in training",
+    "validation": "the run's validation patients: early stopping chose the epoch on them, so this is optimistic",
+    "train": "the run's TRAINING patients: the model learnt them, so this estimates nothing (optimistic)",
+}
+
 
 def _check_labels(model_labels: list[str], index: "pd.DataFrame", where: str) -> None:
     found = sorted(set(index["label"]) - {""})
@@ -196,25 +110,38 @@ def _check_labels(model_labels: list[str], index: "pd.DataFrame", where: str) ->
                            "use `clotclf predict` for unlabelled slides")
 
 
-def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) -> tuple["pd.DataFrame", dict[str, Any]]:
-    """Rows of ``index`` to score and a note on what was left out (see the module docstring)."""
+def patient_groups(index: "pd.DataFrame", config: dict[str, Any]) -> "pd.Series":
+    """Each tile's group (see :data:`GROUPS`) from the run's recorded split."""
     split = config.get("split") or {}
-    trained = set(split.get("train", []))
-    val, test = set(split.get("val", [])), set(split.get("test", []))
+    group = {p: "train" for p in split.get("train", [])}
+    group |= {p: "validation" for p in split.get("val", [])}
+    group |= {p: "test" for p in split.get("test", [])}
+    return index["patient_id"].map(lambda p: group.get(p, "other"))
+
+
+def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) -> tuple["pd.DataFrame", dict[str, Any]]:
+    """Rows of ``index`` to score (with a ``group`` column) and what was left out (see the module docstring)."""
+    groups = patient_groups(index, config)
     patients = set(index["patient_id"])
-    info = {"subset": subset, "patients_in_tileset": len(patients), "seen_in_training": len(patients & trained)}
-    if subset == "all":
-        keep = index
-    elif subset == "unseen":
-        keep = index[~index["patient_id"].isin(trained)]
-    elif subset in ("val", "test"):
-        wanted = val if subset == "val" else test
-        if not wanted:
-            raise ClotclfError(f"the run's split has no {subset} patients; use --patients unseen or all")
-        keep = index[index["patient_id"].isin(wanted)]
-    else:
+    trained = set(index.loc[groups == "train", "patient_id"])
+    info = {"subset": subset, "patients_in_tileset": len(patients), "seen_in_training": len(trained)}
+    wanted = {"all": set(GROUPS), "unseen": {"test", "other", "validation"}, "val": {"validation"}, "test": {"test"}}
+    if subset not in wanted:
         raise ClotclfError(f"unknown --patients '{subset}': choose unseen, val, test or all")
+    split = config.get("split") or {}
+    if split.get("redacted") and subset != "all":
+        raise ClotclfError(
+            "this model's split was redacted when it was published (its patient lists are counts and a hash), so "
+            "clotclf cannot tell which patients of this TileSet it trained on or was selected on: evaluate it on "
+            "patients you know it never saw with --patients all, or ask its author for the run pushed with "
+            "--include-split"
+        )
+    if subset in ("val", "test") and not split.get(subset):
+        raise ClotclfError(f"the run's split has no {subset} patients; use --patients unseen or all")
+    keep = index[groups.isin(wanted[subset])].assign(group=groups[groups.isin(wanted[subset])])
     if keep.empty:
+        if subset in ("val", "test"):
+            raise ClotclfError(f"none of the run's {subset} patients is in this TileSet; use --patients unseen or all")
         raise ClotclfError(
             f"no tiles left to evaluate with --patients {subset}: every patient of this TileSet was used to train "
             "the model. Evaluate on other patients, or pass --patients all to score training patients (optimistic)"
@@ -226,10 +153,22 @@ def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) 
 def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "unseen", batch_size: int = 64,
                  workers: int = 2, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a trained model on a TileSet; write metrics, predictions and pictures to ``out``
-    (default ``RUN/eval-<tileset folder name>``). Returns the metrics dict that was written."""
-    from .model import load_model, read_config, resolve_run_dir
-    from .tileset import TileSet
+    (default ``RUN/eval-<tileset folder name>``), all or nothing. Returns the report that was written.
 
+    Each group of patients (:data:`GROUPS`: test, other, validation[, train]) is scored on its
+    own; the headline is the most honest group present, never a pool of validation (used for
+    early stopping) and test patients."""
+    from .inference import score_tiles
+    from .inputs import open_tileset
+    from .model import load_model, read_config, resolve_run_dir
+    from .training.report import headline
+    from .training.prepare import tileset_is_synthetic
+    from .writes import staged_dir, write_guard
+
+    if batch_size < 1:
+        raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
+    if workers < 0:
+        raise ClotclfError(f"--workers must be 0 or more (got {workers})")
     run_dir = resolve_run_dir(run)
     if (run_dir / "cv.json").is_file() and not (run_dir / "model.safetensors").is_file():
         folds = sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
@@ -239,7 +178,7 @@ def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "
         )
     config = read_config(run_dir)
     model = load_model(run_dir)
-    ts = TileSet(tiles)
+    ts = open_tileset(tiles, "--tiles")
     labels = model.labels
     _check_labels(labels, ts.index, str(tiles))
     notes = []
@@ -252,23 +191,20 @@ def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "
                      "`clotclf predict` gives their probabilities)")
     subset_df, info = select_patients(ts.index[~unlabelled], config, patients)
     info["unlabelled_slides_left_out"] = int(ts.index.loc[unlabelled, "image_id"].nunique())
-    note = "; ".join(notes)
     rt = pick_runtime(device)
-    model.to(rt.device)
-    if rt.channels_last:
-        import torch
-
-        model.to(memory_format=torch.channels_last)
-    from .data import TileDataset, build_transform
-
-    rows = subset_df.index.to_numpy()
-    ds = TileDataset(ts, rows, labels, build_transform(model.config.input_size, ts.tile_size, None))
-    loader, positions = eval_loader(ds, batch_size, workers, rt)
+    rt.place(model)
     t0 = time.perf_counter()
-    probs = predict_probs(model, loader, positions, len(ds), rt, progress=progress, desc="evaluate")
+    rows = subset_df.index.to_numpy()
+    df, probs = score_tiles(model, ts, rows, batch_size, workers, rt, progress, "evaluate")
     seconds = time.perf_counter() - t0
-    df = ts.index.iloc[rows].reset_index(drop=True)
-    result = score(df, probs, labels)
+    df["group"] = subset_df["group"].to_numpy()
+    groups: dict[str, Any] = {}
+    for name in GROUPS:
+        mask = (df["group"] == name).to_numpy()
+        if mask.any():
+            groups[name] = {"what": GROUPS[name], "n_patients": int(df.loc[mask, "patient_id"].nunique()),
+                            "metrics": score(df[mask].reset_index(drop=True), probs[mask], labels)}
+    first = next(iter(groups))
     out_dir = Path(out) if out else run_dir / f"eval-{Path(tiles).resolve().name}"
     report = {
         "run": str(run_dir),
@@ -277,11 +213,22 @@ def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "
         "n_tiles": int(len(df)),
         "seconds": round(seconds, 2),
         "tiles_per_s": round(len(df) / seconds, 1) if seconds > 0 else None,
-        "note": note,
-        "metrics": result,
+        "note": "; ".join(notes),
+        "headline": headline(first, groups[first]["metrics"], len(labels), tileset_is_synthetic(ts),
+                             GROUPS[first]),
+        "groups": groups,
+        "metrics": groups[first]["metrics"],
     }
-    write_json(out_dir / "metrics.json", report)
-    write_text(out_dir / "predictions.csv", predictions_frame(df, probs, labels).to_csv(index=False))
-    write_pictures(out_dir, df, probs, labels, result, "evaluate")
+    table = predictions_frame(df, probs, labels)
+    table.insert(0, "group", df["group"].to_numpy())
+    csv_text, json_text = table.to_csv(index=False), json.dumps(report, indent=2, default=str) + "\n"
+    needed = len(csv_text) + len(json_text) + 150_000 * 3 * len(groups)  # a picture is a few tens of kB
+    with write_guard("the evaluation results", out_dir, needed):
+        with staged_dir(out_dir) as tmp:  # all files or none: a failure half-way leaves no partial output
+            write_text(tmp / "predictions.csv", csv_text)
+            for name, group in groups.items():
+                mask = (df["group"] == name).to_numpy()
+                write_pictures(tmp, df[mask].reset_index(drop=True), probs[mask], labels, group["metrics"], f"evaluate_{name}")
+            write_text(tmp / "metrics.json", json_text)
     report["out"] = str(out_dir)
     return report

@@ -58,13 +58,17 @@ def read_manifest(
     """
     import pandas as pd
 
+    from .inputs import why_unusable
+
     path = Path(path)
     allowed = [str(x) for x in labels]
     if not allowed:
         raise ManifestError("no labels given: pass at least one --label (e.g. --label CE --label LAA)")
-    if not path.is_file():
-        what = "is a folder, not a CSV file" if path.is_dir() else "does not exist"
-        raise ManifestError(f"manifest '{path}' {what}: check the path given to --manifest")
+    problem = why_unusable(path)
+    if problem or not path.is_file():
+        what = problem or "is a folder, not a CSV file"
+        raise ManifestError(f"manifest '{path}' {what}" + (": check the path given to --manifest" if problem in (None, "does not exist") else ""))
+    _check_fields(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
@@ -97,12 +101,16 @@ def read_manifest(
         df["center_id"] = ""
     if "patient_id" not in df.columns:
         df["patient_id"] = df["image_id"]
-        notes.append(f"manifest '{path}' has no patient_id column: each slide is treated as its own patient")
+        filled = set(df["image_id"])
+        notes.append(f"manifest '{path}' has no patient_id column: each slide is treated as its own patient. "
+                     f"{LEAKAGE}")
     else:
         empty = df["patient_id"] == ""
+        filled = set(df.loc[empty, "image_id"])
         if empty.any():
             df.loc[empty, "patient_id"] = df.loc[empty, "image_id"]
-            notes.append(f"manifest '{path}': {int(empty.sum())} row(s) without patient_id are treated as their own patient")
+            notes.append(f"manifest '{path}': {int(empty.sum())} row(s) without patient_id are treated as their own "
+                         f"patient. {LEAKAGE}")
 
     seen: dict[str, int] = {}
     for i, image_id in enumerate(df["image_id"]):
@@ -141,7 +149,45 @@ def read_manifest(
     df = df[list(REQUIRED) + extra].reset_index(drop=True)
     df.attrs["notes"] = notes
     df.attrs["path"] = str(path)
+    df.attrs["patients_from_image_id"] = filled  #: image_ids whose patient_id was filled in from the image_id
     return df
+
+
+#: said wherever slides lack a patient id: the split cannot keep a patient's slides together
+LEAKAGE = ("PATIENT LEAKAGE POSSIBLE: slides of one patient can land on both sides of a training split; "
+           "add a patient_id column (`clotclf train --require-patients` refuses such data)")
+
+
+def _check_fields(path: Path) -> None:
+    """Separator and rows with too many fields, named with their line: pandas would shift such a row
+    into its index (blaming the wrong column), and read a tab-separated file as one column."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError:
+        raise ManifestError(f"manifest '{path}' is not UTF-8 text (a spreadsheet or binary file?); "
+                            "save it as UTF-8 comma-separated text (CSV)") from None
+    header = next((line for line in lines if line.strip()), None)
+    if header is None:
+        return  # empty: reported by the reader
+    if "," not in header:
+        for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "'|'")):
+            if sep in header:
+                raise ManifestError(
+                    f"manifest '{path}' is {name}-separated, not comma-separated (its header line is "
+                    f"{header.strip()[:80]!r}); save it as CSV with commas (e.g. image_id,patient_id,center_id,label)")
+    rows = list(csv.reader(lines))
+    width = len(rows[0]) if rows else 0
+    for i, row in enumerate(rows[1:], start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) > width:  # (a short row reads as empty trailing values, which the checks below judge)
+            raise ManifestError(
+                f"manifest '{path}' line {i} has {len(row)} fields but the header has {width} "
+                f"({', '.join(c.strip() for c in rows[0])}): a comma inside a value? Put that value in double "
+                "quotes, or remove the extra field")
 
 
 def manifest_from_files(paths: Iterable[Path]) -> "pandas.DataFrame":  # noqa: F821

@@ -1,8 +1,9 @@
 """The model card: a run directory's README.md, in Hugging Face model-card format.
 
 The card is YAML front matter (``library_name``, ``tags``, ``license``, ``metrics`` and a
-``model-index`` with the patient-level validation results, so the Hub and ``clotclf list-models``
-can show a headline number) followed by a Markdown body a person reads before trusting the model:
+``model-index`` with the patient-level results of the run's *held-out* patients — test, else
+out-of-fold, else validation, the split named — so the Hub and ``clotclf list-models`` show the
+honest number) followed by a Markdown body a person reads before trusting the model:
 what data, which split, the results, the training settings, how to use it, and its limits.
 
 The card is written from what the run already recorded, never from new computation:
@@ -11,7 +12,11 @@ The card is written from what the run already recorded, never from new computati
   present ``name``, ``license``, ``data`` (``dataset`` name, ``synthetic`` flag, counts), ``split``
   (strategy, folds, fold, seed, patients / slides per side) and ``training`` (or ``train``);
 - ``metrics`` is ``metrics.json``: :func:`clotclf_core.metrics.evaluate`'s ``{"tile", "slide",
-  "patient"}``, possibly under ``val`` / ``validation``; a ``cv`` entry from
+  "patient"}``, possibly under ``val`` / ``validation``, and held-out results under ``test``,
+  ``test_ensemble`` or ``oof``; ``headline`` (see :mod:`clotclf_core.training.report`) names the
+  one the card leads with. The Results section starts with it (n, the STRIP AI weighted log
+  loss, the constant-prediction baseline beside it), then the other results, validation last and
+  labelled as what early stopping saw; a ``cv`` entry from
   :func:`clotclf_core.metrics.summarise_folds` adds a cross-validation table;
 - ``extra`` overrides or adds ``name``, ``license``, ``dataset``, ``synthetic``, ``repo_id``, ``notes``.
 """
@@ -66,11 +71,33 @@ def _section(config: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 def _levels(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The ``{level: metrics}`` dict, at top level or under ``val`` / ``validation``."""
+    """The validation ``{level: metrics}`` dict, at top level or under ``val`` / ``validation``."""
     for candidate in (metrics, metrics.get("val"), metrics.get("validation")):
         if isinstance(candidate, dict) and isinstance(candidate.get("patient"), dict):
             return candidate
     return {}
+
+
+#: held-out results a run may record, most honest first: (metrics.json key, model-index split, title)
+HELD_OUT = [
+    ("test", "test", "Held-out test patients"),
+    ("test_ensemble", "test", "Held-out test patients, mean of the fold models"),
+    ("oof", "out-of-fold", "Out-of-fold patients"),
+]
+VAL_TITLE = "Validation patients (what early stopping saw: optimistic)"
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The result a card leads with: ``metrics["headline"]["on"]`` when recorded, else the first
+    held-out result present (test, test ensemble, out-of-fold), else validation."""
+    recorded = metrics.get("headline") if isinstance(metrics.get("headline"), dict) else {}
+    keys = [recorded.get("on")] + [k for k, _, _ in HELD_OUT]
+    for key in keys:
+        levels = metrics.get(key) if key else None
+        if key != "val" and isinstance(levels, dict) and isinstance(levels.get("patient"), dict):
+            split, title = next(((s, t) for k, s, t in HELD_OUT if k == key), ("test", str(key)))
+            return {"key": key, "split": split, "title": title, "levels": levels, "what": recorded.get("what")}
+    return {"key": "val", "split": "validation", "title": VAL_TITLE, "levels": _levels(metrics), "what": recorded.get("what")}
 
 
 def _value(entry: Any) -> float | None:
@@ -139,7 +166,7 @@ def _describe(config: dict[str, Any], extra: dict[str, Any], run_dir: Path) -> d
 # ----------------------------------------------------------------------------- front matter
 
 
-def _front_matter(info: dict[str, Any], levels: dict[str, Any]) -> dict[str, Any]:
+def _front_matter(info: dict[str, Any], headline: dict[str, Any]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "library_name": "clotclf",
         "license": info["license"],
@@ -147,7 +174,7 @@ def _front_matter(info: dict[str, Any], levels: dict[str, Any]) -> dict[str, Any
         "tags": BASE_TAGS + [str(info["model"]["backbone"])] + (["synthetic-data"] if info["synthetic"] else []),
         "metrics": [kind for _, kind, _ in HEADLINE],
     }
-    patient = levels.get("patient") or {}
+    patient = headline["levels"].get("patient") or {}
     results = [
         {"type": kind, "value": round(v, 4), "name": name}
         for key, kind, name in HEADLINE
@@ -161,7 +188,7 @@ def _front_matter(info: dict[str, Any], levels: dict[str, Any]) -> dict[str, Any
                 "results": [
                     {
                         "task": {"type": "image-classification", "name": f"Stroke clot origin ({labels})"},
-                        "dataset": {"name": info["dataset"], "type": _slug(info["dataset"]), "split": "validation"},
+                        "dataset": {"name": info["dataset"], "type": _slug(info["dataset"]), "split": headline["split"]},
                         "metrics": results,
                     }
                 ],
@@ -221,23 +248,47 @@ def _split_section(split: dict[str, Any]) -> str:
     return body + "\n"
 
 
-def _results_section(info: dict[str, Any], levels: dict[str, Any], metrics: dict[str, Any], run_dir: Path) -> str:
-    if not levels:
-        return "## Results\n\nNo evaluation results were recorded for this run.\n"
+def _level_table(levels: dict[str, Any]) -> str:
     shown = [lv for lv in LEVEL_ORDER if isinstance(levels.get(lv), dict)]
     rows = [[name] + [_fmt(levels[lv].get(key), key) for lv in shown] for key, name in RESULT_ROWS]
+    return _table(["metric"] + [f"{lv}" if lv != "patient" else "**patient**" for lv in shown], rows)
+
+
+def _headline_block(info: dict[str, Any], headline: dict[str, Any]) -> list[str]:
+    """The run's most honest number first, with n and the constant-prediction baseline beside it."""
+    patient = headline["levels"].get("patient") or {}
     chance = math.log(len(info["labels"]))
-    out = [
-        "## Results (validation split)",
-        "",
-        "Patient level is the one that matters (one answer per patient; the STRIP AI competition scored "
-        "patients). Slide = mean of its tiles' probabilities; patient = mean of its slides'.",
-        "",
-        _table(["metric"] + [f"{lv}" if lv != "patient" else "**patient**" for lv in shown], rows),
-        "",
-        f"For reference, predicting equal probabilities for every patient scores a weighted log loss of "
-        f"ln {len(info['labels'])} = {chance:.3f}; no constant prediction scores lower.",
+    what = headline["what"] or headline["title"]
+    what = what.split(": ", 1)[1] if ": " in what else what  # "held-out test patients: never ..." -> "never ..."
+    n = patient.get("n")
+    equal = " / ".join(f"{1 / len(info['labels']):g}" for _ in info["labels"])
+    rows = [
+        ["**this model**", f"**{_fmt(patient.get('weighted_log_loss'))}**", _fmt(patient.get("balanced_accuracy")),
+         _fmt(patient.get("roc_auc"))],
+        [f"constant {equal} (baseline)", f"{chance:.3f}", "0.500", "0.500"],
     ]
+    out = [
+        f"**{headline['title']}**, n = {n if n is not None else '?'} patients: {what}.",
+        "",
+        _table(["patient level", "weighted log loss (STRIP AI) ↓", "balanced accuracy", "ROC AUC"], rows),
+        "",
+        f"Equal probabilities for every patient score a weighted log loss of ln {len(info['labels'])} = {chance:.3f} "
+        "whatever the class mix; no constant prediction scores lower, so a model is informative only below it.",
+    ]
+    if info["synthetic"]:
+        out += ["", "**Synthetic data**: these numbers show the pipeline runs and is measured on unseen patients; "
+                "they say nothing about real clots."]
+    return out
+
+
+def _results_section(info: dict[str, Any], headline: dict[str, Any], metrics: dict[str, Any], run_dir: Path) -> str:
+    if not headline["levels"]:
+        return "## Results\n\nNo evaluation results were recorded for this run.\n"
+    out = ["## Results", "", *_headline_block(info, headline), "",
+           "Patient level is the one that matters (one answer per patient; the STRIP AI competition scored "
+           "patients). Slide = mean of its tiles' probabilities; patient = mean of its slides'.", "",
+           f"### {headline['title']}", "", _level_table(headline["levels"])]
+    levels = headline["levels"]
     note = (levels.get("patient") or {}).get("roc_auc_note")
     if note:
         out += ["", f"Patient-level ROC AUC is {note}."]
@@ -245,10 +296,18 @@ def _results_section(info: dict[str, Any], levels: dict[str, Any], metrics: dict
     if cm and len(cm) == len(info["labels"]):
         out += ["", "Patient-level confusion matrix (rows: true class, columns: predicted):", ""]
         out.append(_table(["true \\ predicted"] + info["labels"], [[lab] + [str(v) for v in row] for lab, row in zip(info["labels"], cm)]))
+    for key, _, title in HELD_OUT:  # the other held-out results (e.g. out-of-fold beside the test ensemble)
+        other = metrics.get(key)
+        if key != headline["key"] and isinstance(other, dict) and isinstance(other.get("patient"), dict):
+            out += ["", f"### {title}", "", _level_table(other)]
+    val = _levels(metrics)
+    if headline["key"] != "val" and val and val is not levels:
+        out += ["", f"### {VAL_TITLE}", "", _level_table(val)]
     cv = metrics.get("cv")
     if isinstance(cv, dict) and isinstance(cv.get("patient"), dict):
         folds = max((e.get("n", 0) for e in cv["patient"].values() if isinstance(e, dict)), default=0)
-        out += ["", f"Cross-validation, patient level, mean ± standard deviation over {folds} folds:", ""]
+        out += ["", f"Cross-validation, patient level, mean ± standard deviation over {folds} folds "
+                "(each fold's validation patients, which its early stopping watched):", ""]
         out.append(_table(["metric", "patient"], [[name, _fmt(cv["patient"].get(key), key)] for key, name in RESULT_ROWS]))
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
     if plots:
@@ -335,8 +394,8 @@ def render_model_card(config: dict[str, Any], metrics: dict[str, Any], extra: di
         raise ModelCardError(f"config must be a dict (config.json's content), got {type(config).__name__}")
     metrics = metrics if isinstance(metrics, dict) else {}
     info = _describe(config, extra or {}, run_dir)
-    levels = _levels(metrics)
-    meta = yaml.safe_dump(_front_matter(info, levels), sort_keys=False, allow_unicode=True)
+    headline = _headline(metrics)
+    meta = yaml.safe_dump(_front_matter(info, headline), sort_keys=False, allow_unicode=True)
     labels = " vs ".join(info["labels"])
     intro = (
         f"# {info['name']}\n\n"
@@ -351,7 +410,7 @@ def render_model_card(config: dict[str, Any], metrics: dict[str, Any], extra: di
         intro,
         _data_section(info),
         _split_section(info["split"]),
-        _results_section(info, levels, metrics, run_dir),
+        _results_section(info, headline, metrics, run_dir),
         _training_section(info),
         _usage_section(info),
         requirements_section(config),

@@ -6,12 +6,20 @@ slide probability = mean of its tiles, patient probability = mean of its slides 
 ``metrics.aggregate``). Several models form an ensemble: the weighted mean of their slide
 probabilities (the published PoolFormer + CCT ensemble is ``--model A --model B``).
 
+Patients: see :mod:`clotclf_core.submission` (the manifest's ``patient_id``, else the STRIP AI
+image-id convention ``<patient>_<n>``, else refused unless ``--slide-is-patient``).
+
 Writes into OUT:
-  predictions.csv   one row per slide and per patient: probabilities, predicted label, tiles used
-  submission.csv    Kaggle STRIP AI style: ``patient_id,CE,LAA``
+  predictions.csv   one row per slide and per patient: probabilities, predicted label, tiles used,
+                    which side of the models' split a patient was on (``in_model_split``), status
+  submission.csv    Kaggle STRIP AI style: ``patient_id,CE,LAA``, exactly one row per patient of
+                    the job, in manifest order; a patient with no usable tile gets equal
+                    probabilities (:data:`NO_TILE_NOTE`) and is listed in the summary
   heatmaps/*.png    tile probabilities over each slide's thumbnail
   tiles/            the TileSet(s) the slides were cut into (reused when predicting again)
-  metrics.json      only when the manifest has labels: slide- and patient-level metrics
+  metrics.json      only when the manifest has labels: slide- and patient-level metrics on the
+                    patients the models never trained on (training patients apart, labelled)
+  summary.json      what ``--json`` prints
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 
 from .errors import ClotclfError
 from .io import write_json, write_text
+from .submission import NO_TILE_NOTE, job_of, round_rows
 
 
 class PredictError(ClotclfError):
@@ -86,25 +95,6 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None) -> 
     return out
 
 
-def _job_image_ids(slides_dir: str | Path, manifest: str | Path | None, labels: list[str]) -> set[str]:
-    """The image_ids this prediction is about: the manifest's rows, or every slide file in the folder."""
-    from .manifest import manifest_from_files, read_manifest
-    from .tiling import TilingError, find_slides
-
-    if manifest is not None:
-        try:
-            df = read_manifest(manifest, labels=labels, require_labels=False)
-        except ClotclfError as exc:
-            raise PredictError(
-                f"{exc}".replace("choose the labels with --label", f"use a model trained on these labels (this one knows {', '.join(labels)})")
-            ) from None
-        return set(df["image_id"])
-    folder = Path(slides_dir)
-    if not folder.is_dir():
-        raise TilingError(f"slide folder '{folder}' does not exist or is not a folder: check the SLIDES argument")
-    return set(manifest_from_files(find_slides(folder))["image_id"])
-
-
 def _settings_key(t: dict[str, Any]) -> str:
     blob = json.dumps({"s": t["settings"].model_dump(mode="json"), "f": t["filters"], "src": t["source"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -112,19 +102,25 @@ def _settings_key(t: dict[str, Any]) -> str:
 
 def _score_tileset(ts, members: list[LoadedModel], batch_size: int, workers: int, rt, progress: bool) -> np.ndarray:
     """Weighted mean over ``members`` of tile probabilities (n_tiles, C), weights renormalised."""
-    from .data import TileDataset, build_transform
-    from .evaluate import eval_loader, predict_probs
+    from .inference import score_tiles
 
     total = sum(m.weight for m in members)
     acc = None
     for m in members:
-        m.model.to(rt.device)
-        transform = build_transform(m.model.config.input_size, ts.tile_size, None)
-        ds = TileDataset(ts, np.arange(len(ts)), m.labels, transform)
-        loader, positions = eval_loader(ds, batch_size, workers, rt)
-        probs = predict_probs(m.model, loader, positions, len(ds), rt, progress=progress, desc=f"predict {m.ref}")
+        rt.place(m.model)
+        _, probs = score_tiles(m.model, ts, np.arange(len(ts)), batch_size, workers, rt, progress, f"predict {m.ref}")
         acc = probs * (m.weight / total) if acc is None else acc + probs * (m.weight / total)
     return acc
+
+
+def _trained_on(loaded: list[LoadedModel]) -> dict[str, set[str]]:
+    """The patients each side of the models' recorded splits holds (union over the ensemble)."""
+    sides: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+    for m in loaded:
+        split = m.config.get("split") or {}
+        for side in sides:
+            sides[side] |= {str(p) for p in split.get(side, [])}
+    return sides
 
 
 def predict(
@@ -139,21 +135,34 @@ def predict(
     device: str = "auto",
     heatmaps: bool = True,
     progress: bool = True,
+    slide_is_patient: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring."""
+    """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
+
+    Never drops a patient: every patient of the job (the manifest's, or the folder's) has one row
+    in submission.csv. One with no usable tile gets equal probabilities (:data:`NO_TILE_NOTE`) and
+    is listed in ``summary["patients_without_tiles"]``; slides that could not be read are in
+    ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3)."""
     import pandas as pd
 
     from . import metrics
-    from .evaluate import pick_runtime
+    from .inference import pick_runtime
     from .tiling import tile_slides
     from .tileset import TileSet
+    from .writes import write_guard
 
     t0 = time.perf_counter()
     out = Path(out)
+    if batch_size < 1:
+        raise PredictError(f"--batch-size must be at least 1 (got {batch_size})")
+    if loader_workers < 0:
+        raise PredictError(f"--loader-workers must be 0 or more (got {loader_workers})")
     loaded = load_models(models, weights)
     labels = loaded[0].labels
     rt = pick_runtime(device)
-    job_ids = _job_image_ids(slides_dir, manifest, labels)
+    job = job_of(slides_dir, manifest, labels, slide_is_patient)
+    job_ids = set(job.image_ids)
+    _check_writable(out)
 
     # 1. tile once per distinct tiling recipe among the models
     groups: dict[str, list[LoadedModel]] = {}
@@ -167,89 +176,165 @@ def predict(
     for key, members in groups.items():
         t = recipes[key]
         tiles_dir = out / "tiles" / key
-        tile_slides(
-            slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
-            workers=workers, progress=progress, labels=labels, require_labels=False,
-        )
+        with write_guard("the tiles of the slides", tiles_dir, after="run the same command again (finished slides are kept)"):
+            tile_slides(
+                slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
+                workers=workers, progress=progress, labels=labels, require_labels=False,
+            )
         ts = TileSet(tiles_dir)
         # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one
         ts.index = ts.index[ts.index["image_id"].isin(job_ids)].reset_index(drop=True)
+        ts.index["patient_id"] = ts.index["image_id"].map(job.patient_of)
         mine = {k: v for k, v in ts.slides.items() if k in job_ids}
         statuses.update({k: v for k, v in mine.items() if k not in statuses or v.get("status") == "done"})
         if len(ts) == 0:
             continue
         probs = _score_tileset(ts, members, batch_size, loader_workers, rt, progress)
-        table = metrics.aggregate(ts.index, probs, labels, "slide")
+        table = metrics.aggregate(ts.index.assign(label=""), probs, labels, "slide")
         table["_weight"] = sum(m.weight for m in members)
         slide_tables.append(table)
         tile_tables.setdefault("first", (ts, probs))
-    if not slide_tables:
-        raise PredictError(f"no tissue tiles were found in any slide of '{slides_dir}'; see the QC pictures in {out / 'tiles'}")
 
     # 2. ensemble at slide level (weighted mean over tiling recipes), then patients = mean of slides
     pcols = [f"p_{name}" for name in labels]
-    allt = pd.concat(slide_tables, ignore_index=True)
-    for c in pcols:
-        allt[c] = allt[c] * allt["_weight"]
-    keep = [c for c in ("image_id", "patient_id", "label") if c in allt.columns]
-    slides = allt.groupby(keep, sort=True, dropna=False).agg({**{c: "sum" for c in pcols}, "_weight": "sum", "n_tiles": "max"}).reset_index()
-    for c in pcols:
-        slides[c] = slides[c] / slides["_weight"]
-    slides = slides.drop(columns="_weight")
-    patients = slides.groupby("patient_id", sort=True).agg({**{c: "mean" for c in pcols}, "image_id": "count"}).reset_index()
+    if slide_tables:
+        allt = pd.concat(slide_tables, ignore_index=True)
+        for c in pcols:
+            allt[c] = allt[c] * allt["_weight"]
+        slides = allt.groupby("image_id", sort=False).agg(
+            {**{c: "sum" for c in pcols}, "_weight": "sum", "n_tiles": "max"}).reset_index()
+        for c in pcols:
+            slides[c] = slides[c] / slides["_weight"]
+        slides = slides.drop(columns="_weight")
+    else:
+        slides = pd.DataFrame(columns=["image_id", *pcols, "n_tiles"])
+    order = {i: n for n, i in enumerate(job.image_ids)}
+    slides = slides.assign(_o=slides["image_id"].map(order)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    slides.insert(1, "patient_id", slides["image_id"].map(job.patient_of))
+    slides["label"] = slides["image_id"].map(lambda i: job.labels.get(i, ""))
+    patients = slides.groupby("patient_id", sort=False).agg({**{c: "mean" for c in pcols}, "image_id": "count"}).reset_index()
     patients = patients.rename(columns={"image_id": "n_slides"})
-    if "label" in slides.columns:  # a patient's label: the first non-empty one of its slides
-        first_label = slides.groupby("patient_id")["label"].agg(lambda v: next((x for x in v if x), ""))
-        patients = patients.merge(first_label.reset_index(), on="patient_id")
+    scored = set(patients["patient_id"])
+    missing = [p for p in job.patients if p not in scored]
+    uniform = 1.0 / len(labels)
+    if missing:  # no usable tile: equal probabilities, the best constant under the class-weighted metric
+        patients = pd.concat([patients, pd.DataFrame({"patient_id": missing, **{c: uniform for c in pcols}, "n_slides": 0})],
+                             ignore_index=True)
+    porder = {p: n for n, p in enumerate(job.patients)}
+    patients = patients.assign(_o=patients["patient_id"].map(porder)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    first_label = {}
+    for i in job.image_ids:
+        first_label.setdefault(job.patient_of[i], "")
+        if not first_label[job.patient_of[i]]:
+            first_label[job.patient_of[i]] = job.labels.get(i, "")
+    patients["label"] = patients["patient_id"].map(first_label)
+    sides = _trained_on(loaded)
+    side_of = lambda p: "train" if p in sides["train"] else "val" if p in sides["val"] else "test" if p in sides["test"] else ""  # noqa: E731
+    patients["in_model_split"] = patients["patient_id"].map(side_of)
 
-    # slides that gave no tiles are listed with their reason; patients with none get no made-up number
-    failed = [(k, v) for k, v in statuses.items() if v.get("status") != "done" and k not in set(slides["image_id"])]
+    # every slide of the job is listed: scored, or with the reason it is not
+    done = set(slides["image_id"])
+    failed = {k: f"{statuses.get(k, {}).get('status', 'failed')}: {statuses.get(k, {}).get('reason', 'not tiled')}"
+              for k in job.image_ids if k not in done}
     rows = []
     for rec in slides.to_dict("records"):
         rows.append({"level": "slide", **rec, "pred": labels[int(np.argmax([rec[c] for c in pcols]))], "status": "ok"})
-    for image_id, info in failed:
-        rows.append({"level": "slide", "image_id": image_id, "status": f"{info.get('status')}: {info.get('reason', '')}"})
+    for image_id, why in failed.items():
+        rows.append({"level": "slide", "image_id": image_id, "patient_id": job.patient_of[image_id],
+                     "label": job.labels.get(image_id, ""), "status": why})
     for rec in patients.to_dict("records"):
-        rows.append({"level": "patient", **rec, "pred": labels[int(np.argmax([rec[c] for c in pcols]))], "status": "ok"})
+        status = "ok" if rec["patient_id"] in scored else f"no usable tile: equal probabilities ({uniform:g} each)"
+        rows.append({"level": "patient", **rec, "pred": labels[int(np.argmax([rec[c] for c in pcols]))] if status == "ok" else "",
+                     "status": status})
     table = pd.DataFrame(rows)
     for c in pcols:
         table[c] = table[c].round(6)
-    cols = ["level", "patient_id", "image_id", *pcols, "pred", "label", "n_tiles", "n_slides", "status"]
+    cols = ["level", "patient_id", "image_id", *pcols, "pred", "label", "n_tiles", "n_slides", "in_model_split", "status"]
     table = table.reindex(columns=[c for c in cols if c in table.columns])
     for c in ("n_tiles", "n_slides"):
         if c in table.columns:
             table[c] = table[c].astype("Int64")
-    write_text(out / "predictions.csv", table.to_csv(index=False))
-    sub = patients[["patient_id", *pcols]].rename(columns={f"p_{n}": n for n in labels})
-    write_text(out / "submission.csv", sub.to_csv(index=False, float_format="%.6f"))
-
-    # 3. heatmaps over thumbnails
-    written = []
-    if heatmaps:
-        written = _heatmaps(*tile_tables["first"], labels, out / "heatmaps", slides_dir)
+    sub = round_rows(patients[["patient_id", *pcols]], pcols).rename(columns={f"p_{n}": n for n in labels})
 
     summary: dict[str, Any] = {
         "out": str(out),
         "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4)} for m in loaded],
         "labels": labels,
+        "patient_ids_from": job.patients_from,
         "n_slides": int(len(slides)),
         "n_patients": int(len(patients)),
-        "slides_without_tiles": [k for k, _ in failed],
+        "n_slides_in_job": len(job.image_ids),
+        "slides_without_tiles": sorted(failed),
+        "failed_slides": {k: v for k, v in failed.items() if not v.startswith("no_tissue")},
+        "patients_without_tiles": missing,
+        "patients_in_model_split": {side: int((patients["in_model_split"] == side).sum()) for side in ("train", "val", "test")},
         "predictions": str(out / "predictions.csv"),
         "submission": str(out / "submission.csv"),
-        "heatmaps": written,
-        "seconds": round(time.perf_counter() - t0, 1),
     }
-    # 4. metrics when the manifest carried labels (slide and patient level only: tiles differ by model)
-    if "label" in slides.columns and (slides["label"] != "").all() and set(slides["label"]) <= set(labels):
-        res = {}
-        for level, frame in (("slide", slides), ("patient", patients)):
-            y = metrics.label_indices(frame["label"], labels)
-            res[level] = metrics.classification_metrics(y, frame[pcols].to_numpy(), labels)
-        write_json(out / "metrics.json", res)
-        summary["metrics"] = {lvl: {k: res[lvl].get(k) for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss")} for lvl in res}
-    write_json(out / "summary.json", summary)
+    # 3. metrics when the manifest carried labels (slide and patient level only: tiles differ by model)
+    labelled = patients[patients["label"] != ""]
+    res = None
+    if len(labelled) and len(labelled) == len(patients) and set(labelled["label"]) <= set(labels):
+        res = _label_metrics(slides, patients, labels, pcols, missing)
+        summary["metrics"] = {lvl: {k: res[lvl].get(k) for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss")}
+                              for lvl in ("slide", "patient") if lvl in res}
+    csv_text, sub_text = table.to_csv(index=False), sub.to_csv(index=False, float_format="%.6f")
+    with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + 200_000 * len(slides)):
+        written = _heatmaps(*tile_tables["first"], labels, out / "heatmaps", slides_dir) if heatmaps and tile_tables else []
+        write_text(out / "predictions.csv", csv_text)
+        write_text(out / "submission.csv", sub_text)
+        if res is not None:
+            write_json(out / "metrics.json", res)
+        summary["heatmaps"] = written
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(out / "summary.json", summary)
     return summary
+
+
+def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
+    """Slide- and patient-level metrics, on the patients the models never trained on first."""
+    from . import metrics
+
+    res: dict[str, Any] = {}
+    unseen = patients[patients["in_model_split"] != "train"]
+    seen = int((patients["in_model_split"] == "train").sum())
+    if len(unseen):
+        y = metrics.label_indices(unseen["label"], labels)
+        res["patient"] = metrics.classification_metrics(y, unseen[pcols].to_numpy(), labels)
+        res["patient_note"] = (f"{len(unseen)} patient(s) the models never trained on"
+                               + (f"; {seen} training patient(s) left out (scored in patient_all)" if seen else ""))
+    scored_slides = slides[slides["label"] != ""]
+    trained = set(patients.loc[patients["in_model_split"] == "train", "patient_id"])
+    scored_slides = scored_slides[~scored_slides["patient_id"].isin(trained)]
+    if len(scored_slides):
+        y = metrics.label_indices(scored_slides["label"], labels)
+        res["slide"] = metrics.classification_metrics(y, scored_slides[pcols].to_numpy(), labels)
+    if seen:
+        y = metrics.label_indices(patients["label"], labels)
+        res["patient_all"] = metrics.classification_metrics(y, patients[pcols].to_numpy(), labels)
+        res["patient_all_note"] = (f"every patient, {seen} of them TRAINING patients of the model(s): optimistic, "
+                                   "not an estimate of anything")
+    res["n_seen_in_training"] = seen
+    res["n_without_tiles"] = len(missing)
+    if missing:
+        res["without_tiles_note"] = f"{len(missing)} patient(s) had no usable tile and are scored with {NO_TILE_NOTE}"
+    return res
+
+
+def _check_writable(out: Path) -> None:
+    """Fail on a read-only or forbidden --out before minutes of tiling."""
+    import os
+    import tempfile
+
+    from .writes import write_guard
+
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out '{out}' is a file, not a folder: choose a folder for the predictions")
+    with write_guard("the predictions", out):
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _heatmaps(ts, probs: np.ndarray, labels: list[str], out_dir: Path, slides_dir: str | Path) -> list[str]:

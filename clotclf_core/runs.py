@@ -83,13 +83,19 @@ def resolve_run_dir(ref: str | Path) -> Path:
     p = Path(ref)
     if p.is_dir():
         return p
-    resolved = get_manager().resolve_model(str(ref))
+    mgr = get_manager()
+    resolved = mgr.resolve_model(str(ref))
     if resolved is not None:
         return Path(resolved)
-    raise ModelLoadError(
-        f"model '{ref}' is neither a run directory nor a name any installed plugin knows; "
-        "give the path of a run directory (from `clotclf train`), or install clotclf's registry to pull models by name"
-    )
+    from .inputs import why_unusable
+
+    why = why_unusable(p) or ("is a file, not a run directory" if p.exists() else "does not exist")
+    if mgr.pm.hook.clotclf_resolve_model.get_hookimpls():  # a resolver (the registry) is installed: it did not know it
+        hint = ("give the path of a run directory (from `clotclf train`), or a registry name such as org/name[@revision] "
+                "(`clotclf list-models` lists them)")
+    else:
+        hint = "give the path of a run directory (from `clotclf train`), or install clotclf's registry to pull models by name"
+    raise ModelLoadError(f"model '{ref}' is neither a run directory nor a name an installed plugin knows: the path {why}; {hint}")
 
 
 # ----------------------------------------------------------------------------- safetensors header

@@ -292,14 +292,28 @@ def describe_test_set(split: Split) -> str:
     return text
 
 
+def _duplicates(ids: list[str]) -> list[str]:
+    seen, twice = set(), set()
+    for p in ids:
+        (twice if p in seen else seen).add(p)
+    return sorted(twice)
+
+
 def check_split(split: Split, patients: "pd.DataFrame", labels: list[str] | None = None) -> None:
-    """Refuse a split that leaks a patient across sides, names unknown patients, or leaves a
-    class out of a training side."""
+    """Refuse a split that leaks or loses a patient: one on two sides of a fold, in two validation
+    folds, listed twice, missing from a fold, unknown to the TileSet, or a TileSet patient the split
+    does not place; and one that leaves a class out of a training side."""
     known = set(patients["patient_id"])
     label_of = dict(zip(patients["patient_id"], patients["label"]))
     centre_of = dict(zip(patients["patient_id"], patients["center_id"]))
     wanted = sorted(set(labels) if labels else set(patients["label"]))
     test = set(split.test)
+    hint = "Fix the split file or let clotclf make the split"
+    twice = _duplicates(split.test)
+    if twice:
+        raise SplitError(f"the test set lists patient(s) {', '.join(twice[:5])} more than once; {hint}")
+    placed = set(split.test).union(*(set(f.train) | set(f.val) for f in split.folds)) if split.folds else set(split.test)
+    val_of: dict[str, int] = {}
     for fold in split.folds:
         where = f"fold {fold.index}"
         unknown = sorted((set(fold.train) | set(fold.val) | test) - known)
@@ -308,14 +322,29 @@ def check_split(split: Split, patients: "pd.DataFrame", labels: list[str] | None
                 f"{where} names patient(s) not in this TileSet: {', '.join(unknown[:5])}; the split was made for "
                 "other data: drop --split-file or re-make it for these tiles"
             )
+        for side, ids in (("training", fold.train), ("validation", fold.val)):
+            twice = _duplicates(ids)
+            if twice:
+                raise SplitError(f"{where} lists patient(s) {', '.join(twice[:5])} twice on its {side} side; {hint}")
         for a, b, sides in ((fold.train, fold.val, "training and validation"), (fold.train, test, "training and test"),
                             (fold.val, test, "validation and test")):
             both = sorted(set(a) & set(b))
             if both:
                 raise SplitError(
                     f"{where}: patient(s) {', '.join(both[:5])} are on both the {sides} side ({len(both)} in all); "
-                    "a split must be by patient, never by tile or slide. Fix the split file or let clotclf make the split"
+                    f"a split must be by patient, never by tile or slide. {hint}"
                 )
+        for p in fold.val:
+            if p in val_of:
+                raise SplitError(
+                    f"patient '{p}' validates in fold {val_of[p]} and in fold {fold.index}: each patient must validate in "
+                    f"exactly one fold, or its out-of-fold prediction is counted twice. {hint}")
+            val_of[p] = fold.index
+        absent = sorted(placed - set(fold.train) - set(fold.val) - test)
+        if absent:
+            raise SplitError(
+                f"{where} leaves out patient(s) {', '.join(absent[:5])} that other folds use ({len(absent)} in all): "
+                f"every fold must place every patient on its training or validation side (or in the test set). {hint}")
         if not fold.val:
             raise SplitError(f"{where} has no validation patients; use fewer folds")
         present = {label_of[p] for p in fold.train}
@@ -332,6 +361,12 @@ def check_split(split: Split, patients: "pd.DataFrame", labels: list[str] | None
                 raise SplitError(
                     f"{where}: centre(s) {', '.join(sorted(shared))} on both sides of a --group-by center split"
                 )
+    outside = sorted(known - placed)
+    if outside:
+        raise SplitError(
+            f"the split places no fold or test side for {len(outside)} patient(s) of this TileSet (e.g. "
+            f"{', '.join(outside[:5])}): it was made for other data, or the TileSet gained patients since. Drop "
+            "--split-file (or start a new run) so the split is made for these tiles")
 
 
 def save_split(split: Split, path: str | Path) -> None:

@@ -30,11 +30,11 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_manifest_has_exactly_the_kaggle_columns(cohort):
+def test_manifest_has_the_kaggle_columns_and_the_synthetic_mark(cohort):
     assert cohort.name == "train.csv"
-    assert cohort.read_text().splitlines()[0] == "image_id,center_id,patient_id,image_num,label"
+    assert cohort.read_text().splitlines()[0] == "image_id,center_id,patient_id,image_num,label,synthetic"
     df = pd.read_csv(cohort, dtype=str)
-    assert tuple(df.columns) == MANIFEST_COLUMNS
+    assert tuple(df.columns) == MANIFEST_COLUMNS and (df["synthetic"] == "true").all()
     assert (df["image_id"] == df["patient_id"] + "_" + df["image_num"]).all()
     assert df["image_id"].is_unique and df["center_id"].str.isdigit().all()
     assert set(df["label"]) == {"CE", "LAA"}
@@ -109,22 +109,35 @@ def test_label_is_in_the_pixels_not_in_the_stain():
     assert 0.55 <= n_ce / len(plan) <= 0.75 and 28 <= len(plan) <= 36
 
 
-def test_refuses_non_empty_output_and_overwrites_on_request(tmp_path):
+def test_refuses_non_empty_output_and_overwrites_only_a_demo_cohort(tmp_path):
     out = tmp_path / "cohort"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     (out / "slides").mkdir()
-    (out / "slides" / "stale_0.tif").write_bytes(b"old")
+    (out / "slides" / "stale_0.tif").write_bytes(b"the user's own slide")
+    (out / "train.csv").write_text("image_id,label\nstale_0,CE\n")
     with pytest.raises(ClotclfError, match="not empty.*--overwrite"):
         write_demo_cohort(out, n_patients=N_PATIENTS)
     runner = CliRunner()
     result = runner.invoke(cli, ["demo-data", str(out), "--patients", str(N_PATIENTS)])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "--overwrite" in result.output
+    # not a demo cohort: --overwrite refuses instead of deleting the user's slides and manifest
     result = runner.invoke(cli, ["demo-data", str(out), "--patients", str(N_PATIENTS), "--overwrite", "--quiet"])
-    assert result.exit_code == 0 and result.output.strip() == str(out / "train.csv")
-    assert (out / "notes.txt").read_text() == "keep me"  # not ours: left alone
-    assert not (out / "slides" / "stale_0.tif").exists()
-    assert len(list((out / "slides").iterdir())) == len(pd.read_csv(out / "train.csv"))
+    assert result.exit_code == 2 and "does not hold a clotclf demo cohort" in result.output
+    assert (out / "slides" / "stale_0.tif").read_bytes() == b"the user's own slide" and (out / "train.csv").is_file()
+
+    demo = tmp_path / "demo"
+    first = write_demo_cohort(demo, seed=2, n_patients=N_PATIENTS)
+    (demo / "notes.txt").write_text("keep me")
+    result = runner.invoke(cli, ["demo-data", str(demo), "--patients", str(N_PATIENTS), "--overwrite", "--quiet"])
+    assert result.exit_code == 0 and result.output.strip() == str(first)
+    assert (demo / "notes.txt").read_text() == "keep me"  # not ours: left alone
+    assert len(list((demo / "slides").iterdir())) == len(pd.read_csv(demo / "train.csv"))
+    # a demo cohort the user added a slide of their own to is refused too
+    (demo / "slides" / "mine.svs").write_bytes(b"x")
+    result = runner.invoke(cli, ["demo-data", str(demo), "--overwrite"])
+    assert result.exit_code == 2 and "not demo slides (e.g. 'mine.svs')" in result.output
+    assert (demo / "slides" / "mine.svs").exists()
 
 
 def test_bad_arguments(tmp_path):

@@ -42,8 +42,9 @@ def test_sparse_cohort_files(tmp_path):
     manifest = write_demo_cohort(tmp_path / "demo", seed=1, n_patients=4, signal="sparse")
     standard = plan_cohort(1, 4)
     lines = manifest.read_text().splitlines()
-    assert lines[0] == "image_id,center_id,patient_id,image_num,label" and len(lines) == len(standard) + 1
-    assert [ln.split(",")[-1] for ln in lines[1:]] == [s.label for s in standard]  # same patients and labels
+    assert lines[0] == "image_id,center_id,patient_id,image_num,label,synthetic" and len(lines) == len(standard) + 1
+    assert [ln.split(",")[-2] for ln in lines[1:]] == [s.label for s in standard]  # same patients and labels
+    assert {ln.split(",")[-1] for ln in lines[1:]} == {"true"}  # marked synthetic, as the standard demo
     markers = (tmp_path / "demo" / "markers.csv").read_text().splitlines()
     assert markers[0] == "image_id,x,y,radius,kind"
     laa = {s.image_id for s in standard if s.label == "LAA"}

@@ -55,8 +55,19 @@ def test_missing_patient_id_falls_back_to_image_id_and_says_so(tmp_path, caplog)
     assert list(df["patient_id"]) == ["a", "b"]
     assert "own patient" in df.attrs["notes"][0]
     assert "own patient" in caplog.text
+    assert "PATIENT LEAKAGE POSSIBLE" in df.attrs["notes"][0] and df.attrs["patients_from_image_id"] == {"a", "b"}
     df = read_manifest(write(tmp_path, "image_id,patient_id,label\na,,CE\nb,p1,LAA\n", "m2.csv"))
-    assert list(df["patient_id"]) == ["a", "p1"]
+    assert list(df["patient_id"]) == ["a", "p1"] and df.attrs["patients_from_image_id"] == {"a"}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("image_id\tlabel\na\tCE\n", "tab-separated, not comma-separated"),
+    ("image_id;label\na;CE\n", "semicolon-separated"),
+    ("image_id,patient_id,label\na,p1,CE\nb,p,2,LAA\n", "line 3 has 4 fields but the header has 3"),
+])
+def test_separator_and_field_count_are_named(tmp_path, text, match):
+    with pytest.raises(ManifestError, match=match):
+        read_manifest(write(tmp_path, text))
 
 
 def test_labels_optional_for_prediction(tmp_path):

@@ -145,7 +145,7 @@ def test_reusing_out_scores_only_this_jobs_slides(tmp_path, slides, runs):
     predict(first, [str(runs[0])], out, progress=False)
     summary = predict(second, [str(runs[0])], out, progress=False)
     assert summary["n_slides"] == 1
-    assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["b_0"]
+    assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["b"]  # STRIP AI <patient>_<n>
     assert [Path(h).name for h in summary["heatmaps"]] == ["b_0.png"]
 
 
@@ -155,3 +155,73 @@ def test_manifest_label_unknown_to_the_model(tmp_path, slides, runs):
     with pytest.raises(ClotclfError) as err:
         predict(slides, [str(runs[0])], tmp_path / "o", manifest=bad, progress=False)
     assert "--label" not in str(err.value) and "CE, LAA" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- Kaggle-safe submission
+
+
+def read_like_kaggle(path: Path, test_csv: Path, labels=("CE", "LAA")) -> pd.DataFrame:
+    """What Kaggle's scorer needs of submission.csv: exactly the columns patient_id,CE,LAA, exactly
+    one row per patient of test.csv (no more, no fewer, no duplicates), finite probabilities in
+    [0, 1] whose rows sum to 1."""
+    sub = pd.read_csv(path, dtype={"patient_id": str})
+    test = pd.read_csv(test_csv, dtype=str)
+    assert list(sub.columns) == ["patient_id", *labels]
+    assert sub["patient_id"].is_unique and set(sub["patient_id"]) == set(test["patient_id"])
+    assert len(sub) == test["patient_id"].nunique()
+    probs = sub[list(labels)].to_numpy()
+    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    return sub.set_index("patient_id")
+
+
+def test_submission_has_one_row_for_every_patient_of_test_csv(tmp_path, slides, runs):
+    folder = tmp_path / "test"
+    folder.mkdir()
+    for name in ("a_0", "a_1", "b_0"):
+        (folder / f"{name}.tif").write_bytes((slides / f"{name}.tif").read_bytes())
+    write_slide(folder / "e_0.tif", (), 9)  # glass only: no tissue tile
+    # Kaggle's test.csv: no label; patient d's only slide is not in the folder at all
+    test_csv = tmp_path / "test.csv"
+    pd.DataFrame({"image_id": ["a_0", "a_1", "b_0", "d_0", "e_0"], "center_id": ["1", "1", "2", "3", "3"],
+                  "patient_id": ["a", "a", "b", "d", "e"], "image_num": ["0", "1", "0", "0", "0"]}).to_csv(test_csv, index=False)
+    summary = predict(folder, [str(runs[0])], tmp_path / "out", manifest=test_csv, progress=False, heatmaps=False)
+    sub = read_like_kaggle(tmp_path / "out" / "submission.csv", test_csv)
+    assert list(sub.index) == ["a", "b", "d", "e"]  # test.csv's order
+    assert sub.loc["d"].tolist() == [0.5, 0.5] and sub.loc["e"].tolist() == [0.5, 0.5]
+    assert summary["patients_without_tiles"] == ["d", "e"]
+    assert list(summary["failed_slides"]) == ["d_0"]  # missing file: a failure (exit 3 from the CLI)
+    assert summary["patient_ids_from"] == "manifest"
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype=str, keep_default_na=False)
+    assert set(table.loc[table["level"] == "slide", "image_id"]) == {"a_0", "a_1", "b_0", "d_0", "e_0"}
+    assert table.loc[(table["level"] == "patient") & (table["patient_id"] == "e"), "status"].item().startswith("no usable tile")
+
+    res = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(runs[0]), "--out", str(tmp_path / "cli"),
+                                   "--manifest", str(test_csv), "--no-heatmaps", "-q"])
+    assert res.exit_code == 3
+    assert "Warning: 2 PATIENT(S) HAVE NO USABLE TILE" in res.stderr and "d, e" in res.stderr
+    assert res.stderr.count("Error:") == 1 and "d_0" in res.stderr
+    read_like_kaggle(tmp_path / "cli" / "submission.csv", test_csv)
+
+
+def test_without_a_manifest_patients_come_from_the_strip_ai_image_ids(tmp_path, slides, runs):
+    summary = predict(slides, [str(runs[0])], tmp_path / "out", progress=False, heatmaps=False)
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv", dtype={"patient_id": str})
+    assert list(sub["patient_id"]) == ["a", "b"] and summary["patient_ids_from"].startswith("image-id convention")
+    slides_t = _slide_probs(tmp_path / "out")
+    assert sub.set_index("patient_id").loc["a", "LAA"] == pytest.approx(slides_t.loc[["a_0", "a_1"], "p_LAA"].mean(), abs=2e-6)
+
+
+def test_patients_the_model_trained_on_are_flagged_and_scored_apart(tmp_path, slides, manifest):
+    run = make_run(tmp_path / "m", 5)
+    config = json.loads((run / "config.json").read_text())
+    config["split"] = {"train": ["a"], "val": [], "test": ["b"]}
+    (run / "config.json").write_text(json.dumps(config))
+    summary = predict(slides, [str(run)], tmp_path / "out", manifest=manifest, progress=False, heatmaps=False)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype=str, keep_default_na=False)
+    patients = table[table["level"] == "patient"].set_index("patient_id")
+    assert patients.loc["a", "in_model_split"] == "train" and patients.loc["b", "in_model_split"] == "test"
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["patient"]["n"] == 1 and metrics["n_seen_in_training"] == 1  # the headline leaves a out
+    assert metrics["patient_all"]["n"] == 2 and "TRAINING" in metrics["patient_all_note"]
+    assert summary["patients_in_model_split"]["train"] == 1

@@ -195,3 +195,40 @@ def test_test_set_is_spread_over_centres():
         chosen = holdout(patients, 1 / 3, seed)
         per_centre = patients[patients["patient_id"].isin(chosen)]["center_id"].value_counts()
         assert len(chosen) == 6 and per_centre.to_dict() == {"A": 2, "B": 2, "C": 2}
+
+
+def _validate_twice(d):
+    p = d["folds"][0]["val"][0]
+    d["folds"][1]["train"].remove(p)
+    d["folds"][1]["val"].append(p)
+
+
+def _listed_twice(d):
+    d["folds"][0]["train"].append(d["folds"][0]["train"][0])
+
+
+def _missing_from_one_fold(d):
+    d["folds"][2]["train"].pop(0)
+
+
+def _placed_nowhere(d):
+    p = d["folds"][0]["val"][0]
+    for f in d["folds"]:
+        for side in ("train", "val"):
+            if p in f[side]:
+                f[side].remove(p)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (_validate_twice, "validates in fold 0 and in fold 1"),
+    (_listed_twice, "twice on its training side"),
+    (_missing_from_one_fold, "fold 2 leaves out patient"),
+    (_placed_nowhere, "places no fold or test side for 1 patient"),
+])
+def test_a_split_file_is_checked_for_every_overlap_and_gap(tmp_path, mutate, match):
+    tiles = index(n_patients=12)
+    data = make_split(tiles, n_folds=3, seed=0).to_dict()
+    mutate(data)
+    (tmp_path / "split.json").write_text(json.dumps(data))
+    with pytest.raises(SplitError, match=match):
+        load_split(tmp_path / "split.json", tiles)

@@ -139,11 +139,10 @@ def test_resume_continues_the_same_schedule(tiles, tmp_path):
     assert len(read_checkpoint(resumed / "checkpoints" / "last.safetensors")[2]["history"]) == 1
     train(settings(tiles, resumed, epochs=3), resume=True, progress=False)
     a, b = load_state(straight / "model.safetensors"), load_state(resumed / "model.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a[key], b[key]) for key in a)  # bit-identical, not close
     ha, hb = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
     pd.testing.assert_frame_equal(ha.drop(columns=["images_per_s", "seconds"]), hb.drop(columns=["images_per_s", "seconds"]),
-                                  rtol=1e-5)
+                                  check_exact=True)
 
 
 def test_resume_refuses_other_settings_and_missing_runs(tiles, tmp_path):
@@ -164,14 +163,13 @@ def test_gradient_clipping_is_applied_before_the_step(tiles, tmp_path):
     from clotclf_core.evaluate import pick_runtime
     from clotclf_core.model import build_model
     from clotclf_core.tileset import TileSet
-    from clotclf_core.train import Trainer
+    from clotclf_core.training.tiles import tile_trainer
 
     ts = TileSet(tiles)
     s = settings(tiles, tmp_path, grad_clip=1e-3)
     model = build_model(ModelConfig(backbone="cct", backbone_options=TINY_CCT, labels=["CE", "LAA"], input_size=32))
-    trainer = Trainer(s, model, ts, np.arange(16), np.arange(16, 32), 0, tmp_path, pick_runtime("cpu"), progress=False)
-    images, targets, _ = next(iter(trainer.train_loader))
-    trainer.step(images, targets)
+    trainer = tile_trainer(s, model, ts, np.arange(16), np.arange(16, 32), 0, tmp_path, pick_runtime("cpu"), progress=False)
+    trainer.step(next(iter(trainer.task.train_loader)))
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.params]))
     assert norm <= 1e-3 * 1.001
 
@@ -183,12 +181,12 @@ def test_class_weights_balanced_weights_the_minority_up(tmp_path):
     from clotclf_core.evaluate import pick_runtime
     from clotclf_core.model import build_model
     from clotclf_core.tileset import TileSet
-    from clotclf_core.train import Trainer
+    from clotclf_core.training.tiles import tile_trainer
 
     s = settings(tiles, tmp_path, class_weights="balanced")
     model = build_model(ModelConfig(backbone="cct", backbone_options=TINY_CCT, labels=["CE", "LAA"], input_size=32))
-    trainer = Trainer(s, model, TileSet(tiles), np.arange(16), np.arange(2), 0, tmp_path, pick_runtime("cpu"), False)
-    torch.testing.assert_close(trainer.class_weight, torch.tensor([16 / (2 * 10), 16 / (2 * 6)]))
+    trainer = tile_trainer(s, model, TileSet(tiles), np.arange(16), np.arange(2), 0, tmp_path, pick_runtime("cpu"), False)
+    torch.testing.assert_close(trainer.task.class_weight, torch.tensor([16 / (2 * 10), 16 / (2 * 6)]))
 
 
 def test_out_of_disk_leaves_no_corrupt_checkpoint_and_resume_recovers(tiles, tmp_path, monkeypatch):
@@ -206,7 +204,7 @@ def test_out_of_disk_leaves_no_corrupt_checkpoint_and_resume_recovers(tiles, tmp
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(ClotclfError, match="out of disk space while saving the last checkpoint"):
+    with pytest.raises(ClotclfError, match="out of disk space while writing the last checkpoint.*--resume"):
         train(settings(tiles, out, epochs=3), progress=False)
     monkeypatch.setattr(os, "fsync", real_fsync)
     ckpt = out / "checkpoints"
@@ -289,6 +287,11 @@ def test_cross_validation_reports_mean_std_and_out_of_fold(tiles, tmp_path):
     val_patients = {p for f in split["folds"] for p in f["val"]}
     assert metrics["oof"]["patient"]["n"] == len(val_patients) == 8 - len(split["test"])
     assert metrics["test_ensemble"]["patient"]["n"] == len(split["test"]) > 0
+    # the headline is the held-out test set (scored by the fold models' mean), then out-of-fold, then cv
+    assert list(metrics)[:4] == ["headline", "test_ensemble", "oof", "cv"]
+    assert metrics["headline"]["on"] == "test_ensemble" and metrics["headline"]["n_patients"] == len(split["test"])
+    body = (out / "README.md").read_text()
+    assert body.index("Held-out test patients, mean of the fold models") < body.index("### Out-of-fold patients")
     assert (out / "README.md").is_file() and (out / "plots" / "confusion_patient_oof.png").is_file()
     assert "test_ensemble" in summary and summary["cv"]["patient"]["log_loss"]["n"] == 2
 
@@ -302,6 +305,7 @@ def test_recipes_validate_against_the_installed_plugins(recipe, lr):
     s = resolve_settings(Path(__file__).parents[1] / "examples" / recipe, {"tiles": "tiles/"})
     assert (s.input_size, s.lr, s.schedule, s.grad_clip, s.class_weights) == (224, lr, "plateau", 1.0, "balanced")
     assert s.backbone_options["variant"] in ("poolformer_s36", "cct_14_7x2_224") and s.group_by == "patient"
+    assert s.test_fraction == 0.2 and s.monitor == "patient_weighted_log_loss"  # a held-out test set, the STRIP AI metric
     mgr = get_manager()
     mgr.get("backbone", s.backbone).validate_options(s.backbone_options)
     mgr.get("head", s.head).validate_options(s.head_options)
@@ -397,17 +401,17 @@ def test_the_trainer_refuses_training_rows_without_a_known_label(tmp_path):
     from clotclf_core.evaluate import pick_runtime
     from clotclf_core.model import build_model
     from clotclf_core.tileset import TileSet
-    from clotclf_core.train import Trainer
+    from clotclf_core.training.tiles import tile_trainer
 
     tiles = _blank_labels(make_tileset(tmp_path / "t", n_patients=4, tiles_per_slide=2, size=32), ["ps03_0"])
     model = build_model(ModelConfig(backbone="cct", backbone_options=TINY_CCT, labels=["CE", "LAA"], input_size=32))
     with pytest.raises(ClotclfError, match="fold 0: 2 training tile\\(s\\) have a label outside \\['CE', 'LAA'\\]"):
-        Trainer(settings(tiles, tmp_path), model, TileSet(tiles), np.arange(8), np.arange(2), 0, tmp_path,
+        tile_trainer(settings(tiles, tmp_path), model, TileSet(tiles), np.arange(8), np.arange(2), 0, tmp_path,
                 pick_runtime("cpu"), False)
 
 
 def test_model_options_are_checked_before_the_demo_cohort_is_made(tmp_path, monkeypatch):
-    import clotclf_core.train as train_module
+    import clotclf_core.training.demo as train_module
 
     def no_demo(*args, **kwargs):
         raise AssertionError("the demo cohort was generated before the options were checked")
@@ -435,7 +439,7 @@ def test_train_loss_is_summed_over_ranks_on_the_runtime_device(monkeypatch):
     import torch.distributed as dist
 
     from clotclf_core.evaluate import Runtime
-    from clotclf_core.train import _sum_over_ranks
+    from clotclf_core.training.distributed import sum_over_ranks as _sum_over_ranks
 
     seen = []
 
@@ -479,7 +483,7 @@ def test_prepare_demo_retiles_when_a_pixel_file_is_damaged(tmp_path, monkeypatch
 
     import clotclf_core.tiling as tiling
     from clotclf_core.tileset import TileSetWriter
-    from clotclf_core.train import prepare_demo
+    from clotclf_core.training.demo import prepare_demo
 
     cohort = tmp_path / "cohort"
     cohort.mkdir()

@@ -65,10 +65,18 @@ def test_evaluate_scores_only_unseen_patients_by_default(trained):
     res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
-    assert report["patients_scored"] == unseen and report["metrics"]["patient"]["n"] == unseen
-    assert report["seen_in_training"] == len(config["split"]["train"])
+    assert report["patients_scored"] == unseen and report["seen_in_training"] == len(config["split"]["train"])
+    # test and validation patients are scored apart, never pooled; the held-out test patients lead
+    groups = report["groups"]
+    assert list(groups) == ["test", "validation"]
+    assert groups["test"]["metrics"]["patient"]["n"] == len(config["split"]["test"])
+    assert groups["validation"]["metrics"]["patient"]["n"] == len(config["split"]["val"])
+    assert "early stopping" in groups["validation"]["what"]
+    assert report["headline"]["on"] == "test" and report["metrics"] == groups["test"]["metrics"]
+    assert report["headline"]["baseline_weighted_log_loss"] == 0.6931
     assert (root / "run" / "eval-tiles" / "metrics.json").is_file()
-    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate.png").is_file()
+    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate_test.png").is_file()
+    assert (root / "run" / "eval-tiles" / "plots" / "confusion_patient_evaluate_validation.png").is_file()
     res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "all", "--out", root / "all", "-q")
     assert res.exit_code == 0 and json.loads((root / "all" / "metrics.json").read_text())["patients_scored"] == 8
     res = run("evaluate", root / "run", "--tiles", tiles, "--workers", "0", "--patients", "test", "--out", root / "t")
@@ -111,6 +119,25 @@ def test_evaluate_refuses_when_every_patient_was_trained_on():
         select_patients(index, config, "val")
     kept, info = select_patients(index, config, "all")
     assert len(kept) == 3 and info["seen_in_training"] == 2
+
+
+def test_evaluate_of_a_published_model_with_a_redacted_split():
+    """A pulled model's split is counts and a hash: which patients it trained on is unknown, so
+    "unseen" cannot be promised; --patients all is the user's own call."""
+    import pandas as pd
+
+    from clotclf_core.errors import ClotclfError
+    from clotclf_core.evaluate import select_patients
+    from clotclf_registry.redact import redact_split
+
+    index = pd.DataFrame({"patient_id": ["a", "a", "b"], "image_id": ["1", "2", "3"]})
+    config, n = redact_split({"split": {"train": ["a"], "val": ["b"], "test": []}, "weights_sha256": "0" * 64})
+    assert n == 2 and config["split"]["redacted"] is True
+    for subset in ("unseen", "val", "test"):
+        with pytest.raises(ClotclfError, match="split was redacted"):
+            select_patients(index, config, subset)
+    kept, _ = select_patients(index, config, "all")
+    assert len(kept) == 3
 
 
 def test_train_bad_inputs(trained, tmp_path):
@@ -180,3 +207,65 @@ def test_evaluate_leaves_unlabelled_slides_out_and_says_so(trained, tmp_path):
     report = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert report["patients_scored"] == 7 and report["unlabelled_slides_left_out"] == 1
     assert "ps07_0" not in set(pd.read_csv(tmp_path / "e" / "predictions.csv")["image_id"])
+
+
+def test_the_synthetic_mark_travels_from_the_manifest_to_list_models(tmp_path):
+    """demo-data's `synthetic` manifest column -> tileset.json -> config.json / metrics.json -> model card -> list-models."""
+    import pandas as pd
+    from test_predict import write_slide
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    rows = []
+    for p in range(4):
+        name = f"{p:06x}_0"
+        write_slide(slides / f"{name}.tif", ((300 + 40 * p, 300, 200),), p)
+        rows.append({"image_id": name, "center_id": "1", "patient_id": f"{p:06x}", "image_num": "0",
+                     "label": ("CE", "LAA")[p % 2], "synthetic": "true"})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    res = run("tile", slides, "--manifest", tmp_path / "train.csv", "--out", tmp_path / "tiles", "--downsample", "2",
+              "--tile-size", "100", "--train-size", "32", "--thumbnail-size", "256", "-q")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "tiles" / "tileset.json").read_text())
+    assert meta["synthetic"] is True and all(s["synthetic"] is True for s in meta["slides"].values())
+
+    res = run("train", "--tiles", tmp_path / "tiles", "--out", tmp_path / "run", *FAST, "--folds", "2", "-q")
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["synthetic"] is True
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["headline"]["synthetic"] is True
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "synthetic-data" in card and "Synthetic data" in card
+
+    (tmp_path / "registry").mkdir()
+    registry = f"file://{tmp_path / 'registry'}"
+    res = run("push", tmp_path / "run", "--repo", "synthetic-cct", "--registry", registry, "-q")
+    assert res.exit_code == 0, res.output
+    res = run("list-models", "--registry", registry)
+    assert res.exit_code == 0 and "SYNTHETIC" in res.output, res.output
+    res = run("list-models", "--registry", registry, "--json")
+    assert json.loads(res.output)[0]["synthetic"] is True
+
+
+def test_the_held_out_result_comes_first_everywhere(trained):
+    root, _, summary = trained
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert list(metrics)[:3] == ["headline", "test", "val"]
+    head = metrics["headline"]
+    assert head["on"] == "test" and head["n_patients"] == metrics["test"]["patient"]["n"] == 2
+    assert head["weighted_log_loss"] == metrics["test"]["patient"]["weighted_log_loss"]
+    assert head["baseline_weighted_log_loss"] == 0.6931 and "early stopping" in metrics["val_note"]
+    assert metrics["monitor"] == "patient_weighted_log_loss"  # early stopping watches the competition metric
+    body = (root / "run" / "README.md").read_text()
+    results = body[body.index("## Results"):]
+    assert results.index("Held-out test patients") < results.index("Validation patients (what early stopping saw")
+    assert "constant 0.5 / 0.5 (baseline) | 0.693" in results
+    from clotclf_core.modelcard import read_model_card
+
+    meta, _ = read_model_card(body)
+    assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+    res = run("train", "--tiles", root / "tiles", "--out", root / "noheld", *FAST)
+    assert res.exit_code == 0, res.output
+    first = res.output.strip().splitlines()[0]
+    assert first.startswith("Validation patients only, the ones early stopping chose the epoch on (optimistic)")
+    assert "equal probabilities score 0.693" in first

@@ -154,6 +154,7 @@ def tile_slides(
     recorded = {**settings.record(), "filters": [b.describe() for b in built], "source": source or "auto"}
     records = df.to_dict("records")
     listed = {rec["image_id"]: {c: rec.get(c, "") for c in MANIFEST_COLUMNS} for rec in records}
+    marks = {rec["image_id"]: mark for rec in records if (mark := synthetic_mark(rec)) is not None}
     engine = None
     try:
         # connect before anything is written: an unreachable scheduler leaves no folder behind
@@ -202,6 +203,8 @@ def tile_slides(
                 raise TilingError(res["fatal"])
             image_id = res["image_id"]
             info = res["info"]
+            if image_id in marks:
+                info = {**info, "synthetic": marks[image_id]}
             try:
                 writer.commit(image_id, res["status"], info, listed[image_id], res["reason"])
             except OSError as exc:
@@ -230,6 +233,9 @@ def tile_slides(
             engine.close()
 
     writer.meta["geometry"] = _geometry_of(writer.meta["slides"])
+    # true as soon as one slide of the manifest is synthetic (demo-data marks its slides): training,
+    # the model card and list-models say so wherever the numbers appear
+    writer.meta["synthetic"] = any(marks.values())
     try:
         writer.merge_index()  # one tiles.csv for fast reading (the shards stay the truth)
     except OSError as exc:
@@ -246,6 +252,14 @@ def tile_slides(
             + f". Statuses are in {out / 'tileset.json'}"
         )
     return summary
+
+
+def synthetic_mark(rec: dict[str, Any]) -> bool | None:
+    """A manifest row's ``synthetic`` column (``demo-data`` writes ``true``) as a bool; ``None``
+    without the column."""
+    if "synthetic" not in rec:
+        return None
+    return str(rec["synthetic"]).strip().lower() in ("true", "1", "yes")
 
 
 def _geometry_of(slides: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def card_for_push(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any]
 
 
 def summarize(meta: dict[str, Any]) -> dict[str, Any]:
-    """``{kind, backbone, head, metric, value}`` from a card's front matter (missing -> None)."""
+    """``{kind, backbone, head, metric, value, synthetic}`` from a card's front matter (missing -> None)."""
     info = meta.get("clotclf") if isinstance(meta.get("clotclf"), dict) else {}
     results = card_results(meta)
     metric, value = None, None
@@ -75,6 +75,8 @@ def summarize(meta: dict[str, Any]) -> dict[str, Any]:
         "head": info.get("head"),
         "metric": metric,
         "value": value,
+        # the model card tags a model trained (and scored) on synthetic data; list-models says so
+        "synthetic": "synthetic-data" in [str(t) for t in meta.get("tags") or []],
     }
 
 

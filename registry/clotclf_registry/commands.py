@@ -149,6 +149,8 @@ def list_models_command(namespace: str | None, registry: str | None, endpoint: s
 
     for row in rows:  # card metadata comes from the registry: shown with control characters escaped
         row["headline"] = f"{printable(row['metric'], 40)}={row['value']:.3f}" if isinstance(row["value"], (int, float)) else None
+        if row.get("synthetic") and row["headline"]:
+            row["headline"] += " (SYNTHETIC data)"
         row["private"] = "yes" if row["private"] else "no"
         for key in ("name", "kind", "backbone", "head", "updated"):
             row[key] = None if row.get(key) is None else printable(row[key], 60)

@@ -127,8 +127,10 @@ def known_identifiers(run_dir: Path, config: dict[str, Any]) -> set[str]:
     split_json = run_dir / "split.json"
     if split_json.is_file():
         try:
-            ids |= {str(v) for _, _, _, v in _walk(json.loads(split_json.read_text(encoding="utf-8")))
-                    if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip()}
+            # the identifiers are the members of its lists (test, folds[].train / val); settings such
+            # as "group_by": "patient" are not identifiers
+            ids |= {str(v) for _, container, _, v in _walk(json.loads(split_json.read_text(encoding="utf-8")))
+                    if isinstance(container, list) and isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip()}
         except (ValueError, UnicodeDecodeError):
             pass
     tables = sorted(run_dir.glob("predictions*.csv"))

@@ -1,0 +1,162 @@
+"""Inference, written once: where tensors run (:class:`Runtime`) and tiles -> probabilities.
+
+Training's validation and test scoring, ``clotclf evaluate`` and ``clotclf predict`` all score
+tiles through :class:`TileScorer` (one loader over some rows of a TileSet, kept between calls so
+loader workers start once) and :func:`predict_probs` (batched, inference mode, bf16 on CUDA,
+gathered over DDP ranks). So a number printed by ``clotclf train`` and one from ``clotclf
+evaluate`` on the same patients come from the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .errors import ClotclfError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .tileset import TileSet
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: device, precision, memory format, and the data-parallel group."""
+
+    device: "torch.device"
+    precision: str = "fp32"  # "fp32" | "bf16"
+    channels_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_input(self, images: "torch.Tensor", mean, std) -> "torch.Tensor":
+        """uint8 batch from the loader -> normalised float on the device (channels-last on request)."""
+        import torch
+
+        from .data import normalize
+
+        x = normalize(images.to(self.device, non_blocking=True), mean, std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def place(self, model):
+        """``model`` on this device (and channels-last when asked); returns it."""
+        import torch
+
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+
+def pick_runtime(device: str = "auto", precision: str = "auto", channels_last: str | bool = "auto",
+                 rank: int = 0, world_size: int = 1, local_rank: int = 0) -> Runtime:
+    """``auto``: CUDA with bf16 autocast and channels-last when a GPU is there, else CPU in fp32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ClotclfError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
+    if device not in ("cpu", "cuda"):
+        raise ClotclfError(f"unknown --device '{device}': choose auto, cpu or cuda")
+    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    if channels_last == "auto":
+        channels_last = dev.type == "cuda"
+    return Runtime(dev, precision, bool(channels_last), rank, world_size)
+
+
+def eval_loader(dataset, batch_size: int, workers: int, rt: Runtime):
+    """A loader over this rank's share of ``dataset`` (in order) and the positions it covers."""
+    from .data import ShardSampler, make_loader
+
+    sampler = ShardSampler(len(dataset), rt.rank, rt.world_size)
+    loader = make_loader(dataset, sampler, batch_size, workers, pin_memory=rt.device.type == "cuda")
+    return loader, np.asarray(sampler.positions, dtype=np.int64)
+
+
+def predict_probs(model, loader, positions: np.ndarray, n: int, rt: Runtime, progress: bool = False,
+                  desc: str = "predict") -> np.ndarray:
+    """Softmax probabilities (n, C) for every position of the dataset; under DDP each rank scores
+    its share and the shares are gathered, so every rank returns the full array."""
+    import torch
+
+    from .progress import bar
+
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for images, _targets, _rows in bar(loader, inner=True, desc=desc, leave=False,
+                                           disable=not (progress and rt.is_main), unit="batch"):
+            with rt.autocast():
+                logits = model(rt.to_input(images, cfg.mean, cfg.std))
+            chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    model.train(was_training)
+    mine = np.concatenate(chunks) if chunks else np.zeros((0, cfg.num_classes), dtype=np.float32)
+    if not rt.distributed:
+        return mine
+    import torch.distributed as dist
+
+    # numpy arrays, gathered as objects: on CUDA the process group has a gloo backend for CPU data
+    # beside NCCL (clotclf_core.training.distributed.init_distributed), so this never needs a GPU copy
+    shares: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(shares, (positions, mine))
+    out = np.zeros((n, cfg.num_classes), dtype=np.float32)
+    for pos, probs in shares:
+        out[pos] = probs
+    return out
+
+
+class TileScorer:
+    """Scores ``rows`` (positions in ``tileset.index``) with any model taking ``input_size`` px.
+
+    The loader is made once, so loader workers start once however often :meth:`probs` is called
+    (training validates every epoch). ``frame`` is the index rows scored, in the order of the
+    probabilities.
+    """
+
+    def __init__(self, tileset: "TileSet", rows: Sequence[int], labels: list[str], input_size: int,
+                 batch_size: int, workers: int, rt: Runtime):
+        from .data import TileDataset, build_transform
+
+        if batch_size < 1:
+            raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
+        self.rt = rt
+        self.dataset = TileDataset(tileset, rows, labels, build_transform(input_size, tileset.tile_size, None))
+        self.loader, self.positions = eval_loader(self.dataset, batch_size, workers, rt)
+        self.frame = tileset.index.iloc[list(rows)].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def probs(self, model, progress: bool = False, desc: str = "predict") -> np.ndarray:
+        return predict_probs(model, self.loader, self.positions, len(self.dataset), self.rt, progress, desc)
+
+
+def score_tiles(model, tileset: "TileSet", rows: Sequence[int], batch_size: int, workers: int, rt: Runtime,
+                progress: bool = False, desc: str = "predict") -> tuple["Any", np.ndarray]:
+    """(index rows, tile probabilities) of ``rows`` under ``model``: :class:`TileScorer`, once."""
+    scorer = TileScorer(tileset, rows, list(model.config.labels), model.config.input_size, batch_size, workers, rt)
+    return scorer.frame, scorer.probs(model, progress, desc)

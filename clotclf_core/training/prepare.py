@@ -1,0 +1,323 @@
+"""What a run trains on: every check that can refuse it (and only reads), and the records of the
+data that go into config.json.
+
+:func:`prepare_run` opens the TileSet, leaves unlabelled slides out, names slides without a
+patient id (``PATIENT LEAKAGE POSSIBLE``; ``--require-patients`` refuses them) and the patients
+lost to slides that gave no tiles, builds the model once on one input, and makes or loads (and
+checks) the split. ``train`` writes nothing before it returns, so a refused command leaves no
+half-started run behind. :func:`config_sections` is the one place config.json's sections beside
+the model are assembled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import load_yaml
+from ..errors import ClotclfError
+from .settings import TrainSettings, differences, settings_dict
+from .tiles import TILE_KIND, TrainingKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from ..splits import Split
+    from ..tileset import TileSet
+
+
+# ============================================================================ checks that only read
+
+
+def check_model_options(s: TrainSettings) -> None:
+    """The backbone and head exist and their options are valid: checked first, before minutes of
+    demo-cohort generation and before anything is written."""
+    from ..plugins import get_manager
+
+    mgr = get_manager()
+    mgr.get("backbone", s.backbone).validate_options(s.backbone_options)
+    mgr.get("head", s.head).validate_options(s.head_options)
+
+
+def _check_input_size(model, size: int, backbone: str) -> None:
+    """One dry forward pass, so a backbone that cannot take this input size fails with a message."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise ClotclfError(
+            f"backbone '{backbone}' cannot take {size}x{size} inputs ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Set --input-size to what it expects, or its image-size option (e.g. --backbone-opt img_size="
+            f"{size}; see `clotclf show-plugin {backbone}`)"
+        ) from None
+    finally:
+        model.train()
+
+
+def check_model(s: TrainSettings, labels: list[str], input_size: int, kind: TrainingKind = TILE_KIND) -> None:
+    """Build the model once and push one input through it, so options that validate but cannot be
+    built, or an input size the backbone cannot take, are refused before the run directory is touched."""
+    try:
+        model = kind.build(s, labels, input_size)
+    except ClotclfError:
+        raise
+    except Exception as exc:  # a plugin factory's own error: name the options, not a traceback
+        raise ClotclfError(
+            f"backbone '{s.backbone}' with head '{s.head}' cannot be built from these options "
+            f"({type(exc).__name__}: {str(exc)[:200]}); check them with `clotclf show-plugin {s.backbone}` "
+            f"and `clotclf show-plugin {s.head}`"
+        ) from None
+    _check_input_size(model, input_size, s.backbone)
+
+
+def _labels_for(s: TrainSettings, index: "pd.DataFrame", where: str) -> list[str]:
+    found = sorted(set(index["label"]) - {""})
+    if s.labels:
+        unknown = [lab for lab in found if lab not in s.labels]
+        if unknown:
+            raise ClotclfError(
+                f"the TileSet '{where}' has label(s) {', '.join(unknown)} that are not in --labels "
+                f"{','.join(s.labels)}; add them to --labels or fix the manifest"
+            )
+        return list(s.labels)
+    if not found:
+        raise ClotclfError(
+            f"the TileSet '{where}' has no labelled tiles; tile the slides with a manifest that has a label column"
+        )
+    if set(found) <= {"CE", "LAA"}:
+        return ["CE", "LAA"]
+    if len(found) < 2:
+        raise ClotclfError(f"the TileSet '{where}' has only the label {found[0]}; a classifier needs at least two classes")
+    return found
+
+
+def _drop_unlabelled(ts: "TileSet") -> dict[str, int]:
+    """Leave the tiles without a label out of ``ts.index`` (in memory only); returns what was left out.
+
+    ``clotclf tile`` accepts manifest rows without a label (slides one only wants to predict on).
+    Training cannot use them, so they go before the split is made: no unlabelled patient can land
+    in a fold. A patient with labelled and unlabelled slides keeps its labelled ones.
+    """
+    index = ts.index
+    unlabelled = (index["label"] == "").to_numpy()
+    if not unlabelled.any():
+        return {}
+    gone, kept = index[unlabelled], index[~unlabelled]
+    ts.index = kept.reset_index(drop=True)
+    return {"slides": int(gone["image_id"].nunique()), "tiles": int(len(gone)),
+            "patients": int(len(set(gone["patient_id"]) - set(kept["patient_id"])))}
+
+
+def _ids(items, n: int = 8) -> str:
+    items = sorted(items)
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def lost_slides(ts: "TileSet") -> dict[str, Any]:
+    """Slides of the TileSet that gave no tiles (failed, no tissue) and the patients they cost.
+
+    ``tileset.json`` records each slide's status (and, from this version, its patient id), so a
+    patient whose only slide failed is named instead of silently missing from every split."""
+    bad = {k: v for k, v in ts.slides.items() if v.get("status") != "done"}
+    if not bad:
+        return {}
+    kept = set(ts.index["patient_id"])
+    patients = {v.get("patient_id") for v in bad.values() if v.get("patient_id")}
+    return {
+        "slides": {k: f"{v.get('status')}: {v.get('reason', '')}".strip().rstrip(":") for k, v in sorted(bad.items())},
+        "patients_lost": sorted(patients - kept),
+        "patients_reduced": sorted(patients & kept),
+        "unknown_patients": sum(1 for v in bad.values() if not v.get("patient_id")),
+    }
+
+
+def _lost_warning(lost: dict[str, Any], where: str) -> str:
+    slides = lost["slides"]
+    by_status: dict[str, list[str]] = {}
+    for k, why in slides.items():
+        by_status.setdefault(why.split(":")[0], []).append(k)
+    parts = "; ".join(f"{status.replace('_', ' ')}: {_ids(ids, 5)}" for status, ids in sorted(by_status.items()))
+    text = f"{len(slides)} slide(s) of the TileSet '{where}' gave no tiles ({parts})"
+    if lost["patients_lost"]:
+        text += f". LOST PATIENT(S), trained and scored on nowhere: {_ids(lost['patients_lost'])}"
+    if lost["patients_reduced"]:
+        text += f". Patient(s) left with their other slides only: {_ids(lost['patients_reduced'])}"
+    if lost["unknown_patients"]:
+        text += f". {lost['unknown_patients']} of these slides record no patient (tiled by an older clotclf)"
+    return text + f". The reasons are in {Path(where) / 'tileset.json'}; fix those slides and re-run `clotclf tile` to use them"
+
+
+def slides_without_patient(index: "pd.DataFrame") -> list[str]:
+    """Slides whose patient id is their own slide id: the manifest gave them none (see manifest.py)."""
+    same = index.drop_duplicates("image_id")
+    return sorted(same.loc[same["patient_id"] == same["image_id"], "image_id"])
+
+
+def _patient_warning(no_patient: list[str], n_slides: int) -> str:
+    return (f"PATIENT LEAKAGE POSSIBLE: {len(no_patient)} of {n_slides} slide(s) have no patient_id, so each counts as "
+            "its own patient and two slides of one patient can land on both sides of the split (training and "
+            "validation / test), which inflates every result. Add a patient_id column to the manifest and re-tile "
+            "(--require-patients makes this an error)")
+
+
+# ============================================================================ records
+
+
+def tileset_record(ts: "TileSet") -> dict[str, Any]:
+    return {
+        "path": str(ts.root.resolve()),
+        "format_version": ts.meta.get("format_version"),
+        "tile_pixels": ts.tile_size,
+        "settings": ts.settings,
+        "n_tiles": len(ts),
+        "n_slides": int(ts.index["image_id"].nunique()),
+        "n_patients": int(ts.index["patient_id"].nunique()),
+        # filters' / sources' providers (tileset.json's "components"), copied into config.json's plugins
+        **({"plugins": ts.meta["components"]} if isinstance(ts.meta.get("components"), dict) else {}),
+    }
+
+
+def tileset_is_synthetic(ts: "TileSet") -> bool:
+    """Slides of ``ts.index`` marked synthetic: ``demo-data`` writes a ``synthetic`` manifest column,
+    ``tile`` records it in tileset.json (top level and per slide)."""
+    if ts.meta.get("synthetic"):
+        return True
+    used = set(ts.index["image_id"])
+    return any(str(v.get("synthetic", "")).lower() in ("true", "1") for k, v in ts.slides.items() if k in used)
+
+
+def is_synthetic(s: TrainSettings, ts: "TileSet") -> bool:
+    """The demo, or a TileSet of synthetic slides."""
+    from .demo import is_demo
+
+    return is_demo(s) or tileset_is_synthetic(ts)
+
+
+def data_record(s: TrainSettings, ts: "TileSet") -> dict[str, Any]:
+    from .demo import is_demo
+
+    return {
+        "dataset": "clotclf synthetic demo cohort" if is_demo(s) else ts.root.resolve().name,
+        "synthetic": is_synthetic(s, ts),
+        "n_slides": int(ts.index["image_id"].nunique()),
+        "n_patients": int(ts.index["patient_id"].nunique()),
+        "n_tiles": len(ts),
+    }
+
+
+def fold_split_record(split: "Split", k: int, index: "pd.DataFrame") -> dict[str, Any]:
+    fold = split.folds[k]
+    slides = lambda ps: int(index.loc[index["patient_id"].isin(set(ps)), "image_id"].nunique())  # noqa: E731
+    strategy = "stratified k-fold by " + ("centre (leave-centres-out)" if split.group_by == "center" else "patient")
+    return {
+        "strategy": strategy, "group_by": split.group_by, "n_folds": len(split.folds), "fold": k, "seed": split.seed,
+        "n_train_patients": len(fold.train), "n_val_patients": len(fold.val), "n_test_patients": len(split.test),
+        "n_train_slides": slides(fold.train), "n_val_slides": slides(fold.val), "n_test_slides": slides(split.test),
+        "test_fraction": split.test_fraction, "test_fraction_achieved": split.test_fraction_achieved,
+        "train": fold.train, "val": fold.val, "test": split.test,
+    }
+
+
+def config_sections(s: TrainSettings, split: "Split", k: int, ts: "TileSet", records: dict[str, Any]) -> dict[str, Any]:
+    """Everything a fold's config.json records beside the model: the one place it is assembled."""
+    return {"training": settings_dict(s), "split": fold_split_record(split, k, ts.index),
+            "tileset": records["tileset"], "data": records["data"]}
+
+
+@dataclasses.dataclass
+class RunData:
+    """What a run trains on, every check passed (see :func:`prepare_run`)."""
+
+    ts: "TileSet"  #: its index holds the labelled tiles only
+    labels: list[str]
+    split: "Split"
+    records: dict[str, Any]  #: config.json's ``tileset`` (the whole TileSet) and ``data`` (what was used) sections
+    #: data left out or at risk, always printed (stderr); notes (the test set's size) printed with progress; both in the summary
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def open_tiles(path: str) -> "TileSet":
+    """The TileSet of ``--tiles``, with a clear error for what is not one (see :mod:`clotclf_core.inputs`)."""
+    from ..inputs import open_tileset
+
+    return open_tileset(path, "--tiles")
+
+
+def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKind = TILE_KIND) -> RunData:
+    """Everything that can refuse a run, and only reads: the TileSet, its labels (unlabelled slides
+    left out), the model (built once and run on one input) and the split (made or loaded, checked).
+    ``train`` writes nothing before this returns, so a refused command leaves no half-started run."""
+    from ..splits import SplitError, describe_test_set, load_split, make_split
+
+    ts = open_tiles(s.tiles)
+    if len(ts) == 0:
+        raise ClotclfError(f"the TileSet '{s.tiles}' has no tiles; check `clotclf tile`'s summary (no tissue found?)")
+    tileset = tileset_record(ts)
+    labels = _labels_for(s, ts.index, s.tiles)
+    dropped = _drop_unlabelled(ts)
+    data = data_record(s, ts)
+    warnings, notes = [], []
+    no_patient = slides_without_patient(ts.index)
+    if no_patient:
+        if s.require_patients:
+            raise ClotclfError(
+                f"--require-patients: {len(no_patient)} of {data['n_slides']} slide(s) of '{s.tiles}' have no patient_id "
+                f"(e.g. {_ids(no_patient, 3)}); add a patient_id column to the manifest and re-tile")
+        warnings.append(_patient_warning(no_patient, data["n_slides"]))
+        data["n_slides_without_patient_id"] = len(no_patient)
+    lost = lost_slides(ts)
+    if lost:
+        warnings.append(_lost_warning(lost, s.tiles))
+        data |= {"n_slides_without_tiles": len(lost["slides"]), "n_patients_lost": len(lost["patients_lost"])}
+    if dropped:
+        data |= {"n_unlabelled_slides_left_out": dropped["slides"], "n_unlabelled_patients_left_out": dropped["patients"]}
+        warnings.append(
+            f"{dropped['slides']} slide(s) of the TileSet have no label ({dropped['tiles']} tiles; {dropped['patients']} "
+            "patient(s) with no labelled slide at all): they are left out of training, validation and test. Label "
+            "them in the manifest and re-tile to use them")
+    check_model(s, labels, s.input_size or ts.tile_size, kind)
+    try:
+        if resume and (run_dir / "split.json").is_file():
+            split = load_split(run_dir / "split.json", ts.index, labels)
+        elif s.split_file:
+            split = load_split(s.split_file, ts.index, labels)
+        else:
+            split = make_split(ts.index, s.folds, s.seed, s.group_by, s.test_fraction, labels)
+    except SplitError as exc:
+        if not dropped:
+            raise
+        raise SplitError(f"{exc} (counted after leaving out the {dropped['slides']} unlabelled slide(s))") from None
+    if len(split.folds) != s.folds:
+        raise ClotclfError(f"the split has {len(split.folds)} folds but folds={s.folds}; set --folds {len(split.folds)}")
+    if split.test:
+        notes.append(describe_test_set(split))
+    return RunData(ts, labels, split, {"tileset": tileset, "data": data}, warnings, notes)
+
+
+def default_out(s: TrainSettings) -> str:
+    return str(Path("runs") / f"{s.backbone.split('/')[-1]}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def check_out(s: TrainSettings, run_dir: Path, resume: bool) -> None:
+    """``--out`` can hold this run: not a file, not another run (unless resuming it with the same settings)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ClotclfError(f"--out '{run_dir}' is a file, not a folder: choose a folder for the run directory")
+    started = (run_dir / "training.yaml").is_file() or (run_dir / "split.json").is_file()
+    if resume and not started:
+        raise ClotclfError(f"--resume: '{run_dir}' holds no run to resume (no training.yaml); start it without --resume")
+    if not resume and started:
+        raise ClotclfError(
+            f"'{run_dir}' already holds a training run; add --resume to continue it, or choose another --out"
+        )
+    if resume:
+        diff = differences(load_yaml(run_dir / "training.yaml"), settings_dict(s))
+        if diff:
+            raise ClotclfError(
+                f"--resume: '{run_dir}' was started with other settings ({'; '.join(diff[:4])}). Resume with "
+                f"the same settings (--config {run_dir / 'training.yaml'} --resume), or choose another --out"
+            )

@@ -1,0 +1,151 @@
+"""A training run: check everything, write the split and settings, train each fold, write its run directory.
+
+``train(settings)`` is what ``clotclf train`` runs:
+
+1. the TileSet (``--tiles``, or the demo cohort generated and tiled once under ``--demo-dir``)
+   and everything that can refuse the run, checked before the first file is written
+   (:mod:`clotclf_core.training.prepare`);
+2. a patient-level split (:mod:`clotclf_core.splits`), saved with the run;
+3. per fold, a :class:`~clotclf_core.training.loop.Trainer` on the kind's task (tile-level by
+   default), the best epoch's weights restored, the test patients scored, and the fold's run
+   directory written (:mod:`clotclf_core.training.report`);
+4. with ``--fold all``, the cross-validation summary (:mod:`clotclf_core.training.crossval`).
+
+Ctrl-C stops with exit code 130 and says which checkpoint was kept and how to resume.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import Interrupted
+from ..writes import write_guard
+from .checkpoints import LAST, RESUME_HINT, checkpoint_state
+from .distributed import barrier, broadcast, init_distributed
+from .prepare import (  # noqa: F401  (re-exported: the names callers used from run)
+    RunData, check_model, check_model_options, check_out, config_sections, data_record, default_out, prepare_run,
+    tileset_record)
+from .settings import TrainSettings, settings_dict
+from .tiles import TILE_KIND, TrainingKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..inference import Runtime
+    from ..splits import Split
+    from ..tileset import TileSet
+    from .loop import Trainer
+
+
+# ============================================================================ training
+
+
+def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir: Path, labels: list[str],
+               rt: "Runtime", resume: bool, progress: bool,
+               after_train_epoch: Callable[[int, "Trainer"], None] | None = None,
+               records: dict[str, Any] | None = None, kind: TrainingKind = TILE_KIND) -> dict[str, Any]:
+    """Train and evaluate fold ``k`` into ``fold_dir`` (a complete, loadable run directory).
+    ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``)."""
+    from .loop import Trainer
+    from .report import fold_result, write_fold
+    from .seeds import seed_model_init
+
+    fold = split.folds[k]
+    input_size = s.input_size or ts.tile_size
+    seed_model_init(s.seed, k)
+    model = kind.build(s, labels, input_size)  # checked by prepare_run's check_model
+    task = kind.make_task(s, model, ts, fold.train, fold.val, k, rt)
+    trainer = Trainer(s, model, task, k, fold_dir, rt, progress)
+    if resume:
+        trainer.resume(settings_dict(s))
+    trainer.fit(after_train_epoch)
+
+    val = trainer.validate(desc="final validation")
+    test = task.score_patients(trainer.model, split.test, progress and rt.is_main, "test") if split.test else None
+    result = fold_result(s, trainer, val, test, records["data"] if records else None)
+    if rt.is_main:
+        records = records or {"tileset": tileset_record(ts), "data": data_record(s, ts)}
+        write_fold(fold_dir, trainer, result, val, test, labels, config_sections(s, split, k, ts, records))
+    barrier(rt)
+    result["_val"], result["_test"] = val, test
+    return result
+
+
+def _interrupted(run_dir: Path, folds: list[int], fold_all: bool) -> Interrupted:
+    """What was kept when Ctrl-C stopped training, and how to go on."""
+    kept = []
+    for k in folds:
+        fold_dir = run_dir / f"fold_{k}" if fold_all else run_dir
+        state = checkpoint_state(fold_dir / "checkpoints" / LAST)
+        if (fold_dir / "metrics.json").is_file() and (fold_dir / "model.safetensors").is_file():
+            kept.append(f"fold {k} finished")
+        elif state is not None:
+            kept.append(f"fold {k} up to epoch {int(state['epoch']) + 1} ({fold_dir / 'checkpoints' / LAST})")
+    what = "; ".join(kept) if kept else "the split and settings only (no epoch had finished)"
+    return Interrupted(
+        f"training interrupted (Ctrl-C). Kept in '{run_dir}': {what}. Continue with the same command plus --resume "
+        f"(or: clotclf train --config {run_dir / 'training.yaml'} --out {run_dir} --resume); it gives the result the "
+        "uninterrupted run would have given")
+
+
+def train(s: TrainSettings, resume: bool = False, progress: bool = True,
+          after_train_epoch: Callable[[int, "Trainer"], None] | None = None,
+          kind: TrainingKind = TILE_KIND) -> dict[str, Any]:
+    """Run the training described by ``s``; returns the summary (what ``--json`` prints)."""
+    import yaml
+
+    from ..inference import pick_runtime
+    from ..io import write_text
+    from ..splits import save_split
+    from .crossval import cross_validate, reload_fold
+    from .demo import prepare_demo
+
+    check_model_options(s)  # before the demo cohort is generated (minutes)
+    rank, world, local_rank = init_distributed(s.device)
+    rt = pick_runtime(s.device, s.precision, s.channels_last, rank, world, local_rank)
+    t_start = time.perf_counter()
+    if s.tiles is None:
+        tiles = prepare_demo(s.demo_dir, progress) if rt.is_main else None
+        tiles = str(broadcast(rt, str(tiles) if tiles else None))
+        s = s.model_copy(update={"tiles": tiles})
+    if not s.out:
+        s = s.model_copy(update={"out": broadcast(rt, default_out(s))})
+    run_dir = Path(s.out)
+    # every rank runs the checks (they only read), so a refusal stops all ranks alike; and nothing
+    # is written before they pass, so a refused command leaves no half-started run to block the next
+    check_out(s, run_dir, resume)
+    run = prepare_run(s, run_dir, resume, kind)
+    ts, split, labels = run.ts, run.split, run.labels
+    if rt.is_main:
+        for text in run.warnings:
+            print(f"Warning: {text}.", file=sys.stderr)
+        for text in run.notes if progress else []:
+            print(f"Note: {text}.", file=sys.stderr)
+    barrier(rt)
+    if rt.is_main:
+        with write_guard("the split and settings", run_dir, after=RESUME_HINT):
+            save_split(split, run_dir / "split.json")
+            write_text(run_dir / "training.yaml", yaml.safe_dump(settings_dict(s), sort_keys=False))
+    barrier(rt)
+
+    folds = list(range(s.folds)) if s.fold == "all" else [int(s.fold)]
+    results = []
+    try:
+        for k in folds:
+            fold_dir = run_dir / f"fold_{k}" if s.fold == "all" else run_dir
+            finished = (fold_dir / "metrics.json").is_file() and (fold_dir / "model.safetensors").is_file()
+            if resume and s.fold == "all" and finished:
+                results.append(reload_fold(s, ts, split, k, fold_dir, rt, progress, kind))
+                continue
+            results.append(train_fold(s, ts, split, k, fold_dir, labels, rt, resume, progress, after_train_epoch,
+                                      run.records, kind))
+        summary: dict[str, Any] = {"run_dir": str(run_dir), "tileset": str(ts.root), "labels": labels,
+                                   "notes": run.warnings + run.notes,
+                                   "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
+        if s.fold == "all":
+            summary |= cross_validate(s, run_dir, split, results, labels, rt, run.records, kind)
+    except KeyboardInterrupt:
+        raise _interrupted(run_dir, folds, s.fold == "all") from None
+    summary["seconds"] = round(time.perf_counter() - t_start, 1)
+    return summary

@@ -1,0 +1,180 @@
+"""Every setting of a training run, and how YAML and the command line become one :class:`TrainSettings`.
+
+Light: pydantic only (the CLI imports this module to build ``clotclf train``'s options).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from ..config import StrictModel, format_validation_error, load_yaml
+from ..errors import ConfigError
+
+
+class AugmentSettings(StrictModel):
+    """The published augmentation list; probabilities and ranges are settings, not constants."""
+
+    enabled: bool = Field(True, description="augment training tiles (never validation / test tiles)")
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip")
+    rot90: float = Field(0.5, ge=0, le=1, description="probability of a random 90-degree rotation")
+    brightness: float = Field(0.2, ge=0, le=1, description="brightness change range (+-)")
+    contrast: float = Field(0.2, ge=0, le=1, description="contrast change range (+-)")
+    brightness_contrast_p: float = Field(0.5, ge=0, le=1, description="probability of a brightness / contrast change")
+    shift: float = Field(0.0625, ge=0, le=0.5, description="shift-scale-rotate: shift as a fraction of the side (+-)")
+    scale: float = Field(0.1, ge=0, lt=1, description="shift-scale-rotate: scale change (+-)")
+    rotate: float = Field(45.0, ge=0, le=180, description="shift-scale-rotate: rotation in degrees (+-)")
+    shift_scale_rotate_p: float = Field(0.5, ge=0, le=1, description="probability of a shift-scale-rotate")
+
+
+class TrainSettings(StrictModel):
+    """Every setting of a training run: a ``clotclf train`` option or a field of its ``--config`` YAML.
+
+    Saved, resolved, as ``training`` in ``config.json`` and as ``training.yaml`` in the run
+    directory (``clotclf train --config RUN/training.yaml`` repeats the run).
+    """
+
+    # -- data
+    tiles: str | None = Field(None, description="TileSet folder (from `clotclf tile`); none: the built-in demo cohort")
+    demo_dir: str = Field("clotclf-demo", description="where the demo cohort and its tiles are made once and reused")
+    out: str | None = Field(None, description="run directory (default: runs/<backbone>-<date>-<time>)")
+    labels: list[str] | None = Field(None, description="class names in output order (default: CE, LAA, else the TileSet's labels sorted)")
+    require_patients: bool = Field(False, description="refuse slides without a patient_id (each would count as its own patient: leakage)")
+    # -- model
+    backbone: str = Field("cct", description="backbone plugin (`clotclf list-plugins --kind backbone`)")
+    backbone_options: dict[str, Any] = Field(default_factory=dict, description="backbone options (`clotclf show-plugin NAME`)")
+    head: str = Field("linear", description="head plugin")
+    head_options: dict[str, Any] = Field(default_factory=dict, description="head options")
+    input_size: int | None = Field(None, ge=8, description="model input side in pixels (default: the TileSet's tile side)")
+    # -- split
+    folds: int = Field(5, ge=2, description="k of the patient-level stratified k-fold")
+    fold: int | Literal["all"] = Field(0, description="which fold validates (0..folds-1), or 'all' for full cross-validation")
+    group_by: Literal["patient", "center"] = Field("patient", description="keep whole patients (or whole centres) on one side")
+    test_fraction: float = Field(0.0, ge=0, description="share of patients held out from every fold as a test set (0 to 0.5; 0: none)")
+    split_file: str | None = Field(None, description="reuse a saved split.json instead of making a split")
+    # -- optimisation
+    epochs: int = Field(20, ge=1, description="maximum epochs per fold")
+    batch_size: int = Field(32, ge=1, description="tiles per step (per process under DDP)")
+    lr: float = Field(3e-4, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay (not applied to biases and norm weights)")
+    schedule: Literal["cosine", "plateau", "constant"] = Field("cosine", description="LR schedule: cosine with warm-up, reduce-on-plateau, or constant")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length (cosine only)")
+    min_lr: float = Field(1e-6, ge=0, description="floor of the cosine / plateau schedule")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="reduce-on-plateau: LR multiplier")
+    plateau_patience: int = Field(2, ge=0, description="reduce-on-plateau: epochs without improvement before reducing")
+    patience: int = Field(3, ge=0, description="early stopping: epochs without improvement of the monitored loss (0: never stop early)")
+    min_delta: float = Field(1e-4, ge=0, description="smallest decrease of the monitored loss that counts as improvement")
+    monitor: Literal["patient_weighted_log_loss", "patient_log_loss"] = Field(
+        "patient_weighted_log_loss",
+        description="validation loss for early stopping and the best checkpoint (the STRIP AI metric, or the plain log loss)")
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: off)")
+    class_weights: Literal["none", "balanced"] = Field("none", description="weight the loss by inverse class frequency of the training tiles")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    max_tiles_per_slide: int | None = Field(None, ge=1, description="train on at most this many tiles per slide (seeded choice)")
+    augment: AugmentSettings = Field(default_factory=AugmentSettings, description="augmentation of training tiles")
+    # -- runtime
+    seed: int = Field(0, description="the one seed everything random is derived from")
+    workers: int = Field(2, ge=0, description="data-loader worker processes (results do not depend on it)")
+    eval_batch_size: int | None = Field(None, ge=1, description="tiles per inference batch (default: 2 x batch_size)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if available")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: bool | Literal["auto"] = Field("auto", description="channels-last memory format (auto: on CUDA)")
+    compile: bool = Field(False, description="torch.compile the model for training")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSettings":
+        if self.fold != "all" and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold {self.fold} does not exist with folds={self.folds}: use 0..{self.folds - 1} or 'all'")
+        if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
+        if self.test_fraction > 0.5:
+            raise ValueError(
+                f"test_fraction {self.test_fraction} would hold out more patients than are trained on; use a share "
+                "above 0 and at most 0.5 (e.g. 0.2), or 0 for no test set")
+        return self
+
+
+#: settings whose change does not change what is computed: allowed to differ on --resume
+RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients"}
+#: settings naming files: compared as resolved paths on --resume (a relative and an absolute path are the same folder)
+PATH_SETTINGS = ("tiles", "split_file")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def closest(name: str, known: list[str]) -> str | None:
+    """The known field a misspelt one most likely meant (a shared prefix first, then similarity)."""
+    import difflib
+
+    prefixed = [k for k in known if name.startswith(k) or k.startswith(name)]
+    if prefixed:
+        return max(prefixed, key=len)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def resolve_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainSettings:
+    """YAML fields (``--config``) overridden by the command-line values that were given.
+
+    Unknown YAML fields are errors (with the closest known name), never silently ignored. With no
+    TileSet the demo preset fills the fields the user left unset.
+    """
+    from .demo import apply_demo_preset
+
+    data = load_yaml(config) if config else {}
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    source = f"config file '{config}'" if config else "training settings"
+    try:
+        settings = TrainSettings.model_validate(data)
+    except ValidationError as err:
+        hints = []
+        for e in err.errors():
+            if e["type"] == "extra_forbidden":
+                name = str(e["loc"][-1])
+                pool = list(AugmentSettings.model_fields) if len(e["loc"]) > 1 else list(TrainSettings.model_fields)
+                close = closest(name, pool)
+                if close:
+                    hints.append(f"did you mean '{close}' for '{name}'?")
+        raise ConfigError(
+            format_validation_error(err, source) + (" (" + "; ".join(hints) + ")" if hints else "")
+            + ". The fields are listed by `clotclf train --help` and in docs/training.md"
+        ) from None
+    if settings.tiles is None:
+        settings = apply_demo_preset(settings)
+    return settings
+
+
+def settings_dict(s: TrainSettings) -> dict[str, Any]:
+    """The settings as JSON-able data (what training.yaml and config.json's ``training`` hold)."""
+    return s.model_dump(mode="json")
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a == b
+    return a == b or Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between two settings dicts that would change the result (for ``--resume``)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        if key in PATH_SETTINGS and _same_path(old.get(key), new.get(key)):
+            continue
+        if old.get(key) != new.get(key):
+            out.append(f"{key}: run has {old.get(key)!r}, now {new.get(key)!r}")
+    return out

@@ -1,0 +1,179 @@
+"""Tile-level training: a batch is images of single tiles, labelled with their slide's label.
+
+:class:`TileTask` is the :class:`~clotclf_core.training.loop.FoldTask` for one fold: the training
+loader (memory-mapped tiles, seeded augmentation, its own loader generator), the cross-entropy
+step, and validation through :class:`clotclf_core.inference.TileScorer` (tile probabilities ->
+mean per slide -> mean per patient, the monitored loss at patient level). :data:`TILE_KIND`
+bundles what the run needs to build, score and reload tile-level models; a bag-level kind
+provides the same four things.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ..errors import ClotclfError
+from .loop import Scored
+from .seeds import loader_generator, mix
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+    from ..inference import Runtime
+    from ..tileset import TileSet
+    from .settings import TrainSettings
+
+
+def score_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str) -> Scored:
+    """Tile predictions -> metrics at tile, slide and patient level and the monitored patient loss."""
+    from ..evaluate import patient_loss, score
+
+    metrics = score(frame, probs, labels)
+    loss = patient_loss(frame, probs, labels, weighted=monitor == "patient_weighted_log_loss")
+    patient, tile = metrics["patient"], metrics["tile"]
+    history = {
+        "val_patient_weighted_log_loss": round(patient["weighted_log_loss"], 6),
+        "val_patient_log_loss": round(patient["log_loss"], 6),
+        "val_tile_log_loss": round(tile["log_loss"], 6),
+        "val_patient_balanced_accuracy": patient["balanced_accuracy"],
+        "val_patient_roc_auc": patient["roc_auc"],
+        "val_tile_accuracy": tile["accuracy"],
+    }
+    return Scored(frame, probs, metrics, loss, history)
+
+
+class TileTask:
+    """One fold of tile-level training: ``train_rows`` / ``val_rows`` are positions in ``tileset.index``."""
+
+    def __init__(self, s: "TrainSettings", model, tileset: "TileSet", train_rows, val_rows, fold: int, rt: "Runtime"):
+        import torch
+
+        from ..data import EpochSampler, TileDataset, build_transform, make_loader
+        from ..inference import TileScorer
+
+        self.s, self.rt, self.tileset = s, rt, tileset
+        cfg = model.config
+        self.labels, self.input_size, self.mean, self.std = list(cfg.labels), cfg.input_size, cfg.mean, cfg.std
+        self.eval_batch_size = s.eval_batch_size or 2 * s.batch_size
+        self.train_ds = TileDataset(tileset, train_rows, self.labels, build_transform(self.input_size, tileset.tile_size, s.augment))
+        if (self.train_ds.targets < 0).any():  # prepare_run leaves unlabelled tiles out; a direct caller may not
+            raise ClotclfError(
+                f"fold {fold}: {int((self.train_ds.targets < 0).sum())} training tile(s) have a label outside "
+                f"{self.labels} (or none); leave them out of the training rows"
+            )
+        self.sampler = EpochSampler(len(self.train_ds), mix(s.seed, fold), True, rt.rank, rt.world_size)
+        drop_last = len(self.sampler) > s.batch_size  # no tiny last batch, unless one batch is all there is
+        self.train_loader = make_loader(self.train_ds, self.sampler, s.batch_size, s.workers,
+                                        pin_memory=rt.device.type == "cuda", drop_last=drop_last,
+                                        generator=loader_generator(s.seed, fold))
+        self.val = TileScorer(tileset, val_rows, self.labels, self.input_size, self.eval_batch_size, s.workers, rt)
+        weight = None
+        if s.class_weights == "balanced":
+            counts = torch.bincount(torch.as_tensor(self.train_ds.targets), minlength=len(self.labels)).float()
+            weight = (counts.sum() / (len(self.labels) * counts.clamp(min=1))).to(rt.device)
+        self.class_weight = weight
+        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=s.label_smoothing)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def step_loss(self, net, batch) -> tuple[Any, int]:
+        images, targets, _rows = batch
+        x = self.rt.to_input(images, self.mean, self.std)
+        y = targets.to(self.rt.device, non_blocking=True)
+        return self.loss_fn(net(x).float(), y), len(targets)
+
+    def validate(self, model, progress: bool, desc: str = "validate") -> Scored:
+        probs = self.val.probs(model, progress, desc)
+        return score_frame(self.val.frame, probs, self.labels, self.s.monitor)
+
+    def score_patients(self, model, patients: Sequence[str], progress: bool, desc: str) -> Scored | None:
+        """Any other patients of the TileSet (the held-out test set), with a loader made for them."""
+        from ..data import rows_of_patients
+        from ..inference import score_tiles
+
+        if not patients:
+            return None
+        rows = rows_of_patients(self.tileset.index, patients)
+        frame, probs = score_tiles(model, self.tileset, rows, self.eval_batch_size, self.s.workers, self.rt, progress, desc)
+        return score_frame(frame, probs, self.labels, self.s.monitor)
+
+
+def tile_trainer(s: "TrainSettings", model, tileset: "TileSet", train_rows, val_rows, fold: int, fold_dir: Path,
+                 rt: "Runtime", progress: bool = True):
+    """A :class:`~clotclf_core.training.loop.Trainer` on a :class:`TileTask` (what the benchmark and tests build)."""
+    from .loop import Trainer
+
+    return Trainer(s, model, TileTask(s, model, tileset, train_rows, val_rows, fold, rt), fold, fold_dir, rt, progress)
+
+
+def _training_rows(s: "TrainSettings", ts: "TileSet", patients: Sequence[str], fold: int):
+    from ..data import cap_tiles_per_slide, rows_of_patients
+
+    rows = rows_of_patients(ts.index, patients)
+    return cap_tiles_per_slide(ts.index, rows, s.max_tiles_per_slide, mix(s.seed, fold))
+
+
+def _make_task(s: "TrainSettings", model, ts: "TileSet", train_patients: Sequence[str], val_patients: Sequence[str],
+               fold: int, rt: "Runtime") -> TileTask:
+    from ..data import rows_of_patients
+
+    train_rows = _training_rows(s, ts, train_patients, fold)
+    present = sorted(set(ts.index["label"].to_numpy()[train_rows]))
+    missing = [lab for lab in model.labels if lab not in present]
+    if missing:
+        raise ClotclfError(
+            f"fold {fold}: the training split has no tile of class {', '.join(missing)}; use fewer folds or add data"
+        )
+    return TileTask(s, model, ts, train_rows, rows_of_patients(ts.index, val_patients), fold, rt)
+
+
+def _rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequence[str], rt: "Runtime",
+             progress: bool, desc: str) -> Scored | None:
+    """A finished fold's saved model on some patients (for cross-validation after a resume)."""
+    from ..data import rows_of_patients
+    from ..inference import score_tiles
+    from ..model import load_model
+
+    if not patients:
+        return None
+    model = rt.place(load_model(fold_dir))
+    rows = rows_of_patients(ts.index, patients)
+    frame, probs = score_tiles(model, ts, rows, s.eval_batch_size or 2 * s.batch_size, s.workers, rt, progress, desc)
+    return score_frame(frame, probs, model.labels, s.monitor)
+
+
+def model_config(s: "TrainSettings", labels: list[str], input_size: int):
+    """The one place a run's model description is assembled from its settings."""
+    from ..config import ModelConfig
+
+    return ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
+                       head_options=s.head_options, labels=labels, input_size=input_size)
+
+
+def _build(s: "TrainSettings", labels: list[str], input_size: int):
+    from ..model import build_model
+
+    return build_model(model_config(s, labels, input_size))
+
+
+@dataclass(frozen=True)
+class TrainingKind:
+    """What a run needs to know about one kind of training; the run, the loop, cross-validation and
+    the model card are shared. ``build(s, labels, input_size)`` makes the model;
+    ``make_task(s, model, tileset, train_patients, val_patients, fold, rt)`` builds a fold's
+    :class:`~clotclf_core.training.loop.FoldTask` (it may also have ``score_patients``); ``score(frame, probs, labels, monitor)`` turns predictions into
+    :class:`~clotclf_core.training.loop.Scored` (also for pooled out-of-fold predictions);
+    ``rescore(s, fold_dir, tileset, patients, rt, progress, desc)`` scores a saved fold model."""
+
+    name: str
+    build: Callable[..., Any]
+    make_task: Callable[..., Any]
+    score: Callable[..., Scored]
+    rescore: Callable[..., Scored | None]
+
+
+TILE_KIND = TrainingKind("tile", _build, _make_task, score_frame, _rescore)
