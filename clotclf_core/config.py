@@ -58,14 +58,26 @@ def validate_options(spec: "ComponentSpec", values: dict[str, Any]) -> BaseModel
         ) from None
 
 
+#: a number in YAML 1.2 / JSON / Python notation; PyYAML (YAML 1.1) reads ``1e-5`` (no dot) as a string
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
 def parse_value(text: str) -> Any:
-    """Parse one ``key=value`` value the way YAML would (numbers, booleans, lists), else a string."""
+    """Parse one ``key=value`` value the way YAML would (numbers, booleans, lists), else a string.
+
+    Numbers in exponent notation without a dot (``1e-5``, ``2E3``), which YAML 1.1 keeps as
+    strings, are floats here, inside lists too (``[1e-5, 2]``).
+    """
     import yaml
 
+    if _FLOAT.match(text.strip()):
+        return float(text) if not re.match(r"^[-+]?\d+$", text.strip()) else int(text)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, list):
+        value = [parse_value(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v for v in value]
     return text if isinstance(value, (dict,)) else value
 
 

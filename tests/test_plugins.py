@@ -150,6 +150,10 @@ def test_parse_key_values_and_component_refs():
     assert parse_key_values(["a=1", "b=true", "c=0.5", "d=hello", "e=[1, 2]"], "--opt") == {
         "a": 1, "b": True, "c": 0.5, "d": "hello", "e": [1, 2]
     }
+    # exponent notation without a dot is a float (PyYAML's YAML 1.1 would keep '1e-5' a string)
+    assert parse_key_values(["init_values=1e-5", "lr=3E-4", "n=2e3", "l=[1e-5, 0.5]", "s=1e", "m=hf-hub:a/b"], "--opt") == {
+        "init_values": 1e-5, "lr": 3e-4, "n": 2000.0, "l": [1e-5, 0.5], "s": "1e", "m": "hf-hub:a/b"
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_key_values(["novalue"], "--backbone-opt")
     assert parse_component_ref("mobilenetv3:weights=runs/bg,threshold=0.7") == (
