@@ -61,10 +61,12 @@ class Encoder:
 
     def record(self) -> dict[str, Any]:
         """What a feature store records (features.json ``encoder``); see docs/data-formats.md."""
+        snapshot = self.options.get("hub_snapshot") if isinstance(self.options.get("hub_snapshot"), dict) else {}
         return {
             "backbone": self.backbone,
             "options": self.options,
             **self.provenance,
+            **({"hub_repo": snapshot.get("repo"), "hub_commit": snapshot.get("commit")} if snapshot else {}),
             "num_features": self.num_features,
             "weights_sha256": self.weights_sha256,
             "mean": list(self.spec.mean),
@@ -151,8 +153,10 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
     module.eval().requires_grad_(False).to(rt.device)
     if rt.device.type == "cuda":
         module.to(memory_format=torch.channels_last)
+    recorded = getattr(module, "clotclf_record_options", None)  # e.g. the Hub commit an hf-hub: model resolved to
+    options = opts.model_dump(mode="json") | (recorded if isinstance(recorded, dict) else {})
     enc = Encoder(
-        module=module, backbone=spec.name, options=opts.model_dump(mode="json"), spec=declared, input_size=size,
+        module=module, backbone=spec.name, options=options, spec=declared, input_size=size,
         weights_sha256=state_sha256(module), device=rt.device, precision=rt.precision, seed=seed,
         provenance={"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version},
     )
@@ -175,13 +179,21 @@ def _check_forward(enc: Encoder) -> None:
 def encoder_from_record(record: dict[str, Any], device: str = "auto") -> Encoder:
     """Rebuild the encoder a feature store (or a MIL run) recorded, and check that its weights are
     the recorded ones (a Hub repo whose weights changed since, say, is refused)."""
+    from .featurestore import describe_encoder
+
     enc = build_encoder(record["backbone"], record.get("options") or {}, input_size=record.get("input_size"),
                         device=device, seed=int(record.get("seed", 0)))
     if enc.weights_sha256 != record.get("weights_sha256"):
+        commit = record.get("hub_commit")
+        where = (f"the Hub repo {record.get('hub_repo')} at the recorded commit {str(commit)[:12]} now serves other weights "
+                 "(a damaged Hugging Face cache: delete that repo from it with `hf cache delete` and run again)" if commit else
+                 "its source changed (e.g. a Hub repo updated: pin its revision with model=hf-hub:ORG/NAME@COMMIT), or it "
+                 "is not the same plugin version")
         raise ClotclfError(
-            f"the encoder {record['backbone']} rebuilt from its recorded options has other weights (sha256 "
-            f"{enc.weights_sha256[:12]}…) than the one recorded ({str(record.get('weights_sha256'))[:12]}…): its source "
-            "changed (e.g. a Hub repo updated: pin its revision with model=hf-hub:ORG/NAME@COMMIT), or it is not the same plugin version")
+            f"the encoder {describe_encoder(record)} rebuilt from its record has other weights (sha256 "
+            f"{enc.weights_sha256[:12]}…) than the ones recorded ({str(record.get('weights_sha256'))[:12]}…), so its "
+            f"features would not be the ones the model learnt from: {where}. Otherwise embed the tiles with the "
+            "encoder you have and train a model on those features")
     if (list(enc.spec.mean), list(enc.spec.std)) != (list(record.get("mean", [])), list(record.get("std", []))):
         raise ClotclfError(f"the encoder {record['backbone']} now declares another normalisation than the one recorded; "
                            "install the plugin version that made the features")

@@ -78,7 +78,9 @@ def encoder_identity(record: dict[str, Any]) -> dict[str, Any]:
 def describe_encoder(record: dict[str, Any]) -> str:
     """``timm(model=convnext_atto) [weights sha256 1a2b3c4d…, 224 px, mean (0.485, …)]`` — one line."""
     opts = record.get("options") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and k != "img_size")
+    shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and k != "img_size" and not isinstance(v, dict))
+    if record.get("hub_commit"):
+        shown += f" @ commit {str(record['hub_commit'])[:12]}"
     digest = str(record.get("weights_sha256") or "?")[:12]
     mean = ", ".join(f"{v:g}" for v in record.get("mean") or [])
     return f"{record.get('backbone')}({shown}) [weights sha256 {digest}…, {record.get('input_size')} px, mean ({mean})]"

@@ -168,6 +168,7 @@ def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = No
     bspec, hspec = res.specs["backbone"], res.specs["head"]
     with _parameter_guard(param_budget, meta, what):
         backbone = bspec.factory(res.options["backbone"])
+        res.config = record_built_options(res.config, "backbone", backbone)
         res.config = apply_to_model_config(res.config, backbone)  # the backbone's declared mean / std, where cfg sets none
         num_features = getattr(backbone, "num_features", None)
         if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
@@ -179,6 +180,16 @@ def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = No
     model = ClotClassifier(backbone, head, res.config)
     model.plugins = res.provenance
     return model
+
+
+def record_built_options(cfg: ModelConfig, kind: str, module: Any) -> ModelConfig:
+    """``cfg`` with what the built component asks to record beside its options
+    (``module.clotclf_record_options``, e.g. the Hub commit and config.json a timm ``hf-hub:`` model
+    resolved to), so the saved model rebuilds the same module without network."""
+    extra = getattr(module, "clotclf_record_options", None)
+    if not isinstance(extra, dict) or not extra:
+        return cfg
+    return cfg.model_copy(update={f"{kind}_options": {**cfg.options_of(kind), **extra}})
 
 
 class ClotClassifier(nn.Module):

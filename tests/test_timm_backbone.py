@@ -69,7 +69,10 @@ def test_hub_repo_in_timm_layout(client, hub):
     assert enc.weights_sha256 == state_sha256(ref)  # the repo's weights, not a random init
     assert enc.spec.mean == TINY_MEAN and enc.spec.std == TINY_STD and enc.spec.source == "backbone"
     assert enc.input_size == 32 and enc.num_features == 16
-    assert ("GET", "/lab/tiny-vit/resolve/main/model.safetensors") in hub.requests
+    commit = enc.options["hub_snapshot"]["commit"]
+    assert len(commit) == 40 and enc.record()["hub_commit"] == commit  # the commit 'main' resolved to, recorded
+    assert enc.options["hub_snapshot"]["config"]["architecture"] == "vit_tiny_patch16_224"
+    assert ("GET", f"/lab/tiny-vit/resolve/{commit}/model.safetensors") in hub.requests  # weights of that commit
     assert not any(p.endswith(".bin") for _, p in hub.requests)  # never asked for a pickle
     assert _encoder({"model": "hf-hub:lab/tiny-vit@main"}).weights_sha256 == enc.weights_sha256
 
@@ -107,3 +110,42 @@ def test_extra_constructor_option_the_card_asks_for(client):
 def test_bad_timm_options(options, message):
     with pytest.raises(ClotclfError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         _encoder(options)
+
+
+def test_saved_hub_model_rebuilds_offline_with_an_empty_cache(client, hub, tmp_path):
+    """timm.create_model('hf-hub:…', pretrained=False) would still fetch config.json: the run records
+    the repo's config.json and commit, and the rebuild uses them, with no network and no cache."""
+    from huggingface_hub import constants
+
+    from clotclf_core.model import build_model, check_buildable, load_model, save_model
+
+    model = build_model(ModelConfig(backbone="timm", backbone_options={"model": "hf-hub:lab/tiny-vit"}, input_size=32))
+    save_model(model, tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["backbone_options"]
+    assert recorded["hub_snapshot"]["repo"] == "lab/tiny-vit" and len(recorded["hub_snapshot"]["commit"]) == 40
+    client.setattr(constants, "HF_HUB_OFFLINE", True)
+    client.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    before = len(hub.requests)
+    again = load_model(tmp_path / "run")
+    assert check_buildable(tmp_path / "run")["parameters"] == sum(p.numel() for p in again.parameters())
+    assert len(hub.requests) == before and not (tmp_path / "empty-cache").exists()
+    assert again.config.mean == TINY_MEAN  # the recorded pretrained_cfg's normalisation
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), model.eval()(x))
+
+
+def test_encoder_is_fetched_again_at_its_recorded_commit(client, hub):
+    from clotclf_core.encoder import encoder_from_record
+    from timm_repos import add_repo, tiny_vit_files
+
+    add_repo(hub, "lab/moving", tiny_vit_files())
+    enc = _encoder({"model": "hf-hub:lab/moving"})
+    record = enc.record()
+    hub.raw_commit("lab/moving", tiny_vit_files(seed=1), message="new weights on main", keep=True)
+    moved = _encoder({"model": "hf-hub:lab/moving"})
+    assert moved.weights_sha256 != enc.weights_sha256 and moved.record()["hub_commit"] != record["hub_commit"]
+    assert encoder_from_record(record, device="cpu").weights_sha256 == enc.weights_sha256  # pinned, not main
+    damaged = {**record, "weights_sha256": "0" * 64}
+    with pytest.raises(ClotclfError, match=f"at the recorded commit {record['hub_commit'][:12]} now serves other weights"):
+        encoder_from_record(damaged, device="cpu")

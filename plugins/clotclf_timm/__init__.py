@@ -11,7 +11,11 @@ passed to ``timm.create_model`` as a constructor argument (``init_values``, ``dy
 ``drop_path_rate``, ``global_pool``…); a ``*_layer`` option given as a name is looked up in
 ``timm.layers`` / ``torch.nn`` (``mlp_layer=SwiGLUPacked``, ``act_layer=SiLU``).
 
-Gated repos read ``HF_TOKEN``; ``HF_HUB_OFFLINE=1`` loads from the Hugging Face cache. The
+Gated repos read ``HF_TOKEN``; ``HF_HUB_OFFLINE=1`` loads from the Hugging Face cache. An
+``hf-hub:`` model records ``hub_snapshot`` (the repo, the commit ``config.json`` resolved to, and
+that ``config.json``) in the options clotclf saves, so a saved model is rebuilt with no network
+(``pretrained=false``: the architecture from the recorded config, the weights from the run) and an
+encoder is fetched again at the same commit. The
 encoder's own normalisation and input size (``pretrained_cfg``: mean, std, input_size) travel on
 the built module, so clotclf normalises as the weights expect and records it. Only safetensors
 weights are loaded: a repo with pickle weights only is refused.
@@ -36,6 +40,14 @@ RESERVED = {
 }
 
 
+class HubSnapshot(Options):
+    """What an ``hf-hub:`` model was built from: enough to build the same architecture with no network."""
+
+    repo: str = Field(..., min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    commit: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{7,64}$")
+    config: dict = Field(..., description="the repo's config.json (timm's layout) at that commit")
+
+
 class TimmOptions(Options):
     # any further option is a timm constructor argument (checked when the model is built)
     model_config = ConfigDict(extra="allow")
@@ -45,6 +57,9 @@ class TimmOptions(Options):
         "a Hub repo in timm's layout (config.json + model.safetensors). Other options go to timm.create_model"))
     pretrained: bool | None = Field(None, description=(
         "load the weights: default true for hf-hub: repos, false for timm names (their weights come from the Hub too)"))
+    hub_snapshot: HubSnapshot | None = Field(None, description=(
+        "recorded by clotclf when an hf-hub: model is built (the repo, the commit it resolved to, its config.json), "
+        "so a saved model rebuilds offline and an encoder is fetched again at the same commit; not set by hand"))
 
     @field_validator("model")
     @classmethod

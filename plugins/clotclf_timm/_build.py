@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any
 
 from clotclf_core.errors import ClotclfError
 
 from . import TimmOptions
-from ._hub import HubModelError, read_timm_config, safetensors_weights, split_ref
+from ._hub import HubModelError, check_timm_config, read_timm_config, safetensors_weights, split_ref
 
 HF_PREFIX = "hf-hub:"
 
@@ -77,28 +78,63 @@ def _fetch_weights_of_timm_name(name: str) -> None:
     safetensors_weights(repo_id, revision, getattr(cfg, "hf_hub_filename", None))
 
 
+def _hub_source(opts: TimmOptions, name: str) -> tuple[str, bool, dict[str, Any]]:
+    """For ``model=hf-hub:…``: (what to hand timm.create_model, pretrained, the snapshot to record).
+
+    A recorded ``hub_snapshot`` without ``pretrained`` (a saved model being rebuilt) builds the
+    architecture from the recorded config.json, with no network and no cache; otherwise
+    config.json is read from the Hub (or the cache) at the recorded commit, else at the revision
+    asked for, and the weights are fetched from that same commit."""
+    repo_id, revision = split_ref(name[len(HF_PREFIX):])
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ClotclfError(f"model '{name}' is not of the form hf-hub:ORG/NAME[@REVISION]")
+    pretrained = True if opts.pretrained is None else opts.pretrained
+    recorded = opts.hub_snapshot
+    if recorded is not None and recorded.repo != repo_id:
+        raise ClotclfError(f"option hub_snapshot records the repo '{recorded.repo}', not '{repo_id}' of model={name}: "
+                           "it belongs to another model; leave hub_snapshot out (clotclf records it itself)")
+    if recorded is not None and not pretrained:
+        config, commit = recorded.config, recorded.commit
+        check_timm_config(config, f"the config.json recorded for 'hf-hub:{repo_id}'")
+        return "local", False, {"repo": repo_id, "commit": commit, "config": config}
+    pin = recorded.commit if recorded is not None and recorded.commit else revision
+    config, commit = read_timm_config(repo_id, pin)
+    if pretrained:
+        cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else config
+        safetensors_weights(repo_id, commit or pin, cfg.get("hf_hub_filename"))
+    source = f"{HF_PREFIX}{repo_id}@{commit}" if commit else name  # config and weights of one commit
+    return source, pretrained, {"repo": repo_id, "commit": commit, "config": config}
+
+
+def _create(source: str, snapshot: dict[str, Any] | None, pretrained: bool, kwargs: dict[str, Any]):
+    import tempfile
+
+    import timm
+
+    if source != "local":
+        return timm.create_model(source, pretrained=pretrained, num_classes=0, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="clotclf-timm-") as folder:  # timm's own reader of a config.json
+        with open(f"{folder}/config.json", "w", encoding="utf-8") as fh:
+            json.dump(snapshot["config"], fh)
+        return timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=0, **kwargs)
+
+
 def build_timm(opts: TimmOptions):
     import timm
 
     name = opts.model
     kwargs = {k: _layer(k, _number(v)) for k, v in opts.constructor_kwargs().items()}
+    snapshot = None
     if name.startswith(HF_PREFIX):
-        repo_id, revision = split_ref(name[len(HF_PREFIX):])
-        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-            raise ClotclfError(f"model '{name}' is not of the form hf-hub:ORG/NAME[@REVISION]")
-        pretrained = True if opts.pretrained is None else opts.pretrained
-        config = read_timm_config(repo_id, revision)
-        if pretrained:
-            cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else config
-            safetensors_weights(repo_id, revision, cfg.get("hf_hub_filename"))
+        source, pretrained, snapshot = _hub_source(opts, name)
     else:
         if not timm.is_model(name) or ("." in name and name not in timm.list_pretrained(name)):
             raise _unknown_name(name)
-        pretrained = bool(opts.pretrained)
+        source, pretrained = name, bool(opts.pretrained)
         if pretrained:
             _fetch_weights_of_timm_name(name)
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        model = _create(source, snapshot, pretrained, kwargs)
     except HubModelError:
         raise
     except TypeError as exc:
@@ -126,4 +162,6 @@ def build_timm(opts: TimmOptions):
     if isinstance(size, int) and isinstance(getattr(model, "pretrained_cfg", None), dict):
         # a model built for another size than its weights' declares the size it was built for
         model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
+    if snapshot is not None:  # saved with the model's options (docs/plugins.md: clotclf_record_options)
+        model.clotclf_record_options = {"hub_snapshot": snapshot}
     return model

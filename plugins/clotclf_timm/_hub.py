@@ -84,10 +84,21 @@ def download(repo_id: str, filename: str, revision: str | None, missing_ok: bool
         raise HubModelError(f"the Hub answered HTTP {status} for {filename} of {what}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def read_timm_config(repo_id: str, revision: str | None) -> dict[str, Any]:
-    """The repo's ``config.json``, checked to be timm's layout with an architecture this timm knows."""
-    import timm
+def commit_of(path: str) -> str | None:
+    """The commit a file of the Hugging Face cache belongs to (``…/snapshots/<commit>/<file>``)."""
+    from pathlib import Path
 
+    parts = Path(path).parts
+    if "snapshots" in parts[:-1]:
+        commit = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1]
+        if all(c in "0123456789abcdef" for c in commit) and 7 <= len(commit) <= 64:
+            return commit
+    return None
+
+
+def read_timm_config(repo_id: str, revision: str | None) -> tuple[dict[str, Any], str | None]:
+    """The repo's ``config.json``, checked to be timm's layout with an architecture this timm knows,
+    and the commit it resolved to (``None`` if the cache does not say)."""
     path = download(repo_id, "config.json", revision)
     what = f"'hf-hub:{repo_id}'"
     try:
@@ -95,6 +106,14 @@ def read_timm_config(repo_id: str, revision: str | None) -> dict[str, Any]:
             config = json.load(fh)
     except (OSError, ValueError) as exc:
         raise HubModelError(f"config.json of {what} is not valid JSON ({exc}): it is not in timm's layout ({LAYOUT_HINT})") from None
+    check_timm_config(config, what)
+    return config, commit_of(path)
+
+
+def check_timm_config(config: Any, what: str) -> None:
+    """``config`` is a timm-layout config.json whose architecture this timm has."""
+    import timm
+
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         keys = ", ".join(sorted(config)[:6]) if isinstance(config, dict) else type(config).__name__
         raise HubModelError(
@@ -105,7 +124,6 @@ def read_timm_config(repo_id: str, revision: str | None) -> dict[str, Any]:
         raise HubModelError(
             f"{what} needs the timm architecture '{arch}', which timm {timm.__version__} does not have: "
             "upgrade timm (pip install -U timm), or check the repo's model card")
-    return config
 
 
 def safetensors_weights(repo_id: str, revision: str | None, filename: str | None) -> str:
