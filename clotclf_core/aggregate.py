@@ -21,15 +21,17 @@ from .errors import ClotclfError, PluginError
 from .plugins import get_manager
 
 
-def build_aggregator(name: str, options: dict[str, Any] | None, in_features: int, num_classes: int) -> nn.Module:
+def build_aggregator(name: str, options: Any, in_features: int, num_classes: int, spec: Any = None) -> nn.Module:
     """Build aggregator ``name`` (options validated first) for ``in_features`` features and ``num_classes``.
 
-    The module gets ``clotclf_record``: name, validated options, plugin / distribution / version,
-    in_features, num_classes (what a run's config.json records to rebuild it).
+    ``spec``: this provider's component (a saved run's recorded one) instead of looking ``name`` up;
+    ``options``: a dict, or the already validated options object. The module gets
+    ``clotclf_record``: name, validated options, plugin / distribution / version, in_features,
+    num_classes (what a run's config.json records to rebuild it).
     """
     mgr = get_manager()
-    spec = mgr.get("aggregator", name)
-    opts = spec.validate_options(options or {})
+    spec = spec if spec is not None else mgr.get("aggregator", name)
+    opts = options if isinstance(options, spec.options) else spec.validate_options(dict(options or {}))
     module = spec.factory(opts, int(in_features), int(num_classes))
     if not isinstance(module, nn.Module):
         raise PluginError(f"aggregator '{name}' (plugin {spec.plugin}) built a {type(module).__name__}, not a torch.nn.Module; fix the plugin")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -135,15 +135,55 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 #: the component kinds a :class:`ModelConfig` names, each as ``<kind>`` and ``<kind>_options``
 #: (a new kind of model component is one entry here and two fields below)
-MODEL_KINDS: tuple[str, ...] = ("backbone", "head")
+MODEL_KINDS: tuple[str, ...] = ("backbone", "head", "aggregator")
+#: what a model is: ``tile`` (backbone + head, one tile in, one prediction out) or ``mil`` (an
+#: aggregator pooling a bag of tiles into one slide prediction, on features of a frozen encoder
+#: recorded in ``encoder``, or end to end behind a trained backbone)
+ModelKind = Literal["tile", "mil"]
 #: a component reference: ``name`` or ``plugin/name``
 COMPONENT_REF = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/)?[a-z0-9][a-z0-9._-]{0,63}$"
 MAX_INPUT_SIZE = 2048
 MAX_LABELS = 64
+MAX_FEATURES = 65536
+
+
+def _check_normalisation(values: tuple[float, float, float], name: str) -> tuple[float, float, float]:
+    if not all(math.isfinite(v) and abs(v) <= 1e3 for v in values):
+        raise ValueError(f"{name} {values} must be finite numbers")
+    if name == "std" and not all(v > 0 for v in values):
+        raise ValueError(f"std {values} must be positive")
+    return values
+
+
+class EncoderRecord(BaseModel):
+    """The frozen encoder a feature store was made with (``features.json``'s ``encoder``), as a MIL
+    run records it: enough to rebuild it (``backbone``, ``options``) and to recognise it
+    (``weights_sha256``, normalisation, input size). Other fields of the record are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    backbone: str = Field(..., pattern=COMPONENT_REF)
+    options: dict[str, Any] = Field(default_factory=dict)
+    weights_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    num_features: int = Field(..., ge=1, le=MAX_FEATURES)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int = Field(..., ge=8, le=MAX_INPUT_SIZE)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _normalisation(cls, values: tuple[float, float, float], info: Any) -> tuple[float, float, float]:
+        return _check_normalisation(values, info.field_name)
 
 
 class ModelConfig(StrictModel):
-    """Everything needed to rebuild a :class:`clotclf_core.model.ClotClassifier` (``config.json``'s ``model``).
+    """Everything needed to rebuild a saved model (``config.json``'s ``model``).
+
+    ``kind`` ``tile`` (the default, and every config written before MIL existed): a
+    :class:`clotclf_core.model.ClotClassifier`, ``backbone`` + ``head``. ``kind`` ``mil``: a
+    :class:`clotclf_core.milmodel.MILClassifier`, an ``aggregator`` on bags of tile features, with
+    either ``encoder`` (the frozen encoder of the feature store it was trained on: its weights are
+    not part of the model) or ``backbone`` (trained end to end with the aggregator); no head.
 
     Bounded so that a config from elsewhere (a pulled model) is refused before anything is built:
     component names follow the name rule, 2-64 distinct labels, input size 8-2048 px, a finite
@@ -152,22 +192,51 @@ class ModelConfig(StrictModel):
     against the weights (:func:`clotclf_core.model.check_buildable`).
     """
 
-    backbone: str
+    kind: ModelKind = "tile"
+    backbone: str | None = None
     backbone_options: dict[str, Any] = Field(default_factory=dict)
-    head: str = "linear"
+    head: str | None = "linear"
     head_options: dict[str, Any] = Field(default_factory=dict)
+    aggregator: str | None = None
+    aggregator_options: dict[str, Any] = Field(default_factory=dict)
+    encoder: EncoderRecord | None = None
     labels: list[str] = Field(default_factory=lambda: ["CE", "LAA"], min_length=2, max_length=MAX_LABELS)
     input_size: int = Field(224, ge=8, le=MAX_INPUT_SIZE)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mil_has_no_head(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "mil" and "head" not in data:
+            data = {**data, "head": None}
+        return data
+
     @field_validator(*MODEL_KINDS)
     @classmethod
-    def _component(cls, name: str, info: Any) -> str:
-        if not re.match(COMPONENT_REF, name):
+    def _component(cls, name: str | None, info: Any) -> str | None:
+        if name is not None and not re.match(COMPONENT_REF, name):
             raise ValueError(f"{info.field_name} {name!r} is not a component name (NAME or PLUGIN/NAME: lower-case "
                              "letters, digits, '.', '_', '-')")
         return name
+
+    @model_validator(mode="after")
+    def _parts_fit_the_kind(self) -> "ModelConfig":
+        if self.kind == "tile":
+            missing = [k for k in ("backbone", "head") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"a tile-level model needs a {' and a '.join(missing)}")
+            if self.aggregator or self.encoder:
+                raise ValueError("a tile-level model has no aggregator or encoder (kind 'mil' has)")
+        else:
+            if not self.aggregator:
+                raise ValueError("a MIL model (kind 'mil') needs an aggregator")
+            if self.head:
+                raise ValueError("a MIL model has no head: its aggregator classifies")
+            if (self.backbone is None) == (self.encoder is None):
+                raise ValueError("a MIL model has either an encoder (trained on a feature store) or a backbone "
+                                 "(trained end to end), not both or neither")
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -182,15 +251,24 @@ class ModelConfig(StrictModel):
     @field_validator("mean", "std")
     @classmethod
     def _normalisation(cls, values: tuple[float, float, float], info: Any) -> tuple[float, float, float]:
-        if not all(math.isfinite(v) and abs(v) <= 1e3 for v in values):
-            raise ValueError(f"{info.field_name} {values} must be finite numbers")
-        if info.field_name == "std" and not all(v > 0 for v in values):
-            raise ValueError(f"std {values} must be positive")
-        return values
+        return _check_normalisation(values, info.field_name)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def components(self) -> dict[str, str]:
+        """``{kind: name}`` of the components this model is built from (``backbone``, ``head``, ``aggregator``)."""
+        return {k: getattr(self, k) for k in MODEL_KINDS if getattr(self, k)}
+
+    def describe(self) -> str:
+        """``cct + linear``, ``abmil on timm features``, ``cct + abmil (end to end)``: one short phrase."""
+        if self.kind == "tile":
+            return f"{self.backbone} + {self.head}"
+        if self.encoder is not None:
+            return f"{self.aggregator} on {self.encoder.backbone} features"
+        return f"{self.backbone} + {self.aggregator} (end to end)"
 
     def options_of(self, kind: str) -> dict[str, Any]:
         return dict(getattr(self, f"{kind}_options") or {})

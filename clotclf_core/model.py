@@ -1,4 +1,6 @@
-"""ClotClassifier = Backbone plugin + Head plugin, and its save / load as a run directory.
+"""Models and their save / load as a run directory: ClotClassifier = Backbone plugin + Head plugin
+(tile level), or a :class:`clotclf_core.milmodel.MILClassifier` (an aggregator on bags of tiles),
+chosen by ``config.json``'s ``model.kind``.
 
 A run directory holds ``model.safetensors`` (weights only, with a few strings in
 ``__metadata__``) and ``config.json`` (see docs/data-formats.md). What is saved describes itself:
@@ -157,7 +159,8 @@ def _patched_registration(budget: int | None, meta: bool, what: str) -> Iterator
 
 def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = None, rebuild: bool = False,
                 param_budget: int | None = None, meta: bool = False, what: str = "the config") -> nn.Module:
-    """Build a :class:`ClotClassifier` from names + options (options validated first).
+    """Build the model ``cfg`` describes (options validated first): a :class:`ClotClassifier`
+    (``kind`` ``tile``) or a :class:`clotclf_core.milmodel.MILClassifier` (``kind`` ``mil``).
 
     ``specs``: use these providers (a saved run's); ``rebuild``: rebuilding saved weights (no
     pretrained downloads); ``param_budget``: refuse a model with more parameters; ``meta``: build on
@@ -165,21 +168,37 @@ def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = No
     ``model.plugins`` who provided each component.
     """
     res = resolve_components(cfg, specs, rebuild)
-    bspec, hspec = res.specs["backbone"], res.specs["head"]
     with _parameter_guard(param_budget, meta, what):
-        backbone = bspec.factory(res.options["backbone"])
-        res.config = record_built_options(res.config, "backbone", backbone)
-        res.config = apply_to_model_config(res.config, backbone)  # the backbone's declared mean / std, where cfg sets none
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
-            raise PluginError(
-                f"backbone '{bspec.name}' (plugin {bspec.plugin}, distribution {bspec.distribution} {bspec.version}) built a "
-                "module without a positive integer `num_features`; the plugin must set it (see docs/plugins.md)"
-            )
-        head = hspec.factory(res.options["head"], num_features, res.config.num_classes)
-    model = ClotClassifier(backbone, head, res.config)
+        backbone = _build_backbone(res) if "backbone" in res.specs else None
+        if res.config.kind == "mil":
+            from .milmodel import build_mil
+
+            model = build_mil(res.config, res.specs, res.options, backbone)
+        else:
+            hspec = res.specs["head"]
+            head = hspec.factory(res.options["head"], backbone.num_features, res.config.num_classes)
+            model = ClotClassifier(backbone, head, res.config)
     model.plugins = res.provenance
+    if res.config.encoder is not None:  # the frozen encoder of a MIL model's features: recorded, not built
+        enc = res.config.encoder.model_dump(mode="json")
+        model.plugins["encoder"] = {"name": enc["backbone"], **{k: enc[k] for k in ("plugin", "distribution", "version")
+                                                                 if isinstance(enc.get(k), str)}}
     return model
+
+
+def _build_backbone(res: Resolved) -> nn.Module:
+    """The backbone of ``res`` built; ``res.config`` gets what it records and declares (normalisation…)."""
+    bspec = res.specs["backbone"]
+    backbone = bspec.factory(res.options["backbone"])
+    res.config = record_built_options(res.config, "backbone", backbone)
+    res.config = apply_to_model_config(res.config, backbone)  # the backbone's declared mean / std, where cfg sets none
+    num_features = getattr(backbone, "num_features", None)
+    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
+        raise PluginError(
+            f"backbone '{bspec.name}' (plugin {bspec.plugin}, distribution {bspec.distribution} {bspec.version}) built a "
+            "module without a positive integer `num_features`; the plugin must set it (see docs/plugins.md)"
+        )
+    return backbone
 
 
 def record_built_options(cfg: ModelConfig, kind: str, module: Any) -> ModelConfig:
@@ -222,7 +241,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     meta = {"format": "pt", "clotclf_version": __version__}
     cfg = getattr(model, "config", None)
     if isinstance(cfg, ModelConfig):
-        meta |= {"backbone": cfg.backbone, "head": cfg.head}
+        meta |= {"kind": cfg.kind, **cfg.components}
     meta |= metadata or {}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)

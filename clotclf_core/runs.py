@@ -186,8 +186,8 @@ def component_records(config: dict[str, Any]) -> list[tuple[str, str, dict[str, 
         if name:
             info = recorded.get(comp)
             out.append((comp, str(name), info if isinstance(info, dict) else None))
-    for comp, info in recorded.items():  # kinds added later (an aggregator…) that this version does not list
-        if comp not in MODEL_KINDS and comp not in ("filters", "source", "sources") and isinstance(info, dict) \
+    for comp, info in recorded.items():  # kinds added later that this version does not list
+        if comp not in MODEL_KINDS and comp not in ("filters", "source", "sources", "encoder") and isinstance(info, dict) \
                 and model.get(comp) and not any(c == comp for c, _, _ in out):
             out.append((comp, str(model[comp]), info))
     return out
@@ -208,12 +208,23 @@ def pipeline_records(config: dict[str, Any]) -> list[tuple[str, str, dict[str, A
     return out
 
 
+def encoder_records(config: dict[str, Any]) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """``(kind, name, recorded provider)`` of a MIL model's frozen encoder (a backbone): not part
+    of the model's weights, but needed to turn new slides' tiles into the features it takes."""
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    encoder = model.get("encoder")
+    if not isinstance(encoder, dict) or not encoder.get("backbone"):
+        return []
+    info = _plugins_section(config).get("encoder")
+    return [("backbone", str(encoder["backbone"]), info if isinstance(info, dict) else None)]
+
+
 def recorded_components(config: dict[str, Any], pipeline: bool = True) -> list[dict[str, Any]]:
     """What config.json records about each component, without asking what is installed here:
     ``part`` (``model`` / ``tiling``), ``role``, ``name``, ``plugin``, ``distribution``, ``version``."""
     records = [("model", *r) for r in component_records(config)]
     if pipeline:
-        records += [("tiling", *r) for r in pipeline_records(config)]
+        records += [("encoder", *r) for r in encoder_records(config)] + [("tiling", *r) for r in pipeline_records(config)]
     rows = []
     for part, kind, name, info in records:
         info = info or {}
@@ -238,9 +249,11 @@ def requirements(config: dict[str, Any], pipeline: bool = False) -> list[dict[st
     """One row per component the run needs: ``role, name, plugin, distribution, version`` (as
     recorded), ``installed``, ``installed_version``, ``state`` and ``fix`` (see
     :meth:`clotclf_core.plugins.PluginManager.requirement`); ``part`` is ``model`` or, with
-    ``pipeline``, ``tiling`` for the filters and source the TileSet was made with."""
+    ``pipeline``, ``encoder`` for a MIL model's frozen encoder and ``tiling`` for the filters and
+    source the TileSet was made with."""
     rows = [_row(k, n, i, "model") for k, n, i in component_records(config)]
     if pipeline:
+        rows += [_row(k, n, i, "encoder") for k, n, i in encoder_records(config)]
         rows += [_row(k, n, i, "tiling") for k, n, i in pipeline_records(config)]
     return rows
 
@@ -251,7 +264,7 @@ def check_requirements(config: dict[str, Any], label: str, warn_versions: bool =
     differs from the installed one."""
     rows = requirements(config)
     if not rows:
-        raise ModelLoadError(f"model '{printable(label)}': its {CONFIG_NAME} names no components (no model.backbone)")
+        raise ModelLoadError(f"model '{printable(label)}': its {CONFIG_NAME} names no components (no model.backbone or model.aggregator)")
     missing = [r for r in rows if not r["installed"]]
     if missing:
         what = "; ".join(
