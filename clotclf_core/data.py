@@ -185,6 +185,7 @@ def make_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     generator: "torch.Generator | None" = None,
+    collate_fn=None,
 ) -> DataLoader:
     """A DataLoader with worker processes kept alive between epochs and pinned memory on CUDA.
 
@@ -205,7 +206,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        collate_fn=collate,
+        collate_fn=collate_fn or collate,
         **kwargs,
     )
 

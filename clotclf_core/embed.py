@@ -126,7 +126,8 @@ class FeatureStoreWriter:
                 ts_entry = tileset.slides.get(image_id, {})
                 status = ts_entry.get("status", "done")
                 reason = ts_entry.get("reason") or "the TileSet kept no tile of this slide"
-                slides[image_id] = {"status": "no_tiles", "n_tiles": 0, "tileset_status": status, "reason": reason}
+                known = {c: str(ts_entry[c]) for c in (*MANIFEST_COLUMNS, "synthetic") if ts_entry.get(c) not in (None, "")}
+                slides[image_id] = {"status": "no_tiles", "n_tiles": 0, "tileset_status": status, "reason": reason, **known}
                 plan["empty"].append(image_id)
                 continue
             entry = slides.get(image_id)
@@ -243,8 +244,15 @@ def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def _tileset_record(ts: "TileSet") -> dict[str, Any]:
-    return {"fingerprint": tileset_fingerprint(ts.settings, ts.tile_size), "tile_pixels": int(ts.tile_size),
-            "settings": ts.settings, "clotclf_version": ts.meta.get("clotclf_version")}
+    """features.json's ``tileset``: its identity (fingerprint), how it was cut (settings, the filters'
+    and sources' providers: what a MIL run records as its tiling recipe), where it is, synthetic or not."""
+    record = {"fingerprint": tileset_fingerprint(ts.settings, ts.tile_size), "tile_pixels": int(ts.tile_size),
+              "settings": ts.settings, "clotclf_version": ts.meta.get("clotclf_version"),
+              "format_version": ts.meta.get("format_version"), "path": str(Path(ts.root).resolve()),
+              "synthetic": bool(ts.meta.get("synthetic"))}
+    if isinstance(ts.meta.get("components"), dict):
+        record["components"] = ts.meta["components"]
+    return record
 
 
 def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: dict[str, Any] | None = None, *,

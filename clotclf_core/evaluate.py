@@ -56,8 +56,17 @@ def score(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> dict[
     return metrics.evaluate(df, probs, labels)
 
 
+def score_slides(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Metrics at slide and patient level of slide predictions (one row per slide: a MIL model's)."""
+    from . import metrics
+
+    levels = metrics.evaluate(df, probs, labels)  # its "tile" level is the slide rows themselves
+    return {"slide": levels["slide"], "patient": levels["patient"]}
+
+
 def predictions_frame(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> "pd.DataFrame":
-    cols = [c for c in ("image_id", "patient_id", "center_id", "label", "row", "x", "y", "size") if c in df.columns]
+    cols = [c for c in ("image_id", "patient_id", "center_id", "label", "row", "x", "y", "size", "n_tiles")
+            if c in df.columns]
     out = df[cols].reset_index(drop=True).copy()
     for i, name in enumerate(labels):
         out[f"p_{name}"] = np.round(probs[:, i].astype(np.float64), 6)
@@ -67,12 +76,13 @@ def predictions_frame(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[st
 
 def write_pictures(out_dir: Path, df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str],
                    result: dict[str, Any], name: str) -> list[str]:
-    """Confusion matrices (tile and patient level) and the patient-level ROC curve, in ``out_dir/plots``."""
+    """Confusion matrices (tile — slide for a MIL model, which has no tile level — and patient level)
+    and the patient-level ROC curve, in ``out_dir/plots``."""
     from . import metrics, plots
 
     plots_dir = out_dir / "plots"
     written = []
-    for level in ("tile", "patient"):
+    for level in ("tile" if "tile" in result else "slide", "patient"):
         cm = result[level]["confusion_matrix"]
         png = plots_dir / f"confusion_{level}_{name}.png"
         plots.plot_confusion(cm, labels, f"{name}: {level} level (n={result[level]['n']})", png)

@@ -135,9 +135,10 @@ def _slug(text: str) -> str:
 def _describe(config: dict[str, Any], extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Everything the card says about the run, gathered (and defaulted) in one place."""
     model = config.get("model")
-    if not isinstance(model, dict) or not model.get("backbone"):
+    if not isinstance(model, dict) or not (model.get("backbone") or model.get("aggregator")):
         raise ModelCardError(
-            f"config for '{run_dir}' has no model.backbone; pass config.json's content (clotclf_core.model.read_config)"
+            f"config for '{run_dir}' has no model.backbone (nor model.aggregator); pass config.json's content "
+            "(clotclf_core.model.read_config)"
         )
     data = _section(config, "data", "dataset_info")
     dataset = extra.get("dataset") or data.get("dataset") or data.get("name")
@@ -171,7 +172,7 @@ def _front_matter(info: dict[str, Any], headline: dict[str, Any]) -> dict[str, A
         "library_name": "clotclf",
         "license": info["license"],
         "pipeline_tag": "image-classification",
-        "tags": BASE_TAGS + [str(info["model"]["backbone"])] + (["synthetic-data"] if info["synthetic"] else []),
+        "tags": BASE_TAGS + _component_tags(info["model"]) + (["synthetic-data"] if info["synthetic"] else []),
         "metrics": [kind for _, kind, _ in HEADLINE],
     }
     patient = headline["levels"].get("patient") or {}
@@ -284,9 +285,11 @@ def _headline_block(info: dict[str, Any], headline: dict[str, Any]) -> list[str]
 def _results_section(info: dict[str, Any], headline: dict[str, Any], metrics: dict[str, Any], run_dir: Path) -> str:
     if not headline["levels"]:
         return "## Results\n\nNo evaluation results were recorded for this run.\n"
+    slide_rule = ("Slide = the aggregator's probability for the bag of its tiles (there is no tile level)"
+                  if info["model"].get("kind") == "mil" else "Slide = mean of its tiles' probabilities")
     out = ["## Results", "", *_headline_block(info, headline), "",
            "Patient level is the one that matters (one answer per patient; the STRIP AI competition scored "
-           "patients). Slide = mean of its tiles' probabilities; patient = mean of its slides'.", "",
+           f"patients). {slide_rule}; patient = mean of its slides'.", "",
            f"### {headline['title']}", "", _level_table(headline["levels"])]
     levels = headline["levels"]
     note = (levels.get("patient") or {}).get("roc_auc_note")
@@ -315,11 +318,39 @@ def _results_section(info: dict[str, Any], headline: dict[str, Any], metrics: di
     return "\n".join(out) + "\n"
 
 
+def _component_tags(model: dict[str, Any]) -> list[str]:
+    """The model's components as tags: backbone (or a MIL model's encoder), aggregator, ``multiple-instance``."""
+    encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else {}
+    tags = [str(n) for n in (model.get("backbone") or encoder.get("backbone"), model.get("aggregator")) if n]
+    return tags + (["multiple-instance"] if model.get("kind") == "mil" else [])
+
+
+def _options_json(options: Any) -> str:
+    """Options for the card: a recorded Hub snapshot (a whole config.json) shown by its commit only."""
+    shown = dict(options or {})
+    snapshot = shown.get("hub_snapshot")
+    if isinstance(snapshot, dict):
+        shown["hub_snapshot"] = f"{snapshot.get('repo')}@{str(snapshot.get('commit'))[:12]} (config.json in config.json)"
+    return json.dumps(shown)
+
+
+def _component_rows(model: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else None
+    if encoder is not None:
+        from .featurestore import describe_encoder
+
+        rows.append(["encoder (frozen; its weights are not part of this model)", f"`{describe_encoder(encoder)}`"])
+    for kind in ("backbone", "head", "aggregator"):
+        if model.get(kind):
+            rows.append([kind, f"`{model[kind]}` {_options_json(model.get(f'{kind}_options'))}"])
+    return rows
+
+
 def _training_section(info: dict[str, Any]) -> str:
     model = info["model"]
     rows = [
-        ["backbone", f"`{model['backbone']}` {json.dumps(model.get('backbone_options') or {})}"],
-        ["head", f"`{model.get('head', 'linear')}` {json.dumps(model.get('head_options') or {})}"],
+        *_component_rows(model),
         ["labels", ", ".join(info["labels"])],
         ["input size", f"{model.get('input_size', '?')} px"],
     ]
@@ -343,6 +374,10 @@ def _usage_section(info: dict[str, Any]) -> str:
     )
 
 
+_NEEDED_FOR = {"model": "loading the model", "encoder": "embedding new slides' tiles (the frozen encoder)",
+               "tiling": "tiling new slides"}
+
+
 def requirements_section(config: dict[str, Any]) -> str:
     """The "What must be installed" section: the distribution and version of every component, as
     config.json records them (the model's, then the tiling pipeline's that `clotclf predict` re-creates)."""
@@ -352,7 +387,7 @@ def requirements_section(config: dict[str, Any]) -> str:
     if not rows:
         return ""
     table = _table(["needed for", "kind", "name", "distribution", "version"],
-                   [["loading the model" if r["part"] == "model" else "tiling new slides", r["role"], f"`{r['name']}`",
+                   [[_NEEDED_FOR.get(r["part"], r["part"]), r["role"], f"`{r['name']}`",
                      r["distribution"], r["version"]] for r in rows])
     command = install_command(rows)
     text = "## What must be installed\n\n" + table + "\n"
@@ -397,13 +432,18 @@ def render_model_card(config: dict[str, Any], metrics: dict[str, Any], extra: di
     headline = _headline(metrics)
     meta = yaml.safe_dump(_front_matter(info, headline), sort_keys=False, allow_unicode=True)
     labels = " vs ".join(info["labels"])
-    intro = (
-        f"# {info['name']}\n\n"
-        f"A clotclf model that classifies the origin of ischemic-stroke blood clots "
-        f"({labels}) from whole-slide images: backbone `{info['model']['backbone']}`, head "
-        f"`{info['model'].get('head', 'linear')}`, applied to tiles whose probabilities are averaged per "
-        "slide and per patient.\n"
-    )
+    intro = f"# {info['name']}\n\nA clotclf model that classifies the origin of ischemic-stroke blood clots ({labels}) from whole-slide images: "
+    model = info["model"]
+    if model.get("kind") == "mil":
+        encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else {}
+        source = (f"features of the frozen encoder `{encoder.get('backbone')}` (not part of this model: `clotclf predict` "
+                  "rebuilds it from its record and checks its weights' sha256)" if encoder else
+                  f"tiles through the backbone `{model.get('backbone')}`, trained with it end to end")
+        intro += (f"a multiple-instance model, aggregator `{model.get('aggregator')}` pooling each slide's {source} into one "
+                  "slide probability; a patient's is the mean of its slides'.\n")
+    else:
+        intro += (f"backbone `{model['backbone']}`, head `{model.get('head', 'linear')}`, applied to tiles whose "
+                  "probabilities are averaged per slide and per patient.\n")
     if info["synthetic"]:
         intro += "\n> **Synthetic demo model.** Trained on generated slides; its numbers say nothing about real clots.\n"
     sections = [

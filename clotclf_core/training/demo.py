@@ -25,15 +25,22 @@ DEMO_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "we
 DEMO_TRAIN_SIZE = 64
 
 
+#: a multiple-instance demo (``--aggregator``): a batch is bags of 16 tiles, so fewer per step
+DEMO_MIL_SETTINGS: dict[str, Any] = {"batch_size": 4, "bag_size": 16}
+
+
 def apply_demo_preset(settings: "TrainSettings") -> "TrainSettings":
     given = settings.model_fields_set
-    values = {k: v for k, v in DEMO_SETTINGS.items() if k not in given}
+    preset = DEMO_SETTINGS | (DEMO_MIL_SETTINGS if settings.aggregator else {})
+    values = {k: v for k, v in preset.items() if k not in given}
     if "backbone_options" not in given and settings.backbone in DEMO_BACKBONE_OPTIONS:
         values["backbone_options"] = DEMO_BACKBONE_OPTIONS[settings.backbone]
     return settings.model_copy(update=values)
 
 
 def is_demo(s: "TrainSettings") -> bool:
+    if s.features is not None:
+        return False  # a feature store says itself whether its tiles were synthetic (features.json)
     return s.tiles is None or Path(s.tiles).resolve() == (Path(s.demo_dir) / "tiles").resolve()
 
 

@@ -98,7 +98,7 @@ def launch_distributed(s: "TrainSettings", nproc: int, resume: bool, quiet: bool
             f"--nproc must be at least 2 for data-parallel training (got {nproc}); leave it out for one process"
         )
     check_model_options(s)
-    if s.tiles is None:
+    if s.tiles is None and s.features is None:
         s = s.model_copy(update={"tiles": str(prepare_demo(s.demo_dir, not (quiet or as_json)))})
     if not s.out:
         s = s.model_copy(update={"out": default_out(s)})

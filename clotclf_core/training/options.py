@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from .settings import TrainSettings
 
 #: fields given on the command line in another shape than ``--field-name VALUE``
-_CLI_SPECIAL = {"backbone_options", "head_options", "augment", "labels", "fold", "channels_last"}
+_CLI_SPECIAL = {"backbone_options", "head_options", "aggregator_options", "augment", "labels", "fold", "channels_last"}
 
 
 def cli_options(command):
@@ -35,6 +35,8 @@ def cli_options(command):
         help="class names in output order [default: CE,LAA, else the TileSet's labels sorted]")
     add("--augment/--no-augment", default=None, show_default=False,
         help="augment training tiles (the ranges are YAML fields under `augment:`) [default: on]")
+    add("--aggregator-opt", "aggregator_opt", multiple=True, metavar="K=V",
+        help="aggregator option, repeatable (`clotclf show-plugin abmil`)")
     add("--head-opt", "head_opt", multiple=True, metavar="K=V", help="head option, repeatable (`clotclf show-plugin mlp`)")
     add("--backbone-opt", "backbone_opt", multiple=True, metavar="K=V",
         help="backbone option, repeatable (`clotclf show-plugin cct`)")
@@ -65,6 +67,8 @@ def overrides_from_cli(params: dict[str, Any]) -> dict[str, Any]:
         out["backbone_options"] = parse_key_values(params["backbone_opt"], "--backbone-opt")
     if params.get("head_opt"):
         out["head_options"] = parse_key_values(params["head_opt"], "--head-opt")
+    if params.get("aggregator_opt"):
+        out["aggregator_options"] = parse_key_values(params["aggregator_opt"], "--aggregator-opt")
     if params.get("labels"):
         out["labels"] = [p.strip() for p in params["labels"].split(",") if p.strip()]
     if params.get("fold") is not None:

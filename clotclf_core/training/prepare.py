@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import load_yaml
 from ..errors import ClotclfError
 from .settings import TrainSettings, differences, settings_dict
-from .tiles import TILE_KIND, TrainingKind
+from .tiles import TILE_KIND, TrainingKind, kind_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -32,46 +32,47 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def check_model_options(s: TrainSettings) -> None:
-    """The backbone and head exist and their options are valid: checked first, before minutes of
-    demo-cohort generation and before anything is written."""
+    """The backbone, head and aggregator exist and their options are valid: checked first, before
+    minutes of demo-cohort generation and before anything is written."""
     from ..plugins import get_manager
 
     mgr = get_manager()
-    mgr.get("backbone", s.backbone).validate_options(s.backbone_options)
-    mgr.get("head", s.head).validate_options(s.head_options)
+    for kind in ("backbone", "head", "aggregator"):
+        name = getattr(s, kind)
+        if name:
+            mgr.get(kind, name).validate_options(getattr(s, f"{kind}_options"))
 
 
-def _check_input_size(model, size: int, backbone: str) -> None:
-    """One dry forward pass, so a backbone that cannot take this input size fails with a message."""
-    import torch
-
+def _build_checked(s: TrainSettings, labels: list[str], input_size: int, data: Any, kind: TrainingKind):
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
-    except Exception as exc:
-        raise ClotclfError(
-            f"backbone '{backbone}' cannot take {size}x{size} inputs ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Set --input-size to what it expects, or its image-size option (e.g. --backbone-opt img_size="
-            f"{size}; see `clotclf show-plugin {backbone}`)"
-        ) from None
-    finally:
-        model.train()
-
-
-def check_model(s: TrainSettings, labels: list[str], input_size: int, kind: TrainingKind = TILE_KIND) -> None:
-    """Build the model once and push one input through it, so options that validate but cannot be
-    built, or an input size the backbone cannot take, are refused before the run directory is touched."""
-    try:
-        model = kind.build(s, labels, input_size)
+        return kind.build(s, labels, input_size, data)
     except ClotclfError:
         raise
     except Exception as exc:  # a plugin factory's own error: name the options, not a traceback
+        names = [getattr(s, k) for k in ("backbone", "head", "aggregator") if getattr(s, k)]
+        parts = [f"{k} '{getattr(s, k)}'" for k in ("backbone", "head", "aggregator") if getattr(s, k)]
+        shows = " and ".join(f"`clotclf show-plugin {n}`" for n in names)
         raise ClotclfError(
-            f"backbone '{s.backbone}' with head '{s.head}' cannot be built from these options "
-            f"({type(exc).__name__}: {str(exc)[:200]}); check them with `clotclf show-plugin {s.backbone}` "
-            f"and `clotclf show-plugin {s.head}`"
+            f"{' with '.join(parts)} cannot be built from these options ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"check them with {shows}"
         ) from None
-    _check_input_size(model, input_size, s.backbone)
+
+
+def check_model(s: TrainSettings, labels: list[str], data: Any, kind: TrainingKind = TILE_KIND) -> tuple[int, str]:
+    """Build the model once and push one input through it, so options that validate but cannot be
+    built, or an input size the backbone cannot take, are refused before the run directory is
+    touched. Returns the input size and where it comes from: ``--input-size``, else the size the
+    backbone declares (timm's ``pretrained_cfg``), else the tiles' side."""
+    size = s.input_size or data.tile_size
+    source = "--input-size" if s.input_size else "the tile side"
+    model = _build_checked(s, labels, size, data, kind)
+    declared = kind.declared_size(s, model)
+    if declared and declared != size:
+        what = f"backbone '{s.backbone}'" if s.backbone else "the feature store's encoder"
+        size, source = declared, f"declared by the {what}"
+        model = _build_checked(s, labels, size, data, kind)
+    kind.dry_run(model, size, s)
+    return size, source
 
 
 def _labels_for(s: TrainSettings, index: "pd.DataFrame", where: str) -> list[str]:
@@ -135,19 +136,22 @@ def lost_slides(ts: "TileSet") -> dict[str, Any]:
     }
 
 
-def _lost_warning(lost: dict[str, Any], where: str) -> str:
+def _lost_warning(lost: dict[str, Any], where: str, features: bool = False) -> str:
     slides = lost["slides"]
     by_status: dict[str, list[str]] = {}
     for k, why in slides.items():
         by_status.setdefault(why.split(":")[0], []).append(k)
     parts = "; ".join(f"{status.replace('_', ' ')}: {_ids(ids, 5)}" for status, ids in sorted(by_status.items()))
-    text = f"{len(slides)} slide(s) of the TileSet '{where}' gave no tiles ({parts})"
+    text = f"{len(slides)} slide(s) of the {'feature store' if features else 'TileSet'} '{where}' gave no tiles ({parts})"
     if lost["patients_lost"]:
         text += f". LOST PATIENT(S), trained and scored on nowhere: {_ids(lost['patients_lost'])}"
     if lost["patients_reduced"]:
         text += f". Patient(s) left with their other slides only: {_ids(lost['patients_reduced'])}"
     if lost["unknown_patients"]:
         text += f". {lost['unknown_patients']} of these slides record no patient (tiled by an older clotclf)"
+    if features:  # zero-tile bags: no features, left out of training and scoring
+        return text + (f"; they have no features and are left out (no bag). The reasons are in {Path(where) / 'features.json'}; "
+                       "fix those slides, re-run `clotclf tile` and `clotclf embed` to use them")
     return text + f". The reasons are in {Path(where) / 'tileset.json'}; fix those slides and re-run `clotclf tile` to use them"
 
 
@@ -223,9 +227,9 @@ def fold_split_record(split: "Split", k: int, index: "pd.DataFrame") -> dict[str
 
 
 def config_sections(s: TrainSettings, split: "Split", k: int, ts: "TileSet", records: dict[str, Any]) -> dict[str, Any]:
-    """Everything a fold's config.json records beside the model: the one place it is assembled."""
-    return {"training": settings_dict(s), "split": fold_split_record(split, k, ts.index),
-            "tileset": records["tileset"], "data": records["data"]}
+    """Everything a fold's config.json records beside the model: the one place it is assembled
+    (``records``: the data's sections, ``tileset``, ``data`` and e.g. a MIL run's ``features``)."""
+    return {"training": settings_dict(s), "split": fold_split_record(split, k, ts.index), **records}
 
 
 @dataclasses.dataclass
@@ -239,6 +243,7 @@ class RunData:
     #: data left out or at risk, always printed (stderr); notes (the test set's size) printed with progress; both in the summary
     warnings: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    input_size: int = 224  #: the model's input side (see :func:`check_model`)
 
 
 def open_tiles(path: str) -> "TileSet":
@@ -248,17 +253,21 @@ def open_tiles(path: str) -> "TileSet":
     return open_tileset(path, "--tiles")
 
 
-def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKind = TILE_KIND) -> RunData:
+def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKind | None = None) -> RunData:
     """Everything that can refuse a run, and only reads: the TileSet, its labels (unlabelled slides
     left out), the model (built once and run on one input) and the split (made or loaded, checked).
-    ``train`` writes nothing before this returns, so a refused command leaves no half-started run."""
+    ``train`` writes nothing before this returns, so a refused command leaves no half-started run.
+    ``kind``: the kind of training (default: the one ``s`` asks for, :func:`~.tiles.kind_for`)."""
     from ..splits import SplitError, describe_test_set, load_split, make_split
 
-    ts = open_tiles(s.tiles)
+    kind = kind or kind_for(s)
+    ts = kind.open_data(s)
+    where = s.features or s.tiles
     if len(ts) == 0:
-        raise ClotclfError(f"the TileSet '{s.tiles}' has no tiles; check `clotclf tile`'s summary (no tissue found?)")
-    tileset = tileset_record(ts)
-    labels = _labels_for(s, ts.index, s.tiles)
+        what = "feature store" if s.features else "TileSet"
+        raise ClotclfError(f"the {what} '{where}' has no tiles; check `clotclf tile`'s summary (no tissue found?)")
+    described = kind.records(s, ts)
+    labels = _labels_for(s, ts.index, where)
     dropped = _drop_unlabelled(ts)
     data = data_record(s, ts)
     warnings, notes = [], []
@@ -272,7 +281,7 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
         data["n_slides_without_patient_id"] = len(no_patient)
     lost = lost_slides(ts)
     if lost:
-        warnings.append(_lost_warning(lost, s.tiles))
+        warnings.append(_lost_warning(lost, where, s.features is not None))
         data |= {"n_slides_without_tiles": len(lost["slides"]), "n_patients_lost": len(lost["patients_lost"])}
     if dropped:
         data |= {"n_unlabelled_slides_left_out": dropped["slides"], "n_unlabelled_patients_left_out": dropped["patients"]}
@@ -280,7 +289,18 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
             f"{dropped['slides']} slide(s) of the TileSet have no label ({dropped['tiles']} tiles; {dropped['patients']} "
             "patient(s) with no labelled slide at all): they are left out of training, validation and test. Label "
             "them in the manifest and re-tile to use them")
-    check_model(s, labels, s.input_size or ts.tile_size, kind)
+    input_size, size_from = check_model(s, labels, ts, kind)
+    data["input_size"], data["input_size_from"] = input_size, size_from
+    if s.aggregator:
+        from ..bags import check_bag_size, short_slides_note
+
+        bag_size = check_bag_size(s.bag_size, s.features is None)
+        data["bag_size"] = bag_size
+        if (note := short_slides_note(ts.index, bag_size)):
+            notes.append(note)
+    if size_from.startswith("declared") and input_size != ts.tile_size and not s.features:
+        notes.append(f"input size {input_size} px, {size_from} (the {ts.tile_size}-px tiles are resized on the fly; "
+                     "--input-size chooses another)")
     try:
         if resume and (run_dir / "split.json").is_file():
             split = load_split(run_dir / "split.json", ts.index, labels)
@@ -296,11 +316,12 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
         raise ClotclfError(f"the split has {len(split.folds)} folds but folds={s.folds}; set --folds {len(split.folds)}")
     if split.test:
         notes.append(describe_test_set(split))
-    return RunData(ts, labels, split, {"tileset": tileset, "data": data}, warnings, notes)
+    return RunData(ts, labels, split, {**described, "data": data}, warnings, notes, input_size)
 
 
 def default_out(s: TrainSettings) -> str:
-    return str(Path("runs") / f"{s.backbone.split('/')[-1]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = "-".join(n.split("/")[-1] for n in (s.backbone, s.aggregator) if n)
+    return str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def check_out(s: TrainSettings, run_dir: Path, resume: bool) -> None:

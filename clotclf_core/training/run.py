@@ -29,7 +29,7 @@ from .prepare import (  # noqa: F401  (re-exported: the names callers used from 
     RunData, check_model, check_model_options, check_out, config_sections, data_record, default_out, prepare_run,
     tileset_record)
 from .settings import TrainSettings, settings_dict
-from .tiles import TILE_KIND, TrainingKind
+from .tiles import TILE_KIND, TrainingKind, kind_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..inference import Runtime
@@ -44,17 +44,20 @@ if TYPE_CHECKING:  # pragma: no cover
 def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir: Path, labels: list[str],
                rt: "Runtime", resume: bool, progress: bool,
                after_train_epoch: Callable[[int, "Trainer"], None] | None = None,
-               records: dict[str, Any] | None = None, kind: TrainingKind = TILE_KIND) -> dict[str, Any]:
+               records: dict[str, Any] | None = None, kind: TrainingKind = TILE_KIND,
+               input_size: int | None = None) -> dict[str, Any]:
     """Train and evaluate fold ``k`` into ``fold_dir`` (a complete, loadable run directory).
-    ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``)."""
+    ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``);
+    ``input_size``: the model's (default: ``--input-size``, else the tile side; ``train`` passes
+    what :func:`~clotclf_core.training.prepare.check_model` resolved)."""
     from .loop import Trainer
     from .report import fold_result, write_fold
     from .seeds import seed_model_init
 
     fold = split.folds[k]
-    input_size = s.input_size or ts.tile_size
+    input_size = input_size or s.input_size or ts.tile_size
     seed_model_init(s.seed, k)
-    model = kind.build(s, labels, input_size)  # checked by prepare_run's check_model
+    model = kind.build(s, labels, input_size, ts)  # checked by prepare_run's check_model
     task = kind.make_task(s, model, ts, fold.train, fold.val, k, rt)
     trainer = Trainer(s, model, task, k, fold_dir, rt, progress)
     if resume:
@@ -91,8 +94,9 @@ def _interrupted(run_dir: Path, folds: list[int], fold_all: bool) -> Interrupted
 
 def train(s: TrainSettings, resume: bool = False, progress: bool = True,
           after_train_epoch: Callable[[int, "Trainer"], None] | None = None,
-          kind: TrainingKind = TILE_KIND) -> dict[str, Any]:
-    """Run the training described by ``s``; returns the summary (what ``--json`` prints)."""
+          kind: TrainingKind | None = None) -> dict[str, Any]:
+    """Run the training described by ``s``; returns the summary (what ``--json`` prints).
+    ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.tiles.kind_for`)."""
     import yaml
 
     from ..inference import pick_runtime
@@ -102,10 +106,15 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
     from .demo import prepare_demo
 
     check_model_options(s)  # before the demo cohort is generated (minutes)
+    kind = kind or kind_for(s)
+    if s.threads:
+        import torch
+
+        torch.set_num_threads(s.threads)
     rank, world, local_rank = init_distributed(s.device)
     rt = pick_runtime(s.device, s.precision, s.channels_last, rank, world, local_rank)
     t_start = time.perf_counter()
-    if s.tiles is None:
+    if s.tiles is None and s.features is None:
         tiles = prepare_demo(s.demo_dir, progress) if rt.is_main else None
         tiles = str(broadcast(rt, str(tiles) if tiles else None))
         s = s.model_copy(update={"tiles": tiles})
@@ -139,8 +148,9 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
                 results.append(reload_fold(s, ts, split, k, fold_dir, rt, progress, kind))
                 continue
             results.append(train_fold(s, ts, split, k, fold_dir, labels, rt, resume, progress, after_train_epoch,
-                                      run.records, kind))
-        summary: dict[str, Any] = {"run_dir": str(run_dir), "tileset": str(ts.root), "labels": labels,
+                                      run.records, kind, run.input_size))
+        summary: dict[str, Any] = {"run_dir": str(run_dir), ("features" if s.features else "tileset"): str(ts.root),
+                                   "labels": labels,
                                    "notes": run.warnings + run.notes,
                                    "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         if s.fold == "all":

@@ -40,15 +40,19 @@ class TrainSettings(StrictModel):
 
     # -- data
     tiles: str | None = Field(None, description="TileSet folder (from `clotclf tile`); none: the built-in demo cohort")
+    features: str | None = Field(None, description="feature store (from `clotclf embed`): train --aggregator on bags of its tile features (with --tiles too: checked to be that TileSet's)")
     demo_dir: str = Field("clotclf-demo", description="where the demo cohort and its tiles are made once and reused")
     out: str | None = Field(None, description="run directory (default: runs/<backbone>-<date>-<time>)")
     labels: list[str] | None = Field(None, description="class names in output order (default: CE, LAA, else the TileSet's labels sorted)")
     require_patients: bool = Field(False, description="refuse slides without a patient_id (each would count as its own patient: leakage)")
     # -- model
-    backbone: str = Field("cct", description="backbone plugin (`clotclf list-plugins --kind backbone`)")
+    backbone: str | None = Field("cct", description="backbone plugin (`clotclf list-plugins --kind backbone`); with --features: none, the feature store's encoder")
     backbone_options: dict[str, Any] = Field(default_factory=dict, description="backbone options (`clotclf show-plugin NAME`)")
-    head: str = Field("linear", description="head plugin")
+    head: str | None = Field("linear", description="head plugin (tile-level models; an aggregator classifies by itself)")
     head_options: dict[str, Any] = Field(default_factory=dict, description="head options")
+    aggregator: str | None = Field(None, description="aggregator plugin (mean, abmil…: `clotclf list-plugins --kind aggregator`): a slide-level multiple-instance model on bags of tiles; none: tile level")
+    aggregator_options: dict[str, Any] = Field(default_factory=dict, description="aggregator options")
+    bag_size: int | None = Field(None, ge=1, description="tiles per training bag, drawn anew each epoch (seeded); a slide with fewer gives all its tiles, padded with a mask. Default: every tile with --features, 16 end to end")
     input_size: int | None = Field(None, ge=8, description="model input side in pixels (default: the TileSet's tile side)")
     # -- split
     folds: int = Field(5, ge=2, description="k of the patient-level stratified k-fold")
@@ -72,6 +76,8 @@ class TrainSettings(StrictModel):
         "patient_weighted_log_loss",
         description="validation loss for early stopping and the best checkpoint (the STRIP AI metric, or the plain log loss)")
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: off)")
+    loss: Literal["cross_entropy", "weighted_log_loss"] = Field(
+        "cross_entropy", description="training loss: cross entropy, or the STRIP AI metric itself (each class's mean log loss in the batch, averaged with equal weight)")
     class_weights: Literal["none", "balanced"] = Field("none", description="weight the loss by inverse class frequency of the training tiles")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     max_tiles_per_slide: int | None = Field(None, ge=1, description="train on at most this many tiles per slide (seeded choice)")
@@ -79,6 +85,7 @@ class TrainSettings(StrictModel):
     # -- runtime
     seed: int = Field(0, description="the one seed everything random is derived from")
     workers: int = Field(2, ge=0, description="data-loader worker processes (results do not depend on it)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice, one per core); 1 is fastest for small models on a busy machine")
     eval_batch_size: int | None = Field(None, ge=1, description="tiles per inference batch (default: 2 x batch_size)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if available")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -91,17 +98,47 @@ class TrainSettings(StrictModel):
             raise ValueError(f"fold {self.fold} does not exist with folds={self.folds}: use 0..{self.folds - 1} or 'all'")
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
+        self._check_mil()
+        if self.loss == "weighted_log_loss" and self.class_weights == "balanced":
+            raise ValueError("loss weighted_log_loss is class-balanced already: leave class_weights at none")
+        if self.loss == "weighted_log_loss" and self.label_smoothing:
+            raise ValueError("label_smoothing applies to the cross_entropy loss only: set it to 0 with loss weighted_log_loss")
         if self.test_fraction > 0.5:
             raise ValueError(
                 f"test_fraction {self.test_fraction} would hold out more patients than are trained on; use a share "
                 "above 0 and at most 0.5 (e.g. 0.2), or 0 for no test set")
         return self
 
+    def _check_mil(self) -> None:
+        given = self.model_fields_set
+        if self.aggregator is None:
+            for name, flag in (("features", "--features"), ("bag_size", "--bag-size")):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{flag} is for multiple-instance training: add --aggregator abmil (or mean, or "
+                                     "another aggregator plugin)")
+            if self.aggregator_options:
+                raise ValueError("aggregator options without an aggregator: add --aggregator NAME")
+            if self.backbone is None or self.head is None:
+                raise ValueError("a tile-level model needs a backbone and a head")
+            return
+        if "head" in given and self.head is not None or self.head_options:
+            raise ValueError(f"a multiple-instance model classifies with its aggregator ({self.aggregator}): leave --head "
+                             "and its options out")
+        object.__setattr__(self, "head", None)
+        if self.features is not None:
+            if ("backbone" in given and self.backbone is not None) or self.backbone_options:
+                raise ValueError("with --features the encoder is the feature store's (it made the features); --backbone "
+                                 "trains one end to end on --tiles: give one of the two")
+            object.__setattr__(self, "backbone", None)
+        elif self.backbone is None:
+            raise ValueError("multiple-instance training needs --features (a feature store) or a --backbone to train end "
+                             "to end on --tiles")
+
 
 #: settings whose change does not change what is computed: allowed to differ on --resume
 RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients"}
 #: settings naming files: compared as resolved paths on --resume (a relative and an absolute path are the same folder)
-PATH_SETTINGS = ("tiles", "split_file")
+PATH_SETTINGS = ("tiles", "features", "split_file")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +188,7 @@ def resolve_settings(config: str | os.PathLike | None = None, overrides: dict[st
             format_validation_error(err, source) + (" (" + "; ".join(hints) + ")" if hints else "")
             + ". The fields are listed by `clotclf train --help` and in docs/training.md"
         ) from None
-    if settings.tiles is None:
+    if settings.tiles is None and settings.features is None:
         settings = apply_demo_preset(settings)
     return settings
 

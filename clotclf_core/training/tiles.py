@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import ClotclfError
 from .loop import Scored
+from .losses import make_loss
 from .seeds import loader_generator, mix
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,7 +76,7 @@ class TileTask:
             counts = torch.bincount(torch.as_tensor(self.train_ds.targets), minlength=len(self.labels)).float()
             weight = (counts.sum() / (len(self.labels) * counts.clamp(min=1))).to(rt.device)
         self.class_weight = weight
-        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=s.label_smoothing)
+        self.loss_fn = make_loss(s, weight)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -147,33 +148,103 @@ def _rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequen
 
 
 def model_config(s: "TrainSettings", labels: list[str], input_size: int):
-    """The one place a run's model description is assembled from its settings."""
+    """The one place a tile-level run's model description is assembled from its settings."""
     from ..config import ModelConfig
 
     return ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
                        head_options=s.head_options, labels=labels, input_size=input_size)
 
 
-def _build(s: "TrainSettings", labels: list[str], input_size: int):
+def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = None):
     from ..model import build_model
 
     return build_model(model_config(s, labels, input_size))
 
 
+def sized_by_input(s: "TrainSettings") -> bool:
+    """The backbone takes an ``img_size`` option the user left unset: it is built for the input
+    size (the tiles' side), so it declares no size of its own worth following."""
+    from ..plugins import get_manager
+
+    spec = get_manager().get("backbone", s.backbone)
+    return "img_size" in spec.options.model_fields and s.backbone_options.get("img_size") is None
+
+
+def declared_size(s: "TrainSettings", model) -> int | None:
+    """The input side the built backbone declares (timm's pretrained_cfg), when the run should follow it."""
+    from ..backbone_input import input_spec
+
+    if s.input_size or sized_by_input(s):
+        return None
+    return input_spec(model.backbone, s.backbone).input_size
+
+
+def _open(s: "TrainSettings") -> "TileSet":
+    from .prepare import open_tiles
+
+    return open_tiles(s.tiles)
+
+
+def _records(s: "TrainSettings", ts: "TileSet") -> dict[str, Any]:
+    from .prepare import tileset_record
+
+    return {"tileset": tileset_record(ts)}
+
+
+def _dry_run(model, size: int, s: "TrainSettings") -> None:
+    """One dry forward pass, so a backbone that cannot take this input size fails with a message."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise ClotclfError(
+            f"backbone '{s.backbone}' cannot take {size}x{size} inputs ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Set --input-size to what it expects, or its image-size option (e.g. --backbone-opt img_size="
+            f"{size}; see `clotclf show-plugin {s.backbone}`)"
+        ) from None
+    finally:
+        model.train()
+
+
 @dataclass(frozen=True)
 class TrainingKind:
     """What a run needs to know about one kind of training; the run, the loop, cross-validation and
-    the model card are shared. ``build(s, labels, input_size)`` makes the model;
-    ``make_task(s, model, tileset, train_patients, val_patients, fold, rt)`` builds a fold's
-    :class:`~clotclf_core.training.loop.FoldTask` (it may also have ``score_patients``); ``score(frame, probs, labels, monitor)`` turns predictions into
-    :class:`~clotclf_core.training.loop.Scored` (also for pooled out-of-fold predictions);
-    ``rescore(s, fold_dir, tileset, patients, rt, progress, desc)`` scores a saved fold model."""
+    the model card are shared.
+
+    - ``open_data(s)``: what the run trains on — a TileSet, or an object with the same reading
+      API (``index``, ``slides``, ``meta``, ``root``, ``tile_size``, ``settings``, ``len()``);
+    - ``records(s, data)``: config.json's sections describing the data (``tileset``, …), made
+      before unlabelled slides are left out;
+    - ``build(s, labels, input_size, data)`` makes the model; ``declared_size(s, model)`` the
+      input side its backbone declares when the run should follow it (None: keep the tile side);
+      ``dry_run(model, input_size, s)`` pushes one input through it;
+    - ``make_task(s, model, data, train_patients, val_patients, fold, rt)`` builds a fold's
+      :class:`~clotclf_core.training.loop.FoldTask` (it may also have ``score_patients``);
+    - ``score(frame, probs, labels, monitor)`` turns predictions into
+      :class:`~clotclf_core.training.loop.Scored` (also for pooled out-of-fold predictions);
+    - ``rescore(s, fold_dir, data, patients, rt, progress, desc)`` scores a saved fold model.
+    """
 
     name: str
     build: Callable[..., Any]
     make_task: Callable[..., Any]
     score: Callable[..., Scored]
     rescore: Callable[..., Scored | None]
+    open_data: Callable[..., Any] = _open
+    records: Callable[..., dict[str, Any]] = _records
+    declared_size: Callable[..., int | None] = declared_size
+    dry_run: Callable[..., None] = _dry_run
 
 
 TILE_KIND = TrainingKind("tile", _build, _make_task, score_frame, _rescore)
+
+
+def kind_for(s: "TrainSettings") -> TrainingKind:
+    """The kind of training ``s`` asks for: multiple-instance with an aggregator, else tile level."""
+    if s.aggregator:
+        from .mil import MIL_KIND
+
+        return MIL_KIND
+    return TILE_KIND

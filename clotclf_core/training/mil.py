@@ -1,0 +1,239 @@
+"""Multiple-instance (bag-level) training: a batch is bags of tiles, one bag per slide.
+
+:class:`BagTask` is the :class:`~clotclf_core.training.loop.FoldTask` of a MIL run, on the same
+loop, splits, checkpoints, early stopping, cross-validation and reports as tile-level training
+(:mod:`clotclf_core.training.tiles`):
+
+- **on features** (``--features F``): bags of a feature store's tile features
+  (:class:`clotclf_core.bags.FeatureBagLoader`), the model an aggregator alone;
+- **end to end** (``--tiles T --backbone B``): bags of tile images (:class:`clotclf_core.bags.TileBagDataset`,
+  augmented, DataLoader workers), backbone and aggregator trained together.
+
+Each training bag holds ``bag_size`` tiles drawn anew every epoch (see :mod:`clotclf_core.bags`);
+validation and test score every tile of each slide (:class:`clotclf_core.inference.BagScorer`).
+Metrics are at slide and patient level (patient = mean of its slides), no tile level; early
+stopping watches the patient-level weighted log loss like every run. :data:`MIL_KIND` bundles it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import ClotclfError
+from .loop import Scored
+from .losses import make_loss
+from .seeds import loader_generator, mix
+from .tiles import TrainingKind, declared_size as _backbone_declared_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+    from ..inference import Runtime
+    from .settings import TrainSettings
+
+
+def score_bag_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str) -> Scored:
+    """Slide predictions -> metrics at slide and patient level and the monitored patient loss."""
+    from ..evaluate import patient_loss, score_slides
+
+    metrics = score_slides(frame, probs, labels)
+    loss = patient_loss(frame, probs, labels, weighted=monitor == "patient_weighted_log_loss")
+    patient, slide = metrics["patient"], metrics["slide"]
+    history = {
+        "val_patient_weighted_log_loss": round(patient["weighted_log_loss"], 6),
+        "val_patient_log_loss": round(patient["log_loss"], 6),
+        "val_slide_log_loss": round(slide["log_loss"], 6),
+        "val_patient_balanced_accuracy": patient["balanced_accuracy"],
+        "val_patient_roc_auc": patient["roc_auc"],
+        "val_slide_accuracy": slide["accuracy"],
+    }
+    return Scored(frame, probs, metrics, loss, history)
+
+
+def is_features(data: Any) -> bool:
+    from ..bags import FeatureBags
+
+    return isinstance(data, FeatureBags)
+
+
+def eval_batch_size(s: "TrainSettings", end_to_end: bool, bag_size: int | None) -> int:
+    """Bags per scoring batch (on features); tiles per backbone batch end to end."""
+    if s.eval_batch_size:
+        return s.eval_batch_size
+    return 2 * s.batch_size * (bag_size or 1) if end_to_end else 2 * s.batch_size
+
+
+class BagTask:
+    """One fold of MIL training on ``data`` (a :class:`clotclf_core.bags.FeatureBags` or a TileSet)."""
+
+    def __init__(self, s: "TrainSettings", model, data: Any, train_patients: Sequence[str],
+                 val_patients: Sequence[str], fold: int, rt: "Runtime"):
+        import torch
+
+        from ..bags import FeatureBagLoader, Slides, TileBagDataset, check_bag_size, collate_bags, no_slides_error
+        from ..data import EpochSampler, build_transform, cap_tiles_per_slide, make_loader, rows_of_patients
+        from ..inference import BagScorer
+
+        self.s, self.rt, self.data = s, rt, data
+        cfg = model.config
+        self.labels, self.mean, self.std = list(cfg.labels), cfg.mean, cfg.std
+        self.features = is_features(data)
+        rows = cap_tiles_per_slide(data.index, rows_of_patients(data.index, train_patients), s.max_tiles_per_slide,
+                                   mix(s.seed, fold))
+        self.train_slides = Slides(data.index, train_patients, self.labels, rows=rows)
+        if len(self.train_slides) == 0:
+            raise no_slides_error(fold, "training")
+        if (self.train_slides.targets < 0).any():
+            raise ClotclfError(f"fold {fold}: some training slides have a label outside {self.labels}; leave them out")
+        missing = [lab for i, lab in enumerate(self.labels) if not (self.train_slides.targets == i).any()]
+        if missing:
+            raise ClotclfError(f"fold {fold}: the training split has no slide of class {', '.join(missing)}; use fewer "
+                               "folds or add data")
+        self.bag_size = check_bag_size(s.bag_size, not self.features)
+        seed = mix(s.seed, fold)
+        if self.features:
+            self.train_loader = FeatureBagLoader(data, self.train_slides, self.bag_size, s.batch_size, seed, rt.rank,
+                                                 rt.world_size)
+            self._sampler = self.train_loader
+        else:
+            dataset = TileBagDataset(data, self.train_slides, self.bag_size,
+                                     build_transform(cfg.input_size, data.tile_size, s.augment))
+            self._sampler = EpochSampler(len(dataset), seed, True, rt.rank, rt.world_size)
+            self.train_loader = make_loader(dataset, self._sampler, s.batch_size, s.workers,
+                                            pin_memory=rt.device.type == "cuda",
+                                            drop_last=len(self._sampler) > s.batch_size,
+                                            generator=loader_generator(s.seed, fold), collate_fn=collate_bags)
+        self.eval_batch_size = eval_batch_size(s, not self.features, self.bag_size)
+        self.val = BagScorer(data, Slides(data.index, val_patients, self.labels), self.eval_batch_size, s.workers, rt,
+                             cfg.input_size)
+        weight = None
+        if s.class_weights == "balanced":
+            counts = torch.bincount(torch.as_tensor(self.train_slides.targets), minlength=len(self.labels)).float()
+            weight = (counts.sum() / (len(self.labels) * counts.clamp(min=1))).to(rt.device)
+        self.loss_fn = make_loss(s, weight)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._sampler.set_epoch(epoch)
+
+    def to_input(self, bags):
+        """A loader's bags on the device: features as they are; images (B, N, 3, S, S) normalised."""
+        if self.features:
+            return bags.to(self.rt.device, non_blocking=True)
+        b, n = bags.shape[:2]
+        x = self.rt.to_input(bags.reshape(b * n, *bags.shape[2:]), self.mean, self.std)
+        return x.reshape(b, n, *x.shape[1:])
+
+    def step_loss(self, net, batch) -> tuple[Any, int]:
+        bags, mask, targets = batch
+        logits = net(self.to_input(bags), mask.to(self.rt.device, non_blocking=True))
+        return self.loss_fn(logits.float(), targets.to(self.rt.device, non_blocking=True)), len(targets)
+
+    def validate(self, model, progress: bool, desc: str = "validate") -> Scored:
+        probs = self.val.probs(model, progress, desc)
+        return score_bag_frame(self.val.frame, probs, self.labels, self.s.monitor)
+
+    def score_patients(self, model, patients: Sequence[str], progress: bool, desc: str) -> Scored | None:
+        """Any other patients of the data (the held-out test set)."""
+        return _score(self.s, model, self.data, patients, self.rt, progress, desc)
+
+
+def _score(s: "TrainSettings", model, data: Any, patients: Sequence[str], rt: "Runtime", progress: bool,
+           desc: str) -> Scored | None:
+    from ..bags import Slides, check_bag_size
+    from ..inference import score_bags
+
+    if not patients:
+        return None
+    slides = Slides(data.index, patients, list(model.labels))
+    if len(slides) == 0:
+        return None
+    end_to_end = not is_features(data)
+    batch = eval_batch_size(s, end_to_end, check_bag_size(s.bag_size, end_to_end))
+    frame, scores = score_bags(model, data, slides, batch, s.workers, rt, progress, desc)
+    return score_bag_frame(frame, scores.probs, model.labels, s.monitor)
+
+
+def _rescore(s: "TrainSettings", fold_dir: Path, data: Any, patients: Sequence[str], rt: "Runtime",
+             progress: bool, desc: str) -> Scored | None:
+    """A finished fold's saved model on some patients (for cross-validation after a resume)."""
+    from ..model import load_model
+
+    if not patients:
+        return None
+    return _score(s, rt.place(load_model(fold_dir)), data, patients, rt, progress, desc)
+
+
+def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
+    """The one place a MIL run's model description is assembled: the aggregator, and the feature
+    store's encoder record (on features) or the backbone (end to end)."""
+    from ..config import EncoderRecord, ModelConfig
+
+    common = {"kind": "mil", "aggregator": s.aggregator, "aggregator_options": s.aggregator_options, "labels": labels}
+    if is_features(data):
+        enc = EncoderRecord.model_validate(data.encoder)
+        return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std)
+    return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size)
+
+
+def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
+    from ..model import build_model
+
+    return build_model(mil_model_config(s, labels, input_size, data))
+
+
+def _declared_size(s: "TrainSettings", model) -> int | None:
+    if model.backbone is None:  # on features: the encoder's input side, as recorded
+        return int(model.config.input_size)
+    return _backbone_declared_size(s, model)
+
+
+def _dry_run(model, size: int, s: "TrainSettings") -> None:
+    """One dry forward pass of a two-tile bag, so a model that cannot take it fails with a message."""
+    import torch
+
+    if model.backbone is None:
+        x = torch.zeros(1, 2, model.config.encoder.num_features)
+    else:
+        x = torch.zeros(1, 2, 3, size, size)
+    try:
+        with torch.no_grad():
+            model.eval()(x, torch.ones(1, 2, dtype=torch.bool))
+    except ClotclfError:
+        raise
+    except Exception as exc:
+        what = f"backbone '{s.backbone}' with aggregator '{s.aggregator}'" if s.backbone else f"aggregator '{s.aggregator}'"
+        hint = (f"Set --input-size to what the backbone expects (or --backbone-opt img_size={size})" if s.backbone
+                else f"Check its options with `clotclf show-plugin {s.aggregator}`")
+        raise ClotclfError(f"{what} cannot take a bag of {tuple(x.shape[2:])} tiles ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}). {hint}") from None
+    finally:
+        model.train()
+
+
+def _open(s: "TrainSettings") -> Any:
+    if s.features is not None:
+        from ..bags import open_feature_bags
+
+        return open_feature_bags(s.features, s.tiles)
+    from .prepare import open_tiles
+
+    return open_tiles(s.tiles)
+
+
+def _records(s: "TrainSettings", data: Any) -> dict[str, Any]:
+    if is_features(data):
+        return {"tileset": data.tileset_record(), "features": data.features_record()}
+    from .prepare import tileset_record
+
+    return {"tileset": tileset_record(data)}
+
+
+def _make_task(s: "TrainSettings", model, data: Any, train_patients: Sequence[str], val_patients: Sequence[str],
+               fold: int, rt: "Runtime") -> BagTask:
+    return BagTask(s, model, data, train_patients, val_patients, fold, rt)
+
+
+MIL_KIND = TrainingKind("mil", _build, _make_task, score_bag_frame, _rescore, open_data=_open, records=_records,
+                        declared_size=_declared_size, dry_run=_dry_run)
