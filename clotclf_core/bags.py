@@ -280,3 +280,42 @@ def short_slides_note(index: "pd.DataFrame", bag_size: int | None) -> str | None
 def no_slides_error(fold: int, what: str) -> ClotclfError:
     return ClotclfError(f"fold {fold}: no {what} slide has a tile, so there is no bag to train on; check the feature "
                         "store / TileSet (`clotclf embed` / `clotclf tile` summaries)")
+
+
+# ----------------------------------------------------------------------------- what a saved MIL model scores
+
+
+def data_for_model(model, ref: str, tiles: str | None, features: str | None, embed_to: Path | None,
+                   device: str = "auto", progress: bool = False) -> Any:
+    """What ``model`` (a loaded MIL model) scores: a feature store of its own encoder (``--features``,
+    checked: another encoder is refused, naming both; with ``--tiles`` too, checked to be that
+    TileSet's), or a TileSet — embedded into ``embed_to`` with the encoder rebuilt from the model's
+    record (its weights checked against the recorded sha256) when the model works on features."""
+    from .featurestore import FeatureStore, check_encoder, check_matches_tileset
+    from .inputs import open_tileset
+
+    cfg = model.config
+    if cfg.encoder is None:  # end to end: the model's own backbone reads the tiles
+        if features is not None:
+            raise ClotclfError(f"model '{ref}' was trained end to end on tiles (backbone {cfg.backbone}), so it does not "
+                               "take a feature store: give --tiles instead of --features")
+        if tiles is None:
+            raise ClotclfError(f"model '{ref}' scores tiles: give --tiles (a TileSet from `clotclf tile`)")
+        return open_tileset(tiles, "--tiles")
+    expected = cfg.encoder.model_dump(mode="json")
+    if features is not None:
+        store = FeatureStore(features)
+        check_encoder(store, expected, f"the model '{ref}'")
+        if tiles is not None:
+            check_matches_tileset(store, open_tileset(tiles, "--tiles"), tiles)
+        return FeatureBags(store)
+    if tiles is None:
+        raise ClotclfError(f"model '{ref}' scores features of its encoder: give --features (a feature store made with "
+                           "that encoder) or --tiles (embedded with it first)")
+    from .embed import embed_tileset
+    from .encoder import encoder_from_record
+
+    open_tileset(tiles, "--tiles")  # a clear error for what is not a TileSet, before the encoder is built
+    encoder = encoder_from_record(expected, device)
+    embed_tileset(tiles, embed_to, expected["backbone"], encoder=encoder, progress=progress)
+    return FeatureBags(FeatureStore(embed_to))

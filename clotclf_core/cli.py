@@ -435,7 +435,8 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 
 @cli.command("evaluate")
 @click.argument("run")
-@click.option("--tiles", required=True, type=click.Path(file_okay=False), help="TileSet to score (from `clotclf tile`).")
+@click.option("--tiles", type=click.Path(file_okay=False), help="TileSet to score (from `clotclf tile`); a MIL model on features embeds it with the run's encoder first.")
+@click.option("--features", type=click.Path(file_okay=False), help="Feature store to score (MIL models on features; made with the run's encoder, else refused).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and plots/ [default: RUN/eval-<tileset name>].")
 @click.option("--patients", type=click.Choice(["unseen", "val", "test", "all"]), default="unseen",
               help="Which patients to score: those the model never trained on, the run's validation / test patients, or all (optimistic). Each group is reported on its own.")
@@ -444,19 +445,24 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
-def evaluate_command(run, tiles, out, patients, batch_size, workers, device, quiet, as_json) -> None:
+def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, quiet, as_json) -> None:
     """Re-evaluate the model RUN (a run directory, or a registry name) on a TileSet, at tile, slide
-    and patient level; by default only on patients the model never trained on, with the run's
-    test patients, other patients and validation patients reported separately."""
+    and patient level (a MIL model: slide and patient level, on --tiles or --features); by default
+    only on patients the model never trained on, with the run's test patients, other patients and
+    validation patients reported separately."""
     from .evaluate import evaluate_run
     from .metrics import format_table
     from .training.report import headline_sentence
 
-    report = evaluate_run(run, tiles, out, patients, batch_size, workers, device, progress=not (quiet or as_json))
+    if tiles is None and features is None:
+        raise click.UsageError("give --tiles (a TileSet) or, for a MIL model on features, --features (a feature store)")
+    report = evaluate_run(run, tiles, out, patients, batch_size, workers, device, progress=not (quiet or as_json),
+                          features=features)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     elif not quiet:
-        click.echo(f"{report['patients_scored']} patient(s), {report['n_tiles']} tiles ({report['subset']}; "
+        slides = f"{report['n_slides']} slides, " if "n_slides" in report else ""
+        click.echo(f"{report['patients_scored']} patient(s), {slides}{report['n_tiles']} tiles ({report['subset']}; "
                    f"{report['seen_in_training']} of the TileSet's patients were in the model's training split)")
         if report["note"]:
             click.echo(report["note"])
@@ -493,20 +499,25 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, help="Data-loader worker processes for inference.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
 @click.option("--no-heatmaps", is_flag=True, help="Skip the heatmap pictures.")
+@click.option("--attention-heatmaps", "attention", is_flag=True,
+              help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
-                    no_heatmaps, quiet, as_json) -> None:
-    """Classify the slides in SLIDES with one model or an ensemble: tiles them with each model's own
-    tiling settings, writes per-slide and per-patient probabilities (predictions.csv), a Kaggle-style
-    submission.csv (patient_id,CE,LAA; one row per patient) and one heatmap per slide. Exit code 3
-    when some slides could not be read (listed; everything else is written)."""
+                    no_heatmaps, attention, quiet, as_json) -> None:
+    """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
+    tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
+    its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
+    Kaggle-style submission.csv (patient_id,CE,LAA; one row per patient) and one heatmap per slide
+    (with attention weights for a model that has them). Exit code 3 when some slides could not be
+    read (listed; everything else is written)."""
     from .errors import PartialFailure
     from .predict import predict
 
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
-                      heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient)
+                      heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
+                      attention=attention)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:

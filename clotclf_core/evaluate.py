@@ -160,20 +160,24 @@ def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) 
     return keep, info
 
 
-def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "unseen", batch_size: int = 64,
-                 workers: int = 2, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a trained model on a TileSet; write metrics, predictions and pictures to ``out``
-    (default ``RUN/eval-<tileset folder name>``), all or nothing. Returns the report that was written.
+def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, patients: str = "unseen",
+                 batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
+                 features: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a trained model on a TileSet (``tiles``) or, for a MIL model on features, a feature
+    store of its encoder (``features``; given ``tiles`` only, they are embedded with the encoder
+    rebuilt from the run's record, in a temporary folder); write metrics, predictions and pictures
+    to ``out`` (default ``RUN/eval-<tileset or feature store folder name>``), all or nothing.
+    Returns the report that was written.
 
     Each group of patients (:data:`GROUPS`: test, other, validation[, train]) is scored on its
     own; the headline is the most honest group present, never a pool of validation (used for
-    early stopping) and test patients."""
-    from .inference import score_tiles
+    early stopping) and test patients. A MIL model is scored per slide (every tile of it in one
+    bag): slide and patient level, no tile level."""
+    import tempfile
+
     from .inputs import open_tileset
     from .model import load_model, read_config, resolve_run_dir
-    from .training.report import headline
-    from .training.prepare import tileset_is_synthetic
-    from .writes import staged_dir, write_guard
+    from .writes import write_guard
 
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -188,41 +192,92 @@ def evaluate_run(run: str, tiles: str, out: str | None = None, patients: str = "
         )
     config = read_config(run_dir)
     model = load_model(run_dir)
-    ts = open_tileset(tiles, "--tiles")
+    mil = model.config.kind == "mil"
+    if not mil and tiles is None:
+        raise ClotclfError(f"'{run_dir}' is a tile-level model: give --tiles (a TileSet from `clotclf tile`)"
+                           + ("; --features is for multiple-instance models" if features else ""))
+    if not mil and features is not None:
+        raise ClotclfError(f"'{run_dir}' is a tile-level model, which scores tiles, not a feature store: drop --features")
+    where = str(features or tiles)
+    out_dir = Path(out) if out else run_dir / f"eval-{Path(where).resolve().name}"
+    if not mil:
+        ts = open_tileset(tiles, "--tiles")
+        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+    from .bags import data_for_model
+
+    if features is not None or model.config.encoder is None:
+        ts = data_for_model(model, str(run_dir), tiles, features, None, device, progress)
+        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+    with write_guard("the features of the tiles (a temporary feature store)", out_dir.resolve().parent):
+        scratch_parent = _scratch_parent(out_dir)
+    with tempfile.TemporaryDirectory(prefix=".clotclf-embed-", dir=scratch_parent) as scratch:  # removed afterwards
+        ts = data_for_model(model, str(run_dir), tiles, None, Path(scratch) / "features", device, progress)
+        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+
+
+def _scratch_parent(out_dir: Path) -> str:
+    """Where a temporary feature store goes: beside the output folder (same disk), made if need be."""
+    parent = out_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return str(parent)
+
+
+def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_dir: Path, patients: str,
+              batch_size: int, workers: int, device: str, progress: bool) -> dict[str, Any]:
+    from .inference import score_bags, score_tiles
+    from .training.prepare import tileset_is_synthetic
+    from .training.report import headline
+    from .writes import staged_dir, write_guard
+
+    mil = model.config.kind == "mil"
     labels = model.labels
-    _check_labels(labels, ts.index, str(tiles))
+    _check_labels(labels, ts.index, where)
     notes = []
-    if model.config.input_size != ts.tile_size:
+    if not mil and model.config.input_size != ts.tile_size:
         notes.append(f"tiles are {ts.tile_size} px and the model takes {model.config.input_size} px: resized on the fly")
     unlabelled = ts.index["label"] == ""
     if unlabelled.any():  # nothing to score them against: left out, and said
         n_slides = int(ts.index.loc[unlabelled, "image_id"].nunique())
         notes.append(f"{n_slides} slide(s) without a label left out (nothing to score them against; "
                      "`clotclf predict` gives their probabilities)")
+    empty = sorted(k for k, v in ts.slides.items() if v.get("status") != "done")
+    if mil and empty:
+        notes.append(f"{len(empty)} slide(s) without tiles have no bag and are not scored: {', '.join(empty[:5])}"
+                     + (" …" if len(empty) > 5 else ""))
     subset_df, info = select_patients(ts.index[~unlabelled], config, patients)
     info["unlabelled_slides_left_out"] = int(ts.index.loc[unlabelled, "image_id"].nunique())
     rt = pick_runtime(device)
     rt.place(model)
     t0 = time.perf_counter()
     rows = subset_df.index.to_numpy()
-    df, probs = score_tiles(model, ts, rows, batch_size, workers, rt, progress, "evaluate")
+    if mil:
+        from .bags import Slides
+
+        slides = Slides(ts.index, [], labels, rows=rows)
+        df, scores = score_bags(model, ts, slides, batch_size, workers, rt, progress, "evaluate")
+        probs, scorer = scores.probs, score_slides
+        df["group"] = df["image_id"].map(subset_df.groupby("image_id")["group"].first()).to_numpy()
+    else:
+        df, probs = score_tiles(model, ts, rows, batch_size, workers, rt, progress, "evaluate")
+        df["group"] = subset_df["group"].to_numpy()
+        scorer = score
     seconds = time.perf_counter() - t0
-    df["group"] = subset_df["group"].to_numpy()
     groups: dict[str, Any] = {}
     for name in GROUPS:
         mask = (df["group"] == name).to_numpy()
         if mask.any():
             groups[name] = {"what": GROUPS[name], "n_patients": int(df.loc[mask, "patient_id"].nunique()),
-                            "metrics": score(df[mask].reset_index(drop=True), probs[mask], labels)}
+                            "metrics": scorer(df[mask].reset_index(drop=True), probs[mask], labels)}
     first = next(iter(groups))
-    out_dir = Path(out) if out else run_dir / f"eval-{Path(tiles).resolve().name}"
+    n_tiles = int(df["n_tiles"].sum()) if mil else int(len(df))
     report = {
         "run": str(run_dir),
-        "tileset": str(Path(tiles).resolve()),
+        ("features" if hasattr(ts, "features") else "tileset"): str(Path(ts.root).resolve()),
         **info,
-        "n_tiles": int(len(df)),
+        "n_tiles": n_tiles,
+        **({"n_slides": int(len(df))} if mil else {}),
         "seconds": round(seconds, 2),
-        "tiles_per_s": round(len(df) / seconds, 1) if seconds > 0 else None,
+        "tiles_per_s": round(n_tiles / seconds, 1) if seconds > 0 else None,
         "note": "; ".join(notes),
         "headline": headline(first, groups[first]["metrics"], len(labels), tileset_is_synthetic(ts),
                              GROUPS[first]),

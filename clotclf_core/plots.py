@@ -24,6 +24,7 @@ SIZES = {
     "confusion": (5.2, 4.6),
     "roc": (5.2, 4.8),
     "heatmap": (11.0, 5.4),
+    "attention_heatmap": (16.0, 5.4),
 }
 
 
@@ -260,5 +261,53 @@ def plot_heatmap(
     summary = f"{len(probs)} tiles, mean P({label_name}) = {probs.mean():.2f}" if len(probs) else "no tiles kept"
     right.set_title(f"P({label_name}) per tile: {summary}")
     fig.colorbar(im, ax=right, label=f"P({label_name})", shrink=0.85)
+    fig.suptitle(title)
+    return _save(fig, out_png)
+
+
+def plot_attention_heatmap(
+    thumbnail_rgb: Any,
+    tiles: Any,
+    probs: Any,
+    attention: Any,
+    slide_dims: tuple[int, int],
+    out_png: str | os.PathLike,
+    label_name: str,
+    title: str,
+    attention_of: str = "",
+) -> Path:
+    """The slide, each tile's P(``label_name``) and each tile's attention weight, side by side.
+
+    ``attention`` (N,) are a MIL model's weights over the slide's tiles (they sum to 1); drawn
+    relative to the slide's largest weight (1 = the tile attended most), so slides compare by
+    where the model looked, not by their tile counts. The uniform weight 1/N is named in the title.
+    """
+    _check_png(out_png)
+    thumb = np.asarray(thumbnail_rgb)
+    if thumb.ndim == 3 and thumb.shape[2] == 4:
+        thumb = thumb[..., :3]
+    if not (thumb.ndim == 2 or (thumb.ndim == 3 and thumb.shape[2] == 3)) or min(thumb.shape[:2]) < 1:
+        raise PlotError(f"thumbnail must be an RGB image (height, width, 3), got shape {thumb.shape}")
+    attention = np.asarray(attention, dtype=np.float64).reshape(-1)
+    if len(attention) and (not np.all(np.isfinite(attention)) or attention.min() < 0):
+        raise PlotError("attention weights must be finite and non-negative (a softmax over the slide's tiles)")
+    relative = attention / attention.max() if len(attention) and attention.max() > 0 else attention
+    prob_grid = probability_grid(tiles, probs, slide_dims, thumb.shape[:2])
+    att_grid = probability_grid(tiles, relative, slide_dims, thumb.shape[:2])
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    fig = _figure(SIZES["attention_heatmap"])
+    left, middle, right = fig.subplots(1, 3)
+    for ax in (left, middle, right):
+        ax.imshow(thumb, cmap="gray" if thumb.ndim == 2 else None)
+        ax.set_xlabel(f"thumbnail x (1 px = {slide_dims[0] / thumb.shape[1]:.0f} level-0 px)")
+        ax.set_ylabel("thumbnail y")
+    left.set_title("slide")
+    im = middle.imshow(np.ma.masked_invalid(prob_grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
+    middle.set_title(f"P({label_name}) per tile" + (f": mean {probs.mean():.2f}" if len(probs) else ""))
+    fig.colorbar(im, ax=middle, label=f"P({label_name})", shrink=0.85)
+    im = right.imshow(np.ma.masked_invalid(att_grid), cmap="magma", vmin=0, vmax=1, alpha=0.7, interpolation="nearest")
+    top = f"\nlargest {attention.max():.3f}, uniform 1/{len(attention)} = {1 / len(attention):.3f}" if len(attention) else ""
+    right.set_title(f"attention{(' (' + attention_of + ')') if attention_of else ''}{top}")
+    fig.colorbar(im, ax=right, label="attention / the slide's largest", shrink=0.85)
     fig.suptitle(title)
     return _save(fig, out_png)

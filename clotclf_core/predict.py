@@ -1,10 +1,13 @@
 """``clotclf predict``: new slides -> tiles -> one or more models -> slide and patient probabilities.
 
 The path is the training path run forward: the slides are tiled with the *same* tiling settings
-and filters each model was trained with (read from its ``config.json``), every tile is scored,
-slide probability = mean of its tiles, patient probability = mean of its slides (as in
-``metrics.aggregate``). Several models form an ensemble: the weighted mean of their slide
-probabilities (the published PoolFormer + CCT ensemble is ``--model A --model B``).
+and filters each model was trained with (read from its ``config.json``); a tile-level model
+scores every tile (slide probability = mean of its tiles), a multiple-instance (MIL) model pools
+every tile of a slide in one bag — on features of its encoder, rebuilt from its record and
+checked, when it was trained on a feature store (:mod:`clotclf_core.ensemble`); patient
+probability = mean of its slides (as in ``metrics.aggregate``). Several models form an ensemble:
+the weighted mean of their slide probabilities, whatever their kind (the published PoolFormer +
+CCT ensemble is ``--model A --model B``).
 
 Patients: see :mod:`clotclf_core.submission` (the manifest's ``patient_id``, else the STRIP AI
 image-id convention ``<patient>_<n>``, else refused unless ``--slide-is-patient``).
@@ -15,8 +18,11 @@ Writes into OUT:
   submission.csv    Kaggle STRIP AI style: ``patient_id,CE,LAA``, exactly one row per patient of
                     the job, in manifest order; a patient with no usable tile gets equal
                     probabilities (:data:`NO_TILE_NOTE`) and is listed in the summary
-  heatmaps/*.png    tile probabilities over each slide's thumbnail
+  heatmaps/*.png    tile probabilities over each slide's thumbnail, and each tile's attention
+                    weight beside them when a model has attention (``--attention-heatmaps``
+                    requires one)
   tiles/            the TileSet(s) the slides were cut into (reused when predicting again)
+  features/         a MIL model's encoder features of those tiles (reused when predicting again)
   metrics.json      only when the manifest has labels: slide- and patient-level metrics on the
                     patients the models never trained on (training patients apart, labelled)
   summary.json      what ``--json`` prints
@@ -27,32 +33,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ClotclfError
+from .ensemble import LoadedModel, MemberScores, PredictError, load_models, score_member  # noqa: F401  (re-exported)
 from .io import write_json, write_text
 from .submission import NO_TILE_NOTE, job_of, round_rows
-
-
-class PredictError(ClotclfError):
-    pass
-
-
-@dataclass
-class LoadedModel:
-    ref: str
-    run_dir: Path
-    config: dict[str, Any]
-    model: Any
-    weight: float
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.model.config.labels)
 
 
 def _tiling_of(m: LoadedModel) -> dict[str, Any]:
@@ -71,46 +59,9 @@ def _tiling_of(m: LoadedModel) -> dict[str, Any]:
     return {"settings": settings, "filters": filters, "source": None if source in (None, "auto") else source}
 
 
-def load_models(refs: Sequence[str], weights: Sequence[float] | None = None) -> list[LoadedModel]:
-    from .model import load_model, read_config, resolve_run_dir
-
-    if not refs:
-        raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
-    if weights and len(weights) != len(refs):
-        raise PredictError(f"{len(weights)} --weight value(s) for {len(refs)} --model(s): give one weight per model, or none")
-    w = list(weights) if weights else [1.0] * len(refs)
-    if any(x < 0 for x in w) or sum(w) <= 0:
-        raise PredictError(f"ensemble weights must be non-negative with a positive sum (got {w})")
-    out = []
-    for ref, weight in zip(refs, w):
-        run_dir = resolve_run_dir(ref)
-        out.append(LoadedModel(str(ref), run_dir, read_config(run_dir), load_model(run_dir), weight / sum(w)))
-    first = out[0].labels
-    for m in out[1:]:
-        if m.labels != first:
-            raise PredictError(
-                f"models disagree on their labels: '{out[0].ref}' has {first}, '{m.ref}' has {m.labels}; "
-                "an ensemble needs models trained on the same labels in the same order"
-            )
-    return out
-
-
 def _settings_key(t: dict[str, Any]) -> str:
     blob = json.dumps({"s": t["settings"].model_dump(mode="json"), "f": t["filters"], "src": t["source"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _score_tileset(ts, members: list[LoadedModel], batch_size: int, workers: int, rt, progress: bool) -> np.ndarray:
-    """Weighted mean over ``members`` of tile probabilities (n_tiles, C), weights renormalised."""
-    from .inference import score_tiles
-
-    total = sum(m.weight for m in members)
-    acc = None
-    for m in members:
-        rt.place(m.model)
-        _, probs = score_tiles(m.model, ts, np.arange(len(ts)), batch_size, workers, rt, progress, f"predict {m.ref}")
-        acc = probs * (m.weight / total) if acc is None else acc + probs * (m.weight / total)
-    return acc
 
 
 def _trained_on(loaded: list[LoadedModel]) -> dict[str, set[str]]:
@@ -136,16 +87,18 @@ def predict(
     heatmaps: bool = True,
     progress: bool = True,
     slide_is_patient: bool = False,
+    attention: bool = False,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
     Never drops a patient: every patient of the job (the manifest's, or the folder's) has one row
     in submission.csv. One with no usable tile gets equal probabilities (:data:`NO_TILE_NOTE`) and
     is listed in ``summary["patients_without_tiles"]``; slides that could not be read are in
-    ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3)."""
+    ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3). ``attention``: the
+    heatmaps must show attention weights (refused at once unless some model has them; without it,
+    a model with attention adds its attention panel anyway)."""
     import pandas as pd
 
-    from . import metrics
     from .inference import pick_runtime
     from .tiling import tile_slides
     from .tileset import TileSet
@@ -157,7 +110,9 @@ def predict(
         raise PredictError(f"--batch-size must be at least 1 (got {batch_size})")
     if loader_workers < 0:
         raise PredictError(f"--loader-workers must be 0 or more (got {loader_workers})")
-    loaded = load_models(models, weights)
+    if attention and not heatmaps:
+        raise PredictError("--attention-heatmaps and --no-heatmaps ask for opposite things: give one of them")
+    loaded = load_models(models, weights, device, attention)
     labels = loaded[0].labels
     rt = pick_runtime(device)
     job = job_of(slides_dir, manifest, labels, slide_is_patient)
@@ -172,7 +127,7 @@ def predict(
         key = _settings_key(t)
         groups.setdefault(key, []).append(m)
         recipes[key] = t
-    slide_tables, tile_tables, statuses = [], {}, {}
+    slide_tables, member_scores, statuses = [], [], {}
     for key, members in groups.items():
         t = recipes[key]
         tiles_dir = out / "tiles" / key
@@ -189,13 +144,12 @@ def predict(
         statuses.update({k: v for k, v in mine.items() if k not in statuses or v.get("status") == "done"})
         if len(ts) == 0:
             continue
-        probs = _score_tileset(ts, members, batch_size, loader_workers, rt, progress)
-        table = metrics.aggregate(ts.index.assign(label=""), probs, labels, "slide")
-        table["_weight"] = sum(m.weight for m in members)
-        slide_tables.append(table)
-        tile_tables.setdefault("first", (ts, probs))
+        for m in members:  # every member gives slide probabilities (tile-level: mean of its tiles; MIL: its bag)
+            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps, job.patient_of)
+            slide_tables.append(res.slides.assign(_weight=m.weight))
+            member_scores.append((m, ts, res))
 
-    # 2. ensemble at slide level (weighted mean over tiling recipes), then patients = mean of slides
+    # 2. ensemble at slide level (weighted mean over the models that scored the slide), then patients = mean of slides
     pcols = [f"p_{name}" for name in labels]
     if slide_tables:
         allt = pd.concat(slide_tables, ignore_index=True)
@@ -258,7 +212,8 @@ def predict(
 
     summary: dict[str, Any] = {
         "out": str(out),
-        "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4)} for m in loaded],
+        "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4), "kind": m.kind,
+                    "model": m.model.config.describe()} for m in loaded],
         "labels": labels,
         "patient_ids_from": job.patients_from,
         "n_slides": int(len(slides)),
@@ -280,7 +235,7 @@ def predict(
                               for lvl in ("slide", "patient") if lvl in res}
     csv_text, sub_text = table.to_csv(index=False), sub.to_csv(index=False, float_format="%.6f")
     with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + 200_000 * len(slides)):
-        written = _heatmaps(*tile_tables["first"], labels, out / "heatmaps", slides_dir) if heatmaps and tile_tables else []
+        written = _heatmaps(member_scores, labels, out / "heatmaps", slides_dir) if heatmaps and member_scores else []
         write_text(out / "predictions.csv", csv_text)
         write_text(out / "submission.csv", sub_text)
         if res is not None:
@@ -337,20 +292,50 @@ def _check_writable(out: Path) -> None:
         os.unlink(probe)
 
 
-def _heatmaps(ts, probs: np.ndarray, labels: list[str], out_dir: Path, slides_dir: str | Path) -> list[str]:
-    """One PNG per slide: P(second label) of each tile over the slide thumbnail."""
-    from .plots import plot_heatmap
-    from .sources import open_slide
+def _heatmap_sources(scored: list[tuple[LoadedModel, Any, MemberScores]]) -> tuple[dict, dict, str]:
+    """Per slide: (tile positions, P per tile) for the probability panel — the weighted mean of the
+    tile-level members of the first tiling recipe that has any, else the first MIL member's per-tile
+    probabilities — and (positions, attention) of the first model with attention."""
+    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tile_level = [(m, ts, r) for m, ts, r in scored if m.kind != "mil"]
+    if tile_level:
+        first_ts = tile_level[0][1]
+        same = [(m, r) for m, ts, r in tile_level if ts is first_ts]
+        total = sum(m.weight for m, _ in same)
+        for image_id in same[0][1].tiles:
+            mean = sum(r.tile_probs[image_id] * (m.weight / total) for m, r in same)
+            probs[image_id] = (same[0][1].tiles[image_id], mean)
+    else:
+        m, _, r = scored[0]
+        probs = {i: (r.tiles[i], r.tile_probs[i]) for i in r.tiles}
+    attention: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    of = ""
+    for m, _, r in scored:
+        if r.attention:
+            attention = {i: (r.tiles[i], a) for i, a in r.attention.items()}
+            of = Path(m.ref).name or m.ref
+            break
+    return probs, attention, of
+
+
+def _heatmaps(scored: list[tuple[LoadedModel, Any, MemberScores]], labels: list[str], out_dir: Path,
+              slides_dir: str | Path) -> list[str]:
+    """One PNG per slide: P(second label) of each tile over the slide thumbnail, and beside it the
+    attention weight of each tile when a model of the ensemble has attention."""
+    from .plots import plot_attention_heatmap, plot_heatmap
+    from .sources import find_slide, open_slide
 
     target = labels[-1]
     col = labels.index(target)
+    probs, attention, attention_of = _heatmap_sources(scored)
+    names = {}
+    for _, ts, _ in scored:
+        names.update({k: v.get("file") for k, v in ts.slides.items()})
     written = []
-    for image_id, group in ts.index.groupby("image_id", sort=True):
-        name = ts.slides.get(image_id, {}).get("file")
+    for image_id in sorted(set(probs) | set(attention)):
+        name = names.get(image_id)
         path = Path(slides_dir) / name if name else None
         if path is None or not path.is_file():
-            from .sources import find_slide
-
             path = find_slide(slides_dir, image_id)
         slide = open_slide(str(path))
         try:
@@ -359,7 +344,24 @@ def _heatmaps(ts, probs: np.ndarray, labels: list[str], out_dir: Path, slides_di
         finally:
             slide.close()
         png = out_dir / f"{image_id}.png"
-        plot_heatmap(thumb, group[["x", "y", "size"]].to_numpy(), probs[group.index.to_numpy(), col], dims, png,
-                     target, f"{image_id}: P({target}) per tile")
+        tiles, p = probs.get(image_id, attention.get(image_id, (np.zeros((0, 3)), None)))[0], None
+        if image_id in probs:
+            tiles, p = probs[image_id][0], probs[image_id][1][:, col]
+        if image_id in attention:
+            a_tiles, weights = attention[image_id]
+            if p is None or len(tiles) != len(a_tiles) or not np.array_equal(tiles, a_tiles):
+                p = _tile_probs_of(scored, image_id, a_tiles, col)
+            plot_attention_heatmap(thumb, a_tiles, p, weights, dims, png, target,
+                                   f"{image_id}: P({target}) per tile and attention", attention_of)
+        else:
+            plot_heatmap(thumb, tiles, p, dims, png, target, f"{image_id}: P({target}) per tile")
         written.append(str(png))
     return written
+
+
+def _tile_probs_of(scored, image_id: str, tiles: np.ndarray, col: int) -> np.ndarray:
+    """The attention model's own per-tile probabilities (when the probability panel's tiles differ)."""
+    for _, _, r in scored:
+        if image_id in r.attention and np.array_equal(r.tiles[image_id], tiles):
+            return r.tile_probs[image_id][:, col]
+    return np.full(len(tiles), 0.5)
