@@ -27,3 +27,23 @@ def make_tileset(root: Path, sizes=(5, 8, 11, 3), settings=None, labels=None, se
     for image_id, reason in (empty if empty is not None else {"s9": "the tissue mask is empty"}).items():
         writer.record_failure(image_id, "no_tissue", reason)
     return root
+
+
+#: a tiny aggregator for tests (parameters in the hundreds)
+TINY_ABMIL = {"hidden": 8, "attention_dim": 4}
+#: 16 slides of 8 patients (two each), patient-consistent labels, 3-11 tiles per slide
+MIL_SIZES = (5, 8, 11, 3, 6, 7, 9, 4, 5, 6, 8, 10, 5, 6, 7, 8)
+
+
+def make_mil_tileset(root: Path, sizes=MIL_SIZES, empty: dict[str, str] | None = None) -> Path:
+    """A TileSet for bag-level tests: patient ``p{k}`` has slides ``s{2k}``, ``s{2k+1}`` of one label."""
+    labels = {f"s{i}": "CE" if (i // 2) % 2 else "LAA" for i in range(len(sizes))}
+    return make_tileset(root, sizes=sizes, labels=labels, empty=empty)
+
+
+def make_feature_store(tiles: Path, out: Path, **encoder) -> Path:
+    """``clotclf embed`` of ``tiles`` with the tiny timm ViT (options overridable)."""
+    from clotclf_core.embed import embed_tileset
+
+    embed_tileset(tiles, out, "timm", {**TINY_TIMM, **encoder}, device="cpu", progress=False)
+    return out

@@ -18,11 +18,13 @@ DEMO_BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
     "cct": {"variant": "cct_2_3x2_32", "img_size": 64},
     "poolformer": {"variant": "poolformer_s12"},
 }
-DEMO_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "folds": 4,
-                                 "test_fraction": 0.25, "patience": 4, "warmup_epochs": 1.0, "max_tiles_per_slide": 32}
 #: side of the demo TileSet's cached tiles: the demo's 224-px tiles (1 um/pixel) are cached at
 #: 64 px, so the small demo CCT trains on a laptop CPU in minutes
 DEMO_TRAIN_SIZE = 64
+#: (``input_size``: the demo trains at its tiles' 64 px, also with a backbone that declares 224)
+DEMO_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "folds": 4,
+                                 "test_fraction": 0.25, "patience": 4, "warmup_epochs": 1.0, "max_tiles_per_slide": 32,
+                                 "input_size": DEMO_TRAIN_SIZE}
 
 
 #: a multiple-instance demo (``--aggregator``): a batch is bags of 16 tiles, so fewer per step

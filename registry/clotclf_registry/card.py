@@ -25,10 +25,18 @@ def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
     """The ``clotclf:`` section: enough to list and judge a model without downloading it."""
     model = config.get("model") or {}
     kind = model_kind(config)
+    encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else {}
+    if kind == FILTER_KIND:
+        backbone, head = model.get("arch"), "-"
+    elif model.get("kind") == "mil":  # a multiple-instance model: the aggregator pools, on an encoder's features or end to end
+        backbone, head = model.get("backbone") or f"{encoder.get('backbone')} (frozen encoder)", model.get("aggregator")
+    else:
+        backbone, head = model.get("backbone"), model.get("head", "linear")
     return {
         "kind": kind,
-        "backbone": str(model.get("arch") if kind == FILTER_KIND else model.get("backbone")),
-        "head": "-" if kind == FILTER_KIND else str(model.get("head", "linear")),
+        **({"model_kind": "mil", "aggregator": str(model.get("aggregator"))} if model.get("kind") == "mil" else {}),
+        "backbone": str(backbone),
+        "head": str(head),
         "labels": list(model.get("labels") or []),
         "input_size": model.get("input_size"),
         "weights_sha256": config.get("weights_sha256"),
@@ -51,7 +59,9 @@ def card_for_push(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any]
     info = card_metadata(config)
     meta["library_name"] = "clotclf"
     tags = [str(t) for t in meta.get("tags") or []]
-    extra = BASE_TAGS + ([info["backbone"]] if info["kind"] == "classifier" else ["patch-filter", info["backbone"]])
+    extra = BASE_TAGS + ([info["backbone"].split(" ")[0]] if info["kind"] == "classifier" else ["patch-filter", info["backbone"]])
+    if info.get("model_kind") == "mil":
+        extra += [info["aggregator"], "multiple-instance"]
     meta["tags"] = tags + [t for t in extra if t not in tags]
     meta["clotclf"] = info
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body

@@ -14,8 +14,8 @@ uploads a redacted copy of the text files instead (:func:`redact_run`):
 
 ``--include-split`` keeps the split lists and ``split.csv`` (paths are still redacted), with a
 warning. Then every identifier the run knows of — its split, the ``image_id`` / ``patient_id`` /
-``center_id`` columns of its ``predictions_*.csv`` and of its TileSet's ``tiles.csv`` when that is
-still there — is looked for in what would be published; one left anywhere refuses the push
+``center_id`` columns of its ``predictions_*.csv`` and of its TileSet's ``tiles.csv`` (a MIL run:
+its feature store's ``features.json``) when that is still there — is looked for in what would be published; one left anywhere refuses the push
 (:class:`IdentifierLeft`), naming where.
 """
 
@@ -137,6 +137,16 @@ def known_identifiers(run_dir: Path, config: dict[str, Any]) -> set[str]:
     tileset = config.get("tileset") if isinstance(config.get("tileset"), dict) else {}
     if isinstance(tileset.get("path"), str) and (Path(tileset["path"]) / "tiles.csv").is_file():
         tables.append(Path(tileset["path"]) / "tiles.csv")
+    features = config.get("features") if isinstance(config.get("features"), dict) else {}
+    store = Path(features["path"]) / "features.json" if isinstance(features.get("path"), str) else None
+    if store is not None and store.is_file():  # a MIL run's feature store lists every slide (ids, patients, centres)
+        try:
+            slides = json.loads(store.read_text(encoding="utf-8")).get("slides") or {}
+            for image_id, entry in slides.items():
+                ids.add(str(image_id))
+                ids |= {str(entry[c]) for c in ID_COLUMNS if isinstance(entry, dict) and entry.get(c) not in (None, "")}
+        except (OSError, ValueError, AttributeError):
+            pass
     for table in tables:
         try:
             with open(table, newline="", encoding="utf-8") as fh:
