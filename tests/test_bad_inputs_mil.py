@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from badinput import assert_clean_error, files_under, invoke, run, run_on_small_disk, temp_leftovers
@@ -165,3 +167,109 @@ def test_demo_data_unknown_signal(tmp_path):
     outcome = invoke(["demo-data", tmp_path / "d", "--signal", "dense"])
     assert_clean_error(outcome, 2, ["--signal", "dense"])
     assert not (tmp_path / "d").exists()
+
+
+# ----------------------------------------------------------------------------- multiple-instance runs
+
+from tilesets import TINY_ABMIL, make_feature_store, make_mil_tileset  # noqa: E402
+
+MIL_TRAIN = ["--epochs", "1", "--folds", "2", "--batch-size", "2", "--workers", "0", "--patience", "0", "--device", "cpu"]
+
+
+def _opts(flag, options):
+    return [a for k, v in options.items() for a in (flag, f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def mil(tmp_path_factory):
+    """A feature store whose TileSet has a slide without tiles (a zero-tile bag), and two runs on
+    it: abmil with --bag-size 50 (more than any slide has) and mean."""
+    d = tmp_path_factory.mktemp("milbad")
+    tiles = make_mil_tileset(d / "tiles", empty={"s99": "the tissue mask is empty"})
+    feats = make_feature_store(tiles, d / "features")
+    abmil = invoke(["train", "--features", feats, "--aggregator", "abmil", *_opts("--aggregator-opt", TINY_ABMIL),
+                    "--bag-size", "50", "--out", d / "abmil", "--json", *MIL_TRAIN])
+    assert abmil.exit_code == 0, abmil.stderr
+    mean = invoke(["train", "--features", feats, "--aggregator", "mean", "--aggregator-opt", "hidden=8", "--out", d / "mean",
+                   "-q", *MIL_TRAIN])
+    assert mean.exit_code == 0, mean.stderr
+    return {"dir": d, "tiles": tiles, "features": feats, "abmil": d / "abmil", "mean": d / "mean", "abmil_run": abmil}
+
+
+def test_bag_with_zero_tiles_is_recorded_and_left_out(mil):
+    run = mil["abmil_run"]
+    assert "s99" in run.stderr and "gave no tiles" in run.stderr and "no bag" in run.stderr  # said, never a crash
+    summary = json.loads(run.stdout)
+    assert any("s99" in n for n in summary["notes"])
+    config = json.loads((mil["abmil"] / "config.json").read_text())
+    assert config["data"]["n_slides_without_tiles"] == 1 and config["features"]["n_slides_without_tiles"] == 1
+    assert "s99" not in (mil["abmil"] / "predictions_val.csv").read_text()
+
+
+def test_bag_size_larger_than_some_slides(mil):
+    summary = json.loads(mil["abmil_run"].stdout)
+    note = next(n for n in summary["notes"] if "--bag-size 50" in n)
+    assert "16 of 16 slide(s) have fewer tiles" in note and "padded with a mask" in note and "no tile is repeated" in note
+    assert json.loads((mil["abmil"] / "config.json").read_text())["data"]["bag_size"] == 50
+
+
+def test_feature_store_of_another_encoder_than_the_run_expects(mil, tmp_path):
+    other = make_feature_store(mil["tiles"], tmp_path / "other", embed_dim=32)
+    out = invoke(["evaluate", mil["abmil"], "--features", other, "--out", tmp_path / "e", "-q"])
+    line = assert_clean_error(out, 2, ["was made with the encoder", "embed_dim=32", "embed_dim=16", "expects",
+                                       "clotclf embed --tiles"])
+    assert str(mil["abmil"]) in line and not (tmp_path / "e").exists()
+
+
+def test_features_and_tiles_of_different_sets(mil, tmp_path):
+    other = make_mil_tileset(tmp_path / "other-tiles", sizes=(5, 8, 11, 3, 6, 7, 9, 4, 5, 6, 8, 10, 5, 6, 7, 9))  # s15 tiled again
+    out = invoke(["train", "--features", mil["features"], "--tiles", other, "--aggregator", "mean", "--out", tmp_path / "r",
+                  "-q", *MIL_TRAIN])
+    assert_clean_error(out, 2, ["does not match the TileSet", "1 slide(s) were tiled again", "s15", "clotclf embed --tiles"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_aggregator_without_attention_for_attention_heatmaps(mil, tmp_path):
+    out = invoke(["predict", mil["dir"], "--model", mil["mean"], "--out", tmp_path / "p", "--attention-heatmaps", "-q"])
+    assert_clean_error(out, 2, ["--attention-heatmaps", "aggregator 'mean' has no attention weights", "abmil"])
+    assert not (tmp_path / "p").exists()  # refused before any slide was tiled
+
+
+def test_encoder_whose_weights_changed_is_refused_by_predict(mil, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mil["abmil"], run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["encoder"]["weights_sha256"] = "0" * 64  # the encoder it was trained on is not the one that rebuilds
+    (run / "config.json").write_text(json.dumps(config))
+    out = invoke(["predict", mil["dir"], "--model", run, "--out", tmp_path / "p", "-q"])
+    assert_clean_error(out, 2, ["needs its encoder", "other weights", "embed the tiles with the encoder you have"])
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("case", ["--features without --aggregator", "--features with --backbone", "--head on a MIL model",
+                                  "tile-level run given --features", "--features with --no-heatmaps too"])
+def test_mil_arguments(case, mil, tmp_path):
+    feats = mil["features"]
+    if case == "--features without --aggregator":
+        out = invoke(["train", "--features", feats, "--out", tmp_path / "r", *MIL_TRAIN])
+        mentions = ["--features is for multiple-instance training", "--aggregator abmil"]
+    elif case == "--features with --backbone":
+        out = invoke(["train", "--features", feats, "--aggregator", "abmil", "--backbone", "cct", "--out", tmp_path / "r"])
+        mentions = ["with --features the encoder is the feature store's", "give one of the two"]
+    elif case == "--head on a MIL model":
+        out = invoke(["train", "--tiles", mil["tiles"], "--aggregator", "abmil", "--head", "mlp", "--out", tmp_path / "r"])
+        mentions = ["classifies with its aggregator", "--head"]
+    elif case == "tile-level run given --features":
+        from test_predict import make_run
+
+        run = make_run(tmp_path / "tile", 1)
+        out = invoke(["evaluate", run, "--features", feats, "--out", tmp_path / "r"])
+        mentions = ["tile-level model", "give --tiles", "--features is for multiple-instance models"]
+    else:
+        out = invoke(["predict", mil["dir"], "--model", mil["abmil"], "--out", tmp_path / "r", "--attention-heatmaps",
+                      "--no-heatmaps"])
+        mentions = ["--attention-heatmaps and --no-heatmaps"]
+    assert_clean_error(out, 2, mentions)
+    assert not (tmp_path / "r").exists()

@@ -38,7 +38,7 @@ MIL_SIZES = (5, 8, 11, 3, 6, 7, 9, 4, 5, 6, 8, 10, 5, 6, 7, 8)
 def make_mil_tileset(root: Path, sizes=MIL_SIZES, empty: dict[str, str] | None = None) -> Path:
     """A TileSet for bag-level tests: patient ``p{k}`` has slides ``s{2k}``, ``s{2k+1}`` of one label."""
     labels = {f"s{i}": "CE" if (i // 2) % 2 else "LAA" for i in range(len(sizes))}
-    return make_tileset(root, sizes=sizes, labels=labels, empty=empty)
+    return make_tileset(root, sizes=sizes, labels=labels, empty=empty if empty is not None else {})
 
 
 def make_feature_store(tiles: Path, out: Path, **encoder) -> Path:
