@@ -23,6 +23,7 @@ from clotclf_core.sources import (
     LevelLayout,
     SlideDamaged,
     SlideReadError,
+    SlideUnusable,
     best_level,
     check_region,
     checked_mpp,
@@ -74,8 +75,9 @@ class TifffileSource:
                 if slide.vendor in _VENDOR_FLAGS:
                     return 1.0
                 return 6.0 if slide.level_count == 1 else 5.0
-        except SlideDamaged:
-            raise  # cut short: no other reader should be tried (OpenSlide would fail later, or hang)
+        except SlideUnusable:
+            raise  # cut short, or a stack: no other reader should be tried (OpenSlide would fail later,
+            # hang, or read a stack's first plane as if it were the slide)
         except SlideReadError:
             return 0.0
 
@@ -137,7 +139,10 @@ class TifffileSlide:
         extra = {a: n for a, n in zip(series.axes, series.shape) if a not in "YXS" and n > 1}
         if extra:
             what = ", ".join(f"{n} along {_AXIS_NAMES.get(a, a)}" for a, n in extra.items())
-            raise SlideReadError(
+            # a generic TIFF stack is no slide for any reader (OpenSlide would read its first plane);
+            # a vendor format's extra planes (NDPI focal planes...) are its reader's business
+            vendor = any(getattr(tif, f"is_{flag}", False) for flag in _VENDOR_FLAGS)
+            raise (SlideReadError if vendor else SlideUnusable)(
                 f"slide '{self.path}' is a stack of images (axes {series.axes}, shape {tuple(series.shape)}: {what}), "
                 "not one RGB or grey slide; save the RGB image alone (e.g. a colour composite) as a TIFF"
             )
