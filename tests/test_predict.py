@@ -225,3 +225,18 @@ def test_patients_the_model_trained_on_are_flagged_and_scored_apart(tmp_path, sl
     assert metrics["patient"]["n"] == 1 and metrics["n_seen_in_training"] == 1  # the headline leaves a out
     assert metrics["patient_all"]["n"] == 2 and "TRAINING" in metrics["patient_all_note"]
     assert summary["patients_in_model_split"]["train"] == 1
+
+
+def test_a_job_whose_slides_all_lack_tissue_still_gets_its_submission(tmp_path, runs):
+    """Kaggle's test set can be a handful of slides: if none gives a tissue tile, every patient still
+    gets a submission row (equal probabilities, the loud warning), not 'no slide could be tiled'."""
+    folder = tmp_path / "glass"
+    folder.mkdir()
+    write_slide(folder / "e_0.tif", (), 9)
+    write_slide(folder / "f_0.tif", (), 10)
+    res = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(runs[0]), "--out", str(tmp_path / "out"),
+                                   "--no-heatmaps", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "Warning: 2 PATIENT(S) HAVE NO USABLE TILE" in res.stderr and "Error:" not in res.stderr
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv", dtype={"patient_id": str})
+    assert sub["patient_id"].tolist() == ["e", "f"] and (sub[["CE", "LAA"]] == 0.5).all().all()
