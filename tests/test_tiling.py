@@ -510,7 +510,10 @@ def test_cli_tile(tmp_path, slides):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["tiled"] == 2 and summary["tiles_kept"] == len(TileSet(tmp_path / "ts"))
-    assert {"tiles_kept", "per_slide", "candidates", "rejected", "tiles_in_tileset", "failed"} <= set(summary)
+    # the keys docs/cli.md promises (clotclf 0.1's, then the new ones)
+    assert {"out", "slides", "skipped", "tiled", "no_tissue", "failed", "candidates", "tiles_kept", "rejected",
+            "tiles_in_tileset", "workers", "threads", "seconds", "per_slide", "notes",
+            "relabelled", "removed", "engine", "failures"} <= set(summary)
     assert set(summary["per_slide"][0]) >= {"image_id", "status", "kept", "candidates", "seconds", "reason"}
     res = run_cli(slides, "--out", tmp_path / "ts", *SMALL_ARGS, "--quiet")
     assert res.exit_code == 0 and "2 already done" in res.output and "IMAGE_ID" not in res.output
