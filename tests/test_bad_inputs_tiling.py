@@ -177,6 +177,9 @@ def _slide_dir(tmp_path, name, **kw) -> Path:
          ["microns per pixel", "--tile-size"]),
         ("grid-too-large", lambda t: _slide_dir(t, "dense", size=(4000, 3000), blobs=()), ["--downsample", "1", "--tile-size", "8", "--train-size", "8",
                                                              "--stride", "1"], ["more than 10,000,000", "--stride"]),
+        # a tile of 224,000 level-0 px (a typo for --downsample 10): 14,000 px at 1/16, 35 GiB for one batch
+        ("tile-far-larger-than-the-slide", None, ["--downsample", "1000", "--min-tissue", "0"],
+         ["GiB", "--downsample", "--batch-size"]),
         ("huge-header-502-bytes", lambda t: (t / "lie").mkdir() or _huge_header_tiff(t / "lie" / "lie.tif").parent, [],
          ["truncated", "200,000 x 200,000 px"]),
     ],

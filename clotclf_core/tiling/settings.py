@@ -23,6 +23,9 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 MIN_SLIDE_SIDE = 64
 #: more grid cells than this on one slide is a geometry mistake (a 1 µm tile on a 10 cm slide...)
 MAX_GRID_CELLS = 10_000_000
+#: one batch of candidate tiles at the working resolution may not need more memory than this (a
+#: tile far larger than any slide, e.g. --downsample 1000, is a geometry mistake, not a slide to tile)
+MAX_BATCH_BYTES = 512 * 2**20
 
 
 class TilingError(ClotclfError):
