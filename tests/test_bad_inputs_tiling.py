@@ -82,6 +82,36 @@ def test_ctrl_c_in_tile_says_what_was_kept_and_how_to_resume(tmp_path, slides, m
     assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 1
 
 
+def test_ctrl_c_in_a_terminal_under_dask_local_is_one_line(tmp_path, slides):
+    """A terminal's Ctrl-C reaches the whole process group: the local cluster's worker processes
+    must leave it to the client (one line saying what was kept), not print their own tracebacks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from badinput import _env
+
+    for i in range(40):  # enough slides to still be running once the cluster is up
+        (slides / f"c{i:02d}.tif").write_bytes((slides / "s1.tif").read_bytes())
+    out = tmp_path / "ts"
+    cmd = [sys.executable, "-m", "clotclf_core.cli", "tile", str(slides), "--out", str(out), *SMALL_ARGS, "-q",
+           "--dask", "local", "--workers", "2"]
+    # a new session, as a shell gives a foreground job (a background job of a script would ignore SIGINT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None),
+                            start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None and not list((out / "index").glob("*.csv")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: interrupted"), stderr
+
+
 @pytest.mark.parametrize("quiet", [[], ["-q"], ["--json"]], ids=["table", "quiet", "json"])
 def test_one_bad_slide_among_good_ones_is_a_partial_failure(tmp_path, slides, quiet):
     (slides / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 100)
