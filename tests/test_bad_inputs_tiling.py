@@ -207,6 +207,9 @@ def _slide_dir(tmp_path, name, **kw) -> Path:
          ["microns per pixel", "--tile-size"]),
         ("grid-too-large", lambda t: _slide_dir(t, "dense", size=(4000, 3000), blobs=()), ["--downsample", "1", "--tile-size", "8", "--train-size", "8",
                                                              "--stride", "1"], ["more than 10,000,000", "--stride"]),
+        # 100 um tiles are 100 px on a 1 um/px scan, but --stride 100 at 1/4 is 400 px: gaps between tiles
+        ("stride-past-a-tile-um-tile", lambda t: _slide_dir(t, "coarse", mpp=1.0), ["--tile-um", "100", "--stride", "100"],
+         ["--stride", "400 level-0 px", "100 um", "never be looked at"]),
         # a tile of 224,000 level-0 px (a typo for --downsample 10): 14,000 px at 1/16, 35 GiB for one batch
         ("tile-far-larger-than-the-slide", None, ["--downsample", "1000", "--min-tissue", "0"],
          ["GiB", "--downsample", "--batch-size"]),

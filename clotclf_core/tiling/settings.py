@@ -128,6 +128,12 @@ class TileSettings(StrictModel):
         else:
             size0 = self.tile_size * self.downsample
         stride0 = self.stride * self.downsample if self.stride else size0
+        if self.tile_um is not None and stride0 > size0 + 0.5:  # the stride is in view pixels, the tile in microns
+            raise SlideSkip(
+                "failed", f"--stride {self.stride} at 1/{self.downsample:g} is {stride0:g} level-0 px, more than the tile "
+                f"({size0:g} px = {self.tile_um:g} um at this slide's {mpp:g} um/px): the tissue between tiles would never be "
+                "looked at; give a smaller --stride, or none (tiles side by side)"
+            )
         return max(size0, 1.0), max(stride0, 1.0)
 
     def record(self) -> dict[str, Any]:
