@@ -147,6 +147,18 @@ def test_an_old_format_tiles_csv_that_is_empty_or_binary(tmp_path, slides, conte
     assert_clean_error(out, mentions=["format 1", "--overwrite"])
 
 
+# ----------------------------------------------------------------------------- slide paths
+
+
+@pytest.mark.parametrize("command", ["tile", "export-patches"])
+def test_a_symlink_loop_as_slides_is_said_for_what_it_is(tmp_path, command):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    out = invoke([command, tmp_path / "loop", "--out", tmp_path / "out"])
+    line = assert_clean_error(out, mentions=["symbolic link loop", str(tmp_path / "loop")])
+    assert "does not exist" not in line
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- geometry, mpp, lying files
 
 
