@@ -125,6 +125,21 @@ def test_one_bad_slide_among_good_ones_is_a_partial_failure(tmp_path, slides, qu
     assert set(TileSet(tmp_path / "ts").index["image_id"]) == {"s1", "s2"}
 
 
+def test_a_truncated_pyramid_is_one_line_without_the_readers_own_warnings(tmp_path, slides):
+    import numpy as np
+    import tifffile
+
+    img = np.random.default_rng(0).integers(0, 255, (600, 600, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "full.tif") as w:
+        for step in (1, 2, 4):
+            w.write(img[::step, ::step], tile=(128, 128), compression="deflate", photometric="rgb")
+    data = (tmp_path / "full.tif").read_bytes()
+    (slides / "cut.tif").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    out = run(["tile", slides, "--out", tmp_path / "ts", *SMALL_ARGS, "-q"], timeout=120)
+    assert_clean_error(out, code=EXIT_PARTIAL, mentions=["cut", "truncated"])
+    assert "tifffile" not in out.stderr and "invalid page offset" not in out.stderr, out.stderr
+
+
 def test_a_manifest_row_whose_slide_is_missing_is_a_partial_failure(tmp_path, slides):
     manifest = tmp_path / "m.csv"
     manifest.write_text("image_id,label\ns1,CE\ns2,LAA\ngone,CE\n")
@@ -175,6 +190,18 @@ def test_an_old_format_tiles_csv_that_is_empty_or_binary(tmp_path, slides, conte
     assert_clean_error(out, mentions=["tiles.csv"])
     out = tile(slides, "--out", root, *SMALL_ARGS, "-q")  # a rerun over an old TileSet: refused, it says how
     assert_clean_error(out, mentions=["format 1", "--overwrite"])
+
+
+# ----------------------------------------------------------------------------- slide paths
+
+
+@pytest.mark.parametrize("command", ["tile", "export-patches"])
+def test_a_symlink_loop_as_slides_is_said_for_what_it_is(tmp_path, command):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    out = invoke([command, tmp_path / "loop", "--out", tmp_path / "out"])
+    line = assert_clean_error(out, mentions=["symbolic link loop", str(tmp_path / "loop")])
+    assert "does not exist" not in line
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- geometry, mpp, lying files

@@ -202,6 +202,12 @@ def test_submission_has_one_row_for_every_patient_of_test_csv(tmp_path, slides, 
     assert "Warning: 2 PATIENT(S) HAVE NO USABLE TILE" in res.stderr and "d, e" in res.stderr
     assert res.stderr.count("Error:") == 1 and "d_0" in res.stderr
     read_like_kaggle(tmp_path / "cli" / "submission.csv", test_csv)
+    # the summary tells the slide without tissue (e_0) from the one that is missing (d_0: the Error line)
+    res = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(runs[0]), "--out", str(tmp_path / "cli2"),
+                                   "--manifest", str(test_csv), "--no-heatmaps"])
+    assert res.exit_code == 3
+    assert "no tissue tiles (not scored): e_0\n" in res.stdout
+    assert "3 slide(s) scored by 1 model(s)" in res.stdout and "4 patient(s) in submission.csv (2 with equal" in res.stdout
 
 
 def test_without_a_manifest_patients_come_from_the_strip_ai_image_ids(tmp_path, slides, runs):

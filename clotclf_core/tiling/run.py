@@ -120,6 +120,7 @@ def tile_slides(
     still owes every patient a row).
     """
     from .. import progress as bars
+    from ..inputs import check_folder
     from ..manifest import manifest_from_files, read_manifest
     from ..tileset import MANIFEST_COLUMNS, TileSetWriter
     from .execution import DaskCluster, file_fingerprint, make_engine
@@ -127,8 +128,7 @@ def tile_slides(
     t_start = time.perf_counter()
     settings = settings or TileSettings()
     slides_dir, out = Path(slides_dir), Path(out)
-    if not slides_dir.is_dir():
-        raise TilingError(f"slide folder '{slides_dir}' does not exist or is not a folder: check the SLIDES argument")
+    check_folder(slides_dir, "slide folder", "check the SLIDES argument", TilingError)  # a loop is not "does not exist"
     if workers < 1:
         raise TilingError(f"--workers must be at least 1 (got {workers})")
     if threads is None:

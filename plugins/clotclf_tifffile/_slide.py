@@ -9,6 +9,7 @@ segment into a small image, so the peak memory is one segment plus the small out
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -31,6 +32,13 @@ from clotclf_core.sources import (
     thumbnail_downsample,
     to_rgb,
 )
+
+# tifffile logs what it finds wrong in a damaged file ("invalid page offset", "generic series raised
+# TiffFileError(...)") as errors and warnings, which Python prints on stderr when no logging is set up: lines
+# around clotclf's one Error line, which names the damage itself (truncated, not a TIFF...).
+# CLOTCLF_DEBUG=1 keeps them.
+if not os.environ.get("CLOTCLF_DEBUG"):
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: vendor formats tifffile can parse but whose quirks (overlapping tiles, several images, sparse
