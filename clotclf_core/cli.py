@@ -523,11 +523,15 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     elif quiet:
         click.echo(summary["out"])
     else:
-        click.echo(f"{summary['n_slides']} slide(s), {summary['n_patients']} patient(s) scored by "
-                   f"{len(summary['models'])} model(s) in {summary['seconds']} s (patients from the "
-                   f"{summary['patient_ids_from']})")
-        if summary["slides_without_tiles"]:
-            click.echo(f"no tissue tiles (not scored): {', '.join(summary['slides_without_tiles'])}")
+        filled = len(summary["patients_without_tiles"])
+        click.echo(f"{summary['n_slides']} slide(s) scored by {len(summary['models'])} model(s) in {summary['seconds']} s; "
+                   f"{summary['n_patients']} patient(s) in submission.csv"
+                   + (f" ({filled} with equal probabilities)" if filled else "")
+                   + f" (patients from the {summary['patient_ids_from']})")
+        # slides that could not be read are not "without tissue": they are the Error line below
+        no_tissue = [k for k in summary["slides_without_tiles"] if k not in summary["failed_slides"]]
+        if no_tissue:
+            click.echo(f"no tissue tiles (not scored): {', '.join(no_tissue)}")
         for level, m in summary.get("metrics", {}).items():
             click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
                        f"weighted log loss {m['weighted_log_loss']:.3f}")

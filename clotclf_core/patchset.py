@@ -52,9 +52,12 @@ def find_slides(slides: str | Path, manifest: str | Path | None = None) -> list[
     from .tiling import SLIDE_SUFFIXES
     from .tiling import find_slides as slide_files
 
+    from .inputs import why_unusable
+
     root = Path(slides)
-    if not root.exists():
-        raise PatchSetError(f"slides '{root}' do not exist: give a slide file or a folder of slides")
+    if (problem := why_unusable(root)) is not None:
+        hint = ": give a slide file or a folder of slides" if problem == "does not exist" else ""
+        raise PatchSetError(f"slide path '{root}' {problem}{hint}")
     if root.is_file():
         if manifest is not None:
             raise PatchSetError(f"--manifest selects slides in a folder, but '{root}' is one file; drop --manifest or pass the folder")

@@ -135,6 +135,7 @@ def predict(
             tile_slides(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
                 workers=workers, progress=progress, labels=labels, require_labels=False,
+                require_tiles=False,  # slides without tissue still get their patients' rows
             )
         ts = TileSet(tiles_dir)
         # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one

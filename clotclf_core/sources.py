@@ -45,10 +45,16 @@ class SlideReadError(ClotclfError):
     """A slide file that is missing, not an image, damaged, or that no installed source can read."""
 
 
-class SlideDamaged(SlideReadError):
+class SlideUnusable(SlideReadError):
+    """A slide file that no reader can use rightly, whichever reads it: cut short
+    (:class:`SlideDamaged`), or a stack of planes (Z, channels as pages) rather than one slide. A
+    source raising this from ``priority`` stops the automatic choice, so that another reader does
+    not hang, fail later with a vaguer message, or silently read the first plane of a stack."""
+
+
+class SlideDamaged(SlideUnusable):
     """A slide file that is certainly broken whatever reads it (e.g. cut short: its header says its
-    data runs past the end of the file). A source raising this from ``priority`` stops the
-    automatic choice, so that another reader does not hang or fail later with a vaguer message."""
+    data runs past the end of the file)."""
 
 
 #: microns per pixel outside this range are not a microscope's pixel size (72 dpi screen defaults,
@@ -121,8 +127,8 @@ def open_slide(path: str | os.PathLike, source: str | None = None, options: dict
                 continue
             rank_fn = getattr(reader, "priority", None)
             rank = float(rank_fn(str(p))) if rank_fn is not None else 0.0
-        except SlideDamaged as exc:  # broken for every reader: say so now, do not try the others
-            raise SlideDamaged(str(exc)) from None
+        except SlideUnusable as exc:  # broken (or a stack) for every reader: say so now, do not try the others
+            raise type(exc)(str(exc)) from None
         except Exception as exc:  # a broken third-party source must not hide the others
             reasons[label] = f"{type(exc).__name__}: {exc}"
             continue

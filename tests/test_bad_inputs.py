@@ -257,6 +257,10 @@ def test_resume_accepts_the_same_tileset_given_as_an_absolute_path(data, tmp_pat
     again = invoke(["train", "--tiles", str(data["tiles"].resolve()), "--out", tmp_path / "r", *FAST, "--epochs", "2",
                     "--test-fraction", "0.25", "--resume", "-q"])
     assert again.exit_code == 0, again.stderr
+    # from another folder, the resume command the Ctrl-C message gives (the run's training.yaml) works too
+    monkeypatch.chdir(tmp_path)
+    elsewhere = invoke(["train", "--config", tmp_path / "r" / "training.yaml", "--out", tmp_path / "r", "--resume", "-q"])
+    assert elsewhere.exit_code == 0, elsewhere.stderr
 
 
 def test_training_without_patient_ids_warns_in_capitals(data, tmp_path):

@@ -82,6 +82,36 @@ def test_ctrl_c_in_tile_says_what_was_kept_and_how_to_resume(tmp_path, slides, m
     assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 1
 
 
+def test_ctrl_c_in_a_terminal_under_dask_local_is_one_line(tmp_path, slides):
+    """A terminal's Ctrl-C reaches the whole process group: the local cluster's worker processes
+    must leave it to the client (one line saying what was kept), not print their own tracebacks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from badinput import _env
+
+    for i in range(40):  # enough slides to still be running once the cluster is up
+        (slides / f"c{i:02d}.tif").write_bytes((slides / "s1.tif").read_bytes())
+    out = tmp_path / "ts"
+    cmd = [sys.executable, "-m", "clotclf_core.cli", "tile", str(slides), "--out", str(out), *SMALL_ARGS, "-q",
+           "--dask", "local", "--workers", "2"]
+    # a new session, as a shell gives a foreground job (a background job of a script would ignore SIGINT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None),
+                            start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None and not list((out / "index").glob("*.csv")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: interrupted"), stderr
+
+
 @pytest.mark.parametrize("quiet", [[], ["-q"], ["--json"]], ids=["table", "quiet", "json"])
 def test_one_bad_slide_among_good_ones_is_a_partial_failure(tmp_path, slides, quiet):
     (slides / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 100)
@@ -93,6 +123,21 @@ def test_one_bad_slide_among_good_ones_is_a_partial_failure(tmp_path, slides, qu
     from clotclf_core.tileset import TileSet
 
     assert set(TileSet(tmp_path / "ts").index["image_id"]) == {"s1", "s2"}
+
+
+def test_a_truncated_pyramid_is_one_line_without_the_readers_own_warnings(tmp_path, slides):
+    import numpy as np
+    import tifffile
+
+    img = np.random.default_rng(0).integers(0, 255, (600, 600, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "full.tif") as w:
+        for step in (1, 2, 4):
+            w.write(img[::step, ::step], tile=(128, 128), compression="deflate", photometric="rgb")
+    data = (tmp_path / "full.tif").read_bytes()
+    (slides / "cut.tif").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    out = run(["tile", slides, "--out", tmp_path / "ts", *SMALL_ARGS, "-q"], timeout=120)
+    assert_clean_error(out, code=EXIT_PARTIAL, mentions=["cut", "truncated"])
+    assert "tifffile" not in out.stderr and "invalid page offset" not in out.stderr, out.stderr
 
 
 def test_a_manifest_row_whose_slide_is_missing_is_a_partial_failure(tmp_path, slides):
@@ -147,6 +192,18 @@ def test_an_old_format_tiles_csv_that_is_empty_or_binary(tmp_path, slides, conte
     assert_clean_error(out, mentions=["format 1", "--overwrite"])
 
 
+# ----------------------------------------------------------------------------- slide paths
+
+
+@pytest.mark.parametrize("command", ["tile", "export-patches"])
+def test_a_symlink_loop_as_slides_is_said_for_what_it_is(tmp_path, command):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    out = invoke([command, tmp_path / "loop", "--out", tmp_path / "out"])
+    line = assert_clean_error(out, mentions=["symbolic link loop", str(tmp_path / "loop")])
+    assert "does not exist" not in line
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- geometry, mpp, lying files
 
 
@@ -177,6 +234,12 @@ def _slide_dir(tmp_path, name, **kw) -> Path:
          ["microns per pixel", "--tile-size"]),
         ("grid-too-large", lambda t: _slide_dir(t, "dense", size=(4000, 3000), blobs=()), ["--downsample", "1", "--tile-size", "8", "--train-size", "8",
                                                              "--stride", "1"], ["more than 10,000,000", "--stride"]),
+        # 100 um tiles are 100 px on a 1 um/px scan, but --stride 100 at 1/4 is 400 px: gaps between tiles
+        ("stride-past-a-tile-um-tile", lambda t: _slide_dir(t, "coarse", mpp=1.0), ["--tile-um", "100", "--stride", "100"],
+         ["--stride", "400 level-0 px", "100 um", "never be looked at"]),
+        # a tile of 224,000 level-0 px (a typo for --downsample 10): 14,000 px at 1/16, 35 GiB for one batch
+        ("tile-far-larger-than-the-slide", None, ["--downsample", "1000", "--min-tissue", "0"],
+         ["GiB", "--downsample", "--batch-size"]),
         ("huge-header-502-bytes", lambda t: (t / "lie").mkdir() or _huge_header_tiff(t / "lie" / "lie.tif").parent, [],
          ["truncated", "200,000 x 200,000 px"]),
     ],

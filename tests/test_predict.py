@@ -202,6 +202,12 @@ def test_submission_has_one_row_for_every_patient_of_test_csv(tmp_path, slides, 
     assert "Warning: 2 PATIENT(S) HAVE NO USABLE TILE" in res.stderr and "d, e" in res.stderr
     assert res.stderr.count("Error:") == 1 and "d_0" in res.stderr
     read_like_kaggle(tmp_path / "cli" / "submission.csv", test_csv)
+    # the summary tells the slide without tissue (e_0) from the one that is missing (d_0: the Error line)
+    res = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(runs[0]), "--out", str(tmp_path / "cli2"),
+                                   "--manifest", str(test_csv), "--no-heatmaps"])
+    assert res.exit_code == 3
+    assert "no tissue tiles (not scored): e_0\n" in res.stdout
+    assert "3 slide(s) scored by 1 model(s)" in res.stdout and "4 patient(s) in submission.csv (2 with equal" in res.stdout
 
 
 def test_without_a_manifest_patients_come_from_the_strip_ai_image_ids(tmp_path, slides, runs):
@@ -225,3 +231,18 @@ def test_patients_the_model_trained_on_are_flagged_and_scored_apart(tmp_path, sl
     assert metrics["patient"]["n"] == 1 and metrics["n_seen_in_training"] == 1  # the headline leaves a out
     assert metrics["patient_all"]["n"] == 2 and "TRAINING" in metrics["patient_all_note"]
     assert summary["patients_in_model_split"]["train"] == 1
+
+
+def test_a_job_whose_slides_all_lack_tissue_still_gets_its_submission(tmp_path, runs):
+    """Kaggle's test set can be a handful of slides: if none gives a tissue tile, every patient still
+    gets a submission row (equal probabilities, the loud warning), not 'no slide could be tiled'."""
+    folder = tmp_path / "glass"
+    folder.mkdir()
+    write_slide(folder / "e_0.tif", (), 9)
+    write_slide(folder / "f_0.tif", (), 10)
+    res = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(runs[0]), "--out", str(tmp_path / "out"),
+                                   "--no-heatmaps", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "Warning: 2 PATIENT(S) HAVE NO USABLE TILE" in res.stderr and "Error:" not in res.stderr
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv", dtype={"patient_id": str})
+    assert sub["patient_id"].tolist() == ["e", "f"] and (sub[["CE", "LAA"]] == 0.5).all().all()

@@ -185,9 +185,13 @@ def test_the_cli_reads_hf_endpoint_token_home_and_offline_mode_from_the_environm
     assert "needs: backbone 'cct' from clotclf 0.1.0: installed" in pulled.stdout
     assert (path / WEIGHTS_NAME).read_bytes() == (run / WEIGHTS_NAME).read_bytes()
 
+    pushed = clotclf("push", str(run), "--repo", "tiny-cli")
+    assert pushed.returncode == 0, pushed.stderr
+    assert "Upload" not in pushed.stderr and "it/s" not in pushed.stderr, pushed.stderr  # no terminal: no upload bars
+
     reg.hub.stop()
     offline = clotclf("pull", "tiny@v1", extra={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 0, offline.stderr
     assert "from the cache" in offline.stdout and str(path) in offline.stdout
-    for out in (pulled, offline):
+    for out in (pulled, pushed, offline):
         assert WRITE_TOKEN not in out.stdout + out.stderr

@@ -89,6 +89,23 @@ def test_a_push_publishes_counts_and_a_salted_hash_not_the_cohort(reg, clinical)
     assert {p.name: p.read_bytes() for p in clinical.iterdir() if p.is_file()} == before  # the run keeps everything
 
 
+def test_relative_paths_of_the_run_are_cut_to_their_last_component(clinical, tmp_path):
+    from clotclf_core.modelcard import write_model_card
+
+    run = Path(shutil.copytree(clinical, tmp_path / "run"))
+    cfg = json.loads((run / CONFIG_NAME).read_text())
+    cfg["training"] |= {"out": "studies/stroke-mayo-2024/run", "tiles": "../cohorts/mayo/tiles", "demo_dir": "clotclf-demo"}
+    (run / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+    write_model_card(run, cfg, json.loads((run / "metrics.json").read_text()))
+    reg = Registry("local", tmp_path)
+    reg.push(run, repo="relative")
+    files = pushed_files(reg, "relative")
+    training = json.loads(files[CONFIG_NAME])["training"]
+    assert (training["out"], training["tiles"], training["demo_dir"]) == ("run", "tiles", "clotclf-demo")
+    for name, data in files.items():
+        assert b"stroke-mayo-2024" not in data and b"cohorts/mayo" not in data, f"{name} publishes a local path"
+
+
 def test_include_split_publishes_the_split_knowingly(reg, clinical, capsys):
     reg.push(clinical, repo="with-split", include_split=True)
     err = capsys.readouterr().err

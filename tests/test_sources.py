@@ -380,11 +380,16 @@ def test_twelve_bit_samples_in_sixteen_are_scaled_by_their_real_depth(tmp_path):
     ],
     ids=["channels-as-pages", "z-stack"],
 )
-def test_stacks_are_one_clear_error_not_their_first_plane(tmp_path, shape, kwargs, message):
+@pytest.mark.parametrize("tiled", [False, True], ids=["stripped", "tiled"])
+def test_stacks_are_one_clear_error_not_their_first_plane(tmp_path, shape, kwargs, message, tiled):
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros(shape, np.uint8), **kwargs)
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), **kwargs, **({"tile": (64, 64)} if tiled else {}))
     with pytest.raises(ClotclfError, match=message):
         open_slide(path, "tifffile")
+    # the automatic choice (what `clotclf tile` uses) must not fall back to OpenSlide, which opens a
+    # tiled stack as a generic TIFF and silently reads its first plane
+    with pytest.raises(ClotclfError, match=message):
+        open_slide(path)
 
 
 def test_mpp_is_checked_in_every_source_and_read_from_ome_xml(tmp_path):

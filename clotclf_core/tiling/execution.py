@@ -13,11 +13,12 @@ system they all see (the same path on every node).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ClotclfError
 from .settings import SlideSkip, TileSettings, TilingError
@@ -226,8 +227,9 @@ class DaskCluster:
         self.address = address
         try:
             if address == "local":
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, silence_logs=40)
+                with _sigint_ignored():  # its worker processes inherit this: Ctrl-C reaches this client only
+                    self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                dashboard_address=None, silence_logs=40)
                 self.client = Client(self.cluster, timeout=timeout)
             else:
                 self.client = Client(address, timeout=timeout)
@@ -265,6 +267,24 @@ class DaskCluster:
         finally:
             if self.cluster is not None:
                 self.cluster.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the block runs (main thread only). Processes started meanwhile keep
+    ignoring it: a local Dask cluster's workers then leave Ctrl-C in a terminal to the client, which
+    says what was kept, instead of each printing a KeyboardInterrupt traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def make_engine(workers: int, n_jobs: int, inner_bar: Any = None) -> Any:

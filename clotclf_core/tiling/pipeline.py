@@ -25,7 +25,7 @@ import numpy as np
 from .filters import BuiltFilter, run_filters
 from .grid import Grid, candidates, cell_fractions, plan_grid, rank_tiles, working_factor
 from .reading import Scan, raster_shape, scan_slide, windows
-from .settings import MIN_SLIDE_SIDE, SlideSkip, TileSettings
+from .settings import MAX_BATCH_BYTES, MIN_SLIDE_SIDE, SlideSkip, TileSettings
 
 
 class TileSink(Protocol):
@@ -107,6 +107,14 @@ def geometry(slide: Any, settings: TileSettings) -> dict[str, Any]:
     rh, rw = raster_shape(slide, factor)
     tile = max(1, round(size0 / factor))
     stride = max(1, round(stride0 / factor))
+    batch_bytes = settings.batch_size * tile * tile * 3
+    if batch_bytes > MAX_BATCH_BYTES:
+        raise SlideSkip(
+            "failed",
+            f"a tile would be {round(size0):,} level-0 px a side ({tile:,} px at the 1/{factor} working resolution; the slide is "
+            f"{width:,} x {height:,} px), so a batch of {settings.batch_size} tiles needs {batch_bytes / 2**30:.1f} GiB (more than "
+            f"{MAX_BATCH_BYTES / 2**30:.1f}); use a smaller --tile-size / --tile-um or --downsample, or a smaller --batch-size",
+        )
     grid = plan_grid(rw, rh, tile, stride, settings.edges)
     return {"width": width, "height": height, "mpp": mpp, "factor": factor, "tile": tile, "stride": stride,
             "grid": grid, "raster": (rw, rh)}

@@ -105,6 +105,7 @@ def tile_slides(
     threads: int | None = None,
     dask: str | None = None,
     scratch_dir: str | None = None,
+    require_tiles: bool = True,
 ) -> dict[str, Any]:
     """Tile every slide of ``slides_dir`` (those of ``manifest``, or every slide file) into a TileSet.
 
@@ -115,8 +116,11 @@ def tile_slides(
     ``threads``: decoding threads per worker (default: the CPU cores shared among the workers, at
     most 8). ``dask``: a scheduler address (``tcp://host:8786``) or ``local``; default: local processes.
     ``scratch_dir``: where large working rasters go (default: ``TMPDIR``).
+    ``require_tiles=False`` returns the summary even when no slide gave a tile (``predict``, which
+    still owes every patient a row).
     """
     from .. import progress as bars
+    from ..inputs import check_folder
     from ..manifest import manifest_from_files, read_manifest
     from ..tileset import MANIFEST_COLUMNS, TileSetWriter
     from .execution import DaskCluster, file_fingerprint, make_engine
@@ -124,8 +128,7 @@ def tile_slides(
     t_start = time.perf_counter()
     settings = settings or TileSettings()
     slides_dir, out = Path(slides_dir), Path(out)
-    if not slides_dir.is_dir():
-        raise TilingError(f"slide folder '{slides_dir}' does not exist or is not a folder: check the SLIDES argument")
+    check_folder(slides_dir, "slide folder", "check the SLIDES argument", TilingError)  # a loop is not "does not exist"
     if workers < 1:
         raise TilingError(f"--workers must be at least 1 (got {workers})")
     if threads is None:
@@ -243,7 +246,7 @@ def tile_slides(
     summary = build_summary(str(out), len(records), len(skipped), changes, per_slide, rejected, writer.meta["slides"],
                             workers, threads, engine.name, time.perf_counter() - t_start, notes)
     done_total = sum(1 for v in writer.meta["slides"].values() if v.get("status") == "done")
-    if done_total == 0:
+    if done_total == 0 and require_tiles:
         tried = [s for s in per_slide if s["status"] in ("failed", "no_tissue")]
         reasons = "; ".join(f"{s['image_id']}: {s['reason']}" for s in tried[:3])
         raise TilingError(

@@ -23,6 +23,9 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 MIN_SLIDE_SIDE = 64
 #: more grid cells than this on one slide is a geometry mistake (a 1 µm tile on a 10 cm slide...)
 MAX_GRID_CELLS = 10_000_000
+#: one batch of candidate tiles at the working resolution may not need more memory than this (a
+#: tile far larger than any slide, e.g. --downsample 1000, is a geometry mistake, not a slide to tile)
+MAX_BATCH_BYTES = 512 * 2**20
 
 
 class TilingError(ClotclfError):
@@ -125,6 +128,12 @@ class TileSettings(StrictModel):
         else:
             size0 = self.tile_size * self.downsample
         stride0 = self.stride * self.downsample if self.stride else size0
+        if self.tile_um is not None and stride0 > size0 + 0.5:  # the stride is in view pixels, the tile in microns
+            raise SlideSkip(
+                "failed", f"--stride {self.stride} at 1/{self.downsample:g} is {stride0:g} level-0 px, more than the tile "
+                f"({size0:g} px = {self.tile_um:g} um at this slide's {mpp:g} um/px): the tissue between tiles would never be "
+                "looked at; give a smaller --stride, or none (tiles side by side)"
+            )
         return max(size0, 1.0), max(stride0, 1.0)
 
     def record(self) -> dict[str, Any]:

@@ -194,8 +194,13 @@ def resolve_settings(config: str | os.PathLike | None = None, overrides: dict[st
 
 
 def settings_dict(s: TrainSettings) -> dict[str, Any]:
-    """The settings as JSON-able data (what training.yaml and config.json's ``training`` hold)."""
-    return s.model_dump(mode="json")
+    """The settings as JSON-able data (what training.yaml and config.json's ``training`` hold).
+    Paths of inputs are absolute, so ``--config RUN/training.yaml --resume`` works from any folder."""
+    data = s.model_dump(mode="json")
+    for key in PATH_SETTINGS:
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    return data
 
 
 def _same_path(a: Any, b: Any) -> bool:

@@ -9,6 +9,7 @@ segment into a small image, so the peak memory is one segment plus the small out
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from clotclf_core.sources import (
     LevelLayout,
     SlideDamaged,
     SlideReadError,
+    SlideUnusable,
     best_level,
     check_region,
     checked_mpp,
@@ -30,6 +32,13 @@ from clotclf_core.sources import (
     thumbnail_downsample,
     to_rgb,
 )
+
+# tifffile logs what it finds wrong in a damaged file ("invalid page offset", "generic series raised
+# TiffFileError(...)") as errors and warnings, which Python prints on stderr when no logging is set up: lines
+# around clotclf's one Error line, which names the damage itself (truncated, not a TIFF...).
+# CLOTCLF_DEBUG=1 keeps them.
+if not os.environ.get("CLOTCLF_DEBUG"):
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: vendor formats tifffile can parse but whose quirks (overlapping tiles, several images, sparse
@@ -74,8 +83,9 @@ class TifffileSource:
                 if slide.vendor in _VENDOR_FLAGS:
                     return 1.0
                 return 6.0 if slide.level_count == 1 else 5.0
-        except SlideDamaged:
-            raise  # cut short: no other reader should be tried (OpenSlide would fail later, or hang)
+        except SlideUnusable:
+            raise  # cut short, or a stack: no other reader should be tried (OpenSlide would fail later,
+            # hang, or read a stack's first plane as if it were the slide)
         except SlideReadError:
             return 0.0
 
@@ -137,7 +147,10 @@ class TifffileSlide:
         extra = {a: n for a, n in zip(series.axes, series.shape) if a not in "YXS" and n > 1}
         if extra:
             what = ", ".join(f"{n} along {_AXIS_NAMES.get(a, a)}" for a, n in extra.items())
-            raise SlideReadError(
+            # a generic TIFF stack is no slide for any reader (OpenSlide would read its first plane);
+            # a vendor format's extra planes (NDPI focal planes...) are its reader's business
+            vendor = any(getattr(tif, f"is_{flag}", False) for flag in _VENDOR_FLAGS)
+            raise (SlideReadError if vendor else SlideUnusable)(
                 f"slide '{self.path}' is a stack of images (axes {series.axes}, shape {tuple(series.shape)}: {what}), "
                 "not one RGB or grey slide; save the RGB image alone (e.g. a colour composite) as a TIFF"
             )

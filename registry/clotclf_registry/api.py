@@ -32,8 +32,11 @@ PULL_RECORD = ".clotclf-pull.json"
 
 @contextlib.contextmanager
 def progress(enabled: bool) -> Iterator[None]:
-    """huggingface_hub's progress bars on or off for the duration of a command."""
-    if enabled:
+    """huggingface_hub's progress bars on or off for the duration of a command: off when asked, and
+    off without a terminal (a log file, CI: its per-file byte bars would each print many lines)."""
+    from clotclf_core.progress import mode
+
+    if enabled and mode() == "tty":
         yield
         return
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars

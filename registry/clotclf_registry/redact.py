@@ -9,7 +9,8 @@ uploads a redacted copy of the text files instead (:func:`redact_run`):
   check a split file against a published model without anyone learning who was in it;
 - every absolute path (``tileset.path``, ``training.out``, ``training.tiles``, a filter's
   ``weights=``…) becomes its last component, in config.json and metrics.json, and in the card's
-  text; a path under the home folder loses the home folder;
+  text; a path under the home folder loses the home folder; so do the relative paths of the
+  run's own path settings (``training.out = runs/study-x/r1`` becomes ``r1``);
 - ``split.csv`` is not pushed.
 
 ``--include-split`` keeps the split lists and ``split.csv`` (paths are still redacted), with a
@@ -89,6 +90,22 @@ def redact_paths(obj: Any, home: str) -> tuple[Any, dict[str, str]]:
     for _, container, key, value in list(_walk(out)):
         if isinstance(value, str) and is_absolute_path(value):
             container[key] = done.setdefault(value, _redacted_path(value, home))
+    return out, done
+
+
+#: settings that name local folders or files even when relative (``runs/study-x/r1``): published
+#: as their last component, like absolute paths
+PATH_FIELDS = (("training", "tiles"), ("training", "out"), ("training", "demo_dir"), ("training", "split_file"),
+               ("tileset", "path"))
+
+
+def redact_relative_paths(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``config`` with the relative paths of :data:`PATH_FIELDS` cut to their last component."""
+    out, done = copy.deepcopy(config), {}
+    for section, key in PATH_FIELDS:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str) and ("/" in value.strip("/") or "\\" in value) and not is_absolute_path(value):
+            out[section][key] = done.setdefault(value, PureWindowsPath(value).name or "(path)")
     return out, done
 
 
@@ -222,6 +239,8 @@ def redact_run(run_dir: Path, config: dict[str, Any], texts: dict[str, bytes], i
     ids = known_identifiers(run_dir, config)
     redacted, n_split = (config, 0) if include_split else redact_split(config)
     redacted, paths = redact_paths(redacted, home)
+    redacted, relative = redact_relative_paths(redacted)
+    paths |= relative
     replacements = dict(paths)
     texts = dict(texts) | (more_texts(redacted) if more_texts else {})
     out: dict[str, bytes] = {}

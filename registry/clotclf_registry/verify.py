@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def check_files(run_dir: Path, plan: Plan, label: str, registry: str) -> None:
         if digest != expected:
             raise IntegrityError(
                 f"{shown} of '{label}' from {registry} hashes to {kind} {digest[:16]}…, but the registry lists "
-                f"{printable(expected, 16)}…: the download is corrupt or was tampered with. Nothing was kept; pull again, "
+                f"{printable(expected, 17)}: the download is corrupt or was tampered with. Nothing was kept; pull again, "
                 "and if it persists tell the registry's administrator"
             )
         check_content(label, entry.name, path)
@@ -186,13 +187,14 @@ def verify_download(run_dir: Path, plan: Plan | None, label: str, registry: str,
     if digest != recorded:
         raise IntegrityError(
             f"{WEIGHTS_NAME} of '{label}' from {registry} (sha256 {digest[:16]}…) is not the file its {CONFIG_NAME} "
-            f"describes ({printable(recorded, 16)}…): the weights were replaced without their config. Nothing was kept; "
+            f"describes ({printable(recorded, 17)}): the weights were replaced without their config. Nothing was kept; "
             "pull a revision pushed with `clotclf push`, or ask the owner to fix the repository"
         )
     try:
         read_safetensors_header(weights)
     except ModelLoadError as exc:
-        raise IntegrityError(f"{WEIGHTS_NAME} of '{label}' is not a readable safetensors file ({exc}); nothing was kept") from None
+        raise IntegrityError(f"{WEIGHTS_NAME} of '{label}' is not a readable safetensors file "
+                             f"({_named(str(exc), run_dir, label)}); nothing was kept") from None
     if check_builds:
         check_config_builds(run_dir, config, label, registry)
     return config
@@ -209,5 +211,12 @@ def check_config_builds(run_dir: Path, config: dict[str, Any], label: str, regis
             check_requirements(config, label)
             _load_filter(run_dir, config)
     except ModelLoadError as exc:
-        text = str(exc).replace(str(run_dir), f"'{label}'").replace(f"''{label}''", f"'{label}'")
+        text = _named(str(exc), run_dir, label)
         raise ModelLoadError(f"'{label}' from {registry} was downloaded but cannot be used here, so nothing was kept: {text}") from None
+
+
+def _named(text: str, run_dir: Path, label: str) -> str:
+    """A message about the (temporary) download folder, told of the model: ``'/tmp/x/config.json'``
+    becomes ``its config.json``, the folder itself ``'label'``."""
+    text = re.sub(re.escape(f"'{run_dir}") + r"/([^']+)'", r"its \1", text)
+    return text.replace(f"'{run_dir}'", f"'{label}'").replace(str(run_dir), label)
