@@ -401,7 +401,7 @@ def test_patch_candidates_respect_the_mask():
 def test_export_patches_bad_inputs(tmp_path):
     from clotclf_core.patchset import export_patches
 
-    with pytest.raises(ClotclfError, match="do not exist"):
+    with pytest.raises(ClotclfError, match="does not exist"):
         export_patches(tmp_path / "none", tmp_path / "out", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClotclfError, match="no slide files"):
