@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 from ..errors import ClotclfError
 from ..io import write_text
@@ -54,6 +54,25 @@ class Scored:
     metrics: dict[str, Any]
     loss: float
     history: dict[str, Any] = field(default_factory=dict)
+
+
+def scored(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str, level: str) -> Scored:
+    """Predictions of ``level`` units (``tile`` or ``slide``) -> metrics at that level and above,
+    the monitored patient loss and this epoch's history columns."""
+    from ..evaluate import patient_loss, score, score_slides
+
+    metrics = score(frame, probs, labels) if level == "tile" else score_slides(frame, probs, labels)
+    loss = patient_loss(frame, probs, labels, weighted=monitor == "patient_weighted_log_loss")
+    patient, unit = metrics["patient"], metrics[level]
+    history = {
+        "val_patient_weighted_log_loss": round(patient["weighted_log_loss"], 6),
+        "val_patient_log_loss": round(patient["log_loss"], 6),
+        f"val_{level}_log_loss": round(unit["log_loss"], 6),
+        "val_patient_balanced_accuracy": patient["balanced_accuracy"],
+        "val_patient_roc_auc": patient["roc_auc"],
+        f"val_{level}_accuracy": unit["accuracy"],
+    }
+    return Scored(frame, probs, metrics, loss, history)
 
 
 class FoldTask(Protocol):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ClotclfError
-from .loop import Scored
+from .loop import Scored, scored
 from .losses import make_loss
 from .seeds import loader_generator, mix
 from .tiles import TrainingKind, declared_size as _backbone_declared_size
@@ -35,21 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def score_bag_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str) -> Scored:
-    """Slide predictions -> metrics at slide and patient level and the monitored patient loss."""
-    from ..evaluate import patient_loss, score_slides
-
-    metrics = score_slides(frame, probs, labels)
-    loss = patient_loss(frame, probs, labels, weighted=monitor == "patient_weighted_log_loss")
-    patient, slide = metrics["patient"], metrics["slide"]
-    history = {
-        "val_patient_weighted_log_loss": round(patient["weighted_log_loss"], 6),
-        "val_patient_log_loss": round(patient["log_loss"], 6),
-        "val_slide_log_loss": round(slide["log_loss"], 6),
-        "val_patient_balanced_accuracy": patient["balanced_accuracy"],
-        "val_patient_roc_auc": patient["roc_auc"],
-        "val_slide_accuracy": slide["accuracy"],
-    }
-    return Scored(frame, probs, metrics, loss, history)
+    """Slide predictions -> metrics and the monitored patient loss (:func:`.loop.scored`)."""
+    return scored(frame, probs, labels, monitor, "slide")
 
 
 def is_features(data: Any) -> bool:

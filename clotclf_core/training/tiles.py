@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import ClotclfError
-from .loop import Scored
+from .loop import Scored, scored
 from .losses import make_loss
 from .seeds import loader_generator, mix
 
@@ -29,21 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def score_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str) -> Scored:
-    """Tile predictions -> metrics at tile, slide and patient level and the monitored patient loss."""
-    from ..evaluate import patient_loss, score
-
-    metrics = score(frame, probs, labels)
-    loss = patient_loss(frame, probs, labels, weighted=monitor == "patient_weighted_log_loss")
-    patient, tile = metrics["patient"], metrics["tile"]
-    history = {
-        "val_patient_weighted_log_loss": round(patient["weighted_log_loss"], 6),
-        "val_patient_log_loss": round(patient["log_loss"], 6),
-        "val_tile_log_loss": round(tile["log_loss"], 6),
-        "val_patient_balanced_accuracy": patient["balanced_accuracy"],
-        "val_patient_roc_auc": patient["roc_auc"],
-        "val_tile_accuracy": tile["accuracy"],
-    }
-    return Scored(frame, probs, metrics, loss, history)
+    """Tile predictions -> metrics and the monitored patient loss (:func:`.loop.scored`)."""
+    return scored(frame, probs, labels, monitor, "tile")
 
 
 class TileTask:
