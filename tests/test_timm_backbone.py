@@ -47,6 +47,20 @@ def test_timm_name_uses_and_records_its_own_normalisation(tmp_path):
     assert conv(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
 
 
+def test_num_features_is_what_the_backbone_outputs():
+    """MobileNetV3 has a pre-logits layer: without its classifier it outputs head_hidden_size (1024)
+    features, not num_features (288); the head and an aggregator are sized by what comes out."""
+    from clotclf_core.model import build_model
+
+    for aggregator in (None, "abmil"):
+        m = build_model(ModelConfig(backbone="timm", backbone_options={"model": "mobilenetv3_small_050"}, input_size=32,
+                                    **({"kind": "mil", "aggregator": aggregator} if aggregator else {}))).eval()
+        assert m.backbone.num_features == 1024 == m.backbone(torch.zeros(1, 3, 32, 32)).shape[1]
+        x = torch.zeros(2, 3, 32, 32) if aggregator is None else torch.zeros(1, 2, 3, 32, 32)
+        out = m(x) if aggregator is None else m(x, torch.ones(1, 2, dtype=torch.bool))
+        assert out.shape[-1] == 2
+
+
 def test_constructor_options_pass_through():
     from clotclf_core.model import build_model
 

@@ -158,6 +158,11 @@ def build_timm(opts: TimmOptions):
                            "check the options") from None
     if not isinstance(getattr(model, "num_features", None), int):
         raise ClotclfError(f"timm model '{name}' has no integer num_features; it cannot be used as a backbone")
+    hidden = getattr(model, "head_hidden_size", None)
+    if isinstance(hidden, int) and not isinstance(hidden, bool) and hidden != model.num_features:
+        # models with a pre-logits layer (MobileNetV3, GhostNet, ...) output head_hidden_size features
+        # with the classifier removed, not num_features (288 against 1024 for mobilenetv3_small_050)
+        model.num_features = hidden
     size = kwargs.get("img_size")
     if isinstance(size, int) and isinstance(getattr(model, "pretrained_cfg", None), dict):
         # a model built for another size than its weights' declares the size it was built for
