@@ -53,13 +53,13 @@ def sh(args: list[str], **kw) -> subprocess.CompletedProcess:
     return done
 
 
-def prepare(work: Path, signal: str, patients: int, encoder: str, input_size: int | None) -> Path:
+def prepare(work: Path, signal: str, patients: int, encoder: str, input_size: int | None, train_size: int) -> Path:
     cohort, tiles, feats = work / f"{signal}-cohort", work / f"{signal}-tiles", work / f"{signal}-features"
     if not (cohort / "train.csv").is_file():
         sh([*CLOTCLF, "demo-data", cohort, "--signal", signal, "--patients", patients, "--seed", 0, "-q"])
     if not (tiles / "tiles.csv").is_file():
         sh([*CLOTCLF, "tile", cohort / "slides", "--manifest", cohort / "train.csv", "--out", tiles, "--downsample", 2,
-            "--tile-size", 224, "--stride", 112, "--train-size", 64, "--workers", 2])
+            "--tile-size", 224, "--stride", 112, "--train-size", train_size, "--workers", 2])
     size = ["--input-size", input_size] if input_size else []
     sh([*CLOTCLF, "embed", "--tiles", tiles, "--backbone", encoder, *size, "--out", feats, "--device", "auto",
         "--seed", 0, "-q"])
@@ -89,11 +89,12 @@ def main() -> None:
     p.add_argument("--encoder", default="timm:model=resnet18",
                    help="the frozen encoder of `clotclf embed` (e.g. timm:model=hf-hub:ORG/NAME with its weights)")
     p.add_argument("--input-size", type=int, default=64, help="encoder input side; 0: what the encoder declares")
+    p.add_argument("--train-size", type=int, default=64, help="side of the cached tiles (`clotclf tile --train-size`)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for signal in args.signals.split(","):
-        feats = prepare(args.work, signal, args.patients, args.encoder, args.input_size or None)
+        feats = prepare(args.work, signal, args.patients, args.encoder, args.input_size or None, args.train_size)
         for seed in map(int, args.seeds.split(",")):
             for aggregator in ("abmil", "mean"):
                 rows.append(run(args.work, feats, signal, aggregator, seed))
