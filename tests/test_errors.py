@@ -32,7 +32,7 @@ def test_ctrl_c_exit_code(monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("clotclf_core.cli._plugin_rows", boom)
+    monkeypatch.setattr("clotclf_core.cli_plugins._plugin_rows", boom)
     res = CliRunner().invoke(cli_mod.cli, ["list-plugins"])
     assert res.exit_code == EXIT_INTERRUPTED
     assert res.stderr.startswith("Error: interrupted")
