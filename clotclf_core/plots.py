@@ -227,6 +227,24 @@ def probability_grid(tiles: Any, probs: Any, slide_dims: tuple[int, int], shape:
     return np.divide(total, count, out=np.full((h, w), np.nan), where=count > 0)
 
 
+def _thumbnail(thumbnail_rgb: Any) -> np.ndarray:
+    """A heatmap's thumbnail as (H, W) grey or (H, W, 3) RGB (an alpha channel dropped), else PlotError."""
+    thumb = np.asarray(thumbnail_rgb)
+    if thumb.ndim == 3 and thumb.shape[2] == 4:
+        thumb = thumb[..., :3]
+    if not (thumb.ndim == 2 or (thumb.ndim == 3 and thumb.shape[2] == 3)) or min(thumb.shape[:2]) < 1:
+        raise PlotError(f"thumbnail must be an RGB image (height, width, 3), got shape {thumb.shape}")
+    return thumb
+
+
+def _draw_slide(axes: Any, thumb: np.ndarray, slide_dims: tuple[int, int]) -> None:
+    """The thumbnail under every panel of a heatmap, with its scale on the x axis."""
+    for ax in axes:
+        ax.imshow(thumb, cmap="gray" if thumb.ndim == 2 else None)
+        ax.set_xlabel(f"thumbnail x (1 px = {slide_dims[0] / thumb.shape[1]:.0f} level-0 px)")
+        ax.set_ylabel("thumbnail y")
+
+
 def plot_heatmap(
     thumbnail_rgb: Any,
     tiles: Any,
@@ -243,19 +261,12 @@ def plot_heatmap(
     Overlapping tiles are averaged. The colour scale is fixed to [0, 1] so heatmaps compare.
     """
     _check_png(out_png)
-    thumb = np.asarray(thumbnail_rgb)
-    if thumb.ndim == 3 and thumb.shape[2] == 4:
-        thumb = thumb[..., :3]
-    if not (thumb.ndim == 2 or (thumb.ndim == 3 and thumb.shape[2] == 3)) or min(thumb.shape[:2]) < 1:
-        raise PlotError(f"thumbnail must be an RGB image (height, width, 3), got shape {thumb.shape}")
+    thumb = _thumbnail(thumbnail_rgb)
     grid = probability_grid(tiles, probs, slide_dims, thumb.shape[:2])
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     fig = _figure(SIZES["heatmap"])
     left, right = fig.subplots(1, 2)
-    for ax in (left, right):
-        ax.imshow(thumb, cmap="gray" if thumb.ndim == 2 else None)
-        ax.set_xlabel(f"thumbnail x (1 px = {slide_dims[0] / thumb.shape[1]:.0f} level-0 px)")
-        ax.set_ylabel("thumbnail y")
+    _draw_slide((left, right), thumb, slide_dims)
     left.set_title("slide")
     im = right.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
     summary = f"{len(probs)} tiles, mean P({label_name}) = {probs.mean():.2f}" if len(probs) else "no tiles kept"
@@ -283,11 +294,7 @@ def plot_attention_heatmap(
     where the model looked, not by their tile counts. The uniform weight 1/N is named in the title.
     """
     _check_png(out_png)
-    thumb = np.asarray(thumbnail_rgb)
-    if thumb.ndim == 3 and thumb.shape[2] == 4:
-        thumb = thumb[..., :3]
-    if not (thumb.ndim == 2 or (thumb.ndim == 3 and thumb.shape[2] == 3)) or min(thumb.shape[:2]) < 1:
-        raise PlotError(f"thumbnail must be an RGB image (height, width, 3), got shape {thumb.shape}")
+    thumb = _thumbnail(thumbnail_rgb)
     attention = np.asarray(attention, dtype=np.float64).reshape(-1)
     if len(attention) and (not np.all(np.isfinite(attention)) or attention.min() < 0):
         raise PlotError("attention weights must be finite and non-negative (a softmax over the slide's tiles)")
@@ -297,10 +304,7 @@ def plot_attention_heatmap(
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     fig = _figure(SIZES["attention_heatmap"])
     left, middle, right = fig.subplots(1, 3)
-    for ax in (left, middle, right):
-        ax.imshow(thumb, cmap="gray" if thumb.ndim == 2 else None)
-        ax.set_xlabel(f"thumbnail x (1 px = {slide_dims[0] / thumb.shape[1]:.0f} level-0 px)")
-        ax.set_ylabel("thumbnail y")
+    _draw_slide((left, middle, right), thumb, slide_dims)
     left.set_title("slide")
     im = middle.imshow(np.ma.masked_invalid(prob_grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
     middle.set_title(f"P({label_name}) per tile" + (f": mean {probs.mean():.2f}" if len(probs) else ""))

@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # inside huggingface_hub
 
-from test_registry import NS, WRITE_TOKEN, Registry, make_run, start_hub  # noqa: E402
+from test_registry import NS, WRITE_TOKEN, Registry, make_run, reg, start_hub  # noqa: E402,F401  (reg: the hub|local fixture)
 
 from clotclf_core.errors import ModelLoadError  # noqa: E402
 from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
@@ -31,15 +31,6 @@ from clotclf_registry.local import commit_id  # noqa: E402
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("hostile") / "run", seed=11)
-
-
-@pytest.fixture(params=["hub", "local"])
-def reg(request, tmp_path):
-    if request.param == "hub":
-        server = start_hub()
-        request.addfinalizer(server.stop)
-        return Registry("hub", tmp_path, server)
-    return Registry("local", tmp_path)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
-from test_registry import NS, Registry, make_run, start_hub  # noqa: E402
+from test_registry import NS, Registry, make_run, reg, start_hub  # noqa: E402,F401  (reg: the hub|local fixture)
 
 from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 from clotclf_registry.redact import IdentifierLeft, split_hash  # noqa: E402
@@ -56,15 +56,6 @@ def pushed_files(reg: Registry, repo: str) -> dict[str, bytes]:
 def identifiers_in(data: bytes) -> list[str]:
     text = data.decode("utf-8", "replace")
     return [i for i in [*SLIDES, *(p for ps in PATIENTS.values() for p in ps), "secret_slide_9", "b00b1e"] if i in text]
-
-
-@pytest.fixture(params=["hub", "local"])
-def reg(request, tmp_path):
-    if request.param == "hub":
-        server = start_hub()
-        request.addfinalizer(server.stop)
-        return Registry("hub", tmp_path, server)
-    return Registry("local", tmp_path)
 
 
 def test_a_push_publishes_counts_and_a_salted_hash_not_the_cohort(reg, clinical):
