@@ -5,7 +5,7 @@ in memory as a feature store holds them, a share of the bags padded (masked) to 
 fewer tiles. For each aggregator (``mean``, ``abmil`` by default), one epoch is:
 
 - ``train``: shuffled mini-batches of ``--bags`` bags: float16 -> float32 on the device, forward
-  through :func:`clotclf_core.aggregate.run_aggregator` (the contract checks included), cross
+  through :func:`clotclf_core.models.aggregate.run_aggregator` (the contract checks included), cross
   entropy, backward, AdamW step;
 - ``eval``: every bag once, forward only, with attention (``inference_mode``).
 
@@ -64,8 +64,8 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from clotclf_core.aggregate import build_aggregator, run_aggregator
-    from clotclf_core.evaluate import pick_runtime
+    from clotclf_core.models.aggregate import build_aggregator, run_aggregator
+    from clotclf_core.models.runtime import pick_runtime
 
     rt = pick_runtime(args.device)
     dev = rt.device
@@ -159,7 +159,7 @@ def write_store(root: Path, feats: np.ndarray, lengths: np.ndarray, labels: np.n
     slides of 632 patients (the first 122 patients have two slides), every bag ``lengths[i]`` tiles."""
     import pandas as pd
 
-    from clotclf_core.embed import FeatureStoreWriter
+    from clotclf_core.features.embed import FeatureStoreWriter
 
     n = len(feats)
     patients = [f"p{min(i, n - 1 - i) if i >= n - 122 else i}" for i in range(n)]
@@ -185,7 +185,8 @@ def time_trainer(name: str, feats: np.ndarray, lengths: np.ndarray, labels: np.n
 
     import pandas as pd
 
-    from clotclf_core.training import resolve_settings, train
+    from clotclf_core.training.run import train
+    from clotclf_core.training.settings import resolve_settings
 
     with tempfile.TemporaryDirectory(prefix="clotclf-mil-bench-") as tmp:
         store = write_store(Path(tmp) / "features", feats, lengths, labels)

@@ -34,7 +34,7 @@ MODEL = {"variant": "cct_2_3x2_32", "img_size": 32, "num_layers": 1, "embed_dim"
 
 def make_tiles(root: Path, n_patients: int = 12, per_slide: int = 8, size: int = 32) -> Path:
     """Random tiles whose colour follows the label (something to learn), one slide per patient."""
-    from clotclf_core.tileset import TileSetWriter
+    from clotclf_core.tiling.writer import TileSetWriter
 
     rng = np.random.default_rng(0)
     writer = TileSetWriter(root, {"synthetic": True, "size": size}, size)
@@ -90,7 +90,7 @@ def fingerprint(run: Path) -> dict[str, str]:
 
     import pandas as pd
 
-    from clotclf_core.model import load_state
+    from clotclf_core.plugin.weights import load_state
     from clotclf_core.training.checkpoints import state_digest
 
     history = pd.read_csv(run / "history.csv").drop(columns=["images_per_s", "seconds"]).to_csv(index=False)

@@ -6,7 +6,7 @@ Two measurements, in one run, alternating:
   ``--batch-size`` that run across slides: read a batch, to the device, normalise, forward under
   ``torch.inference_mode`` (bf16 autocast + channels-last on CUDA, like clotclf), features to the
   host as float16. Nothing is written. The ceiling.
-- ``clotclf``: :func:`clotclf_core.embed.embed_tileset` — what `clotclf embed` runs — with the same
+- ``clotclf``: :func:`clotclf_core.features.embed.embed_tileset` — what `clotclf embed` runs — with the same
   built encoder: read-ahead thread, batches that never cross a slide (so a resumed run writes the
   same bytes), one float16 matrix + rows + features.json committed atomically per slide, into a
   fresh folder each round.
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
 
 def make_tiles(root: Path, n: int, size: int) -> Path:
     """A TileSet of ``n`` random tiles in slides of 20-140 tiles (the demo cohort's range and more)."""
-    from clotclf_core.tileset import TileSetWriter
+    from clotclf_core.tiling.writer import TileSetWriter
 
     rng = np.random.default_rng(0)
     writer = TileSetWriter(root, {"benchmark": True}, size)
@@ -88,7 +88,7 @@ def bare_loop(enc, ts, batch: int) -> tuple[float, float]:
     """(images/s, CPU s per image) of the encoder module over every tile, batches across slides, nothing written."""
     import torch
 
-    from clotclf_core.data import normalize
+    from clotclf_core.models.inputs import normalize
 
     module, device = enc.module, enc.device
     mean, std = enc.spec.mean, enc.spec.std
@@ -129,7 +129,7 @@ def bare_loop(enc, ts, batch: int) -> tuple[float, float]:
 
 def clotclf_embed(enc, tiles: Path, out: Path, batch: int) -> tuple[float, float]:
     """(images/s, CPU s per image) of embed_tileset (the `clotclf embed` command's work) into a fresh folder."""
-    from clotclf_core.embed import embed_tileset
+    from clotclf_core.features.embed import embed_tileset
 
     shutil.rmtree(out, ignore_errors=True)
     sync(enc.device)
@@ -144,9 +144,9 @@ def main() -> None:
     import torch
 
     from clotclf_core.config import parse_key_values
-    from clotclf_core.encoder import build_encoder
-    from clotclf_core.evaluate import pick_runtime
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.features.encoder import build_encoder
+    from clotclf_core.models.runtime import pick_runtime
+    from clotclf_core.tiling.tileset import TileSet
 
     rt = pick_runtime(args.device)
     cuda = rt.device.type == "cuda"

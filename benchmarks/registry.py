@@ -33,8 +33,9 @@ def main() -> None:
 
     from hub_server import HubServer, Token
 
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.model import build_model, save_model
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.saved import save_model
     from clotclf_registry import api, verify
     from clotclf_registry.settings import load_settings
 

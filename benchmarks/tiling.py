@@ -152,7 +152,8 @@ def run_floor(path: str) -> dict:
 
 
 def run_clotclf(folder: str, out: str, settings: dict, workers: int = 1, threads: int = 1, dask: str | None = None) -> dict:
-    from clotclf_core.tiling import TileSettings, tile_slides
+    from clotclf_core.tiling.run import tile_slides
+    from clotclf_core.tiling.settings import TileSettings
 
     s = tile_slides(folder, out, settings=TileSettings(**settings), workers=workers, threads=threads, dask=dask, progress=False)
     meta = json.loads((Path(out) / "tileset.json").read_text())["slides"]
@@ -209,8 +210,10 @@ def child(argv: list[str]) -> None:
     import skimage.segmentation  # noqa: F401
     import tifffile  # noqa: F401
 
-    from clotclf_core import manifest, tileset, tiling  # noqa: F401
-    from clotclf_core.plugins import get_manager
+    import clotclf_core.slides.manifest  # noqa: F401
+    import clotclf_core.tiling.run  # noqa: F401
+    import clotclf_core.tiling.tileset  # noqa: F401
+    from clotclf_core.plugin_manager import get_manager
 
     get_manager()
     if kind == "vips":
@@ -248,7 +251,7 @@ FINE = {"downsample": 2.0, "tile_size": 224, "stride": 112}
 
 
 def same_tilesets(a: Path, b: Path) -> str:
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.tiling.tileset import TileSet
 
     ta, tb = TileSet(a), TileSet(b)
     if not (ta.index.equals(tb.index) and ta.rejected.equals(tb.rejected) and list(ta.slides) == list(tb.slides)):

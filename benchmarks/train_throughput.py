@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
 
 def make_tiles(root: Path, n: int, size: int) -> Path:
     """A TileSet of ``n`` random tiles at ``size`` px (16 'slides', 4 patients per class)."""
-    from clotclf_core.tileset import TileSetWriter
+    from clotclf_core.tiling.writer import TileSetWriter
 
     rng = np.random.default_rng(0)
     writer = TileSetWriter(root, {"benchmark": True}, size)
@@ -127,10 +127,10 @@ class FrameworkLoop:
     def __init__(self, args, rt, tiles: Path, batch: int, workers: int):
         import torch
 
-        from clotclf_core.config import ModelConfig
-        from clotclf_core.model import build_model
-        from clotclf_core.tileset import TileSet
-        from clotclf_core.training import TrainSettings
+        from clotclf_core.models.build import build_model
+        from clotclf_core.models.config import ModelConfig
+        from clotclf_core.tiling.tileset import TileSet
+        from clotclf_core.training.settings import TrainSettings
         from clotclf_core.training.tiles import tile_trainer
 
         ts = TileSet(tiles)
@@ -187,9 +187,9 @@ class _Timed:
 
 def loader_alone(tiles: Path, size: int, batch: int, workers: int, batches: int) -> float:
     """images/s of the training DataLoader (read + augment + collate), nothing else."""
-    from clotclf_core.data import EpochSampler, TileDataset, build_transform, make_loader
-    from clotclf_core.tileset import TileSet
-    from clotclf_core.training import AugmentSettings
+    from clotclf_core.tiling.dataset import EpochSampler, TileDataset, build_transform, make_loader
+    from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.training.settings import AugmentSettings
 
     ts = TileSet(tiles)
     ds = TileDataset(ts, np.arange(len(ts)), ["CE", "LAA"], build_transform(size, ts.tile_size, AugmentSettings()))
@@ -217,7 +217,7 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from clotclf_core.inference import pick_runtime
+    from clotclf_core.models.runtime import pick_runtime
 
     rt = pick_runtime(args.device)
     cuda = rt.device.type == "cuda"

@@ -10,52 +10,20 @@ holds what they share and the model description saved in ``config.json``.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict
 
-from .errors import ConfigError
+from clotclf_core.plugin.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .interfaces import ComponentSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+    pass
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-def format_validation_error(err: ValidationError, what: str) -> str:
-    """One readable line per problem: ``what: option 'depth': Input should be a valid integer (got '99x')``."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if not loc:  # a check of several options together: its own message names them
-            parts.append(e["msg"].removeprefix("Value error, "))
-        elif e["type"] == "extra_forbidden":
-            parts.append(f"unknown option '{loc}'")
-        else:
-            got = repr(e.get("input"))
-            got = got if len(got) <= 120 else got[:119] + "…"
-            parts.append(f"option '{loc}': {e['msg'].removeprefix('Value error, ')} (got {got})")
-    return f"{what}: " + "; ".join(parts)
-
-
-def validate_options(spec: "ComponentSpec", values: dict[str, Any]) -> BaseModel:
-    """Validate ``values`` against ``spec.options``; raise :class:`ConfigError` naming the option."""
-    try:
-        return spec.options.model_validate(values)
-    except ValidationError as err:
-        fields = ", ".join(spec.options.model_fields) or "(none)"
-        raise ConfigError(
-            format_validation_error(err, f"{spec.kind} '{spec.name}'")
-            + f". Its options are: {fields} (see `clotclf show-plugin {spec.name}`)."
-        ) from None
 
 
 #: a number in YAML 1.2 / JSON / Python notation; PyYAML (YAML 1.1) reads ``1e-5`` (no dot) as a string
@@ -104,17 +72,6 @@ def parse_component_ref(text: str, what: str = "--filter") -> tuple[str, dict[st
     return name.strip(), parse_key_values(items, what)
 
 
-def model_config_from(data: Any, where: str) -> "ModelConfig":
-    """``data`` (config.json's ``model`` section) as a :class:`ModelConfig`, or one
-    :class:`ConfigError` naming ``where`` and every problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the model section is {type(data).__name__}, not an object")
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, where)) from None
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping is a :class:`ConfigError`."""
     import yaml
@@ -133,142 +90,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-#: the component kinds a :class:`ModelConfig` names, each as ``<kind>`` and ``<kind>_options``
-#: (a new kind of model component is one entry here and two fields below)
-MODEL_KINDS: tuple[str, ...] = ("backbone", "head", "aggregator")
-#: what a model is: ``tile`` (backbone + head, one tile in, one prediction out) or ``mil`` (an
-#: aggregator pooling a bag of tiles into one slide prediction, on features of a frozen encoder
-#: recorded in ``encoder``, or end to end behind a trained backbone)
-ModelKind = Literal["tile", "mil"]
-#: a component reference: ``name`` or ``plugin/name``
-COMPONENT_REF = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/)?[a-z0-9][a-z0-9._-]{0,63}$"
-MAX_INPUT_SIZE = 2048
-MAX_LABELS = 64
-MAX_FEATURES = 65536
-
-
-def _check_normalisation(values: tuple[float, float, float], name: str) -> tuple[float, float, float]:
-    if not all(math.isfinite(v) and abs(v) <= 1e3 for v in values):
-        raise ValueError(f"{name} {values} must be finite numbers")
-    if name == "std" and not all(v > 0 for v in values):
-        raise ValueError(f"std {values} must be positive")
-    return values
-
-
-class EncoderRecord(BaseModel):
-    """The frozen encoder a feature store was made with (``features.json``'s ``encoder``), as a MIL
-    run records it: enough to rebuild it (``backbone``, ``options``) and to recognise it
-    (``weights_sha256``, normalisation, input size). Other fields of the record are kept as they are."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-    backbone: str = Field(..., pattern=COMPONENT_REF)
-    options: dict[str, Any] = Field(default_factory=dict)
-    weights_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
-    num_features: int = Field(..., ge=1, le=MAX_FEATURES)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: int = Field(..., ge=8, le=MAX_INPUT_SIZE)
-
-    @field_validator("mean", "std")
-    @classmethod
-    def _normalisation(cls, values: tuple[float, float, float], info: Any) -> tuple[float, float, float]:
-        return _check_normalisation(values, info.field_name)
-
-
-class ModelConfig(StrictModel):
-    """Everything needed to rebuild a saved model (``config.json``'s ``model``).
-
-    ``kind`` ``tile`` (the default, and every config written before MIL existed): a
-    :class:`clotclf_core.model.ClotClassifier`, ``backbone`` + ``head``. ``kind`` ``mil``: a
-    :class:`clotclf_core.milmodel.MILClassifier`, an ``aggregator`` on bags of tile features, with
-    either ``encoder`` (the frozen encoder of the feature store it was trained on: its weights are
-    not part of the model) or ``backbone`` (trained end to end with the aggregator); no head.
-
-    Bounded so that a config from elsewhere (a pulled model) is refused before anything is built:
-    component names follow the name rule, 2-64 distinct labels, input size 8-2048 px, a finite
-    normalisation with a positive std. Each component's options are checked by its own options
-    model (:func:`clotclf_core.model.resolve_components`), and the size of the model they describe
-    against the weights (:func:`clotclf_core.model.check_buildable`).
-    """
-
-    kind: ModelKind = "tile"
-    backbone: str | None = None
-    backbone_options: dict[str, Any] = Field(default_factory=dict)
-    head: str | None = "linear"
-    head_options: dict[str, Any] = Field(default_factory=dict)
-    aggregator: str | None = None
-    aggregator_options: dict[str, Any] = Field(default_factory=dict)
-    encoder: EncoderRecord | None = None
-    labels: list[str] = Field(default_factory=lambda: ["CE", "LAA"], min_length=2, max_length=MAX_LABELS)
-    input_size: int = Field(224, ge=8, le=MAX_INPUT_SIZE)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @model_validator(mode="before")
-    @classmethod
-    def _mil_has_no_head(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kind") == "mil" and "head" not in data:
-            data = {**data, "head": None}
-        return data
-
-    @field_validator(*MODEL_KINDS)
-    @classmethod
-    def _component(cls, name: str | None, info: Any) -> str | None:
-        if name is not None and not re.match(COMPONENT_REF, name):
-            raise ValueError(f"{info.field_name} {name!r} is not a component name (NAME or PLUGIN/NAME: lower-case "
-                             "letters, digits, '.', '_', '-')")
-        return name
-
-    @model_validator(mode="after")
-    def _parts_fit_the_kind(self) -> "ModelConfig":
-        if self.kind == "tile":
-            missing = [k for k in ("backbone", "head") if not getattr(self, k)]
-            if missing:
-                raise ValueError(f"a tile-level model needs a {' and a '.join(missing)}")
-            if self.aggregator or self.encoder:
-                raise ValueError("a tile-level model has no aggregator or encoder (kind 'mil' has)")
-        else:
-            if not self.aggregator:
-                raise ValueError("a MIL model (kind 'mil') needs an aggregator")
-            if self.head:
-                raise ValueError("a MIL model has no head: its aggregator classifies")
-            if (self.backbone is None) == (self.encoder is None):
-                raise ValueError("a MIL model has either an encoder (trained on a feature store) or a backbone "
-                                 "(trained end to end), not both or neither")
-        return self
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: list[str]) -> list[str]:
-        for label in labels:
-            if not label or len(label) > 64 or not label.isprintable():
-                raise ValueError(f"label {label!r} must be 1-64 printable characters")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"labels {labels} repeat a label")
-        return labels
-
-    @field_validator("mean", "std")
-    @classmethod
-    def _normalisation(cls, values: tuple[float, float, float], info: Any) -> tuple[float, float, float]:
-        return _check_normalisation(values, info.field_name)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    @property
-    def components(self) -> dict[str, str]:
-        """``{kind: name}`` of the components this model is built from (``backbone``, ``head``, ``aggregator``)."""
-        return {k: getattr(self, k) for k in MODEL_KINDS if getattr(self, k)}
-
-    def describe(self) -> str:
-        """``cct + linear``, ``abmil on timm features``, ``cct + abmil (end to end)``: one short phrase."""
-        if self.kind == "tile":
-            return f"{self.backbone} + {self.head}"
-        if self.encoder is not None:
-            return f"{self.aggregator} on {self.encoder.backbone} features"
-        return f"{self.backbone} + {self.aggregator} (end to end)"
-
-    def options_of(self, kind: str) -> dict[str, Any]:
-        return dict(getattr(self, f"{kind}_options") or {})

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ClotclfError
+from clotclf_core.plugin.errors import ClotclfError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tileset import TileSet
+    pass
 
 
 def why_unusable(path: str | os.PathLike) -> str | None:
@@ -51,26 +51,3 @@ def check_folder(path: str | os.PathLike, what: str, hint: str = "check the path
     return p
 
 
-def _run_dir_hint(p: Path) -> str:
-    import json
-
-    try:
-        recorded = json.loads((p / "config.json").read_text(encoding="utf-8")).get("tileset", {}).get("path")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    return f" (its config.json names '{recorded}')" if recorded else ""
-
-
-def open_tileset(path: str | os.PathLike, option: str = "--tiles") -> "TileSet":
-    """Open a TileSet, or say in one line what ``path`` is instead (missing, a loop, a run directory...)."""
-    from .tileset import TileSet, TileSetError
-
-    p = check_folder(path, f"{option}: TileSet folder", "make one with `clotclf tile SLIDES --out TILES`", TileSetError)
-    if not (p / "tileset.json").exists():
-        if (p / "config.json").is_file() or (p / "model.safetensors").is_file():
-            raise TileSetError(
-                f"{option} '{p}' is a run directory (from `clotclf train`), not a TileSet: pass the TileSet folder the "
-                f"model should score or train on{_run_dir_hint(p)}")
-        if (p / "tiles").is_dir() and (p / "tiles" / "tileset.json").is_file():
-            raise TileSetError(f"{option} '{p}' is not a TileSet, but '{p / 'tiles'}' is: pass that folder")
-    return TileSet(p)

@@ -1,9 +1,9 @@
-"""What a plugin must be, checked when it loads (used by :mod:`clotclf_core.plugins`).
+"""What a plugin must be, checked when it loads (used by :mod:`clotclf_core.plugin_manager`).
 
 - :func:`api_problem`: the contract versions a plugin declares (``CLOTCLF_PLUGIN_API``, a PEP 440
-  specifier) must contain :data:`clotclf_core.hookspecs.PLUGIN_API_VERSION`;
+  specifier) must contain :data:`clotclf_core.plugin.hookspecs.PLUGIN_API_VERSION`;
 - :func:`hook_problems`: every ``clotclf_*`` function of the module is a hook of
-  :mod:`clotclf_core.hookspecs` marked ``@hookimpl`` (a misspelt ``clotclf_backbone`` is named,
+  :mod:`clotclf_core.plugin.hookspecs` marked ``@hookimpl`` (a misspelt ``clotclf_backbone`` is named,
   with the closest hook);
 - :func:`check_spec` / :func:`check_options_model`: each spec a hook returns is a
   :class:`ComponentSpec` of its kind whose name follows the rule, whose options subclass
@@ -23,9 +23,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import ClotclfError, PluginError
-from .interfaces import NAME_RULE, NAME_RULE_TEXT, ComponentSpec, Options
+from clotclf_core.plugin import hookspecs
+from clotclf_core.plugin.errors import ClotclfError, PluginError
+from clotclf_core.plugin.spec import NAME_RULE, NAME_RULE_TEXT, ComponentSpec, Options
 
 HOOK_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith("clotclf_"))
 
@@ -68,7 +68,7 @@ def hook_problems(module: Any, pm: pluggy.PluginManager) -> list[str]:
             hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"{attr}() is not a clotclf hook{hint}; the hooks are in clotclf_core/hookspecs.py")
         elif pm.parse_hookimpl_opts(module, attr) is None:
-            problems.append(f"{attr}() is not marked @hookimpl (from clotclf_core.hookspecs import hookimpl)")
+            problems.append(f"{attr}() is not marked @hookimpl (from clotclf_core.plugin.hookspecs import hookimpl)")
     return problems
 
 
@@ -79,11 +79,11 @@ def check_options_model(options: Any, what: str, open_options: bool = False) -> 
     validate; raises :class:`SpecError` naming ``what`` otherwise."""
     from pydantic import TypeAdapter, ValidationError
 
-    from .config import format_validation_error
+    from clotclf_core.plugin.spec import format_validation_error
 
     if not (isinstance(options, type) and issubclass(options, Options)):
         shown = options.__name__ if isinstance(options, type) else repr(options)[:60]
-        raise SpecError(f"{what}: options is {shown}, not a subclass of clotclf_core.interfaces.Options")
+        raise SpecError(f"{what}: options is {shown}, not a subclass of clotclf_core.plugin.spec.Options")
     if options.model_config.get("extra") != "forbid" and not (open_options and options.model_config.get("extra") == "allow"):
         raise SpecError(f"{what}: options {options.__name__} allows unknown options (extra={options.model_config.get('extra')!r}); "
                         "keep Options' extra='forbid' so a misspelt option is an error (or declare extra={'open_options': True} on the spec "

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ModelConfig
-from .errors import ClotclfError, ConfigError
-from .interfaces import ComponentSpec
-from .plugins import get_manager
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.plugin.errors import ClotclfError, ConfigError
+from clotclf_core.plugin.spec import ComponentSpec
+from clotclf_core.plugin_manager import get_manager
 
 
 class SmokeSkip(Exception):
@@ -60,7 +60,7 @@ def _check_batch_size(batch_size: int, input_size: int) -> None:
 def smoke_one(backbone: str, head: str, input_size: int = 64, batch_size: int = 2, seed: int = 0) -> dict[str, Any]:
     import torch
 
-    from .model import build_model
+    from clotclf_core.models.build import build_model
 
     _check_batch_size(batch_size, input_size)
     torch.manual_seed(seed)
@@ -140,7 +140,7 @@ def _train_step(torch: Any, model: Any, x: Any, y: Any, what: str) -> float:
 def _round_trip(torch: Any, first: Any, second: Any, x: Any, what: str) -> None:
     from safetensors.torch import load, save
 
-    from .model import load_state_into
+    from clotclf_core.plugin.weights import load_state_into
 
     first.eval()
     state = {k: v.detach().cpu().clone().contiguous() for k, v in first.state_dict().items()}
@@ -268,7 +268,7 @@ def smoke_source(spec: ComponentSpec, input_size: int, batch_size: int, seed: in
 def smoke_aggregator(spec: ComponentSpec, input_size: int, batch_size: int, seed: int) -> list[str]:
     import torch
 
-    from .aggregate import run_aggregator
+    from clotclf_core.models.aggregate import run_aggregator
 
     opts = _defaults(spec)
     torch.manual_seed(seed)

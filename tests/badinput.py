@@ -36,8 +36,8 @@ def invoke(args: Sequence[str], env: dict[str, str] | None = None, input: str | 
     """Run ``clotclf ARGS`` in this process."""
     from click.testing import CliRunner
 
-    from clotclf_core.cli import cli
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.cli.main import cli
+    from clotclf_core.plugin_manager import reset_manager
 
     reset_manager()
     res = CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input, catch_exceptions=True)

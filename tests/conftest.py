@@ -23,7 +23,7 @@ def fake_dist(tmp_path, monkeypatch):
     module and a ``.dist-info`` with an entry point in ``clotclf.plugins``, so
     ``importlib.metadata`` discovers it exactly like a pip-installed plugin.
     """
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
 
     root = tmp_path / "site"
     root.mkdir()

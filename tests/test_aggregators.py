@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from clotclf_core.aggregate import build_aggregator, masked_mean, masked_softmax, require_attention, run_aggregator
-from clotclf_core.errors import ClotclfError, PluginError
-from clotclf_core.plugins import PluginManager
+from clotclf_core.models.aggregate import build_aggregator, require_attention, run_aggregator
+from clotclf_core.plugin import ClotclfError, PluginError
+from clotclf_core.plugin.masked import masked_mean, masked_softmax
+from clotclf_core.plugin_manager import PluginManager
 
 F, C = 12, 2
 
@@ -160,8 +161,8 @@ def test_listed_by_list_plugins():
 
 
 BROKEN = """
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, NoOptions
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, NoOptions
 
 def build(opts, in_features, num_classes):
     import torch
@@ -185,7 +186,7 @@ def clotclf_aggregators():
 
 def test_third_party_aggregator_contract_checked(fake_dist):
     fake_dist("fake-agg", "fake_agg", BROKEN, "fake_agg")
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
 
     reset_manager()
     mgr = PluginManager()
@@ -198,16 +199,16 @@ def test_third_party_aggregator_contract_checked(fake_dist):
 
 
 def test_new_kind_is_one_table_entry():
-    from clotclf_core import hookspecs
-    from clotclf_core.interfaces import KIND_HOOKS, KINDS
+    from clotclf_core.plugin import KINDS, hookspecs
+    from clotclf_core.plugin.spec import KIND_HOOKS
 
     assert KINDS == tuple(KIND_HOOKS) and KIND_HOOKS["aggregator"] == "clotclf_aggregators"
     assert all(hasattr(hookspecs, hook) and getattr(hookspecs, hook).__doc__ for hook in KIND_HOOKS.values())
 
 
 LEAKY = """
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, NoOptions
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, NoOptions
 
 def build(opts, in_features, num_classes):
     import torch
@@ -229,7 +230,7 @@ def clotclf_aggregators():
 
 
 def test_smoke_test_checks_aggregators(fake_dist):
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
     from clotclf_core.smoke import SMOKE_BY_KIND, SmokeFailure
 
     fake_dist("fake-leaky", "fake_leaky", LEAKY, "fake_leaky")

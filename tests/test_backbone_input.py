@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from clotclf_core.backbone_input import InputSpec, apply_to_model_config, input_spec
-from clotclf_core.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
-from clotclf_core.errors import PluginError
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.inputs import InputSpec, apply_to_model_config, input_spec
+from clotclf_core.plugin import IMAGENET_MEAN, PluginError
 
 
 def test_nothing_declared_is_imagenet():
@@ -45,8 +45,8 @@ def test_explicit_values_win_and_missing_ones_are_filled():
 
 
 DECLARING = """
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, NoOptions
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, NoOptions
 
 def build(opts):
     import torch
@@ -67,8 +67,9 @@ def clotclf_backbones():
 
 
 def test_third_party_backbone_declaration_is_used_and_recorded(fake_dist, tmp_path):
-    from clotclf_core.model import build_model, save_model
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.saved import save_model
+    from clotclf_core.plugin_manager import reset_manager
 
     fake_dist("fake-declaring", "fake_declaring", DECLARING)
     reset_manager()

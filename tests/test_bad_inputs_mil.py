@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from badinput import assert_clean_error, files_under, invoke, run, run_on_small_disk, temp_leftovers
 from tilesets import TINY_TIMM, make_tileset
 from timm_repos import point_client_at, start_hub
@@ -113,7 +112,7 @@ def test_embed_arguments(case, tiles, tmp_path):
         src = tmp_path / "nope"
         mentions = ["does not exist", "clotclf tile"]
     elif case == "tiles without any tile":
-        from clotclf_core.tileset import TileSetWriter
+        from clotclf_core.tiling.writer import TileSetWriter
 
         src = tmp_path / "empty"
         TileSetWriter(src, {}, 32).record_failure("a", "no_tissue", "empty mask")

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from badinput import assert_clean_error, files_under, invoke, run, run_on_small_disk  # noqa: E402
 from test_registry import NS, Registry, make_run  # noqa: E402
 
-from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
+from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_plugin_command_bad_inputs(args, code, mentions):
 
 
 def test_the_smoke_test_api_refuses_a_batch_of_zero_instead_of_blaming_every_model():
-    from clotclf_core.errors import ConfigError
+    from clotclf_core.plugin import ConfigError
     from clotclf_core.smoke import smoke_all, smoke_plugins
 
     for call in (lambda: smoke_all(batch_size=0), lambda: smoke_plugins(["heads"], batch_size=0)):
@@ -123,8 +123,8 @@ def test_a_broken_run_directory_is_one_line_for_evaluate(model, tmp_path, edit, 
 
 def test_smoke_test_names_a_component_that_fails_to_build_and_exits_1(fake_dist, tmp_path):
     root = fake_dist("fake-bad-head", "fake_bad_head", """
-        from clotclf_core.hookspecs import hookimpl
-        from clotclf_core.interfaces import ComponentSpec, NoOptions
+        from clotclf_core.plugin import hookimpl
+        from clotclf_core.plugin import ComponentSpec, NoOptions
         def build(opts, in_features, num_classes):
             raise KeyError("a head that cannot count")
         @hookimpl

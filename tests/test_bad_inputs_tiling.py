@@ -14,7 +14,7 @@ import pytest
 from badinput import assert_clean_error, files_under, invoke, run, run_on_small_disk, temp_leftovers
 from test_tiling import DARK, SMALL_ARGS, write_slide
 
-from clotclf_core.errors import EXIT_INTERRUPTED, EXIT_PARTIAL
+from clotclf_core.plugin.errors import EXIT_INTERRUPTED, EXIT_PARTIAL
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_one_bad_slide_among_good_ones_is_a_partial_failure(tmp_path, slides, qu
     assert str(tmp_path / "ts") in line
     if quiet == ["--json"]:
         assert json.loads(out.stdout)["failures"][0]["image_id"] == "broken"
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.tiling.tileset import TileSet
 
     assert set(TileSet(tmp_path / "ts").index["image_id"]) == {"s1", "s2"}
 
@@ -174,7 +174,7 @@ def test_an_empty_or_binary_tile_index_is_one_line_when_read_and_repaired_by_a_r
     assert not (tmp_path / "run").exists()
     again = tile(slides, "--out", root, *SMALL_ARGS, "--json")  # a rerun over it repairs the TileSet
     assert again.exit_code == 0, again.stderr
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.tiling.tileset import TileSet
 
     assert set(TileSet(root).index["image_id"]) == {"s1", "s2"}
 
@@ -258,7 +258,7 @@ def test_an_implausible_mpp_is_ignored_with_a_note(tmp_path):
     assert out.exit_code == 0, out.stderr
     summary = json.loads(out.stdout)
     assert any("1000 microns per pixel, outside the plausible 0.05-50: ignored" in n for n in summary["notes"])
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.tiling.tileset import TileSet
 
     assert TileSet(tmp_path / "ts").slides["vips"]["mpp"] is None
 

@@ -19,10 +19,11 @@ from torch import nn
 from clotclf_cct import VARIANTS, CCTOptions, build
 from clotclf_cct.model import DropPath, drop_path_rates
 from clotclf_cct.options import token_grid
-from clotclf_core.config import ModelConfig
-from clotclf_core.errors import ConfigError
-from clotclf_core.model import build_model, load_model, save_model
-from clotclf_core.plugins import get_component
+from clotclf_core.models.build import build_model
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.saved import load_model, save_model
+from clotclf_core.plugin import ConfigError
+from clotclf_core.plugin_manager import get_component
 
 
 def _cct(**opts):

@@ -9,8 +9,8 @@ import sys
 from click.testing import CliRunner
 
 from clotclf_core import __version__
-from clotclf_core.cli import cli
-from clotclf_core.plugins import reset_manager
+from clotclf_core.cli.main import cli
+from clotclf_core.plugin_manager import reset_manager
 
 
 def run(*args, **kw):
@@ -64,7 +64,7 @@ def test_broken_plugin_listed_and_cli_keeps_working(fake_dist):
 def test_cli_start_imports_no_torch():
     code = (
         "import sys\n"
-        "from clotclf_core.cli import cli\n"
+        "from clotclf_core.cli.main import cli\n"
         "for args in (['--help'], ['list-plugins']):\n"
         "    try:\n"
         "        cli.main(args, standalone_mode=False)\n"
@@ -89,13 +89,13 @@ def test_plugin_whose_add_commands_raises_does_not_break_the_cli(fake_dist):
         "fake-cmd-broken",
         "fake_cmd_broken",
         """
-        from clotclf_core.hookspecs import hookimpl
+        from clotclf_core.plugin import hookimpl
         @hookimpl
         def clotclf_add_commands(cli):
             raise RuntimeError('cannot add my command')
         """,
     )
-    import clotclf_core.cli as cli_mod
+    import clotclf_core.cli.main as cli_mod
 
     reset_manager()
     group = cli_mod.ClotclfGroup(name="clotclf", commands=dict(cli.commands), params=list(cli.params), callback=cli.callback)

@@ -1,4 +1,4 @@
-"""clotclf_core.data: tiles from the TileSet's pixel cache, seeded augmentation, samplers, loaders.
+"""clotclf_core.tiling.dataset: tiles from the TileSet's pixel cache, seeded augmentation, samplers, loaders.
 
 ``make_tileset`` (tiny synthetic TileSets) is shared with the other training tests."""
 
@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from clotclf_core.data import (
+from clotclf_core.models.inputs import normalize
+from clotclf_core.tiling.dataset import (
     EpochSampler,
     ShardSampler,
     TileDataset,
     build_transform,
     cap_tiles_per_slide,
     make_loader,
-    normalize,
     rows_of_patients,
 )
-from clotclf_core.tileset import TileSet, TileSetWriter
-from clotclf_core.train import AugmentSettings
+from clotclf_core.tiling.tileset import TileSet
+from clotclf_core.tiling.writer import TileSetWriter
+from clotclf_core.training.settings import AugmentSettings
 
 
 def make_tileset(root, n_patients=8, slides_per_patient=1, tiles_per_slide=6, size=32, seed=0,
@@ -79,7 +80,7 @@ def test_augmentation_is_seeded_per_sample(tiles):
 def test_normalize_matches_albumentations_imagenet_normalisation():
     import albumentations as A
 
-    from clotclf_core.config import IMAGENET_MEAN, IMAGENET_STD
+    from clotclf_core.plugin import IMAGENET_MEAN, IMAGENET_STD
 
     img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     ref = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0, p=1.0)(image=img)["image"]

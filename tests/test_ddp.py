@@ -12,8 +12,10 @@ import pandas as pd
 from test_data import make_tileset
 from test_train import TINY_CCT, settings
 
-from clotclf_core.model import load_model, load_state
-from clotclf_core.train import read_checkpoint, train
+from clotclf_core.models.saved import load_model
+from clotclf_core.plugin import load_state
+from clotclf_core.training.checkpoints import read_checkpoint
+from clotclf_core.training.run import train
 
 
 def _optimizer_steps(run) -> int:

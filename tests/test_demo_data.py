@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from clotclf_core import demo_data
-from clotclf_core.cli import cli
-from clotclf_core.demo_data import DEMO_TILING, MANIFEST_COLUMNS, plan_cohort, render_slide, write_demo_cohort
-from clotclf_core.errors import ClotclfError
-from clotclf_core.sources import find_slide, open_slide
+from clotclf_core.cli.main import cli
+from clotclf_core.demo import cohort as demo_data
+from clotclf_core.demo.cohort import DEMO_TILING, MANIFEST_COLUMNS, plan_cohort, render_slide, write_demo_cohort
+from clotclf_core.plugin import ClotclfError
+from clotclf_core.slides.open import find_slide, open_slide
 
 N_PATIENTS = 4  # the smallest cohort: 2 patients per class, 6 slides, every file layout
 
@@ -154,7 +154,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_demo_tiling_is_valid_tile_settings():
-    from clotclf_core.tiling import TileSettings
+    from clotclf_core.tiling.settings import TileSettings
 
     settings = TileSettings(**DEMO_TILING)
     assert settings.downsample == 2.0 and settings.tile_size == 224 and settings.stride == 112

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clotclf_core import demo_sparse
-from clotclf_core.demo_data import _clear_output, plan_cohort, render_slide, write_demo_cohort
+from clotclf_core.demo import sparse as demo_sparse
+from clotclf_core.demo.cohort import _clear_output, plan_cohort, render_slide, write_demo_cohort
 
 
 def test_bulk_of_the_tissue_is_independent_of_the_label():
@@ -57,7 +57,7 @@ def test_sparse_cohort_files(tmp_path):
 
 
 def test_unknown_signal(tmp_path):
-    from clotclf_core.errors import ClotclfError
+    from clotclf_core.plugin import ClotclfError
 
     with pytest.raises(ClotclfError, match="unknown --signal 'dense'"):
         write_demo_cohort(tmp_path / "d", n_patients=4, signal="dense")

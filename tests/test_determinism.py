@@ -22,7 +22,7 @@ import yaml
 from test_data import make_tileset
 from test_train import TINY_CCT
 
-from clotclf_core.model import load_state
+from clotclf_core.plugin import load_state
 from clotclf_core.training.checkpoints import checkpoint_state, state_digest
 
 MODEL = {**TINY_CCT, "dropout": 0.2}  # plus the CCT's own attention dropout 0.1 and drop-path 0.1
@@ -94,7 +94,7 @@ def test_same_result_with_0_1_2_workers_and_after_sigkill_in_epoch_2(tiles, tmp_
 
 
 def test_each_rank_gets_its_own_dropout_seed():
-    from clotclf_core.training import seeds
+    from clotclf_core import seeds
 
     draws = []
     for rank in (0, 1):
@@ -109,8 +109,8 @@ def test_making_a_loader_iterator_leaves_the_global_rng_alone(tiles):
     """The cause of the old drift: DataLoader.__iter__ drew its base seed from the global RNG."""
     import numpy as np
 
-    from clotclf_core.data import EpochSampler, TileDataset, make_loader
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.tiling.dataset import EpochSampler, TileDataset, make_loader
+    from clotclf_core.tiling.tileset import TileSet
 
     ts = TileSet(tiles)
     ds = TileDataset(ts, np.arange(16), ["CE", "LAA"])

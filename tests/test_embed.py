@@ -8,12 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from clotclf_core.embed import embed_tileset
-from clotclf_core.errors import ClotclfError, Interrupted
-from clotclf_core.featurestore import (FeatureStore, FeatureStoreError, check_encoder, check_matches_tileset,
-                                       tileset_mismatches)
 from tilesets import TINY_TIMM, make_tileset
+
+from clotclf_core.features.embed import embed_tileset
+from clotclf_core.features.store import (
+    FeatureStore,
+    FeatureStoreError,
+    check_encoder,
+    check_matches_tileset,
+    tileset_mismatches,
+)
+from clotclf_core.plugin.errors import Interrupted
 
 
 @pytest.fixture
@@ -34,7 +39,7 @@ def _bytes(store_dir):
 def test_store_holds_what_the_encoder_computes(tiles, tmp_path):
     import timm
 
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.tiling.tileset import TileSet
 
     summary = _embed(tiles, tmp_path / "f", batch_size=4)
     assert summary["embedded"] == 4 and summary["tiles"] == 27 and summary["no_tiles"] == {"s9": "the tissue mask is empty"}
@@ -71,7 +76,7 @@ def test_store_holds_what_the_encoder_computes(tiles, tmp_path):
 
 
 def test_interrupted_then_resumed_gives_the_same_bytes(tiles, tmp_path, monkeypatch):
-    from clotclf_core.encoder import Encoder
+    from clotclf_core.features.encoder import Encoder
 
     _embed(tiles, tmp_path / "whole", batch_size=4)
     real = Encoder.forward_tensor
@@ -96,7 +101,8 @@ def test_interrupted_then_resumed_gives_the_same_bytes(tiles, tmp_path, monkeypa
 
 
 def test_follows_a_changed_tileset(tiles, tmp_path):
-    from clotclf_core.tileset import TileSet, TileSetWriter
+    from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.tiling.writer import TileSetWriter
 
     out = tmp_path / "f"
     _embed(tiles, out)
@@ -142,8 +148,8 @@ def test_broken_slide_file_is_refused_then_embedded_again(tiles, tmp_path):
 
 
 def test_identity_checks(tiles, tmp_path):
-    from clotclf_core.encoder import build_encoder
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.features.encoder import build_encoder
+    from clotclf_core.tiling.tileset import TileSet
 
     _embed(tiles, tmp_path / "f")
     store = FeatureStore(tmp_path / "f")

@@ -6,7 +6,7 @@ import errno
 
 from badinput import assert_clean_error, run_on_small_disk
 
-from clotclf_core.errors import EXIT_INTERRUPTED, os_error_message
+from clotclf_core.plugin.errors import EXIT_INTERRUPTED, os_error_message
 
 
 def test_os_error_message_names_path_and_fix(tmp_path):
@@ -27,12 +27,12 @@ def test_read_only_output_folder_is_one_line(tmp_path):
 def test_ctrl_c_exit_code(monkeypatch):
     from click.testing import CliRunner
 
-    from clotclf_core import cli as cli_mod
+    from clotclf_core.cli import main as cli_mod
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("clotclf_core.cli_plugins._plugin_rows", boom)
+    monkeypatch.setattr("clotclf_core.cli.plugins._plugin_rows", boom)
     res = CliRunner().invoke(cli_mod.cli, ["list-plugins"])
     assert res.exit_code == EXIT_INTERRUPTED
     assert res.stderr.startswith("Error: interrupted")

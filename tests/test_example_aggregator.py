@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from example_site import env_with, install_example
 
 
@@ -35,7 +34,7 @@ def test_listed_through_entry_point(site):
 def test_follows_the_contract_and_trains(site):
     code = """
 import torch
-from clotclf_core.aggregate import build_aggregator, run_aggregator
+from clotclf_core.models.aggregate import build_aggregator, run_aggregator
 torch.manual_seed(0)
 agg = build_aggregator("topk", {"k": 3, "hidden": 8}, 6, 2)
 assert agg.clotclf_record["distribution"] == "clotclf-example-aggregator"

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from example_site import env_with, install_example
 
 
@@ -35,8 +34,9 @@ def test_listed_through_entry_point(site):
 def test_builds_trains_saves_and_reloads(site, tmp_path):
     code = f"""
 import torch
-from clotclf_core.config import ModelConfig
-from clotclf_core.model import build_model, save_model, load_model
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.build import build_model
+from clotclf_core.models.saved import load_model, save_model
 torch.manual_seed(0)
 m = build_model(ModelConfig(backbone="resnet", head="linear", input_size=32))
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)

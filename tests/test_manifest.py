@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clotclf_core.errors import ClotclfError
-from clotclf_core.manifest import ManifestError, manifest_from_files, read_manifest
+from clotclf_core.plugin import ClotclfError
+from clotclf_core.slides.manifest import ManifestError, manifest_from_files, read_manifest
 
 TRAIN_CSV = """image_id,center_id,patient_id,image_num,label
 006388_0,11,006388,0,CE

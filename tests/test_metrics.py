@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from clotclf_core.errors import ClotclfError
-from clotclf_core.metrics import (
+from clotclf_core.plugin import ClotclfError
+from clotclf_core.scoring.metrics import (
     MetricsError,
     aggregate,
     classification_metrics,

@@ -9,19 +9,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from clotclf_core.predict import predict
-from clotclf_core.training import resolve_settings, train
 from test_predict import SETTINGS, make_run, manifest, slides, write_slide  # noqa: F401  (fixtures)
 from tilesets import TINY_ABMIL, TINY_TIMM
+
+from clotclf_core.predict.run import predict
+from clotclf_core.training.run import train
+from clotclf_core.training.settings import resolve_settings
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An abmil run on features of the tiny timm encoder, trained on 6 synthetic slides tiled with
     the predict tests' recipe (so the recipe it records is the one predict repeats)."""
-    from clotclf_core.embed import embed_tileset
-    from clotclf_core.tiling import tile_slides
+    from clotclf_core.features.embed import embed_tileset
+    from clotclf_core.tiling.run import tile_slides
 
     d = tmp_path_factory.mktemp("milpredict")
     (d / "slides").mkdir()
@@ -65,9 +66,10 @@ def test_mil_run_predicts_from_slides_and_mixes_with_a_tile_level_run(tmp_path, 
     tile = _slides(out)
     assert np.allclose(ens["p_LAA"], 0.5 * mil["p_LAA"] + 0.5 * tile["p_LAA"], atol=2e-6)  # slide-level weighted mean
     # the MIL slide probability is the aggregator on every tile of the slide, from the encoder's features
-    from clotclf_core.featurestore import FeatureStore
-    from clotclf_core.model import load_model
     import torch
+
+    from clotclf_core.features.store import FeatureStore
+    from clotclf_core.models.saved import load_model
 
     store = FeatureStore(next((out / "features").iterdir()))
     model = load_model(trained["abmil"])
@@ -89,7 +91,7 @@ def test_a_slide_without_tissue_gives_its_patient_equal_probabilities(tmp_path, 
 
 
 def test_evaluate_a_mil_run_on_features_or_on_tiles(tmp_path, trained):
-    from clotclf_core.evaluate import evaluate_run
+    from clotclf_core.scoring.evaluate import evaluate_run
 
     on_features = evaluate_run(str(trained["abmil"]), features=str(trained["features"]), out=str(tmp_path / "f"),
                                patients="all", workers=0, progress=False)

@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from clotclf_core.errors import Interrupted
-from clotclf_core.model import load_model, load_state
-from clotclf_core.training import resolve_settings, train
-from clotclf_core.training.checkpoints import state_digest
 from tilesets import TINY_ABMIL, TINY_TIMM, make_feature_store, make_mil_tileset
+
+from clotclf_core.models.saved import load_model
+from clotclf_core.plugin import load_state
+from clotclf_core.plugin.errors import Interrupted
+from clotclf_core.training.checkpoints import state_digest
+from clotclf_core.training.run import train
+from clotclf_core.training.settings import resolve_settings
 
 TINY_CCT = {"variant": "cct_2_3x2_32", "img_size": 32, "num_layers": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -72,8 +74,8 @@ def test_a_run_on_features_records_the_aggregator_encoder_and_recipe(features, t
     assert summary["folds"][0]["headline"]["n_patients"] == 2
     assert "multiple-instance" in (out / "README.md").read_text()
     # the saved model reproduces the validation predictions from the stored features
-    from clotclf_core.aggregate import run_aggregator
-    from clotclf_core.featurestore import FeatureStore
+    from clotclf_core.features.store import FeatureStore
+    from clotclf_core.models.aggregate import run_aggregator
 
     loaded, fs = load_model(out), FeatureStore(features)
     preds = pd.read_csv(out / "predictions_val.csv", dtype={"image_id": str})
@@ -130,7 +132,7 @@ def test_end_to_end_bags_are_the_same_whatever_the_worker_count(tiles, tmp_path)
 
 
 def test_training_bags_are_drawn_per_epoch_without_repeats_and_padded():
-    from clotclf_core.bags import FeatureBags, FeatureBagLoader, Slides, bag_rows
+    from clotclf_core.features.bags import FeatureBagLoader, FeatureBags, Slides, bag_rows
 
     assert list(bag_rows(3, 8, seed=1)) == [0, 1, 2]  # fewer tiles than the bag: all of them, no repeats
     picked = bag_rows(50, 8, seed=1)
@@ -164,7 +166,7 @@ def test_training_bags_are_drawn_per_epoch_without_repeats_and_padded():
 
 
 def test_weighted_log_loss_is_the_competition_metric_on_the_batch():
-    from clotclf_core import metrics
+    from clotclf_core.scoring import metrics
     from clotclf_core.training.losses import weighted_log_loss
 
     logits = torch.randn(9, 2, requires_grad=True)
@@ -188,7 +190,7 @@ def test_tile_level_training_uses_the_input_size_the_backbone_declares(tiles, tm
     assert any("input size 48 px, declared by the backbone 'timm'" in n for n in run.notes)
     given = prepare_run(s.model_copy(update={"input_size": 48}), tmp_path / "r", resume=False)
     assert given.input_size == 48 and given.records["data"]["input_size_from"] == "--input-size"
-    from clotclf_core.errors import ClotclfError
+    from clotclf_core.plugin import ClotclfError
 
     with pytest.raises(ClotclfError, match="cannot take 40x40 inputs"):  # what the user asks for is checked, not overridden
         prepare_run(s.model_copy(update={"input_size": 40}), tmp_path / "r", resume=False)
@@ -198,8 +200,8 @@ def test_tile_level_training_uses_the_input_size_the_backbone_declares(tiles, tm
 
 
 def test_registry_round_trip_of_a_mil_run(features, tmp_path):
-    from clotclf_core.errors import ModelLoadError
-    from clotclf_core.model import check_buildable
+    from clotclf_core.models.saved import check_buildable
+    from clotclf_core.plugin import ModelLoadError
     from clotclf_registry import api
     from clotclf_registry.settings import load_settings
 

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clotclf_core.cli import cli
-from clotclf_core.errors import ClotclfError, ConfigError, ModelLoadError
-from clotclf_core.plugins import get_manager
+from clotclf_core.cli.main import cli
+from clotclf_core.plugin import ClotclfError, ConfigError, ModelLoadError
+from clotclf_core.plugin_manager import get_manager
 
 REAL_SLIDE = Path(__file__).parent / "data" / "cmu_small_region.svs"
 SMALL = dict(input_size=32, epochs=2, batch_size=16, device="cpu")
@@ -108,7 +108,7 @@ def test_registered_as_filter_and_command():
 def test_train_filter_writes_a_complete_run(synthetic_run, synthetic_data):
     from safetensors import safe_open
 
-    from clotclf_core.model import sha256_file
+    from clotclf_core.plugin import sha256_file
 
     names = {p.name for p in synthetic_run.iterdir()}
     assert {"model.safetensors", "config.json", "metrics.json", "history.csv", "README.md", "split.csv"} <= names
@@ -192,13 +192,13 @@ def test_filter_batching_resizing_and_empty_input(synthetic_run):
 
 
 def test_filter_resolves_registry_names(synthetic_run, fake_dist):
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
 
     fake_dist(
         "fake-registry",
         "fake_bg_registry",
         f"""
-        from clotclf_core.hookspecs import hookimpl
+        from clotclf_core.plugin import hookimpl
 
         @hookimpl
         def clotclf_resolve_model(name):
@@ -213,7 +213,7 @@ def test_filter_resolves_registry_names(synthetic_run, fake_dist):
 
 def test_filter_pulls_weights_from_a_local_registry(synthetic_run, tmp_path, monkeypatch):
     """push the filter run to a file:// registry, then weights=NAME pulls, verifies and loads it."""
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
 
     monkeypatch.setenv("CLOTCLF_REGISTRY", (tmp_path / "registry").as_uri())
     monkeypatch.setenv("CLOTCLF_CACHE_DIR", str(tmp_path / "cache"))
@@ -287,8 +287,9 @@ def test_filter_refuses_bad_weights(synthetic_run, tmp_path):
 def test_filter_refuses_a_clot_classifier_run(tmp_path):
     from torch import nn
 
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.model import ClotClassifier, save_model
+    from clotclf_core.models.build import ClotClassifier
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.saved import save_model
 
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))  # any module: only the run's config matters
     save_model(ClotClassifier(backbone, nn.Linear(4, 2), ModelConfig(backbone="poolformer")), tmp_path / "clot")
@@ -384,7 +385,7 @@ def test_cli_train_filter(synthetic_data, synthetic_run, tmp_path):
 
 
 def test_patch_candidates_respect_the_mask():
-    from clotclf_core.patchset import candidates
+    from clotclf_core.tiling.patchset import candidates
 
     mask = np.zeros((100, 80), bool)
     mask[20:60, 10:50] = True  # slide 800 x 1000 px: 10 level-0 px per mask px
@@ -399,7 +400,7 @@ def test_patch_candidates_respect_the_mask():
 
 
 def test_export_patches_bad_inputs(tmp_path):
-    from clotclf_core.patchset import export_patches
+    from clotclf_core.tiling.patchset import export_patches
 
     with pytest.raises(ClotclfError, match="does not exist"):
         export_patches(tmp_path / "none", tmp_path / "out", progress=False)
@@ -445,7 +446,7 @@ def test_export_patches_from_the_real_slide(tmp_path):
 
 def test_real_slide_end_to_end(tmp_path):
     """export-patches -> train on the top half of the real slide -> filter the unseen bottom half -> tiling."""
-    from clotclf_core.patchset import export_patches
+    from clotclf_core.tiling.patchset import export_patches
     from clotclf_mobilenet_bg._train import make_settings, train_filter
 
     export_patches(REAL_SLIDE, tmp_path / "all", per_slide=150, size=64, tile_size=64, downsample=2, progress=False)
@@ -475,8 +476,9 @@ def test_real_slide_end_to_end(tmp_path):
     assert auc >= 0.95 and bal >= 0.85
 
     # the trained filter as the second filter of `clotclf tile`
-    from clotclf_core.tileset import TileSet
-    from clotclf_core.tiling import TileSettings, tile_slides
+    from clotclf_core.tiling.run import tile_slides
+    from clotclf_core.tiling.settings import TileSettings
+    from clotclf_core.tiling.tileset import TileSet
 
     slides = tmp_path / "slides"
     slides.mkdir()
@@ -493,7 +495,7 @@ def test_real_slide_end_to_end(tmp_path):
 
 def test_export_patches_from_the_demo_cohort(tmp_path):
     """A manifest selects the slides; every TIFF layout of the demo cohort is read; the set is balanced."""
-    from clotclf_core.demo_data import DEMO_TILING, write_demo_cohort
+    from clotclf_core.demo.cohort import DEMO_TILING, write_demo_cohort
 
     manifest = write_demo_cohort(tmp_path / "demo", seed=0, n_patients=4)
     result = CliRunner().invoke(cli, ["export-patches", str(tmp_path / "demo" / "slides"), "--manifest", str(manifest),
@@ -512,7 +514,7 @@ def test_export_patches_from_the_demo_cohort(tmp_path):
 
 
 def test_core_load_model_refuses_a_filter_run(synthetic_run):
-    from clotclf_core.model import load_model
+    from clotclf_core.models.saved import load_model
 
     with pytest.raises(ModelLoadError, match="not a clot classifier.*--filter mobilenetv3:weights="):
         load_model(synthetic_run)

@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from clotclf_core.config import ModelConfig
-from clotclf_core.errors import ConfigError, ModelLoadError, PluginError
-from clotclf_core.model import build_model, load_model, read_config, save_model
+from clotclf_core.models.build import build_model
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.runs import read_config
+from clotclf_core.models.saved import load_model, save_model
+from clotclf_core.plugin import ConfigError, ModelLoadError, PluginError
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,7 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from clotclf_core.io import write_text
+    from clotclf_core.plugin import write_text
 
     old = os.umask(0o022)
     try:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from huggingface_hub import ModelCard
 
-from clotclf_core.metrics import evaluate, summarise_folds
-from clotclf_core.modelcard import ModelCardError, card_results, read_model_card, write_model_card
+from clotclf_core.models.card import ModelCardError, card_results, read_model_card, write_model_card
+from clotclf_core.scoring.metrics import evaluate, summarise_folds
 
 LABELS = ["CE", "LAA"]
 

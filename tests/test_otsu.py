@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clotclf_core.errors import ConfigError
-from clotclf_core.plugins import get_manager
+from clotclf_core.plugin import ConfigError
+from clotclf_core.plugin_manager import get_manager
 
 REAL_SLIDE = Path(__file__).parent / "data" / "cmu_small_region.svs"
 

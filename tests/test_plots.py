@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clotclf_core.plots import (
+from clotclf_core.scoring.plots import (
     DPI,
     SIZES,
     PlotError,

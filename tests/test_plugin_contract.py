@@ -12,15 +12,14 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from clotclf_core.cli import cli
-from clotclf_core.errors import PluginError
-from clotclf_core.hookspecs import PLUGIN_API_VERSION
-from clotclf_core.plugins import PluginManager, reset_manager
+from clotclf_core.cli.main import cli
+from clotclf_core.plugin import PLUGIN_API_VERSION, PluginError
+from clotclf_core.plugin_manager import PluginManager, reset_manager
 
 SPEC = """
 from pydantic import BaseModel, Field
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, Options
 
 class O(Options):
     width: int = 8
@@ -51,7 +50,7 @@ def status_of(name: str) -> str:
 @pytest.mark.parametrize(
     ("options", "extra", "name", "reason"),
     [
-        ("dict", "", "tb", "options is dict, not a subclass of clotclf_core.interfaces.Options"),
+        ("dict", "", "tb", "options is dict, not a subclass of clotclf_core.plugin.spec.Options"),
         ("None", "", "tb", "options is None, not a subclass"),
         ("P", "class P(BaseModel):\n    width: int = 8", "tb", "options is P, not a subclass"),
         ("Q", "class Q(Options):\n    width: int = Field(0, ge=1)", "tb", "the defaults of Q do not validate: option 'width'"),
@@ -86,7 +85,7 @@ def test_required_options_are_allowed_but_the_other_defaults_must_validate(fake_
     ],
 )
 def test_unknown_or_misspelt_hooks_are_errors_not_silence(fake_dist, source, reason):
-    fake_dist("fake-hooks", "fake_hooks", "from clotclf_core.hookspecs import hookimpl\n" + source)
+    fake_dist("fake-hooks", "fake_hooks", "from clotclf_core.plugin import hookimpl\n" + source)
     status = status_of("fake_hooks")
     assert status.startswith("error:") and reason in status, status
 
@@ -132,8 +131,8 @@ def test_import_time_is_measured_and_heavy_imports_are_flagged(fake_dist, tmp_pa
 
 def test_a_component_that_raises_while_built_is_named_with_its_distribution(fake_dist, tmp_path):
     fake_dist("fake-boom", "fake_boom", """
-        from clotclf_core.hookspecs import hookimpl
-        from clotclf_core.interfaces import ComponentSpec, NoOptions
+        from clotclf_core.plugin import hookimpl
+        from clotclf_core.plugin import ComponentSpec, NoOptions
         def build(opts):
             raise ZeroDivisionError("filter maths went wrong")
         @hookimpl
@@ -162,8 +161,10 @@ def test_a_component_that_raises_while_built_is_named_with_its_distribution(fake
 def test_a_plugin_reusing_a_built_in_name_never_changes_the_default(fake_dist, tmp_path):
     import torch
 
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.model import build_model, load_model, read_config, save_model
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.runs import read_config
+    from clotclf_core.models.saved import load_model, save_model
 
     reset_manager()
     torch.manual_seed(0)

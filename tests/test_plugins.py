@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from clotclf_core.errors import ConfigError, PluginError
-from clotclf_core.plugins import PluginManager, reset_manager
+from clotclf_core.plugin import ConfigError, PluginError
+from clotclf_core.plugin_manager import PluginManager, reset_manager
 
 GOOD_BACKBONE = """
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, Options
 
 class O(Options):
     width: int = 8
@@ -41,7 +41,7 @@ def test_spec_modules_do_not_import_torch(tmp_path):
 
     code = (
         "import sys\n"
-        "from clotclf_core.plugins import PluginManager\n"
+        "from clotclf_core.plugin_manager import PluginManager\n"
         "m = PluginManager()\n"
         "assert m.components('backbone'), 'no backbones found'\n"
         "heavy = [x for x in ('torch', 'timm', 'openslide', 'albumentations') if x in sys.modules]\n"
@@ -64,7 +64,7 @@ def test_broken_plugin_hook_is_isolated(fake_dist):
         "fake-hookfail",
         "fake_hookfail",
         """
-        from clotclf_core.hookspecs import hookimpl
+        from clotclf_core.plugin import hookimpl
         @hookimpl
         def clotclf_backbones():
             raise ValueError('hook exploded')
@@ -81,7 +81,7 @@ def test_plugin_returning_garbage_is_an_error(fake_dist):
         "fake-garbage",
         "fake_garbage",
         """
-        from clotclf_core.hookspecs import hookimpl
+        from clotclf_core.plugin import hookimpl
         @hookimpl
         def clotclf_heads():
             return ["not a spec"]

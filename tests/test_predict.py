@@ -12,12 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from clotclf_core.cli import cli
-from clotclf_core.config import ModelConfig
-from clotclf_core.errors import ClotclfError
-from clotclf_core.model import build_model, save_model
-from clotclf_core.predict import predict
-from clotclf_core.tiling import TileSettings
+from clotclf_core.cli.main import cli
+from clotclf_core.models.build import build_model
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.saved import save_model
+from clotclf_core.plugin import ClotclfError
+from clotclf_core.predict.run import predict
+from clotclf_core.tiling.settings import TileSettings
 
 SETTINGS = TileSettings(downsample=2, tile_size=100, train_size=32, thumbnail_size=256, batch_size=8)
 

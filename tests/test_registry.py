@@ -21,8 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 from hub_server import HubServer, Token  # noqa: E402
 
-from clotclf_core.errors import ClotclfError, ModelLoadError  # noqa: E402
-from clotclf_core.model import CONFIG_NAME, WEIGHTS_NAME, sha256_file  # noqa: E402
+from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME, ClotclfError, ModelLoadError, sha256_file  # noqa: E402  # noqa: E402
 from clotclf_registry import api  # noqa: E402
 from clotclf_registry.backend import open_backend  # noqa: E402
 from clotclf_registry.errors import IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError  # noqa: E402
@@ -42,9 +41,10 @@ def make_run(path: Path, seed: int, metrics: dict[str, Any] | None = None) -> Pa
     metrics.json, as `clotclf train` would leave it (minus the card, which push generates)."""
     import torch
 
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.errors import PluginError
-    from clotclf_core.model import build_model, save_model
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.saved import save_model
+    from clotclf_core.plugin import PluginError
 
     torch.manual_seed(seed)
     try:
@@ -62,7 +62,7 @@ def make_run(path: Path, seed: int, metrics: dict[str, Any] | None = None) -> Pa
 def outputs(run_dir: Path) -> Any:
     import torch
 
-    from clotclf_core.model import load_model
+    from clotclf_core.models.saved import load_model
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
@@ -397,7 +397,7 @@ def test_a_run_with_its_own_card_keeps_its_text_and_gains_registry_metadata(reg,
     (run / "README.md").write_text("---\nlicense: mit\ntags: [mine]\n---\n\n# My model\n\nHand-written notes.\n")
     reg.push(run, repo="carded")
     card = (Path(reg.pull("carded").path) / "README.md").read_text()
-    from clotclf_core.modelcard import read_model_card
+    from clotclf_core.models.card import read_model_card
 
     meta, body = read_model_card(card)
     assert body == "# My model\n\nHand-written notes.\n"
@@ -410,7 +410,8 @@ def test_a_run_with_its_own_card_keeps_its_text_and_gains_registry_metadata(reg,
 def test_model_names_resolve_anywhere_a_run_directory_is_accepted(reg, runs, monkeypatch):
     import torch
 
-    from clotclf_core.model import load_model, resolve_run_dir
+    from clotclf_core.models.runs import resolve_run_dir
+    from clotclf_core.models.saved import load_model
 
     pushed = reg.push(runs["a"], tag="v1")
     monkeypatch.setenv("CLOTCLF_REGISTRY", reg.settings.registry)
@@ -423,7 +424,7 @@ def test_model_names_resolve_anywhere_a_run_directory_is_accepted(reg, runs, mon
         path = resolve_run_dir(name)
         assert torch.equal(outputs(path), outputs(runs["a"]))
     assert load_model(resolve_run_dir("tiny")).labels == ["CE", "LAA"]
-    import clotclf_core.predict as predict
+    import clotclf_core.predict.run as predict
 
     by_name, by_path = predict.load_models([f"{NS}/tiny@v1", str(runs["a"])])  # what `clotclf predict --model` does
     assert sha256_file(by_name.run_dir / WEIGHTS_NAME) == sha256_file(runs["a"] / WEIGHTS_NAME)

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 from test_registry import NS, WRITE_TOKEN, Registry, make_run, start_hub  # noqa: E402
 
-from clotclf_core.cli import cli  # noqa: E402
-from clotclf_core.model import WEIGHTS_NAME  # noqa: E402
+from clotclf_core.cli.main import cli  # noqa: E402
+from clotclf_core.plugin import WEIGHTS_NAME  # noqa: E402
 from clotclf_registry import api  # noqa: E402
 from clotclf_registry.errors import RegistryError  # noqa: E402
 from clotclf_registry.names import looks_like_ref, parse_ref  # noqa: E402
@@ -163,8 +163,7 @@ def test_a_background_filter_is_pushed_and_used_by_name_as_filter_weights(tmp_pa
     import numpy as np
     import torch
 
-    from clotclf_core.plugins import get_manager
-
+    from clotclf_core.plugin_manager import get_manager
     from clotclf_mobilenet_bg._net import BackgroundNet, save_run  # a built-in plugin: must be installed
     torch.manual_seed(0)
     run = tmp_path / "bg"

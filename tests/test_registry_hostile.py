@@ -21,8 +21,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 from test_registry import NS, WRITE_TOKEN, Registry, make_run, reg, start_hub  # noqa: E402,F401  (reg: the hub|local fixture)
 
-from clotclf_core.errors import ModelLoadError  # noqa: E402
-from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
+from clotclf_core.plugin import (  # noqa: E402
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelLoadError,  # noqa: E402
+)
 from clotclf_registry import api, layout  # noqa: E402
 from clotclf_registry.errors import IntegrityError, NotAModelError, RegistryError  # noqa: E402
 from clotclf_registry.local import commit_id  # noqa: E402
@@ -238,7 +241,6 @@ def test_text_from_a_remote_config_is_printed_with_control_characters_escaped(ru
 
 def test_credentials_written_into_the_endpoint_are_never_echoed(run, tmp_path):
     from badinput import invoke
-
     from test_registry_hub import free_port
 
     hub = start_hub()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 from test_registry import NS, READ_TOKEN, WRITE_TOKEN, Registry, make_run, start_hub  # noqa: E402
 
-from clotclf_core.model import WEIGHTS_NAME  # noqa: E402
+from clotclf_core.plugin import WEIGHTS_NAME  # noqa: E402
 from clotclf_registry import api  # noqa: E402
 from clotclf_registry.errors import AuthError, NotFoundError, RegistryError, UnreachableError  # noqa: E402
 from clotclf_registry.settings import load_settings  # noqa: E402

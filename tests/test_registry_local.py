@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_registry import NS, Registry, make_run  # noqa: E402
 
-from clotclf_core.model import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
+from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 from clotclf_registry import api  # noqa: E402
 from clotclf_registry.errors import IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError  # noqa: E402
 from clotclf_registry.local import commit_id  # noqa: E402

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 from test_registry import NS, Registry, make_run, reg, start_hub  # noqa: E402,F401  (reg: the hub|local fixture)
 
-from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
+from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 from clotclf_registry.redact import IdentifierLeft, split_hash  # noqa: E402
 
 PATIENTS = {"train": ["4f2a1c", "8b0e77", "0c93d1"], "val": ["a41e2f"], "test": ["77d0b9", "e1f0aa"]}
@@ -27,7 +27,7 @@ SLIDES = ["4f2a1c_0", "4f2a1c_1", "8b0e77_0", "0c93d1_0", "a41e2f_0", "77d0b9_0"
 def clinical(tmp_path_factory) -> Path:
     """A run as training leaves it on a hospital machine: the split, absolute paths, a card that
     quotes them, predictions with slide ids, split.csv, and its TileSet still on disk."""
-    from clotclf_core.modelcard import write_model_card
+    from clotclf_core.models.card import write_model_card
 
     root = tmp_path_factory.mktemp("clinical")
     run = make_run(root / "run", seed=21)
@@ -81,7 +81,7 @@ def test_a_push_publishes_counts_and_a_salted_hash_not_the_cohort(reg, clinical)
 
 
 def test_relative_paths_of_the_run_are_cut_to_their_last_component(clinical, tmp_path):
-    from clotclf_core.modelcard import write_model_card
+    from clotclf_core.models.card import write_model_card
 
     run = Path(shutil.copytree(clinical, tmp_path / "run"))
     cfg = json.loads((run / CONFIG_NAME).read_text())

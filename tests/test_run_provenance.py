@@ -14,17 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from clotclf_core.config import ModelConfig
-from clotclf_core.errors import ModelLoadError
-from clotclf_core.model import build_model, check_buildable, load_model, read_config, save_model
-from clotclf_core.plugins import reset_manager
+from clotclf_core.models.build import build_model
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.runs import read_config
+from clotclf_core.models.saved import check_buildable, load_model, save_model
+from clotclf_core.plugin import ModelLoadError
+from clotclf_core.plugin_manager import reset_manager
 
 TINY = {"variant": "cct_2_3x2_32"}
 
 VERSIONED = """
 from pydantic import Field
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, Options
 
 class O(Options):
     width: int = Field({width}, ge=1)
@@ -199,8 +201,8 @@ def test_check_buildable_compares_shapes_without_building_for_real(tmp_path):
 
 
 def test_pipeline_providers_come_from_the_tileset_and_the_card_lists_what_to_install(tmp_path):
-    from clotclf_core.modelcard import render_model_card
-    from clotclf_core.runs import pipeline_provenance, requirements
+    from clotclf_core.models.card import render_model_card
+    from clotclf_core.models.runs import pipeline_provenance, requirements
 
     reset_manager()
     old = {"settings": {"filters": [{"name": "otsu", "options": {}}], "source": "auto"}}  # a TileSet before providers

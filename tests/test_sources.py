@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tifffile
 
-import clotclf_core.sources as sources
-from clotclf_core.errors import ClotclfError, ConfigError, PluginError
-from clotclf_core.interfaces import Slide
-from clotclf_core.sources import find_slide, open_slide
+import clotclf_core.slides.open as sources
+from clotclf_core.plugin import ClotclfError, ConfigError, PluginError, Slide, SlideDamaged, regions
+from clotclf_core.slides.open import find_slide, open_slide
+from clotclf_core.tiling.reading import choose_level, level_layout
 
 SVS = Path(__file__).parent / "data" / "cmu_small_region.svs"
 H, W = 700, 900  # synthetic test image, level 0
@@ -244,7 +244,7 @@ def test_streamed_reduction_matches_direct_read(files, monkeypatch):
     with open_slide(files["tiled"], "tifffile") as slide:
         cases = [((0, 0, W, H), 2.0), ((-64, 32, 640, 512), 4.0), ((37, 51, 777, 555), 3.3)]
         direct = [slide.read_region(*box, ds) for box, ds in cases]
-        monkeypatch.setattr(sources, "DIRECT_READ_MAX_PIXELS", 1000)
+        monkeypatch.setattr(regions, "DIRECT_READ_MAX_PIXELS", 1000)
         streamed = [slide.read_region(*box, ds) for box, ds in cases]
     for (box, ds), a, b in zip(cases, direct, streamed):
         diff = np.abs(a.astype(int) - b.astype(int))
@@ -393,7 +393,7 @@ def test_stacks_are_one_clear_error_not_their_first_plane(tmp_path, shape, kwarg
 
 
 def test_mpp_is_checked_in_every_source_and_read_from_ome_xml(tmp_path):
-    from clotclf_core.sources import checked_mpp
+    from clotclf_core.plugin.regions import checked_mpp
 
     assert checked_mpp(0.25) == (0.25, "") and checked_mpp(None) == (None, "")
     for bad in (1000.0, 0.001, float("nan"), "x"):
@@ -432,7 +432,7 @@ def test_a_truncated_pyramid_is_tifffiles_clear_reason_not_openslides(tmp_path, 
     data = files["pages"].read_bytes()
     cut = tmp_path / "cut.tif"
     cut.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(sources.SlideDamaged, match=r"is truncated: its image data runs to byte"):
+    with pytest.raises(SlideDamaged, match=r"is truncated: its image data runs to byte"):
         open_slide(cut)  # OpenSlide would rank first for a pyramid, and fail later with "row 4294967295"
 
 
@@ -442,7 +442,7 @@ def test_level_layouts_cover_the_level_once(files, source):
     kind = "pages" if source == "tifffile" else "tiled"
     with open_slide(files[kind], source) as slide:
         for level in range(slide.level_count):
-            lay = sources.level_layout(slide, level)
+            lay = level_layout(slide, level)
             canvas = np.zeros((lay.height, lay.width, 3), np.uint8)
             for r in range(lay.rows):
                 for c in range(lay.cols):
@@ -452,5 +452,5 @@ def test_level_layouts_cover_the_level_once(files, source):
             ds = lay.downsample
             expect = slide.read_region(0, 0, lay.width * ds, lay.height * ds, ds)
             assert np.abs(canvas.astype(int) - expect.astype(int)).max() <= 1, (source, level)
-    assert sources.choose_level([1.0, 4.0003, 16.001], 4) == (1, 1)
-    assert sources.choose_level([1.0, 3.0], 4) == (0, 4) and sources.choose_level([1.0], 16) == (0, 16)
+    assert choose_level([1.0, 4.0003, 16.001], 4) == (1, 1)
+    assert choose_level([1.0, 3.0], 4) == (0, 4) and choose_level([1.0], 16) == (0, 16)

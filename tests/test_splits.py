@@ -1,4 +1,4 @@
-"""clotclf_core.splits: stratified k-fold by patient (or centre); leaks and impossible splits refused."""
+"""clotclf_core.training.splits: stratified k-fold by patient (or centre); leaks and impossible splits refused."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from clotclf_core.splits import SplitError, load_split, make_split, patient_table, save_split
+from clotclf_core.training.splits import SplitError, load_split, make_split, patient_table, save_split
 
 
 def index(n_patients=12, slides=2, tiles=3, centers=3, label_of=None):
@@ -176,7 +176,7 @@ def test_saved_split_keeps_the_test_fraction(tmp_path):
     older = json.loads((tmp_path / "split.json").read_text())
     del older["test_fraction"]  # a split.json from before the fraction was recorded
     (tmp_path / "split.json").write_text(json.dumps(older))
-    from clotclf_core.splits import describe_test_set
+    from clotclf_core.training.splits import describe_test_set
 
     assert describe_test_set(load_split(tmp_path / "split.json", df)) == "held-out test set: 5 of 20 patients (25.0%)"
 
@@ -184,7 +184,7 @@ def test_saved_split_keeps_the_test_fraction(tmp_path):
 def test_test_set_is_spread_over_centres():
     import pandas as pd
 
-    from clotclf_core.splits import holdout
+    from clotclf_core.training.splits import holdout
 
     patients = pd.DataFrame({
         "patient_id": [f"p{i:02d}" for i in range(18)],

@@ -1,4 +1,4 @@
-"""clotclf_core.tileset: the format 2 TileSet — streamed pixel files, per-slide index shards
+"""clotclf_core.tiling.tileset: the format 2 TileSet — streamed pixel files, per-slide index shards
 (kept and rejected tiles), the merged index, broken files as one clear error (and tiled again),
 and a resumed TileSet following the current manifest without rewriting any slide's files.
 Tiny synthetic TileSets written through TileSetWriter: no slide is read here."""
@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import clotclf_core.tileset as tileset_mod
-import clotclf_core.tileset_writer as tileset_writer
-from clotclf_core.errors import ClotclfError
-from clotclf_core.tileset import PixelFileWriter, TileSet, TileSetError, TileSetWriter, pixel_file_problem, write_shard
+import clotclf_core.tiling.tileset as tileset_mod
+import clotclf_core.tiling.writer as tileset_writer
+from clotclf_core.plugin import ClotclfError
+from clotclf_core.tiling.tileset import TileSet, TileSetError, pixel_file_problem
+from clotclf_core.tiling.writer import PixelFileWriter, TileSetWriter, write_shard
 
 S = 8  # tile side
 SETTINGS = {"synthetic": True}
@@ -70,7 +71,7 @@ def test_rejected_tiles_are_kept_in_the_shards(tmp_path):
     root = make(tmp_path / "ts", {"a": LABELS["a"]})
     rows = [{"row": 0, "x": 0, "y": 0, "size": S, "kept": True, "rejected_by": "", "score_otsu": 0.9},
             {"row": -1, "x": 8, "y": 0, "size": S, "kept": False, "rejected_by": "otsu", "score_otsu": 0.1}]
-    with tileset_mod.slide_pixels(root, "d", S) as sink:
+    with tileset_writer.slide_pixels(root, "d", S) as sink:
         sink.add(np.zeros((1, S, S, 3), np.uint8))
         sink.finish(None)
     write_shard(root, "d", rows)

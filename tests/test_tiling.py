@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clotclf_core import tiling
-from clotclf_core.errors import ClotclfError
-from clotclf_core.tileset import TileSet, TileSetError
-from clotclf_core.tiling import TileSettings, candidate_grid, tile_slide, tile_slides
-from clotclf_core.tiling.grid import plan_grid, working_factor
+from clotclf_core.plugin import ClotclfError
+from clotclf_core.tiling.grid import candidate_grid, plan_grid, working_factor
+from clotclf_core.tiling.run import tile_slide, tile_slides
+from clotclf_core.tiling.settings import TileSettings
+from clotclf_core.tiling.summary import format_summary
+from clotclf_core.tiling.tileset import TileSet, TileSetError
 
 REAL_SLIDE = Path(__file__).parent / "data" / "cmu_small_region.svs"
 #: small settings: 200-px level-0 tiles cached at 50 px (a working factor of 4)
@@ -64,7 +65,7 @@ def no_temp_files(root: Path) -> bool:
 
 
 def open_tiff(path):
-    from clotclf_core.sources import open_slide
+    from clotclf_core.slides.open import open_slide
 
     return open_slide(path, source="tifffile")
 
@@ -352,7 +353,7 @@ def test_retiling_follows_the_current_manifest_without_pixel_work(tmp_path, slid
     assert not (out / "qc" / "s3.png").exists()
     assert stamps == {k: (out / "pixels" / f"{k}.npy").stat().st_mtime_ns for k in ("s1", "s2")}, "no pixel work"
     assert (out / "index" / "s1.csv").stat().st_mtime_ns == shard, "no index rewrite either"
-    text = tiling.format_summary(again)
+    text = format_summary(again)
     assert "2 already done, 2 relabelled, 1 removed," in text.splitlines()[0]
     assert no_temp_files(out)
 
@@ -384,7 +385,7 @@ def test_retiling_repairs_broken_pixel_files_and_shards_and_replaced_slides(tmp_
 
 def test_interrupted_runs_leave_only_finished_slides(tmp_path, slides, monkeypatch):
     import clotclf_core.tiling.pipeline as pipeline
-    from clotclf_core.errors import Interrupted
+    from clotclf_core.plugin.errors import Interrupted
 
     real_windows = pipeline.windows
 
@@ -479,7 +480,7 @@ def test_format_1_tilesets_are_read_but_not_resumed(tmp_path):
                                                    "settings": {"downsample": 10.0}, "slides": {"a": {"status": "done", "n_tiles": 2}}}))
     ts = TileSet(root)
     assert len(ts) == 2 and ts.tile(1).max() == 9 and len(ts.rejected) == 0
-    from clotclf_core.tileset import TileSetWriter
+    from clotclf_core.tiling.writer import TileSetWriter
 
     with pytest.raises(TileSetError, match=r"format 1 \(an older clotclf\).*--overwrite"):
         TileSetWriter(root, {"x": 1}, 8)
@@ -495,8 +496,8 @@ def test_format_1_tilesets_are_read_but_not_resumed(tmp_path):
 
 
 def run_cli(*args):
-    from clotclf_core.cli import cli
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.cli.main import cli
+    from clotclf_core.plugin_manager import reset_manager
 
     reset_manager()
     return CliRunner().invoke(cli, ["tile", *map(str, args)], catch_exceptions=False)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-
-from clotclf_core.config import ModelConfig
-from clotclf_core.errors import ClotclfError
 from timm_repos import TINY_MEAN, TINY_STD, TINY_VIT, point_client_at, start_hub, tiny_vit_state
+
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.plugin import ClotclfError
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,14 @@ def client(hub, monkeypatch, tmp_path):
 
 
 def _encoder(options, **kw):
-    from clotclf_core.encoder import build_encoder
+    from clotclf_core.features.encoder import build_encoder
 
     return build_encoder("timm", options, tile_size=32, device="cpu", **kw)
 
 
 def test_timm_name_uses_and_records_its_own_normalisation(tmp_path):
-    from clotclf_core.model import build_model, load_model, save_model
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.saved import load_model, save_model
 
     vit = build_model(ModelConfig(backbone="timm", backbone_options={"model": "vit_tiny_patch16_224", "img_size": 32,
                                                                    "depth": 1}, input_size=32))
@@ -50,7 +51,7 @@ def test_timm_name_uses_and_records_its_own_normalisation(tmp_path):
 def test_num_features_is_what_the_backbone_outputs():
     """MobileNetV3 has a pre-logits layer: without its classifier it outputs head_hidden_size (1024)
     features, not num_features (288); the head and an aggregator are sized by what comes out."""
-    from clotclf_core.model import build_model
+    from clotclf_core.models.build import build_model
 
     for aggregator in (None, "abmil"):
         m = build_model(ModelConfig(backbone="timm", backbone_options={"model": "mobilenetv3_small_050"}, input_size=32,
@@ -62,7 +63,7 @@ def test_num_features_is_what_the_backbone_outputs():
 
 
 def test_constructor_options_pass_through():
-    from clotclf_core.model import build_model
+    from clotclf_core.models.build import build_model
 
     m = build_model(ModelConfig(backbone="timm", input_size=32, backbone_options={
         "model": "vit_tiny_patch16_224", "img_size": 32, "depth": 1, "init_values": "1e-5",  # YAML 1.1 keeps 1e-5 a string
@@ -75,7 +76,7 @@ def test_constructor_options_pass_through():
 def test_hub_repo_in_timm_layout(client, hub):
     import timm
 
-    from clotclf_core.encoder import state_sha256
+    from clotclf_core.features.encoder import state_sha256
 
     enc = _encoder({"model": "hf-hub:lab/tiny-vit"})
     ref = timm.create_model("vit_tiny_patch16_224", num_classes=0, **TINY_VIT)
@@ -131,7 +132,8 @@ def test_saved_hub_model_rebuilds_offline_with_an_empty_cache(client, hub, tmp_p
     the repo's config.json and commit, and the rebuild uses them, with no network and no cache."""
     from huggingface_hub import constants
 
-    from clotclf_core.model import build_model, check_buildable, load_model, save_model
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.saved import check_buildable, load_model, save_model
 
     model = build_model(ModelConfig(backbone="timm", backbone_options={"model": "hf-hub:lab/tiny-vit"}, input_size=32))
     save_model(model, tmp_path / "run")
@@ -150,8 +152,9 @@ def test_saved_hub_model_rebuilds_offline_with_an_empty_cache(client, hub, tmp_p
 
 
 def test_encoder_is_fetched_again_at_its_recorded_commit(client, hub):
-    from clotclf_core.encoder import encoder_from_record
     from timm_repos import add_repo, tiny_vit_files
+
+    from clotclf_core.features.encoder import encoder_from_record
 
     add_repo(hub, "lab/moving", tiny_vit_files())
     enc = _encoder({"model": "hf-hub:lab/moving"})

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clotclf_core.tissue import fill_small_holes, remove_small_objects, tissue_mask
+from clotclf_core.slides.tissue import fill_small_holes, remove_small_objects, tissue_mask
 
 REAL_SLIDE = Path(__file__).parent / "data" / "cmu_small_region.svs"
 
@@ -76,7 +76,7 @@ def test_bad_input_is_refused():
 
 
 def test_byte_count_prescreen():
-    from clotclf_core.tissue import byte_count_prescreen
+    from clotclf_core.slides.tissue import byte_count_prescreen
 
     rng = np.random.default_rng(3)
     counts = rng.normal(2_000, 100, (20, 30))  # glass compresses to ~2 kB per tile

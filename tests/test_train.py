@@ -1,4 +1,4 @@
-"""clotclf_core.train: settings, the trainer (best restored, resume, clipping, disk full) and the run directory.
+"""clotclf_core.training: settings, the trainer (best restored, resume, clipping, disk full) and the run directory.
 
 Models are a one-layer CCT on 32-px tiles; TileSets have a few dozen tiles. Each run takes seconds."""
 
@@ -14,9 +14,11 @@ import pytest
 import torch
 from test_data import make_tileset
 
-from clotclf_core.errors import ClotclfError, ConfigError
-from clotclf_core.model import load_model, load_state
-from clotclf_core.train import TrainSettings, read_checkpoint, resolve_settings, train
+from clotclf_core.models.saved import load_model
+from clotclf_core.plugin import ClotclfError, ConfigError, load_state
+from clotclf_core.training.checkpoints import read_checkpoint
+from clotclf_core.training.run import train
+from clotclf_core.training.settings import TrainSettings, resolve_settings
 
 TINY_CCT = {"variant": "cct_2_3x2_32", "img_size": 32, "num_layers": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -86,8 +88,8 @@ def test_a_run_writes_a_complete_loadable_run_directory(tiles, tmp_path):
     # the saved model reproduces the validation predictions
     model = load_model(out)
     preds = pd.read_csv(out / "predictions_val.csv")
-    from clotclf_core.data import normalize
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.models.inputs import normalize
+    from clotclf_core.tiling.tileset import TileSet
 
     ts = TileSet(tiles)
     rows = preds["image_id"].map(lambda i: ts.index.index[ts.index["image_id"] == i][0]) + preds["row"]
@@ -159,10 +161,10 @@ def test_resume_refuses_other_settings_and_missing_runs(tiles, tmp_path):
 
 
 def test_gradient_clipping_is_applied_before_the_step(tiles, tmp_path):
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.evaluate import pick_runtime
-    from clotclf_core.model import build_model
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.runtime import pick_runtime
+    from clotclf_core.tiling.tileset import TileSet
     from clotclf_core.training.tiles import tile_trainer
 
     ts = TileSet(tiles)
@@ -177,10 +179,10 @@ def test_gradient_clipping_is_applied_before_the_step(tiles, tmp_path):
 def test_class_weights_balanced_weights_the_minority_up(tmp_path):
     tiles = make_tileset(tmp_path / "t", n_patients=8, tiles_per_slide=2, size=32,
                          label_of=lambda p: "LAA" if p in (0, 1, 2) else "CE")
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.evaluate import pick_runtime
-    from clotclf_core.model import build_model
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.runtime import pick_runtime
+    from clotclf_core.tiling.tileset import TileSet
     from clotclf_core.training.tiles import tile_trainer
 
     s = settings(tiles, tmp_path, class_weights="balanced")
@@ -220,7 +222,7 @@ def test_out_of_disk_leaves_no_corrupt_checkpoint_and_resume_recovers(tiles, tmp
 
 
 def test_missing_or_incompatible_tileset_is_refused(tiles, tmp_path):
-    from clotclf_core.tileset import TileSetError
+    from clotclf_core.tiling.tileset import TileSetError
 
     with pytest.raises(TileSetError, match="does not exist"):
         train(settings(tmp_path / "nowhere", tmp_path / "r"), progress=False)
@@ -247,8 +249,8 @@ def test_impossible_splits_and_unknown_labels_are_refused(tmp_path):
 
 def test_a_backbone_that_cannot_take_the_input_size_is_reported(tiles, tmp_path, fake_dist):
     fake_dist("fake-fixed", "fake_fixed", """
-        from clotclf_core.hookspecs import hookimpl
-        from clotclf_core.interfaces import ComponentSpec, NoOptions
+        from clotclf_core.plugin import hookimpl
+        from clotclf_core.plugin import ComponentSpec, NoOptions
 
         def build(opts):
             import torch
@@ -269,7 +271,7 @@ def test_a_backbone_that_cannot_take_the_input_size_is_reported(tiles, tmp_path,
         def clotclf_backbones():
             return [ComponentSpec("backbone", "fixed40", "40-px inputs only", NoOptions, build)]
     """)
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
 
     reset_manager()
     with pytest.raises(ClotclfError, match="backbone 'fixed40' cannot take 32x32 inputs.*--input-size"):
@@ -300,7 +302,7 @@ def test_cross_validation_reports_mean_std_and_out_of_fold(tiles, tmp_path):
 def test_recipes_validate_against_the_installed_plugins(recipe, lr):
     from pathlib import Path
 
-    from clotclf_core.plugins import get_manager
+    from clotclf_core.plugin_manager import get_manager
 
     s = resolve_settings(Path(__file__).parents[1] / "examples" / recipe, {"tiles": "tiles/"})
     assert (s.input_size, s.lr, s.schedule, s.grad_clip, s.class_weights) == (224, lr, "plateau", 1.0, "balanced")
@@ -368,8 +370,8 @@ def test_too_few_labelled_patients_left_is_refused_in_one_error(tmp_path):
 
 def test_a_refused_run_writes_nothing_so_the_corrected_command_just_works(tiles, tmp_path, fake_dist):
     fake_dist("fake-broken", "fake_broken", """
-        from clotclf_core.hookspecs import hookimpl
-        from clotclf_core.interfaces import ComponentSpec, NoOptions
+        from clotclf_core.plugin import hookimpl
+        from clotclf_core.plugin import ComponentSpec, NoOptions
 
         def build(opts):
             raise ValueError("depth 99 is not a depth this backbone has")
@@ -378,7 +380,7 @@ def test_a_refused_run_writes_nothing_so_the_corrected_command_just_works(tiles,
         def clotclf_backbones():
             return [ComponentSpec("backbone", "broken", "always fails to build", NoOptions, build)]
     """)
-    from clotclf_core.plugins import reset_manager
+    from clotclf_core.plugin_manager import reset_manager
 
     reset_manager()
     out = tmp_path / "r1"
@@ -397,10 +399,10 @@ def test_a_refused_run_writes_nothing_so_the_corrected_command_just_works(tiles,
 
 
 def test_the_trainer_refuses_training_rows_without_a_known_label(tmp_path):
-    from clotclf_core.config import ModelConfig
-    from clotclf_core.evaluate import pick_runtime
-    from clotclf_core.model import build_model
-    from clotclf_core.tileset import TileSet
+    from clotclf_core.models.build import build_model
+    from clotclf_core.models.config import ModelConfig
+    from clotclf_core.models.runtime import pick_runtime
+    from clotclf_core.tiling.tileset import TileSet
     from clotclf_core.training.tiles import tile_trainer
 
     tiles = _blank_labels(make_tileset(tmp_path / "t", n_patients=4, tiles_per_slide=2, size=32), ["ps03_0"])
@@ -438,7 +440,7 @@ def test_train_loss_is_summed_over_ranks_on_the_runtime_device(monkeypatch):
     A 'meta' device stands in for the GPU (on a CPU runtime any tensor would pass)."""
     import torch.distributed as dist
 
-    from clotclf_core.evaluate import Runtime
+    from clotclf_core.models.runtime import Runtime
     from clotclf_core.training.distributed import sum_over_ranks as _sum_over_ranks
 
     seen = []
@@ -462,7 +464,7 @@ def test_train_loss_is_summed_over_ranks_on_the_runtime_device(monkeypatch):
 def test_the_process_group_has_gloo_for_cpu_objects_and_each_rank_its_own_gpu(monkeypatch, cuda, device, backend):
     import torch.distributed as dist
 
-    from clotclf_core.train import init_distributed
+    from clotclf_core.training.distributed import init_distributed
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -481,8 +483,8 @@ def test_prepare_demo_retiles_when_a_pixel_file_is_damaged(tmp_path, monkeypatch
     """A damaged demo TileSet is repaired by tiling again, not reported as an error forever."""
     import numpy as np
 
-    import clotclf_core.tiling as tiling
-    from clotclf_core.tileset import TileSetWriter
+    import clotclf_core.tiling.run as tiling_run
+    from clotclf_core.tiling.writer import TileSetWriter
     from clotclf_core.training.demo import prepare_demo
 
     cohort = tmp_path / "cohort"
@@ -492,7 +494,7 @@ def test_prepare_demo_retiles_when_a_pixel_file_is_damaged(tmp_path, monkeypatch
     writer.add_slide("s1", np.zeros((2, 8, 8, 3), np.uint8),
                      [{"patient_id": "p1", "center_id": "1", "label": "CE", "x": 0, "y": 0, "size": 8, "downsample": 1.0}] * 2, {})
     calls = []
-    monkeypatch.setattr(tiling, "tile_slides", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(tiling_run, "tile_slides", lambda *a, **k: calls.append(a))
     assert prepare_demo(tmp_path) == tmp_path / "tiles" and calls == []  # intact: reused
     (tmp_path / "tiles" / "pixels" / "s1.npy").write_bytes(b"broken")
     prepare_demo(tmp_path)

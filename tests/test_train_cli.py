@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from test_data import make_tileset
 from test_train import TINY_CCT
 
-from clotclf_core.cli import cli
-from clotclf_core.plugins import reset_manager
+from clotclf_core.cli.main import cli
+from clotclf_core.plugin_manager import reset_manager
 
 TINY = [arg for k, v in TINY_CCT.items() for arg in ("--backbone-opt", f"{k}={v}")]
 FAST = ["--backbone", "cct", *TINY, "--epochs", "1", "--batch-size", "8", "--folds", "3", "--workers", "0", "--patience", "0"]
@@ -108,8 +108,8 @@ def test_evaluate_bad_inputs(trained, tmp_path):
 def test_evaluate_refuses_when_every_patient_was_trained_on():
     import pandas as pd
 
-    from clotclf_core.errors import ClotclfError
-    from clotclf_core.evaluate import select_patients
+    from clotclf_core.plugin import ClotclfError
+    from clotclf_core.scoring.evaluate import select_patients
 
     index = pd.DataFrame({"patient_id": ["a", "a", "b"], "image_id": ["1", "2", "3"]})
     config = {"split": {"train": ["a", "b"], "val": [], "test": []}}
@@ -126,8 +126,8 @@ def test_evaluate_of_a_published_model_with_a_redacted_split():
     "unseen" cannot be promised; --patients all is the user's own call."""
     import pandas as pd
 
-    from clotclf_core.errors import ClotclfError
-    from clotclf_core.evaluate import select_patients
+    from clotclf_core.plugin import ClotclfError
+    from clotclf_core.scoring.evaluate import select_patients
     from clotclf_registry.redact import redact_split
 
     index = pd.DataFrame({"patient_id": ["a", "a", "b"], "image_id": ["1", "2", "3"]})
@@ -260,7 +260,7 @@ def test_the_held_out_result_comes_first_everywhere(trained):
     results = body[body.index("## Results"):]
     assert results.index("Held-out test patients") < results.index("Validation patients (what early stopping saw")
     assert "constant 0.5 / 0.5 (baseline) | 0.693" in results
-    from clotclf_core.modelcard import read_model_card
+    from clotclf_core.models.card import read_model_card
 
     meta, _ = read_model_card(body)
     assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "test"

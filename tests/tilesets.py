@@ -14,7 +14,7 @@ def make_tileset(root: Path, sizes=(5, 8, 11, 3), settings=None, labels=None, se
                  empty: dict[str, str] | None = None) -> Path:
     """Slides ``s0, s1…`` with ``sizes[i]`` random tiles each (patients of two slides, alternating
     labels), plus ``empty``: slides recorded without tiles (id -> reason)."""
-    from clotclf_core.tileset import TileSetWriter
+    from clotclf_core.tiling.writer import TileSetWriter
 
     rng = np.random.default_rng(seed)
     writer = TileSetWriter(root, settings or {"synthetic": True}, tile)
@@ -43,7 +43,7 @@ def make_mil_tileset(root: Path, sizes=MIL_SIZES, empty: dict[str, str] | None =
 
 def make_feature_store(tiles: Path, out: Path, **encoder) -> Path:
     """``clotclf embed`` of ``tiles`` with the tiny timm ViT (options overridable)."""
-    from clotclf_core.embed import embed_tileset
+    from clotclf_core.features.embed import embed_tileset
 
     embed_tileset(tiles, out, "timm", {**TINY_TIMM, **encoder}, device="cpu", progress=False)
     return out

@@ -15,29 +15,3 @@ Modules, one concern each:
 
 See docs/data-formats.md (TileSet, geometry) and docs/performance.md (tiling).
 """
-
-from .filters import BuiltFilter, FilterRef, build_filters
-from .grid import candidate_grid
-from .run import find_slides, tile_slide, tile_slides
-from .settings import MAX_GRID_CELLS, MIN_SLIDE_SIDE, SLIDE_SUFFIXES, SlideSkip, TileSettings, TilingError
-from .summary import failure_message, format_summary
-from .execution import process_slide
-
-__all__ = [
-    "TileSettings",
-    "BuiltFilter",
-    "FilterRef",
-    "build_filters",
-    "candidate_grid",
-    "tile_slide",
-    "tile_slides",
-    "process_slide",
-    "find_slides",
-    "format_summary",
-    "failure_message",
-    "SLIDE_SUFFIXES",
-    "SlideSkip",
-    "TilingError",
-    "MAX_GRID_CELLS",
-    "MIN_SLIDE_SIDE",
-]

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import ClotclfError
-from .settings import SlideSkip, TileSettings, TilingError
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.tiling.settings import SlideSkip, TileSettings, TilingError
 
 #: OS errors that mean "the TileSet folder cannot be written": the whole run stops on them
 OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS, errno.EACCES, errno.EPERM}
@@ -42,8 +42,8 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 def open_for_job(path: str, source: str | None) -> Any:
-    from ..config import parse_component_ref
-    from ..sources import open_slide
+    from clotclf_core.config import parse_component_ref
+    from clotclf_core.slides.open import open_slide
 
     if source:
         name, options = parse_component_ref(source, "--source")
@@ -54,7 +54,7 @@ def open_for_job(path: str, source: str | None) -> Any:
 def locate(job: dict[str, Any]) -> str:
     if job.get("path"):
         return job["path"]
-    from ..sources import find_slide
+    from clotclf_core.slides.open import find_slide
 
     return str(find_slide(job["folder"], job["image_id"]))
 
@@ -63,10 +63,10 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     """Open, tile, write (pixels, index shard, QC picture) and close one slide. Never raises for a
     bad slide: returns ``{"image_id", "status", "reason", "info", "fatal"}``; ``fatal`` is set when
     the TileSet folder itself cannot be written (full disk, read-only), which stops the run."""
-    from ..tileset import slide_pixels, write_shard
-    from .filters import filters_for
-    from .pipeline import tile_one
-    from .qc import write_qc
+    from clotclf_core.tiling.filters import filters_for
+    from clotclf_core.tiling.pipeline import tile_one
+    from clotclf_core.tiling.qc import write_qc
+    from clotclf_core.tiling.writer import slide_pixels, write_shard
 
     settings = TileSettings(**job["settings"])
     root = Path(job["out"])

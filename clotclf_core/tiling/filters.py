@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import PluginError
+from clotclf_core.plugin.errors import PluginError
 
 FilterRef = tuple[str, dict[str, Any]]
 
@@ -48,7 +48,7 @@ class BuiltFilter:
 
 def build_filters(refs: Sequence[FilterRef]) -> list[BuiltFilter]:
     """Validate options and build each filter plugin once (bad names / options raise here)."""
-    from ..plugins import get_manager
+    from clotclf_core.plugin_manager import get_manager
 
     mgr = get_manager()
     built: list[BuiltFilter] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .settings import MAX_GRID_CELLS, SlideSkip
+from clotclf_core.tiling.settings import MAX_GRID_CELLS, SlideSkip
 
 #: the working resolution never reduces level 0 by more than this (TIFF tiles are multiples of 16)
 MAX_FACTOR = 16

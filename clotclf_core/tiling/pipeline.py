@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .filters import BuiltFilter, run_filters
-from .grid import Grid, candidates, cell_fractions, plan_grid, rank_tiles, working_factor
-from .reading import Scan, raster_shape, scan_slide, windows
-from .settings import MAX_BATCH_BYTES, MIN_SLIDE_SIDE, SlideSkip, TileSettings
+from clotclf_core.tiling.filters import BuiltFilter, run_filters
+from clotclf_core.tiling.grid import Grid, candidates, cell_fractions, plan_grid, rank_tiles, working_factor
+from clotclf_core.tiling.reading import Scan, raster_shape, scan_slide, windows
+from clotclf_core.tiling.settings import MAX_BATCH_BYTES, MIN_SLIDE_SIDE, SlideSkip, TileSettings
 
 
 class TileSink(Protocol):
@@ -94,7 +94,7 @@ def geometry(slide: Any, settings: TileSettings) -> dict[str, Any]:
     width, height = (int(v) for v in slide.dimensions)
     if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
         raise SlideSkip("failed", f"the slide is {width} x {height} px, smaller than {MIN_SLIDE_SIDE} px a side: not a slide to tile")
-    from ..sources import checked_mpp
+    from clotclf_core.plugin.regions import checked_mpp
 
     mpp, note = checked_mpp(getattr(slide, "mpp", None))  # the same range for every source, third-party ones too
     if note and not getattr(slide, "mpp_note", ""):

@@ -66,7 +66,7 @@ def qc_image(view: np.ndarray, decoded: np.ndarray | None, mask: np.ndarray | No
 
 def write_qc(path: Path, result: Any, filter_names: Sequence[str], title: str) -> None:
     """Write the QC picture of a :class:`clotclf_core.tiling.pipeline.SlideResult` atomically."""
-    from ..io import atomic_path
+    from clotclf_core.plugin.io import atomic_path
 
     if result.view is None:
         return

@@ -3,7 +3,7 @@
 Tiling does not read regions per candidate tile (overlapping candidates, or candidates cutting
 across the strips of a stripped TIFF, made the same pixels decode many times). Instead
 :func:`scan_slide` walks the stored segments of one level (TIFF tiles or strips, through
-:class:`clotclf_core.sources.LevelLayout`), decodes each once with the source's own decoder
+:class:`clotclf_core.plugin.regions.LevelLayout`), decodes each once with the source's own decoder
 (tifffile + imagecodecs for TIFFs), reduces it by an integer factor with OpenCV's ``INTER_AREA``
 (an exact box mean for integer factors) and stores it in a :class:`Raster`: the slide at the
 working resolution (1/``factor`` of level 0; a factor of 2, 4, 8 or 16 stays aligned with TIFF
@@ -20,7 +20,7 @@ file (``TMPDIR``, deleted even on a crash) read and written by rows, so memory s
 whatever the slide's size.
 
 With ``prescreen``, a tiled TIFF's segments whose compressed size says glass
-(:func:`clotclf_core.tissue.byte_count_prescreen`), away from every busy segment, are not decoded;
+(:func:`clotclf_core.slides.tissue.byte_count_prescreen`), away from every busy segment, are not decoded;
 a lattice of one in four of them is, as a check, and any segment found to hold tissue gets its
 skipped neighbours decoded too, until no tissue touches a skipped segment. Skipped segments are
 filled with the slide's glass colour and shown as never decoded in the QC picture.
@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..sources import LevelLayout, choose_level, level_layout
+from clotclf_core.plugin.regions import GENERIC_BLOCK, LevelLayout
 
 #: rasters up to this size stay in memory; larger ones go to an anonymous temporary file
 RASTER_IN_MEMORY_BYTES = 768 * 2**20
@@ -235,7 +235,7 @@ def _skip_plan(layout: LevelLayout) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Segments not to decode at first (True = skip), from their compressed sizes; None: decode all."""
     from scipy.ndimage import binary_dilation
 
-    from ..tissue import byte_count_prescreen
+    from clotclf_core.slides.tissue import byte_count_prescreen
 
     counts = layout.byte_counts
     if counts is None or counts.ndim != 2 or min(counts.shape) < 2:
@@ -268,7 +268,7 @@ def scan_slide(
     ``background``: the glass colour to use (RGB); default: estimated from the view.
     ``progress``: a tqdm-like bar, advanced once per segment row.
     """
-    from ..tissue import tissue_mask_recipe
+    from clotclf_core.slides.tissue import tissue_mask_recipe
 
     level, ratio = working_level(slide, factor)
     layout = level_layout(slide, level)
@@ -299,7 +299,7 @@ def scan_slide(
                 cov = acc.coverage(decoded, seg_w, seg_h)
                 valid = cov >= 0.999
                 if bg is None:
-                    from ..tissue import estimate_background
+                    from clotclf_core.slides.tissue import estimate_background
 
                     est, how = estimate_background(acc.view(cov, (255, 255, 255)), valid)
                 else:
@@ -459,3 +459,35 @@ def windows(
                             xa, xb = cc * sw - x, (cc + 1) * sw - x
                             win[max(0, ya) : max(0, yb), max(0, xa) : max(0, xb)] = bg
             yield x, y, win
+
+
+def level_layout(slide: Any, level: int = 0) -> LevelLayout:
+    """The :class:`LevelLayout` of ``level``: the Slide's own when it offers ``level_layout``,
+    else aligned :data:`GENERIC_BLOCK`-pixel blocks read through ``read_region``."""
+    own = getattr(slide, "level_layout", None)
+    if callable(own):
+        return own(level)
+    downsamples = list(getattr(slide, "level_downsamples", [1.0]))
+    dims = list(getattr(slide, "level_dimensions", [tuple(slide.dimensions)]))
+    ds = float(downsamples[level])
+    width, height = (int(v) for v in dims[level])
+    block = GENERIC_BLOCK
+
+    def read(row: int, col: int) -> np.ndarray:
+        x, y = col * block, row * block
+        w, h = min(block, width - x), min(block, height - y)
+        return np.asarray(slide.read_region(x * ds, y * ds, w * ds, h * ds, ds))[:h, :w, :3]
+
+    return LevelLayout(level, width, height, ds, block, block, read)
+
+
+def choose_level(level_downsamples: Iterable[float], factor: int) -> tuple[int, int]:
+    """``(level, ratio)``: the most reduced level from which a view at 1/``factor`` of level 0 is an
+    exact integer reduction by ``ratio`` (within 1 %: pyramids store 4.0003 for 4)."""
+    best = (0, int(factor))
+    for i, ds in enumerate(level_downsamples):
+        ratio = factor / float(ds)
+        whole = round(ratio)
+        if whole >= 1 and abs(ratio - whole) <= 0.01 * ratio and whole < best[1]:
+            best = (i, int(whole))
+    return best

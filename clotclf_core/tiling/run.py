@@ -17,15 +17,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ClotclfError, Interrupted
-from .filters import BuiltFilter, FilterRef, as_built, filters_for
-from .settings import SLIDE_SUFFIXES, TileSettings, TilingError
-from .summary import build_summary, per_slide_row
+from clotclf_core.plugin.errors import ClotclfError, Interrupted
+from clotclf_core.tiling.filters import BuiltFilter, FilterRef, as_built, filters_for
+from clotclf_core.tiling.settings import SLIDE_SUFFIXES, TileSettings, TilingError
+from clotclf_core.tiling.summary import build_summary, per_slide_row
 
 
 def find_slides(folder: Path) -> list[Path]:
     """Slide files directly in ``folder``: the extensions installed sources declare (else :data:`SLIDE_SUFFIXES`)."""
-    from ..sources import slide_extensions
+    from clotclf_core.slides.open import slide_extensions
 
     exts = set(slide_extensions()) or set(SLIDE_SUFFIXES)
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
@@ -45,7 +45,7 @@ def tile_slide(
     without tissue gives zero tiles and ``info["status"] == "no_tissue"`` with the reason; a slide
     that cannot be tiled raises :class:`SlideSkip`. The result does not depend on ``threads``.
     """
-    from .pipeline import MemorySink, tile_one
+    from clotclf_core.tiling.pipeline import MemorySink, tile_one
 
     settings = settings or TileSettings()
     sink = MemorySink(settings.train_size)
@@ -60,8 +60,8 @@ def tile_slide(
 
 def _components(built: list[BuiltFilter], source: str | None) -> dict[str, Any]:
     """Every filter and source that may be used, with its plugin, distribution and version."""
-    from ..config import parse_component_ref
-    from ..plugins import get_manager
+    from clotclf_core.config import parse_component_ref
+    from clotclf_core.plugin_manager import get_manager
 
     mgr = get_manager()
     specs = [mgr.get("source", parse_component_ref(source, "--source")[0])] if source else list(mgr.components("source"))
@@ -74,7 +74,7 @@ def _components(built: list[BuiltFilter], source: str | None) -> dict[str, Any]:
 def _output_failure(exc: OSError, out: Path) -> ClotclfError:
     import shutil
 
-    from ..errors import os_error_message
+    from clotclf_core.plugin.errors import os_error_message
 
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         try:
@@ -112,18 +112,19 @@ def tile_slides(
     Returns the summary (also what ``clotclf tile --json`` prints; see
     :mod:`clotclf_core.tiling.summary`). Raises :class:`TilingError` when it cannot start (no
     folder, no slide files, unreachable Dask scheduler, unwritable ``out``) or when no slide at all
-    could be tiled, and :class:`clotclf_core.errors.Interrupted` on Ctrl-C (finished slides kept).
+    could be tiled, and :class:`clotclf_core.plugin.errors.Interrupted` on Ctrl-C (finished slides kept).
     ``threads``: decoding threads per worker (default: the CPU cores shared among the workers, at
     most 8). ``dask``: a scheduler address (``tcp://host:8786``) or ``local``; default: local processes.
     ``scratch_dir``: where large working rasters go (default: ``TMPDIR``).
     ``require_tiles=False`` returns the summary even when no slide gave a tile (``predict``, which
     still owes every patient a row).
     """
-    from .. import progress as bars
-    from ..inputs import check_folder
-    from ..manifest import manifest_from_files, read_manifest
-    from ..tileset import MANIFEST_COLUMNS, TileSetWriter
-    from .execution import DaskCluster, file_fingerprint, make_engine
+    from clotclf_core import progress as bars
+    from clotclf_core.inputs import check_folder
+    from clotclf_core.slides.manifest import manifest_from_files, read_manifest
+    from clotclf_core.tiling.execution import DaskCluster, file_fingerprint, make_engine
+    from clotclf_core.tiling.tileset import MANIFEST_COLUMNS
+    from clotclf_core.tiling.writer import TileSetWriter
 
     t_start = time.perf_counter()
     settings = settings or TileSettings()
@@ -146,8 +147,8 @@ def tile_slides(
             )
         df = manifest_from_files(files)
     if source:  # fail now on an unknown source, not once per slide
-        from ..config import parse_component_ref
-        from ..plugins import get_manager
+        from clotclf_core.config import parse_component_ref
+        from clotclf_core.plugin_manager import get_manager
 
         name, options = parse_component_ref(source, "--source")
         get_manager().get("source", name).validate_options(options)
@@ -281,7 +282,7 @@ def _changed(rec: dict[str, Any], meta: dict[str, Any], folder: Path, fingerprin
     if not old:
         return False
     try:
-        from ..sources import find_slide
+        from clotclf_core.slides.open import find_slide
 
         path = rec.get("path") or find_slide(folder, rec["image_id"])
         now = fingerprint(path)

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import StrictModel
-from ..errors import ClotclfError
+from clotclf_core.config import StrictModel
+from clotclf_core.plugin.errors import ClotclfError
 
 #: file suffixes picked up when a folder is tiled without a manifest, if no source declares any
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
@@ -55,7 +55,7 @@ class TileSettings(StrictModel):
     min_tissue: float = Field(0.1, ge=0.0, le=1.0, description="share of a tile that must lie in the tissue mask for it to be a candidate")
     thumbnail_size: int = Field(1024, ge=64, description="longer side of the low-resolution view the tissue mask is computed on")
     tissue_method: Literal["saturation", "od", "either", "both"] = Field(
-        "either", description="tissue mask: saturation, optical density, either or both, relative to the slide's glass (see clotclf_core.tissue)"
+        "either", description="tissue mask: saturation, optical density, either or both, relative to the slide's glass (see clotclf_core.slides.tissue)"
     )
     batch_size: int = Field(64, ge=1, description="tiles filtered together")
     prescreen: bool = Field(
@@ -95,8 +95,8 @@ class TileSettings(StrictModel):
         """Validate settings given by a user (CLI, YAML): a bad value is one ConfigError naming it."""
         from pydantic import ValidationError
 
-        from ..config import format_validation_error
-        from ..errors import ConfigError
+        from clotclf_core.plugin.errors import ConfigError
+        from clotclf_core.plugin.spec import format_validation_error
 
         try:
             return cls(**values)

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClotclfError
-from ..io import write_bytes
-from ..writes import write_guard
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import write_bytes, write_guard
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -62,7 +61,7 @@ def write_checkpoint(path: Path, model, opt, state: dict[str, Any]) -> None:
 
 
 def write_weights(path: Path, model, epoch: int) -> None:
-    """The best-so-far weights alone (what :func:`clotclf_core.model.load_state` reads)."""
+    """The best-so-far weights alone (what :func:`clotclf_core.plugin.weights.load_state` reads)."""
     from safetensors.torch import save
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -74,9 +73,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, An
     """(model state, optimizer state_dict, trainer state, raw metadata) of a :func:`write_checkpoint` file."""
     from safetensors import safe_open
 
-    from ..model import _check_safetensors
+    from clotclf_core.plugin.weights import check_safetensors
 
-    _check_safetensors(path)
+    check_safetensors(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta = fh.metadata() or {}

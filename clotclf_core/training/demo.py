@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .settings import TrainSettings
+    from clotclf_core.training.settings import TrainSettings
 
 #: the demo's model when the user names no options: small enough to train on a laptop CPU in
 #: minutes. Applied only to fields the user did not set; a backbone without an entry keeps its defaults.
@@ -50,9 +50,10 @@ def prepare_demo(demo_dir: str | Path, progress: bool = True) -> Path:
     """The demo TileSet: ``demo_dir/cohort`` (synthetic slides + Kaggle-style train.csv, seed 0)
     tiled into ``demo_dir/tiles``. Both are made once; later runs find and reuse them (tiling
     resumes after the slides already done, so an interrupted preparation just continues)."""
-    from .. import tiling
-    from ..demo_data import DEMO_TILING, write_demo_cohort
-    from ..tileset import TileSet, TileSetError
+    from clotclf_core.demo.cohort import DEMO_TILING, write_demo_cohort
+    from clotclf_core.tiling.run import tile_slides
+    from clotclf_core.tiling.settings import TileSettings
+    from clotclf_core.tiling.tileset import TileSet, TileSetError
 
     demo_dir = Path(demo_dir)
     cohort, tiles = demo_dir / "cohort", demo_dir / "tiles"
@@ -68,6 +69,6 @@ def prepare_demo(demo_dir: str | Path, progress: bool = True) -> Path:
                 return tiles
         except TileSetError:
             pass  # e.g. a damaged pixel file: tiling again below repairs just those slides
-    settings = tiling.TileSettings(**{**dict(DEMO_TILING), "train_size": DEMO_TRAIN_SIZE})
-    tiling.tile_slides(cohort / "slides", tiles, manifest=manifest, settings=settings, progress=progress)
+    settings = TileSettings(**{**dict(DEMO_TILING), "train_size": DEMO_TRAIN_SIZE})
+    tile_slides(cohort / "slides", tiles, manifest=manifest, settings=settings, progress=progress)
     return tiles

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClotclfError
-from ..io import write_text
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..inference import Runtime
-    from .settings import TrainSettings
+    from clotclf_core.models.runtime import Runtime
+    from clotclf_core.training.settings import TrainSettings
 
 
 def init_distributed(device: str) -> tuple[int, int, int]:
@@ -68,7 +68,7 @@ def sum_over_ranks(rt: "Runtime", values: list[float]) -> list[float]:
 
 def _check_world_size(s: "TrainSettings", run_dir: Path, nproc: int) -> None:
     """The check each rank's Trainer.resume makes, once before N processes start (one line, not N)."""
-    from .checkpoints import LAST, checkpoint_state
+    from clotclf_core.training.checkpoints import LAST, checkpoint_state
 
     folds = range(s.folds) if s.fold == "all" else [int(s.fold)]
     for k in folds:
@@ -89,9 +89,9 @@ def launch_distributed(s: "TrainSettings", nproc: int, resume: bool, quiet: bool
 
     import yaml
 
-    from .demo import prepare_demo
-    from .prepare import check_model_options, check_out, default_out, prepare_run
-    from .settings import settings_dict
+    from clotclf_core.training.demo import prepare_demo
+    from clotclf_core.training.prepare import check_model_options, check_out, default_out, prepare_run
+    from clotclf_core.training.settings import settings_dict
 
     if nproc < 2:
         raise ClotclfError(

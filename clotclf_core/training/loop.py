@@ -22,21 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
-from ..errors import ClotclfError
-from ..io import write_text
-from ..writes import write_guard
-from .checkpoints import LAST, RESUME_HINT, read_checkpoint, write_checkpoint, write_weights
-from .distributed import barrier, sum_over_ranks
-from .seeds import seed_epoch
-from .settings import differences, settings_dict
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import write_guard, write_text
+from clotclf_core.seeds import seed_epoch
+from clotclf_core.training.checkpoints import LAST, RESUME_HINT, read_checkpoint, write_checkpoint, write_weights
+from clotclf_core.training.distributed import barrier, sum_over_ranks
+from clotclf_core.training.settings import differences, settings_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
     import torch
 
-    from ..inference import Runtime
-    from .settings import TrainSettings
+    from clotclf_core.models.runtime import Runtime
+    from clotclf_core.training.settings import TrainSettings
 
 
 @dataclass
@@ -59,7 +58,7 @@ class Scored:
 def scored(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str, level: str) -> Scored:
     """Predictions of ``level`` units (``tile`` or ``slide``) -> metrics at that level and above,
     the monitored patient loss and this epoch's history columns."""
-    from ..evaluate import patient_loss, score, score_slides
+    from clotclf_core.scoring.evaluate import patient_loss, score, score_slides
 
     metrics = score(frame, probs, labels) if level == "tile" else score_slides(frame, probs, labels)
     loss = patient_loss(frame, probs, labels, weighted=monitor == "patient_weighted_log_loss")
@@ -112,7 +111,7 @@ def cosine_factor(step: int, warmup: int, total: int, floor: float) -> float:
 class Trainer:
     """Trains one fold: ``fit()`` runs epochs with validation, early stopping and checkpoints.
 
-    ``model`` is the module whose weights are saved (a :class:`clotclf_core.model.ClotClassifier`
+    ``model`` is the module whose weights are saved (a :class:`clotclf_core.models.build.ClotClassifier`
     for tile-level training); ``task`` supplies batches, the per-step loss and validation.
     ``fold_dir`` receives ``checkpoints/`` and ``history.csv``.
     """
@@ -179,7 +178,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         import torch
 
-        from ..progress import bar
+        from clotclf_core.progress import bar
 
         self.task.set_epoch(epoch)
         seed_epoch(self.s.seed, self.fold, epoch, self.rt.rank)  # dropout / drop-path of this epoch, this rank
@@ -208,7 +207,7 @@ class Trainer:
 
     def fit(self, after_train_epoch: Callable[[int, "Trainer"], None] | None = None) -> None:
         """Train until ``epochs`` or early stopping; afterwards the model holds the best epoch's weights."""
-        from ..progress import write
+        from clotclf_core.progress import write
 
         s = self.s
         for epoch in range(self.start_epoch, s.epochs):
@@ -292,7 +291,7 @@ class Trainer:
 
     def restore_best(self) -> None:
         """Load the best epoch's weights from its checkpoint file (a real copy, not a live view)."""
-        from ..model import load_state, load_state_into
+        from clotclf_core.plugin.weights import load_state, load_state_into
 
         if not self.best_file:
             return
@@ -319,7 +318,7 @@ class Trainer:
                 "the batches of each step and the LR schedule depend on it, so the result would not be the one the run "
                 f"was going to give. Resume it {how}, or start a new run with another --out"
             )
-        from ..model import load_state_into
+        from clotclf_core.plugin.weights import load_state_into
 
         load_state_into(self.model, model_state, str(path))
         self.opt.load_state_dict(opt_state)

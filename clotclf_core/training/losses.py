@@ -1,7 +1,7 @@
 """Training losses: cross entropy, or the competition metric itself (``--loss weighted_log_loss``).
 
 The STRIP AI metric is the class-balanced log loss: the mean ``-log p(true class)`` within each
-class, averaged over the classes with equal weight (:func:`clotclf_core.metrics.weighted_log_loss`).
+class, averaged over the classes with equal weight (:func:`clotclf_core.scoring.metrics.weighted_log_loss`).
 :func:`weighted_log_loss` is that formula on a batch, differentiable: every class present in the
 batch weighs the same whatever its count, so the 72 % CE majority of STRIP AI cannot dominate the
 gradient, and what is minimised is what the headline reports. (``--class-weights balanced``
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .settings import TrainSettings
+    from clotclf_core.training.settings import TrainSettings
 
 
 def weighted_log_loss(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":

@@ -5,12 +5,12 @@ loop, splits, checkpoints, early stopping, cross-validation and reports as tile-
 (:mod:`clotclf_core.training.tiles`):
 
 - **on features** (``--features F``): bags of a feature store's tile features
-  (:class:`clotclf_core.bags.FeatureBagLoader`), the model an aggregator alone;
-- **end to end** (``--tiles T --backbone B``): bags of tile images (:class:`clotclf_core.bags.TileBagDataset`,
+  (:class:`clotclf_core.features.bags.FeatureBagLoader`), the model an aggregator alone;
+- **end to end** (``--tiles T --backbone B``): bags of tile images (:class:`clotclf_core.features.bags.TileBagDataset`,
   augmented, DataLoader workers), backbone and aggregator trained together.
 
-Each training bag holds ``bag_size`` tiles drawn anew every epoch (see :mod:`clotclf_core.bags`);
-validation and test score every tile of each slide (:class:`clotclf_core.inference.BagScorer`).
+Each training bag holds ``bag_size`` tiles drawn anew every epoch (see :mod:`clotclf_core.features.bags`);
+validation and test score every tile of each slide (:class:`clotclf_core.scoring.inference.BagScorer`).
 Metrics are at slide and patient level (patient = mean of its slides), no tile level; early
 stopping watches the patient-level weighted log loss like every run. :data:`MIL_KIND` bundles it.
 """
@@ -20,18 +20,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import ClotclfError
-from .loop import Scored, scored
-from .losses import make_loss
-from .seeds import loader_generator, mix
-from .tiles import TrainingKind, declared_size as _backbone_declared_size
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.seeds import loader_generator, mix
+from clotclf_core.training.loop import Scored, scored
+from clotclf_core.training.losses import make_loss
+from clotclf_core.training.tiles import TrainingKind
+from clotclf_core.training.tiles import declared_size as _backbone_declared_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-    from ..inference import Runtime
-    from .settings import TrainSettings
+    from clotclf_core.models.runtime import Runtime
+    from clotclf_core.training.settings import TrainSettings
 
 
 def score_bag_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str) -> Scored:
@@ -40,7 +41,7 @@ def score_bag_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence
 
 
 def is_features(data: Any) -> bool:
-    from ..bags import FeatureBags
+    from clotclf_core.features.bags import FeatureBags
 
     return isinstance(data, FeatureBags)
 
@@ -53,15 +54,28 @@ def eval_batch_size(s: "TrainSettings", end_to_end: bool, bag_size: int | None) 
 
 
 class BagTask:
-    """One fold of MIL training on ``data`` (a :class:`clotclf_core.bags.FeatureBags` or a TileSet)."""
+    """One fold of MIL training on ``data`` (a :class:`clotclf_core.features.bags.FeatureBags` or a TileSet)."""
 
     def __init__(self, s: "TrainSettings", model, data: Any, train_patients: Sequence[str],
                  val_patients: Sequence[str], fold: int, rt: "Runtime"):
         import torch
 
-        from ..bags import FeatureBagLoader, Slides, TileBagDataset, check_bag_size, collate_bags, no_slides_error
-        from ..data import EpochSampler, build_transform, cap_tiles_per_slide, make_loader, rows_of_patients
-        from ..inference import BagScorer
+        from clotclf_core.features.bags import (
+            FeatureBagLoader,
+            Slides,
+            TileBagDataset,
+            check_bag_size,
+            collate_bags,
+            no_slides_error,
+        )
+        from clotclf_core.scoring.inference import BagScorer
+        from clotclf_core.tiling.dataset import (
+            EpochSampler,
+            build_transform,
+            cap_tiles_per_slide,
+            make_loader,
+            rows_of_patients,
+        )
 
         self.s, self.rt, self.data = s, rt, data
         cfg = model.config
@@ -128,8 +142,8 @@ class BagTask:
 
 def _score(s: "TrainSettings", model, data: Any, patients: Sequence[str], rt: "Runtime", progress: bool,
            desc: str) -> Scored | None:
-    from ..bags import Slides, check_bag_size
-    from ..inference import score_bags
+    from clotclf_core.features.bags import Slides, check_bag_size
+    from clotclf_core.scoring.inference import score_bags
 
     if not patients:
         return None
@@ -145,7 +159,7 @@ def _score(s: "TrainSettings", model, data: Any, patients: Sequence[str], rt: "R
 def _rescore(s: "TrainSettings", fold_dir: Path, data: Any, patients: Sequence[str], rt: "Runtime",
              progress: bool, desc: str) -> Scored | None:
     """A finished fold's saved model on some patients (for cross-validation after a resume)."""
-    from ..model import load_model
+    from clotclf_core.models.saved import load_model
 
     if not patients:
         return None
@@ -155,7 +169,7 @@ def _rescore(s: "TrainSettings", fold_dir: Path, data: Any, patients: Sequence[s
 def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
     """The one place a MIL run's model description is assembled: the aggregator, and the feature
     store's encoder record (on features) or the backbone (end to end)."""
-    from ..config import EncoderRecord, ModelConfig
+    from clotclf_core.models.config import EncoderRecord, ModelConfig
 
     common = {"kind": "mil", "aggregator": s.aggregator, "aggregator_options": s.aggregator_options, "labels": labels}
     if is_features(data):
@@ -165,7 +179,7 @@ def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, dat
 
 
 def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
-    from ..model import build_model
+    from clotclf_core.models.build import build_model
 
     return build_model(mil_model_config(s, labels, input_size, data))
 
@@ -201,10 +215,10 @@ def _dry_run(model, size: int, s: "TrainSettings") -> None:
 
 def _open(s: "TrainSettings") -> Any:
     if s.features is not None:
-        from ..bags import open_feature_bags
+        from clotclf_core.features.bags import open_feature_bags
 
         return open_feature_bags(s.features, s.tiles)
-    from .prepare import open_tiles
+    from clotclf_core.training.prepare import open_tiles
 
     return open_tiles(s.tiles)
 
@@ -212,7 +226,7 @@ def _open(s: "TrainSettings") -> Any:
 def _records(s: "TrainSettings", data: Any) -> dict[str, Any]:
     if is_features(data):
         return {"tileset": data.tileset_record(), "features": data.features_record()}
-    from .prepare import tileset_record
+    from clotclf_core.training.prepare import tileset_record
 
     return {"tileset": tileset_record(data)}
 

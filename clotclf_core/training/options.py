@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ..errors import ConfigError
-from .settings import TrainSettings
+from clotclf_core.plugin.errors import ConfigError
+from clotclf_core.training.settings import TrainSettings
 
 #: fields given on the command line in another shape than ``--field-name VALUE``
 _CLI_SPECIAL = {"backbone_options", "head_options", "aggregator_options", "augment", "labels", "fold", "channels_last"}
@@ -60,7 +60,7 @@ def cli_options(command):
 
 def overrides_from_cli(params: dict[str, Any]) -> dict[str, Any]:
     """The click parameters of :func:`cli_options` -> a partial settings dict (given values only)."""
-    from ..config import parse_key_values
+    from clotclf_core.config import parse_key_values
 
     out = {k: v for k, v in params.items() if k in TrainSettings.model_fields and k not in _CLI_SPECIAL and v is not None}
     if params.get("backbone_opt"):

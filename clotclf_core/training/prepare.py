@@ -16,16 +16,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import load_yaml
-from ..errors import ClotclfError
-from .settings import TrainSettings, differences, settings_dict
-from .tiles import TILE_KIND, TrainingKind, kind_for
+from clotclf_core.config import load_yaml
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.tiling.tileset import tileset_is_synthetic
+from clotclf_core.training.settings import TrainSettings, differences, settings_dict
+from clotclf_core.training.tiles import TILE_KIND, TrainingKind, kind_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from ..splits import Split
-    from ..tileset import TileSet
+    from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.training.splits import Split
 
 
 # ============================================================================ checks that only read
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def check_model_options(s: TrainSettings) -> None:
     """The backbone, head and aggregator exist and their options are valid: checked first, before
     minutes of demo-cohort generation and before anything is written."""
-    from ..plugins import get_manager
+    from clotclf_core.plugin_manager import get_manager
 
     mgr = get_manager()
     for kind in ("backbone", "head", "aggregator"):
@@ -185,24 +186,15 @@ def tileset_record(ts: "TileSet") -> dict[str, Any]:
     }
 
 
-def tileset_is_synthetic(ts: "TileSet") -> bool:
-    """Slides of ``ts.index`` marked synthetic: ``demo-data`` writes a ``synthetic`` manifest column,
-    ``tile`` records it in tileset.json (top level and per slide)."""
-    if ts.meta.get("synthetic"):
-        return True
-    used = set(ts.index["image_id"])
-    return any(str(v.get("synthetic", "")).lower() in ("true", "1") for k, v in ts.slides.items() if k in used)
-
-
 def is_synthetic(s: TrainSettings, ts: "TileSet") -> bool:
     """The demo, or a TileSet of synthetic slides."""
-    from .demo import is_demo
+    from clotclf_core.training.demo import is_demo
 
     return is_demo(s) or tileset_is_synthetic(ts)
 
 
 def data_record(s: TrainSettings, ts: "TileSet") -> dict[str, Any]:
-    from .demo import is_demo
+    from clotclf_core.training.demo import is_demo
 
     return {
         "dataset": "clotclf synthetic demo cohort" if is_demo(s) else ts.root.resolve().name,
@@ -248,7 +240,7 @@ class RunData:
 
 def open_tiles(path: str) -> "TileSet":
     """The TileSet of ``--tiles``, with a clear error for what is not one (see :mod:`clotclf_core.inputs`)."""
-    from ..inputs import open_tileset
+    from clotclf_core.tiling.tileset import open_tileset
 
     return open_tileset(path, "--tiles")
 
@@ -258,7 +250,7 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
     left out), the model (built once and run on one input) and the split (made or loaded, checked).
     ``train`` writes nothing before this returns, so a refused command leaves no half-started run.
     ``kind``: the kind of training (default: the one ``s`` asks for, :func:`~.tiles.kind_for`)."""
-    from ..splits import SplitError, describe_test_set, load_split, make_split
+    from clotclf_core.training.splits import SplitError, describe_test_set, load_split, make_split
 
     kind = kind or kind_for(s)
     ts = kind.open_data(s)
@@ -292,7 +284,7 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
     input_size, size_from = check_model(s, labels, ts, kind)
     data["input_size"], data["input_size_from"] = input_size, size_from
     if s.aggregator:
-        from ..bags import check_bag_size, short_slides_note
+        from clotclf_core.features.bags import check_bag_size, short_slides_note
 
         bag_size = check_bag_size(s.bag_size, s.features is None)
         data["bag_size"] = bag_size

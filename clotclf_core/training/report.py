@@ -10,66 +10,16 @@ for two classes) beside it, and whether the data were synthetic.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import write_json, write_text
-from ..writes import write_guard
-from .checkpoints import RESUME_HINT
+from clotclf_core.plugin.io import write_guard, write_json, write_text
+from clotclf_core.scoring.headline import VAL_NOTE, headline, headline_sentence
+from clotclf_core.training.checkpoints import RESUME_HINT
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loop import Scored, Trainer
-    from .settings import TrainSettings
-
-#: what each possible headline is, in the words metrics.json, the card and the CLI use
-WHAT = {
-    "test": "held-out test patients: never trained on, never used for early stopping",
-    "test_ensemble": "held-out test patients, scored by the mean of the fold models: never trained on, never used "
-                     "for early stopping",
-    "oof": "out-of-fold patients: each scored by the one fold model that never trained on it (early stopping "
-           "watched them, so slightly optimistic)",
-    "val": "validation patients only, the ones early stopping chose the epoch on (optimistic): this run holds out no "
-           "test set; use --test-fraction, or --fold all",
-}
-#: the label of the validation numbers wherever they are shown beside a held-out result
-VAL_NOTE = "validation patients: early stopping chose the best epoch on them, so their numbers are optimistic"
-
-
-def baseline(n_classes: int) -> float:
-    """Weighted log loss of equal probabilities for every patient (ln 2 = 0.693 for CE / LAA)."""
-    return round(math.log(n_classes), 4)
-
-
-def headline(on: str, levels: dict[str, Any], n_classes: int, synthetic: bool | None = None,
-             what: str | None = None) -> dict[str, Any]:
-    """The headline record (``metrics.json``'s first entry) of ``levels`` = ``{"slide"?, "patient", ...}``."""
-    patient = levels["patient"]
-    out = {
-        "on": on,
-        "what": what or WHAT[on],
-        "n_patients": patient.get("n"),
-        "weighted_log_loss": patient.get("weighted_log_loss"),
-        "baseline_weighted_log_loss": baseline(n_classes),
-        "balanced_accuracy": patient.get("balanced_accuracy"),
-        "roc_auc": patient.get("roc_auc"),
-        "accuracy": patient.get("accuracy"),
-    }
-    if synthetic is not None:
-        out["synthetic"] = bool(synthetic)
-    return out
-
-
-def headline_sentence(h: dict[str, Any]) -> str:
-    """One line: 'Held-out test patients (n=6, ...): weighted log loss 0.658 (constant 0.5: 0.693) ...'."""
-    def f(v):
-        return "n/a" if v is None else f"{v:.3f}"
-
-    what = h["what"][0].upper() + h["what"][1:]
-    synthetic = " SYNTHETIC DATA: says nothing about real clots." if h.get("synthetic") else ""
-    return (f"{what}; n = {h['n_patients']} patients: patient-level weighted log loss {f(h['weighted_log_loss'])} "
-            f"(equal probabilities score {h['baseline_weighted_log_loss']:.3f}; lower is better), balanced accuracy "
-            f"{f(h['balanced_accuracy'])}, ROC AUC {f(h['roc_auc'])}.{synthetic}")
+    from clotclf_core.training.loop import Scored, Trainer
+    from clotclf_core.training.settings import TrainSettings
 
 
 def fold_result(s: "TrainSettings", trainer: "Trainer", val: "Scored", test: "Scored | None",
@@ -97,7 +47,7 @@ def fold_result(s: "TrainSettings", trainer: "Trainer", val: "Scored", test: "Sc
 def _plot_history(history: list[dict[str, Any]], png: Path, title: str) -> None:
     import pandas as pd
 
-    from ..plots import plot_history
+    from clotclf_core.scoring.plots import plot_history
 
     frame = pd.DataFrame(history).drop(columns=["images_per_s", "seconds"], errors="ignore")
     plot_history(frame, png, title)
@@ -106,8 +56,8 @@ def _plot_history(history: list[dict[str, Any]], png: Path, title: str) -> None:
 def write_fold(fold_dir: Path, trainer: "Trainer", result: dict[str, Any], val: "Scored", test: "Scored | None",
                labels: list[str], sections: dict[str, Any]) -> None:
     """The fold's run directory: model + config.json, metrics.json, predictions, pictures, model card."""
-    from ..evaluate import predictions_frame, write_pictures
-    from ..model import save_model
+    from clotclf_core.models.saved import save_model
+    from clotclf_core.scoring.evaluate import predictions_frame, write_pictures
 
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     with write_guard("the model and its results", fold_dir, after=RESUME_HINT):  # checkpoints complete: --resume redoes this
@@ -125,15 +75,15 @@ def write_fold(fold_dir: Path, trainer: "Trainer", result: dict[str, Any], val: 
 def write_card(run_dir: Path, metrics: dict[str, Any], config: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> None:
     """The run's README.md from its config.json (or ``config``) and metrics (headline first)."""
-    from ..model import read_config
-    from ..modelcard import write_model_card
+    from clotclf_core.models.card import write_model_card
+    from clotclf_core.models.runs import read_config
 
     write_model_card(run_dir, config if config is not None else read_config(run_dir), metrics, extra)
 
 
 def report_table(summary: dict[str, Any]) -> str:
     """What ``clotclf train`` prints at the end: the headline, the metrics table(s), where the results are."""
-    from ..metrics import format_table
+    from clotclf_core.scoring.metrics import format_table
 
     parts = []
     if "cv" in summary:

@@ -5,7 +5,7 @@
 1. the TileSet (``--tiles``, or the demo cohort generated and tiled once under ``--demo-dir``)
    and everything that can refuse the run, checked before the first file is written
    (:mod:`clotclf_core.training.prepare`);
-2. a patient-level split (:mod:`clotclf_core.splits`), saved with the run;
+2. a patient-level split (:mod:`clotclf_core.training.splits`), saved with the run;
 3. per fold, a :class:`~clotclf_core.training.loop.Trainer` on the kind's task (tile-level by
    default), the best epoch's weights restored, the test patients scored, and the fold's run
    directory written (:mod:`clotclf_core.training.report`);
@@ -21,21 +21,27 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Interrupted
-from ..writes import write_guard
-from .checkpoints import LAST, RESUME_HINT, checkpoint_state
-from .distributed import barrier, broadcast, init_distributed
-from .prepare import (  # noqa: F401  (re-exported: the names callers used from run)
-    RunData, check_model, check_model_options, check_out, config_sections, data_record, default_out, prepare_run,
-    tileset_record)
-from .settings import TrainSettings, settings_dict
-from .tiles import TILE_KIND, TrainingKind, kind_for
+from clotclf_core.plugin.errors import Interrupted
+from clotclf_core.plugin.io import write_guard
+from clotclf_core.training.checkpoints import LAST, RESUME_HINT, checkpoint_state
+from clotclf_core.training.distributed import barrier, broadcast, init_distributed
+from clotclf_core.training.prepare import (
+    check_model_options,
+    check_out,
+    config_sections,
+    data_record,
+    default_out,
+    prepare_run,
+    tileset_record,
+)
+from clotclf_core.training.settings import TrainSettings, settings_dict
+from clotclf_core.training.tiles import TILE_KIND, TrainingKind, kind_for
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..inference import Runtime
-    from ..splits import Split
-    from ..tileset import TileSet
-    from .loop import Trainer
+    from clotclf_core.models.runtime import Runtime
+    from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.training.loop import Trainer
+    from clotclf_core.training.splits import Split
 
 
 # ============================================================================ training
@@ -50,9 +56,9 @@ def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir
     ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``);
     ``input_size``: the model's (default: ``--input-size``, else the tile side; ``train`` passes
     what :func:`~clotclf_core.training.prepare.check_model` resolved)."""
-    from .loop import Trainer
-    from .report import fold_result, write_fold
-    from .seeds import seed_model_init
+    from clotclf_core.seeds import seed_model_init
+    from clotclf_core.training.loop import Trainer
+    from clotclf_core.training.report import fold_result, write_fold
 
     fold = split.folds[k]
     input_size = input_size or s.input_size or ts.tile_size
@@ -99,11 +105,11 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
     ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.tiles.kind_for`)."""
     import yaml
 
-    from ..inference import pick_runtime
-    from ..io import write_text
-    from ..splits import save_split
-    from .crossval import cross_validate, reload_fold
-    from .demo import prepare_demo
+    from clotclf_core.models.runtime import pick_runtime
+    from clotclf_core.plugin.io import write_text
+    from clotclf_core.training.crossval import cross_validate, reload_fold
+    from clotclf_core.training.demo import prepare_demo
+    from clotclf_core.training.splits import save_split
 
     check_model_options(s)  # before the demo cohort is generated (minutes)
     kind = kind or kind_for(s)

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from ..config import StrictModel, format_validation_error, load_yaml
-from ..errors import ConfigError
+from clotclf_core.config import StrictModel, load_yaml
+from clotclf_core.plugin.errors import ConfigError
+from clotclf_core.plugin.spec import format_validation_error
 
 
 class AugmentSettings(StrictModel):
@@ -168,7 +169,7 @@ def resolve_settings(config: str | os.PathLike | None = None, overrides: dict[st
     Unknown YAML fields are errors (with the closest known name), never silently ignored. With no
     TileSet the demo preset fills the fields the user left unset.
     """
-    from .demo import apply_demo_preset
+    from clotclf_core.training.demo import apply_demo_preset
 
     data = load_yaml(config) if config else {}
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})

@@ -2,7 +2,7 @@
 
 :class:`TileTask` is the :class:`~clotclf_core.training.loop.FoldTask` for one fold: the training
 loader (memory-mapped tiles, seeded augmentation, its own loader generator), the cross-entropy
-step, and validation through :class:`clotclf_core.inference.TileScorer` (tile probabilities ->
+step, and validation through :class:`clotclf_core.scoring.inference.TileScorer` (tile probabilities ->
 mean per slide -> mean per patient, the monitored loss at patient level). :data:`TILE_KIND`
 bundles what the run needs to build, score and reload tile-level models; a bag-level kind
 provides the same four things.
@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..errors import ClotclfError
-from .loop import Scored, scored
-from .losses import make_loss
-from .seeds import loader_generator, mix
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.seeds import loader_generator, mix
+from clotclf_core.training.loop import Scored, scored
+from clotclf_core.training.losses import make_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-    from ..inference import Runtime
-    from ..tileset import TileSet
-    from .settings import TrainSettings
+    from clotclf_core.models.runtime import Runtime
+    from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.training.settings import TrainSettings
 
 
 def score_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence[str], monitor: str) -> Scored:
@@ -39,8 +39,8 @@ class TileTask:
     def __init__(self, s: "TrainSettings", model, tileset: "TileSet", train_rows, val_rows, fold: int, rt: "Runtime"):
         import torch
 
-        from ..data import EpochSampler, TileDataset, build_transform, make_loader
-        from ..inference import TileScorer
+        from clotclf_core.scoring.inference import TileScorer
+        from clotclf_core.tiling.dataset import EpochSampler, TileDataset, build_transform, make_loader
 
         self.s, self.rt, self.tileset = s, rt, tileset
         cfg = model.config
@@ -80,8 +80,8 @@ class TileTask:
 
     def score_patients(self, model, patients: Sequence[str], progress: bool, desc: str) -> Scored | None:
         """Any other patients of the TileSet (the held-out test set), with a loader made for them."""
-        from ..data import rows_of_patients
-        from ..inference import score_tiles
+        from clotclf_core.scoring.inference import score_tiles
+        from clotclf_core.tiling.dataset import rows_of_patients
 
         if not patients:
             return None
@@ -93,13 +93,13 @@ class TileTask:
 def tile_trainer(s: "TrainSettings", model, tileset: "TileSet", train_rows, val_rows, fold: int, fold_dir: Path,
                  rt: "Runtime", progress: bool = True):
     """A :class:`~clotclf_core.training.loop.Trainer` on a :class:`TileTask` (what the benchmark and tests build)."""
-    from .loop import Trainer
+    from clotclf_core.training.loop import Trainer
 
     return Trainer(s, model, TileTask(s, model, tileset, train_rows, val_rows, fold, rt), fold, fold_dir, rt, progress)
 
 
 def _training_rows(s: "TrainSettings", ts: "TileSet", patients: Sequence[str], fold: int):
-    from ..data import cap_tiles_per_slide, rows_of_patients
+    from clotclf_core.tiling.dataset import cap_tiles_per_slide, rows_of_patients
 
     rows = rows_of_patients(ts.index, patients)
     return cap_tiles_per_slide(ts.index, rows, s.max_tiles_per_slide, mix(s.seed, fold))
@@ -107,7 +107,7 @@ def _training_rows(s: "TrainSettings", ts: "TileSet", patients: Sequence[str], f
 
 def _make_task(s: "TrainSettings", model, ts: "TileSet", train_patients: Sequence[str], val_patients: Sequence[str],
                fold: int, rt: "Runtime") -> TileTask:
-    from ..data import rows_of_patients
+    from clotclf_core.tiling.dataset import rows_of_patients
 
     train_rows = _training_rows(s, ts, train_patients, fold)
     present = sorted(set(ts.index["label"].to_numpy()[train_rows]))
@@ -122,9 +122,9 @@ def _make_task(s: "TrainSettings", model, ts: "TileSet", train_patients: Sequenc
 def _rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequence[str], rt: "Runtime",
              progress: bool, desc: str) -> Scored | None:
     """A finished fold's saved model on some patients (for cross-validation after a resume)."""
-    from ..data import rows_of_patients
-    from ..inference import score_tiles
-    from ..model import load_model
+    from clotclf_core.models.saved import load_model
+    from clotclf_core.scoring.inference import score_tiles
+    from clotclf_core.tiling.dataset import rows_of_patients
 
     if not patients:
         return None
@@ -136,14 +136,14 @@ def _rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequen
 
 def model_config(s: "TrainSettings", labels: list[str], input_size: int):
     """The one place a tile-level run's model description is assembled from its settings."""
-    from ..config import ModelConfig
+    from clotclf_core.models.config import ModelConfig
 
     return ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
                        head_options=s.head_options, labels=labels, input_size=input_size)
 
 
 def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = None):
-    from ..model import build_model
+    from clotclf_core.models.build import build_model
 
     return build_model(model_config(s, labels, input_size))
 
@@ -151,7 +151,7 @@ def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = N
 def sized_by_input(s: "TrainSettings") -> bool:
     """The backbone takes an ``img_size`` option the user left unset: it is built for the input
     size (the tiles' side), so it declares no size of its own worth following."""
-    from ..plugins import get_manager
+    from clotclf_core.plugin_manager import get_manager
 
     spec = get_manager().get("backbone", s.backbone)
     return "img_size" in spec.options.model_fields and s.backbone_options.get("img_size") is None
@@ -159,7 +159,7 @@ def sized_by_input(s: "TrainSettings") -> bool:
 
 def declared_size(s: "TrainSettings", model) -> int | None:
     """The input side the built backbone declares (timm's pretrained_cfg), when the run should follow it."""
-    from ..backbone_input import input_spec
+    from clotclf_core.models.inputs import input_spec
 
     if s.input_size or sized_by_input(s):
         return None
@@ -167,13 +167,13 @@ def declared_size(s: "TrainSettings", model) -> int | None:
 
 
 def _open(s: "TrainSettings") -> "TileSet":
-    from .prepare import open_tiles
+    from clotclf_core.training.prepare import open_tiles
 
     return open_tiles(s.tiles)
 
 
 def _records(s: "TrainSettings", ts: "TileSet") -> dict[str, Any]:
-    from .prepare import tileset_record
+    from clotclf_core.training.prepare import tileset_record
 
     return {"tileset": tileset_record(ts)}
 
@@ -231,7 +231,7 @@ TILE_KIND = TrainingKind("tile", _build, _make_task, score_frame, _rescore)
 def kind_for(s: "TrainSettings") -> TrainingKind:
     """The kind of training ``s`` asks for: multiple-instance with an aggregator, else tile level."""
     if s.aggregator:
-        from .mil import MIL_KIND
+        from clotclf_core.training.mil import MIL_KIND
 
         return MIL_KIND
     return TILE_KIND

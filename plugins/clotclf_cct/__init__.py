@@ -9,8 +9,7 @@ the network: :mod:`.model`. Importing this module imports no torch; :func:`build
 
 from __future__ import annotations
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec
+from clotclf_core.plugin import ComponentSpec, hookimpl
 
 from .options import DEFAULT_VARIANT, VARIANTS, CCTArch, CCTOptions
 

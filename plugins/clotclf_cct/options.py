@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from clotclf_core.interfaces import Options
+from clotclf_core.plugin import Options
 
 POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1
 #: channels of the tokenizer's intermediate conv layers (the last one outputs embed_dim)

@@ -9,8 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 
 class LinearOptions(Options):

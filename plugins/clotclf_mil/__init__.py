@@ -1,7 +1,7 @@
 """Built-in multiple-instance aggregators: ``mean`` and gated-attention ``abmil``.
 
 Both pool a bag of tile features (B, N, F) with a mask (B, N) into slide (or patient) logits
-(B, C); see :class:`clotclf_core.interfaces.Aggregator`. ``abmil`` is the gated attention
+(B, C); see :class:`clotclf_core.plugin.protocols.Aggregator`. ``abmil`` is the gated attention
 pooling of Ilse, Tomczak & Welling, "Attention-based Deep Multiple Instance Learning" (ICML
 2018), written here from the paper's equations; ``mean`` is its mean-pooling baseline with the
 same per-tile embedding, so the two differ only in how tiles are weighted.
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 
 class MeanOptions(Options):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clotclf_core.aggregate import masked_mean, masked_softmax
+from clotclf_core.plugin.masked import masked_mean, masked_softmax
 
 
 def _embedding(in_features: int, hidden: int, dropout: float) -> nn.Module:
@@ -37,7 +37,7 @@ class GatedAttentionMIL(nn.Module):
     h_k = ReLU(W_e x_k); score_k = w^T (tanh(V h_k) * sigmoid(U h_k))   (gated, eq. 9)
                          or score_k = w^T tanh(V h_k)                      (plain, eq. 8);
     a = softmax over the bag's real tiles of score; z = sum_k a_k h_k; logits = W z + b.
-    Padded positions get exactly zero weight (:func:`clotclf_core.aggregate.masked_softmax`).
+    Padded positions get exactly zero weight (:func:`clotclf_core.plugin.masked.masked_softmax`).
     """
 
     has_attention = True

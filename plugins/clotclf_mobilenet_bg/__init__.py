@@ -18,8 +18,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 FILTER_NAME = "mobilenetv3"
 KIND = "patch_filter"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clotclf_core.errors import ClotclfError
+from clotclf_core.plugin import ClotclfError
 
 from . import LABELS
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clotclf_core.errors import ClotclfError, ConfigError
+from clotclf_core.plugin import ClotclfError, ConfigError
 
 from . import FILTER_NAME
 from ._net import load_run, resolve_device

@@ -24,16 +24,14 @@ import torch
 from torch import nn
 
 from clotclf_core import __version__ as CORE_VERSION
-from clotclf_core.config import IMAGENET_MEAN, IMAGENET_STD
-from clotclf_core.errors import ClotclfError, ModelLoadError
-from clotclf_core.io import write_json
-from clotclf_core.model import (
+from clotclf_core.models.runs import resolve_run_dir
+from clotclf_core.plugin import IMAGENET_MEAN, IMAGENET_STD, ClotclfError, ModelLoadError, write_json
+from clotclf_core.plugin.weights import (
     CONFIG_NAME,
     PICKLE_SUFFIXES,
     WEIGHTS_NAME,
     load_state,
     load_state_into,
-    resolve_run_dir,
     save_weights,
     sha256_file,
 )

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from clotclf_core.config import StrictModel, format_validation_error
-from clotclf_core.errors import ClotclfError, ConfigError
-from clotclf_core.io import write_json, write_text
+from clotclf_core.config import StrictModel
+from clotclf_core.plugin import ClotclfError, ConfigError, write_json, write_text
+from clotclf_core.plugin.spec import format_validation_error
 
 from . import ARCHES, DEFAULT_ARCH, FILTER_NAME, LABELS, Arch
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 #: File extensions OpenSlide reads (``find_slide`` looks for ``<image_id><ext>``).
 EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".czi")

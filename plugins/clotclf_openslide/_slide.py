@@ -1,6 +1,6 @@
-"""Slides read with OpenSlide, answered through the shared region engine of clotclf_core.sources.
+"""Slides read with OpenSlide, answered through the shared region engine of clotclf_core.slides.open.
 
-OpenSlide picks the level; :func:`clotclf_core.sources.render_region` reads it in blocks of at
+OpenSlide picks the level; :func:`clotclf_core.plugin.regions.render_region` reads it in blocks of at
 most 2048 x 2048 pixels and area-averages them to the requested size, so a thumbnail of a large
 single-level slide never holds the whole level in memory (OpenSlide still decodes all of it).
 """
@@ -12,10 +12,10 @@ import os
 import numpy as np
 import openslide
 
-from clotclf_core.sources import (
+from clotclf_core.plugin import SlideReadError
+from clotclf_core.plugin.regions import (
     GENERIC_BLOCK,
     LevelLayout,
-    SlideReadError,
     check_region,
     checked_mpp,
     grid_blocks,
@@ -53,7 +53,7 @@ class OpenSlideSource:
 
 
 class OpenSlideSlide:
-    """A :class:`clotclf_core.interfaces.Slide` backed by ``openslide.OpenSlide``."""
+    """A :class:`clotclf_core.plugin.protocols.Slide` backed by ``openslide.OpenSlide``."""
 
     source_name = "openslide"
 

@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 VARIANTS = tuple(
     f"{family}_{size}" for family in ("poolformer", "poolformerv2") for size in ("s12", "s24", "s36", "m36", "m48")

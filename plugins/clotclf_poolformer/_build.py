@@ -3,7 +3,7 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from clotclf_core.errors import ClotclfError
+from clotclf_core.plugin import ClotclfError
 
 
 def build_poolformer(opts) -> nn.Module:

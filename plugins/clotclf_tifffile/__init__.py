@@ -12,8 +12,7 @@ Importing this module imports neither tifffile nor numpy; :func:`build` does.
 
 from __future__ import annotations
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, NoOptions
+from clotclf_core.plugin import ComponentSpec, NoOptions, hookimpl
 
 #: File extensions this source reads (``find_slide`` looks for ``<image_id><ext>``).
 EXTENSIONS = (".tif", ".tiff", ".svs", ".btf", ".tf2", ".tf8")

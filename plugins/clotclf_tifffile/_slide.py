@@ -1,7 +1,7 @@
 """TIFF slides decoded one tile (or strip) at a time with tifffile.
 
 Nothing here ever decodes a whole level: ``read_region`` and ``thumbnail`` ask
-:func:`clotclf_core.sources.render_region` for the result, and it pulls only the segments
+:func:`clotclf_core.plugin.regions.render_region` for the result, and it pulls only the segments
 (tiles or strips) that intersect the request, each read from its file offset and decoded with
 ``page.decode``. Large reductions (thumbnails of single-level slides) are averaged segment by
 segment into a small image, so the peak memory is one segment plus the small output.
@@ -20,11 +20,9 @@ from typing import Iterator
 import numpy as np
 import tifffile
 
-from clotclf_core.sources import (
+from clotclf_core.plugin import SlideDamaged, SlideReadError, SlideUnusable
+from clotclf_core.plugin.regions import (
     LevelLayout,
-    SlideDamaged,
-    SlideReadError,
-    SlideUnusable,
     best_level,
     check_region,
     checked_mpp,
@@ -94,7 +92,7 @@ class TifffileSource:
 
 
 class TifffileSlide:
-    """A :class:`clotclf_core.interfaces.Slide` backed by ``tifffile.TiffFile``."""
+    """A :class:`clotclf_core.plugin.protocols.Slide` backed by ``tifffile.TiffFile``."""
 
     source_name = "tifffile"
 
@@ -326,7 +324,7 @@ class TifffileSlide:
         return self.read_region(0, 0, self.dimensions[0], self.dimensions[1], ds)
 
     def level_layout(self, level: int = 0) -> LevelLayout:
-        """The level's TIFF tiles (or strips) as a :class:`clotclf_core.sources.LevelLayout`."""
+        """The level's TIFF tiles (or strips) as a :class:`clotclf_core.plugin.regions.LevelLayout`."""
         if not 0 <= level < self.level_count:
             raise SlideReadError(f"slide '{self.path}' has levels 0..{self.level_count - 1}, not {level}")
         page = self._pages[level]

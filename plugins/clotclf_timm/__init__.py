@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 #: constructor arguments clotclf decides itself, or that would load files behind its back
 RESERVED = {

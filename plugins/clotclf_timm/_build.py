@@ -6,7 +6,7 @@ import difflib
 import json
 from typing import Any
 
-from clotclf_core.errors import ClotclfError
+from clotclf_core.plugin import ClotclfError
 
 from . import TimmOptions
 from ._hub import HubModelError, check_timm_config, read_timm_config, safetensors_weights, split_ref

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from clotclf_core.errors import ClotclfError
+from clotclf_core.plugin import ClotclfError
 
 LAYOUT_HINT = ("a timm-layout repo holds config.json (with 'architecture' and 'pretrained_cfg') and "
                "model.safetensors, as timm.models.push_to_hf_hub writes them")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clotclf_core.hookspecs import hookimpl
+from clotclf_core.plugin import hookimpl
 
 
 @hookimpl

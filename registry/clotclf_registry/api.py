@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.errors import os_error_message
-from clotclf_core.io import write_json
-from clotclf_core.runs import CONFIG_NAME, printable, requirements, warn
+from clotclf_core.models.runs import requirements
+from clotclf_core.plugin import CONFIG_NAME, write_json
+from clotclf_core.plugin.errors import os_error_message, printable, warn
 
 from .backend import Fetched, PushResult, open_backend
 from .card import card_for_push, summarize

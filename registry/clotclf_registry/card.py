@@ -4,7 +4,7 @@ A run's own README.md (written by training) is pushed with its body untouched; i
 matter gains what a registry needs to find and describe the model without downloading it:
 ``library_name: clotclf``, the ``clotclf`` tag, and a ``clotclf:`` section (kind, backbone,
 head, labels, input size, weights sha256). A run without a README gets one from
-:func:`clotclf_core.modelcard.render_model_card`.
+:func:`clotclf_core.models.card.render_model_card`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clotclf_core.modelcard import BASE_TAGS, card_results, read_model_card, render_model_card
+from clotclf_core.models.card import BASE_TAGS, card_results, read_model_card, render_model_card
 
 from .layout import CARD_NAME
 from .verify import FILTER_KIND, model_kind
@@ -92,7 +92,7 @@ def summarize(meta: dict[str, Any]) -> dict[str, Any]:
 
 def summarize_text(text: str) -> dict[str, Any]:
     """:func:`summarize` of a card's text; a card that does not parse gives an all-None summary."""
-    from clotclf_core.errors import ClotclfError
+    from clotclf_core.plugin import ClotclfError
 
     try:
         meta, _ = read_model_card(text)

@@ -101,7 +101,7 @@ def pull_command(name: str, out: str | None, force: bool, offline: bool, cache_d
     here; otherwise nothing is kept. NAME is ORG/NAME or a short name in the default namespace;
     REVISION is a branch, a tag or a commit sha (a commit sha always gives the same bytes).
     """
-    from clotclf_core.runs import printable
+    from clotclf_core.plugin import printable
 
     from .api import pull
 
@@ -145,7 +145,7 @@ def list_models_command(namespace: str | None, registry: str | None, endpoint: s
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from clotclf_core.runs import printable
+    from clotclf_core.plugin import printable
 
     for row in rows:  # card metadata comes from the registry: shown with control characters escaped
         row["headline"] = f"{printable(row['metric'], 40)}={row['value']:.3f}" if isinstance(row["value"], (int, float)) else None

@@ -1,13 +1,13 @@
 """The registry's user-facing errors: each one names the model, the registry and the fix.
 
-They subclass :class:`clotclf_core.errors.ClotclfError`, so the CLI prints them on one line and
+They subclass :class:`clotclf_core.plugin.errors.ClotclfError`, so the CLI prints them on one line and
 exits non-zero. None of them ever contains a token: messages are built from names, URLs and
 status codes only.
 """
 
 from __future__ import annotations
 
-from clotclf_core.errors import ClotclfError
+from clotclf_core.plugin import ClotclfError
 
 
 class RegistryError(ClotclfError):

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from clotclf_core import __version__
-from clotclf_core.errors import ClotclfError
-from clotclf_core.runs import CONFIG_NAME, WEIGHTS_NAME, printable
+from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME, ClotclfError, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
@@ -104,7 +103,12 @@ class HubRegistry(RegistryBackend):
     def _errors(self, action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
         """Turn huggingface_hub / httpx exceptions into one clear :class:`RegistryError`."""
         from huggingface_hub import errors as hf_errors
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         RemoteEntryNotFoundError = getattr(hf_errors, "RemoteEntryNotFoundError", None) or hf_errors.EntryNotFoundError  # noqa: N806
         namespace = repo_id.split("/")[0]
@@ -216,7 +220,7 @@ class HubRegistry(RegistryBackend):
         weights = {s.rfilename: s for s in stored.siblings or []}.get(WEIGHTS_NAME)
         local = dict(files).get(WEIGHTS_NAME)
         if weights is not None and weights.lfs is not None and isinstance(local, Path):
-            from clotclf_core.runs import sha256_file
+            from clotclf_core.plugin import sha256_file
 
             if weights.lfs.sha256 != sha256_file(local):
                 raise IntegrityError(
@@ -340,7 +344,7 @@ class HubRegistry(RegistryBackend):
         revision = fetched.extra.get("revision")
         if fetched.from_cache or fetched.extra.get("staging") is not None or (revision and COMMIT_SHA.match(revision)):
             return
-        from clotclf_core.io import write_text
+        from clotclf_core.plugin import write_text
 
         with contextlib.suppress(OSError):
             write_text(self._repo_cache(fetched.extra["repo_id"]) / "refs" / (revision or "main"), fetched.commit)

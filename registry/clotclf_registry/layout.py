@@ -26,7 +26,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from clotclf_core.runs import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, printable
+from clotclf_core.plugin import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, printable
 
 from .errors import NotAModelError
 
@@ -168,7 +168,7 @@ def disk_error(exc: OSError, folder: Path, needed: int, what: str) -> str | None
     import errno
     import shutil
 
-    from clotclf_core.errors import os_error_message
+    from clotclf_core.plugin.errors import os_error_message
 
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))

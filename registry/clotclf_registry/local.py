@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
-from clotclf_core.errors import os_error_message
-from clotclf_core.io import atomic_path, write_json, write_text
-from clotclf_core.runs import WEIGHTS_NAME, printable
+from clotclf_core.plugin import WEIGHTS_NAME, atomic_path, write_json, write_text
+from clotclf_core.plugin.errors import os_error_message, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
@@ -284,8 +283,7 @@ class LocalRegistry(RegistryBackend):
 
     def _store(self, folder: Path, src: Path | bytes) -> dict[str, Any]:
         """Put one file's bytes in the object store (once per content); return its manifest entry."""
-        from clotclf_core.io import write_bytes
-        from clotclf_core.runs import sha256_file
+        from clotclf_core.plugin import sha256_file, write_bytes
 
         if isinstance(src, bytes):
             digest, size = hashlib.sha256(src).hexdigest(), len(src)
@@ -355,7 +353,7 @@ class LocalRegistry(RegistryBackend):
     def _materialize(self, folder: Path, plan: Plan, target: Path, label: str) -> None:
         """Copy the planned objects into ``target`` through a temporary sibling folder, checking
         every hash as it copies; the folder gets normal permissions (mkdtemp makes 0700 ones)."""
-        from clotclf_core.io import _umask
+        from clotclf_core.plugin.io import _umask
 
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
@@ -410,8 +408,8 @@ class LocalRegistry(RegistryBackend):
     def list_models(self, namespace: str) -> list[ModelEntry]:
         if not self.root.is_dir():
             raise UnreachableError(f"local registry {self.label} does not exist or is not mounted: fix --registry / CLOTCLF_REGISTRY")
-        from clotclf_core.errors import ClotclfError
-        from clotclf_core.modelcard import read_model_card
+        from clotclf_core.models.card import read_model_card
+        from clotclf_core.plugin import ClotclfError
 
         out = []
         ns = self.root / namespace

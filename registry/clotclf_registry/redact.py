@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterator
 
-from clotclf_core.runs import printable
+from clotclf_core.plugin import printable
 
 from .errors import RegistryError
 

@@ -9,9 +9,9 @@
   header must parse. Then the config must *build*: the core's ``ModelConfig`` and bounds, every
   component installed from its recorded distribution, every component's options model, and the
   model those options describe must have exactly the weights' tensor names and shapes — checked
-  on the meta device, without allocating it (:func:`clotclf_core.model.check_buildable`). Any
+  on the meta device, without allocating it (:func:`clotclf_core.models.saved.check_buildable`). Any
   failure is an error, never a warning, and the caller keeps nothing.
-- What a model needs installed is the core's check (:func:`clotclf_core.runs.check_requirements`):
+- What a model needs installed is the core's check (:func:`clotclf_core.models.runs.check_requirements`):
   one check, one message.
 """
 
@@ -23,16 +23,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clotclf_core.errors import ClotclfError, ModelLoadError
-from clotclf_core.runs import (
+from clotclf_core.models.runs import check_requirements, read_config, read_safetensors_header, requirements
+from clotclf_core.plugin import (
     CONFIG_NAME,
     PICKLE_SUFFIXES,
     WEIGHTS_NAME,
-    check_requirements,
+    ClotclfError,
+    ModelLoadError,
     printable,
-    read_config,
-    read_safetensors_header,
-    requirements,
     sha256_file,
 )
 
@@ -69,7 +67,7 @@ def check_run_dir(run_dir: Path, require_metrics: bool = True) -> dict[str, Any]
     if not recorded:
         raise RegistryError(
             f"cannot push '{run_dir}': {CONFIG_NAME} records no weights_sha256, so a download could not be verified; "
-            "re-save the model with clotclf_core.model.save_model"
+            "re-save the model with clotclf_core.models.saved.save_model"
         )
     actual = sha256_file(weights)
     if actual != recorded:
@@ -101,14 +99,14 @@ def load_run(run_dir: Path, config: dict[str, Any]) -> Any:
     its plugin's ``weights`` option (the registry never imports another plugin)."""
     check_requirements(config, str(run_dir))
     if model_kind(config) == "classifier":
-        from clotclf_core.model import load_model
+        from clotclf_core.models.saved import load_model
 
         return load_model(run_dir)
     return _load_filter(run_dir, config)
 
 
 def _load_filter(run_dir: Path, config: dict[str, Any]) -> Any:
-    from clotclf_core.plugins import get_manager
+    from clotclf_core.plugin_manager import get_manager
 
     recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}
     row = get_manager().requirement("filter", str(config.get("filter")), recorded.get("filter"))
@@ -204,7 +202,7 @@ def check_config_builds(run_dir: Path, config: dict[str, Any], label: str, regis
     """The model config.json describes can be built here and fits its weights (no memory spent)."""
     try:
         if model_kind(config) == "classifier":
-            from clotclf_core.model import check_buildable
+            from clotclf_core.models.saved import check_buildable
 
             check_buildable(run_dir)
         else:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 
 class TopKOptions(Options):

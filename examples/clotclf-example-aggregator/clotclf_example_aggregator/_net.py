@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clotclf_core.aggregate import masked_softmax  # the core's masked reductions: no NaN for empty bags
+from clotclf_core.plugin.masked import masked_softmax
 
 
 class TopKPool(nn.Module):

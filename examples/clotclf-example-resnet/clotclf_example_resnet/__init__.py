@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from clotclf_core.hookspecs import hookimpl
-from clotclf_core.interfaces import ComponentSpec, Options
+from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 #: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
 CLOTCLF_PLUGIN_API = ">=1.0,<2"

@@ -1,0 +1,3 @@
+from clotclf_core.cli.main import main
+
+main()

@@ -1,0 +1,190 @@
+"""The data commands: ``clotclf tile``, ``export-patches``, ``embed`` and ``demo-data``.
+
+Registered on the group by :mod:`clotclf_core.cli`; each is a thin wrapper over one function
+elsewhere, imported inside its body so that start-up stays light.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+# ----------------------------------------------------------------------------- tile
+
+
+@click.command("tile")
+@click.argument("slides", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="TileSet folder to write (resumed if it exists).")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every slide file, id = file stem.")
+@click.option("--source", metavar="NAME[:k=v,...]", help="Slide source plugin (default: the best one for each file).")
+@click.option("--filter", "filters", multiple=True, default=("otsu",), show_default=True, metavar="NAME[:k=v,...]", help="Patch filter, repeatable, run in order (e.g. mobilenetv3:weights=RUN,threshold=0.5).")
+@click.option("--downsample", type=float, default=4.0, show_default=True, help="View the slide at 1/downsample (--tile-size and --stride are pixels of that view).")
+@click.option("--tile-size", type=int, default=None, help="Tile side in pixels of that view [default: 224, i.e. 896 level-0 px]. Not with --tile-um.")
+@click.option("--stride", type=int, default=None, help="Step between tiles in pixels of that view [default: tile size, no overlap].")
+@click.option("--tile-um", type=float, default=None, help="Tile side in microns (needs the slide's mpp), instead of --tile-size.")
+@click.option("--train-size", type=int, default=224, show_default=True, help="Side of the cached tiles (training input size).")
+@click.option("--min-tissue", type=float, default=0.1, show_default=True, help="Share of a tile that must be in the tissue mask for it to be a candidate.")
+@click.option("--max-tiles", type=int, default=None, help="Keep at most N tiles per slide, the best by --max-tiles-by [default: all].")
+@click.option("--max-tiles-by", type=click.Choice(["tissue", "dark"]), default="tissue", show_default=True, help="Rank for --max-tiles: tissue share (ties: darker first), or darkness alone.")
+@click.option("--edges", type=click.Choice(["pad", "drop"]), default="pad", show_default=True, help="pad: the grid covers the whole slide (tiles past the edge padded with its glass colour); drop: whole tiles only.")
+@click.option("--background", type=click.Choice(["slide", "white"]), default="slide", show_default=True, help="Glass colour for the tissue mask, padding and filters: estimated per slide, or white.")
+@click.option("--thumbnail-size", type=int, default=1024, show_default=True, help="Longer side of the view the tissue mask is computed on.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Tiles filtered together.")
+@click.option("--prescreen/--no-prescreen", default=True, show_default=True, help="Tiled TIFFs: skip decoding TIFF tiles whose compressed size says glass, away from tissue (checked on a lattice).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Slides tiled in parallel (local processes, or Dask workers with --dask local).")
+@click.option("--threads", type=int, default=None, help="Decoding threads per worker [default: CPU cores / workers, at most 8].")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. --out must be on a file system every worker sees.")
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Folder for large working rasters of huge slides [default: TMPDIR].")
+@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="Allowed label, repeatable.")
+@click.option("--require-labels", is_flag=True, help="Fail on manifest rows without a label (for a training set).")
+@click.option("--overwrite", is_flag=True, help="Replace a TileSet made with different settings.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no per-slide table (failures are still listed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def tile(slides, out, manifest, source, filters, downsample, tile_size, stride, tile_um, train_size, min_tissue, max_tiles,
+         max_tiles_by, edges, background, thumbnail_size, batch_size, prescreen, workers, threads, dask_address, scratch_dir,
+         labels, require_labels, overwrite, quiet, as_json) -> None:
+    """Cut the slides in SLIDES into a TileSet: each slide read once, tissue mask relative to its glass,
+    a grid covering it, filters, pixel cache, QC pictures. Exit 3 when some slides failed (listed)."""
+    from clotclf_core.config import parse_component_ref
+    from clotclf_core.plugin.errors import ConfigError, PartialFailure
+    from clotclf_core.tiling.run import tile_slides
+    from clotclf_core.tiling.settings import TileSettings
+    from clotclf_core.tiling.summary import failure_message, format_summary
+
+    if tile_um is not None and tile_size is not None:
+        raise ConfigError(
+            f"--tile-um {tile_um:g} and --tile-size {tile_size} both set the tile side: give one (--tile-um needs the slides' mpp)"
+        )
+    settings = TileSettings.from_values(
+        downsample=downsample, tile_size=224 if tile_size is None else tile_size, stride=stride, tile_um=tile_um,
+        train_size=train_size, min_tissue=min_tissue, thumbnail_size=thumbnail_size, batch_size=batch_size,
+        prescreen=prescreen, edges=edges, max_tiles=max_tiles, max_tiles_by=max_tiles_by, background=background,
+    )
+    refs = [parse_component_ref(f, "--filter") for f in filters]
+    summary = tile_slides(
+        slides, out, manifest=manifest, settings=settings, filters=refs, source=source, workers=workers, threads=threads,
+        overwrite=overwrite, progress=not (quiet or as_json), labels=labels, require_labels=require_labels,
+        dask=dask_address, scratch_dir=scratch_dir,
+    )
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        text = format_summary(summary)
+        click.echo("\n".join(text.splitlines()[:2]) if quiet else text)
+    if summary["failed"]:
+        raise PartialFailure(failure_message(summary))
+
+
+# ----------------------------------------------------------------------------- export-patches
+
+
+@click.command("export-patches")
+@click.argument("slides", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write tissue/ and background/ PNG patches into.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV whose image_id column selects the slides of the SLIDES folder.")
+@click.option("--per-slide", type=int, default=20, help="At most this many patches of each class per slide.")
+@click.option("--size", type=int, default=224, help="Side of the saved patches in pixels (the TileSet's --train-size).")
+@click.option("--tile-size", type=int, default=224, help="Patch side in pixels of the 1/downsample view (as in `clotclf tile`).")
+@click.option("--downsample", type=float, default=4.0, help="View the slide at 1/downsample (as in `clotclf tile`).")
+@click.option("--min-tissue", type=float, default=0.75, help="Share of a patch inside the tissue mask for it to count as tissue.")
+@click.option("--thumbnail-size", type=int, default=2048, help="Longer side of the view the tissue mask is computed on.")
+@click.option("--tissue-method", type=click.Choice(["saturation", "od", "either", "both"]), default="either", help="Tissue mask method (see clotclf_core.slides.tissue).")
+@click.option("--seed", type=int, default=0, help="Seed for the choice of patches.")
+@click.option("--overwrite", is_flag=True, help="Replace a patch set already in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print patchset.json's content as JSON.")
+def export_patches_command(slides, out, manifest, per_slide, size, tile_size, downsample, min_tissue, thumbnail_size,
+                           tissue_method, seed, overwrite, quiet, as_json) -> None:
+    """Cut a balanced tissue / background patch set from the slide(s) SLIDES, labelled by the
+    tissue mask: the training data of `clotclf train-filter`."""
+    from clotclf_core.tiling.patchset import export_patches
+
+    summary = export_patches(
+        slides, out, manifest=manifest, per_slide=per_slide, size=size, tile_size=tile_size, downsample=downsample,
+        min_tissue=min_tissue, thumbnail_size=thumbnail_size, tissue_method=tissue_method, seed=seed,
+        overwrite=overwrite, progress=not (quiet or as_json),
+    )
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(
+        f"wrote {summary['n_tissue']} tissue + {summary['n_background']} background patches from "
+        f"{summary['slides_used']} slide(s) to {out}"
+    )
+    for image_id, reason in summary["slides_skipped"].items():
+        click.echo(f"skipped {image_id}: {reason}")
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+@click.command("embed")
+@click.option("--tiles", required=True, type=click.Path(file_okay=False), help="TileSet to embed (from `clotclf tile`).")
+@click.option("--backbone", required=True, metavar="NAME[:k=v,...]", help="Encoder: any backbone plugin with its options, e.g. timm:model=hf-hub:ORG/NAME.")
+@click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="KEY=VALUE", help="Encoder option, repeatable (added to those after NAME:).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Feature store folder (created; an existing one is resumed).")
+@click.option("--input-size", type=int, default=None, help="Encoder input side in pixels [default: what the encoder declares, else the tile size].")
+@click.option("--batch-size", type=int, default=64, help="Tiles per forward pass (batches never cross slides).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA (bf16) if available.")
+@click.option("--seed", type=int, default=0, help="Seeds an encoder without pretrained weights (recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace a feature store made with another encoder or TileSet.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, overwrite, quiet, as_json) -> None:
+    """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
+    store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
+    run it again to embed what is missing. See docs/data-formats.md, Feature store."""
+    from clotclf_core.config import parse_component_ref, parse_key_values
+    from clotclf_core.features.embed import embed_tileset, format_summary
+
+    name, options = parse_component_ref(backbone, "--backbone")
+    options |= parse_key_values(backbone_opts, "--backbone-opt")
+    summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
+                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif quiet:
+        click.echo(summary["out"])
+    else:
+        click.echo(format_summary(summary))
+
+
+# ----------------------------------------------------------------------------- demo data
+
+
+@click.command("demo-data")
+@click.argument("out", type=click.Path(file_okay=False, path_type=str))
+@click.option("--seed", type=int, default=0, help="Seed: the same seed writes the same pixels.")
+@click.option("--patients", type=int, default=22, help="Number of patients (about 1.4 slides each, ~65% CE).")
+@click.option("--signal", type=click.Choice(["texture", "sparse"]), default="texture",
+              help="Where the label shows: the texture of the whole clot, or (sparse) a few small spots per LAA slide, listed in OUT/markers.csv.")
+@click.option("--overwrite", is_flag=True, help="Replace the demo cohort in a non-empty OUT (slides/, train.csv, README.md).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the manifest path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo_data_command(out, seed, patients, signal, overwrite, quiet, as_json) -> None:
+    """Write a small synthetic STRIP-AI-like cohort to OUT: train.csv (Kaggle columns), slides/*.tif
+    (tiled, pyramidal and stripped TIFFs) and a README. Synthetic: for demos and tests only."""
+    from clotclf_core.demo.cohort import timed_write
+
+    summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json),
+                          signal=signal)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if quiet:
+        click.echo(summary["manifest"])
+        return
+    labels = ", ".join(f"{n} {k}" for k, n in summary["slides_per_label"].items())
+    tiling = summary["tiling"]
+    click.echo(
+        f"{summary['slides']} synthetic slides ({labels}) of {summary['patients']} patients "
+        f"({summary['patients_with_several_slides']} with several slides) from centres "
+        f"{', '.join(map(str, summary['centres']))}: {summary['megabytes']} MB in {summary['seconds']} s\n"
+        f"manifest: {summary['manifest']}\nslides:   {summary['slides_dir']}\n"
+        f"tile them with: clotclf tile {summary['slides_dir']} --manifest {summary['manifest']} --out TILES "
+        f"--downsample {tiling['downsample']:g} --tile-size {tiling['tile_size']} --stride {tiling['stride']}"
+    )
+
+
+COMMANDS = (tile, export_patches_command, embed_command, demo_data_command)

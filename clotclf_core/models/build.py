@@ -1,0 +1,221 @@
+"""Models and their save / load as a run directory: ClotClassifier = Backbone plugin + Head plugin
+(tile level), or a :class:`clotclf_core.models.mil.MILClassifier` (an aggregator on bags of tiles),
+chosen by ``config.json``'s ``model.kind``.
+
+A run directory holds ``model.safetensors`` (weights only, with a few strings in
+``__metadata__``) and ``config.json`` (see docs/data-formats.md). What is saved describes itself:
+
+- ``model``: the **resolved** options of every component — the options model's defaults
+  included — so a plugin release that changes a default does not change an old run;
+- ``plugins``: the plugin, distribution and version of every component (and of the TileSet's
+  filters and source), so loading uses **the recorded provider**: a plugin installed later that
+  registers the same name can neither change nor break the run; a different installed version
+  is a warning, a missing one the exact ``pip install``;
+- ``weights_sha256``: loading refuses weights that changed after saving.
+
+Loading never downloads anything: options listed in a spec's ``rebuild_options`` (by default
+``pretrained=False``) are applied, since the saved weights replace whatever a factory loads. The
+model is built under a parameter budget taken from the safetensors header, so a config that
+describes a far larger model than its weights fails at once instead of exhausting memory;
+:func:`check_buildable` does the same check on the ``meta`` device (no memory at all) for a
+downloaded model. Only safetensors are ever loaded: nothing here unpickles anything.
+
+This module imports torch; the CLI imports it only inside the commands that need a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from clotclf_core.models.config import MODEL_KINDS, ModelConfig
+from clotclf_core.models.inputs import apply_to_model_config
+from clotclf_core.plugin.errors import ModelLoadError, PluginError
+from clotclf_core.plugin.spec import ComponentSpec
+from clotclf_core.plugin_manager import get_manager
+
+# ----------------------------------------------------------------------------- resolving a config
+
+
+def rebuild_overrides(spec: ComponentSpec) -> dict[str, Any]:
+    """Options set when a saved model is rebuilt: ``spec.extra['rebuild_options']``, or
+    ``pretrained=False`` when the options model has a ``pretrained`` field."""
+    given = spec.extra.get("rebuild_options")
+    if isinstance(given, dict):
+        return dict(given)
+    return {"pretrained": False} if "pretrained" in spec.options.model_fields else {}
+
+
+@dataclass
+class Resolved:
+    """A :class:`ModelConfig` with every component found and its options validated."""
+
+    config: ModelConfig  #: with the resolved options (defaults included): what config.json records
+    specs: dict[str, ComponentSpec]
+    options: dict[str, Any]  #: the validated options objects the factories get (rebuild overrides applied)
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def resolve_components(cfg: ModelConfig, specs: dict[str, ComponentSpec] | None = None, rebuild: bool = False) -> Resolved:
+    """Find each component of ``cfg`` (``specs`` given: those providers, e.g. the ones a saved run
+    records) and validate its options; ``rebuild`` applies :func:`rebuild_overrides`."""
+    mgr = get_manager()
+    found: dict[str, ComponentSpec] = {}
+    options: dict[str, Any] = {}
+    resolved_values: dict[str, Any] = {}
+    for kind in MODEL_KINDS:
+        name = getattr(cfg, kind, None)
+        if not name:
+            continue
+        spec = (specs or {}).get(kind) or mgr.get(kind, name)
+        values = cfg.options_of(kind)
+        if kind == "backbone" and "img_size" in spec.options.model_fields and values.get("img_size") is None:
+            # convention: a backbone with an ``img_size`` option is built for the model's input size
+            values["img_size"] = cfg.input_size
+        opts = spec.validate_options(values)
+        resolved_values[kind] = spec.name
+        resolved_values[f"{kind}_options"] = opts.model_dump(mode="json")
+        if rebuild and (override := rebuild_overrides(spec)):
+            opts = spec.validate_options(opts.model_dump() | override)
+        found[kind], options[kind] = spec, opts
+    provenance = {k: {"name": s.name, **mgr.distribution_of(s)} for k, s in found.items()}
+    return Resolved(cfg.model_copy(update=resolved_values), found, options, provenance)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class _TooBig(ModelLoadError):
+    pass
+
+
+@contextlib.contextmanager
+def _parameter_guard(budget: int | None, meta: bool, what: str) -> Iterator[None]:
+    """While building: count parameters as modules register them and stop once they exceed
+    ``budget`` elements; with ``meta``, move each one to the meta device (no memory)."""
+    if budget is None and not meta:
+        yield
+        return
+    with _GUARD_LOCK:  # the patch is process-wide: builds in other threads wait (and nest correctly)
+        with _patched_registration(budget, meta, what):
+            yield
+
+
+_GUARD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _patched_registration(budget: int | None, meta: bool, what: str) -> Iterator[None]:
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+    count = [0]
+
+    def on_parameter(self: nn.Module, name: str, param: Any) -> None:
+        register_parameter(self, name, param)
+        p = self._parameters.get(name)
+        if p is None:
+            return
+        count[0] += p.numel()
+        if budget is not None and count[0] > budget:
+            raise _TooBig(
+                f"{what} describes a model with more than {budget:,} parameters, far more than its weights file holds; "
+                "its options were changed or do not belong to these weights. Nothing was built"
+            )
+        if meta and p.device.type != "meta":
+            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    def on_buffer(self: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
+        register_buffer(self, name, tensor, persistent)
+        if meta and self._buffers.get(name) is not None:
+            self._buffers[name] = self._buffers[name].to("meta")
+
+    nn.Module.register_parameter, nn.Module.register_buffer = on_parameter, on_buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
+
+
+def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = None, rebuild: bool = False,
+                param_budget: int | None = None, meta: bool = False, what: str = "the config") -> nn.Module:
+    """Build the model ``cfg`` describes (options validated first): a :class:`ClotClassifier`
+    (``kind`` ``tile``) or a :class:`clotclf_core.models.mil.MILClassifier` (``kind`` ``mil``).
+
+    ``specs``: use these providers (a saved run's); ``rebuild``: rebuilding saved weights (no
+    pretrained downloads); ``param_budget``: refuse a model with more parameters; ``meta``: build on
+    the meta device (shapes only, no memory). ``model.config`` holds the resolved options and
+    ``model.plugins`` who provided each component.
+    """
+    res = resolve_components(cfg, specs, rebuild)
+    with _parameter_guard(param_budget, meta, what):
+        backbone = _build_backbone(res) if "backbone" in res.specs else None
+        if res.config.kind == "mil":
+            from clotclf_core.models.mil import build_mil
+
+            model = build_mil(res.config, res.specs, res.options, backbone)
+        else:
+            hspec = res.specs["head"]
+            head = hspec.factory(res.options["head"], backbone.num_features, res.config.num_classes)
+            model = ClotClassifier(backbone, head, res.config)
+    model.plugins = res.provenance
+    if res.config.encoder is not None:  # the frozen encoder of a MIL model's features: recorded, not built
+        enc = res.config.encoder.model_dump(mode="json")
+        model.plugins["encoder"] = {"name": enc["backbone"], **{k: enc[k] for k in ("plugin", "distribution", "version")
+                                                                 if isinstance(enc.get(k), str)}}
+    return model
+
+
+def _build_backbone(res: Resolved) -> nn.Module:
+    """The backbone of ``res`` built; ``res.config`` gets what it records and declares (normalisation…)."""
+    bspec = res.specs["backbone"]
+    backbone = bspec.factory(res.options["backbone"])
+    res.config = record_built_options(res.config, "backbone", backbone)
+    res.config = apply_to_model_config(res.config, backbone)  # the backbone's declared mean / std, where cfg sets none
+    num_features = getattr(backbone, "num_features", None)
+    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
+        raise PluginError(
+            f"backbone '{bspec.name}' (plugin {bspec.plugin}, distribution {bspec.distribution} {bspec.version}) built a "
+            "module without a positive integer `num_features`; the plugin must set it (see docs/plugins.md)"
+        )
+    return backbone
+
+
+def record_built_options(cfg: ModelConfig, kind: str, module: Any) -> ModelConfig:
+    """``cfg`` with what the built component asks to record beside its options
+    (``module.clotclf_record_options``, e.g. the Hub commit and config.json a timm ``hf-hub:`` model
+    resolved to), so the saved model rebuilds the same module without network."""
+    extra = getattr(module, "clotclf_record_options", None)
+    if not isinstance(extra, dict) or not extra:
+        return cfg
+    return cfg.model_copy(update={f"{kind}_options": {**cfg.options_of(kind), **extra}})
+
+
+class ClotClassifier(nn.Module):
+    """Images (B, 3, H, W), normalised with ``config.mean/std`` -> logits (B, num_classes)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, config: ModelConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+        #: which plugin / distribution / version provided each component (saved in config.json)
+        self.plugins: dict[str, Any] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config.labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+# ----------------------------------------------------------------------------- save
+
+
+# ----------------------------------------------------------------------------- load
+
+

@@ -1,0 +1,95 @@
+"""The multiple-instance (MIL) model: an aggregator plugin on bags of tiles, with or without a backbone.
+
+:class:`MILClassifier` is what a bag-level run saves and loads (``config.json``'s ``model`` with
+``kind: mil``, see :class:`clotclf_core.models.config.ModelConfig`):
+
+- **on features** (``clotclf train --features F --aggregator abmil``): the module is the
+  aggregator alone; bags are (B, N, F) float tile features of a frozen encoder, which the config
+  records (``model.encoder``) but whose weights are **not** part of the model (foundation-model
+  licences forbid redistributing them; ``clotclf predict`` rebuilds the encoder from the record);
+- **end to end** (``clotclf train --tiles T --backbone cct --aggregator abmil``): a backbone plugin
+  turns each tile of a bag into features and is trained with the aggregator; bags are
+  (B, N, 3, S, S) normalised images.
+
+Either way the mask (B, N) says which positions are real tiles; padded positions are never fed
+to the backbone (so BatchNorm statistics never see them) and get zero attention.
+
+Imports torch; :mod:`clotclf_core.models.build` builds it (``build_model`` dispatches on ``kind``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from clotclf_core.models.aggregate import build_aggregator, run_aggregator
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.plugin.errors import PluginError
+
+
+class MILClassifier(nn.Module):
+    """Bags (+ mask) -> slide logits (B, C); ``return_attention=True`` also gives attention (B, N) or None."""
+
+    def __init__(self, aggregator: nn.Module, config: ModelConfig, backbone: nn.Module | None = None):
+        super().__init__()
+        if backbone is not None:
+            self.backbone = backbone
+        else:
+            self.backbone = None
+        self.aggregator = aggregator
+        self.config = config
+        #: which plugin / distribution / version provided each component (saved in config.json)
+        self.plugins: dict[str, Any] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config.labels)
+
+    @property
+    def has_attention(self) -> bool:
+        return bool(getattr(self.aggregator, "has_attention", False))
+
+    @property
+    def end_to_end(self) -> bool:
+        return self.backbone is not None
+
+    def tile_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised tile images (n, 3, S, S) -> features (n, F) (end to end only)."""
+        if self.backbone is None:
+            raise PluginError("this MIL model works on features of a frozen encoder; it has no backbone of its own")
+        return self.backbone(images)
+
+    def forward(self, bags: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False):
+        if self.backbone is not None:  # (B, N, 3, S, S) images -> (B, N, F) features, real tiles only
+            b, n = bags.shape[:2]
+            if mask is None:
+                mask = torch.ones(b, n, dtype=torch.bool, device=bags.device)
+            flat = mask.reshape(-1)
+            feats = self.backbone(bags.reshape(b * n, *bags.shape[2:])[flat])
+            full = feats.new_zeros(b * n, feats.shape[-1])
+            full[flat] = feats
+            bags = full.view(b, n, -1)
+        logits, attention = run_aggregator(self.aggregator, bags, mask, return_attention)
+        return (logits, attention) if return_attention else logits
+
+    def instance_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Each tile alone as a bag of one: (n, F) features -> (n, C) logits (a per-tile class score
+        for heatmaps; for attention pooling it is the classifier applied to that tile's embedding)."""
+        logits, _ = run_aggregator(self.aggregator, feats.unsqueeze(1), None)
+        return logits
+
+
+def build_mil(cfg: ModelConfig, specs: dict[str, Any], options: dict[str, Any], backbone: nn.Module | None) -> MILClassifier:
+    """The MIL model of ``cfg`` from resolved components (``backbone`` already built, or None on features)."""
+    if backbone is not None:
+        in_features = getattr(backbone, "num_features", None)
+    else:
+        in_features = cfg.encoder.num_features if cfg.encoder is not None else None
+    if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features <= 0:
+        raise PluginError(f"the MIL model's {'backbone' if backbone is not None else 'encoder'} has no positive "
+                          "integer num_features to size the aggregator with")
+    aggregator = build_aggregator(cfg.aggregator, options["aggregator"], in_features, cfg.num_classes,
+                                  spec=specs["aggregator"])
+    return MILClassifier(aggregator, cfg, backbone)

@@ -1,0 +1,74 @@
+"""The public plugin API: the one package a plugin (and the registry) imports from clotclf.
+
+A plugin author reads ``docs/plugins.md`` and this package, never the rest of the core::
+
+    from clotclf_core.plugin import ComponentSpec, Options, hookimpl
+
+Importing this package imports pluggy and pydantic only (no numpy, torch, timm or openslide), so a
+plugin's spec module stays light. Its modules, one concern each:
+
+=================  ================================================================================
+``hookspecs``      the hooks a plugin implements, :data:`hookimpl`, :data:`PLUGIN_API_VERSION`
+``spec``           :class:`ComponentSpec`, :class:`Options` / :class:`NoOptions`, the kinds, the name rule,
+                   option validation
+``protocols``      what each kind's built object must provide (every member the core reads; optional
+                   ones with their default), the default ImageNet normalisation
+``errors``         the errors a plugin raises (one clear line each), including the slide errors that steer
+                   the automatic source choice; OS / disk errors in words; :func:`printable`
+``io``             atomic writes (temporary file + rename), a folder of results written whole
+``weights``        safetensors save / hash / check / load for a plugin's own runs (never a pickle)
+``hub``            Hugging Face Hub references (``ORG/NAME@REV``) and Hub errors in one line
+``regions``        helpers a slide source needs: ``read_region`` from decoded blocks, request checks, mpp
+                   sanity, level layouts, a :class:`~clotclf_core.plugin.regions.RegionSlide` base
+                   (imports numpy: import it from the factory's module, not the spec's)
+``masked``         masked softmax / mean over padded bags, for aggregators (imports torch: same rule)
+=================  ================================================================================
+
+The names below are the light part, importable from ``clotclf_core.plugin`` itself; ``regions``
+and ``masked`` are imported by their module name.
+"""
+
+from clotclf_core.plugin.errors import (
+    ClotclfError,
+    ConfigError,
+    ModelLoadError,
+    PluginError,
+    SlideDamaged,
+    SlideReadError,
+    SlideUnusable,
+    printable,
+)
+from clotclf_core.plugin.hookspecs import API_ATTRIBUTE, ENTRY_POINT_GROUP, PLUGIN_API_VERSION, hookimpl
+from clotclf_core.plugin.io import atomic_path, write_bytes, write_json, write_text
+from clotclf_core.plugin.protocols import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Aggregator,
+    Backbone,
+    Head,
+    PatchFilter,
+    PatchSource,
+    Slide,
+)
+from clotclf_core.plugin.spec import KINDS, ComponentSpec, NoOptions, Options
+from clotclf_core.plugin.weights import (
+    CONFIG_NAME,
+    PICKLE_SUFFIXES,
+    WEIGHTS_NAME,
+    check_safetensors,
+    load_state,
+    load_state_into,
+    save_weights,
+    sha256_file,
+)
+
+__all__ = [
+    "API_ATTRIBUTE", "ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "hookimpl",
+    "KINDS", "ComponentSpec", "NoOptions", "Options",
+    "IMAGENET_MEAN", "IMAGENET_STD", "Aggregator", "Backbone", "Head", "PatchFilter", "PatchSource", "Slide",
+    "ClotclfError", "ConfigError", "ModelLoadError", "PluginError", "SlideDamaged", "SlideReadError", "SlideUnusable",
+    "printable",
+    "atomic_path", "write_bytes", "write_json", "write_text",
+    "CONFIG_NAME", "PICKLE_SUFFIXES", "WEIGHTS_NAME", "check_safetensors", "load_state", "load_state_into",
+    "save_weights", "sha256_file",
+]

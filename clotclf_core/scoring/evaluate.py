@@ -1,0 +1,299 @@
+"""Scoring tile predictions: metrics at three levels, prediction tables, pictures, and the
+``clotclf evaluate RUN --tiles TILES`` command's work. (Inference itself — tiles to
+probabilities — is :mod:`clotclf_core.scoring.inference`, shared with training and predict.)
+
+Training uses the same functions for its validation and final reports, so a number printed at
+the end of ``clotclf train`` and one from ``clotclf evaluate`` on the same patients are computed
+by the same code.
+
+Honesty rules: ``evaluate`` scores, by default, only patients the model never trained on
+(``--patients unseen``), and it scores each group of them on its own: the run's held-out test
+patients, patients outside its split (another cohort), and its validation patients (labelled as
+the ones early stopping chose on). They are never pooled. ``--patients all`` adds the training
+patients, as their own, labelled group. Output is written all at once (a staged folder renamed
+into place), so a full disk leaves the previous results or none, never some.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import numpy as np
+
+from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+Subset = Literal["unseen", "val", "test", "all"]
+
+# inference (Runtime, loaders, batched probabilities) lives in clotclf_core.scoring.inference; the names
+# stay importable from here
+from clotclf_core.models.runtime import pick_runtime  # noqa: E402
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def patient_loss(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str], weighted: bool = False) -> float:
+    """Log loss of the patient-level probabilities (mean of slide means): early stopping's measure."""
+    from clotclf_core.scoring import metrics
+
+    table = metrics.aggregate(df, probs, labels, "patient")
+    y = metrics.label_indices(table["label"], labels)
+    p = table[[f"p_{name}" for name in labels]].to_numpy()
+    return metrics.weighted_log_loss(y, p) if weighted else metrics.log_loss(y, p)
+
+
+def score(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Metrics at tile, slide and patient level (``metrics.evaluate``)."""
+    from clotclf_core.scoring import metrics
+
+    return metrics.evaluate(df, probs, labels)
+
+
+def score_slides(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Metrics at slide and patient level of slide predictions (one row per slide: a MIL model's)."""
+    from clotclf_core.scoring import metrics
+
+    levels = metrics.evaluate(df, probs, labels)  # its "tile" level is the slide rows themselves
+    return {"slide": levels["slide"], "patient": levels["patient"]}
+
+
+def predictions_frame(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> "pd.DataFrame":
+    cols = [c for c in ("image_id", "patient_id", "center_id", "label", "row", "x", "y", "size", "n_tiles")
+            if c in df.columns]
+    out = df[cols].reset_index(drop=True).copy()
+    for i, name in enumerate(labels):
+        out[f"p_{name}"] = np.round(probs[:, i].astype(np.float64), 6)
+    out["pred"] = [labels[i] for i in probs.argmax(axis=1)]
+    return out
+
+
+def write_pictures(out_dir: Path, df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str],
+                   result: dict[str, Any], name: str) -> list[str]:
+    """Confusion matrices (tile — slide for a MIL model, which has no tile level — and patient level)
+    and the patient-level ROC curve, in ``out_dir/plots``."""
+    from clotclf_core.scoring import metrics, plots
+
+    plots_dir = out_dir / "plots"
+    written = []
+    for level in ("tile" if "tile" in result else "slide", "patient"):
+        cm = result[level]["confusion_matrix"]
+        png = plots_dir / f"confusion_{level}_{name}.png"
+        plots.plot_confusion(cm, labels, f"{name}: {level} level (n={result[level]['n']})", png)
+        written.append(str(png))
+    table = metrics.aggregate(df, probs, labels, "patient")
+    y = metrics.label_indices(table["label"], labels)
+    png = plots_dir / f"roc_patient_{name}.png"
+    plots.plot_roc(y, table[[f"p_{n}" for n in labels]].to_numpy(), labels, png, f"{name}: patient level ROC")
+    written.append(str(png))
+    return written
+
+
+# ----------------------------------------------------------------------------- the command
+
+#: the groups of patients ``evaluate`` scores separately, most honest first, and what each one is
+GROUPS = {
+    "test": "the run's held-out test patients: never trained on, never used for early stopping",
+    "other": "patients outside the run's split (another cohort, or added since): never seen in training",
+    "validation": "the run's validation patients: early stopping chose the epoch on them, so this is optimistic",
+    "train": "the run's TRAINING patients: the model learnt them, so this estimates nothing (optimistic)",
+}
+
+
+def _check_labels(model_labels: list[str], index: "pd.DataFrame", where: str) -> None:
+    found = sorted(set(index["label"]) - {""})
+    unknown = [lab for lab in found if lab not in model_labels]
+    if unknown:
+        raise ClotclfError(
+            f"the TileSet '{where}' has label(s) {', '.join(unknown)} that the model does not know (its labels: "
+            f"{', '.join(model_labels)}); evaluate a model trained on these labels, or re-tile with a manifest "
+            "whose labels match"
+        )
+    if not found:
+        raise ClotclfError(f"the TileSet '{where}' has no labels, so there is nothing to evaluate against; "
+                           "use `clotclf predict` for unlabelled slides")
+
+
+def patient_groups(index: "pd.DataFrame", config: dict[str, Any]) -> "pd.Series":
+    """Each tile's group (see :data:`GROUPS`) from the run's recorded split."""
+    split = config.get("split") or {}
+    group = {p: "train" for p in split.get("train", [])}
+    group |= {p: "validation" for p in split.get("val", [])}
+    group |= {p: "test" for p in split.get("test", [])}
+    return index["patient_id"].map(lambda p: group.get(p, "other"))
+
+
+def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) -> tuple["pd.DataFrame", dict[str, Any]]:
+    """Rows of ``index`` to score (with a ``group`` column) and what was left out (see the module docstring)."""
+    groups = patient_groups(index, config)
+    patients = set(index["patient_id"])
+    trained = set(index.loc[groups == "train", "patient_id"])
+    info = {"subset": subset, "patients_in_tileset": len(patients), "seen_in_training": len(trained)}
+    wanted = {"all": set(GROUPS), "unseen": {"test", "other", "validation"}, "val": {"validation"}, "test": {"test"}}
+    if subset not in wanted:
+        raise ClotclfError(f"unknown --patients '{subset}': choose unseen, val, test or all")
+    split = config.get("split") or {}
+    if split.get("redacted") and subset != "all":
+        raise ClotclfError(
+            "this model's split was redacted when it was published (its patient lists are counts and a hash), so "
+            "clotclf cannot tell which patients of this TileSet it trained on or was selected on: evaluate it on "
+            "patients you know it never saw with --patients all, or ask its author for the run pushed with "
+            "--include-split"
+        )
+    if subset in ("val", "test") and not split.get(subset):
+        raise ClotclfError(f"the run's split has no {subset} patients; use --patients unseen or all")
+    keep = index[groups.isin(wanted[subset])].assign(group=groups[groups.isin(wanted[subset])])
+    if keep.empty:
+        if subset in ("val", "test"):
+            raise ClotclfError(f"none of the run's {subset} patients is in this TileSet; use --patients unseen or all")
+        raise ClotclfError(
+            f"no tiles left to evaluate with --patients {subset}: every patient of this TileSet was used to train "
+            "the model. Evaluate on other patients, or pass --patients all to score training patients (optimistic)"
+        )
+    info["patients_scored"] = int(keep["patient_id"].nunique())
+    return keep, info
+
+
+def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, patients: str = "unseen",
+                 batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
+                 features: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a trained model on a TileSet (``tiles``) or, for a MIL model on features, a feature
+    store of its encoder (``features``; given ``tiles`` only, they are embedded with the encoder
+    rebuilt from the run's record, in a temporary folder); write metrics, predictions and pictures
+    to ``out`` (default ``RUN/eval-<tileset or feature store folder name>``), all or nothing.
+    Returns the report that was written.
+
+    Each group of patients (:data:`GROUPS`: test, other, validation[, train]) is scored on its
+    own; the headline is the most honest group present, never a pool of validation (used for
+    early stopping) and test patients. A MIL model is scored per slide (every tile of it in one
+    bag): slide and patient level, no tile level."""
+    import tempfile
+
+    from clotclf_core.models.runs import read_config, resolve_run_dir
+    from clotclf_core.models.saved import load_model
+    from clotclf_core.plugin.io import write_guard
+    from clotclf_core.tiling.tileset import open_tileset
+
+    if batch_size < 1:
+        raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
+    if workers < 0:
+        raise ClotclfError(f"--workers must be 0 or more (got {workers})")
+    run_dir = resolve_run_dir(run)
+    if (run_dir / "cv.json").is_file() and not (run_dir / "model.safetensors").is_file():
+        folds = sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
+        raise ClotclfError(
+            f"'{run_dir}' is a cross-validation run; evaluate one of its fold models, "
+            f"e.g. {run_dir / (folds[0] if folds else 'fold_0')}"
+        )
+    config = read_config(run_dir)
+    model = load_model(run_dir)
+    mil = model.config.kind == "mil"
+    if not mil and tiles is None:
+        raise ClotclfError(f"'{run_dir}' is a tile-level model: give --tiles (a TileSet from `clotclf tile`)"
+                           + ("; --features is for multiple-instance models" if features else ""))
+    if not mil and features is not None:
+        raise ClotclfError(f"'{run_dir}' is a tile-level model, which scores tiles, not a feature store: drop --features")
+    where = str(features or tiles)
+    out_dir = Path(out) if out else run_dir / f"eval-{Path(where).resolve().name}"
+    if not mil:
+        ts = open_tileset(tiles, "--tiles")
+        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+    from clotclf_core.features.bags import data_for_model
+
+    if features is not None or model.config.encoder is None:
+        ts = data_for_model(model, str(run_dir), tiles, features, None, device, progress)
+        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+    with write_guard("the features of the tiles (a temporary feature store)", out_dir.resolve().parent):
+        scratch_parent = _scratch_parent(out_dir)
+    with tempfile.TemporaryDirectory(prefix=".clotclf-embed-", dir=scratch_parent) as scratch:  # removed afterwards
+        ts = data_for_model(model, str(run_dir), tiles, None, Path(scratch) / "features", device, progress)
+        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+
+
+def _scratch_parent(out_dir: Path) -> str:
+    """Where a temporary feature store goes: beside the output folder (same disk), made if need be."""
+    parent = out_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return str(parent)
+
+
+def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_dir: Path, patients: str,
+              batch_size: int, workers: int, device: str, progress: bool) -> dict[str, Any]:
+    from clotclf_core.plugin.io import staged_dir, write_guard
+    from clotclf_core.scoring.headline import headline
+    from clotclf_core.scoring.inference import score_bags, score_tiles
+    from clotclf_core.tiling.tileset import tileset_is_synthetic
+
+    mil = model.config.kind == "mil"
+    labels = model.labels
+    _check_labels(labels, ts.index, where)
+    notes = []
+    if not mil and model.config.input_size != ts.tile_size:
+        notes.append(f"tiles are {ts.tile_size} px and the model takes {model.config.input_size} px: resized on the fly")
+    unlabelled = ts.index["label"] == ""
+    if unlabelled.any():  # nothing to score them against: left out, and said
+        n_slides = int(ts.index.loc[unlabelled, "image_id"].nunique())
+        notes.append(f"{n_slides} slide(s) without a label left out (nothing to score them against; "
+                     "`clotclf predict` gives their probabilities)")
+    empty = sorted(k for k, v in ts.slides.items() if v.get("status") != "done")
+    if mil and empty:
+        notes.append(f"{len(empty)} slide(s) without tiles have no bag and are not scored: {', '.join(empty[:5])}"
+                     + (" …" if len(empty) > 5 else ""))
+    subset_df, info = select_patients(ts.index[~unlabelled], config, patients)
+    info["unlabelled_slides_left_out"] = int(ts.index.loc[unlabelled, "image_id"].nunique())
+    rt = pick_runtime(device)
+    rt.place(model)
+    t0 = time.perf_counter()
+    rows = subset_df.index.to_numpy()
+    if mil:
+        from clotclf_core.features.bags import Slides
+
+        slides = Slides(ts.index, [], labels, rows=rows)
+        df, scores = score_bags(model, ts, slides, batch_size, workers, rt, progress, "evaluate")
+        probs, scorer = scores.probs, score_slides
+        df["group"] = df["image_id"].map(subset_df.groupby("image_id")["group"].first()).to_numpy()
+    else:
+        df, probs = score_tiles(model, ts, rows, batch_size, workers, rt, progress, "evaluate")
+        df["group"] = subset_df["group"].to_numpy()
+        scorer = score
+    seconds = time.perf_counter() - t0
+    groups: dict[str, Any] = {}
+    for name in GROUPS:
+        mask = (df["group"] == name).to_numpy()
+        if mask.any():
+            groups[name] = {"what": GROUPS[name], "n_patients": int(df.loc[mask, "patient_id"].nunique()),
+                            "metrics": scorer(df[mask].reset_index(drop=True), probs[mask], labels)}
+    first = next(iter(groups))
+    n_tiles = int(df["n_tiles"].sum()) if mil else int(len(df))
+    report = {
+        "run": str(run_dir),
+        ("features" if hasattr(ts, "features") else "tileset"): str(Path(ts.root).resolve()),
+        **info,
+        "n_tiles": n_tiles,
+        **({"n_slides": int(len(df))} if mil else {}),
+        "seconds": round(seconds, 2),
+        "tiles_per_s": round(n_tiles / seconds, 1) if seconds > 0 else None,
+        "note": "; ".join(notes),
+        "headline": headline(first, groups[first]["metrics"], len(labels), tileset_is_synthetic(ts),
+                             GROUPS[first]),
+        "groups": groups,
+        "metrics": groups[first]["metrics"],
+    }
+    table = predictions_frame(df, probs, labels)
+    table.insert(0, "group", df["group"].to_numpy())
+    csv_text, json_text = table.to_csv(index=False), json.dumps(report, indent=2, default=str) + "\n"
+    needed = len(csv_text) + len(json_text) + 150_000 * 3 * len(groups)  # a picture is a few tens of kB
+    with write_guard("the evaluation results", out_dir, needed):
+        with staged_dir(out_dir) as tmp:  # all files or none: a failure half-way leaves no partial output
+            write_text(tmp / "predictions.csv", csv_text)
+            for name, group in groups.items():
+                mask = (df["group"] == name).to_numpy()
+                write_pictures(tmp, df[mask].reset_index(drop=True), probs[mask], labels, group["metrics"], f"evaluate_{name}")
+            write_text(tmp / "metrics.json", json_text)
+    report["out"] = str(out_dir)
+    return report

@@ -1,0 +1,152 @@
+"""Opening slides: pick a source plugin for a file, and find a slide file by image id.
+
+- :func:`open_slide` opens a slide with a named source (``source="openslide"``) or, by default,
+  with the best installed source for that file: every source whose ``can_open`` says yes is
+  ranked by its optional ``priority(path)`` (higher first; the built-in ``tifffile`` source ranks
+  single-level TIFFs above ``openslide``, which must decode a whole level for a thumbnail, and
+  ``openslide`` ranks pyramidal vendor files highest); if the best one fails, the next is tried.
+- :func:`find_slide` turns a manifest's ``image_id`` into ``<folder>/<image_id>.<ext>`` for any
+  extension an installed source declares (``ComponentSpec.extra["extensions"]``).
+
+The region engine sources share (``read_region`` from decoded blocks) is part of the plugin API:
+:mod:`clotclf_core.plugin.regions`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from clotclf_core.plugin.errors import ClotclfError, SlideReadError, SlideUnusable
+
+# ----------------------------------------------------------------------------- choosing a source
+
+
+def _source_label(spec: Any, duplicated: set[str]) -> str:
+    return f"{spec.plugin}/{spec.name}" if spec.name in duplicated else spec.name
+
+
+def open_slide(path: str | os.PathLike, source: str | None = None, options: dict[str, Any] | None = None):
+    """Open ``path`` as a :class:`clotclf_core.plugin.protocols.Slide`.
+
+    ``source``: a source name (``openslide``, ``tifffile``, or ``plugin/name``) or None to choose
+    automatically. ``options``: that source's options (validated against its options model);
+    options need an explicit ``source``, since they differ from source to source.
+    """
+    from clotclf_core.plugin_manager import get_manager
+
+    p = Path(path)
+    if not p.exists():
+        raise SlideReadError(f"slide file '{p}' does not exist: check the path (and the manifest's image_id)")
+    if p.is_dir() and source is None:
+        raise SlideReadError(f"slide path '{p}' is a folder, not a slide file: give the slide file itself")
+    mgr = get_manager()
+    if source is not None:
+        spec = mgr.get("source", source)
+        reader = spec.factory(spec.validate_options(options))
+        return _open_with(reader, spec.name, p)
+    if options:
+        raise ClotclfError(
+            f"source options {sorted(options)} were given without a source: name the source they belong to "
+            "(e.g. --source openslide:cache_mb=128)"
+        )
+    specs = mgr.components("source")
+    if not specs:
+        raise SlideReadError("no slide source plugin is installed: see `clotclf list-plugins --kind source`")
+    names = [s.name for s in specs]
+    duplicated = {n for n in names if names.count(n) > 1}
+    reasons: dict[str, str] = {}
+    ranked: list[tuple[float, str, Any]] = []
+    for spec in specs:
+        label = _source_label(spec, duplicated)
+        try:
+            reader = spec.factory(spec.validate_options({}))
+            if not reader.can_open(str(p)):
+                reasons[label] = "does not recognise this file format"
+                continue
+            rank_fn = getattr(reader, "priority", None)
+            rank = float(rank_fn(str(p))) if rank_fn is not None else 0.0
+        except SlideUnusable as exc:  # broken (or a stack) for every reader: say so now, do not try the others
+            raise type(exc)(str(exc)) from None
+        except Exception as exc:  # a broken third-party source must not hide the others
+            reasons[label] = f"{type(exc).__name__}: {exc}"
+            continue
+        ranked.append((rank, label, reader))
+    ranked.sort(key=lambda item: (-item[0], item[1]))
+    for _, label, reader in ranked:
+        try:
+            return _open_with(reader, label, p)
+        except ClotclfError as exc:
+            reasons[label] = str(exc)
+    why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+    raise SlideReadError(
+        f"no installed source can read slide '{p}' (tried {why}). If the file was copied, check it is "
+        "complete (a truncated copy fails like this); otherwise convert it to a tiled TIFF "
+        "(e.g. `vips tiffsave in out.tif --tile --pyramid`)."
+    )
+
+
+def _open_with(reader: Any, label: str, path: Path):
+    try:
+        return reader.open(str(path))
+    except ClotclfError:
+        raise
+    except Exception as exc:  # a third-party source that raised something else
+        raise SlideReadError(f"source '{label}' failed to open slide '{path}': {type(exc).__name__}: {exc}") from exc
+
+
+def slide_extensions() -> list[str]:
+    """File extensions (lower case, with the dot) that installed sources declare they read."""
+    from clotclf_core.plugin_manager import get_manager
+
+    exts: set[str] = set()
+    for spec in get_manager().components("source"):
+        exts.update(str(e).lower() for e in spec.extra.get("extensions", ()))
+    return sorted(exts)
+
+
+def find_slide(folder: str | os.PathLike, image_id: str) -> Path:
+    """The slide file ``<folder>/<image_id>.<ext>`` for ``image_id`` (a manifest row).
+
+    ``ext`` is any extension an installed source reads, in any letter case. Raises
+    :class:`SlideReadError` when the folder or the slide is missing, or when two files match.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise SlideReadError(f"slide folder '{root}' does not exist or is not a folder: check --slides")
+    image_id = str(image_id)
+    if not image_id or "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+        raise SlideReadError(f"image_id {image_id!r} is not a file name: fix that manifest row")
+    exts = set(slide_extensions())
+    matches = []
+    for ext in sorted(exts):
+        for variant in {ext, ext.upper()}:
+            candidate = root / f"{image_id}{variant}"
+            if candidate.exists():
+                matches.append(candidate)
+    if not matches:  # mixed-case extensions (".Tif"): one scan of the folder
+        matches = [c for c in root.iterdir() if c.name.startswith(image_id) and c.name[len(image_id):].lower() in exts]
+    matches = sorted(set(matches))
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise SlideReadError(
+            f"image_id '{image_id}' matches several slide files in '{root}': "
+            + ", ".join(m.name for m in matches)
+            + ". Keep one (move the others out of the folder)."
+        )
+    similar = sorted(c.name for c in root.iterdir() if c.name.startswith(image_id))[:5]
+    hint = f" Files starting with that id: {', '.join(similar)}." if similar else ""
+    raise SlideReadError(
+        f"no slide file for image_id '{image_id}' in '{root}' (looked for {image_id}.<ext> with ext one of "
+        f"{', '.join(sorted(exts)) or '(no source installed)'}).{hint} Check the manifest and the slide folder."
+    )
+
+
+# ----------------------------------------------------------------------------- level layouts
+
+
+# ----------------------------------------------------------------------------- region engine
+
+

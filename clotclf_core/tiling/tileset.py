@@ -1,0 +1,366 @@
+"""The TileSet: what tiling writes and training reads (format in docs/data-formats.md).
+
+A TileSet (format 2) is a folder::
+
+    tileset.json          format name + version, the settings that produced it, per-slide status
+    index/<image_id>.csv  one row per candidate tile of the slide: kept ones and rejected ones
+    pixels/<image_id>.npy uint8 (n_kept, S, S, 3) RGB at training resolution S, memory-mappable
+    qc/<image_id>.png     QC picture per slide
+
+Index columns: ``image_id, row, x, y, size, downsample, level0_px_per_pixel, tissue, darkness,
+kept, rejected_by`` and one ``score_<filter>`` per filter. ``row`` is a kept tile's index in
+``pixels/<image_id>.npy`` (-1 for a rejected tile); ``x, y, size`` the tile's top-left corner and
+side in level-0 pixels (a tile may reach past the slide's edge, padded with its glass colour);
+``level0_px_per_pixel`` what one cached pixel stands for. A slide's ``patient_id``,
+``center_id`` and ``label`` live in its ``tileset.json`` entry (so a relabelled manifest needs no
+index rewrite) and are joined into :attr:`TileSet.index`.
+
+Each slide is written by whoever tiles it (a worker process, a Dask worker): its pixel file is
+streamed to a temporary file and renamed, then its index shard written atomically; the run's
+client then marks it ``done`` in ``tileset.json``. Readers only use slides marked ``done``, so an
+interrupted run leaves nothing half-visible, and the next run re-tiles what is not done.
+Format 1 TileSets (clotclf 0.1: one ``tiles.csv`` of kept tiles) are still read. This module
+reads; :mod:`clotclf_core.tiling.writer` writes (its names are importable from here too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from clotclf_core.inputs import check_folder
+from clotclf_core.plugin.errors import ClotclfError
+
+FORMAT = "clotclf-tileset"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: the columns of :attr:`TileSet.index`, in this order (then the others alphabetically)
+INDEX_COLUMNS = ["image_id", "patient_id", "center_id", "label", "row", "x", "y", "size", "downsample"]
+#: the index columns that come from the manifest (kept per slide in tileset.json)
+MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
+#: columns of an index shard before the score columns
+SHARD_COLUMNS = ["image_id", "row", "x", "y", "size", "downsample", "level0_px_per_pixel", "tissue", "darkness", "kept", "rejected_by"]
+
+
+class TileSetError(ClotclfError):
+    pass
+
+
+def _fix_hint(root: Path) -> str:
+    return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    meta_path = root / "tileset.json"
+    if not meta_path.is_file():
+        raise TileSetError(f"'{root}' is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TileSetError(f"'{meta_path}' is not valid JSON ({exc}); re-run `clotclf tile` with --overwrite") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise TileSetError(f"'{meta_path}' is not a clotclf TileSet description (format={got!r})")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise TileSetError(
+            f"TileSet '{root}' has format version {meta.get('format_version')}, this clotclf reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-tile the slides with this version (`clotclf tile ... --overwrite`)"
+        )
+    return meta
+
+
+_read_meta = read_meta  # the name clotclf 0.1 used
+
+
+def read_index_file(path: Path, required: list[str], root: Path) -> Any:
+    """A tile index CSV (a shard, or format 1's tiles.csv) as a DataFrame; an empty, binary or
+    malformed file is one :class:`TileSetError` naming it."""
+    import pandas as pd
+
+    try:
+        head = path.read_bytes()[:65536]
+    except OSError as exc:
+        raise TileSetError(f"cannot read the tile index '{path}' ({exc.strerror}); {_fix_hint(root)}") from None
+    if not head.strip():
+        raise TileSetError(f"the tile index '{path}' is empty; {_fix_hint(root)}")
+    binary = b"\x00" in head
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        binary = binary or exc.start < len(head) - 4  # (a character cut by the 64 KiB read is fine)
+    if binary:
+        raise TileSetError(f"the tile index '{path}' is not a CSV text file (binary data); {_fix_hint(root)}")
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str, "rejected_by": str},
+                         keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise TileSetError(f"the tile index '{path}' is not a readable CSV ({type(exc).__name__}: {str(exc)[:120]}); {_fix_hint(root)}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise TileSetError(f"the tile index '{path}' lacks columns {missing}; {_fix_hint(root)}")
+    return df
+
+
+def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None:
+    """Why ``path`` cannot be a slide's pixel file of ``n_tiles`` tiles (``None`` when it can).
+
+    Reads the .npy header and maps the file (no pixel is read), so a missing, truncated or
+    mis-shaped file is found when the TileSet is opened, not as a traceback in a loader worker.
+    """
+    if not path.is_file():
+        return "missing"
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # truncated data: "mmap length is greater than file size"
+        return f"truncated or unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+    if not isinstance(arr, np.ndarray):  # e.g. an .npz archive under a .npy name
+        getattr(arr, "close", lambda: None)()
+        return "not a .npy array"
+    shape, dtype = arr.shape, arr.dtype
+    del arr
+    want = (int(n_tiles), tile_pixels, tile_pixels, 3)
+    if dtype != np.uint8 or shape != want:
+        return f"holds {dtype} {tuple(shape)} instead of uint8 {want}"
+    return None
+
+
+def slide_problem(root: Path, image_id: str, rec: Mapping[str, Any], tile_pixels: int) -> tuple[str | None, Any]:
+    """Why a done slide of a format 2 TileSet is broken (None when it is not), and its shard."""
+    shard_path = root / "index" / f"{image_id}.csv"
+    if not shard_path.is_file():
+        return "index/" + f"{image_id}.csv: missing", None
+    try:
+        shard = read_index_file(shard_path, SHARD_COLUMNS, root)
+    except TileSetError as exc:
+        return str(exc).split("; re-run")[0], None
+    kept = shard[shard["kept"].astype(str).isin(("True", "true", "1"))]
+    n = int(rec.get("n_tiles", len(kept)))
+    pix = root / "pixels" / f"{image_id}.npy"
+    if n == 0:
+        return (None if len(kept) == 0 else f"index/{image_id}.csv lists {len(kept)} kept tiles but none are recorded"), shard
+    problem = pixel_file_problem(pix, n, tile_pixels)
+    if problem:
+        return f"pixels/{image_id}.npy: {problem}", shard
+    rows = kept["row"].astype(int)
+    if len(kept) != n or (len(rows) and (rows.min() < 0 or rows.max() >= n or rows.nunique() != n)):
+        return f"pixels/{image_id}.npy holds {n} tiles but index/{image_id}.csv lists {len(kept)} kept", shard
+    return None, shard
+
+
+def index_stamp(slides: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the merged ``tiles.csv`` must have been made from: the done slides, their tile counts
+    and manifest values."""
+    import hashlib
+
+    done = sorted((k, int(v.get("n_tiles", 0)), *(str(v.get(c, "")) for c in MANIFEST_COLUMNS))
+                  for k, v in slides.items() if v.get("status") == "done")
+    return hashlib.sha256(json.dumps(done).encode()).hexdigest()[:16]
+
+
+def read_shards(root: Path, slides: Mapping[str, Mapping[str, Any]], done: list[str], tile_pixels: int) -> tuple[Any, Any, list[str]]:
+    """(kept, rejected, problems) from the index shards of the ``done`` slides, with their manifest columns."""
+    import pandas as pd
+
+    shards, problems = [], []
+    for image_id in done:
+        problem, shard = slide_problem(root, image_id, slides[image_id], tile_pixels)
+        if problem:
+            problems.append(problem)
+            continue
+        for col in MANIFEST_COLUMNS:
+            shard[col] = str(slides[image_id].get(col, ""))
+        shards.append(shard)
+    cols = INDEX_COLUMNS + [c for c in SHARD_COLUMNS if c not in INDEX_COLUMNS and c not in ("kept", "rejected_by")]
+    if not shards:
+        empty = pd.DataFrame(columns=cols)
+        return empty, pd.DataFrame(columns=cols + ["rejected_by"]), problems
+    every = pd.concat(shards, ignore_index=True)
+    every["kept"] = every["kept"].astype(str).isin(("True", "true", "1"))
+    cols += sorted(c for c in every.columns if c not in cols and c not in ("kept", "rejected_by"))
+    kept = every[every["kept"]].reindex(columns=cols).reset_index(drop=True)
+    kept["row"] = kept["row"].astype(int)
+    rejected = every[~every["kept"]].reindex(columns=cols + ["rejected_by"]).reset_index(drop=True)
+    return kept, rejected, problems
+
+
+class TileSet:
+    """Read access to a TileSet folder.
+
+    ``index``: a pandas DataFrame of the kept tiles (``image_id, patient_id, center_id, label, row,
+    x, y, size, downsample, level0_px_per_pixel, tissue, darkness, score_<filter>...``);
+    ``rejected``: the candidates that were not kept, with their scores and ``rejected_by``.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise TileSetError(f"TileSet folder '{self.root}' does not exist; make one with `clotclf tile`")
+        self.meta = read_meta(self.root)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._rejected = None
+        done = [k for k, v in self.slides.items() if v.get("status") == "done"]
+        if self.meta.get("format_version") == 1:
+            self.index, self.rejected = self._read_v1(set(done))
+        else:
+            self.index, self.rejected = self._read_v2(done)
+
+    # ------------------------------------------------------------------ reading
+    def _read_v1(self, done: set[str]) -> tuple[Any, Any]:
+        import pandas as pd
+
+        index_path = self.root / "tiles.csv"
+        if not index_path.is_file():
+            raise TileSetError(f"TileSet '{self.root}' has no tiles.csv; tiling did not finish any slide")
+        index = read_index_file(index_path, INDEX_COLUMNS, self.root)
+        index = index[index["image_id"].isin(done)].reset_index(drop=True)  # rows of unfinished commits
+        by_slide = index.groupby("image_id")["row"]
+        n_rows, max_row = by_slide.size().to_dict(), by_slide.max().to_dict()
+        problems = []
+        for image_id in sorted(done):
+            rows = int(n_rows.get(image_id, 0))
+            n = int(self.slides[image_id].get("n_tiles", rows))
+            problem = pixel_file_problem(self.root / "pixels" / f"{image_id}.npy", n, self.tile_size)
+            if problem is None and rows != n:
+                problem = f"holds {n} tiles but tiles.csv lists {rows}"
+            elif problem is None and rows and not 0 <= int(max_row.get(image_id, -1)) < n:
+                problem = f"holds {n} tiles but tiles.csv refers to tile {max_row.get(image_id)}"
+            if problem:
+                problems.append(f"{self.root / 'pixels' / image_id}.npy: {problem}")
+        self._raise_problems(problems)
+        return index, pd.DataFrame(columns=INDEX_COLUMNS)
+
+    def _read_v2(self, done: list[str]) -> tuple[Any, Any]:
+        merged = self.meta.get("merged_index") or {}
+        if merged.get("stamp") == index_stamp(self.slides) and (self.root / "tiles.csv").is_file():
+            return self._read_v1(set(done))[0], None  # the merged index is up to date: one file to read
+        kept, rejected, problems = read_shards(self.root, self.slides, done, self.tile_size)
+        self._raise_problems(problems)
+        return kept, rejected
+
+    @property
+    def rejected(self) -> Any:
+        """The candidates that were not kept (``rejected_by``: the filter, or ``max_tiles``), with their scores."""
+        if self._rejected is None:
+            done = [k for k, v in self.slides.items() if v.get("status") == "done"]
+            _, self._rejected, problems = read_shards(self.root, self.slides, done, self.tile_size)
+            self._raise_problems(problems)
+        return self._rejected
+
+    @rejected.setter
+    def rejected(self, value: Any) -> None:
+        self._rejected = value
+
+    def _raise_problems(self, problems: list[str]) -> None:
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise TileSetError(
+                f"TileSet '{self.root}' has {len(problems)} broken slide file(s) (broken pixel file or index): "
+                f"{'; '.join(problems[:3])}{more}; " + _fix_hint(self.root)
+            )
+
+    # ------------------------------------------------------------------ access
+    @property
+    def format_version(self) -> int:
+        return int(self.meta.get("format_version", 1))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.meta.get("settings", {})
+
+    @property
+    def tile_size(self) -> int:
+        """Side in pixels of the cached tiles (the training resolution)."""
+        return int(self.meta["tile_pixels"])
+
+    @property
+    def slides(self) -> dict[str, dict[str, Any]]:
+        return self.meta.get("slides", {})
+
+    def pixels(self, image_id: str) -> np.ndarray:
+        """The memory-mapped uint8 (n, S, S, 3) array of one slide's kept tiles."""
+        arr = self._arrays.get(image_id)
+        if arr is None:
+            path = self.root / "pixels" / f"{image_id}.npy"
+            if not path.is_file():
+                raise TileSetError(f"TileSet '{self.root}' lacks {path}; " + _fix_hint(self.root))
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise TileSetError(
+                    f"TileSet '{self.root}': {path} is truncated or unreadable ({type(exc).__name__}: {exc}); " + _fix_hint(self.root)
+                ) from None
+            self._arrays[image_id] = arr
+        return arr
+
+    def tile(self, i: int) -> np.ndarray:
+        """Pixels of row ``i`` of the index, (S, S, 3) uint8."""
+        rec = self.index.iloc[i]
+        return np.asarray(self.pixels(rec["image_id"])[int(rec["row"])])
+
+    def with_thresholds(self, **thresholds: float) -> Any:
+        """The index with stricter filter thresholds applied, without re-reading any slide
+        (``ts.with_thresholds(otsu=0.5)``): kept tiles whose ``score_<name>`` is below the new
+        threshold are left out. A threshold below the one the TileSet was made with cannot be
+        applied (the tiles it would add were never cached): that needs `clotclf tile` again."""
+        used = {f["name"]: f.get("options", {}).get("threshold") for f in self.settings.get("filters", [])}
+        keep = np.ones(len(self.index), bool)
+        for name, value in thresholds.items():
+            if f"score_{name}" not in self.index.columns:
+                raise TileSetError(f"TileSet '{self.root}' has no score_{name} column (filters: {', '.join(used) or 'none'})")
+            if used.get(name) is not None and value < used[name]:
+                raise TileSetError(
+                    f"threshold {name}={value} is below the {used[name]} this TileSet was made with: the tiles it would add "
+                    f"were never cached; re-tile with `--filter {name}:threshold={value}`"
+                )
+            keep &= self.index[f"score_{name}"].to_numpy() >= value
+        return self.index[keep].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self):  # DataLoader workers re-open the memory maps themselves
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+
+# the writing side lives in clotclf_core.tiling.writer; its names stay importable from here (lazily:
+# tileset_writer imports this module, so either may be imported first)
+
+
+def tileset_is_synthetic(ts: "TileSet") -> bool:
+    """Slides of ``ts.index`` marked synthetic: ``demo-data`` writes a ``synthetic`` manifest column,
+    ``tile`` records it in tileset.json (top level and per slide)."""
+    if ts.meta.get("synthetic"):
+        return True
+    used = set(ts.index["image_id"])
+    return any(str(v.get("synthetic", "")).lower() in ("true", "1") for k, v in ts.slides.items() if k in used)
+
+
+def _run_dir_hint(p: Path) -> str:
+    import json
+
+    try:
+        recorded = json.loads((p / "config.json").read_text(encoding="utf-8")).get("tileset", {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return f" (its config.json names '{recorded}')" if recorded else ""
+
+
+def open_tileset(path: str | os.PathLike, option: str = "--tiles") -> "TileSet":
+    """Open a TileSet, or say in one line what ``path`` is instead (missing, a loop, a run directory...)."""
+    from clotclf_core.tiling.tileset import TileSet, TileSetError
+
+    p = check_folder(path, f"{option}: TileSet folder", "make one with `clotclf tile SLIDES --out TILES`", TileSetError)
+    if not (p / "tileset.json").exists():
+        if (p / "config.json").is_file() or (p / "model.safetensors").is_file():
+            raise TileSetError(
+                f"{option} '{p}' is a run directory (from `clotclf train`), not a TileSet: pass the TileSet folder the "
+                f"model should score or train on{_run_dir_hint(p)}")
+        if (p / "tiles").is_dir() and (p / "tiles" / "tileset.json").is_file():
+            raise TileSetError(f"{option} '{p}' is not a TileSet, but '{p / 'tiles'}' is: pass that folder")
+    return TileSet(p)

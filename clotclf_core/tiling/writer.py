@@ -1,0 +1,323 @@
+"""Writing a TileSet (format in docs/data-formats.md; reading: :mod:`clotclf_core.tiling.tileset`).
+
+- :class:`PixelFileWriter` / :func:`slide_pixels`: one slide's kept tiles streamed into
+  ``pixels/<image_id>.npy`` (whoever tiles the slide: this process, a worker, a Dask worker);
+- :func:`write_shard`: its index shard ``index/<image_id>.csv``, atomically;
+- :class:`TileSetWriter`: the run's client — creates / resumes the folder, brings it up to date
+  with the manifest (:meth:`TileSetWriter.sync`), records each slide's status in ``tileset.json``
+  and merges the index at the end (:meth:`TileSetWriter.merge_index`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from clotclf_core import __version__
+from clotclf_core.plugin.io import write_json, write_text
+from clotclf_core.tiling.tileset import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_COLUMNS,
+    SHARD_COLUMNS,
+    TileSetError,
+    _fix_hint,
+    index_stamp,
+    read_meta,
+    read_shards,
+    slide_problem,
+)
+
+#: bytes reserved for the .npy header of a streamed pixel file (the shape is only known at the end)
+NPY_HEADER_BYTES = 128
+
+
+# ----------------------------------------------------------------------------- writing one slide
+
+
+def _npy_header(n: int, size: int) -> bytes:
+    """A .npy version 1.0 header for uint8 (n, size, size, 3), padded to :data:`NPY_HEADER_BYTES`."""
+    text = "{'descr': '|u1', 'fortran_order': False, 'shape': (%d, %d, %d, 3), }" % (n, size, size)
+    body_len = NPY_HEADER_BYTES - 10
+    body = text.ljust(body_len - 1) + "\n"
+    if len(body) != body_len:
+        raise ValueError("npy header too long")
+    return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + body.encode("latin1")
+
+
+class PixelFileWriter:
+    """Streams kept tiles into ``pixels/<image_id>.npy`` (a temporary file until :meth:`finish`).
+
+    Tiles are appended with plain writes (no memory map, so they do not stay in this process's
+    memory); the header, whose shape is known only at the end, is written last into the space
+    reserved for it. :meth:`finish` with ``keep`` copies only those tiles, in that order.
+    """
+
+    def __init__(self, root: Path, image_id: str, size: int):
+        self.path = Path(root) / "pixels" / f"{image_id}.npy"
+        self.size = int(size)
+        self.tile_bytes = self.size * self.size * 3
+        self.count = 0
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        self._fh.write(b"\0" * NPY_HEADER_BYTES)
+
+    def add(self, pixels: np.ndarray) -> None:
+        if pixels.dtype != np.uint8 or pixels.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"tiles must be uint8 (n, {self.size}, {self.size}, 3), got {pixels.dtype} {pixels.shape}")
+        try:
+            self._fh.write(np.ascontiguousarray(pixels))
+        except OSError as exc:  # name the file: it is in the TileSet folder (full disk, quota)
+            raise OSError(exc.errno, exc.strerror, str(self.tmp)) from None
+        self.count += len(pixels)
+
+    def finish(self, keep: np.ndarray | None) -> int:
+        self._fh.flush()
+        if keep is not None:
+            self._fh.close()
+            self._select(np.asarray(keep, np.int64))
+        else:
+            self._fh.seek(0)
+            self._fh.write(_npy_header(self.count, self.size))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        if self.count == 0:
+            self.tmp.unlink(missing_ok=True)
+            return 0
+        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.replace(self.tmp, self.path)
+        return self.count
+
+    def _select(self, keep: np.ndarray) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            src = os.open(self.tmp, os.O_RDONLY)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(_npy_header(len(keep), self.size))
+                    for i in keep:
+                        out.write(os.pread(src, self.tile_bytes, NPY_HEADER_BYTES + int(i) * self.tile_bytes))
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                os.close(src)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.tmp.unlink(missing_ok=True)
+        self.tmp = Path(tmp)
+        self.count = len(keep)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def slide_pixels(root: Path, image_id: str, size: int) -> Iterator[PixelFileWriter]:
+    """A :class:`PixelFileWriter` that leaves nothing behind if the block raises."""
+    writer = PixelFileWriter(root, image_id, size)
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def write_shard(root: Path, image_id: str, rows: list[dict[str, Any]]) -> int:
+    """Write ``index/<image_id>.csv`` (every candidate row) atomically; returns the row count."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for c in SHARD_COLUMNS:
+        if c not in df.columns:
+            df[c] = pd.Series(dtype=object)
+    df["image_id"] = image_id
+    df = df.reindex(columns=SHARD_COLUMNS + sorted(c for c in df.columns if c not in SHARD_COLUMNS))
+    write_text(Path(root) / "index" / f"{image_id}.csv", df.to_csv(index=False))
+    return len(df)
+
+
+# ----------------------------------------------------------------------------- the client's side
+
+
+class TileSetWriter:
+    """Creates / resumes a TileSet folder and records each slide's status (the run's client)."""
+
+    def __init__(self, root: str | Path, settings: dict[str, Any], tile_pixels: int, overwrite: bool = False,
+                 components: dict[str, Any] | None = None):
+        self.root = Path(root)
+        self.settings = settings
+        self.tile_pixels = int(tile_pixels)
+        self.order: dict[str, int] = {}
+        meta_path = self.root / "tileset.json"
+        if meta_path.exists() and not overwrite:
+            meta = read_meta(self.root)
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise TileSetError(
+                    f"'{self.root}' holds a TileSet of format {meta.get('format_version')} (an older clotclf); it can still be "
+                    "read, but not resumed: choose another --out, or pass --overwrite to re-tile it"
+                )
+            if meta.get("settings") != settings or meta.get("tile_pixels") != self.tile_pixels:
+                changed = sorted(
+                    k for k in set(settings) | set(meta.get("settings", {}))
+                    if settings.get(k) != meta.get("settings", {}).get(k)
+                )
+                raise TileSetError(
+                    f"'{self.root}' holds a TileSet made with different settings ({', '.join(changed) or 'tile_pixels'}); "
+                    "choose another --out, or pass --overwrite to replace it"
+                )
+            self.meta = meta
+        else:
+            if overwrite and self.root.exists():
+                import shutil
+
+                for name in ("pixels", "qc", "index", "tiles.csv", "tileset.json"):
+                    p = self.root / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+            self.meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "clotclf_version": __version__,
+                "tile_pixels": self.tile_pixels,
+                "settings": settings,
+                "slides": {},
+            }
+        if components is not None:
+            self.meta["components"] = components
+        for name in ("pixels", "qc", "index"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        #: done slides whose files were missing or broken (id -> why): no longer done, so tiled again
+        self.broken = self._forget_broken()
+
+    def _done(self) -> set[str]:
+        return {k for k, v in self.meta["slides"].items() if v.get("status") == "done"}
+
+    def _forget_broken(self) -> dict[str, str]:
+        broken: dict[str, str] = {}
+        for image_id in sorted(self._done()):
+            problem, _ = slide_problem(self.root, image_id, self.meta["slides"][image_id], self.tile_pixels)
+            if problem:
+                broken[image_id] = problem
+                del self.meta["slides"][image_id]
+        return broken
+
+    def forget(self, image_id: str) -> None:
+        """Mark a slide as not done (it is about to be tiled again)."""
+        if self.meta["slides"].pop(image_id, None) is not None:
+            self._write_meta()
+
+    def sync(self, listed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+        """Bring the TileSet up to date with the current manifest, without pixel work.
+
+        ``listed``: every slide of the current manifest (or file list), in order, image_id -> its
+        ``patient_id``, ``center_id`` and ``label``. Finished slides take these values (they live
+        in tileset.json); slides no longer listed leave the TileSet (status, then their files).
+        Returns ``{"removed": {id: what it was}, "relabelled": {id: what changed}}``.
+        """
+        self.order = {k: i for i, k in enumerate(listed)}
+        removed = {
+            k: f"was {v.get('status')}" + (f", {v.get('n_tiles', 0)} tiles" if v.get("status") == "done" else "")
+            for k, v in self.meta["slides"].items()
+            if k not in listed
+        }
+        removed.update({k: f"files broken: {why}" for k, why in self.broken.items() if k not in listed})
+        for k in removed:
+            self.meta["slides"].pop(k, None)
+        relabelled: dict[str, str] = {}
+        changed = bool(removed or self.broken)
+        for image_id, rec in self.meta["slides"].items():
+            want = {c: str(listed[image_id].get(c, "")) for c in MANIFEST_COLUMNS}
+            old = {c: str(rec.get(c, "")) for c in MANIFEST_COLUMNS}
+            if old != want:
+                if rec.get("status") == "done":
+                    relabelled[image_id] = ", ".join(f"{c} {old[c]!r} -> {want[c]!r}" for c in MANIFEST_COLUMNS if old[c] != want[c])
+                rec.update(want)
+                changed = True
+        if changed:  # tileset.json first: readers ignore files of slides it does not list as done
+            self._write_meta()
+        self._delete_unused_files(list(removed))
+        return {"removed": removed, "relabelled": relabelled}
+
+    def _delete_unused_files(self, removed: list[str]) -> None:
+        """Files of slides that are not done (removed, broken, or left by an interrupted run)."""
+        done = self._done()
+        for sub, suffix in (("pixels", ".npy"), ("index", ".csv")):
+            for path in (self.root / sub).glob(f"*{suffix}"):
+                if path.stem not in done:
+                    path.unlink(missing_ok=True)
+            for path in (self.root / sub).glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+        for image_id in removed:
+            (self.root / "qc" / f"{image_id}.png").unlink(missing_ok=True)
+
+    def is_done(self, image_id: str) -> bool:
+        """True if this slide was already finished (tiled, or recorded as failed / without tissue)."""
+        return image_id in self.meta["slides"]
+
+    def commit(self, image_id: str, status: str, info: dict[str, Any], listed: Mapping[str, Any] | None = None,
+               reason: str = "") -> None:
+        """Record one slide's outcome (its files, if any, are already written)."""
+        rec = {"status": status, **({"reason": reason} if reason else {}), "n_tiles": int(info.get("n_kept", 0)) if status == "done" else 0}
+        rec.update({c: str((listed or {}).get(c, "")) for c in MANIFEST_COLUMNS})
+        rec.update({k: v for k, v in info.items() if k not in rec})
+        self.meta["slides"][image_id] = rec
+        self._write_meta()
+
+    def merge_index(self) -> int:
+        """Write ``tiles.csv``: the kept tiles of every done slide in one file (what readers open
+        first when it is up to date; the shards stay the truth). Returns its row count."""
+        done = [k for k, v in self.meta["slides"].items() if v.get("status") == "done"]
+        kept, _, problems = read_shards(self.root, self.meta["slides"], done, self.tile_pixels)
+        if problems:
+            raise TileSetError(f"cannot merge the index of '{self.root}': {'; '.join(problems[:3])}; {_fix_hint(self.root)}")
+        write_text(self.root / "tiles.csv", kept.to_csv(index=False))
+        self.meta["merged_index"] = {"file": "tiles.csv", "stamp": index_stamp(self.meta["slides"]), "rows": int(len(kept))}
+        self._write_meta()
+        return len(kept)
+
+    def _write_meta(self) -> None:
+        if self.order:
+            big = len(self.order)
+            self.meta["slides"] = dict(sorted(self.meta["slides"].items(), key=lambda kv: self.order.get(kv[0], big)))
+        write_json(self.root / "tileset.json", self.meta)
+
+    # kept for callers of clotclf 0.1's writer (tests build tiny TileSets with it)
+    def add_slide(self, image_id: str, pixels: np.ndarray, rows: list[dict[str, Any]], info: dict[str, Any],
+                  listed: Mapping[str, Any] | None = None) -> None:
+        """Commit a finished slide from memory: its kept tiles, their index rows and its status."""
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (self.tile_pixels, self.tile_pixels, 3):
+            raise ValueError(f"pixels must be uint8 (n, {self.tile_pixels}, {self.tile_pixels}, 3), got {pixels.dtype} {pixels.shape}")
+        if len(rows) != len(pixels):
+            raise ValueError("one index row per tile is required")
+        listed = listed or (rows[0] if rows else {})
+        with slide_pixels(self.root, image_id, self.tile_pixels) as sink:
+            sink.add(pixels)
+            n = sink.finish(None)
+        shard = [{**{k: v for k, v in r.items() if k not in MANIFEST_COLUMNS}, "row": i, "kept": True, "rejected_by": ""}
+                 for i, r in enumerate(rows)]
+        write_shard(self.root, image_id, shard)
+        self.commit(image_id, "done", {**info, "n_kept": n}, listed)
+        self.merge_index()
+
+    def record_failure(self, image_id: str, status: str, reason: str, info: dict[str, Any] | None = None,
+                       listed: Mapping[str, Any] | None = None) -> None:
+        """Record a slide that produced no tiles (``status`` e.g. ``failed`` or ``no_tissue``)."""
+        self.commit(image_id, status, dict(info or {}), listed, reason)
