@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,10 @@ from clotclf_core.plugin import ClotclfError
 from clotclf_core.scoring.metrics import (
     MetricsError,
     aggregate,
+    class_indices,
     classification_metrics,
     evaluate,
     format_table,
-    label_indices,
     log_loss,
     summarise_folds,
     weighted_log_loss,
@@ -192,6 +193,24 @@ def test_class_never_predicted_has_undefined_precision():
     assert m["precision_macro"] == pytest.approx((1 / 3 + 0) / 2)
 
 
+def test_one_sample_one_class_and_absent_classes_score_without_warnings():
+    """scikit-learn warns on single-label folds and predicted classes without true samples; the
+    metrics leave such classes out as documented instead, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = classification_metrics([1], [[0.2, 0.8]], LABELS)
+        three = classification_metrics([0, 0, 2, 2], [[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.1, 0.7], [0.6, 0.2, 0.2]],
+                                       ["A", "B", "C"])
+    assert one["balanced_accuracy"] == one["accuracy"] == 1.0 and one["confusion_matrix"] == [[0, 0], [0, 1]]
+    assert one["per_class"]["CE"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert (one["precision_macro"], one["recall_macro"], one["f1_macro"]) == (1.0, 1.0, 1.0)
+    # B: predicted once, never true -> precision 0, no recall, no F1; macro over A and C only
+    assert three["per_class"]["B"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert three["per_class"]["A"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert three["balanced_accuracy"] == three["recall_macro"] == 0.5 and three["precision_macro"] == 0.75  # C: 1 of 1
+    assert three["confusion_matrix"] == [[1, 1, 0], [0, 0, 0], [1, 0, 1]] and three["accuracy"] == 0.5
+
+
 def test_labels_must_be_distinct_and_at_least_two():
     with pytest.raises(MetricsError, match="duplicates"):
         classification_metrics([0, 1], [[0.5, 0.5]] * 2, ["CE", "CE"])
@@ -286,7 +305,7 @@ def test_evaluate_needs_known_labels(tiles):
         evaluate(df.assign(label=["SCA"] * 4 + ["LAA"] * 2), p, LABELS)
     with pytest.raises(MetricsError, match="no 'label' column"):
         evaluate(df.drop(columns="label"), p, LABELS)
-    assert label_indices(["LAA", "CE"], LABELS).tolist() == [1, 0]
+    assert class_indices(["LAA", "CE"], LABELS).tolist() == [1, 0]
 
 
 # ----------------------------------------------------------------------------- folds and tables

@@ -155,3 +155,49 @@ def test_read_model_card_edge_cases():
     with pytest.raises(ModelCardError, match="mapping"):
         read_model_card("---\n- a\n- b\n---\n")
     assert card_results({}) == {} and card_results({"model-index": "junk"}) == {}
+
+
+def test_huggingface_hub_loads_the_written_file_with_the_headline_first(tmp_path, metrics):
+    """ModelCard.load (the Hub's own reader) on the file: metadata, eval results and the body's order."""
+    held_out = {"val": dict(metrics), "test": metrics, "headline": {"on": "test", "what": "held out: never trained on"}}
+    card = ModelCard.load(write_model_card(tmp_path, config(), held_out))
+    assert card.data.library_name == "clotclf" and "synthetic-data" in card.data.tags
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    body = card.text
+    results = body.index("## Results")
+    headline = body.index(f"**Held-out test patients**, n = {metrics['patient']['n']} patients: never trained on.")
+    assert results < headline < body.index("ln 2 = 0.693") < body.index("### Held-out test patients")
+    assert body.index("**Synthetic data**") < body.index("### Validation patients")
+    assert body.index("## Data") < body.index("## Split") < results < body.index("## Training settings") \
+        < body.index("## How to use") < body.index("## Intended use and limitations")
+
+
+def test_an_unreadable_model_index_is_refused_or_left_out_when_listing():
+    text = "---\nlibrary_name: clotclf\nmodel-index: junk\n---\n# x\n"
+    with pytest.raises(ModelCardError, match="not a valid model card"):
+        read_model_card(text)
+    meta, body = read_model_card(text, lenient=True)  # as the Hub lists it: the model, without results
+    assert meta == {"library_name": "clotclf"} and body == "# x\n" and card_results(meta) == {}
+    assert card_results({"model-index": [{"name": "m", "results": [{"metrics": []}]}]}) == {}
+
+
+def test_card_results_reads_the_first_result_only():
+    def result(split, value):
+        return {"task": {"type": "image-classification"}, "dataset": {"name": "d", "type": "d", "split": split},
+                "metrics": [{"type": "weighted_log_loss", "value": value}, {"type": "roc_auc", "value": None}]}
+
+    meta = {"model-index": [{"name": "m", "results": [result("test", 0.5), result("validation", 0.1)]}]}
+    assert card_results(meta) == {"weighted_log_loss": 0.5}
+
+
+def test_push_keeps_a_hand_written_card_and_refuses_a_broken_one(tmp_path, metrics):
+    from clotclf_registry.card import card_for_push
+
+    cfg = config() | {"weights_sha256": "ab" * 32}
+    (tmp_path / "README.md").write_text("# Only notes\n")
+    meta, body = read_model_card(card_for_push(tmp_path, cfg, {"val": metrics}, "org/m"))
+    assert body == "# Only notes\n" and meta["library_name"] == "clotclf" and meta["clotclf"]["backbone"] == "poolformer"
+    assert "model-index" not in meta and "poolformer" in meta["tags"]
+    (tmp_path / "README.md").write_text("---\nlicense: mit\nmodel-index: [1, 2]\n---\n# Notes\n")
+    with pytest.raises(ModelCardError, match=r"cannot push .*README.md: .*delete it and push writes one"):
+        card_for_push(tmp_path, cfg, {"val": metrics}, "org/m")

@@ -255,7 +255,7 @@ def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
     unseen = patients[patients["in_model_split"] != "train"]
     seen = int((patients["in_model_split"] == "train").sum())
     if len(unseen):
-        y = metrics.label_indices(unseen["label"], labels)
+        y = metrics.class_indices(unseen["label"], labels)
         res["patient"] = metrics.classification_metrics(y, unseen[pcols].to_numpy(), labels)
         res["patient_note"] = (f"{len(unseen)} patient(s) the models never trained on"
                                + (f"; {seen} training patient(s) left out (scored in patient_all)" if seen else ""))
@@ -263,10 +263,10 @@ def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
     trained = set(patients.loc[patients["in_model_split"] == "train", "patient_id"])
     scored_slides = scored_slides[~scored_slides["patient_id"].isin(trained)]
     if len(scored_slides):
-        y = metrics.label_indices(scored_slides["label"], labels)
+        y = metrics.class_indices(scored_slides["label"], labels)
         res["slide"] = metrics.classification_metrics(y, scored_slides[pcols].to_numpy(), labels)
     if seen:
-        y = metrics.label_indices(patients["label"], labels)
+        y = metrics.class_indices(patients["label"], labels)
         res["patient_all"] = metrics.classification_metrics(y, patients[pcols].to_numpy(), labels)
         res["patient_all_note"] = (f"every patient, {seen} of them TRAINING patients of the model(s): optimistic, "
                                    "not an estimate of anything")

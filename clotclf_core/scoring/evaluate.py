@@ -43,7 +43,7 @@ def patient_loss(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str], w
     from clotclf_core.scoring import metrics
 
     table = metrics.aggregate(df, probs, labels, "patient")
-    y = metrics.label_indices(table["label"], labels)
+    y = metrics.class_indices(table["label"], labels)
     p = table[[f"p_{name}" for name in labels]].to_numpy()
     return metrics.weighted_log_loss(y, p) if weighted else metrics.log_loss(y, p)
 
@@ -87,7 +87,7 @@ def write_pictures(out_dir: Path, df: "pd.DataFrame", probs: np.ndarray, labels:
         plots.plot_confusion(cm, labels, f"{name}: {level} level (n={result[level]['n']})", png)
         written.append(str(png))
     table = metrics.aggregate(df, probs, labels, "patient")
-    y = metrics.label_indices(table["label"], labels)
+    y = metrics.class_indices(table["label"], labels)
     png = plots_dir / f"roc_patient_{name}.png"
     plots.plot_roc(y, table[[f"p_{n}" for n in labels]].to_numpy(), labels, png, f"{name}: patient level ROC")
     written.append(str(png))

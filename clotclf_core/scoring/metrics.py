@@ -17,16 +17,28 @@ Class-averaged metrics (balanced accuracy, macro precision / recall / F1, weight
 average over the classes that have at least one true sample; a class with no samples has no
 mean to contribute (Kaggle's formula divides by its count, zero) and is left out, not scored as 0.
 
-This module needs numpy and pandas; scikit-learn is imported only for ROC AUC.
+Accuracy, balanced accuracy, precision / recall / F1, the confusion matrix and ROC AUC are
+scikit-learn's. The two log losses are written here: the competition rescales rows and clips to
+``[1e-15, 1 - 1e-15]`` (docs/evaluation.md), where ``sklearn.metrics.log_loss`` clips to the
+float's machine epsilon (2.2e-16) and refuses rows that do not sum to one, so it would score a
+confident mistake differently from Kaggle.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from clotclf_core.plugin.errors import ClotclfError
 
@@ -82,7 +94,7 @@ def _check_inputs(y_true: Any, probs: Any, n_classes: int | None = None) -> tupl
     if y.dtype.kind not in "iu":
         raise MetricsError(
             f"true labels must be class indices 0..C-1, got values like {y[:3].tolist()}; "
-            "map label names to indices with metrics.label_indices(names, labels)"
+            "map label names to indices with metrics.class_indices(names, labels)"
         )
     y = y.astype(np.int64)
     n_classes = p.shape[1] if n_classes is None else int(n_classes)
@@ -111,8 +123,9 @@ def _clip(p: np.ndarray) -> np.ndarray:
     return np.clip(p, EPS, 1.0 - EPS)
 
 
-def label_indices(names: Iterable[Any], labels: Sequence[str]) -> np.ndarray:
-    """Label names -> class indices in ``labels`` order; an unknown name is an error naming it."""
+def class_indices(names: Iterable[Any], labels: Sequence[str]) -> np.ndarray:
+    """Label names -> class indices in ``labels`` order; an unknown name is an error naming it
+    (unlike :func:`clotclf_core.tiling.dataset.label_indices`, which gives -1 to unlabelled tiles)."""
     lookup = {name: i for i, name in enumerate(labels)}
     names = pd.Series(list(names) if not isinstance(names, pd.Series) else names, dtype=object).astype(str)
     idx = names.map(lookup)
@@ -154,17 +167,11 @@ def weighted_log_loss(y_true: Any, probs: Any, n_classes: int | None = None) -> 
 # ----------------------------------------------------------------------------- classification
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num / den) if den > 0 else None
-
-
 def _roc_auc(y: np.ndarray, p: np.ndarray, labels: list[str]) -> tuple[float | None, str | None]:
     """Binary: AUC of the positive (second) label; multi-class: macro one-vs-rest. None + reason if undefined."""
     absent = [labels[c] for c in range(len(labels)) if not np.any(y == c)]
     if absent:
         return None, f"not defined: no true samples of {', '.join(repr(a) for a in absent)}"
-    from sklearn.metrics import roc_auc_score
-
     if len(labels) == 2:
         return float(roc_auc_score(y == 1, p[:, 1])), None
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(len(labels))))), None
@@ -184,36 +191,34 @@ def classification_metrics(y_true_idx: Any, probs: Any, labels: Sequence[str]) -
     y, p = _check_inputs(y_true_idx, probs, len(labels))
     p = _rescale(p)
     n_classes = len(labels)
+    classes = list(range(n_classes))
     pred = p.argmax(axis=1)
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
-    support, predicted, tp = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
+    cm = confusion_matrix(y, pred, labels=classes)
+    # NaN where undefined: precision of a class never predicted, recall of a class with no true samples
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=classes, zero_division=np.nan)
+    f1[support == 0] = np.nan  # scikit-learn scores a predicted class with no true samples 0; it has no F1
 
-    per_class: dict[str, dict[str, Any]] = {}
-    for c, name in enumerate(labels):
-        precision = _ratio(tp[c], predicted[c])
-        recall = _ratio(tp[c], support[c])
-        if recall is None:
-            f1 = None
-        else:
-            pr = precision or 0.0
-            f1 = 2 * pr * recall / (pr + recall) if pr + recall > 0 else 0.0
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(support[c])}
+    def defined(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
 
-    present = [labels[c] for c in range(n_classes) if support[c] > 0]
-
-    def macro(key: str) -> float:
-        return float(np.mean([per_class[name][key] or 0.0 for name in present]))
-
+    per_class = {name: {"precision": defined(precision[c]), "recall": defined(recall[c]), "f1": defined(f1[c]),
+                        "support": int(support[c])} for c, name in enumerate(labels)}
+    present = [c for c in classes if support[c] > 0]
+    # macro over the classes with true samples; an undefined precision there counts as 0
+    macro = precision_recall_fscore_support(y, pred, labels=present, average="macro", zero_division=0)
+    with warnings.catch_warnings():  # a class without true samples is left out (as documented above), not a warning
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        balanced = balanced_accuracy_score(y, pred)
     roc_auc, roc_note = _roc_auc(y, p, labels)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "class_counts": {name: int(support[c]) for c, name in enumerate(labels)},
-        "accuracy": float(tp.sum() / len(y)),
-        "balanced_accuracy": macro("recall"),
-        "precision_macro": macro("precision"),
-        "recall_macro": macro("recall"),
-        "f1_macro": macro("f1"),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced),
+        "precision_macro": float(macro[0]),
+        "recall_macro": float(macro[1]),
+        "f1_macro": float(macro[2]),
         "roc_auc": roc_auc,
         "roc_auc_note": roc_note,
         "log_loss": log_loss(y, p, n_classes),
@@ -309,7 +314,7 @@ def evaluate(df: pd.DataFrame, probs: Any, labels: Sequence[str]) -> dict[str, d
     tables = _aggregate_up_to(df, probs, labels, "patient")
     out: dict[str, dict[str, Any]] = {}
     for level, table in tables.items():
-        y = label_indices(table["label"], labels)
+        y = class_indices(table["label"], labels)
         out[level] = classification_metrics(y, table[_prob_columns(labels)].to_numpy(), labels)
     return out
 

@@ -90,22 +90,51 @@ class FoldTask(Protocol):
         """Score the fold's validation patients (early stopping's measure is ``Scored.loss``)."""
 
 
-def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices and conv kernels only; biases, norms and embeddings' 1-D
-    parameters are left alone (decaying a LayerNorm gain towards 0 is never what anyone wants)."""
-    decay, plain = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else plain).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+def make_optimizer(model, s: "TrainSettings", device_type: str):
+    """AdamW over timm's ``param_groups_weight_decay``: weight decay on weight matrices and conv
+    kernels only; biases, norms and other 1-D parameters are left alone (decaying a LayerNorm gain
+    towards 0 is never what anyone wants). Fused on CUDA."""
+    import torch  # torch and timm only once a trainer is built
+    from timm.optim import param_groups_weight_decay
+
+    # timm lists the undecayed group first; checkpoints hold the optimizer state decay group first
+    groups = param_groups_weight_decay(model, s.weight_decay)[::-1]
+    return torch.optim.AdamW(groups, lr=s.lr, fused=device_type == "cuda" or None)
 
 
 def cosine_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 down to ``floor``."""
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 down to ``floor``.
+
+    Why not torch's ``LinearLR`` + ``CosineAnnealingLR`` or timm's ``CosineLRScheduler``: any
+    changed LR bit changes the trained weights (the demo's reference digest), and neither gives
+    these floats. torch's (in ``SequentialLR``) are this schedule, but update the LR recursively
+    from the previous step's value, so the floats drift in the last bits (demo schedule, 17
+    warm-up steps of 170: 20 of 170 LRs bit-identical, relative difference up to 2.5e-15).
+    timm's warm-up peaks one step later than this one, which holds the peak for two steps, so no
+    shift of its step count matches both phases (warm-up aligned: 0 of 153 cosine steps equal),
+    and its cosine is ``min + (peak - min) * ...``, other roundings (60 of 170 equal when aligned
+    by hand). torch's ``LambdaLR`` with this multiplier is the standard route that keeps them: its
+    state (``last_epoch``) is checkpointed, so ``--resume`` continues the same floats."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(opt, s: "TrainSettings", steps_per_epoch: int):
+    """The LR schedule of ``s.schedule``: ``cosine`` (stepped after every optimizer step, see
+    :func:`cosine_factor`), ``plateau`` (stepped with each epoch's validation loss) or None (constant)."""
+    import torch
+
+    if s.schedule == "cosine":
+        warm = int(round(s.warmup_epochs * steps_per_epoch))
+        total = s.epochs * steps_per_epoch
+        floor = min(1.0, s.min_lr / s.lr)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, warm, total, floor))
+    if s.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=s.plateau_factor, patience=s.plateau_patience, min_lr=s.min_lr)
+    return None
 
 
 class Trainer:
@@ -130,29 +159,13 @@ class Trainer:
             net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         self.net = torch.compile(net) if s.compile else net
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(_param_groups(self.model, s.weight_decay), lr=s.lr,
-                                     fused=rt.device.type == "cuda" or None)
+        self.opt = make_optimizer(self.model, s, rt.device.type)
         self.steps_per_epoch = max(1, len(task.train_loader))
-        self.scheduler = self._make_scheduler()
+        self.scheduler = make_scheduler(self.opt, s, self.steps_per_epoch)
         self.ckpt_dir = self.fold_dir / "checkpoints"
         self.history: list[dict[str, Any]] = []
         self.best_loss, self.best_epoch, self.best_file = math.inf, -1, ""
         self.bad_epochs, self.start_epoch, self.stopped_early = 0, 0, False
-
-    # ---------------------------------------------------------------- schedule
-    def _make_scheduler(self):
-        import torch
-
-        s = self.s
-        if s.schedule == "cosine":
-            warm = int(round(s.warmup_epochs * self.steps_per_epoch))
-            total = s.epochs * self.steps_per_epoch
-            floor = min(1.0, s.min_lr / s.lr)
-            return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: cosine_factor(step, warm, total, floor))
-        if s.schedule == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.opt, mode="min", factor=s.plateau_factor, patience=s.plateau_patience, min_lr=s.min_lr)
-        return None
 
     @property
     def lr(self) -> float:
@@ -321,7 +334,11 @@ class Trainer:
         from clotclf_core.plugin.weights import load_state_into
 
         load_state_into(self.model, model_state, str(path))
-        self.opt.load_state_dict(opt_state)
+        try:
+            self.opt.load_state_dict(opt_state)
+        except ValueError as exc:  # torch: other parameter groups (a checkpoint of another model or clotclf version)
+            raise ClotclfError(f"--resume: the optimizer state in '{path}' does not fit this model ({exc}); "
+                               "start a new run with another --out") from None
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]

@@ -1,10 +1,10 @@
 """The model card as pushed, and what ``list-models`` reads back from it.
 
-A run's own README.md (written by training) is pushed with its body untouched; its YAML front
-matter gains what a registry needs to find and describe the model without downloading it:
-``library_name: clotclf``, the ``clotclf`` tag, and a ``clotclf:`` section (kind, backbone,
-head, labels, input size, weights sha256). A run without a README gets one from
-:func:`clotclf_core.models.card.render_model_card`.
+A run's own README.md (written by training) is pushed with its body untouched; its metadata
+(a :class:`huggingface_hub.ModelCard`'s ``data``) gains what a registry needs to find and describe
+the model without downloading it: ``library_name: clotclf``, the ``clotclf`` tag, and a
+``clotclf:`` section (kind, backbone, head, labels, input size, weights sha256). A run without a
+README gets one from :func:`clotclf_core.models.card.model_card`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clotclf_core.models.card import BASE_TAGS, card_results, read_model_card, render_model_card
+from clotclf_core.models.card import BASE_TAGS, ModelCardError, assemble, card_results, load_model_card, model_card
 
 from .layout import CARD_NAME
 from .verify import FILTER_KIND, model_kind
@@ -46,25 +46,29 @@ def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
 
 def card_for_push(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], repo_id: str) -> str:
     """The README.md text to upload: the run's card (or a rendered one) with registry metadata added."""
-    import yaml
+    from huggingface_hub import ModelCardData
 
     path = run_dir / CARD_NAME
     if path.is_file():
-        meta, body = read_model_card(path.read_text(encoding="utf-8"))
+        try:
+            card = load_model_card(path.read_text(encoding="utf-8"))
+        except ModelCardError as exc:
+            raise ModelCardError(f"cannot push '{run_dir}': its {CARD_NAME}: {exc}; fix it, or delete it and push writes "
+                                 "one from config.json and metrics.json") from None
     elif model_kind(config) == "classifier":
         extra = {"repo_id": repo_id} | ({} if config.get("name") else {"name": repo_id.split("/")[-1]})
-        meta, body = read_model_card(render_model_card(config, metrics, extra, run_dir))
+        card = model_card(config, metrics, extra, run_dir)
     else:
-        meta, body = {}, f"# {repo_id}\n\nA clotclf {config.get('filter', 'patch')} filter. See config.json and metrics.json.\n"
+        card = assemble(ModelCardData(), f"# {repo_id}\n\nA clotclf {config.get('filter', 'patch')} filter. See config.json and metrics.json.\n")
     info = card_metadata(config)
-    meta["library_name"] = "clotclf"
-    tags = [str(t) for t in meta.get("tags") or []]
+    card.data.library_name = "clotclf"
+    tags = [str(t) for t in card.data.tags or []]
     extra = BASE_TAGS + ([info["backbone"].split(" ")[0]] if info["kind"] == "classifier" else ["patch-filter", info["backbone"]])
     if info.get("model_kind") == "mil":
         extra += [info["aggregator"], "multiple-instance"]
-    meta["tags"] = tags + [t for t in extra if t not in tags]
-    meta["clotclf"] = info
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    card.data.tags = tags + [t for t in extra if t not in tags]
+    card.data["clotclf"] = info
+    return str(card)
 
 
 def summarize(meta: dict[str, Any]) -> dict[str, Any]:
@@ -89,13 +93,3 @@ def summarize(meta: dict[str, Any]) -> dict[str, Any]:
         "synthetic": "synthetic-data" in [str(t) for t in meta.get("tags") or []],
     }
 
-
-def summarize_text(text: str) -> dict[str, Any]:
-    """:func:`summarize` of a card's text; a card that does not parse gives an all-None summary."""
-    from clotclf_core.plugin import ClotclfError
-
-    try:
-        meta, _ = read_model_card(text)
-    except ClotclfError:
-        meta = {}
-    return summarize(meta)

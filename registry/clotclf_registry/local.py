@@ -426,7 +426,8 @@ class LocalRegistry(RegistryBackend):
                 card = manifest["files"].get(CARD_NAME)
                 if card:
                     with contextlib.suppress(ClotclfError, OSError, UnicodeDecodeError):
-                        meta, _ = read_model_card(self._object(folder, card["sha256"]).read_text(encoding="utf-8"))
+                        # lenient like the Hub's listing: a model-index it cannot read is left out, the model still listed
+                        meta, _ = read_model_card(self._object(folder, card["sha256"]).read_text(encoding="utf-8"), lenient=True)
             if meta.get("library_name") == "clotclf":
                 out.append(ModelEntry(f"{namespace}/{folder.name}", bool(info.get("private")), meta, updated))
         return out
