@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.plugin.errors import ClotclfError, disk_error
+from clotclf_core.plugin.errors import ClotclfError, os_error_message
 
 
 def _umask() -> int:
@@ -62,16 +62,17 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 @contextlib.contextmanager
 def write_guard(what: str, folder: str | os.PathLike, needed: int | None = None,
                 after: str = "run the command again") -> Iterator[None]:
-    """Turn a full / read-only / forbidden disk inside the block into :func:`disk_error`'s line."""
+    """Turn an OS error a user can fix inside the block (a full, read-only or forbidden disk...) into
+    one :class:`ClotclfError`: :func:`~clotclf_core.plugin.errors.os_error_message`'s line."""
     try:
         yield
     except ClotclfError:
         raise
     except Exception as exc:
-        err = disk_error(exc, what, Path(folder), needed, after)
-        if err is None:
+        message = os_error_message(exc, what, Path(folder), needed, after)
+        if message is None:
             raise
-        raise err from None
+        raise ClotclfError(message) from None
 
 
 def _remove(path: Path) -> None:

@@ -36,10 +36,11 @@ from typing import Any, Iterator
 
 from clotclf_core import __version__
 from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME, ClotclfError, printable
+from clotclf_core.plugin.errors import os_error_message
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import Entry, disk_error, is_layout_file, plan_download
+from .layout import Entry, is_layout_file, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings, scrub
 
@@ -323,7 +324,7 @@ class HubRegistry(RegistryBackend):
             if isinstance(exc, HfHubHTTPError) or getattr(exc, "response", None) is not None:
                 raise
             where = staging if staging is not None else self._repo_cache(repo_id)
-            message = disk_error(exc, where, int(entry.size or 0), f"downloading {shown} of '{label}'")
+            message = os_error_message(exc, f"{shown} of '{label}'", where, int(entry.size or 0), "pull again")
             if message:  # a full disk or a read-only cache: the user's to fix, not the network
                 raise RegistryError(message) from None
             raise UnreachableError(

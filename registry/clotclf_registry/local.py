@@ -44,7 +44,7 @@ from clotclf_core.plugin.errors import os_error_message, printable
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import CARD_NAME, Entry, Plan, disk_error, plan_download
+from .layout import CARD_NAME, Entry, Plan, plan_download
 from .names import COMMIT_SHA
 from .settings import RegistrySettings
 
@@ -334,7 +334,7 @@ class LocalRegistry(RegistryBackend):
             try:
                 self._materialize(folder, plan, target, label)
             except OSError as exc:
-                why = disk_error(exc, target.parent, sum(e.size or 0 for e in plan.files), f"copying '{label}'")
+                why = os_error_message(exc, f"the files of '{label}'", target.parent, sum(e.size or 0 for e in plan.files), "pull again")
                 if why is None:
                     raise
                 raise RegistryError(why) from None
