@@ -41,11 +41,11 @@ from urllib.parse import unquote, urlparse
 
 from clotclf_core.plugin import WEIGHTS_NAME, atomic_path, write_json, write_text
 from clotclf_core.plugin.errors import os_error_message, printable
+from clotclf_core.plugin.hub import COMMIT_SHA
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
 from .layout import CARD_NAME, Entry, Plan, plan_download
-from .names import COMMIT_SHA
 from .settings import RegistrySettings
 
 FORMAT = "clotclf-local-registry/1"
