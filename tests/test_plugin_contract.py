@@ -155,6 +155,45 @@ def test_a_component_that_raises_while_built_is_named_with_its_distribution(fake
     assert "Traceback" in debug.stderr and "ZeroDivisionError: filter maths went wrong" in debug.stderr
 
 
+def test_a_run_directory_option_is_resolved_by_the_resolve_hook_before_the_factory(fake_dist, tmp_path):
+    """A third-party component typing an option RunDirectory gets registry names as local folders,
+    without calling the core: the core asks clotclf_resolve_model; paths are never sent to it."""
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    fake_dist("fake-resolver", "fake_resolver", f"""
+        from clotclf_core.plugin import hookimpl
+        ASKED = []
+        @hookimpl
+        def clotclf_resolve_model(name):
+            ASKED.append(name)
+            return {str(tmp_path / "runs" / "r1")!r} if name == "lab/weights@v1" else None
+    """)
+    fake_dist("fake-runfilter", "fake_runfilter", """
+        from typing import Optional
+        from pydantic import Field
+        from clotclf_core.plugin import ComponentSpec, Options, hookimpl
+        from clotclf_core.plugin.spec import RunDirectory
+        class O(Options):
+            weights: Optional[RunDirectory] = Field(None, description="a run directory or a model name")
+            note: str = "lab/weights@v1"
+        def build(opts):
+            return opts
+        @hookimpl
+        def clotclf_patch_filters():
+            return [ComponentSpec("filter", "runfilter", "echoes its options", O, build)]
+    """)
+    import fake_resolver
+
+    mgr = reset_manager(disabled=["registry"])
+    spec = mgr.get("filter", "runfilter")
+    built = spec.factory(spec.validate_options({"weights": "lab/weights@v1"}))
+    assert built.weights == str(tmp_path / "runs" / "r1") and built.note == "lab/weights@v1"  # only RunDirectory fields
+    assert spec.factory(spec.validate_options({"weights": "unknown-name"})).weights == "unknown-name"  # the factory says what to do
+    assert spec.factory(spec.validate_options({})).weights is None
+    for path in (str(tmp_path / "runs" / "r1"), str(tmp_path / "nowhere"), "./missing", "~/missing"):
+        assert spec.factory(spec.validate_options({"weights": path})).weights == path
+    assert fake_resolver.ASKED == ["lab/weights@v1", "unknown-name"]  # paths, even missing ones, never reach the hook
+
+
 # ----------------------------------------------------------------------------- name clashes
 
 

@@ -154,10 +154,10 @@ def test_a_background_filter_is_pushed_and_used_by_name_as_filter_weights(tmp_pa
     import torch
 
     from clotclf_core.plugin_manager import get_manager
-    from clotclf_mobilenet_bg._net import BackgroundNet, save_run  # a built-in plugin: must be installed
+    from clotclf_mobilenet_bg._net import BackgroundNet, save_filter_run  # a built-in plugin: must be installed
     torch.manual_seed(0)
     run = tmp_path / "bg"
-    save_run(BackgroundNet("mobilenetv3_small_050", input_size=32), run, {})
+    save_filter_run(BackgroundNet("mobilenetv3_small_050", input_size=32), run, {})
     (run / "metrics.json").write_text(json.dumps({"validation": {"balanced_accuracy": 0.9}}))
 
     reg = Registry("local", tmp_path)
