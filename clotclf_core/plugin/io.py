@@ -93,6 +93,7 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; results get the usual permissions
         yield tmp
         old = None
         if target.exists() or target.is_symlink():
