@@ -92,13 +92,14 @@ def test_unknown_or_misspelt_hooks_are_errors_not_silence(fake_dist, source, rea
 
 def test_the_contract_version_a_plugin_declares_is_checked_and_shown(fake_dist):
     plugin(fake_dist, "fake-old-api", extra="CLOTCLF_PLUGIN_API = '>=0.1,<1'")
-    plugin(fake_dist, "fake-new-api", name="tb2", extra=f"CLOTCLF_PLUGIN_API = '>={PLUGIN_API_VERSION},<2'")
+    new_range = f">={PLUGIN_API_VERSION},<{int(PLUGIN_API_VERSION.split('.')[0]) + 1}"  # up to the next major version
+    plugin(fake_dist, "fake-new-api", name="tb2", extra=f"CLOTCLF_PLUGIN_API = '{new_range}'")
     plugin(fake_dist, "fake-bad-api", name="tb3", extra="CLOTCLF_PLUGIN_API = 'one point oh'")
     mgr = PluginManager()
     old = mgr.plugin_info("fake_old_api")
     assert old.status == (f"error: written for clotclf plugin API >=0.1,<1, but this clotclf provides {PLUGIN_API_VERSION}: "
                           "install a release of the plugin made for this clotclf (or the clotclf it was made for)")
-    assert mgr.plugin_info("fake_new_api").ok and mgr.plugin_info("fake_new_api").api == f">={PLUGIN_API_VERSION},<2"
+    assert mgr.plugin_info("fake_new_api").ok and mgr.plugin_info("fake_new_api").api == new_range
     assert "is not a version specifier" in mgr.plugin_info("fake_bad_api").status
     assert "tb2" in mgr.names("backbone") and "tb" not in mgr.names("backbone")
     reset_manager()
@@ -107,7 +108,7 @@ def test_the_contract_version_a_plugin_declares_is_checked_and_shown(fake_dist):
     line = next(line for line in res.stdout.splitlines() if line.startswith("fake_old_api ") and "written for" in line)
     assert ">=0.1,<1" in line
     rows = json.loads(CliRunner().invoke(cli, ["list-plugins", "--json"]).stdout)
-    assert next(r for r in rows if r["plugin"] == "fake_new_api")["api"] == f">={PLUGIN_API_VERSION},<2"
+    assert next(r for r in rows if r["plugin"] == "fake_new_api")["api"] == new_range
 
 
 def test_import_time_is_measured_and_heavy_imports_are_flagged(fake_dist, tmp_path):
