@@ -422,7 +422,3 @@ def reset_manager(disabled: Iterable[str] = ()) -> PluginManager:
     global _MANAGER
     _MANAGER = PluginManager(disabled=disabled)
     return _MANAGER
-
-
-def get_component(kind: str, name: str) -> ComponentSpec:
-    return get_manager().get(kind, name)

@@ -111,7 +111,3 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -11,13 +11,11 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from clotclf_core.plugin.errors import ConfigError
-
-Kind = Literal["source", "filter", "backbone", "head", "aggregator"]
 
 
 class _RunDirectoryMarker:

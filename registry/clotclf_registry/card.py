@@ -88,14 +88,3 @@ def summarize(meta: dict[str, Any]) -> dict[str, Any]:
         # the model card tags a model trained (and scored) on synthetic data; list-models says so
         "synthetic": "synthetic-data" in [str(t) for t in meta.get("tags") or []],
     }
-
-
-def summarize_text(text: str) -> dict[str, Any]:
-    """:func:`summarize` of a card's text; a card that does not parse gives an all-None summary."""
-    from clotclf_core.plugin import ClotclfError
-
-    try:
-        meta, _ = read_model_card(text)
-    except ClotclfError:
-        meta = {}
-    return summarize(meta)

@@ -162,11 +162,6 @@ def plan_download(label: str, entries: list[Entry]) -> Plan:
     return Plan(sorted(files, key=lambda e: e.name), sorted(n for n in ignored if n not in EXPECTED_EXTRA))
 
 
-def check_listing(label: str, names: list[str]) -> None:
-    """The name checks of :func:`plan_download` alone (for callers that know no sizes)."""
-    plan_download(label, [Entry(n, 0) for n in names])
-
-
 _MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",)}
 
 
