@@ -13,9 +13,6 @@ from clotclf_core.plugin import ComponentSpec, hookimpl
 
 from .options import DEFAULT_VARIANT, VARIANTS, CCTArch, CCTOptions
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 __all__ = ["CCTArch", "CCTOptions", "DEFAULT_VARIANT", "VARIANTS", "build"]
 
 

@@ -11,9 +11,6 @@ from pydantic import Field
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 
 class LinearOptions(Options):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the linear layer")

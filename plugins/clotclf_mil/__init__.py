@@ -15,9 +15,6 @@ from pydantic import Field
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 
 class MeanOptions(Options):
     hidden: int = Field(256, ge=0, description="width of the per-tile embedding (Linear + ReLU) before the mean; 0: none, a linear layer on the mean feature")

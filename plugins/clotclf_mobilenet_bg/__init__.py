@@ -25,9 +25,6 @@ from pydantic import Field
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 from clotclf_core.plugin.spec import RunDirectory
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 FILTER_NAME = "mobilenetv3"
 KIND = "patch_filter"
 #: fixed label order: logit 0 = background, logit 1 = tissue (the score)

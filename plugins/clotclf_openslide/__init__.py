@@ -15,9 +15,6 @@ from pydantic import Field
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 #: File extensions OpenSlide reads (``find_slide`` looks for ``<image_id><ext>``).
 EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".czi")
 

@@ -21,9 +21,6 @@ from pydantic import Field
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 
 class OtsuOptions(Options):
     threshold: float = Field(0.30, ge=0.0, le=1.0, description="keep a tile when at least this share of it is tissue")

@@ -12,9 +12,6 @@ from pydantic import Field
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 VARIANTS = tuple(
     f"{family}_{size}" for family in ("poolformer", "poolformerv2") for size in ("s12", "s24", "s36", "m36", "m48")
 )

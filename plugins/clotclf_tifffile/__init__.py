@@ -14,9 +14,6 @@ from __future__ import annotations
 
 from clotclf_core.plugin import ComponentSpec, NoOptions, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 #: File extensions this source reads (``find_slide`` looks for ``<image_id><ext>``).
 EXTENSIONS = (".tif", ".tiff", ".svs", ".btf", ".tf2", ".tf8")
 

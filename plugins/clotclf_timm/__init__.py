@@ -29,9 +29,6 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 #: constructor arguments clotclf decides itself, or that would load files behind its back
 RESERVED = {
     "num_classes": "clotclf sets num_classes=0 (pooled features); the head or aggregator classifies",

@@ -24,9 +24,6 @@ from typing import Any
 
 from clotclf_core.plugin import hookimpl
 
-#: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=2.0,<3"
-
 
 @hookimpl
 def clotclf_add_commands(cli: Any) -> None:
