@@ -47,7 +47,7 @@ def api_problem(declared: Any) -> str | None:
         spec = SpecifierSet(str(declared))
     except InvalidSpecifier:
         return (f"{hookspecs.API_ATTRIBUTE} = {declared!r} is not a version specifier "
-                f"(write e.g. '>=1.0,<2'); this clotclf provides plugin API {hookspecs.PLUGIN_API_VERSION}")
+                f"(write e.g. '>=2.0,<3'); this clotclf provides plugin API {hookspecs.PLUGIN_API_VERSION}")
     if not spec.contains(hookspecs.PLUGIN_API_VERSION, prereleases=True):
         return (f"written for clotclf plugin API {declared}, but this clotclf provides {hookspecs.PLUGIN_API_VERSION}: "
                 "install a release of the plugin made for this clotclf (or the clotclf it was made for)")

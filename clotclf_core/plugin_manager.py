@@ -23,6 +23,7 @@ so a plugin installed later can neither change nor break it.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata as md
 import os
 import re
@@ -30,13 +31,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable
 
 import pluggy
 
 from clotclf_core.plugin import hookspecs
 from clotclf_core.plugin.errors import PluginError
-from clotclf_core.plugin.spec import KIND_HOOKS, KINDS, ComponentSpec
+from clotclf_core.plugin.spec import KIND_HOOKS, KINDS, ComponentSpec, run_directory_options
 from clotclf_core.plugin_checks import SpecError, api_problem, check_spec, guarded, hook_problems, short_reason
 
 DISABLE_ENV = "CLOTCLF_DISABLE_PLUGINS"
@@ -217,7 +219,7 @@ class PluginManager:
                     if any(s.name == spec.name for s in added):
                         raise SpecError(f"{hook_name}() returned two {kind}s named '{spec.name}'")
                     spec = replace(spec, plugin=info.name, distribution=info.distribution, version=info.version)
-                    added.append(replace(spec, factory=guarded(spec.factory, spec)))
+                    added.append(replace(spec, factory=guarded(self._resolving(spec), spec)))
             except Exception as exc:
                 info.status = f"error: {exc}" if isinstance(exc, SpecError) else f"error: {hook_name}() raised {short_reason(exc)}"
                 info.detail = traceback.format_exc()
@@ -367,6 +369,35 @@ class PluginManager:
         """Ask plugins (e.g. the registry) to turn a model name into a local run directory."""
         return self.pm.hook.clotclf_resolve_model(name=name)
 
+    def _resolving(self, spec: ComponentSpec) -> Any:
+        """``spec.factory``, handed options whose :data:`~clotclf_core.plugin.spec.RunDirectory`
+        values are local folders: a value that is no path is asked of the resolve hook first."""
+        fields = run_directory_options(spec.options)
+        if not fields:
+            return spec.factory
+        factory = spec.factory
+
+        @functools.wraps(factory)
+        def build(opts: Any, *args: Any, **kwargs: Any) -> Any:
+            found = {}
+            for name in fields:
+                value = getattr(opts, name, None)
+                if isinstance(value, str) and value and not _looks_like_path(value):
+                    resolved = self.resolve_model(value)
+                    if resolved is not None:
+                        found[name] = str(resolved)
+            return factory(opts.model_copy(update=found) if found else opts, *args, **kwargs)
+
+        return build
+
+
+def _looks_like_path(value: str) -> bool:
+    """An existing path, or one written as a path (absolute, ``./``, ``~``, an existing folder then a
+    name): never a model name for the resolve hook, so a mistyped path is not sent to the network."""
+    path = Path(value).expanduser()
+    return (path.exists() or path.is_absolute() or value.startswith((".", "~"))
+            or (os.sep in value and path.parent.is_dir()))
+
 
 def _printable(text: Any, limit: int = 120) -> str:
     """``text`` safe for a terminal: control characters escaped, long text cut."""
@@ -391,7 +422,3 @@ def reset_manager(disabled: Iterable[str] = ()) -> PluginManager:
     global _MANAGER
     _MANAGER = PluginManager(disabled=disabled)
     return _MANAGER
-
-
-def get_component(kind: str, name: str) -> ComponentSpec:
-    return get_manager().get(kind, name)

@@ -23,7 +23,7 @@ from clotclf_core.models.build import build_model
 from clotclf_core.models.config import ModelConfig
 from clotclf_core.models.saved import load_model, save_model
 from clotclf_core.plugin import ConfigError
-from clotclf_core.plugin_manager import get_component
+from clotclf_core.plugin_manager import get_manager
 
 
 def _cct(**opts):
@@ -73,7 +73,7 @@ def test_spec_module_imports_no_torch():
     code = "import sys, clotclf_cct; print(sorted(m for m in ('torch', 'timm', 'openslide') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    assert get_component("backbone", "cct").plugin == "cct"
+    assert get_manager().get("backbone", "cct").plugin == "cct"
 
 
 # --------------------------------------------------------------------------- shapes and pooling
@@ -221,7 +221,7 @@ def test_stochastic_depth_rises_linearly_over_layers():
 )
 def test_bad_options_fail_with_one_clear_message(opts, words):
     with pytest.raises(ConfigError) as err:
-        get_component("backbone", "cct").validate_options(opts)
+        get_manager().get("backbone", "cct").validate_options(opts)
     message = str(err.value)
     assert message.startswith("backbone 'cct': ") and "\n" not in message and "(value)" not in message
     for word in words:

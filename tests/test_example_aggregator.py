@@ -55,3 +55,14 @@ print("ok", float(loss))
     out = subprocess.run([sys.executable, "-c", code], env=_env(site), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok ")
+
+
+def test_passes_the_smoke_test_kit_the_docs_promise(site):
+    """docs/plugins.md, 7: `clotclf smoke-test DIST` is what a plugin author runs in CI."""
+    out = subprocess.run(
+        [sys.executable, "-m", "clotclf_core.cli", "smoke-test", "clotclf-example-aggregator", "--json"],
+        env=_env(site), capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert [(r["kind"], r["name"], r["status"]) for r in rows] == [("aggregator", "topk", "ok")]

@@ -66,4 +66,4 @@ def test_its_author_can_smoke_test_it_as_in_ci(site):
     assert row["checks"] == "build, features, train step, batch of 1, save/load"
     listed = subprocess.run([sys.executable, "-m", "clotclf_core.cli", "list-plugins", "--json"], env=_env(site),
                             capture_output=True, text=True, check=True).stdout
-    assert next(r for r in json.loads(listed) if r["name"] == "resnet")["api"] == ">=1.0,<2"
+    assert next(r for r in json.loads(listed) if r["name"] == "resnet")["api"] == ">=2.0,<3"

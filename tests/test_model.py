@@ -152,3 +152,27 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_a_staged_folder_replaces_its_target_whole_with_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    import pytest
+
+    from clotclf_core.plugin.io import staged_dir
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    old = os.umask(0o022)
+    try:
+        with pytest.raises(RuntimeError), staged_dir(tmp_path / "out") as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("failed half-way")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "old.txt").is_file()
+        with staged_dir(tmp_path / "out") as tmp:
+            (tmp / "new.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # not mkdtemp's 0700

@@ -92,13 +92,14 @@ def test_unknown_or_misspelt_hooks_are_errors_not_silence(fake_dist, source, rea
 
 def test_the_contract_version_a_plugin_declares_is_checked_and_shown(fake_dist):
     plugin(fake_dist, "fake-old-api", extra="CLOTCLF_PLUGIN_API = '>=0.1,<1'")
-    plugin(fake_dist, "fake-new-api", name="tb2", extra=f"CLOTCLF_PLUGIN_API = '>={PLUGIN_API_VERSION},<2'")
+    new_range = f">={PLUGIN_API_VERSION},<{int(PLUGIN_API_VERSION.split('.')[0]) + 1}"  # up to the next major version
+    plugin(fake_dist, "fake-new-api", name="tb2", extra=f"CLOTCLF_PLUGIN_API = '{new_range}'")
     plugin(fake_dist, "fake-bad-api", name="tb3", extra="CLOTCLF_PLUGIN_API = 'one point oh'")
     mgr = PluginManager()
     old = mgr.plugin_info("fake_old_api")
     assert old.status == (f"error: written for clotclf plugin API >=0.1,<1, but this clotclf provides {PLUGIN_API_VERSION}: "
                           "install a release of the plugin made for this clotclf (or the clotclf it was made for)")
-    assert mgr.plugin_info("fake_new_api").ok and mgr.plugin_info("fake_new_api").api == f">={PLUGIN_API_VERSION},<2"
+    assert mgr.plugin_info("fake_new_api").ok and mgr.plugin_info("fake_new_api").api == new_range
     assert "is not a version specifier" in mgr.plugin_info("fake_bad_api").status
     assert "tb2" in mgr.names("backbone") and "tb" not in mgr.names("backbone")
     reset_manager()
@@ -107,7 +108,7 @@ def test_the_contract_version_a_plugin_declares_is_checked_and_shown(fake_dist):
     line = next(line for line in res.stdout.splitlines() if line.startswith("fake_old_api ") and "written for" in line)
     assert ">=0.1,<1" in line
     rows = json.loads(CliRunner().invoke(cli, ["list-plugins", "--json"]).stdout)
-    assert next(r for r in rows if r["plugin"] == "fake_new_api")["api"] == f">={PLUGIN_API_VERSION},<2"
+    assert next(r for r in rows if r["plugin"] == "fake_new_api")["api"] == new_range
 
 
 def test_import_time_is_measured_and_heavy_imports_are_flagged(fake_dist, tmp_path):
@@ -153,6 +154,45 @@ def test_a_component_that_raises_while_built_is_named_with_its_distribution(fake
     assert_clean_error(outcome, 2, ["filter 'boom'", "fake-boom 0.1.0", "failed to build", "ZeroDivisionError"])
     debug = run(args, env=env | {"CLOTCLF_DEBUG": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "Traceback" in debug.stderr and "ZeroDivisionError: filter maths went wrong" in debug.stderr
+
+
+def test_a_run_directory_option_is_resolved_by_the_resolve_hook_before_the_factory(fake_dist, tmp_path):
+    """A third-party component typing an option RunDirectory gets registry names as local folders,
+    without calling the core: the core asks clotclf_resolve_model; paths are never sent to it."""
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    fake_dist("fake-resolver", "fake_resolver", f"""
+        from clotclf_core.plugin import hookimpl
+        ASKED = []
+        @hookimpl
+        def clotclf_resolve_model(name):
+            ASKED.append(name)
+            return {str(tmp_path / "runs" / "r1")!r} if name == "lab/weights@v1" else None
+    """)
+    fake_dist("fake-runfilter", "fake_runfilter", """
+        from typing import Optional
+        from pydantic import Field
+        from clotclf_core.plugin import ComponentSpec, Options, hookimpl
+        from clotclf_core.plugin.spec import RunDirectory
+        class O(Options):
+            weights: Optional[RunDirectory] = Field(None, description="a run directory or a model name")
+            note: str = "lab/weights@v1"
+        def build(opts):
+            return opts
+        @hookimpl
+        def clotclf_patch_filters():
+            return [ComponentSpec("filter", "runfilter", "echoes its options", O, build)]
+    """)
+    import fake_resolver
+
+    mgr = reset_manager(disabled=["registry"])
+    spec = mgr.get("filter", "runfilter")
+    built = spec.factory(spec.validate_options({"weights": "lab/weights@v1"}))
+    assert built.weights == str(tmp_path / "runs" / "r1") and built.note == "lab/weights@v1"  # only RunDirectory fields
+    assert spec.factory(spec.validate_options({"weights": "unknown-name"})).weights == "unknown-name"  # the factory says what to do
+    assert spec.factory(spec.validate_options({})).weights is None
+    for path in (str(tmp_path / "runs" / "r1"), str(tmp_path / "nowhere"), "./missing", "~/missing"):
+        assert spec.factory(spec.validate_options({"weights": path})).weights == path
+    assert fake_resolver.ASKED == ["lab/weights@v1", "unknown-name"]  # paths, even missing ones, never reach the hook
 
 
 # ----------------------------------------------------------------------------- name clashes

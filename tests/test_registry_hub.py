@@ -48,7 +48,7 @@ def free_port() -> int:
 def test_a_private_model_needs_a_token_that_can_read_it(reg, run):
     reg.push(run, repo="secret", private=True)
     for token in (False, READ_TOKEN):  # anonymous, and a user outside the namespace
-        with pytest.raises(NotFoundError, match="'lab/secret' was not found.*if it is private, use a token"):
+        with pytest.raises(NotFoundError, match="'lab/secret' was not found.*list-models --namespace lab.*if it is private or gated, use a token that can read it"):
             api.pull("secret", settings=reg.settings, token=token, quiet=True)
         assert api.list_models(settings=reg.settings, token=token) == []
     assert api.pull("secret", settings=reg.settings, token=WRITE_TOKEN, quiet=True).commit

@@ -3,9 +3,8 @@
 The contract is :class:`clotclf_core.plugin.protocols.Aggregator`: bags (B, N, F) float + mask (B, N)
 bool -> logits (B, C), and with ``return_attention=True`` also attention (B, N) or ``None``.
 :func:`run_aggregator` is how the core calls one, so a plugin that breaks the contract fails with
-a message naming it instead of a shape error three steps later. :func:`masked_softmax` and
-:func:`masked_mean` are the two masked reductions every aggregator needs, written once for plugin
-authors (the built-in ``mean`` and ``abmil`` use them).
+a message naming it instead of a shape error three steps later. The two masked reductions every
+aggregator needs are the plugin API's (:mod:`clotclf_core.plugin.masked`).
 
 This module imports torch; import it only where bags are pooled.
 """

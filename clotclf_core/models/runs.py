@@ -20,7 +20,7 @@ from typing import Any
 
 from clotclf_core.models.config import MODEL_KINDS
 from clotclf_core.plugin.errors import ModelLoadError, printable, warn
-from clotclf_core.plugin.weights import CONFIG_NAME
+from clotclf_core.plugin.weights import CONFIG_NAME, read_run_config
 from clotclf_core.plugin_manager import get_manager
 
 #: run kinds that are not classifiers: ``kind`` -> the component kind named by the config's key of that name
@@ -32,14 +32,10 @@ _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run's config.json, with its ``model`` section an object (:func:`~clotclf_core.plugin.weights.read_run_config`)."""
+    data = read_run_config(run_dir)
     path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise ModelLoadError(f"'{run_dir}' has no {CONFIG_NAME}: it is not a clotclf run directory (train one with `clotclf train`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"'{path}' is not valid JSON ({exc}); re-create the run directory") from None
-    if not isinstance(data, dict) or "model" not in data:
+    if "model" not in data:
         raise ModelLoadError(f"'{path}' has no 'model' section: it is not a clotclf model config")
     if not isinstance(data["model"], dict):
         raise ModelLoadError(f"'{path}': its 'model' section is {type(data['model']).__name__}, not an object; re-create the run directory")

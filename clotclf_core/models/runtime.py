@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.device import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made
     import torch
@@ -60,13 +60,8 @@ def pick_runtime(device: str = "auto", precision: str = "auto", channels_last: s
     """``auto``: CUDA with bf16 autocast and channels-last when a GPU is there, else CPU in fp32."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ClotclfError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
-    if device not in ("cpu", "cuda"):
-        raise ClotclfError(f"unknown --device '{device}': choose auto, cpu or cuda")
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
+    dev = resolve_device(device, indexed=False)  # one GPU per process: this rank's
+    dev = torch.device(f"cuda:{local_rank}") if dev.type == "cuda" else dev
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "fp32"
     if channels_last == "auto":

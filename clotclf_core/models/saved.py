@@ -40,14 +40,13 @@ from clotclf_core.plugin.io import write_json
 from clotclf_core.plugin.spec import ComponentSpec
 from clotclf_core.plugin.weights import (
     CONFIG_NAME,
-    PICKLE_SUFFIXES,
     WEIGHTS_NAME,
     _shape_problems,
-    check_safetensors,
+    check_weights_hash,
     load_state,
     load_state_into,
+    run_weights,
     save_weights,
-    sha256_file,
 )
 from clotclf_core.plugin_manager import get_manager
 
@@ -121,13 +120,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
             f"'{run_dir}' holds a {kind} ({name}), not a clot classifier; "
             f"use it where a {kind} is expected (e.g. `clotclf tile --filter {name}:weights={run_dir}`)"
         )
-    weights = run_dir / WEIGHTS_NAME
-    if not weights.is_file():
-        pickles = [p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
-        if pickles:
-            check_safetensors(run_dir / pickles[0])
-        raise ModelLoadError(f"'{run_dir}' has no {WEIGHTS_NAME}; the run did not finish saving, or the folder is incomplete")
-    return config, weights
+    return config, run_weights(run_dir)
 
 
 def _model_config(config: dict[str, Any], run_dir: Path) -> ModelConfig:
@@ -135,20 +128,6 @@ def _model_config(config: dict[str, Any], run_dir: Path) -> ModelConfig:
         return model_config_from(config["model"], f"'{run_dir / CONFIG_NAME}' (model section)")
     except ConfigError as exc:
         raise ModelLoadError(f"{exc}; the file was edited or does not come from clotclf") from None
-
-
-def check_weights_hash(config: dict[str, Any], weights: Path) -> None:
-    """``weights`` must hash to the ``weights_sha256`` that config.json recorded when it was saved."""
-    recorded = config.get("weights_sha256")
-    if not recorded:
-        return
-    actual = sha256_file(weights)
-    if actual != recorded:
-        raise ModelLoadError(
-            f"'{weights}' is not the file its {CONFIG_NAME} describes (sha256 {actual[:12]}…, recorded "
-            f"{printable(recorded, 16)[:12]}…): it was changed or damaged after the model was saved, so clotclf will not "
-            "use it. Restore it (pull the model again, or copy it from where it was trained)"
-        )
 
 
 def _build_saved(cfg: ModelConfig, specs: dict[str, ComponentSpec], header: dict[str, Any], run_dir: Path, hint: str,

@@ -1,6 +1,8 @@
 """The public plugin API: the one package a plugin (and the registry) imports from clotclf.
 
-A plugin author reads ``docs/plugins.md`` and this package, never the rest of the core::
+A plugin author reads ``docs/plugins.md`` (every public name here, by module) and this package,
+never the rest of the core; ``tests/test_public_api.py`` fails on a built-in plugin, an example or
+the registry importing anything else (the registry's short allow-list: docs/registry.md)::
 
     from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
@@ -10,14 +12,17 @@ plugin's spec module stays light. Its modules, one concern each:
 =================  ================================================================================
 ``hookspecs``      the hooks a plugin implements, :data:`hookimpl`, :data:`PLUGIN_API_VERSION`
 ``spec``           :class:`ComponentSpec`, :class:`Options` / :class:`NoOptions`, the kinds, the name rule,
-                   option validation
+                   option validation, ``RunDirectory`` options (registry names resolved by the core)
 ``protocols``      what each kind's built object must provide (every member the core reads; optional
                    ones with their default), the default ImageNet normalisation
 ``errors``         the errors a plugin raises (one clear line each), including the slide errors that steer
                    the automatic source choice; OS / disk errors in words; :func:`printable`
 ``io``             atomic writes (temporary file + rename), a folder of results written whole
-``weights``        safetensors save / hash / check / load for a plugin's own runs (never a pickle)
-``hub``            Hugging Face Hub references (``ORG/NAME@REV``) and Hub errors in one line
+``weights``        safetensors save / hash / check / load, run directories (``save_run`` and the checks
+                   before one is trusted), for a plugin's own runs as for the core's (never a pickle)
+``hub``            Hugging Face Hub references (``ORG/NAME@REV``), Hub errors in one line (the registry's
+                   and the timm plugin's), credentials kept out of text
+``device``         ``auto`` | ``cpu`` | ``cuda[:N]`` resolved once (the core's ``--device`` and a plugin's)
 ``regions``        helpers a slide source needs: ``read_region`` from decoded blocks, request checks, mpp
                    sanity, level layouts, a :class:`~clotclf_core.plugin.regions.RegionSlide` base
                    (imports numpy: import it from the factory's module, not the spec's)

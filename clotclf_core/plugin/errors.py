@@ -61,45 +61,6 @@ class PartialFailure(ClotclfError):
     exit_code = EXIT_PARTIAL
 
 
-def _existing_parent(path: Path) -> Path:
-    for p in (path, *path.parents):
-        if p.exists():
-            return p
-    return Path(".")
-
-
-def os_error_message(exc: OSError) -> str | None:
-    """One line for an OS error a user can fix (full disk, read-only or forbidden folder, a file
-    where a folder should be...), naming the path and the fix; ``None`` for anything else."""
-    name = exc.filename if exc.filename is not None else exc.filename2
-    where = Path(os.fsdecode(name)) if name is not None else None
-    shown = f"'{where}'" if where is not None else "the output folder"
-    code = exc.errno
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        free = ""
-        if where is not None:
-            try:
-                free = f" ({shutil.disk_usage(_existing_parent(where)).free / 2**20:.0f} MiB free there)"
-            except OSError:
-                pass
-        return f"out of disk space while writing {shown}{free}. Nothing was left half-written; free some space and run the command again"
-    if code == errno.EROFS:
-        return f"cannot write {shown}: the file system is read-only. Choose an output folder on a writable disk"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied for {shown}. Choose a folder you can write to, or fix its permissions"
-    if code == errno.EEXIST:
-        return f"{shown} already exists and is in the way. Remove it or choose another path"
-    if code == errno.ENOTDIR:
-        return f"{shown}: a part of this path is a file, not a folder. Choose another path"
-    if code == errno.EISDIR:
-        return f"{shown} is a folder where a file was expected. Choose a file path"
-    if code == errno.ELOOP:
-        return f"{shown}: too many levels of symbolic links (a symlink loop). Fix the link"
-    if code == errno.ENAMETOOLONG:
-        return f"{shown}: the file name is too long. Choose a shorter path"
-    return None
-
-
 class SlideReadError(ClotclfError):
     """A slide file that is missing, not an image, damaged, or that no installed source can read."""
 
@@ -157,27 +118,51 @@ def _is_full(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and ("No space left" in text or "StorageFull" in text or "os error 28" in text)
 
 
-def disk_error(exc: BaseException, what: str, folder: Path, needed: int | None = None,
-               after: str = "run the command again") -> ClotclfError | None:
-    """The one-line error for ``exc`` raised while writing ``what`` into ``folder``; None if it is
-    not a disk problem a user can fix (then the caller re-raises)."""
-    folder = Path(folder)
+def os_error_message(exc: BaseException, what: str | None = None, where: str | os.PathLike | None = None,
+                     needed: int | str | None = None, then: str = "run the command again") -> str | None:
+    """The one line for an OS error a user can fix, naming the path and the fix; ``None`` for any
+    other error (the caller re-raises it). The only place clotclf turns an OS error into words.
+
+    - ``what``: what was being written (``"the last checkpoint"``, ``"the TileSet"``); without it
+      the message names the path alone.
+    - ``where``: the folder written into (default: the file the error names).
+    - ``needed``: the bytes it needs (shown beside the free space), or a sentence saying so.
+    - ``then``: what to do once the cause is fixed (``"run the same command to resume"``).
+
+    Cases: a full disk (also when a library reports it without an ``errno``: safetensors, numpy's
+    short writes) with the free space, a read-only file system, permission denied, something in
+    the way, a file where a folder should be (and the other way round), a symlink loop, a name too long.
+    """
+    name = getattr(exc, "filename", None)
+    name = name if name is not None else getattr(exc, "filename2", None)
+    place = Path(os.fsdecode(where)) if where is not None else Path(os.fsdecode(name)) if name is not None else None
+    shown = f"'{place}'" if place is not None else "the output folder"
+    target = f"{what} in {shown}" if what else shown
     if _is_full(exc):
         try:
-            free = f"{_mib(shutil.disk_usage(_existing(folder)).free)} free"
+            free = f"{_mib(shutil.disk_usage(_existing(place or Path('.'))).free)} free"
         except OSError:
             free = "free space unknown"
-        need = f", about {_mib(needed)} needed" if needed else ""
-        return ClotclfError(
-            f"out of disk space while writing {what} in '{folder}' ({free}{need}). Nothing was left half-written: "
-            f"free some space (or choose another --out), then {after}")
-    code = getattr(exc, "errno", None)
+        need = f"; {needed}" if isinstance(needed, str) else f", about {_mib(needed)} needed" if needed else ""
+        return (f"out of disk space while writing {target} ({free}{need}). Nothing was left half-written: free some "
+                f"space or choose another folder (--out), then {then}")
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     if code == errno.EROFS:
-        return ClotclfError(
-            f"cannot write {what} in '{folder}': the file system is read-only. Nothing was written; choose an output "
-            "folder on a writable disk (--out)")
+        return (f"cannot write {target}: the file system is read-only. Nothing was written; choose an output folder "
+                "on a writable disk (--out)")
     if code in (errno.EACCES, errno.EPERM):
-        return ClotclfError(
-            f"permission denied writing {what} in '{folder}'. Nothing was written; choose a folder you can write "
-            "to (--out), or fix its permissions")
-    return None
+        if not what:  # reading or writing: the error does not say which
+            return f"permission denied for {shown}: fix its permissions, or choose a path you can use"
+        return (f"permission denied writing {target}. Nothing was written; choose a folder you can write to (--out), "
+                "or fix its permissions")
+    path = f"'{os.fsdecode(name)}'" if name is not None else shown
+    why = {
+        errno.EEXIST: f"{path} already exists and is in the way. Remove it or choose another path",
+        errno.ENOTDIR: f"{path}: a part of this path is a file, not a folder. Choose another path",
+        errno.EISDIR: f"{path} is a folder where a file was expected. Choose a file path",
+        errno.ELOOP: f"{path}: too many levels of symbolic links (a symlink loop). Fix the link",
+        errno.ENAMETOOLONG: f"{path}: the file name is too long. Choose a shorter path",
+    }.get(code) if code is not None else None
+    if why is None:
+        return None
+    return f"cannot write {target}: {why}" if what else why

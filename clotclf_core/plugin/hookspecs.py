@@ -20,7 +20,7 @@ Contract version: :data:`PLUGIN_API_VERSION` (``MAJOR.MINOR``; a minor release o
 kinds or optional fields, a major one may break plugins). A plugin module may declare the range it
 was written for, as a PEP 440 specifier::
 
-    CLOTCLF_PLUGIN_API = ">=1.0,<2"
+    CLOTCLF_PLUGIN_API = ">=2.0,<3"
 
 A plugin whose range excludes this clotclf's version is not loaded and ``list-plugins`` says why.
 
@@ -41,8 +41,11 @@ import pluggy
 
 PROJECT = "clotclf"
 ENTRY_POINT_GROUP = "clotclf.plugins"
-#: the version of this contract (hooks, kinds, ComponentSpec, the built objects' protocols)
-PLUGIN_API_VERSION = "1.1"  # 1.1: the aggregator kind; backbones may declare pretrained_cfg
+#: the version of this contract (hooks, kinds, ComponentSpec, the built objects' protocols, the
+#: names of clotclf_core.plugin). 1.1: the aggregator kind, backbones may declare pretrained_cfg.
+#: 2.0: one public package, clotclf_core.plugin (the 1.x paths clotclf_core.hookspecs, .interfaces,
+#: .errors, .io, .aggregate... are gone), RunDirectory options, hub / device / run-directory helpers.
+PLUGIN_API_VERSION = "2.0"
 #: the module attribute a plugin declares its supported contract versions in (a PEP 440 specifier)
 API_ATTRIBUTE = "CLOTCLF_PLUGIN_API"
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.plugin.errors import ClotclfError, disk_error
+from clotclf_core.plugin.errors import ClotclfError, os_error_message
 
 
 def _umask() -> int:
@@ -62,16 +62,17 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 @contextlib.contextmanager
 def write_guard(what: str, folder: str | os.PathLike, needed: int | None = None,
                 after: str = "run the command again") -> Iterator[None]:
-    """Turn a full / read-only / forbidden disk inside the block into :func:`disk_error`'s line."""
+    """Turn an OS error a user can fix inside the block (a full, read-only or forbidden disk...) into
+    one :class:`ClotclfError`: :func:`~clotclf_core.plugin.errors.os_error_message`'s line."""
     try:
         yield
     except ClotclfError:
         raise
     except Exception as exc:
-        err = disk_error(exc, what, Path(folder), needed, after)
-        if err is None:
+        message = os_error_message(exc, what, Path(folder), needed, after)
+        if message is None:
             raise
-        raise err from None
+        raise ClotclfError(message) from None
 
 
 def _remove(path: Path) -> None:
@@ -92,6 +93,7 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; results get the usual permissions
         yield tmp
         old = None
         if target.exists() or target.is_symlink():
@@ -109,7 +111,3 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

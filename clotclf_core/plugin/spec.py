@@ -8,14 +8,46 @@ the component is built. What the factories return is in :mod:`clotclf_core.plugi
 from __future__ import annotations
 
 import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from clotclf_core.plugin.errors import ConfigError
 
-Kind = Literal["source", "filter", "backbone", "head", "aggregator"]
+
+class _RunDirectoryMarker:
+    """The mark :data:`RunDirectory` puts on an option (see there)."""
+
+    def __repr__(self) -> str:
+        return "RunDirectory"
+
+
+_RUN_DIRECTORY = _RunDirectoryMarker()
+#: The type of an option naming a run directory (a plugin's own trained weights, say): a folder, or
+#: a model name another plugin resolves (the registry's ``org/name@v1``). Before the factory is
+#: called, the core hands a value that is not an existing path (and does not look like one:
+#: absolute, ``./``, ``~``, or a folder that exists followed by a name) to the
+#: ``clotclf_resolve_model`` hook, and the factory gets the local folder it answered; when no plugin
+#: knows the name, the factory gets the value unchanged (and says what to do). Use it as a type:
+#: ``weights: Optional[RunDirectory] = Field(None, description=...)``.
+RunDirectory = Annotated[str, _RUN_DIRECTORY]
+
+
+def run_directory_options(options: type[BaseModel]) -> list[str]:
+    """The names of ``options``' fields typed :data:`RunDirectory` or ``Optional[RunDirectory]``."""
+
+    def marked(hint: Any) -> bool:
+        if typing.get_origin(hint) is Annotated:
+            return any(m is _RUN_DIRECTORY for m in typing.get_args(hint)[1:])
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[RunDirectory], RunDirectory | None
+            return any(marked(arg) for arg in typing.get_args(hint))
+        return False
+
+    return [name for name, f in options.model_fields.items()
+            if any(m is _RUN_DIRECTORY for m in f.metadata) or marked(f.annotation)]
 
 #: Every component kind and the hook (in :mod:`clotclf_core.plugin.hookspecs`) that provides it. The plugin
 #: manager, ``list-plugins``, the name-clash policy and the recorded provenance all read this table:

@@ -1,4 +1,10 @@
-"""Weights as safetensors, for the core's runs and a plugin's own: save, hash, check, load.
+"""Weights as safetensors and run directories, for the core's runs and a plugin's own: save, hash,
+check, load.
+
+A run directory is ``model.safetensors`` (weights only) + ``config.json`` (how to rebuild the model,
+with ``weights_sha256``, the hash of the weights it describes). :func:`save_run` writes one,
+:func:`read_run_config`, :func:`run_weights` and :func:`check_weights_hash` are the checks a loader
+makes before it trusts one; the core's own runs go through the same three.
 
 Nothing here unpickles anything: a pickle-based checkpoint (``.pt``, ``.pth``, ``.bin``...) or a file
 that only pretends to be safetensors is refused with one line that says how to convert a file the
@@ -8,11 +14,12 @@ user made and trusts. Writes are atomic (:func:`clotclf_core.plugin.io.atomic_pa
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clotclf_core.plugin.errors import ModelLoadError, printable
-from clotclf_core.plugin.io import atomic_path
+from clotclf_core.plugin.io import atomic_path, write_json
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported by the functions that need it
     import torch
@@ -110,3 +117,64 @@ def load_state_into(model: "nn.Module", state: "dict[str, torch.Tensor]", source
             + hint
         )
     model.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def save_run(model: "nn.Module", run_dir: str | Path, config: dict[str, Any],
+             metadata: dict[str, str] | None = None) -> str:
+    """Write ``run_dir/model.safetensors`` (``metadata``: a few strings in its header), then
+    ``run_dir/config.json``: ``config`` with ``weights_sha256`` (the weights' hash, checked when the
+    run is loaded) and, unless it has one, ``clotclf_version``. Weights first, so a crash in
+    between never leaves a config.json describing other weights. Returns the sha256."""
+    from clotclf_core import __version__
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    digest = save_weights(model, run_dir / WEIGHTS_NAME, metadata)
+    write_json(run_dir / CONFIG_NAME, {"clotclf_version": __version__, **config, "weights_sha256": digest})
+    return digest
+
+
+def read_run_config(run_dir: str | Path, what: str = "a clotclf run directory",
+                    fix: str = "train one with `clotclf train`") -> dict[str, Any]:
+    """``run_dir/config.json`` as a dict; one :class:`ModelLoadError` when it is missing, not JSON,
+    or not a JSON object. ``what`` names the kind of run expected, ``fix`` how to get one."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"'{run_dir}' has no {CONFIG_NAME}: it is not {what} ({fix})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"'{path}' is not valid JSON ({exc}); re-create the run directory ({fix})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"'{path}' holds {type(data).__name__}, not a JSON object: it is not {what} ({fix})")
+    return data
+
+
+def run_weights(run_dir: str | Path) -> Path:
+    """``run_dir/model.safetensors``; a folder with only pickle weights is refused with the reason
+    (never unpickled), a folder with none says the run did not finish saving."""
+    run_dir = Path(run_dir)
+    weights = run_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        pickles = sorted(p for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES) if run_dir.is_dir() else []
+        if pickles:
+            check_safetensors(pickles[0])
+        raise ModelLoadError(f"'{run_dir}' has no {WEIGHTS_NAME}; the run did not finish saving, or the folder is incomplete")
+    return weights
+
+
+def check_weights_hash(config: dict[str, Any], weights: Path) -> None:
+    """``weights`` must hash to the ``weights_sha256`` that config.json recorded when it was saved."""
+    recorded = config.get("weights_sha256")
+    if not recorded:
+        return
+    actual = sha256_file(weights)
+    if actual != recorded:
+        raise ModelLoadError(
+            f"'{weights}' is not the file its {CONFIG_NAME} describes (sha256 {actual[:12]}…, recorded "
+            f"{printable(recorded, 16)[:12]}…): it was changed or damaged after the model was saved, so clotclf will not "
+            "use it. Restore it (pull the model again, or copy it from where it was trained)"
+        )

@@ -128,18 +128,9 @@ def _under(exc: OSError, root: Path) -> bool:
 
 
 def _output_error(exc: OSError, root: Path, job: dict[str, Any]) -> str:
-    import shutil
+    from clotclf_core.plugin.errors import os_error_message
 
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
-        return f"cannot write the TileSet folder '{root}': {why}. Choose an --out on a disk you can write to"
-    try:
-        free = f"{shutil.disk_usage(root).free / 2**20:.0f} MiB free"
-    except OSError:
-        free = "no space free"
-    return (f"out of disk space in the TileSet folder '{root}' ({free}) while writing slide '{job['image_id']}'; "
-            "nothing of that slide was left half-written. Free some space (a slide needs about "
-            f"{estimate_slide_bytes(job) / 2**20:.0f} MiB at these settings) and run the same command to resume")
+    return os_error_message(exc, f"slide '{job['image_id']}' of the TileSet", root, estimate_slide_bytes(job), "run the same command to resume") or f"cannot write the TileSet folder '{root}': {exc}"
 
 
 def estimate_slide_bytes(job: dict[str, Any]) -> int:

@@ -207,20 +207,9 @@ def export_patches(
 
 
 def _write_error(exc: OSError, out: Path, needed: int) -> ClotclfError:
-    import errno
-
     from clotclf_core.plugin.errors import os_error_message
 
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        try:
-            free = f"{shutil.disk_usage(out if out.exists() else out.parent).free / 2**20:.0f} MiB free"
-        except OSError:
-            free = "no space free"
-        return PatchSetError(f"out of disk space writing the patch set in '{out}' ({free}; it needs up to about "
-                             f"{needed / 2**20:.0f} MiB); nothing was written. Free some space or choose another --out")
-    if exc.errno == errno.EROFS:
-        return PatchSetError(f"cannot write the patch set in '{out}': the file system is read-only. Choose an --out on a writable disk")
-    return PatchSetError(f"cannot write the patch set in '{out}': {os_error_message(exc) or exc}")
+    return PatchSetError(os_error_message(exc, "the patch set", out, needed) or f"cannot write the patch set in '{out}': {exc}")
 
 
 def _write(out: Path, paths: dict[str, Path], chosen: dict[str, list[tuple[str, int, int, float]]], n: int, side: int,

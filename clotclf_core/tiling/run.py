@@ -9,7 +9,6 @@ leave the TileSet.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from pathlib import Path
@@ -72,22 +71,9 @@ def _components(built: list[BuiltFilter], source: str | None) -> dict[str, Any]:
 
 
 def _output_failure(exc: OSError, out: Path) -> ClotclfError:
-    import shutil
-
     from clotclf_core.plugin.errors import os_error_message
 
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        try:
-            free = f"{shutil.disk_usage(out if out.exists() else out.parent).free / 2**20:.0f} MiB free"
-        except OSError:
-            free = "no space free"
-        return TilingError(f"out of disk space writing the TileSet folder '{out}' ({free}; its index needs a few MiB, "
-                           "each slide its tiles: ~150 KiB per 224-px tile); nothing was left half-written. Free some space "
-                           "and run the same command to resume")
-    if exc.errno == errno.EROFS:
-        return TilingError(f"cannot write the TileSet folder '{out}': the file system is read-only. Choose an --out on a writable disk")
-    msg = os_error_message(exc)
-    return TilingError(f"cannot write the TileSet folder '{out}': {msg or exc}")
+    return TilingError(os_error_message(exc, "the TileSet", out, "its index needs a few MiB, each slide its tiles: ~150 KiB per 224-px tile", "run the same command to resume") or f"cannot write the TileSet folder '{out}': {exc}")
 
 
 def tile_slides(

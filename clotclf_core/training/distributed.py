@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clotclf_core.plugin.device import resolve_device
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import write_text
 
@@ -25,7 +26,7 @@ def init_distributed(device: str) -> tuple[int, int, int]:
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device, indexed=False).type == "cuda"
     if use_cuda:  # before any CUDA work, so NCCL and every collective use this rank's GPU, not GPU 0
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

@@ -9,6 +9,10 @@ tissue, half background) rejects those too. This plugin provides
 - the command ``clotclf train-filter DATA --out RUN`` that trains it from ``DATA/tissue`` and
   ``DATA/background`` patch folders and writes a run directory (safetensors + config.json).
 
+It imports only the public plugin API, like a third-party plugin. It trains with its own short
+loop rather than the core's trainer, which is not part of that API and trains another kind of
+model (why, in :mod:`clotclf_mobilenet_bg._train` and docs/plugins-builtin.md).
+
 Importing this module imports neither torch nor timm; the factory and the command do.
 """
 
@@ -19,6 +23,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
+from clotclf_core.plugin.spec import RunDirectory
 
 FILTER_NAME = "mobilenetv3"
 KIND = "patch_filter"
@@ -36,7 +41,7 @@ Arch = Literal[ARCHES]  # type: ignore[valid-type]
 
 
 class MobileNetFilterOptions(Options):
-    weights: Optional[str] = Field(
+    weights: Optional[RunDirectory] = Field(
         None, description="run directory from `clotclf train-filter` (or a registry model name); required"
     )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="keep tiles whose P(tissue) >= threshold")

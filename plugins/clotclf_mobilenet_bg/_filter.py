@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from clotclf_core.plugin import ClotclfError, ConfigError
+from clotclf_core.plugin.device import resolve_device
 
 from . import FILTER_NAME
-from ._net import load_run, resolve_device
+from ._net import load_filter_run
 
 
 class MobileNetFilter:
@@ -22,7 +23,7 @@ class MobileNetFilter:
                 f"filter '{FILTER_NAME}' needs trained weights: train them with `clotclf train-filter DATA --out RUN` "
                 f"and pass {FILTER_NAME}:weights=RUN (or drop this filter and keep `otsu` alone)"
             )
-        net, config, run_dir = load_run(opts.weights)
+        net, config, run_dir = load_filter_run(opts.weights)
         if opts.arch is not None and opts.arch != net.arch:
             raise ConfigError(
                 f"filter '{FILTER_NAME}': arch={opts.arch} was asked for but '{run_dir}' holds a {net.arch}; "

@@ -8,50 +8,38 @@ A filter run directory holds::
 
 ``kind`` / ``filter`` keep a filter from being mistaken for a clot classifier and the other way
 round. The label order is fixed, ``["background", "tissue"]``: logit 1 is tissue, so the filter's
-score is ``softmax(logits)[:, 1]``.
+score is ``softmax(logits)[:, 1]``. Writing and the checks on reading (config.json present and an
+object, weights present and not a pickle, weights' sha256 the recorded one) are the plugin API's
+run-directory helpers (:mod:`clotclf_core.plugin.weights`), the same the core's own runs use.
 
 This module imports torch and timm: only the factories and ``train-filter`` import it.
 """
 
 from __future__ import annotations
 
-import json
-import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from clotclf_core import __version__ as CORE_VERSION
-from clotclf_core.models.runs import resolve_run_dir
-from clotclf_core.plugin import IMAGENET_MEAN, IMAGENET_STD, ClotclfError, ModelLoadError, write_json
+from clotclf_core.plugin import IMAGENET_MEAN, IMAGENET_STD, ClotclfError, ModelLoadError
 from clotclf_core.plugin.weights import (
     CONFIG_NAME,
-    PICKLE_SUFFIXES,
     WEIGHTS_NAME,
+    check_weights_hash,
     load_state,
     load_state_into,
-    save_weights,
-    sha256_file,
+    read_run_config,
+    run_weights,
+    save_run,
 )
 
 from . import ARCHES, FILTER_NAME, KIND, LABELS
 
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else must exist on this machine."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ClotclfError(f"device '{device}' is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClotclfError(f"device '{device}' was asked for but no CUDA GPU is available here; use --device cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ClotclfError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return dev
+#: how messages say to make a run directory of this filter
+TRAIN_HINT = "train one with `clotclf train-filter DATA --out RUN`"
 
 
 class BackgroundNet(nn.Module):
@@ -102,33 +90,26 @@ class BackgroundNet(nn.Module):
                 "std": list(self.std_values), "labels": list(LABELS)}
 
 
-def save_run(net: BackgroundNet, run_dir: Path, extra: dict[str, Any]) -> str:
+def save_filter_run(net: BackgroundNet, run_dir: Path, extra: dict[str, Any]) -> str:
     """Write model.safetensors then config.json (each atomically). Returns the weights' sha256."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         dist_version = version("clotclf")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        dist_version = CORE_VERSION
-    run_dir.mkdir(parents=True, exist_ok=True)
-    digest = save_weights(net, run_dir / WEIGHTS_NAME,
-                          metadata={"kind": KIND, "filter": FILTER_NAME, "arch": net.arch})
+        dist_version = "unknown"
     config = {
         "kind": KIND,
         "filter": FILTER_NAME,
-        "clotclf_version": CORE_VERSION,
         "model": net.describe(),
         "plugins": {"filter": {"name": FILTER_NAME, "plugin": "mobilenetv3", "distribution": "clotclf",
                                "version": dist_version}},
-        "weights_sha256": digest,
         **extra,
     }
-    write_json(run_dir / CONFIG_NAME, config)
-    return digest
+    return save_run(net, run_dir, config, metadata={"kind": KIND, "filter": FILTER_NAME, "arch": net.arch})
 
 
 def _run_dir_of(ref: str) -> Path:
-    """The run directory ``ref`` names: a folder, a file inside one, or a registry name."""
+    """The run directory ``ref`` names: a folder or a file inside one. A registry name has been
+    turned into a folder already (the option is a ``RunDirectory``); one no plugin knew is not a path."""
     path = Path(ref).expanduser()
     if path.is_file():
         if path.name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -141,34 +122,16 @@ def _run_dir_of(ref: str) -> Path:
         raise ModelLoadError(f"weights='{ref}' is a file; {hint}")
     if path.is_dir():
         return path
-    looks_like_path = path.is_absolute() or ref.startswith((".", "~")) or (os.sep in ref and path.parent.is_dir())
-    if looks_like_path:
-        raise ModelLoadError(
-            f"weights='{ref}' does not exist; train a background filter with `clotclf train-filter DATA --out RUN` "
-            "and pass weights=RUN"
-        )
-    try:
-        return resolve_run_dir(ref)  # a registry name, when the registry plugin knows it
-    except ModelLoadError as exc:
-        raise ModelLoadError(
-            f"weights='{ref}': {exc}. A background filter's run directory is made by `clotclf train-filter DATA --out RUN`"
-        ) from None
+    raise ModelLoadError(
+        f"weights='{ref}' does not exist, and no installed plugin (such as the registry) knows it as a model name: "
+        f"{TRAIN_HINT} and pass weights=RUN"
+    )
 
 
 def read_filter_config(run_dir: Path) -> dict[str, Any]:
     """config.json of a filter run, refusing clot classifiers and other filters with a clear reason."""
+    config = read_run_config(run_dir, "a background-filter run directory", TRAIN_HINT)
     path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise ModelLoadError(
-            f"'{run_dir}' has no {CONFIG_NAME}: it is not a background-filter run directory "
-            "(train one with `clotclf train-filter DATA --out RUN`)"
-        )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"'{path}' is not valid JSON ({exc}); re-run `clotclf train-filter`") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"'{path}' does not hold a JSON object; re-run `clotclf train-filter`")
     kind = config.get("kind")
     if kind != KIND:
         what = "a clot classifier (CE vs LAA) run directory" if "backbone" in (config.get("model") or {}) else (
@@ -193,22 +156,12 @@ def read_filter_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
-def load_run(ref: str) -> tuple[BackgroundNet, dict[str, Any], Path]:
-    """Rebuild the network of a filter run (path or registry name) and load its weights, strictly."""
+def load_filter_run(ref: str) -> tuple[BackgroundNet, dict[str, Any], Path]:
+    """Rebuild the network of a filter run and load its weights (checked against the recorded sha256), strictly."""
     run_dir = _run_dir_of(ref)
     config = read_filter_config(run_dir)
-    weights = run_dir / WEIGHTS_NAME
-    if not weights.is_file():
-        pickles = sorted(p for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-        if pickles:
-            load_state(pickles[0])  # raises: clotclf never unpickles
-        raise ModelLoadError(f"'{run_dir}' has no {WEIGHTS_NAME}; the training did not finish saving")
-    expected = config.get("weights_sha256")
-    if expected and sha256_file(weights) != expected:
-        raise ModelLoadError(
-            f"'{weights}' does not match the sha256 recorded in its config.json: the file was changed or "
-            "truncated after training; re-download or re-train it"
-        )
+    weights = run_weights(run_dir)
+    check_weights_hash(config, weights)
     m = config["model"]
     net = BackgroundNet(m["arch"], int(m["input_size"]), mean=tuple(m["mean"]), std=tuple(m["std"]))
     load_state_into(net, load_state(weights), str(weights))

@@ -10,6 +10,24 @@ lowest validation loss (the last epoch when nothing is held out). Everything ran
 Caveat written into the model card: patches of one slide can land on both sides of the split,
 so validation numbers are optimistic when the patches come from few slides. Hold out whole
 slides (separate patch folders) for an unbiased estimate.
+
+**Why this plugin trains itself instead of through the core's trainer** (issue 14 asked for one or
+the other). A plugin imports only the public plugin API (``clotclf_core.plugin``); the core's
+trainer (``clotclf_core.training``) is not part of it, so a third party could not call it, and a
+built-in plugin that did would no longer be what a third party could have written. Making the
+trainer public would freeze its settings, loop, splits and run format as a contract, and it
+trains something else: the CE / LAA classifier on a TileSet, split by patient, scored at slide and
+patient level (the competition's weighted log loss), saved as a classifier run that
+``load_model`` rebuilds from a backbone and a head plugin. This filter learns from a folder of
+labelled PNG patches with no patients (the public STRIP AI background set, or
+``clotclf export-patches``), is scored per patch (accuracy, AUC at a threshold), and its run is a
+``patch_filter`` run that only its own factory loads (the core's ``load_model`` refuses it, and it
+refuses a classifier run). What the two share goes through the plugin API: the run files and their
+checks (:func:`clotclf_core.plugin.weights.save_run`, ``read_run_config``, ``run_weights``,
+``check_weights_hash``: the same the core's runs use), atomic writes, the device
+(:func:`clotclf_core.plugin.device.resolve_device`), settings validated as :class:`Options` with
+the core's error wording, and registry names for ``weights=`` (a ``RunDirectory`` option). What
+stays here is what is specific to it: this short loop, the per-patch split and its card.
 """
 
 from __future__ import annotations
@@ -23,8 +41,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from clotclf_core.config import StrictModel
-from clotclf_core.plugin import ClotclfError, ConfigError, write_json, write_text
+from clotclf_core.plugin import ClotclfError, ConfigError, Options, write_json, write_text
+from clotclf_core.plugin.device import resolve_device
 from clotclf_core.plugin.spec import format_validation_error
 
 from . import ARCHES, DEFAULT_ARCH, FILTER_NAME, LABELS, Arch
@@ -34,7 +52,7 @@ BN_CALIBRATION_PATCHES = 2048
 RUN_FILES = ("model.safetensors", "config.json", "metrics.json", "history.csv", "README.md", "split.csv")
 
 
-class TrainFilterSettings(StrictModel):
+class TrainFilterSettings(Options):
     """Everything that decides a filter training run (saved in config.json under ``training``)."""
 
     arch: Arch = DEFAULT_ARCH  # type: ignore[valid-type]
@@ -157,7 +175,7 @@ def train_filter(data: str | Path, out: str | Path, settings: TrainFilterSetting
     from tqdm.auto import tqdm
 
     from ._data import list_patches, read_patches
-    from ._net import BackgroundNet, resolve_device, save_run
+    from ._net import BackgroundNet, save_filter_run
 
     out = Path(out)
     _check_out(out, overwrite)
@@ -252,7 +270,7 @@ def train_filter(data: str | Path, out: str | Path, settings: TrainFilterSetting
                   "file": "split.csv"},
     }
     # weights and config first, so a crash later never leaves metrics describing other weights
-    save_run(net.cpu(), out, extra)
+    save_filter_run(net.cpu(), out, extra)
     write_text(out / "split.csv", _csv(split_rows))
     write_json(out / "metrics.json", metrics)
     write_text(out / "history.csv", _csv(history))

@@ -50,11 +50,6 @@ def otsu_from_histograms(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return t, np.where(valid, m0, flat), np.where(valid, m1, flat)
 
 
-def batch_otsu(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Otsu on each row of ``values`` (uint8, (N, P)); see :func:`otsu_from_histograms`."""
-    return otsu_from_histograms(histograms(np.asarray(values, np.uint8)))
-
-
 class OtsuFilter:
     """PatchFilter: ``score(tiles)`` = tissue fraction per tile; kept when >= ``threshold``."""
 

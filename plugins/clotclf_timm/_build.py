@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from clotclf_core.plugin import ClotclfError
+from clotclf_core.plugin.hub import parse_repo_ref
 
 from . import TimmOptions
-from ._hub import HubModelError, check_timm_config, read_timm_config, safetensors_weights, split_ref
+from ._hub import HubModelError, check_timm_config, read_timm_config, safetensors_weights
 
 HF_PREFIX = "hf-hub:"
 
@@ -74,8 +75,8 @@ def _fetch_weights_of_timm_name(name: str) -> None:
         raise ClotclfError(
             f"timm model '{name}' has no weights on the Hugging Face Hub (only a pickle checkpoint by URL, which clotclf "
             f"does not load): use pretrained=false, or another tag (timm.list_pretrained('{name.split('.')[0]}*'))")
-    repo_id, revision = split_ref(hub_id)
-    safetensors_weights(repo_id, revision, getattr(cfg, "hf_hub_filename", None))
+    ref = parse_repo_ref(hub_id)
+    safetensors_weights(ref.repo_id, ref.revision, getattr(cfg, "hf_hub_filename", None))
 
 
 def _hub_source(opts: TimmOptions, name: str) -> tuple[str, bool, dict[str, Any]]:
@@ -85,9 +86,8 @@ def _hub_source(opts: TimmOptions, name: str) -> tuple[str, bool, dict[str, Any]
     architecture from the recorded config.json, with no network and no cache; otherwise
     config.json is read from the Hub (or the cache) at the recorded commit, else at the revision
     asked for, and the weights are fetched from that same commit."""
-    repo_id, revision = split_ref(name[len(HF_PREFIX):])
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ClotclfError(f"model '{name}' is not of the form hf-hub:ORG/NAME[@REVISION]")
+    ref = parse_repo_ref(name, prefix=HF_PREFIX)
+    repo_id, revision = ref.repo_id, ref.revision
     pretrained = True if opts.pretrained is None else opts.pretrained
     recorded = opts.hub_snapshot
     if recorded is not None and recorded.repo != repo_id:

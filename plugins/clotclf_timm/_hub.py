@@ -10,10 +10,10 @@ The token (``HF_TOKEN``) is read by ``huggingface_hub`` itself and never printed
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from clotclf_core.plugin import ClotclfError
+from clotclf_core.plugin.hub import hub_problem
 
 LAYOUT_HINT = ("a timm-layout repo holds config.json (with 'architecture' and 'pretrained_cfg') and "
                "model.safetensors, as timm.models.push_to_hf_hub writes them")
@@ -23,65 +23,25 @@ class HubModelError(ClotclfError):
     pass
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def split_ref(model_id: str) -> tuple[str, str | None]:
-    """``ORG/NAME@REV`` -> ``("ORG/NAME", "REV")``."""
-    repo_id, _, revision = model_id.partition("@")
-    return repo_id, (revision or None)
-
-
 def download(repo_id: str, filename: str, revision: str | None, missing_ok: bool = False) -> str | None:
     """Local path of ``filename`` in ``repo_id`` (downloaded, or from the cache when offline).
 
-    ``missing_ok``: return None when the repo exists but lacks the file.
+    ``missing_ok``: return None when the repo exists but lacks the file. Every failure is one line
+    (:func:`clotclf_core.plugin.hub.hub_problem`, the same words as the registry's).
     """
-    from huggingface_hub import errors, hf_hub_download
+    from huggingface_hub import hf_hub_download
 
-    what = f"'hf-hub:{repo_id}{'@' + revision if revision else ''}'"
-    has_token = bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
     try:
         return hf_hub_download(repo_id, filename, revision=revision)
-    except errors.GatedRepoError:
-        if has_token:
-            raise HubModelError(
-                f"the Hub repo {what} is gated and the account of HF_TOKEN has no access to it: request access on the "
-                "repo's page (accept its licence), wait for approval, then run again") from None
-        raise HubModelError(
-            f"the Hub repo {what} is gated: accept its licence on the repo's page, then set HF_TOKEN to a read token "
-            "of that account (export HF_TOKEN=...)") from None
-    except errors.RepositoryNotFoundError:
-        hint = "" if has_token else "; if it is private or gated, set HF_TOKEN to a read token of an account with access"
-        raise HubModelError(f"there is no Hub repo {what} at {_endpoint()} (check ORG/NAME){hint}") from None
-    except errors.RevisionNotFoundError:
-        raise HubModelError(f"the Hub repo '{repo_id}' has no revision '{revision}': give an existing branch, tag or commit after '@'") from None
-    except errors.RemoteEntryNotFoundError:
-        if missing_ok:
-            return None
-        raise HubModelError(f"the Hub repo {what} has no {filename}: it is not in timm's layout ({LAYOUT_HINT})") from None
-    except errors.LocalEntryNotFoundError:
-        if _offline():
-            raise HubModelError(
-                f"HF_HUB_OFFLINE=1 and {filename} of {what} is not in the Hugging Face cache: run once with network "
-                "access (without HF_HUB_OFFLINE) to download it, or point HF_HOME / HF_HUB_CACHE at the cache that has it") from None
-        raise HubModelError(
-            f"cannot reach the Hugging Face Hub ({_endpoint()}) to fetch {filename} of {what}, and it is not in the "
-            "cache: check the network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use a cache that has it") from None
-    except errors.HFValidationError as exc:
-        raise HubModelError(f"{what} is not a valid Hub repo id ({str(exc).splitlines()[0]}): use hf-hub:ORG/NAME[@REVISION]") from None
-    except errors.HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", "?")
-        raise HubModelError(f"the Hub answered HTTP {status} for {filename} of {what}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:
+        problem = hub_problem(exc, repo_id=repo_id, shown=f"hf-hub:{repo_id}", revision=revision, filename=filename)
+        if problem is None:
+            raise
+        if problem.kind == "no_file":
+            if missing_ok:
+                return None
+            raise HubModelError(f"{problem.message}: it is not in timm's layout ({LAYOUT_HINT})") from None
+        raise HubModelError(problem.message) from None
 
 
 def commit_of(path: str) -> str | None:

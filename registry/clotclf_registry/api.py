@@ -1,6 +1,6 @@
 """push / pull / list-models / name resolution: what the CLI commands and the core's
 ``clotclf_resolve_model`` hook call. Each function resolves the settings, opens the backend
-(:func:`.backend.open_backend`) and applies the same checks whatever the backend is.
+(:func:`.factory.open_backend`) and applies the same checks whatever the backend is.
 """
 
 from __future__ import annotations
@@ -16,15 +16,23 @@ from typing import Any, Iterator
 
 from clotclf_core.models.runs import requirements
 from clotclf_core.plugin import CONFIG_NAME, write_json
-from clotclf_core.plugin.errors import os_error_message, printable, warn
+from clotclf_core.plugin.errors import ConfigError, os_error_message, printable, warn
+from clotclf_core.plugin.hub import (
+    COMMIT_SHA,
+    RepoRef,
+    check_repo_part,
+    check_revision,
+    looks_like_repo_ref,
+    parse_repo_ref,
+)
 
-from .backend import Fetched, PushResult, open_backend
+from .backend import Fetched, PushResult
 from .card import card_for_push, summarize
 from .errors import RegistryError
+from .factory import open_backend
 from .layout import CARD_NAME, METRICS_NAME, SPLIT_NAME, run_files
-from .names import COMMIT_SHA, ModelRef, check_part, check_revision, parse_ref
 from .redact import redact_run
-from .settings import RegistrySettings, load_settings
+from .settings import EXAMPLE, RegistrySettings, load_settings
 from .verify import check_run_dir, verify_download
 
 PULL_RECORD = ".clotclf-pull.json"
@@ -87,7 +95,7 @@ def push(run_dir: str | os.PathLike, repo: str, *, private: bool = False, tag: s
     it). config.json, metrics.json and the card are redacted (no identifiers, no local paths)
     unless ``include_split``; the run directory itself is never changed."""
     settings = settings or load_settings()
-    ref = parse_ref(repo, settings.namespace)
+    ref = parse_repo_ref(repo, settings.namespace, example=EXAMPLE)
     if ref.revision:
         raise RegistryError(f"push to '{repo}': a push always goes to the main branch; drop '@{ref.revision}' (use --tag to name it)")
     if tag is not None and (COMMIT_SHA.match(check_revision(tag)) or "/" in tag):
@@ -176,7 +184,7 @@ def _swap_in(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _moved(backend: Any, ref: ModelRef, fetched: Fetched, before: str | None) -> str | None:
+def _moved(backend: Any, ref: RepoRef, fetched: Fetched, before: str | None) -> str | None:
     """The earlier commit, if ``ref``'s revision is a tag that now points elsewhere."""
     if before is None or before == fetched.commit or fetched.from_cache or not ref.revision:
         return None
@@ -195,7 +203,7 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
     its config builds here. Anything that fails keeps nothing. ``force`` replaces an ``out`` holding
     other files."""
     settings = settings or load_settings()
-    ref: ModelRef = parse_ref(name, settings.namespace)
+    ref: RepoRef = parse_repo_ref(name, settings.namespace, example=EXAMPLE)
     backend = open_backend(settings, token)
     out_dir = Path(out).expanduser().resolve() if out is not None else None
     record = _pull_record(out_dir) if out_dir is not None and out_dir.is_dir() else None
@@ -260,7 +268,7 @@ def list_models(namespace: str | None = None, *, settings: RegistrySettings | No
                 token: str | bool | None = None) -> list[dict[str, Any]]:
     """The clotclf models in ``namespace`` (default: the configured one), with card summaries."""
     settings = settings or load_settings()
-    namespace = check_part(namespace or settings.namespace, "namespace")
+    namespace = check_repo_part(namespace or settings.namespace, "namespace", EXAMPLE)
     backend = open_backend(settings, token)
     rows = []
     for entry in sorted(backend.list_models(namespace), key=lambda e: e.repo_id):
@@ -274,13 +282,11 @@ def list_models(namespace: str | None = None, *, settings: RegistrySettings | No
 def resolve(name: str) -> Path | None:
     """For ``--model NAME`` anywhere: a pulled (cached, verified) run directory, or None when
     ``name`` cannot be a registry reference. Settings come from the environment and config file."""
-    from .names import looks_like_ref
-
-    if not looks_like_ref(name):
+    if not looks_like_repo_ref(name):
         return None
     settings = load_settings()
     try:
         result = pull(name, settings=settings, quiet=not sys.stderr.isatty())
-    except RegistryError as exc:
+    except (RegistryError, ConfigError) as exc:  # ConfigError: a revision that is not one
         raise type(exc)(f"'{name}' is not a local folder, and the registry could not provide it: {exc}") from None
     return Path(result.path)

@@ -2,30 +2,23 @@
 
 Two backends are built in: the Hugging Face Hub (:mod:`.hub`, any Hub-compatible server) and a
 local directory (:mod:`.local`, for sites that cannot reach the Hub). Another one (S3, MLflow...)
-is a class implementing :class:`RegistryBackend`, registered by a distribution in the entry-point
-group ``clotclf.registry_backends`` under its URL scheme::
+is a class implementing :class:`RegistryBackend`, found by its URL scheme (:mod:`.factory`). A
+backend moves files and answers questions; naming, verification and the CLI are shared
+(:mod:`.api`), so every backend gets the same checks for free.
 
-    [project.entry-points."clotclf.registry_backends"]
-    s3 = "clotclf_s3:S3Registry"     # used for --registry s3://bucket/prefix
-
-It is constructed as ``S3Registry(settings, token)``. A backend moves files and answers
-questions; naming, verification and the CLI are shared (:mod:`.api`), so every backend gets the
-same checks for free.
+This module imports no backend: the backends import it, and :mod:`.factory` imports them.
 """
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RegistryError
-from .layout import Plan
-from .settings import RegistrySettings
+from clotclf_core.plugin.hub import COMMIT_SHA
 
-ENTRY_POINT_GROUP = "clotclf.registry_backends"
+from .layout import Plan
 
 
 @dataclass
@@ -102,43 +95,8 @@ class RegistryBackend(ABC):
 
 def read_ref(path: Path) -> str | None:
     """The commit id a cache's ref file holds (``refs/<revision>``), or None."""
-    from .names import COMMIT_SHA
-
     try:
         commit = path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
     return commit if COMMIT_SHA.match(commit) else None
-
-
-def open_backend(settings: RegistrySettings, token: str | bool | None = None) -> RegistryBackend:
-    """The backend for ``settings.registry``: built-in for ``hub`` and ``file``, else a plugin."""
-    scheme = settings.scheme
-    if scheme == "hub":
-        from .hub import HubRegistry
-
-        return HubRegistry(settings, token)
-    if scheme == "file":
-        from .local import LocalRegistry
-
-        return LocalRegistry(settings, token)
-    eps = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
-    if not eps:
-        known = sorted({"file", *(ep.name for ep in md.entry_points(group=ENTRY_POINT_GROUP))})
-        raise RegistryError(
-            f"no registry backend for '{settings.registry}' (scheme '{scheme}'): use hub (the default), "
-            f"file:///path, or install a plugin registering '{scheme}' in the entry-point group {ENTRY_POINT_GROUP} "
-            f"(available: hub, {', '.join(known)})"
-        )
-    if len(eps) > 1:
-        raise RegistryError(
-            f"registry scheme '{scheme}' is provided by several distributions "
-            f"({', '.join(ep.value for ep in eps)}); uninstall all but one"
-        )
-    try:
-        backend_cls = eps[0].load()
-        return backend_cls(settings, token)
-    except RegistryError:
-        raise
-    except Exception as exc:  # a broken backend plugin is one clear error, not a traceback
-        raise RegistryError(f"registry backend '{scheme}' ({eps[0].value}) failed to load: {type(exc).__name__}: {exc}") from None

@@ -92,4 +92,3 @@ def summarize(meta: dict[str, Any]) -> dict[str, Any]:
         # the model card tags a model trained (and scored) on synthetic data; list-models says so
         "synthetic": "synthetic-data" in [str(t) for t in meta.get("tags") or []],
     }
-

@@ -17,7 +17,7 @@ speaking the Hub's HTTP API), through ``huggingface_hub`` — never a re-impleme
   blob names huggingface_hub gave it (each blob is named by its LFS sha256 or git blob sha1);
   ``offline`` uses the cache only.
 - Tokens: passed to huggingface_hub only; no message here is built from a token, and endpoints
-  are shown without credentials (:func:`.settings.shown_url`).
+  are shown without credentials (:func:`clotclf_core.plugin.hub.shown_url`).
 - Only long-standing huggingface_hub API is used (``HfApi.model_info``, ``list_repo_refs``,
   ``create_repo``, ``create_commit``, ``create_tag``, ``hf_hub_download``,
   ``get_hf_file_metadata``), so the ``huggingface-hub`` floor in pyproject.toml is the oldest
@@ -29,39 +29,29 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 from clotclf_core import __version__
 from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME, ClotclfError, printable
+from clotclf_core.plugin.errors import os_error_message
+from clotclf_core.plugin.hub import COMMIT_SHA, exception_text, hub_problem, is_transport_error
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import Entry, disk_error, is_layout_file, plan_download
-from .names import COMMIT_SHA
-from .settings import RegistrySettings, scrub
+from .layout import Entry, is_layout_file, plan_download
+from .settings import RegistrySettings
 
 #: tries per file when the connection drops mid-download (each resumes where the last one stopped)
 DOWNLOAD_ATTEMPTS = 3
 OFFLINE_HINT = "to use models already downloaded, set HF_HUB_OFFLINE=1 (or pass --offline)"
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """No connection, DNS failure, timeout, dropped connection: httpx's TransportError family
-    (huggingface_hub 1.x/2.x), requests' ConnectionError / Timeout (0.x)."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    return bool({"TransportError", "ConnectionError", "Timeout", "ProtocolError"} & names) or isinstance(
-        exc, (socket.gaierror, TimeoutError, ConnectionError))
-
-
-def _reason(exc: BaseException, *secrets: str) -> str:
-    """One line naming ``exc``, with credentials in URLs (and ``secrets``) removed and control
-    characters escaped: exception texts quote URLs and server answers."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = printable(scrub(text, *secrets), 200)
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+#: the registry's error class for each kind of Hub failure (clotclf_core.plugin.hub.HubProblem.kind)
+_ERROR_OF_KIND = {
+    "gated": AuthError, "auth": AuthError, "forbidden": AuthError,
+    "not_found": NotFoundError, "no_revision": NotFoundError, "no_file": NotFoundError,
+    "offline": UnreachableError, "unreachable": UnreachableError, "timeout": UnreachableError,
+}
 
 
 @contextlib.contextmanager
@@ -101,69 +91,33 @@ class HubRegistry(RegistryBackend):
     # ------------------------------------------------------------------ errors
     @contextlib.contextmanager
     def _errors(self, action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
-        """Turn huggingface_hub / httpx exceptions into one clear :class:`RegistryError`."""
-        from huggingface_hub import errors as hf_errors
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            HfHubHTTPError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        RemoteEntryNotFoundError = getattr(hf_errors, "RemoteEntryNotFoundError", None) or hf_errors.EntryNotFoundError  # noqa: N806
-        namespace = repo_id.split("/")[0]
+        """Turn huggingface_hub / httpx exceptions into one clear :class:`RegistryError`: the words are
+        :func:`clotclf_core.plugin.hub.hub_problem`'s (shared with the timm plugin), the registry adds
+        where to look next."""
         try:
             yield
         except ClotclfError:
             raise
-        except RevisionNotFoundError:
-            raise NotFoundError(
-                f"model '{repo_id}' at {self.label} has no revision '{revision}'{self._refs_hint(repo_id)}"
-            ) from None
-        except GatedRepoError:
-            raise AuthError(f"model '{repo_id}' at {self.label} is gated: request access on its page, then retry") from None
-        except RepositoryNotFoundError as exc:
-            raise NotFoundError(
-                f"model '{repo_id}' was not found at {self.label} (HTTP {exc.response.status_code}). Check the name "
-                f"(`clotclf list-models --namespace {namespace}`); if it is private, use a token that can read it "
-                "(HF_TOKEN or `hf auth login`)"
-            ) from None
-        except RemoteEntryNotFoundError as exc:
-            missing = str(exc.response.url).rsplit("/", 1)[-1] if exc.response is not None else "a file"
-            raise NotFoundError(f"'{repo_id}@{revision or 'main'}' at {self.label} has no file '{missing}'") from None
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status == 401:
-                raise AuthError(
-                    f"{self.label} refused the credentials (HTTP 401) to {action} '{repo_id}': set HF_TOKEN to a valid "
-                    "token or run `hf auth login`" + (" (a token with write access)" if action.startswith("push") else "")
-                ) from None
-            if status == 403:
-                raise AuthError(
-                    f"{self.label} forbids this token to {action} '{repo_id}' (HTTP 403): use a token with "
-                    f"{'write' if action.startswith('push') else 'read'} access to the namespace '{namespace}'"
-                ) from None
-            said = (getattr(exc, "server_message", None) or "").strip().splitlines()
-            raise RegistryError(
-                f"{self.label} answered HTTP {status} to {action} '{repo_id}'"
-                + (f" ({printable(scrub(said[0], self.endpoint), 200)})" if said else "")
-                + f". Is {self.label} a Hugging Face Hub? Check --endpoint / HF_ENDPOINT"
-            ) from None
         except Exception as exc:
-            if "xet" in str(exc).lower() and action.startswith("push"):
+            problem = hub_problem(exc, repo_id=repo_id, revision=revision, action=action, write=action.startswith("push"),
+                                  endpoint=self.endpoint, endpoint_hint="--endpoint / HF_ENDPOINT", token=self.token,
+                                  names_hint=f"`clotclf list-models --namespace {repo_id.split('/')[0]}` lists the models there")
+            xet = "xet" in str(exc).lower() and action.startswith("push")
+            if xet and (problem is None or problem.kind in ("unreachable", "timeout")):  # not an HTTP answer
                 raise RegistryError(
-                    f"{self.label} did not accept a Xet upload of '{repo_id}' ({_reason(exc, self.endpoint)}): this server does not "
+                    f"{self.label} did not accept a Xet upload of '{repo_id}' ({exception_text(exc, self.endpoint)}): this server does not "
                     "speak Xet; push with CLOTCLF_HUB_XET=off (or `xet: off` in the config file)"
                 ) from None
-            if _is_transport_error(exc):
-                hint = f"; {OFFLINE_HINT}" if action == "pull" else ""
-                raise UnreachableError(
-                    f"cannot reach {self.label} to {action} '{repo_id}' ({_reason(exc, self.endpoint)}): check the network connection and "
-                    f"the endpoint (--endpoint / HF_ENDPOINT){hint}"
-                ) from None
-            if isinstance(exc, ValueError):  # the client's own validation (e.g. README metadata)
-                raise RegistryError(f"cannot {action} '{repo_id}': {_reason(exc)}") from None
-            raise
+            if problem is None:
+                if isinstance(exc, ValueError):  # the client's own validation (e.g. README metadata)
+                    raise RegistryError(f"cannot {action} '{repo_id}': {exception_text(exc)}") from None
+                raise
+            message = problem.message
+            if problem.kind == "no_revision":
+                message += self._refs_hint(repo_id)
+            elif problem.kind in ("unreachable", "timeout") and action == "pull":
+                message += f"; {OFFLINE_HINT}"
+            raise _ERROR_OF_KIND.get(problem.kind, RegistryError)(message) from None
 
     def _refs_hint(self, repo_id: str) -> str:
         try:
@@ -258,9 +212,9 @@ class HubRegistry(RegistryBackend):
             try:
                 info = api.model_info(repo_id, revision=revision, files_metadata=True)
             except Exception as exc:
-                if not _is_transport_error(exc):
+                if not is_transport_error(exc):
                     raise
-                reason = _reason(exc, self.endpoint)
+                reason = exception_text(exc, self.endpoint)
                 try:
                     fetched = self._from_cache(repo_id, revision, staging, f"{self.label} cannot be reached ({reason})")
                 except UnreachableError:
@@ -312,7 +266,7 @@ class HubRegistry(RegistryBackend):
                         library_name="clotclf", library_version=__version__,
                     ))
                 except Exception as exc:  # a dropped connection: huggingface_hub resumes from the partial file
-                    cut = _is_transport_error(exc) or (isinstance(exc, OSError) and exc.errno is None
+                    cut = is_transport_error(exc) or (isinstance(exc, OSError) and exc.errno is None
                                                        and not isinstance(exc, HfHubHTTPError))
                     if not cut or attempt == DOWNLOAD_ATTEMPTS - 1:
                         raise
@@ -323,18 +277,18 @@ class HubRegistry(RegistryBackend):
             if isinstance(exc, HfHubHTTPError) or getattr(exc, "response", None) is not None:
                 raise
             where = staging if staging is not None else self._repo_cache(repo_id)
-            message = disk_error(exc, where, int(entry.size or 0), f"downloading {shown} of '{label}'")
+            message = os_error_message(exc, f"{shown} of '{label}'", where, int(entry.size or 0), "pull again")
             if message:  # a full disk or a read-only cache: the user's to fix, not the network
                 raise RegistryError(message) from None
             raise UnreachableError(
-                f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({_reason(exc, self.endpoint)}); "
+                f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({exception_text(exc, self.endpoint)}); "
                 "no partial file was left where the model goes. Run the same pull again: it resumes"
             ) from None
         except Exception as exc:
-            if not _is_transport_error(exc):
+            if not is_transport_error(exc):
                 raise
             raise UnreachableError(
-                f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({_reason(exc, self.endpoint)}); "
+                f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({exception_text(exc, self.endpoint)}); "
                 "no partial file was left where the model goes. Run the same pull again: it resumes"
             ) from None
 

@@ -162,31 +162,6 @@ def plan_download(label: str, entries: list[Entry]) -> Plan:
     return Plan(sorted(files, key=lambda e: e.name), sorted(n for n in ignored if n not in EXPECTED_EXTRA))
 
 
-def disk_error(exc: OSError, folder: Path, needed: int, what: str) -> str | None:
-    """One line for an OS error while writing a pull into ``folder`` (full disk: with the space
-    ``needed`` and free; read-only, forbidden…), or None when it is not one a user can fix."""
-    import errno
-    import shutil
-
-    from clotclf_core.plugin.errors import os_error_message
-
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-        try:
-            free = f", {_size(shutil.disk_usage(probe).free)} free"
-        except OSError:
-            free = ""
-        return (f"out of disk space in '{folder}' while {what} ({_size(needed)} needed{free}). Nothing was kept; free some "
-                "space (or choose another --out / --cache-dir) and pull again")
-    why = os_error_message(exc)
-    return f"{why} (while {what}; nothing was kept)" if why else None
-
-
-def check_listing(label: str, names: list[str]) -> None:
-    """The name checks of :func:`plan_download` alone (for callers that know no sizes)."""
-    plan_download(label, [Entry(n, 0) for n in names])
-
-
 _MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",)}
 
 

@@ -34,18 +34,18 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from clotclf_core.plugin import WEIGHTS_NAME, atomic_path, write_json, write_text
 from clotclf_core.plugin.errors import os_error_message, printable
+from clotclf_core.plugin.hub import COMMIT_SHA
+from clotclf_core.plugin.io import staged_dir
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
-from .layout import CARD_NAME, Entry, Plan, disk_error, plan_download
-from .names import COMMIT_SHA
+from .layout import CARD_NAME, Entry, Plan, plan_download
 from .settings import RegistrySettings
 
 FORMAT = "clotclf-local-registry/1"
@@ -334,7 +334,7 @@ class LocalRegistry(RegistryBackend):
             try:
                 self._materialize(folder, plan, target, label)
             except OSError as exc:
-                why = disk_error(exc, target.parent, sum(e.size or 0 for e in plan.files), f"copying '{label}'")
+                why = os_error_message(exc, f"the files of '{label}'", target.parent, sum(e.size or 0 for e in plan.files), "pull again")
                 if why is None:
                     raise
                 raise RegistryError(why) from None
@@ -351,14 +351,9 @@ class LocalRegistry(RegistryBackend):
             write_text(self.cache / fetched.extra["repo_id"] / "refs" / (revision or "main"), fetched.commit)
 
     def _materialize(self, folder: Path, plan: Plan, target: Path, label: str) -> None:
-        """Copy the planned objects into ``target`` through a temporary sibling folder, checking
-        every hash as it copies; the folder gets normal permissions (mkdtemp makes 0700 ones)."""
-        from clotclf_core.plugin.io import _umask
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
-            os.chmod(partial, 0o777 & ~_umask())
+        """Copy the planned objects into ``target`` through a temporary sibling folder that replaces
+        it only once every hash has been checked (:func:`clotclf_core.plugin.io.staged_dir`)."""
+        with staged_dir(target) as partial:
             for entry in plan.files:
                 src = self._object(folder, str(entry.sha256))
                 if not src.is_file():
@@ -374,11 +369,6 @@ class LocalRegistry(RegistryBackend):
                         f"registry records {str(entry.sha256)[:16]}…: the file was modified or corrupted in the registry. "
                         "Nothing was kept; restore it from a backup or push the model again"
                     )
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(partial, target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
 
     def _from_cache(self, repo_id: str, revision: str | None, staging: Path | None, why: str) -> Fetched:
         label = f"{repo_id}@{revision}" if revision else repo_id

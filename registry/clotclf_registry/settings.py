@@ -26,20 +26,22 @@ endpoint gets plain Git-LFS uploads, which any Hub-compatible server implements
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from clotclf_core.plugin.hub import check_repo_part, scrub, shown_url
+
 from .errors import RegistryError
-from .names import check_part
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_NAMESPACE = "clotclf"
 CONFIG_ENV = "CLOTCLF_CONFIG"
 XET_HOSTS = ("huggingface.co", "hf.co")
+#: model names as the registry's messages show them
+EXAMPLE = "e.g. mayo-poolformer, clotclf/mayo-poolformer or clotclf/mayo-poolformer@v1"
 
 #: setting -> environment variable
 ENV = {
@@ -81,24 +83,6 @@ class RegistrySettings(BaseModel):
         if os.environ.get("HF_HUB_DISABLE_XET", "").strip().lower() in _TRUE or self.xet == "off":
             return False
         return self.xet == "on" or (urlparse(self.endpoint).hostname or "") in XET_HOSTS
-
-
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
-_SECRET_QUERY = re.compile(r"([?&;](?:token|access_token|auth|api_key|apikey|key|sig|signature|password)=)[^&;#\s]*", re.IGNORECASE)
-
-
-def shown_url(url: str) -> str:
-    """``url`` without credentials: ``https://user:secret@hub/x?token=t`` -> ``https://hub/x?token=***``.
-    Every message, table and JSON field that names an endpoint goes through this."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1", str(url)))
-
-
-def scrub(text: str, *secrets: str) -> str:
-    """``text`` with credentials in URLs, and any of ``secrets`` (a raw endpoint), removed."""
-    for secret in secrets:
-        if secret and secret != shown_url(secret):
-            text = text.replace(secret, shown_url(secret))
-    return shown_url(text)
 
 
 def config_path() -> Path:
@@ -155,5 +139,5 @@ def load_settings(**overrides: Any) -> RegistrySettings:
         settings.endpoint, settings.registry = settings.registry.rstrip("/"), "hub"
     elif settings.registry != "hub" and "://" not in settings.registry:  # a plain path: a local registry
         settings.registry = Path(settings.registry).expanduser().resolve().as_uri()
-    check_part(settings.namespace, "namespace")
+    check_repo_part(settings.namespace, "namespace", EXAMPLE)
     return settings

@@ -13,7 +13,7 @@ from pydantic import Field
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 #: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=1.0,<2"
+CLOTCLF_PLUGIN_API = ">=2.0,<3"
 
 
 class ResNetOptions(Options):
