@@ -24,7 +24,8 @@ API = "clotclf_core.plugin"
 REGISTRY_ALLOWED = {
     "clotclf_core.models.runs": {"read_config", "read_safetensors_header", "requirements", "check_requirements"},
     "clotclf_core.models.saved": {"load_model", "check_buildable"},
-    "clotclf_core.models.card": {"BASE_TAGS", "card_results", "read_model_card", "render_model_card"},
+    "clotclf_core.models.card": {"BASE_TAGS", "ModelCardError", "assemble", "card_results", "load_model_card", "model_card",
+                                 "read_model_card"},
     "clotclf_core.plugin_manager": {"get_manager"},
     "clotclf_core.config": {"load_yaml"},
     "clotclf_core.progress": {"mode"},
