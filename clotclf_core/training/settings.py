@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from clotclf_core.config import StrictModel, load_yaml
+from clotclf_core.models.form import ModelForm
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.plugin.spec import format_validation_error
 
@@ -109,6 +110,12 @@ class TrainSettings(StrictModel):
                 f"test_fraction {self.test_fraction} would hold out more patients than are trained on; use a share "
                 "above 0 and at most 0.5 (e.g. 0.2), or 0 for no test set")
         return self
+
+    @property
+    def form(self) -> ModelForm:
+        """The model this run trains: tile level, MIL on ``--features`` or MIL end to end (an
+        ``--aggregator`` with a ``--backbone``) (:mod:`clotclf_core.models.form`)."""
+        return ModelForm.of(self.aggregator is not None, self.features is not None)
 
     def _check_mil(self) -> None:
         given = self.model_fields_set
