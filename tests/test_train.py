@@ -413,7 +413,7 @@ def test_the_trainer_refuses_training_rows_without_a_known_label(tmp_path):
 
 
 def test_model_options_are_checked_before_the_demo_cohort_is_made(tmp_path, monkeypatch):
-    import clotclf_core.training.demo as train_module
+    import clotclf_core.training.run as train_module
 
     def no_demo(*args, **kwargs):
         raise AssertionError("the demo cohort was generated before the options were checked")

@@ -21,9 +21,9 @@ from clotclf_core.training.settings import settings_dict
 if TYPE_CHECKING:  # pragma: no cover
     from clotclf_core.models.runtime import Runtime
     from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.training.kinds import TrainingKind
     from clotclf_core.training.settings import TrainSettings
     from clotclf_core.training.splits import Split
-    from clotclf_core.training.tiles import TrainingKind
 
 
 def reload_fold(s: "TrainSettings", ts: "TileSet", split: "Split", k: int, fold_dir: Path, rt: "Runtime",
