@@ -20,7 +20,7 @@ functions that make tensors).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from clotclf_core.models.config import ModelConfig
@@ -41,11 +41,6 @@ class InputSpec:
     input_size: int | None = None
     #: where the values come from: ``"backbone"`` (declared by the module) or ``"default"`` (ImageNet)
     source: str = "default"
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
 
 
 def _triple(value: Any, what: str, name: str) -> tuple[float, float, float]:

@@ -19,7 +19,7 @@ from clotclf_core.training.settings import DEMO_TRAIN_SIZE, TrainSettings
 
 
 def is_demo(s: TrainSettings) -> bool:
-    if s.features is not None:
+    if s.form.on_features:
         return False  # a feature store says itself whether its tiles were synthetic (features.json)
     return s.tiles is None or Path(s.tiles).resolve() == (Path(s.demo_dir) / "tiles").resolve()
 
