@@ -88,7 +88,7 @@ def bare_loop(enc, ts, batch: int) -> tuple[float, float]:
     """(images/s, CPU s per image) of the encoder module over every tile, batches across slides, nothing written."""
     import torch
 
-    from clotclf_core.models.inputs import normalize
+    from clotclf_core.models.inputs import to_input
 
     module, device = enc.module, enc.device
     mean, std = enc.spec.mean, enc.spec.std
@@ -101,12 +101,8 @@ def bare_loop(enc, ts, batch: int) -> tuple[float, float]:
     have = 0
 
     def run(chunk: np.ndarray) -> None:
-        x = torch.from_numpy(chunk).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        x = normalize(x, mean, std)
-        if x.shape[-1] != enc.input_size:
-            x = torch.nn.functional.interpolate(x, size=(enc.input_size,) * 2, mode="bilinear", antialias=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_input(torch.from_numpy(chunk), mean, std, device, channels_last=device.type == "cuda",
+                     size=enc.input_size, nhwc=True)
         with torch.inference_mode(), cast:
             out = module(x)
         out.to(torch.float16).cpu().numpy()

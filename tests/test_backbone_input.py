@@ -78,3 +78,29 @@ def test_third_party_backbone_declaration_is_used_and_recorded(fake_dist, tmp_pa
     save_model(model, tmp_path / "run")
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert recorded["mean"] == [0.7, 0.6, 0.5] and recorded["std"] == [0.1, 0.2, 0.3] and recorded["input_size"] == 40
+
+
+def test_to_input_is_the_encoders_and_the_loaders_path():
+    """One path from uint8 tiles to a backbone: the encoder's NHWC tiles (resized) and the loaders'
+    NCHW batches come out as the same normalised float32 tensor."""
+    import numpy as np
+    import torch
+
+    from clotclf_core.features.encoder import Encoder
+    from clotclf_core.models.inputs import normalize, to_input
+    from clotclf_core.models.runtime import Runtime
+
+    tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    nchw = tiles.permute(0, 3, 1, 2)
+    expected = (nchw.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    cpu = torch.device("cpu")
+    torch.testing.assert_close(to_input(nchw, mean, std, cpu), expected)
+    assert torch.equal(to_input(tiles, mean, std, cpu, nhwc=True), normalize(nchw, mean, std))
+    assert torch.equal(Runtime(cpu).to_input(nchw, mean, std), normalize(nchw, mean, std))
+    resized = to_input(tiles, mean, std, cpu, nhwc=True, size=8, channels_last=True)
+    assert resized.shape == (2, 3, 8, 8) and resized.is_contiguous(memory_format=torch.channels_last)
+    enc = Encoder(module=torch.nn.Identity(), backbone="x", options={}, spec=InputSpec(mean=mean, std=std), input_size=8,
+                  weights_sha256="0" * 64, device=cpu)
+    assert torch.equal(enc.to_input(tiles), to_input(tiles, mean, std, cpu, nhwc=True, size=8))
+    assert torch.equal(to_input(tiles, mean, std, cpu, nhwc=True, size=16), normalize(nchw, mean, std))  # same size: as is

@@ -272,3 +272,22 @@ def test_mil_arguments(case, mil, tmp_path):
         mentions = ["--attention-heatmaps and --no-heatmaps"]
     assert_clean_error(out, 2, mentions)
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_asks_a_mil_run_for_what_its_form_scores(mil, tmp_path):
+    """An end-to-end MIL run scores tiles, not a feature store; a run on features needs its features or tiles."""
+    cct = {"variant": "cct_2_3x2_32", "img_size": 32, "num_layers": 1, "embed_dim": 32, "num_heads": 2}
+    trained = invoke(["train", "--tiles", mil["tiles"], "--backbone", "cct", *_opts("--backbone-opt", cct), "--aggregator",
+                      "mean", "--aggregator-opt", "hidden=8", "--bag-size", "4", "--out", tmp_path / "e2e", "-q", *MIL_TRAIN])
+    assert trained.exit_code == 0, trained.stderr
+    out = invoke(["evaluate", tmp_path / "e2e", "--features", mil["features"], "--out", tmp_path / "r"])
+    assert_clean_error(out, 2, ["trained end to end on tiles (backbone cct)", "give --tiles instead of --features"])
+    assert not (tmp_path / "r").exists()
+    from clotclf_core.plugin import ClotclfError
+    from clotclf_core.scoring.evaluate import evaluate_run
+
+    with pytest.raises(ClotclfError, match="scores tiles: give --tiles"):
+        evaluate_run(str(tmp_path / "e2e"), out=str(tmp_path / "r"), progress=False)
+    with pytest.raises(ClotclfError, match="scores features of its encoder: give --features .* or --tiles"):
+        evaluate_run(str(mil["abmil"]), out=str(tmp_path / "r"), progress=False)
+    assert not (tmp_path / "r").exists()

@@ -413,7 +413,7 @@ def test_the_trainer_refuses_training_rows_without_a_known_label(tmp_path):
 
 
 def test_model_options_are_checked_before_the_demo_cohort_is_made(tmp_path, monkeypatch):
-    import clotclf_core.training.demo as train_module
+    import clotclf_core.training.run as train_module
 
     def no_demo(*args, **kwargs):
         raise AssertionError("the demo cohort was generated before the options were checked")
@@ -483,7 +483,7 @@ def test_prepare_demo_retiles_when_a_pixel_file_is_damaged(tmp_path, monkeypatch
     """A damaged demo TileSet is repaired by tiling again, not reported as an error forever."""
     import numpy as np
 
-    import clotclf_core.tiling.run as tiling_run
+    import clotclf_core.training.demo as demo
     from clotclf_core.tiling.writer import TileSetWriter
     from clotclf_core.training.demo import prepare_demo
 
@@ -494,7 +494,7 @@ def test_prepare_demo_retiles_when_a_pixel_file_is_damaged(tmp_path, monkeypatch
     writer.add_slide("s1", np.zeros((2, 8, 8, 3), np.uint8),
                      [{"patient_id": "p1", "center_id": "1", "label": "CE", "x": 0, "y": 0, "size": 8, "downsample": 1.0}] * 2, {})
     calls = []
-    monkeypatch.setattr(tiling_run, "tile_slides", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(demo, "tile_slides", lambda *a, **k: calls.append(a))
     assert prepare_demo(tmp_path) == tmp_path / "tiles" and calls == []  # intact: reused
     (tmp_path / "tiles" / "pixels" / "s1.npy").write_bytes(b"broken")
     prepare_demo(tmp_path)

@@ -30,7 +30,7 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
     model.safetensors, config.json, metrics.json, history.csv, plots/, README.md. See docs/training.md."""
     import os
 
-    from clotclf_core.training.distributed import launch_distributed
+    from clotclf_core.training.launch import launch_distributed
     from clotclf_core.training.options import overrides_from_cli
     from clotclf_core.training.report import report_table
     from clotclf_core.training.run import train

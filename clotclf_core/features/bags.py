@@ -31,16 +31,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
+from clotclf_core.features.store import FeatureStore, check_matches_tileset
+from clotclf_core.inputs import check_folder
+from clotclf_core.models.form import ModelForm
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.tiling.dataset import EpochSampler, label_indices
+from clotclf_core.tiling.tileset import open_tileset
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
-    from clotclf_core.features.store import FeatureStore
     from clotclf_core.tiling.tileset import TileSet
 
 #: a bag's tiles when ``bag_size`` is not given, end to end (each tile goes through the backbone)
@@ -58,7 +61,7 @@ class FeatureBags:
     maps every slide the store lists to a TileSet-like status (``done``, or the TileSet's
     ``no_tissue`` / ``failed`` for slides without tiles, with the reason and patient)."""
 
-    def __init__(self, store: "FeatureStore"):
+    def __init__(self, store: FeatureStore):
         self.store = store
         self.root = Path(store.root)
         self.index = store.index.copy()
@@ -110,13 +113,8 @@ class FeatureBags:
 def open_feature_bags(features: str, tiles: str | None = None) -> FeatureBags:
     """``--features`` (and, when given, ``--tiles``: refused unless it is the TileSet the features
     were made from, tile for tile)."""
-    from clotclf_core.features.store import FeatureStore, check_matches_tileset
-    from clotclf_core.inputs import check_folder
-
     store = FeatureStore(check_folder(features, "feature store (--features)", "give the folder `clotclf embed --out` wrote"))
     if tiles is not None:
-        from clotclf_core.tiling.tileset import open_tileset
-
         check_matches_tileset(store, open_tileset(tiles, "--tiles"), tiles)
     return FeatureBags(store)
 
@@ -126,8 +124,6 @@ class Slides:
     (positions in the data's ``index``), in a fixed order (the index's order of first appearance)."""
 
     def __init__(self, index: "pd.DataFrame", patients: Sequence[str], labels: list[str], rows: np.ndarray | None = None):
-        import pandas as pd
-
         keep = np.flatnonzero(index["patient_id"].isin(set(patients)).to_numpy()) if rows is None else np.asarray(rows)
         sub = index.iloc[keep]
         order = pd.unique(sub["image_id"].to_numpy())
@@ -248,9 +244,6 @@ class TileBagDataset(Dataset):
 def collate_bags(batch):
     """``(images uint8 (B, N, 3, S, S), mask (B, N), targets (B,))`` (numpy stacking in the main
     process, like :func:`clotclf_core.tiling.dataset.collate`)."""
-    from torch.utils.data import get_worker_info
-    from torch.utils.data._utils.collate import default_collate
-
     if get_worker_info() is not None:
         return default_collate(batch)
     images = torch.from_numpy(np.stack([b[0].numpy() for b in batch]))
@@ -258,8 +251,10 @@ def collate_bags(batch):
     return images, mask, torch.tensor([b[2] for b in batch])
 
 
-def check_bag_size(bag_size: int | None, end_to_end: bool) -> int | None:
-    if end_to_end:
+def bag_size_for(form: ModelForm, bag_size: int | None) -> int | None:
+    """A training bag's tiles: ``bag_size``, or by default every tile of the slide on features and
+    :data:`DEFAULT_E2E_BAG_SIZE` end to end (each tile goes through the backbone)."""
+    if form is ModelForm.MIL_END_TO_END:
         return bag_size or DEFAULT_E2E_BAG_SIZE
     return bag_size
 
@@ -280,42 +275,3 @@ def short_slides_note(index: "pd.DataFrame", bag_size: int | None) -> str | None
 def no_slides_error(fold: int, what: str) -> ClotclfError:
     return ClotclfError(f"fold {fold}: no {what} slide has a tile, so there is no bag to train on; check the feature "
                         "store / TileSet (`clotclf embed` / `clotclf tile` summaries)")
-
-
-# ----------------------------------------------------------------------------- what a saved MIL model scores
-
-
-def data_for_model(model, ref: str, tiles: str | None, features: str | None, embed_to: Path | None,
-                   device: str = "auto", progress: bool = False) -> Any:
-    """What ``model`` (a loaded MIL model) scores: a feature store of its own encoder (``--features``,
-    checked: another encoder is refused, naming both; with ``--tiles`` too, checked to be that
-    TileSet's), or a TileSet — embedded into ``embed_to`` with the encoder rebuilt from the model's
-    record (its weights checked against the recorded sha256) when the model works on features."""
-    from clotclf_core.features.store import FeatureStore, check_encoder, check_matches_tileset
-    from clotclf_core.tiling.tileset import open_tileset
-
-    cfg = model.config
-    if cfg.encoder is None:  # end to end: the model's own backbone reads the tiles
-        if features is not None:
-            raise ClotclfError(f"model '{ref}' was trained end to end on tiles (backbone {cfg.backbone}), so it does not "
-                               "take a feature store: give --tiles instead of --features")
-        if tiles is None:
-            raise ClotclfError(f"model '{ref}' scores tiles: give --tiles (a TileSet from `clotclf tile`)")
-        return open_tileset(tiles, "--tiles")
-    expected = cfg.encoder.model_dump(mode="json")
-    if features is not None:
-        store = FeatureStore(features)
-        check_encoder(store, expected, f"the model '{ref}'")
-        if tiles is not None:
-            check_matches_tileset(store, open_tileset(tiles, "--tiles"), tiles)
-        return FeatureBags(store)
-    if tiles is None:
-        raise ClotclfError(f"model '{ref}' scores features of its encoder: give --features (a feature store made with "
-                           "that encoder) or --tiles (embedded with it first)")
-    from clotclf_core.features.embed import embed_tileset
-    from clotclf_core.features.encoder import encoder_from_record
-
-    open_tileset(tiles, "--tiles")  # a clear error for what is not a TileSet, before the encoder is built
-    encoder = encoder_from_record(expected, device)
-    embed_tileset(tiles, embed_to, expected["backbone"], encoder=encoder, progress=progress)
-    return FeatureBags(FeatureStore(embed_to))

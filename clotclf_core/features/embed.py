@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import shutil
 import threading
@@ -29,14 +30,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+import torch
 
 from clotclf_core import __version__
+from clotclf_core.features.bags import FeatureBags
+from clotclf_core.features.encoder import Encoder, build_encoder
 from clotclf_core.features.store import (
     DTYPE,
     FORMAT,
     FORMAT_VERSION,
     META_NAME,
     SLIDES_DIR,
+    FeatureStore,
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
@@ -48,12 +53,11 @@ from clotclf_core.features.store import (
 )
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.progress import bar
+from clotclf_core.tiling.tileset import TileSet
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-    from clotclf_core.features.encoder import Encoder
-    from clotclf_core.tiling.tileset import TileSet
 
 MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
 
@@ -106,8 +110,6 @@ class FeatureStoreWriter:
         except FeatureStoreError:
             if not overwrite:
                 raise
-            import json
-
             try:
                 other = json.loads((self.root / META_NAME).read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError, OSError):
@@ -125,7 +127,7 @@ class FeatureStoreWriter:
         ok = matrix_problem(self._path(image_id, ".npy"), int(entry.get("n_tiles", 0)), self.meta["num_features"]) is None
         return ok and self._path(image_id, ".csv").is_file()
 
-    def sync(self, tileset: "TileSet", by_slide: dict[str, "pd.DataFrame"]) -> dict[str, Any]:
+    def sync(self, tileset: TileSet, by_slide: dict[str, "pd.DataFrame"]) -> dict[str, Any]:
         """Bring the store up to date with ``tileset`` without encoder work; return the plan:
         ``todo`` (ids to embed), ``kept``, ``relabelled``, ``removed``, ``empty``, ``redo`` (id -> why)."""
         slides = self.meta["slides"]
@@ -203,10 +205,8 @@ class FeatureStoreWriter:
 # ----------------------------------------------------------------------------- reading ahead
 
 
-def _batches(tileset: "TileSet", ids: list[str], batch_size: int, pin: bool) -> Iterator[tuple[str, int, Any]]:
+def _batches(tileset: TileSet, ids: list[str], batch_size: int, pin: bool) -> Iterator[tuple[str, int, Any]]:
     """``(image_id, start, uint8 tensor (b, S, S, 3))`` for every batch of every slide, in order."""
-    import torch
-
     for image_id in ids:
         pixels = tileset.pixels(image_id)
         for start in range(0, len(pixels), batch_size):
@@ -256,7 +256,7 @@ def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 # ----------------------------------------------------------------------------- the command
 
 
-def _tileset_record(ts: "TileSet") -> dict[str, Any]:
+def _tileset_record(ts: TileSet) -> dict[str, Any]:
     """features.json's ``tileset``: its identity (fingerprint), how it was cut (settings, the filters'
     and sources' providers: what a MIL run records as its tiling recipe), where it is, synthetic or not."""
     record = {"fingerprint": tileset_fingerprint(ts.settings, ts.tile_size), "tile_pixels": int(ts.tile_size),
@@ -270,16 +270,12 @@ def _tileset_record(ts: "TileSet") -> dict[str, Any]:
 
 def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: dict[str, Any] | None = None, *,
                   input_size: int | None = None, batch_size: int = 64, device: str = "auto", seed: int = 0,
-                  overwrite: bool = False, progress: bool = True, encoder: "Encoder | None" = None) -> dict[str, Any]:
+                  overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None) -> dict[str, Any]:
     """Embed every tile of the TileSet ``tiles`` into the feature store ``out``; return a summary.
 
     ``encoder`` (already built, e.g. rebuilt from a MIL run's record) replaces ``backbone`` /
     ``options`` / ``input_size`` / ``seed``.
     """
-    from clotclf_core.features.encoder import build_encoder
-    from clotclf_core.progress import bar
-    from clotclf_core.tiling.tileset import TileSet
-
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1, got {batch_size}")
     ts = TileSet(tiles)
@@ -359,13 +355,18 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     }
 
 
-def _is_cuda_oom(exc: BaseException) -> bool:
-    try:
-        import torch
+def embed_bags(tiles: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
+               progress: bool = False) -> FeatureBags:
+    """A MIL model on features scoring a TileSet: every tile of ``tiles`` embedded with the model's
+    own ``encoder`` (rebuilt from its record: :func:`clotclf_core.features.encoder.encoder_from_record`)
+    into the feature store ``out`` (resumable: slides already there are kept), opened as bags. The one
+    "embed, then bag" of ``clotclf evaluate`` and ``clotclf predict``."""
+    embed_tileset(tiles, out, encoder.backbone, encoder=encoder, batch_size=batch_size, progress=progress)
+    return FeatureBags(FeatureStore(out))
 
-        return isinstance(exc, torch.cuda.OutOfMemoryError)
-    except (ImportError, AttributeError):  # pragma: no cover
-        return False
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ size (bilinear, antialiased) when the tiles are another size, forward under ``in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from clotclf_core.models.inputs import InputSpec, input_spec
+from clotclf_core.features.store import describe_encoder
+from clotclf_core.models.inputs import InputSpec, input_spec, to_input
+from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.errors import ClotclfError, PluginError
 from clotclf_core.plugin_manager import get_manager
 
@@ -79,24 +82,15 @@ class Encoder:
         }
 
     def _autocast(self):
-        import contextlib
-
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, S, S, 3) on any device -> normalised float32 (B, 3, size, size) on the encoder's device."""
-        from clotclf_core.models.inputs import normalize
-
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = normalize(x, self.spec.mean, self.spec.std)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = torch.nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                                                antialias=True, align_corners=False)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        """uint8 (B, S, S, 3) on any device -> normalised float32 (B, 3, size, size) on the encoder's
+        device (channels-last on CUDA): :func:`clotclf_core.models.inputs.to_input`."""
+        return to_input(images, self.spec.mean, self.spec.std, self.device, channels_last=self.device.type == "cuda",
+                        size=self.input_size, nhwc=True)
 
     @torch.inference_mode()
     def forward_tensor(self, images: torch.Tensor) -> torch.Tensor:
@@ -130,8 +124,6 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
     ``tile_size``. ``seed`` seeds torch first, so an encoder without pretrained weights is the
     same random network every time (and its ``weights_sha256`` says so).
     """
-    from clotclf_core.models.runtime import pick_runtime
-
     rt = pick_runtime(device)
     mgr = get_manager()
     spec = mgr.get("backbone", backbone)
@@ -179,8 +171,6 @@ def _check_forward(enc: Encoder) -> None:
 def encoder_from_record(record: dict[str, Any], device: str = "auto") -> Encoder:
     """Rebuild the encoder a feature store (or a MIL run) recorded, and check that its weights are
     the recorded ones (a Hub repo whose weights changed since, say, is refused)."""
-    from clotclf_core.features.store import describe_encoder
-
     enc = build_encoder(record["backbone"], record.get("options") or {}, input_size=record.get("input_size"),
                         device=device, seed=int(record.get("seed", 0)))
     if enc.weights_sha256 != record.get("weights_sha256"):

@@ -1,26 +1,12 @@
-"""Models and their save / load as a run directory: ClotClassifier = Backbone plugin + Head plugin
-(tile level), or a :class:`clotclf_core.models.mil.MILClassifier` (an aggregator on bags of tiles),
-chosen by ``config.json``'s ``model.kind``.
+"""Building the model a :class:`~clotclf_core.models.config.ModelConfig` describes: its components
+found among the plugins (:func:`resolve_components`, options validated and resolved, who provides
+each recorded) and built (:func:`build_model`): a :class:`ClotClassifier` = Backbone plugin + Head
+plugin (tile level), or a :class:`clotclf_core.models.mil.MILClassifier` (an aggregator on bags of
+tiles), as the config's :attr:`~clotclf_core.models.config.ModelConfig.form` says.
 
-A run directory holds ``model.safetensors`` (weights only, with a few strings in
-``__metadata__``) and ``config.json`` (see docs/data-formats.md). What is saved describes itself:
-
-- ``model``: the **resolved** options of every component — the options model's defaults
-  included — so a plugin release that changes a default does not change an old run;
-- ``plugins``: the plugin, distribution and version of every component (and of the TileSet's
-  filters and source), so loading uses **the recorded provider**: a plugin installed later that
-  registers the same name can neither change nor break the run; a different installed version
-  is a warning, a missing one the exact ``pip install``;
-- ``weights_sha256``: loading refuses weights that changed after saving.
-
-Loading never downloads anything: options listed in a spec's ``rebuild_options`` (by default
-``pretrained=False``) are applied, since the saved weights replace whatever a factory loads. The
-model is built under a parameter budget taken from the safetensors header, so a config that
-describes a far larger model than its weights fails at once instead of exhausting memory;
-:func:`check_buildable` does the same check on the ``meta`` device (no memory at all) for a
-downloaded model. Only safetensors are ever loaded: nothing here unpickles anything.
-
-This module imports torch; the CLI imports it only inside the commands that need a model.
+A config from elsewhere can be built under a parameter budget (a config describing a far larger
+model than its weights stops while being built) or on the ``meta`` device (shapes only, no
+memory). Saving and loading a model as a run directory is :mod:`clotclf_core.models.saved`.
 """
 
 from __future__ import annotations
@@ -35,6 +21,7 @@ from torch import nn
 
 from clotclf_core.models.config import MODEL_KINDS, ModelConfig
 from clotclf_core.models.inputs import apply_to_model_config
+from clotclf_core.models.mil import build_mil
 from clotclf_core.plugin.errors import ModelLoadError, PluginError
 from clotclf_core.plugin.spec import ComponentSpec
 from clotclf_core.plugin_manager import get_manager
@@ -153,16 +140,14 @@ def build_model(cfg: ModelConfig, *, specs: dict[str, ComponentSpec] | None = No
     res = resolve_components(cfg, specs, rebuild)
     with _parameter_guard(param_budget, meta, what):
         backbone = _build_backbone(res) if "backbone" in res.specs else None
-        if res.config.kind == "mil":
-            from clotclf_core.models.mil import build_mil
-
+        if res.config.form.is_mil:
             model = build_mil(res.config, res.specs, res.options, backbone)
         else:
             hspec = res.specs["head"]
             head = hspec.factory(res.options["head"], backbone.num_features, res.config.num_classes)
             model = ClotClassifier(backbone, head, res.config)
     model.plugins = res.provenance
-    if res.config.encoder is not None:  # the frozen encoder of a MIL model's features: recorded, not built
+    if res.config.form.on_features:  # the frozen encoder of a MIL model's features: recorded, not built
         enc = res.config.encoder.model_dump(mode="json")
         model.plugins["encoder"] = {"name": enc["backbone"], **{k: enc[k] for k in ("plugin", "distribution", "version")
                                                                  if isinstance(enc.get(k), str)}}
@@ -211,11 +196,3 @@ class ClotClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-
-# ----------------------------------------------------------------------------- save
-
-
-# ----------------------------------------------------------------------------- load
-
-

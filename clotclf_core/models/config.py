@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clotclf_core.config import StrictModel
+from clotclf_core.models.form import ModelForm
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.plugin.protocols import IMAGENET_MEAN, IMAGENET_STD
 from clotclf_core.plugin.spec import format_validation_error
@@ -34,7 +35,7 @@ MODEL_KINDS: tuple[str, ...] = ("backbone", "head", "aggregator")
 
 #: what a model is: ``tile`` (backbone + head, one tile in, one prediction out) or ``mil`` (an
 #: aggregator pooling a bag of tiles into one slide prediction, on features of a frozen encoder
-#: recorded in ``encoder``, or end to end behind a trained backbone)
+#: recorded in ``encoder``, or end to end behind a trained backbone); code asks :attr:`ModelConfig.form`
 ModelKind = Literal["tile", "mil"]
 
 
@@ -162,15 +163,20 @@ class ModelConfig(StrictModel):
         return len(self.labels)
 
     @property
+    def form(self) -> ModelForm:
+        """Tile-level, MIL on features (an ``encoder`` is recorded) or MIL end to end (:mod:`clotclf_core.models.form`)."""
+        return ModelForm.of(self.kind == "mil", self.encoder is not None)
+
+    @property
     def components(self) -> dict[str, str]:
         """``{kind: name}`` of the components this model is built from (``backbone``, ``head``, ``aggregator``)."""
         return {k: getattr(self, k) for k in MODEL_KINDS if getattr(self, k)}
 
     def describe(self) -> str:
         """``cct + linear``, ``abmil on timm features``, ``cct + abmil (end to end)``: one short phrase."""
-        if self.kind == "tile":
+        if self.form is ModelForm.TILE:
             return f"{self.backbone} + {self.head}"
-        if self.encoder is not None:
+        if self.form is ModelForm.MIL_ON_FEATURES:
             return f"{self.aggregator} on {self.encoder.backbone} features"
         return f"{self.backbone} + {self.aggregator} (end to end)"
 

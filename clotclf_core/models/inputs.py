@@ -10,14 +10,18 @@ building (:func:`apply_to_model_config`, so the values land in the run's ``confi
 ``clotclf embed`` (recorded in ``features.json``). A backbone that declares nothing gets the
 ImageNet mean / std and no input size of its own (the TileSet's tile size is used).
 
-No torch here: the module only reads attributes.
+:func:`to_input` is the one path from uint8 tiles to a backbone's input (to the device,
+:func:`normalize`, resized, channels-last): training, scoring, embedding and predicting use it.
+
+No torch at import: the module is read while options are checked (torch is imported inside the two
+functions that make tensors).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from clotclf_core.models.config import ModelConfig
 from clotclf_core.plugin.errors import PluginError
@@ -25,7 +29,6 @@ from clotclf_core.plugin.protocols import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,6 @@ class InputSpec:
     input_size: int | None = None
     #: where the values come from: ``"backbone"`` (declared by the module) or ``"default"`` (ImageNet)
     source: str = "default"
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
 
 
 def _triple(value: Any, what: str, name: str) -> tuple[float, float, float]:
@@ -116,3 +114,21 @@ def normalize(images: "torch.Tensor", mean: Sequence[float], std: Sequence[float
     m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     return (images.float() - m) / s
+
+
+def to_input(images: "torch.Tensor", mean: Sequence[float], std: Sequence[float], device: "torch.device", *,
+             channels_last: bool = False, size: int | None = None, nhwc: bool = False) -> "torch.Tensor":
+    """uint8 tiles -> what a backbone takes: float32 (B, 3, S, S) on ``device``, normalised (:func:`normalize`),
+    resized to ``size`` (bilinear, antialiased) when given and the tiles are another size,
+    channels-last in memory on request. ``nhwc``: the tiles come as (B, H, W, 3) (``TileSet.pixels``),
+    not (B, 3, H, W) (the loaders'). The one path from pixels to a backbone: training, scoring,
+    ``clotclf embed`` and ``clotclf predict`` all go through it."""
+    import torch  # this module is read while options are checked, before any tensor exists
+
+    x = images.to(device, non_blocking=True)
+    if nhwc:
+        x = x.permute(0, 3, 1, 2)
+    x = normalize(x, mean, std)
+    if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

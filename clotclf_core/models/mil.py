@@ -14,7 +14,7 @@
 Either way the mask (B, N) says which positions are real tiles; padded positions are never fed
 to the backbone (so BatchNorm statistics never see them) and get zero attention.
 
-Imports torch; :mod:`clotclf_core.models.build` builds it (``build_model`` dispatches on ``kind``).
+Imports torch; :mod:`clotclf_core.models.build` builds it (``build_model`` asks the config's ``form``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ class MILClassifier(nn.Module):
 
     def __init__(self, aggregator: nn.Module, config: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
-        if backbone is not None:
-            self.backbone = backbone
-        else:
-            self.backbone = None
+        self.backbone = backbone
         self.aggregator = aggregator
         self.config = config
         #: which plugin / distribution / version provided each component (saved in config.json)
@@ -50,10 +47,6 @@ class MILClassifier(nn.Module):
     @property
     def has_attention(self) -> bool:
         return bool(getattr(self.aggregator, "has_attention", False))
-
-    @property
-    def end_to_end(self) -> bool:
-        return self.backbone is not None
 
     def tile_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised tile images (n, 3, S, S) -> features (n, F) (end to end only)."""
@@ -83,12 +76,10 @@ class MILClassifier(nn.Module):
 
 def build_mil(cfg: ModelConfig, specs: dict[str, Any], options: dict[str, Any], backbone: nn.Module | None) -> MILClassifier:
     """The MIL model of ``cfg`` from resolved components (``backbone`` already built, or None on features)."""
-    if backbone is not None:
-        in_features = getattr(backbone, "num_features", None)
-    else:
-        in_features = cfg.encoder.num_features if cfg.encoder is not None else None
+    on_features = cfg.form.on_features
+    in_features = cfg.encoder.num_features if on_features else getattr(backbone, "num_features", None)
     if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features <= 0:
-        raise PluginError(f"the MIL model's {'backbone' if backbone is not None else 'encoder'} has no positive "
+        raise PluginError(f"the MIL model's {'encoder' if on_features else 'backbone'} has no positive "
                           "integer num_features to size the aggregator with")
     aggregator = build_aggregator(cfg.aggregator, options["aggregator"], in_features, cfg.num_classes,
                                   spec=specs["aggregator"])

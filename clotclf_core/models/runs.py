@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from clotclf_core.inputs import why_unusable
 from clotclf_core.models.config import MODEL_KINDS
 from clotclf_core.plugin.errors import ModelLoadError, printable, warn
 from clotclf_core.plugin.weights import CONFIG_NAME, read_run_config
@@ -52,8 +53,6 @@ def resolve_run_dir(ref: str | Path) -> Path:
     resolved = mgr.resolve_model(str(ref))
     if resolved is not None:
         return Path(resolved)
-    from clotclf_core.inputs import why_unusable
-
     why = why_unusable(p) or ("is a file, not a run directory" if p.exists() else "does not exist")
     if mgr.pm.hook.clotclf_resolve_model.get_hookimpls():  # a resolver (the registry) is installed: it did not know it
         hint = ("give the path of a run directory (from `clotclf train`), or a registry name such as org/name[@revision] "

@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from clotclf_core.models.inputs import to_input
 from clotclf_core.plugin.device import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made
@@ -37,13 +38,9 @@ class Runtime:
         return contextlib.nullcontext()
 
     def to_input(self, images: "torch.Tensor", mean, std) -> "torch.Tensor":
-        """uint8 batch from the loader -> normalised float on the device (channels-last on request)."""
-        import torch
-
-        from clotclf_core.models.inputs import normalize
-
-        x = normalize(images.to(self.device, non_blocking=True), mean, std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """uint8 (B, 3, H, W) batch from the loader -> normalised float on the device (channels-last
+        on request): :func:`clotclf_core.models.inputs.to_input`."""
+        return to_input(images, mean, std, self.device, channels_last=self.channels_last)
 
     def place(self, model):
         """``model`` on this device (and channels-last when asked); returns it."""

@@ -76,12 +76,6 @@ def save_model(model: nn.Module, run_dir: str | Path, extra: dict[str, Any] | No
     return run_dir
 
 
-def check_plugins(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
-    """Each component ``config`` names must be installed from the recorded distribution; otherwise
-    one error saying what to install (:func:`clotclf_core.models.runs.check_requirements`)."""
-    return check_requirements(config, source)
-
-
 def parameter_budget(header: dict[str, Any]) -> int:
     """How many parameters a config may describe for weights with ``header``: twice theirs plus
     16M, so a small mismatch is reported by name and shape (strict loading), and an absurd one
@@ -90,8 +84,8 @@ def parameter_budget(header: dict[str, Any]) -> int:
 
 
 def _recorded_specs(config: dict[str, Any], label: str) -> tuple[dict[str, ComponentSpec], str]:
-    """The providers the run records (after :func:`check_plugins`), and a hint for messages when
-    an installed version differs from the recorded one."""
+    """The providers the run records (after :func:`~clotclf_core.models.runs.check_requirements`), and
+    a hint for messages when an installed version differs from the recorded one."""
     mgr = get_manager()
     recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}
     specs, differ = {}, []
@@ -100,7 +94,7 @@ def _recorded_specs(config: dict[str, Any], label: str) -> tuple[dict[str, Compo
         if not name:
             continue
         row = mgr.requirement(kind, str(name), recorded.get(kind))
-        if row["spec"] is None:  # pragma: no cover - check_plugins raised already
+        if row["spec"] is None:  # pragma: no cover - check_requirements raised already
             raise ModelLoadError(f"model '{label}' needs {kind} '{printable(name)}': {row['fix']}")
         specs[kind] = row["spec"]
         if row["state"] == "version differs":
@@ -153,7 +147,7 @@ def load_model(run_dir: str | Path) -> nn.Module:
     config, weights = _read_run(run_dir)
     check_weights_hash(config, weights)
     cfg = _model_config(config, run_dir)
-    check_plugins(config, str(run_dir))
+    check_requirements(config, str(run_dir))
     specs, hint = _recorded_specs(config, str(run_dir))
     header = read_safetensors_header(weights)
     model = _build_saved(cfg, specs, header, run_dir, hint, meta=False)
@@ -171,7 +165,7 @@ def check_buildable(run_dir: str | Path) -> dict[str, Any]:
     config, weights = _read_run(run_dir)
     check_weights_hash(config, weights)
     cfg = _model_config(config, run_dir)
-    rows = check_plugins(config, str(run_dir))
+    rows = check_requirements(config, str(run_dir))
     specs, hint = _recorded_specs(config, str(run_dir))
     header = read_safetensors_header(weights)
     model = _build_saved(cfg, specs, header, run_dir, hint, meta=True)

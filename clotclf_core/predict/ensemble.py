@@ -23,8 +23,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
+from clotclf_core.features.bags import Slides
+from clotclf_core.features.embed import embed_bags
+from clotclf_core.features.encoder import encoder_from_record
+from clotclf_core.models.aggregate import require_attention
+from clotclf_core.models.form import ModelForm
+from clotclf_core.models.runs import read_config, resolve_run_dir
+from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import write_guard
+from clotclf_core.scoring import metrics
+from clotclf_core.scoring.inference import score_bags, score_tiles
 
 
 class PredictError(ClotclfError):
@@ -45,12 +56,12 @@ class LoadedModel:
         return list(self.model.config.labels)
 
     @property
-    def kind(self) -> str:
-        return self.model.config.kind
+    def form(self) -> ModelForm:
+        return self.model.config.form
 
     @property
     def has_attention(self) -> bool:
-        return self.kind == "mil" and bool(getattr(self.model, "has_attention", False))
+        return self.form.is_mil and bool(getattr(self.model, "has_attention", False))
 
 
 @dataclass
@@ -69,9 +80,6 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
     """Load every ``--model`` (run directory or registry name), with its ensemble weight; a MIL model
     on features gets its encoder rebuilt and checked now. ``attention``: attention heatmaps were
     asked for, so some model must have attention (else one clear refusal)."""
-    from clotclf_core.models.runs import read_config, resolve_run_dir
-    from clotclf_core.models.saved import load_model
-
     if not refs:
         raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
     if weights and len(weights) != len(refs):
@@ -100,10 +108,8 @@ def check_attention(loaded: list[LoadedModel]) -> None:
     """Attention heatmaps need a model with attention weights: one clear line otherwise."""
     if any(m.has_attention for m in loaded):
         return
-    mil = [m for m in loaded if m.kind == "mil"]
+    mil = [m for m in loaded if m.form.is_mil]
     if mil:
-        from clotclf_core.models.aggregate import require_attention
-
         try:
             require_attention(mil[0].model.aggregator)
         except ClotclfError as exc:
@@ -116,15 +122,12 @@ def check_attention(loaded: list[LoadedModel]) -> None:
 
 
 def _attach_encoders(loaded: list[LoadedModel], device: str) -> None:
-    """Rebuild each MIL model's frozen encoder from its record (once per distinct encoder)."""
-    from clotclf_core.features.encoder import encoder_from_record
-
+    """Rebuild the frozen encoder of each MIL model on features from its record (once per distinct encoder)."""
     built: dict[str, Any] = {}
     for m in loaded:
-        enc = m.model.config.encoder
-        if enc is None:
+        if not m.form.on_features:
             continue
-        record = enc.model_dump(mode="json")
+        record = m.model.config.encoder.model_dump(mode="json")
         if record["weights_sha256"] not in built:
             try:
                 built[record["weights_sha256"]] = encoder_from_record(record, device)
@@ -141,13 +144,9 @@ def features_dir(out: Path, recipe: str, m: LoadedModel) -> Path:
 def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
                  details: bool, patient_of: dict[str, str]) -> MemberScores:
     """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job)."""
-    from clotclf_core.scoring import metrics
-
     labels = m.labels
     rt.place(m.model)
-    if m.kind != "mil":
-        from clotclf_core.scoring.inference import score_tiles
-
+    if not m.form.is_mil:
         frame, probs = score_tiles(m.model, ts, np.arange(len(ts)), batch_size, workers, rt, progress, f"predict {m.ref}")
         slides = metrics.aggregate(frame.assign(label=""), probs, labels, "slide")
         res = MemberScores(slides[["image_id", *[f"p_{n}" for n in labels], "n_tiles"]])
@@ -162,21 +161,11 @@ def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, wo
 
 def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
                details: bool, patient_of: dict[str, str]) -> MemberScores:
-    import pandas as pd
-
-    from clotclf_core.features.bags import FeatureBags, Slides
-    from clotclf_core.scoring.inference import score_bags
-
     data = ts
-    if m.encoder is not None:  # features of the model's own encoder, made once per recipe and encoder
-        from clotclf_core.features.embed import embed_tileset
-        from clotclf_core.features.store import FeatureStore
-        from clotclf_core.plugin.io import write_guard
-
+    if m.form.on_features:  # features of the model's own encoder, made once per recipe and encoder
         where = features_dir(out, recipe, m)
         with write_guard("the features of the tiles", where, after="run the same command again (finished slides are kept)"):
-            embed_tileset(ts.root, where, m.encoder.backbone, encoder=m.encoder, batch_size=batch_size, progress=progress)
-        data = FeatureBags(FeatureStore(where))
+            data = embed_bags(ts.root, where, m.encoder, batch_size=batch_size, progress=progress)
         keep = data.index["image_id"].isin(set(ts.index["image_id"]))
         data.index = data.index[keep].reset_index(drop=True)
         data.index["patient_id"] = data.index["image_id"].map(patient_of)

@@ -32,21 +32,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
-from clotclf_core.plugin.io import write_json, write_text
+from clotclf_core.models.runtime import pick_runtime
+from clotclf_core.plugin.io import write_guard, write_json, write_text
 from clotclf_core.predict.ensemble import LoadedModel, MemberScores, PredictError, load_models, score_member
 from clotclf_core.predict.submission import NO_TILE_NOTE, job_of, round_rows
+from clotclf_core.scoring import metrics
+from clotclf_core.scoring.plots import plot_attention_heatmap, plot_heatmap
+from clotclf_core.slides.open import find_slide, open_slide
+from clotclf_core.tiling.run import tile_slides
+from clotclf_core.tiling.settings import TileSettings
+from clotclf_core.tiling.tileset import TileSet
 
 
 def _tiling_of(m: LoadedModel) -> dict[str, Any]:
     """The tiling settings, filters and source a model was trained with (config.json's ``tileset``)."""
-    from clotclf_core.tiling.settings import TileSettings
-
     recorded = dict((m.config.get("tileset") or {}).get("settings") or {})
     if not recorded:
         raise PredictError(
@@ -97,13 +105,6 @@ def predict(
     ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3). ``attention``: the
     heatmaps must show attention weights (refused at once unless some model has them; without it,
     a model with attention adds its attention panel anyway)."""
-    import pandas as pd
-
-    from clotclf_core.models.runtime import pick_runtime
-    from clotclf_core.plugin.io import write_guard
-    from clotclf_core.tiling.run import tile_slides
-    from clotclf_core.tiling.tileset import TileSet
-
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -213,7 +214,7 @@ def predict(
 
     summary: dict[str, Any] = {
         "out": str(out),
-        "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4), "kind": m.kind,
+        "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4), "kind": m.form.kind,
                     "model": m.model.config.describe()} for m in loaded],
         "labels": labels,
         "patient_ids_from": job.patients_from,
@@ -249,8 +250,6 @@ def predict(
 
 def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
     """Slide- and patient-level metrics, on the patients the models never trained on first."""
-    from clotclf_core.scoring import metrics
-
     res: dict[str, Any] = {}
     unseen = patients[patients["in_model_split"] != "train"]
     seen = int((patients["in_model_split"] == "train").sum())
@@ -279,11 +278,6 @@ def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
 
 def _check_writable(out: Path) -> None:
     """Fail on a read-only or forbidden --out before minutes of tiling."""
-    import os
-    import tempfile
-
-    from clotclf_core.plugin.io import write_guard
-
     if out.exists() and not out.is_dir():
         raise PredictError(f"--out '{out}' is a file, not a folder: choose a folder for the predictions")
     with write_guard("the predictions", out):
@@ -298,7 +292,7 @@ def _heatmap_sources(scored: list[tuple[LoadedModel, Any, MemberScores]]) -> tup
     tile-level members of the first tiling recipe that has any, else the first MIL member's per-tile
     probabilities — and (positions, attention) of the first model with attention."""
     probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    tile_level = [(m, ts, r) for m, ts, r in scored if m.kind != "mil"]
+    tile_level = [(m, ts, r) for m, ts, r in scored if not m.form.is_mil]
     if tile_level:
         first_ts = tile_level[0][1]
         same = [(m, r) for m, ts, r in tile_level if ts is first_ts]
@@ -323,9 +317,6 @@ def _heatmaps(scored: list[tuple[LoadedModel, Any, MemberScores]], labels: list[
               slides_dir: str | Path) -> list[str]:
     """One PNG per slide: P(second label) of each tile over the slide thumbnail, and beside it the
     attention weight of each tile when a model of the ensemble has attention."""
-    from clotclf_core.scoring.plots import plot_attention_heatmap, plot_heatmap
-    from clotclf_core.slides.open import find_slide, open_slide
-
     target = labels[-1]
     col = labels.index(target)
     probs, attention, attention_of = _heatmap_sources(scored)

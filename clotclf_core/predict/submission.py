@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clotclf_core.inputs import check_folder
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.slides.manifest import manifest_from_files, read_manifest
+from clotclf_core.tiling.run import find_slides
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -69,10 +72,6 @@ def patients_of(ids: list[str], given: dict[str, str], slide_is_patient: bool, w
 def job_of(slides_dir: str | Path, manifest: str | Path | None, labels: list[str], slide_is_patient: bool) -> Job:
     """The image_ids this prediction is about (the manifest's rows, or every slide file in the
     folder), each with its patient (:func:`patients_of`) and label."""
-    from clotclf_core.inputs import check_folder
-    from clotclf_core.slides.manifest import manifest_from_files, read_manifest
-    from clotclf_core.tiling.run import find_slides
-
     if manifest is not None:
         try:
             df = read_manifest(manifest, labels=labels, require_labels=False)

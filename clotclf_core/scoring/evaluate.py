@@ -17,31 +17,36 @@ into place), so a full disk leaves the previous results or none, never some.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from clotclf_core.features.bags import FeatureBags, Slides
+from clotclf_core.features.embed import embed_bags
+from clotclf_core.features.encoder import encoder_from_record
+from clotclf_core.features.store import FeatureStore, check_encoder, check_matches_tileset
+from clotclf_core.models.form import ModelForm
+from clotclf_core.models.runs import read_config, resolve_run_dir
+from clotclf_core.models.runtime import pick_runtime
+from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.plugin.io import write_text
+from clotclf_core.plugin.io import staged_dir, write_guard, write_text
+from clotclf_core.scoring import metrics, plots
+from clotclf_core.scoring.headline import headline
+from clotclf_core.scoring.inference import score_bags, score_tiles
+from clotclf_core.tiling.tileset import open_tileset, tileset_is_synthetic
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-Subset = Literal["unseen", "val", "test", "all"]
-
-# inference (Runtime, loaders, batched probabilities) lives in clotclf_core.scoring.inference; the names
-# stay importable from here
-from clotclf_core.models.runtime import pick_runtime  # noqa: E402
 
 # ----------------------------------------------------------------------------- metrics
 
 
 def patient_loss(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str], weighted: bool = False) -> float:
     """Log loss of the patient-level probabilities (mean of slide means): early stopping's measure."""
-    from clotclf_core.scoring import metrics
-
     table = metrics.aggregate(df, probs, labels, "patient")
     y = metrics.class_indices(table["label"], labels)
     p = table[[f"p_{name}" for name in labels]].to_numpy()
@@ -50,15 +55,11 @@ def patient_loss(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str], w
 
 def score(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Metrics at tile, slide and patient level (``metrics.evaluate``)."""
-    from clotclf_core.scoring import metrics
-
     return metrics.evaluate(df, probs, labels)
 
 
 def score_slides(df: "pd.DataFrame", probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Metrics at slide and patient level of slide predictions (one row per slide: a MIL model's)."""
-    from clotclf_core.scoring import metrics
-
     levels = metrics.evaluate(df, probs, labels)  # its "tile" level is the slide rows themselves
     return {"slide": levels["slide"], "patient": levels["patient"]}
 
@@ -77,8 +78,6 @@ def write_pictures(out_dir: Path, df: "pd.DataFrame", probs: np.ndarray, labels:
                    result: dict[str, Any], name: str) -> list[str]:
     """Confusion matrices (tile — slide for a MIL model, which has no tile level — and patient level)
     and the patient-level ROC curve, in ``out_dir/plots``."""
-    from clotclf_core.scoring import metrics, plots
-
     plots_dir = out_dir / "plots"
     written = []
     for level in ("tile" if "tile" in result else "slide", "patient"):
@@ -172,13 +171,6 @@ def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, pat
     own; the headline is the most honest group present, never a pool of validation (used for
     early stopping) and test patients. A MIL model is scored per slide (every tile of it in one
     bag): slide and patient level, no tile level."""
-    import tempfile
-
-    from clotclf_core.models.runs import read_config, resolve_run_dir
-    from clotclf_core.models.saved import load_model
-    from clotclf_core.plugin.io import write_guard
-    from clotclf_core.tiling.tileset import open_tileset
-
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
     if workers < 0:
@@ -192,27 +184,53 @@ def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, pat
         )
     config = read_config(run_dir)
     model = load_model(run_dir)
-    mil = model.config.kind == "mil"
-    if not mil and tiles is None:
+    form = model.config.form
+    if not form.is_mil and tiles is None:
         raise ClotclfError(f"'{run_dir}' is a tile-level model: give --tiles (a TileSet from `clotclf tile`)"
                            + ("; --features is for multiple-instance models" if features else ""))
-    if not mil and features is not None:
+    if not form.is_mil and features is not None:
         raise ClotclfError(f"'{run_dir}' is a tile-level model, which scores tiles, not a feature store: drop --features")
     where = str(features or tiles)
     out_dir = Path(out) if out else run_dir / f"eval-{Path(where).resolve().name}"
-    if not mil:
-        ts = open_tileset(tiles, "--tiles")
-        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
-    from clotclf_core.features.bags import data_for_model
+    if form.on_features and features is None:  # the tiles, embedded with the model's own encoder
+        with write_guard("the features of the tiles (a temporary feature store)", out_dir.resolve().parent):
+            scratch_parent = _scratch_parent(out_dir)
+        with tempfile.TemporaryDirectory(prefix=".clotclf-embed-", dir=scratch_parent) as scratch:  # removed afterwards
+            data = _embedded_tiles(model, str(run_dir), tiles, Path(scratch) / "features", device, progress)
+            return _evaluate(run_dir, config, model, data, where, out_dir, patients, batch_size, workers, device, progress)
+    data = _data_for_model(model, str(run_dir), tiles, features)
+    return _evaluate(run_dir, config, model, data, where, out_dir, patients, batch_size, workers, device, progress)
 
-    if features is not None or model.config.encoder is None:
-        ts = data_for_model(model, str(run_dir), tiles, features, None, device, progress)
-        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
-    with write_guard("the features of the tiles (a temporary feature store)", out_dir.resolve().parent):
-        scratch_parent = _scratch_parent(out_dir)
-    with tempfile.TemporaryDirectory(prefix=".clotclf-embed-", dir=scratch_parent) as scratch:  # removed afterwards
-        ts = data_for_model(model, str(run_dir), tiles, None, Path(scratch) / "features", device, progress)
-        return _evaluate(run_dir, config, model, ts, where, out_dir, patients, batch_size, workers, device, progress)
+
+def _data_for_model(model, ref: str, tiles: str | None, features: str | None) -> Any:
+    """What ``model`` scores, as given: a TileSet (a tile-level model, or MIL end to end) or a feature
+    store of a MIL model's own encoder (``--features``, checked: another encoder is refused, naming
+    both; with ``--tiles`` too, checked to be that TileSet's)."""
+    form = model.config.form
+    if form is ModelForm.MIL_END_TO_END:  # the model's own backbone reads the tiles
+        if features is not None:
+            raise ClotclfError(f"model '{ref}' was trained end to end on tiles (backbone {model.config.backbone}), so it "
+                               "does not take a feature store: give --tiles instead of --features")
+        if tiles is None:
+            raise ClotclfError(f"model '{ref}' scores tiles: give --tiles (a TileSet from `clotclf tile`)")
+    if not form.on_features:
+        return open_tileset(tiles, "--tiles")
+    store = FeatureStore(features)
+    check_encoder(store, model.config.encoder.model_dump(mode="json"), f"the model '{ref}'")
+    if tiles is not None:
+        check_matches_tileset(store, open_tileset(tiles, "--tiles"), tiles)
+    return FeatureBags(store)
+
+
+def _embedded_tiles(model, ref: str, tiles: str | None, out: Path, device: str, progress: bool) -> FeatureBags:
+    """A MIL model on features given a TileSet: its tiles embedded into ``out`` with the encoder rebuilt
+    from the model's record (its weights checked against the recorded sha256), as bags."""
+    if tiles is None:
+        raise ClotclfError(f"model '{ref}' scores features of its encoder: give --features (a feature store made with "
+                           "that encoder) or --tiles (embedded with it first)")
+    open_tileset(tiles, "--tiles")  # a clear error for what is not a TileSet, before the encoder is built
+    encoder = encoder_from_record(model.config.encoder.model_dump(mode="json"), device)
+    return embed_bags(tiles, out, encoder, progress=progress)
 
 
 def _scratch_parent(out_dir: Path) -> str:
@@ -224,12 +242,8 @@ def _scratch_parent(out_dir: Path) -> str:
 
 def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_dir: Path, patients: str,
               batch_size: int, workers: int, device: str, progress: bool) -> dict[str, Any]:
-    from clotclf_core.plugin.io import staged_dir, write_guard
-    from clotclf_core.scoring.headline import headline
-    from clotclf_core.scoring.inference import score_bags, score_tiles
-    from clotclf_core.tiling.tileset import tileset_is_synthetic
-
-    mil = model.config.kind == "mil"
+    form = model.config.form
+    mil = form.is_mil
     labels = model.labels
     _check_labels(labels, ts.index, where)
     notes = []
@@ -251,8 +265,6 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
     t0 = time.perf_counter()
     rows = subset_df.index.to_numpy()
     if mil:
-        from clotclf_core.features.bags import Slides
-
         slides = Slides(ts.index, [], labels, rows=rows)
         df, scores = score_bags(model, ts, slides, batch_size, workers, rt, progress, "evaluate")
         probs, scorer = scores.probs, score_slides
@@ -272,7 +284,7 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
     n_tiles = int(df["n_tiles"].sum()) if mil else int(len(df))
     report = {
         "run": str(run_dir),
-        ("features" if hasattr(ts, "features") else "tileset"): str(Path(ts.root).resolve()),
+        ("features" if form.on_features else "tileset"): str(Path(ts.root).resolve()),
         **info,
         "n_tiles": n_tiles,
         **({"n_slides": int(len(df))} if mil else {}),

@@ -13,19 +13,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
+from clotclf_core.features.bags import pad_to
+from clotclf_core.models.aggregate import run_aggregator
+from clotclf_core.models.config import ModelConfig
 from clotclf_core.models.runtime import Runtime
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.progress import bar
+from clotclf_core.tiling.dataset import ShardSampler, TileDataset, build_transform, make_loader
 
 if TYPE_CHECKING:  # pragma: no cover
-
     from clotclf_core.tiling.tileset import TileSet
 
 
 def eval_loader(dataset, batch_size: int, workers: int, rt: Runtime):
     """A loader over this rank's share of ``dataset`` (in order) and the positions it covers."""
-    from clotclf_core.tiling.dataset import ShardSampler, make_loader
-
     sampler = ShardSampler(len(dataset), rt.rank, rt.world_size)
     loader = make_loader(dataset, sampler, batch_size, workers, pin_memory=rt.device.type == "cuda")
     return loader, np.asarray(sampler.positions, dtype=np.int64)
@@ -35,10 +39,6 @@ def predict_probs(model, loader, positions: np.ndarray, n: int, rt: Runtime, pro
                   desc: str = "predict") -> np.ndarray:
     """Softmax probabilities (n, C) for every position of the dataset; under DDP each rank scores
     its share and the shares are gathered, so every rank returns the full array."""
-    import torch
-
-    from clotclf_core.progress import bar
-
     cfg = model.config
     was_training = model.training
     model.eval()
@@ -58,8 +58,6 @@ def gather_rows(rt: Runtime, positions: np.ndarray, mine: np.ndarray, n: int) ->
     """Under DDP each rank computed the rows ``positions`` of an (n, …) array: every rank gets all of it."""
     if not rt.distributed:
         return mine
-    import torch.distributed as dist
-
     # numpy arrays, gathered as objects: on CUDA the process group has a gloo backend for CPU data
     # beside NCCL (clotclf_core.training.distributed.init_distributed), so this never needs a GPU copy
     shares: list[Any] = [None] * rt.world_size
@@ -80,8 +78,6 @@ class TileScorer:
 
     def __init__(self, tileset: "TileSet", rows: Sequence[int], labels: list[str], input_size: int,
                  batch_size: int, workers: int, rt: Runtime):
-        from clotclf_core.tiling.dataset import TileDataset, build_transform
-
         if batch_size < 1:
             raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
         self.rt = rt
@@ -120,23 +116,22 @@ class BagScores:
 class BagScorer:
     """Scores slides (:class:`clotclf_core.features.bags.Slides`, every tile of each) with a MIL model.
 
-    ``data`` is a :class:`clotclf_core.features.bags.FeatureBags` (the bags are its stored features) or a
-    TileSet (end to end: every tile goes through the model's backbone once, in batches of
-    ``batch_size`` tiles, sharded over DDP ranks, then each slide's features are pooled).
-    ``frame`` has one row per slide (image_id, patient_id, center_id, label, n_tiles)."""
+    ``config`` is the model's: on features (its :attr:`~clotclf_core.models.config.ModelConfig.form`),
+    ``data`` is a :class:`clotclf_core.features.bags.FeatureBags` (the bags are its stored features);
+    end to end a TileSet (every tile goes through the model's backbone once, at the model's input
+    size, in batches of ``batch_size`` tiles, sharded over DDP ranks, then each slide's features are
+    pooled). ``frame`` has one row per slide (image_id, patient_id, center_id, label, n_tiles)."""
 
-    def __init__(self, data: Any, slides: Any, batch_size: int, workers: int, rt: Runtime, input_size: int | None = None):
+    def __init__(self, data: Any, slides: Any, batch_size: int, workers: int, rt: Runtime, config: ModelConfig):
         if batch_size < 1:
             raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
         self.data, self.slides, self.batch_size, self.workers, self.rt = data, slides, batch_size, workers, rt
         self.frame = slides.frame
-        self.features_mode = hasattr(data, "features")
+        self.on_features = config.form.on_features
         self._loader = None
-        if not self.features_mode:
-            from clotclf_core.tiling.dataset import TileDataset, build_transform
-
+        if not self.on_features:
             rows = np.concatenate(slides.rows) if len(slides) else np.zeros(0, dtype=np.int64)
-            size = int(input_size or data.tile_size)
+            size = int(config.input_size)
             self.dataset = TileDataset(data, rows, [], build_transform(size, data.tile_size, None))
             self._loader, self._positions = eval_loader(self.dataset, batch_size, workers, rt)
 
@@ -145,10 +140,6 @@ class BagScorer:
 
     def _tile_features(self, model, progress: bool, desc: str) -> list[np.ndarray]:
         """End to end: every tile's backbone features, split per slide."""
-        import torch
-
-        from clotclf_core.progress import bar
-
         cfg = model.config
         chunks = []
         with torch.inference_mode():
@@ -168,15 +159,10 @@ class BagScorer:
 
     def score(self, model, progress: bool = False, desc: str = "predict", details: bool = False) -> BagScores:
         """Probabilities of every slide (and, with ``details``, attention and per-tile probabilities)."""
-        import torch
-
-        from clotclf_core.features.bags import pad_to
-        from clotclf_core.progress import bar
-
         was_training = model.training
         model.eval()
         n = len(self.slides)
-        feats = self._tile_features(model, progress, desc) if not self.features_mode else None
+        feats = None if self.on_features else self._tile_features(model, progress, desc)
         get = (lambda i: feats[i]) if feats is not None else self._stored_features
         order = np.argsort([len(r) for r in self.slides.rows], kind="stable")  # similar lengths pad little
         probs = np.zeros((n, model.config.num_classes), dtype=np.float32)
@@ -210,13 +196,11 @@ class BagScorer:
 
 def _pool(model, bags, mask):
     """The aggregator of a MIL model on (B, N, F) features (the backbone, if any, already applied)."""
-    from clotclf_core.models.aggregate import run_aggregator
-
     return run_aggregator(model.aggregator, bags, mask, return_attention=True)
 
 
 def score_bags(model, data: Any, slides: Any, batch_size: int, workers: int, rt: Runtime, progress: bool = False,
                desc: str = "predict", details: bool = False) -> tuple["Any", BagScores]:
     """(one row per slide, :class:`BagScores`) of ``slides`` under the MIL ``model``: :class:`BagScorer`, once."""
-    scorer = BagScorer(data, slides, batch_size, workers, rt, model.config.input_size)
+    scorer = BagScorer(data, slides, batch_size, workers, rt, model.config)
     return scorer.frame, scorer.score(model, progress, desc, details)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import write_bytes, write_guard
+from clotclf_core.plugin.weights import check_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -72,8 +73,6 @@ def write_weights(path: Path, model, epoch: int) -> None:
 def read_checkpoint(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(model state, optimizer state_dict, trainer state, raw metadata) of a :func:`write_checkpoint` file."""
     from safetensors import safe_open
-
-    from clotclf_core.plugin.weights import check_safetensors
 
     check_safetensors(path)
     try:

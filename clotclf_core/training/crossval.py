@@ -11,7 +11,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
+from clotclf_core.models.runs import read_config
 from clotclf_core.plugin.io import write_guard, write_json, write_text
+from clotclf_core.scoring import metrics
+from clotclf_core.scoring.evaluate import predictions_frame, write_pictures
 from clotclf_core.scoring.headline import VAL_NOTE, headline
 from clotclf_core.training.checkpoints import RESUME_HINT
 from clotclf_core.training.distributed import barrier
@@ -21,9 +27,9 @@ from clotclf_core.training.settings import settings_dict
 if TYPE_CHECKING:  # pragma: no cover
     from clotclf_core.models.runtime import Runtime
     from clotclf_core.tiling.tileset import TileSet
+    from clotclf_core.training.kinds import TrainingKind
     from clotclf_core.training.settings import TrainSettings
     from clotclf_core.training.splits import Split
-    from clotclf_core.training.tiles import TrainingKind
 
 
 def reload_fold(s: "TrainSettings", ts: "TileSet", split: "Split", k: int, fold_dir: Path, rt: "Runtime",
@@ -37,12 +43,6 @@ def reload_fold(s: "TrainSettings", ts: "TileSet", split: "Split", k: int, fold_
 
 def cross_validate(s: "TrainSettings", run_dir: Path, split: "Split", results: list[dict[str, Any]], labels: list[str],
                    rt: "Runtime", records: dict[str, Any], kind: "TrainingKind") -> dict[str, Any]:
-    import numpy as np
-    import pandas as pd
-
-    from clotclf_core.scoring import metrics
-    from clotclf_core.scoring.evaluate import predictions_frame, write_pictures
-
     oof_frame = pd.concat([r["_val"].frame for r in results], ignore_index=True)
     oof_probs = np.concatenate([r["_val"].probs for r in results])
     oof = kind.score(oof_frame, oof_probs, labels, s.monitor)
@@ -57,8 +57,6 @@ def cross_validate(s: "TrainSettings", run_dir: Path, split: "Split", results: l
     on, levels = ("test_ensemble", test.metrics) if test is not None else ("oof", oof.metrics)
     out = {"headline": headline(on, levels, len(labels), records["data"].get("synthetic"))} | out
     if rt.is_main:
-        from clotclf_core.models.runs import read_config
-
         doc = {**out, "cv_note": f"cv: mean ± std over folds of each fold's {VAL_NOTE}",
                "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         config = read_config(run_dir / f"fold_{results[0]['fold']}")

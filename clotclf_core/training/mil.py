@@ -12,7 +12,9 @@ loop, splits, checkpoints, early stopping, cross-validation and reports as tile-
 Each training bag holds ``bag_size`` tiles drawn anew every epoch (see :mod:`clotclf_core.features.bags`);
 validation and test score every tile of each slide (:class:`clotclf_core.scoring.inference.BagScorer`).
 Metrics are at slide and patient level (patient = mean of its slides), no tile level; early
-stopping watches the patient-level weighted log loss like every run. :data:`MIL_KIND` bundles it.
+stopping watches the patient-level weighted log loss like every run. What a run needs to open the
+data, build, check, score and reload MIL models is here too; :mod:`clotclf_core.training.kinds`
+bundles it as the MIL kind of training.
 """
 
 from __future__ import annotations
@@ -20,12 +22,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
+from clotclf_core.features.bags import (
+    FeatureBagLoader,
+    Slides,
+    TileBagDataset,
+    bag_size_for,
+    collate_bags,
+    no_slides_error,
+    open_feature_bags,
+)
+from clotclf_core.models.build import build_model
+from clotclf_core.models.config import EncoderRecord, ModelConfig
+from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.scoring.inference import BagScorer, score_bags
 from clotclf_core.seeds import loader_generator, mix
+from clotclf_core.tiling.dataset import (
+    EpochSampler,
+    build_transform,
+    cap_tiles_per_slide,
+    make_loader,
+    rows_of_patients,
+)
 from clotclf_core.training.loop import Scored, scored
 from clotclf_core.training.losses import make_loss
-from clotclf_core.training.tiles import TrainingKind
+from clotclf_core.training.records import tileset_record
 from clotclf_core.training.tiles import declared_size as _backbone_declared_size
+from clotclf_core.training.tiles import open_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -40,17 +65,11 @@ def score_bag_frame(frame: "pd.DataFrame", probs: "np.ndarray", labels: Sequence
     return scored(frame, probs, labels, monitor, "slide")
 
 
-def is_features(data: Any) -> bool:
-    from clotclf_core.features.bags import FeatureBags
-
-    return isinstance(data, FeatureBags)
-
-
-def eval_batch_size(s: "TrainSettings", end_to_end: bool, bag_size: int | None) -> int:
+def eval_batch_size(s: "TrainSettings") -> int:
     """Bags per scoring batch (on features); tiles per backbone batch end to end."""
     if s.eval_batch_size:
         return s.eval_batch_size
-    return 2 * s.batch_size * (bag_size or 1) if end_to_end else 2 * s.batch_size
+    return 2 * s.batch_size if s.form.on_features else 2 * s.batch_size * bag_size_for(s.form, s.bag_size)
 
 
 class BagTask:
@@ -58,29 +77,10 @@ class BagTask:
 
     def __init__(self, s: "TrainSettings", model, data: Any, train_patients: Sequence[str],
                  val_patients: Sequence[str], fold: int, rt: "Runtime"):
-        import torch
-
-        from clotclf_core.features.bags import (
-            FeatureBagLoader,
-            Slides,
-            TileBagDataset,
-            check_bag_size,
-            collate_bags,
-            no_slides_error,
-        )
-        from clotclf_core.scoring.inference import BagScorer
-        from clotclf_core.tiling.dataset import (
-            EpochSampler,
-            build_transform,
-            cap_tiles_per_slide,
-            make_loader,
-            rows_of_patients,
-        )
-
         self.s, self.rt, self.data = s, rt, data
         cfg = model.config
         self.labels, self.mean, self.std = list(cfg.labels), cfg.mean, cfg.std
-        self.features = is_features(data)
+        self.on_features = s.form.on_features
         rows = cap_tiles_per_slide(data.index, rows_of_patients(data.index, train_patients), s.max_tiles_per_slide,
                                    mix(s.seed, fold))
         self.train_slides = Slides(data.index, train_patients, self.labels, rows=rows)
@@ -92,9 +92,9 @@ class BagTask:
         if missing:
             raise ClotclfError(f"fold {fold}: the training split has no slide of class {', '.join(missing)}; use fewer "
                                "folds or add data")
-        self.bag_size = check_bag_size(s.bag_size, not self.features)
+        self.bag_size = bag_size_for(s.form, s.bag_size)
         seed = mix(s.seed, fold)
-        if self.features:
+        if self.on_features:
             self.train_loader = FeatureBagLoader(data, self.train_slides, self.bag_size, s.batch_size, seed, rt.rank,
                                                  rt.world_size)
             self._sampler = self.train_loader
@@ -106,9 +106,8 @@ class BagTask:
                                             pin_memory=rt.device.type == "cuda",
                                             drop_last=len(self._sampler) > s.batch_size,
                                             generator=loader_generator(s.seed, fold), collate_fn=collate_bags)
-        self.eval_batch_size = eval_batch_size(s, not self.features, self.bag_size)
-        self.val = BagScorer(data, Slides(data.index, val_patients, self.labels), self.eval_batch_size, s.workers, rt,
-                             cfg.input_size)
+        self.eval_batch_size = eval_batch_size(s)
+        self.val = BagScorer(data, Slides(data.index, val_patients, self.labels), self.eval_batch_size, s.workers, rt, cfg)
         weight = None
         if s.class_weights == "balanced":
             counts = torch.bincount(torch.as_tensor(self.train_slides.targets), minlength=len(self.labels)).float()
@@ -120,7 +119,7 @@ class BagTask:
 
     def to_input(self, bags):
         """A loader's bags on the device: features as they are; images (B, N, 3, S, S) normalised."""
-        if self.features:
+        if self.on_features:
             return bags.to(self.rt.device, non_blocking=True)
         b, n = bags.shape[:2]
         x = self.rt.to_input(bags.reshape(b * n, *bags.shape[2:]), self.mean, self.std)
@@ -142,25 +141,18 @@ class BagTask:
 
 def _score(s: "TrainSettings", model, data: Any, patients: Sequence[str], rt: "Runtime", progress: bool,
            desc: str) -> Scored | None:
-    from clotclf_core.features.bags import Slides, check_bag_size
-    from clotclf_core.scoring.inference import score_bags
-
     if not patients:
         return None
     slides = Slides(data.index, patients, list(model.labels))
     if len(slides) == 0:
         return None
-    end_to_end = not is_features(data)
-    batch = eval_batch_size(s, end_to_end, check_bag_size(s.bag_size, end_to_end))
-    frame, scores = score_bags(model, data, slides, batch, s.workers, rt, progress, desc)
+    frame, scores = score_bags(model, data, slides, eval_batch_size(s), s.workers, rt, progress, desc)
     return score_bag_frame(frame, scores.probs, model.labels, s.monitor)
 
 
-def _rescore(s: "TrainSettings", fold_dir: Path, data: Any, patients: Sequence[str], rt: "Runtime",
+def rescore(s: "TrainSettings", fold_dir: Path, data: Any, patients: Sequence[str], rt: "Runtime",
              progress: bool, desc: str) -> Scored | None:
     """A finished fold's saved model on some patients (for cross-validation after a resume)."""
-    from clotclf_core.models.saved import load_model
-
     if not patients:
         return None
     return _score(s, rt.place(load_model(fold_dir)), data, patients, rt, progress, desc)
@@ -169,32 +161,28 @@ def _rescore(s: "TrainSettings", fold_dir: Path, data: Any, patients: Sequence[s
 def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
     """The one place a MIL run's model description is assembled: the aggregator, and the feature
     store's encoder record (on features) or the backbone (end to end)."""
-    from clotclf_core.models.config import EncoderRecord, ModelConfig
-
     common = {"kind": "mil", "aggregator": s.aggregator, "aggregator_options": s.aggregator_options, "labels": labels}
-    if is_features(data):
+    if s.form.on_features:
         enc = EncoderRecord.model_validate(data.encoder)
         return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std)
     return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size)
 
 
-def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
-    from clotclf_core.models.build import build_model
-
+def build(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
     return build_model(mil_model_config(s, labels, input_size, data))
 
 
-def _declared_size(s: "TrainSettings", model) -> int | None:
-    if model.backbone is None:  # on features: the encoder's input side, as recorded
+def declared_size(s: "TrainSettings", model) -> int | None:
+    """The input side to follow: on features the encoder's, as recorded; end to end the backbone's
+    (:func:`clotclf_core.training.tiles.declared_size`)."""
+    if model.config.form.on_features:
         return int(model.config.input_size)
     return _backbone_declared_size(s, model)
 
 
-def _dry_run(model, size: int, s: "TrainSettings") -> None:
+def dry_run(model, size: int, s: "TrainSettings") -> None:
     """One dry forward pass of a two-tile bag, so a model that cannot take it fails with a message."""
-    import torch
-
-    if model.backbone is None:
+    if model.config.form.on_features:
         x = torch.zeros(1, 2, model.config.encoder.num_features)
     else:
         x = torch.zeros(1, 2, 3, size, size)
@@ -213,28 +201,21 @@ def _dry_run(model, size: int, s: "TrainSettings") -> None:
         model.train()
 
 
-def _open(s: "TrainSettings") -> Any:
-    if s.features is not None:
-        from clotclf_core.features.bags import open_feature_bags
-
+def open_data(s: "TrainSettings") -> Any:
+    """What a MIL run trains on: the feature store of ``--features`` (checked against ``--tiles`` when
+    given too), or the TileSet of ``--tiles`` (end to end)."""
+    if s.form.on_features:
         return open_feature_bags(s.features, s.tiles)
-    from clotclf_core.training.prepare import open_tiles
-
     return open_tiles(s.tiles)
 
 
-def _records(s: "TrainSettings", data: Any) -> dict[str, Any]:
-    if is_features(data):
+def records(s: "TrainSettings", data: Any) -> dict[str, Any]:
+    """config.json's sections describing the data: the TileSet's, and on features the feature store's."""
+    if s.form.on_features:
         return {"tileset": data.tileset_record(), "features": data.features_record()}
-    from clotclf_core.training.prepare import tileset_record
-
     return {"tileset": tileset_record(data)}
 
 
-def _make_task(s: "TrainSettings", model, data: Any, train_patients: Sequence[str], val_patients: Sequence[str],
-               fold: int, rt: "Runtime") -> BagTask:
+def make_task(s: "TrainSettings", model, data: Any, train_patients: Sequence[str], val_patients: Sequence[str],
+              fold: int, rt: "Runtime") -> BagTask:
     return BagTask(s, model, data, train_patients, val_patients, fold, rt)
-
-
-MIL_KIND = TrainingKind("mil", _build, _make_task, score_bag_frame, _rescore, open_data=_open, records=_records,
-                        declared_size=_declared_size, dry_run=_dry_run)

@@ -3,8 +3,12 @@ its YAML field can never drift apart. Light: click and pydantic only."""
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
+import click
+
+from clotclf_core.config import parse_key_values
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.training.settings import TrainSettings
 
@@ -18,10 +22,6 @@ def cli_options(command):
     Every option defaults to None (= "not given"), so the YAML value or the model default applies;
     the help text shows that default.
     """
-    import typing
-
-    import click
-
     def add(*args, **kwargs):
         nonlocal command
         command = click.option(*args, **kwargs)(command)
@@ -60,8 +60,6 @@ def cli_options(command):
 
 def overrides_from_cli(params: dict[str, Any]) -> dict[str, Any]:
     """The click parameters of :func:`cli_options` -> a partial settings dict (given values only)."""
-    from clotclf_core.config import parse_key_values
-
     out = {k: v for k, v in params.items() if k in TrainSettings.model_fields and k not in _CLI_SPECIAL and v is not None}
     if params.get("backbone_opt"):
         out["backbone_options"] = parse_key_values(params["backbone_opt"], "--backbone-opt")

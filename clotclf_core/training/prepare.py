@@ -1,12 +1,10 @@
-"""What a run trains on: every check that can refuse it (and only reads), and the records of the
-data that go into config.json.
+"""What a run trains on: every check that can refuse it (and only reads).
 
 :func:`prepare_run` opens the TileSet, leaves unlabelled slides out, names slides without a
 patient id (``PATIENT LEAKAGE POSSIBLE``; ``--require-patients`` refuses them) and the patients
 lost to slides that gave no tiles, builds the model once on one input, and makes or loads (and
 checks) the split. ``train`` writes nothing before it returns, so a refused command leaves no
-half-started run behind. :func:`config_sections` is the one place config.json's sections beside
-the model are assembled.
+half-started run behind. (The records themselves: :mod:`clotclf_core.training.records`.)
 """
 
 from __future__ import annotations
@@ -17,16 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clotclf_core.config import load_yaml
+from clotclf_core.features.bags import bag_size_for, short_slides_note
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.tiling.tileset import tileset_is_synthetic
+from clotclf_core.plugin_manager import get_manager
+from clotclf_core.training.kinds import TrainingKind, kind_for
+from clotclf_core.training.records import data_record
 from clotclf_core.training.settings import TrainSettings, differences, settings_dict
-from clotclf_core.training.tiles import TILE_KIND, TrainingKind, kind_for
+from clotclf_core.training.splits import Split, SplitError, describe_test_set, load_split, make_split
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from clotclf_core.tiling.tileset import TileSet
-    from clotclf_core.training.splits import Split
 
 
 # ============================================================================ checks that only read
@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 def check_model_options(s: TrainSettings) -> None:
     """The backbone, head and aggregator exist and their options are valid: checked first, before
     minutes of demo-cohort generation and before anything is written."""
-    from clotclf_core.plugin_manager import get_manager
-
     mgr = get_manager()
     for kind in ("backbone", "head", "aggregator"):
         name = getattr(s, kind)
@@ -59,7 +57,7 @@ def _build_checked(s: TrainSettings, labels: list[str], input_size: int, data: A
         ) from None
 
 
-def check_model(s: TrainSettings, labels: list[str], data: Any, kind: TrainingKind = TILE_KIND) -> tuple[int, str]:
+def check_model(s: TrainSettings, labels: list[str], data: Any, kind: TrainingKind) -> tuple[int, str]:
     """Build the model once and push one input through it, so options that validate but cannot be
     built, or an input size the backbone cannot take, are refused before the run directory is
     touched. Returns the input size and where it comes from: ``--input-size``, else the size the
@@ -169,68 +167,13 @@ def _patient_warning(no_patient: list[str], n_slides: int) -> str:
             "(--require-patients makes this an error)")
 
 
-# ============================================================================ records
-
-
-def tileset_record(ts: "TileSet") -> dict[str, Any]:
-    return {
-        "path": str(ts.root.resolve()),
-        "format_version": ts.meta.get("format_version"),
-        "tile_pixels": ts.tile_size,
-        "settings": ts.settings,
-        "n_tiles": len(ts),
-        "n_slides": int(ts.index["image_id"].nunique()),
-        "n_patients": int(ts.index["patient_id"].nunique()),
-        # filters' / sources' providers (tileset.json's "components"), copied into config.json's plugins
-        **({"plugins": ts.meta["components"]} if isinstance(ts.meta.get("components"), dict) else {}),
-    }
-
-
-def is_synthetic(s: TrainSettings, ts: "TileSet") -> bool:
-    """The demo, or a TileSet of synthetic slides."""
-    from clotclf_core.training.demo import is_demo
-
-    return is_demo(s) or tileset_is_synthetic(ts)
-
-
-def data_record(s: TrainSettings, ts: "TileSet") -> dict[str, Any]:
-    from clotclf_core.training.demo import is_demo
-
-    return {
-        "dataset": "clotclf synthetic demo cohort" if is_demo(s) else ts.root.resolve().name,
-        "synthetic": is_synthetic(s, ts),
-        "n_slides": int(ts.index["image_id"].nunique()),
-        "n_patients": int(ts.index["patient_id"].nunique()),
-        "n_tiles": len(ts),
-    }
-
-
-def fold_split_record(split: "Split", k: int, index: "pd.DataFrame") -> dict[str, Any]:
-    fold = split.folds[k]
-    slides = lambda ps: int(index.loc[index["patient_id"].isin(set(ps)), "image_id"].nunique())  # noqa: E731
-    strategy = "stratified k-fold by " + ("centre (leave-centres-out)" if split.group_by == "center" else "patient")
-    return {
-        "strategy": strategy, "group_by": split.group_by, "n_folds": len(split.folds), "fold": k, "seed": split.seed,
-        "n_train_patients": len(fold.train), "n_val_patients": len(fold.val), "n_test_patients": len(split.test),
-        "n_train_slides": slides(fold.train), "n_val_slides": slides(fold.val), "n_test_slides": slides(split.test),
-        "test_fraction": split.test_fraction, "test_fraction_achieved": split.test_fraction_achieved,
-        "train": fold.train, "val": fold.val, "test": split.test,
-    }
-
-
-def config_sections(s: TrainSettings, split: "Split", k: int, ts: "TileSet", records: dict[str, Any]) -> dict[str, Any]:
-    """Everything a fold's config.json records beside the model: the one place it is assembled
-    (``records``: the data's sections, ``tileset``, ``data`` and e.g. a MIL run's ``features``)."""
-    return {"training": settings_dict(s), "split": fold_split_record(split, k, ts.index), **records}
-
-
 @dataclasses.dataclass
 class RunData:
     """What a run trains on, every check passed (see :func:`prepare_run`)."""
 
     ts: "TileSet"  #: its index holds the labelled tiles only
     labels: list[str]
-    split: "Split"
+    split: Split
     records: dict[str, Any]  #: config.json's ``tileset`` (the whole TileSet) and ``data`` (what was used) sections
     #: data left out or at risk, always printed (stderr); notes (the test set's size) printed with progress; both in the summary
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -238,25 +181,16 @@ class RunData:
     input_size: int = 224  #: the model's input side (see :func:`check_model`)
 
 
-def open_tiles(path: str) -> "TileSet":
-    """The TileSet of ``--tiles``, with a clear error for what is not one (see :mod:`clotclf_core.inputs`)."""
-    from clotclf_core.tiling.tileset import open_tileset
-
-    return open_tileset(path, "--tiles")
-
-
 def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKind | None = None) -> RunData:
     """Everything that can refuse a run, and only reads: the TileSet, its labels (unlabelled slides
     left out), the model (built once and run on one input) and the split (made or loaded, checked).
     ``train`` writes nothing before this returns, so a refused command leaves no half-started run.
-    ``kind``: the kind of training (default: the one ``s`` asks for, :func:`~.tiles.kind_for`)."""
-    from clotclf_core.training.splits import SplitError, describe_test_set, load_split, make_split
-
+    ``kind``: the kind of training (default: the one ``s`` asks for, :func:`~.kinds.kind_for`)."""
     kind = kind or kind_for(s)
     ts = kind.open_data(s)
     where = s.features or s.tiles
     if len(ts) == 0:
-        what = "feature store" if s.features else "TileSet"
+        what = "feature store" if s.form.on_features else "TileSet"
         raise ClotclfError(f"the {what} '{where}' has no tiles; check `clotclf tile`'s summary (no tissue found?)")
     described = kind.records(s, ts)
     labels = _labels_for(s, ts.index, where)
@@ -273,7 +207,7 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
         data["n_slides_without_patient_id"] = len(no_patient)
     lost = lost_slides(ts)
     if lost:
-        warnings.append(_lost_warning(lost, where, s.features is not None))
+        warnings.append(_lost_warning(lost, where, s.form.on_features))
         data |= {"n_slides_without_tiles": len(lost["slides"]), "n_patients_lost": len(lost["patients_lost"])}
     if dropped:
         data |= {"n_unlabelled_slides_left_out": dropped["slides"], "n_unlabelled_patients_left_out": dropped["patients"]}
@@ -283,14 +217,12 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
             "them in the manifest and re-tile to use them")
     input_size, size_from = check_model(s, labels, ts, kind)
     data["input_size"], data["input_size_from"] = input_size, size_from
-    if s.aggregator:
-        from clotclf_core.features.bags import check_bag_size, short_slides_note
-
-        bag_size = check_bag_size(s.bag_size, s.features is None)
+    if s.form.is_mil:
+        bag_size = bag_size_for(s.form, s.bag_size)
         data["bag_size"] = bag_size
         if (note := short_slides_note(ts.index, bag_size)):
             notes.append(note)
-    if size_from.startswith("declared") and input_size != ts.tile_size and not s.features:
+    if size_from.startswith("declared") and input_size != ts.tile_size and not s.form.on_features:
         notes.append(f"input size {input_size} px, {size_from} (the {ts.tile_size}-px tiles are resized on the fly; "
                      "--input-size chooses another)")
     try:

@@ -13,8 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from clotclf_core.models.card import write_model_card
+from clotclf_core.models.runs import read_config
+from clotclf_core.models.saved import save_model
 from clotclf_core.plugin.io import write_guard, write_json, write_text
+from clotclf_core.scoring.evaluate import predictions_frame, write_pictures
 from clotclf_core.scoring.headline import VAL_NOTE, headline, headline_sentence
+from clotclf_core.scoring.metrics import format_table
+from clotclf_core.scoring.plots import plot_history
 from clotclf_core.training.checkpoints import RESUME_HINT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,10 +53,6 @@ def fold_result(s: "TrainSettings", trainer: "Trainer", val: "Scored", test: "Sc
 
 
 def _plot_history(history: list[dict[str, Any]], png: Path, title: str) -> None:
-    import pandas as pd
-
-    from clotclf_core.scoring.plots import plot_history
-
     frame = pd.DataFrame(history).drop(columns=["images_per_s", "seconds"], errors="ignore")
     plot_history(frame, png, title)
 
@@ -56,9 +60,6 @@ def _plot_history(history: list[dict[str, Any]], png: Path, title: str) -> None:
 def write_fold(fold_dir: Path, trainer: "Trainer", result: dict[str, Any], val: "Scored", test: "Scored | None",
                labels: list[str], sections: dict[str, Any]) -> None:
     """The fold's run directory: model + config.json, metrics.json, predictions, pictures, model card."""
-    from clotclf_core.models.saved import save_model
-    from clotclf_core.scoring.evaluate import predictions_frame, write_pictures
-
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     with write_guard("the model and its results", fold_dir, after=RESUME_HINT):  # checkpoints complete: --resume redoes this
         save_model(trainer.model, fold_dir, sections)
@@ -75,16 +76,11 @@ def write_fold(fold_dir: Path, trainer: "Trainer", result: dict[str, Any], val: 
 def write_card(run_dir: Path, metrics: dict[str, Any], config: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> None:
     """The run's README.md from its config.json (or ``config``) and metrics (headline first)."""
-    from clotclf_core.models.card import write_model_card
-    from clotclf_core.models.runs import read_config
-
     write_model_card(run_dir, config if config is not None else read_config(run_dir), metrics, extra)
 
 
 def report_table(summary: dict[str, Any]) -> str:
     """What ``clotclf train`` prints at the end: the headline, the metrics table(s), where the results are."""
-    from clotclf_core.scoring.metrics import format_table
-
     parts = []
     if "cv" in summary:
         parts += [headline_sentence(summary["headline"]), ""]

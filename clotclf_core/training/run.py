@@ -21,26 +21,28 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+import yaml
+
+from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.errors import Interrupted
-from clotclf_core.plugin.io import write_guard
+from clotclf_core.plugin.io import write_guard, write_text
+from clotclf_core.seeds import seed_model_init
 from clotclf_core.training.checkpoints import LAST, RESUME_HINT, checkpoint_state
+from clotclf_core.training.crossval import cross_validate, reload_fold
+from clotclf_core.training.demo import prepare_demo
 from clotclf_core.training.distributed import barrier, broadcast, init_distributed
-from clotclf_core.training.prepare import (
-    check_model_options,
-    check_out,
-    config_sections,
-    data_record,
-    default_out,
-    prepare_run,
-    tileset_record,
-)
+from clotclf_core.training.kinds import TILE_KIND, TrainingKind, kind_for
+from clotclf_core.training.loop import Trainer
+from clotclf_core.training.prepare import check_model_options, check_out, default_out, prepare_run
+from clotclf_core.training.records import config_sections, data_record, tileset_record
+from clotclf_core.training.report import fold_result, write_fold
 from clotclf_core.training.settings import TrainSettings, settings_dict
-from clotclf_core.training.tiles import TILE_KIND, TrainingKind, kind_for
+from clotclf_core.training.splits import save_split
 
 if TYPE_CHECKING:  # pragma: no cover
     from clotclf_core.models.runtime import Runtime
     from clotclf_core.tiling.tileset import TileSet
-    from clotclf_core.training.loop import Trainer
     from clotclf_core.training.splits import Split
 
 
@@ -49,17 +51,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir: Path, labels: list[str],
                rt: "Runtime", resume: bool, progress: bool,
-               after_train_epoch: Callable[[int, "Trainer"], None] | None = None,
+               after_train_epoch: Callable[[int, Trainer], None] | None = None,
                records: dict[str, Any] | None = None, kind: TrainingKind = TILE_KIND,
                input_size: int | None = None) -> dict[str, Any]:
     """Train and evaluate fold ``k`` into ``fold_dir`` (a complete, loadable run directory).
     ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``);
     ``input_size``: the model's (default: ``--input-size``, else the tile side; ``train`` passes
     what :func:`~clotclf_core.training.prepare.check_model` resolved)."""
-    from clotclf_core.seeds import seed_model_init
-    from clotclf_core.training.loop import Trainer
-    from clotclf_core.training.report import fold_result, write_fold
-
     fold = split.folds[k]
     input_size = input_size or s.input_size or ts.tile_size
     seed_model_init(s.seed, k)
@@ -99,23 +97,13 @@ def _interrupted(run_dir: Path, folds: list[int], fold_all: bool) -> Interrupted
 
 
 def train(s: TrainSettings, resume: bool = False, progress: bool = True,
-          after_train_epoch: Callable[[int, "Trainer"], None] | None = None,
+          after_train_epoch: Callable[[int, Trainer], None] | None = None,
           kind: TrainingKind | None = None) -> dict[str, Any]:
     """Run the training described by ``s``; returns the summary (what ``--json`` prints).
-    ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.tiles.kind_for`)."""
-    import yaml
-
-    from clotclf_core.models.runtime import pick_runtime
-    from clotclf_core.plugin.io import write_text
-    from clotclf_core.training.crossval import cross_validate, reload_fold
-    from clotclf_core.training.demo import prepare_demo
-    from clotclf_core.training.splits import save_split
-
+    ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.kinds.kind_for`)."""
     check_model_options(s)  # before the demo cohort is generated (minutes)
     kind = kind or kind_for(s)
     if s.threads:
-        import torch
-
         torch.set_num_threads(s.threads)
     rank, world, local_rank = init_distributed(s.device)
     rt = pick_runtime(s.device, s.precision, s.channels_last, rank, world, local_rank)
@@ -155,7 +143,7 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
                 continue
             results.append(train_fold(s, ts, split, k, fold_dir, labels, rt, resume, progress, after_train_epoch,
                                       run.records, kind, run.input_size))
-        summary: dict[str, Any] = {"run_dir": str(run_dir), ("features" if s.features else "tileset"): str(ts.root),
+        summary: dict[str, Any] = {"run_dir": str(run_dir), ("features" if s.form.on_features else "tileset"): str(ts.root),
                                    "labels": labels,
                                    "notes": run.warnings + run.notes,
                                    "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}

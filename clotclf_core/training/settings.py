@@ -1,4 +1,5 @@
-"""Every setting of a training run, and how YAML and the command line become one :class:`TrainSettings`.
+"""Every setting of a training run, and how YAML and the command line become one :class:`TrainSettings`
+(with no data given, the demo preset fills the fields the user left unset: :func:`apply_demo_preset`).
 
 Light: pydantic only (the CLI imports this module to build ``clotclf train``'s options).
 """
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from clotclf_core.config import StrictModel, load_yaml
+from clotclf_core.models.form import ModelForm
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.plugin.spec import format_validation_error
 
@@ -110,6 +112,12 @@ class TrainSettings(StrictModel):
                 "above 0 and at most 0.5 (e.g. 0.2), or 0 for no test set")
         return self
 
+    @property
+    def form(self) -> ModelForm:
+        """The model this run trains: tile level, MIL on ``--features`` or MIL end to end (an
+        ``--aggregator`` with a ``--backbone``) (:mod:`clotclf_core.models.form`)."""
+        return ModelForm.of(self.aggregator is not None, self.features is not None)
+
     def _check_mil(self) -> None:
         given = self.model_fields_set
         if self.aggregator is None:
@@ -135,6 +143,37 @@ class TrainSettings(StrictModel):
             raise ValueError("multiple-instance training needs --features (a feature store) or a --backbone to train end "
                              "to end on --tiles")
 
+
+# ----------------------------------------------------------------------------- the demo preset
+
+#: the demo's model when the user names no options: small enough to train on a laptop CPU in
+#: minutes. Applied only to fields the user did not set; a backbone without an entry keeps its defaults.
+DEMO_BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
+    "cct": {"variant": "cct_2_3x2_32", "img_size": 64},
+    "poolformer": {"variant": "poolformer_s12"},
+}
+#: side of the demo TileSet's cached tiles: the demo's 224-px tiles (1 um/pixel) are cached at
+#: 64 px, so the small demo CCT trains on a laptop CPU in minutes
+DEMO_TRAIN_SIZE = 64
+#: (``input_size``: the demo trains at its tiles' 64 px, also with a backbone that declares 224)
+DEMO_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "folds": 4,
+                                 "test_fraction": 0.25, "patience": 4, "warmup_epochs": 1.0, "max_tiles_per_slide": 32,
+                                 "input_size": DEMO_TRAIN_SIZE}
+#: a multiple-instance demo (``--aggregator``): a batch is bags of 16 tiles, so fewer per step
+DEMO_MIL_SETTINGS: dict[str, Any] = {"batch_size": 4, "bag_size": 16}
+
+
+def apply_demo_preset(settings: TrainSettings) -> TrainSettings:
+    """``settings`` with the demo's values (:data:`DEMO_SETTINGS`…) in the fields the user did not set."""
+    given = settings.model_fields_set
+    preset = DEMO_SETTINGS | (DEMO_MIL_SETTINGS if settings.form.is_mil else {})
+    values = {k: v for k, v in preset.items() if k not in given}
+    if "backbone_options" not in given and settings.backbone in DEMO_BACKBONE_OPTIONS:
+        values["backbone_options"] = DEMO_BACKBONE_OPTIONS[settings.backbone]
+    return settings.model_copy(update=values)
+
+
+# ----------------------------------------------------------------------------- resolving
 
 #: settings whose change does not change what is computed: allowed to differ on --resume
 RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients"}
@@ -169,8 +208,6 @@ def resolve_settings(config: str | os.PathLike | None = None, overrides: dict[st
     Unknown YAML fields are errors (with the closest known name), never silently ignored. With no
     TileSet the demo preset fills the fields the user left unset.
     """
-    from clotclf_core.training.demo import apply_demo_preset
-
     data = load_yaml(config) if config else {}
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     source = f"config file '{config}'" if config else "training settings"

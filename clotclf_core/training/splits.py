@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -370,8 +371,6 @@ def check_split(split: Split, patients: "pd.DataFrame", labels: list[str] | None
 
 
 def save_split(split: Split, path: str | Path) -> None:
-    from clotclf_core.plugin.io import write_json
-
     write_json(path, split.to_dict())
 
 

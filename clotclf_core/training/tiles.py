@@ -3,21 +3,39 @@
 :class:`TileTask` is the :class:`~clotclf_core.training.loop.FoldTask` for one fold: the training
 loader (memory-mapped tiles, seeded augmentation, its own loader generator), the cross-entropy
 step, and validation through :class:`clotclf_core.scoring.inference.TileScorer` (tile probabilities ->
-mean per slide -> mean per patient, the monitored loss at patient level). :data:`TILE_KIND`
-bundles what the run needs to build, score and reload tile-level models; a bag-level kind
-provides the same four things.
+mean per slide -> mean per patient, the monitored loss at patient level); and what a run needs to
+open the data, build, check, score and reload tile-level models (a bag-level run,
+:mod:`clotclf_core.training.mil`, provides the same), which :mod:`clotclf_core.training.kinds`
+bundles as the tile-level kind of training.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
+from clotclf_core.models.build import build_model
+from clotclf_core.models.config import ModelConfig
+from clotclf_core.models.inputs import input_spec
+from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin_manager import get_manager
+from clotclf_core.scoring.inference import TileScorer, score_tiles
 from clotclf_core.seeds import loader_generator, mix
-from clotclf_core.training.loop import Scored, scored
+from clotclf_core.tiling.dataset import (
+    EpochSampler,
+    TileDataset,
+    build_transform,
+    cap_tiles_per_slide,
+    make_loader,
+    rows_of_patients,
+)
+from clotclf_core.tiling.tileset import open_tileset
+from clotclf_core.training.loop import Scored, Trainer, scored
 from clotclf_core.training.losses import make_loss
+from clotclf_core.training.records import tileset_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -37,11 +55,6 @@ class TileTask:
     """One fold of tile-level training: ``train_rows`` / ``val_rows`` are positions in ``tileset.index``."""
 
     def __init__(self, s: "TrainSettings", model, tileset: "TileSet", train_rows, val_rows, fold: int, rt: "Runtime"):
-        import torch
-
-        from clotclf_core.scoring.inference import TileScorer
-        from clotclf_core.tiling.dataset import EpochSampler, TileDataset, build_transform, make_loader
-
         self.s, self.rt, self.tileset = s, rt, tileset
         cfg = model.config
         self.labels, self.input_size, self.mean, self.std = list(cfg.labels), cfg.input_size, cfg.mean, cfg.std
@@ -80,9 +93,6 @@ class TileTask:
 
     def score_patients(self, model, patients: Sequence[str], progress: bool, desc: str) -> Scored | None:
         """Any other patients of the TileSet (the held-out test set), with a loader made for them."""
-        from clotclf_core.scoring.inference import score_tiles
-        from clotclf_core.tiling.dataset import rows_of_patients
-
         if not patients:
             return None
         rows = rows_of_patients(self.tileset.index, patients)
@@ -93,22 +103,16 @@ class TileTask:
 def tile_trainer(s: "TrainSettings", model, tileset: "TileSet", train_rows, val_rows, fold: int, fold_dir: Path,
                  rt: "Runtime", progress: bool = True):
     """A :class:`~clotclf_core.training.loop.Trainer` on a :class:`TileTask` (what the benchmark and tests build)."""
-    from clotclf_core.training.loop import Trainer
-
     return Trainer(s, model, TileTask(s, model, tileset, train_rows, val_rows, fold, rt), fold, fold_dir, rt, progress)
 
 
 def _training_rows(s: "TrainSettings", ts: "TileSet", patients: Sequence[str], fold: int):
-    from clotclf_core.tiling.dataset import cap_tiles_per_slide, rows_of_patients
-
     rows = rows_of_patients(ts.index, patients)
     return cap_tiles_per_slide(ts.index, rows, s.max_tiles_per_slide, mix(s.seed, fold))
 
 
-def _make_task(s: "TrainSettings", model, ts: "TileSet", train_patients: Sequence[str], val_patients: Sequence[str],
+def make_task(s: "TrainSettings", model, ts: "TileSet", train_patients: Sequence[str], val_patients: Sequence[str],
                fold: int, rt: "Runtime") -> TileTask:
-    from clotclf_core.tiling.dataset import rows_of_patients
-
     train_rows = _training_rows(s, ts, train_patients, fold)
     present = sorted(set(ts.index["label"].to_numpy()[train_rows]))
     missing = [lab for lab in model.labels if lab not in present]
@@ -119,13 +123,9 @@ def _make_task(s: "TrainSettings", model, ts: "TileSet", train_patients: Sequenc
     return TileTask(s, model, ts, train_rows, rows_of_patients(ts.index, val_patients), fold, rt)
 
 
-def _rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequence[str], rt: "Runtime",
+def rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequence[str], rt: "Runtime",
              progress: bool, desc: str) -> Scored | None:
     """A finished fold's saved model on some patients (for cross-validation after a resume)."""
-    from clotclf_core.models.saved import load_model
-    from clotclf_core.scoring.inference import score_tiles
-    from clotclf_core.tiling.dataset import rows_of_patients
-
     if not patients:
         return None
     model = rt.place(load_model(fold_dir))
@@ -136,52 +136,45 @@ def _rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequen
 
 def model_config(s: "TrainSettings", labels: list[str], input_size: int):
     """The one place a tile-level run's model description is assembled from its settings."""
-    from clotclf_core.models.config import ModelConfig
-
     return ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
                        head_options=s.head_options, labels=labels, input_size=input_size)
 
 
-def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = None):
-    from clotclf_core.models.build import build_model
-
+def build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = None):
     return build_model(model_config(s, labels, input_size))
 
 
 def sized_by_input(s: "TrainSettings") -> bool:
     """The backbone takes an ``img_size`` option the user left unset: it is built for the input
     size (the tiles' side), so it declares no size of its own worth following."""
-    from clotclf_core.plugin_manager import get_manager
-
     spec = get_manager().get("backbone", s.backbone)
     return "img_size" in spec.options.model_fields and s.backbone_options.get("img_size") is None
 
 
 def declared_size(s: "TrainSettings", model) -> int | None:
     """The input side the built backbone declares (timm's pretrained_cfg), when the run should follow it."""
-    from clotclf_core.models.inputs import input_spec
-
     if s.input_size or sized_by_input(s):
         return None
     return input_spec(model.backbone, s.backbone).input_size
 
 
-def _open(s: "TrainSettings") -> "TileSet":
-    from clotclf_core.training.prepare import open_tiles
+def open_tiles(path: str) -> "TileSet":
+    """The TileSet of ``--tiles``, with a clear error for what is not one (see :mod:`clotclf_core.inputs`)."""
+    return open_tileset(path, "--tiles")
 
+
+def open_data(s: "TrainSettings") -> "TileSet":
+    """What a tile-level run trains on: the TileSet of ``--tiles``."""
     return open_tiles(s.tiles)
 
 
-def _records(s: "TrainSettings", ts: "TileSet") -> dict[str, Any]:
-    from clotclf_core.training.prepare import tileset_record
-
+def records(s: "TrainSettings", ts: "TileSet") -> dict[str, Any]:
+    """config.json's sections describing the data: the TileSet's."""
     return {"tileset": tileset_record(ts)}
 
 
-def _dry_run(model, size: int, s: "TrainSettings") -> None:
+def dry_run(model, size: int, s: "TrainSettings") -> None:
     """One dry forward pass, so a backbone that cannot take this input size fails with a message."""
-    import torch
-
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, size, size))
@@ -193,45 +186,3 @@ def _dry_run(model, size: int, s: "TrainSettings") -> None:
         ) from None
     finally:
         model.train()
-
-
-@dataclass(frozen=True)
-class TrainingKind:
-    """What a run needs to know about one kind of training; the run, the loop, cross-validation and
-    the model card are shared.
-
-    - ``open_data(s)``: what the run trains on — a TileSet, or an object with the same reading
-      API (``index``, ``slides``, ``meta``, ``root``, ``tile_size``, ``settings``, ``len()``);
-    - ``records(s, data)``: config.json's sections describing the data (``tileset``, …), made
-      before unlabelled slides are left out;
-    - ``build(s, labels, input_size, data)`` makes the model; ``declared_size(s, model)`` the
-      input side its backbone declares when the run should follow it (None: keep the tile side);
-      ``dry_run(model, input_size, s)`` pushes one input through it;
-    - ``make_task(s, model, data, train_patients, val_patients, fold, rt)`` builds a fold's
-      :class:`~clotclf_core.training.loop.FoldTask` (it may also have ``score_patients``);
-    - ``score(frame, probs, labels, monitor)`` turns predictions into
-      :class:`~clotclf_core.training.loop.Scored` (also for pooled out-of-fold predictions);
-    - ``rescore(s, fold_dir, data, patients, rt, progress, desc)`` scores a saved fold model.
-    """
-
-    name: str
-    build: Callable[..., Any]
-    make_task: Callable[..., Any]
-    score: Callable[..., Scored]
-    rescore: Callable[..., Scored | None]
-    open_data: Callable[..., Any] = _open
-    records: Callable[..., dict[str, Any]] = _records
-    declared_size: Callable[..., int | None] = declared_size
-    dry_run: Callable[..., None] = _dry_run
-
-
-TILE_KIND = TrainingKind("tile", _build, _make_task, score_frame, _rescore)
-
-
-def kind_for(s: "TrainSettings") -> TrainingKind:
-    """The kind of training ``s`` asks for: multiple-instance with an aggregator, else tile level."""
-    if s.aggregator:
-        from clotclf_core.training.mil import MIL_KIND
-
-        return MIL_KIND
-    return TILE_KIND
