@@ -4,9 +4,9 @@ Tiling does not read regions per candidate tile (overlapping candidates, or cand
 across the strips of a stripped TIFF, made the same pixels decode many times). Instead
 :func:`scan_slide` walks the stored segments of one level (TIFF tiles or strips, through
 :class:`clotclf_core.plugin.regions.LevelLayout`), decodes each once with the source's own decoder
-(tifffile + imagecodecs for TIFFs), reduces it by an integer factor with OpenCV's ``INTER_AREA``
-(an exact box mean for integer factors) and stores it in a :class:`Raster`: the slide at the
-working resolution (1/``factor`` of level 0; a factor of 2, 4, 8 or 16 stays aligned with TIFF
+(tifffile + imagecodecs for TIFFs), reduces it by an integer factor with
+:func:`clotclf_core.plugin.regions.reduce_block` (OpenCV's ``INTER_AREA``: an exact box mean) and
+stores it in a :class:`Raster`: the slide at the working resolution (1/``factor`` of level 0; a factor of 2, 4, 8 or 16 stays aligned with TIFF
 tiles, whose sides are multiples of 16). A low-resolution view for the tissue mask is accumulated
 on the way. Candidate tiles are then cut from the raster — no decoding at all.
 
@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from clotclf_core.plugin.regions import GENERIC_BLOCK, LevelLayout
+from clotclf_core.plugin.regions import GENERIC_BLOCK, LevelLayout, box_reduce_axis, reduce_block
 
 #: rasters up to this size stay in memory; larger ones go to an anonymous temporary file
 RASTER_IN_MEMORY_BYTES = 768 * 2**20
@@ -111,28 +111,6 @@ class Raster:
             self._file = None
 
 
-def reduce_block(block: np.ndarray, ratio: int) -> np.ndarray:
-    """Box-mean ``block`` by the integer ``ratio`` (rows and columns beyond a multiple are dropped)."""
-    if ratio == 1:
-        return np.ascontiguousarray(block[..., :3])
-    h, w = (block.shape[0] // ratio) * ratio, (block.shape[1] // ratio) * ratio
-    if h == 0 or w == 0:
-        return np.zeros((h // ratio, w // ratio, 3), np.uint8)
-    import cv2
-
-    part = np.ascontiguousarray(block[:h, :w, :3])
-    return cv2.resize(part, (w // ratio, h // ratio), interpolation=cv2.INTER_AREA)
-
-
-def _overlap_matrix(n_out: int, scale: float, edges: np.ndarray) -> np.ndarray:
-    """(n_out, len(edges) - 1): share of output pixel i (covering [i*scale, (i+1)*scale)) that lies
-    in input interval [edges[j], edges[j+1])."""
-    lo = np.arange(n_out)[:, None] * scale
-    hi = lo + scale
-    a, b = edges[None, :-1], edges[None, 1:]
-    return np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0, None) / scale
-
-
 @dataclass
 class Scan:
     """What reading a slide once produced (see :func:`scan_slide`)."""
@@ -183,8 +161,6 @@ class _View:
             self.raw[a:b] = self._reduce(self.raster.rows(a * k, b * k), b - a)
 
     def _reduce(self, rows: np.ndarray, n: int) -> np.ndarray:
-        import cv2
-
         k = self.scale
         if k == 1:
             return rows[:n, : self.vw]
@@ -193,24 +169,26 @@ class _View:
         whole = (self.raster.width // k) * k
         out = np.empty((n, self.vw, 3), np.uint8)
         if whole:
-            out[:, : whole // k] = cv2.resize(np.ascontiguousarray(rows[:, :whole]), (whole // k, n), interpolation=cv2.INTER_AREA)
+            out[:, : whole // k] = reduce_block(rows[:, :whole], k)
         if whole < self.raster.width:
             rest = rows[:, whole:].reshape(n, k, -1, 3).mean(axis=(1, 2))
             out[:, -1] = np.clip(np.rint(rest), 0, 255).astype(np.uint8)
         return out
 
     def coverage(self, decoded: np.ndarray, seg_w: int, seg_h: int) -> np.ndarray:
-        """Share of each view pixel inside decoded segments (exact, from the segment map)."""
-        rows, cols = decoded.shape
-        rw, rh = self.raster.width, self.raster.height
-        ey = np.minimum(np.arange(rows + 1) * seg_h, rh).astype(np.float64)
-        ex = np.minimum(np.arange(cols + 1) * seg_w, rw).astype(np.float64)
-        # a view pixel's share is over the raster pixels it really covers (the last ones cover fewer)
-        wy = _overlap_matrix(self.vh, self.scale, ey) * self.scale / np.maximum(
-            np.minimum((np.arange(self.vh) + 1) * self.scale, rh) - np.arange(self.vh) * self.scale, 1)[:, None]
-        wx = _overlap_matrix(self.vw, self.scale, ex) * self.scale / np.maximum(
-            np.minimum((np.arange(self.vw) + 1) * self.scale, rw) - np.arange(self.vw) * self.scale, 1)[:, None]
+        """Share of each view pixel inside decoded segments (exact, from the segment map): the
+        area-weighted box reduction of "which segment holds this raster row / column" (float64)."""
+        wy = self._weights(decoded.shape[0], seg_h, self.raster.height, self.vh)
+        wx = self._weights(decoded.shape[1], seg_w, self.raster.width, self.vw)
         return np.clip(wy @ decoded.astype(np.float64) @ wx.T, 0, 1).astype(np.float32)
+
+    def _weights(self, n_seg: int, seg: int, length: int, n_view: int) -> np.ndarray:
+        """(n_view, n_seg): share of each view pixel's raster pixels (the last view pixel covers
+        fewer) that lie in each segment, along one axis."""
+        member = np.repeat(np.eye(n_seg, dtype=bool), seg, axis=0)[:length]  # raster pixel -> its segment
+        _, sums = box_reduce_axis(member, 0, 0, 0.0, self.scale, n_view, np.float64)
+        covered = np.minimum((np.arange(n_view) + 1) * self.scale, length) - np.arange(n_view) * self.scale
+        return sums * self.scale / np.maximum(covered, 1)[:, None]
 
     def view(self, coverage: np.ndarray, background: np.ndarray) -> np.ndarray:
         """The view with never-decoded parts (zeros in the raster) filled with the glass colour."""
