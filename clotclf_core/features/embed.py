@@ -40,7 +40,6 @@ from clotclf_core.features.store import (
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
-    matrix_problem,
     read_meta,
     read_rows,
     rows_fingerprint,
@@ -48,6 +47,7 @@ from clotclf_core.features.store import (
 )
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.tiling.tileset import npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -122,7 +122,7 @@ class FeatureStoreWriter:
         return self.root / SLIDES_DIR / f"{image_id}{suffix}"
 
     def _is_intact(self, image_id: str, entry: dict[str, Any]) -> bool:
-        ok = matrix_problem(self._path(image_id, ".npy"), int(entry.get("n_tiles", 0)), self.meta["num_features"]) is None
+        ok = npy_problem(self._path(image_id, ".npy"), DTYPE, (int(entry.get("n_tiles", 0)), self.meta["num_features"])) is None
         return ok and self._path(image_id, ".csv").is_file()
 
     def sync(self, tileset: "TileSet", by_slide: dict[str, "pd.DataFrame"]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.tiling.tileset import npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -154,24 +155,6 @@ def read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def matrix_problem(path: Path, n_tiles: int, num_features: int) -> str | None:
-    """Why ``path`` cannot be a slide's float16 (n_tiles, F) matrix (``None`` when it can); reads the header only."""
-    if not path.is_file():
-        return "missing"
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        return f"truncated or unreadable ({type(exc).__name__}: {str(exc)[:120]})"
-    if not isinstance(arr, np.ndarray):
-        getattr(arr, "close", lambda: None)()
-        return "not a .npy array"
-    shape, dtype = arr.shape, arr.dtype
-    del arr
-    if dtype != DTYPE or shape != (int(n_tiles), int(num_features)):
-        return f"holds {dtype} {tuple(shape)} instead of float16 {(int(n_tiles), int(num_features))}"
-    return None
-
-
 def read_rows(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
@@ -228,7 +211,7 @@ class FeatureStore:
 
     def slide_problem(self, image_id: str) -> str | None:
         entry = self.slides[image_id]
-        problem = matrix_problem(self.matrix_path(image_id), int(entry.get("n_tiles", 0)), self.num_features)
+        problem = npy_problem(self.matrix_path(image_id), DTYPE, (int(entry.get("n_tiles", 0)), self.num_features))
         if problem is None and not self.rows_path(image_id).is_file():
             problem = f"its tile rows {self.rows_path(image_id).name} are missing"
         return problem

@@ -105,11 +105,12 @@ def read_index_file(path: Path, required: list[str], root: Path) -> Any:
     return df
 
 
-def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None:
-    """Why ``path`` cannot be a slide's pixel file of ``n_tiles`` tiles (``None`` when it can).
+def npy_problem(path: Path, dtype: Any, shape: tuple[int, ...]) -> str | None:
+    """Why ``path`` cannot be a ``dtype`` array of ``shape`` saved with ``numpy.save`` (``None`` when
+    it can): a slide's pixel file here, a slide's feature matrix in a feature store.
 
-    Reads the .npy header and maps the file (no pixel is read), so a missing, truncated or
-    mis-shaped file is found when the TileSet is opened, not as a traceback in a loader worker.
+    Reads the .npy header and maps the file (no data is read), so a missing, truncated or
+    mis-shaped file is found when the folder is opened, not as a traceback in a loader worker.
     """
     if not path.is_file():
         return "missing"
@@ -120,11 +121,11 @@ def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None
     if not isinstance(arr, np.ndarray):  # e.g. an .npz archive under a .npy name
         getattr(arr, "close", lambda: None)()
         return "not a .npy array"
-    shape, dtype = arr.shape, arr.dtype
+    got_shape, got_dtype = arr.shape, arr.dtype
     del arr
-    want = (int(n_tiles), tile_pixels, tile_pixels, 3)
-    if dtype != np.uint8 or shape != want:
-        return f"holds {dtype} {tuple(shape)} instead of uint8 {want}"
+    want = tuple(int(v) for v in shape)
+    if got_dtype != np.dtype(dtype) or got_shape != want:
+        return f"holds {got_dtype} {tuple(got_shape)} instead of {np.dtype(dtype)} {want}"
     return None
 
 
@@ -142,7 +143,7 @@ def slide_problem(root: Path, image_id: str, rec: Mapping[str, Any], tile_pixels
     pix = root / "pixels" / f"{image_id}.npy"
     if n == 0:
         return (None if len(kept) == 0 else f"index/{image_id}.csv lists {len(kept)} kept tiles but none are recorded"), shard
-    problem = pixel_file_problem(pix, n, tile_pixels)
+    problem = npy_problem(pix, np.uint8, (n, tile_pixels, tile_pixels, 3))
     if problem:
         return f"pixels/{image_id}.npy: {problem}", shard
     rows = kept["row"].astype(int)
@@ -223,7 +224,7 @@ class TileSet:
         for image_id in sorted(done):
             rows = int(n_rows.get(image_id, 0))
             n = int(self.slides[image_id].get("n_tiles", rows))
-            problem = pixel_file_problem(self.root / "pixels" / f"{image_id}.npy", n, self.tile_size)
+            problem = npy_problem(self.root / "pixels" / f"{image_id}.npy", np.uint8, (n, self.tile_size, self.tile_size, 3))
             if problem is None and rows != n:
                 problem = f"holds {n} tiles but tiles.csv lists {rows}"
             elif problem is None and rows and not 0 <= int(max_row.get(image_id, -1)) < n:
