@@ -60,7 +60,7 @@ def test_layout_index_shards_and_merged_index(tmp_path):
     assert sorted(p.name for p in (root / "index").iterdir()) == ["a.csv", "b.csv", "c.csv"]
     ts = TileSet(root)
     assert len(ts) == 3 + 4 + 5 and list(ts.index.columns[:9]) == tileset_mod.INDEX_COLUMNS
-    assert ts.format_version == 2 and ts.meta["merged_index"]["rows"] == 12
+    assert ts.meta["format_version"] == 2 and ts.meta["merged_index"]["rows"] == 12
     stale_merge(root)
     from_shards = TileSet(root)
     cols = list(ts.index.columns)
@@ -152,7 +152,7 @@ def test_broken_slide_files_are_one_clear_error_and_tiled_again(tmp_path, damage
     assert "--overwrite" in text and f"--out {root}" in text and "a.npy" not in text
     assert isinstance(err.value, ClotclfError)
     writer = TileSetWriter(root, SETTINGS, S)  # a resumed run tiles b again
-    assert set(writer.broken) == {"b"} and writer.is_done("a") and not writer.is_done("b")
+    assert set(writer.broken) == {"b"} and "a" in writer.meta["slides"] and "b" not in writer.meta["slides"]
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01\x02\xff\xfe" * 40], ids=["empty", "binary"])
@@ -237,7 +237,7 @@ def test_sync_changes_labels_and_drops_unlisted_slides_without_touching_their_fi
 def test_sync_removes_failed_and_broken_slides_that_are_no_longer_listed(tmp_path):
     root = make(tmp_path / "ts")
     writer = TileSetWriter(root, SETTINGS, S)
-    writer.record_failure("bad", "failed", "unreadable")
+    writer.commit("bad", "failed", {}, reason="unreadable")
     (root / "pixels" / "c.npy").unlink()
     writer = TileSetWriter(root, SETTINGS, S)
     changes = writer.sync(listed({"a": LABELS["a"]}))

@@ -40,7 +40,7 @@ from clotclf_core.features.store import (
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
-    read_meta,
+    read_store_meta,
     read_rows,
     rows_fingerprint,
     tileset_fingerprint,
@@ -102,7 +102,7 @@ class FeatureStoreWriter:
         """The existing features.json; with ``overwrite`` a damaged one is accepted (it is replaced),
         but never one that says it is something else."""
         try:
-            return read_meta(self.root)
+            return read_store_meta(self.root)
         except FeatureStoreError:
             if not overwrite:
                 raise

@@ -17,8 +17,6 @@ from pydantic import Field, field_validator, model_validator
 from clotclf_core.config import StrictModel
 from clotclf_core.plugin.errors import ClotclfError
 
-#: file suffixes picked up when a folder is tiled without a manifest, if no source declares any
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 #: a slide must be at least this many pixels a side to be tiled
 MIN_SLIDE_SIDE = 64
 #: more grid cells than this on one slide is a geometry mistake (a 1 µm tile on a 10 cm slide...)

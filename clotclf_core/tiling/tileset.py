@@ -20,7 +20,7 @@ streamed to a temporary file and renamed, then its index shard written atomicall
 client then marks it ``done`` in ``tileset.json``. Readers only use slides marked ``done``, so an
 interrupted run leaves nothing half-visible, and the next run re-tiles what is not done.
 Format 1 TileSets (clotclf 0.1: one ``tiles.csv`` of kept tiles) are still read. This module
-reads; :mod:`clotclf_core.tiling.writer` writes (its names are importable from here too).
+reads; :mod:`clotclf_core.tiling.writer` writes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _fix_hint(root: Path) -> str:
     return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
 
 
-def read_meta(root: Path) -> dict[str, Any]:
+def read_tileset_meta(root: Path) -> dict[str, Any]:
+    """A TileSet's ``tileset.json``, checked (a TileSet of a format this clotclf reads)."""
     meta_path = root / "tileset.json"
     if not meta_path.is_file():
         raise TileSetError(f"'{root}' is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`")
@@ -71,9 +72,6 @@ def read_meta(root: Path) -> dict[str, Any]:
             f"{', '.join(map(str, READABLE_VERSIONS))}; re-tile the slides with this version (`clotclf tile ... --overwrite`)"
         )
     return meta
-
-
-_read_meta = read_meta  # the name clotclf 0.1 used
 
 
 def read_index_file(path: Path, required: list[str], root: Path) -> Any:
@@ -200,7 +198,7 @@ class TileSet:
         self.root = Path(root)
         if not self.root.is_dir():
             raise TileSetError(f"TileSet folder '{self.root}' does not exist; make one with `clotclf tile`")
-        self.meta = read_meta(self.root)
+        self.meta = read_tileset_meta(self.root)
         self._arrays: dict[str, np.ndarray] = {}
         self._rejected = None
         done = [k for k, v in self.slides.items() if v.get("status") == "done"]
@@ -265,10 +263,6 @@ class TileSet:
 
     # ------------------------------------------------------------------ access
     @property
-    def format_version(self) -> int:
-        return int(self.meta.get("format_version", 1))
-
-    @property
     def settings(self) -> dict[str, Any]:
         return self.meta.get("settings", {})
 
@@ -329,10 +323,6 @@ class TileSet:
         return state
 
 
-# the writing side lives in clotclf_core.tiling.writer; its names stay importable from here (lazily:
-# tileset_writer imports this module, so either may be imported first)
-
-
 def tileset_is_synthetic(ts: "TileSet") -> bool:
     """Slides of ``ts.index`` marked synthetic: ``demo-data`` writes a ``synthetic`` manifest column,
     ``tile`` records it in tileset.json (top level and per slide)."""
@@ -354,8 +344,6 @@ def _run_dir_hint(p: Path) -> str:
 
 def open_tileset(path: str | os.PathLike, option: str = "--tiles") -> "TileSet":
     """Open a TileSet, or say in one line what ``path`` is instead (missing, a loop, a run directory...)."""
-    from clotclf_core.tiling.tileset import TileSet, TileSetError
-
     p = check_folder(path, f"{option}: TileSet folder", "make one with `clotclf tile SLIDES --out TILES`", TileSetError)
     if not (p / "tileset.json").exists():
         if (p / "config.json").is_file() or (p / "model.safetensors").is_file():

@@ -29,7 +29,7 @@ from clotclf_core.tiling.tileset import (
     TileSetError,
     _fix_hint,
     index_stamp,
-    read_meta,
+    read_tileset_meta,
     read_shards,
     slide_problem,
 )
@@ -168,7 +168,7 @@ class TileSetWriter:
         self.order: dict[str, int] = {}
         meta_path = self.root / "tileset.json"
         if meta_path.exists() and not overwrite:
-            meta = read_meta(self.root)
+            meta = read_tileset_meta(self.root)
             if meta.get("format_version") != FORMAT_VERSION:
                 raise TileSetError(
                     f"'{self.root}' holds a TileSet of format {meta.get('format_version')} (an older clotclf); it can still be "
@@ -270,10 +270,6 @@ class TileSetWriter:
         for image_id in removed:
             (self.root / "qc" / f"{image_id}.png").unlink(missing_ok=True)
 
-    def is_done(self, image_id: str) -> bool:
-        """True if this slide was already finished (tiled, or recorded as failed / without tissue)."""
-        return image_id in self.meta["slides"]
-
     def commit(self, image_id: str, status: str, info: dict[str, Any], listed: Mapping[str, Any] | None = None,
                reason: str = "") -> None:
         """Record one slide's outcome (its files, if any, are already written)."""
@@ -318,8 +314,3 @@ class TileSetWriter:
         write_shard(self.root, image_id, shard)
         self.commit(image_id, "done", {**info, "n_kept": n}, listed)
         self.merge_index()
-
-    def record_failure(self, image_id: str, status: str, reason: str, info: dict[str, Any] | None = None,
-                       listed: Mapping[str, Any] | None = None) -> None:
-        """Record a slide that produced no tiles (``status`` e.g. ``failed`` or ``no_tissue``)."""
-        self.commit(image_id, status, dict(info or {}), listed, reason)
