@@ -167,14 +167,14 @@ def test_each_segment_is_decoded_at_most_once_even_with_overlap(tmp_path, layout
 def test_a_raster_on_disk_gives_the_same_tiles_as_one_in_memory(tmp_path, layout, monkeypatch):
     """Working rasters over 768 MiB (STRIP AI's largest slides at the defaults, most above the mean
     at 1/2) go to a temporary file: the tiles must not depend on where the raster lives."""
-    from clotclf_core.tiling import reading
+    from clotclf_core.tiling import raster
 
     path = write_slide(tmp_path / "s.tif", size=(2048, 1536), tile=(64, 64) if layout == "tiled" else None,
                        blobs=((400, 400, 250, DARK), (760, 760, 260, PALE), (1700, 1200, 200, DARK)), seed=5)
     settings = SMALL.model_copy(update={"stride": 60})
     with closing(open_tiff(path)) as slide:
         mem_pixels, mem_rows, mem_info = tile_slide(slide, settings)
-    monkeypatch.setattr(reading, "RASTER_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(raster, "RASTER_IN_MEMORY_BYTES", 0)
     with closing(open_tiff(path)) as slide:
         disk_pixels, disk_rows, disk_info = tile_slide(slide, settings)
     assert disk_info["decoding"]["raster_on_disk"] and not mem_info["decoding"]["raster_on_disk"]

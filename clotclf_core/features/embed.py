@@ -40,8 +40,8 @@ from clotclf_core.features.store import (
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
-    read_store_meta,
     read_rows,
+    read_store_meta,
     rows_fingerprint,
     tileset_fingerprint,
 )

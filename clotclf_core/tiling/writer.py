@@ -29,8 +29,8 @@ from clotclf_core.tiling.tileset import (
     TileSetError,
     _fix_hint,
     index_stamp,
-    read_tileset_meta,
     read_shards,
+    read_tileset_meta,
     slide_problem,
 )
 
