@@ -99,10 +99,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement, engines alternating; the least CPU is reported")
     ap.add_argument("--band", type=int, default=2048, help="rows per zarr read")
     opts = ap.parse_args()
-    path = ensure_slide(Path(opts.workdir) / "mean" / "mean.tif", *MEAN)
+    try:
+        import zarr
+    except ImportError:
+        sys.exit("benchmarks/regions.py compares with tifffile's zarr view: `.venv/bin/python -m pip install zarr` first")
     import tifffile
-    import zarr
 
+    path = ensure_slide(Path(opts.workdir) / "mean" / "mean.tif", *MEAN)
     best: dict[tuple[str, str], dict] = {}
     for _ in range(opts.repeat):
         for request in REQUESTS:
