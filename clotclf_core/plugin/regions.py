@@ -17,8 +17,8 @@ Box reduction (area averaging), one implementation for every caller:
   overlap-matrix product; a 2967 x 2220 slide to 1024 x 766 takes 21 ms, against 191 ms streamed.
   Tiling's reader reduces every decoded TIFF tile with it; :func:`render_region` every rectangle on
   the pixel grid (tiles, thumbnails of single-level slides).
-- :func:`box_reduce_axis` / :class:`AreaReducer`: the same area weights for rectangles that are not
-  on the pixel grid, streamed block by block into a small output (partial pixels split by their
+- :func:`box_reduce_axis` / :class:`AreaReducer`: the same area weights for rectangles off the
+  pixel grid and for huge ones, streamed block by block into a small output (partial pixels split by their
   overlap), so a thumbnail of a 100k x 100k single-level slide never holds more than one block at
   full resolution. It agrees with OpenCV's to within 1 grey level (rounding). Tiling's view
   coverage is the same reduction of its map of decoded segments.

@@ -17,7 +17,7 @@ How:
    (≈ 220, 190, 212 on white glass) beside dark tissue stays in the mask: Otsu alone would split
    dark tissue from everything else.
 3. Specks smaller than ``min_object_fraction`` of the image are removed and holes smaller than
-   ``max_hole_fraction`` filled (scikit-image's ``remove_small_objects``, scipy's ``binary_fill_holes``).
+   ``max_hole_fraction`` filled (scikit-image's ``remove_small_objects`` and ``label``).
 
 :func:`byte_count_prescreen` guesses from the compressed size of each TIFF tile where tissue is,
 without decoding (tiling's reader uses it to skip decoding glass far from tissue).
@@ -201,19 +201,27 @@ def tissue_pixels_recipe(
 def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_fraction: float = 0.002) -> np.ndarray:
     """Drop specks smaller than ``min_object_fraction`` of the image and fill holes up to ``max_hole_fraction``.
 
-    A speck is an 8-connected piece of tissue of fewer pixels than that; a hole is a 4-connected
-    piece of background enclosed by tissue (not touching the image's border: glass around the clot
-    is not a hole) of at most that many pixels. scikit-image's ``remove_small_holes`` would fill
-    small background pieces at the border too, so holes are found with scipy's ``binary_fill_holes``.
+    A speck is an 8-connected piece of tissue of fewer pixels than that (scikit-image's
+    ``remove_small_objects``); a hole is a 4-connected piece of background of at most that many
+    pixels enclosed by tissue, i.e. not touching the image's border (glass around the clot is not a
+    hole). scikit-image's ``remove_small_holes`` would fill small background pieces at the border
+    too, and scipy's ``binary_fill_holes`` + ``remove_small_objects`` (the same holes) took 3-4x as
+    long on a 1,024-px view (45 vs 12 ms), so holes are the background's labels (scikit-image's
+    ``label``) that are small and not on the border.
     """
-    from scipy.ndimage import binary_fill_holes
+    from skimage.measure import label
     from skimage.morphology import remove_small_objects
 
     area = mask.size
     min_size, max_hole = int(round(min_object_fraction * area)), int(round(max_hole_fraction * area))
     mask = remove_small_objects(mask, max_size=max(min_size - 1, 0), connectivity=2)
-    holes = binary_fill_holes(mask) & ~mask
-    return mask | (holes & ~remove_small_objects(holes, max_size=max(max_hole, 0), connectivity=1))
+    if max_hole <= 0 or mask.all():
+        return mask
+    background = label(~mask, connectivity=1)
+    fill = np.bincount(background.ravel()) <= max_hole
+    fill[0] = False  # tissue
+    fill[np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))] = False
+    return mask | fill[background]
 
 
 def byte_count_prescreen(

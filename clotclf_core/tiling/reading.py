@@ -111,10 +111,10 @@ class _View:
     def _weights(self, n_seg: int, seg: int, length: int, n_view: int) -> np.ndarray:
         """(n_view, n_seg): share of each view pixel's raster pixels (the last view pixel covers
         fewer) that lie in each segment, along one axis."""
-        member = np.repeat(np.eye(n_seg, dtype=bool), seg, axis=0)[:length]  # raster pixel -> its segment
-        _, sums = box_reduce_axis(member, 0, 0, 0.0, self.scale, n_view, np.float64)
+        member = np.repeat(np.eye(n_seg, dtype=bool), seg, axis=1)[:, :length]  # segment x raster pixel
+        _, sums = box_reduce_axis(member, 1, 0, 0.0, self.scale, n_view, np.float64)  # along axis 1: one reduceat
         covered = np.minimum((np.arange(n_view) + 1) * self.scale, length) - np.arange(n_view) * self.scale
-        return sums * self.scale / np.maximum(covered, 1)[:, None]
+        return np.ascontiguousarray(sums.T) * self.scale / np.maximum(covered, 1)[:, None]
 
     def view(self, coverage: np.ndarray, background: np.ndarray) -> np.ndarray:
         """The view with never-decoded parts (zeros in the raster) filled with the glass colour."""
