@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -90,3 +90,49 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+
+
+def settings_options(model: type[BaseModel], skip: Iterable[str] = ()) -> Callable[[Any], Any]:
+    """A click decorator adding one option per field of the settings ``model`` (``--field-name``; a
+    ``Literal`` as a choice, a ``bool`` as ``--field/--no-field``), except the fields in ``skip``.
+
+    Every option defaults to None (= not given: the model's default, or a YAML value, applies); the
+    help text is the field's description with the default after it. So an option and its settings
+    field can never drift apart (``clotclf tile`` from ``TileSettings``, ``clotclf train`` from
+    ``TrainSettings``). :func:`given_settings` collects what was given. Light: click is imported when
+    the decorator runs.
+    """
+    skipped = set(skip)
+
+    def decorate(command: Any) -> Any:
+        import typing
+
+        import click
+
+        for name, field in reversed(list(model.model_fields.items())):  # click lists the last-added first
+            if name in skipped:
+                continue
+            flag = "--" + name.replace("_", "-")
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, bool):  # the flag that is on: --prescreen, --no-compile
+                default = flag if default else f"--no-{flag[2:]}"
+            helptext = (field.description or "") + ("" if default is None else f" [default: {default}]")
+            ann = field.annotation
+            args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
+            if typing.get_origin(ann) is Literal:
+                option = click.option(flag, type=click.Choice(typing.get_args(ann)), default=None, help=helptext, show_default=False)
+            elif args[0] is bool:
+                option = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=helptext, show_default=False)
+            else:
+                kind = {int: int, float: float}.get(args[0], str)
+                option = click.option(flag, type=kind, default=None, help=helptext, show_default=False)
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def given_settings(params: dict[str, Any], model: type[BaseModel], skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The options :func:`settings_options` added that were given (not None), as settings fields."""
+    skipped = set(skip)
+    return {k: v for k, v in params.items() if k in model.model_fields and k not in skipped and v is not None}

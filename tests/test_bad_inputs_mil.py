@@ -115,7 +115,7 @@ def test_embed_arguments(case, tiles, tmp_path):
         from clotclf_core.tiling.writer import TileSetWriter
 
         src = tmp_path / "empty"
-        TileSetWriter(src, {}, 32).record_failure("a", "no_tissue", "empty mask")
+        TileSetWriter(src, {}, 32).commit("a", "no_tissue", {}, reason="empty mask")
         mentions = ["holds no tiles", "tile the slides again"]
     elif case == "batch size 0":
         args, mentions = ["--batch-size", "0"], ["--batch-size"]

@@ -67,8 +67,6 @@ def test_store_holds_what_the_encoder_computes(tiles, tmp_path):
     assert store.empty == {"s9": {"status": "no_tiles", "n_tiles": 0, "tileset_status": "no_tissue",
                                   "reason": "the tissue mask is empty"}}
     assert list(store.index.columns[-1:]) == ["feature_row"] and len(store.index) == 27
-    table = store.slide_table()
-    assert table.set_index("image_id").loc["s9", "status"] == "no_tiles"
     bags, mask = store.bags(["s0", "s9", "s2"])
     assert bags.shape == (3, 11, 16) and mask.sum(1).tolist() == [5, 0, 11]
     assert np.array_equal(bags[0, :5], store.features("s0").astype(np.float32)) and not bags[0, 5:].any()

@@ -385,11 +385,11 @@ def test_cli_train_filter(synthetic_data, synthetic_run, tmp_path):
 
 
 def test_patch_candidates_respect_the_mask():
-    from clotclf_core.tiling.patchset import candidates
+    from clotclf_core.tiling.patchset import labelled_cells
 
     mask = np.zeros((100, 80), bool)
     mask[20:60, 10:50] = True  # slide 800 x 1000 px: 10 level-0 px per mask px
-    c = candidates(mask, (800, 1000), side=100, min_tissue=0.75)
+    c = labelled_cells(mask, (800, 1000), side=100, min_tissue=0.75)
     for x, y in c["tissue"][0]:
         assert mask[y // 10:(y + 100) // 10, x // 10:(x + 100) // 10].mean() >= 0.75
     grown = np.zeros_like(mask)

@@ -240,18 +240,91 @@ def test_thumbnail_of_a_large_single_level_tiff_uses_bounded_memory(big_tiff):
 
 
 def test_streamed_reduction_matches_direct_read(files, monkeypatch):
-    """Regions too big to assemble are averaged tile by tile: same answer as the direct path."""
+    """Regions too big to assemble are averaged tile by tile: the same area means as the direct path
+    (OpenCV's INTER_AREA), to within one grey level of rounding."""
     with open_slide(files["tiled"], "tifffile") as slide:
-        cases = [((0, 0, W, H), 2.0), ((-64, 32, 640, 512), 4.0), ((37, 51, 777, 555), 3.3)]
+        cases = [((0, 0, W, H), 2.0), ((-64, 32, 640, 512), 4.0), ((37, 51, 777, 555), 3.3), ((0, 0, W, H), 7.3)]
         direct = [slide.read_region(*box, ds) for box, ds in cases]
         monkeypatch.setattr(regions, "DIRECT_READ_MAX_PIXELS", 1000)
         streamed = [slide.read_region(*box, ds) for box, ds in cases]
     for (box, ds), a, b in zip(cases, direct, streamed):
         diff = np.abs(a.astype(int) - b.astype(int))
-        if ds == int(ds) and box[0] % ds == 0:  # whole pixels per output pixel: the same numbers
-            assert diff.max() <= 1, (box, ds)
-        else:  # PIL samples pixel centres, the stream weighs partial pixels: close, not equal
-            assert diff.mean() < 3, (box, ds, diff.mean())
+        assert diff.max() <= 1, (box, ds, diff.max())
+        if ds == int(ds):  # whole pixels per output pixel: both are OpenCV's box means
+            assert diff.max() == 0, (box, ds)
+
+
+def _area_mean(img: np.ndarray, x: float, y: float, w: float, h: float, ds: float) -> np.ndarray:
+    """The exact read_region answer, by overlap matrices in float64 (white outside the image)."""
+    out_h, out_w = round(h / ds), round(w / ds)
+
+    def weights(start: float, length: float, n_out: int, n_in: int) -> np.ndarray:
+        scale = length / n_out
+        lo = start + np.arange(n_out)[:, None] * scale
+        px = np.arange(-100, n_in + 100)[None, :]  # input pixels, with white margins
+        return np.clip(np.minimum(lo + scale, px + 1) - np.maximum(lo, px), 0, None) / scale
+
+    padded = np.pad(img.astype(np.float64), ((100, 100), (100, 100), (0, 0)), constant_values=255)
+    wy, wx = weights(y, h, out_h, img.shape[0]), weights(x, w, out_w, img.shape[1])
+    rows = np.tensordot(wy, padded, axes=(1, 0))  # (out_h, width, 3)
+    return np.tensordot(rows, wx, axes=(1, 1)).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("source", ["tifffile", "openslide"])
+def test_regions_are_area_means_on_and_off_the_pixel_grid(files, source, monkeypatch):
+    """Each output pixel is the area-weighted mean of what it covers (partial pixels by their
+    overlap), whether the rectangle is assembled or streamed, on the pixel grid or not."""
+    img = files["image"]
+    cases = [((0, 0, W, H), 2.0), ((0, 0, W, H), 900 / 256), ((37, 51, 777, 555), 3.3),
+             ((10.5, 20.25, 300.5, 200.75), 2.5), ((-40.5, -30, 200, 120), 1.7)]
+    with open_slide(files["tiled"], source) as slide:
+        for streamed in (False, True):
+            monkeypatch.setattr(regions, "DIRECT_READ_MAX_PIXELS", 1000 if streamed else 16 * 1024 * 1024)
+            for box, ds in cases:
+                got = slide.read_region(*box, ds).astype(np.float64)
+                want = _area_mean(img, *box, ds)
+                assert got.shape == want.shape and np.abs(got - want).max() <= 0.51 + 1e-6 * 255, (box, ds, streamed)
+
+
+class _Painted(regions.RegionSlide):
+    """A RegionSlide over an in-memory picture, cut into 100-px blocks (what a source implements)."""
+
+    def __init__(self, img: np.ndarray):
+        self.path, self.img, self.closed = "painted.png", img, False
+        self.dimensions = (img.shape[1], img.shape[0])
+        self.mpp, self.mpp_note = regions.checked_mpp(1000)
+        self.level_dimensions, self.level_downsamples = [self.dimensions], [1.0]
+
+    def _blocks(self, level):
+        return regions.grid_blocks(lambda x, y, w, h: self.img[y : y + h, x : x + w], 100)
+
+    def _close(self):
+        self.closed = True
+
+
+def test_region_slide_base_answers_the_slide_contract():
+    img = _pattern(250, 330)
+    with _Painted(img) as slide:
+        assert isinstance(slide, Slide) and slide.level_count == 1 and slide.mpp is None and "1000" in slide.mpp_note
+        assert np.array_equal(slide.read_region(0, 0, 330, 250), img)
+        assert np.array_equal(slide.read_region(-5, 240, 20, 20)[:10, 5:], img[240:, :15])
+        assert (slide.read_region(-5, 240, 20, 20)[10:] == 255).all()  # outside the slide: white
+        assert slide.thumbnail(100).shape == (76, 100, 3)
+        lay = slide.level_layout(0)
+        assert (lay.seg_width, lay.rows, lay.cols) == (regions.GENERIC_BLOCK, 1, 1)
+        assert np.array_equal(lay.read(0, 0), img)  # three 100-px blocks a side, assembled once
+        with pytest.raises(ClotclfError, match="levels 0..0, not 1"):
+            slide.level_layout(1)
+        with pytest.raises(ClotclfError, match="width and height"):
+            slide.read_region(0, 0, 0, 5)
+        assert repr(slide) == "_Painted('painted.png', 330x250, levels=1, mpp=None)"
+    assert slide.closed
+
+    class NoBlocks(regions.RegionSlide):
+        path, dimensions, mpp, level_dimensions, level_downsamples = "x", (10, 10), None, [(10, 10)], [1.0]
+
+    with pytest.raises(NotImplementedError, match="NoBlocks must implement _blocks"):
+        NoBlocks().read_region(0, 0, 5, 5)
 
 
 def test_tile_byte_counts_flag_busy_tiles(files, big_tiff):

@@ -5,6 +5,7 @@ Tiny synthetic TileSets written through TileSetWriter: no slide is read here."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import clotclf_core.tiling.tileset as tileset_mod
 import clotclf_core.tiling.writer as tileset_writer
 from clotclf_core.plugin import ClotclfError
-from clotclf_core.tiling.tileset import TileSet, TileSetError, pixel_file_problem
+from clotclf_core.tiling.tileset import TileSet, TileSetError, npy_problem
 from clotclf_core.tiling.writer import PixelFileWriter, TileSetWriter, write_shard
 
 S = 8  # tile side
@@ -59,7 +60,7 @@ def test_layout_index_shards_and_merged_index(tmp_path):
     assert sorted(p.name for p in (root / "index").iterdir()) == ["a.csv", "b.csv", "c.csv"]
     ts = TileSet(root)
     assert len(ts) == 3 + 4 + 5 and list(ts.index.columns[:9]) == tileset_mod.INDEX_COLUMNS
-    assert ts.format_version == 2 and ts.meta["merged_index"]["rows"] == 12
+    assert ts.meta["format_version"] == 2 and ts.meta["merged_index"]["rows"] == 12
     stale_merge(root)
     from_shards = TileSet(root)
     cols = list(ts.index.columns)
@@ -101,6 +102,26 @@ def test_pixel_file_writer_streams_selects_and_aborts(tmp_path):
         PixelFileWriter(tmp_path, "v", S).add(np.ones((1, S, S, 3), np.float32))
 
 
+def test_a_streamed_pixel_file_is_what_numpy_save_writes(tmp_path):
+    (tmp_path / "pixels").mkdir()
+    tiles = np.random.default_rng(0).integers(0, 256, (7, S, S, 3), dtype=np.uint8)
+    w = PixelFileWriter(tmp_path, "n", S)
+    w.add(tiles[:3])
+    w.add(tiles[3:])
+    assert w.finish(None) == 7
+    np.save(tmp_path / "ref.npy", tiles)
+    assert (tmp_path / "pixels" / "n.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    old = os.umask(0o027)
+    try:  # the usual permissions for new files, not mkstemp's 0600
+        w = PixelFileWriter(tmp_path, "m", S)
+        w.add(tiles)
+        w.finish(np.array([6, 1]))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pixels" / "m.npy").stat().st_mode & 0o777 == 0o640
+    assert np.array_equal(np.load(tmp_path / "pixels" / "m.npy"), tiles[[6, 1]])
+
+
 # ----------------------------------------------------------------------------- broken files
 
 
@@ -131,7 +152,7 @@ def test_broken_slide_files_are_one_clear_error_and_tiled_again(tmp_path, damage
     assert "--overwrite" in text and f"--out {root}" in text and "a.npy" not in text
     assert isinstance(err.value, ClotclfError)
     writer = TileSetWriter(root, SETTINGS, S)  # a resumed run tiles b again
-    assert set(writer.broken) == {"b"} and writer.is_done("a") and not writer.is_done("b")
+    assert set(writer.broken) == {"b"} and "a" in writer.meta["slides"] and "b" not in writer.meta["slides"]
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01\x02\xff\xfe" * 40], ids=["empty", "binary"])
@@ -165,17 +186,18 @@ def test_pixels_turns_a_file_broken_after_opening_into_a_tileset_error(tmp_path)
         ts.pixels("c")
 
 
-def test_pixel_file_problem_accepts_good_files_and_names_the_rest(tmp_path):
+def test_npy_problem_accepts_good_files_and_names_the_rest(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((0, S, S, 3), np.uint8))
-    assert pixel_file_problem(path, 0, S) is None
+    assert npy_problem(path, np.uint8, (0, S, S, 3)) is None
     np.save(path, np.zeros((5, S, S, 3), np.uint8))
-    assert pixel_file_problem(path, 5, S) is None
-    assert "instead of uint8 (5, 16, 16, 3)" in pixel_file_problem(path, 5, 16)
+    assert npy_problem(path, np.uint8, (5, S, S, 3)) is None
+    assert "instead of uint8 (5, 16, 16, 3)" in npy_problem(path, np.uint8, (5, 16, 16, 3))
+    assert npy_problem(path, np.float16, (5, S * S * 3)) == f"holds uint8 (5, {S}, {S}, 3) instead of float16 (5, {S * S * 3})"
     with open(path, "wb") as fh:  # an .npz archive under the .npy name
         np.savez(fh, a=np.zeros(3))
-    assert pixel_file_problem(path, 5, S) == "not a .npy array"
-    assert pixel_file_problem(tmp_path / "none.npy", 5, S) == "missing"
+    assert npy_problem(path, np.uint8, (5, S, S, 3)) == "not a .npy array"
+    assert npy_problem(tmp_path / "none.npy", np.uint8, (5, S, S, 3)) == "missing"
 
 
 # ----------------------------------------------------------------------------- resuming with a new manifest
@@ -215,7 +237,7 @@ def test_sync_changes_labels_and_drops_unlisted_slides_without_touching_their_fi
 def test_sync_removes_failed_and_broken_slides_that_are_no_longer_listed(tmp_path):
     root = make(tmp_path / "ts")
     writer = TileSetWriter(root, SETTINGS, S)
-    writer.record_failure("bad", "failed", "unreadable")
+    writer.commit("bad", "failed", {}, reason="unreadable")
     (root / "pixels" / "c.npy").unlink()
     writer = TileSetWriter(root, SETTINGS, S)
     changes = writer.sync(listed({"a": LABELS["a"]}))

@@ -167,14 +167,14 @@ def test_each_segment_is_decoded_at_most_once_even_with_overlap(tmp_path, layout
 def test_a_raster_on_disk_gives_the_same_tiles_as_one_in_memory(tmp_path, layout, monkeypatch):
     """Working rasters over 768 MiB (STRIP AI's largest slides at the defaults, most above the mean
     at 1/2) go to a temporary file: the tiles must not depend on where the raster lives."""
-    from clotclf_core.tiling import reading
+    from clotclf_core.tiling import raster
 
     path = write_slide(tmp_path / "s.tif", size=(2048, 1536), tile=(64, 64) if layout == "tiled" else None,
                        blobs=((400, 400, 250, DARK), (760, 760, 260, PALE), (1700, 1200, 200, DARK)), seed=5)
     settings = SMALL.model_copy(update={"stride": 60})
     with closing(open_tiff(path)) as slide:
         mem_pixels, mem_rows, mem_info = tile_slide(slide, settings)
-    monkeypatch.setattr(reading, "RASTER_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(raster, "RASTER_IN_MEMORY_BYTES", 0)
     with closing(open_tiff(path)) as slide:
         disk_pixels, disk_rows, disk_info = tile_slide(slide, settings)
     assert disk_info["decoding"]["raster_on_disk"] and not mem_info["decoding"]["raster_on_disk"]
@@ -519,15 +519,32 @@ def test_cli_tile(tmp_path, slides):
     res = run_cli(slides, "--out", tmp_path / "ts", *SMALL_ARGS, "--quiet")
     assert res.exit_code == 0 and "2 already done" in res.output and "IMAGE_ID" not in res.output
     res = run_cli(slides, "--out", tmp_path / "ts2", *SMALL_ARGS, "--filter", "otsu:threshold=0.6,channel=saturation",
-                  "--max-tiles", "2", "-q")
+                  "--max-tiles", "2", "--tissue-method", "od", "--no-prescreen", "-q")
     assert res.exit_code == 0, res.output
     ts = TileSet(tmp_path / "ts2")
     assert ts.settings["filters"][0]["options"]["channel"] == "saturation" and (ts.index["score_otsu"] >= 0.6).all()
+    assert ts.settings["tissue_method"] == "od" and ts.settings["prescreen"] is False
     assert ts.index.groupby("image_id").size().max() <= 2 and ts.settings["max_tiles"] == 2
     (slides / "s2.tif").unlink()
     res = run_cli(slides, "--out", tmp_path / "ts", *SMALL_ARGS)
     assert res.exit_code == 0 and "1 already done, 1 removed," in res.output, res.output
     assert set(TileSet(tmp_path / "ts").slides) == {"s1"}
+
+
+def test_cli_tile_options_are_the_tile_settings_fields():
+    """`clotclf tile`'s geometry options are generated from TileSettings: one per field, its
+    description as help with its default, None (not given) unless given."""
+    from clotclf_core.cli.data import tile
+    from clotclf_core.tiling.settings import TileSettings
+
+    options = {p.name: p for p in tile.params}
+    for name, field in TileSettings.model_fields.items():
+        option = options[name]
+        assert option.default is None and option.help.startswith(field.description), name
+        default = field.get_default()
+        shown = None if default is None else (f"--{'' if default else 'no-'}{name}" if isinstance(default, bool) else default)
+        assert shown is None or option.help.endswith(f"[default: {shown}]"), (name, option.help)
+    assert "--tile-size" in options["downsample"].help and options["tile_size"].opts == ["--tile-size"]
 
 
 def test_cli_defaults_are_the_documented_geometry(tmp_path):

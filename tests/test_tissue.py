@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clotclf_core.slides.tissue import fill_small_holes, remove_small_objects, tissue_mask
+from clotclf_core.slides.tissue import clean_mask, tissue_mask
 
 REAL_SLIDE = Path(__file__).parent / "data" / "cmu_small_region.svs"
 
@@ -54,16 +54,20 @@ def test_specks_removed_and_holes_filled():
     assert mask.sum() == 120 * 120
 
 
-def test_helpers_keep_big_objects_and_border_holes():
+def test_clean_mask_drops_specks_and_fills_enclosed_holes_only():
     m = np.zeros((10, 10), bool)
     m[1:4, 1:4] = True
     m[6, 6] = True
-    assert remove_small_objects(m, 2).sum() == 9
+    m[8, 8] = m[9, 9] = True  # diagonal neighbours: one 8-connected piece of 2 pixels
+    assert clean_mask(m, min_object_fraction=0.02, max_hole_fraction=0.0).sum() == 11  # pieces of >= 2 px stay
     ring = np.ones((10, 10), bool)
-    ring[4:6, 4:6] = False  # enclosed hole: filled
+    ring[4:6, 4:6] = False  # enclosed hole of 4 px: filled
     ring[0, 0] = False  # touches the border: not a hole
-    filled = fill_small_holes(ring, 10)
-    assert filled[4:6, 4:6].all() and not filled[0, 0]
+    ring[2, 2] = ring[3, 3] = False  # two 1-px holes touching only diagonally: two holes (4-connected)
+    filled = clean_mask(ring, min_object_fraction=0.0, max_hole_fraction=0.1)
+    assert filled[4:6, 4:6].all() and filled[2, 2] and filled[3, 3] and not filled[0, 0]
+    assert not clean_mask(ring, min_object_fraction=0.0, max_hole_fraction=0.03)[4:6, 4:6].any()  # 4 px > 3: kept
+    assert clean_mask(ring, min_object_fraction=0.0, max_hole_fraction=0.04)[4:6, 4:6].all()  # 4 px <= 4: filled
 
 
 def test_bad_input_is_refused():

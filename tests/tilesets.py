@@ -25,7 +25,7 @@ def make_tileset(root: Path, sizes=(5, 8, 11, 3), settings=None, labels=None, se
                  "size": tile * 2, "downsample": 2.0} for i in range(n)]
         writer.add_slide(f"s{s}", pixels, rows, {})
     for image_id, reason in (empty if empty is not None else {"s9": "the tissue mask is empty"}).items():
-        writer.record_failure(image_id, "no_tissue", reason)
+        writer.commit(image_id, "no_tissue", {}, reason=reason)
     return root
 
 

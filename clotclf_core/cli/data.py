@@ -10,57 +10,45 @@ import json
 
 import click
 
+from clotclf_core.config import settings_options
+from clotclf_core.tiling.settings import TileSettings
+
 # ----------------------------------------------------------------------------- tile
 
 
 @click.command("tile")
 @click.argument("slides", type=click.Path(file_okay=False, path_type=str))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="TileSet folder to write (resumed if it exists).")
-@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every slide file, id = file stem.")
-@click.option("--source", metavar="NAME[:k=v,...]", help="Slide source plugin (default: the best one for each file).")
-@click.option("--filter", "filters", multiple=True, default=("otsu",), show_default=True, metavar="NAME[:k=v,...]", help="Patch filter, repeatable, run in order (e.g. mobilenetv3:weights=RUN,threshold=0.5).")
-@click.option("--downsample", type=float, default=4.0, show_default=True, help="View the slide at 1/downsample (--tile-size and --stride are pixels of that view).")
-@click.option("--tile-size", type=int, default=None, help="Tile side in pixels of that view [default: 224, i.e. 896 level-0 px]. Not with --tile-um.")
-@click.option("--stride", type=int, default=None, help="Step between tiles in pixels of that view [default: tile size, no overlap].")
-@click.option("--tile-um", type=float, default=None, help="Tile side in microns (needs the slide's mpp), instead of --tile-size.")
-@click.option("--train-size", type=int, default=224, show_default=True, help="Side of the cached tiles (training input size).")
-@click.option("--min-tissue", type=float, default=0.1, show_default=True, help="Share of a tile that must be in the tissue mask for it to be a candidate.")
-@click.option("--max-tiles", type=int, default=None, help="Keep at most N tiles per slide, the best by --max-tiles-by [default: all].")
-@click.option("--max-tiles-by", type=click.Choice(["tissue", "dark"]), default="tissue", show_default=True, help="Rank for --max-tiles: tissue share (ties: darker first), or darkness alone.")
-@click.option("--edges", type=click.Choice(["pad", "drop"]), default="pad", show_default=True, help="pad: the grid covers the whole slide (tiles past the edge padded with its glass colour); drop: whole tiles only.")
-@click.option("--background", type=click.Choice(["slide", "white"]), default="slide", show_default=True, help="Glass colour for the tissue mask, padding and filters: estimated per slide, or white.")
-@click.option("--thumbnail-size", type=int, default=1024, show_default=True, help="Longer side of the view the tissue mask is computed on.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Tiles filtered together.")
-@click.option("--prescreen/--no-prescreen", default=True, show_default=True, help="Tiled TIFFs: skip decoding TIFF tiles whose compressed size says glass, away from tissue (checked on a lattice).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Slides tiled in parallel (local processes, or Dask workers with --dask local).")
-@click.option("--threads", type=int, default=None, help="Decoding threads per worker [default: CPU cores / workers, at most 8].")
-@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. --out must be on a file system every worker sees.")
-@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Folder for large working rasters of huge slides [default: TMPDIR].")
-@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="Allowed label, repeatable.")
-@click.option("--require-labels", is_flag=True, help="Fail on manifest rows without a label (for a training set).")
-@click.option("--overwrite", is_flag=True, help="Replace a TileSet made with different settings.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no per-slide table (failures are still listed).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def tile(slides, out, manifest, source, filters, downsample, tile_size, stride, tile_um, train_size, min_tissue, max_tiles,
-         max_tiles_by, edges, background, thumbnail_size, batch_size, prescreen, workers, threads, dask_address, scratch_dir,
-         labels, require_labels, overwrite, quiet, as_json) -> None:
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="TileSet folder to write (resumed if it exists)")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every slide file, id = file stem")
+@click.option("--source", metavar="NAME[:k=v,...]", help="slide source plugin (default: the best one for each file)")
+@click.option("--filter", "filters", multiple=True, default=("otsu",), show_default=True, metavar="NAME[:k=v,...]", help="patch filter, repeatable, run in order (e.g. mobilenetv3:weights=RUN,threshold=0.5)")
+@settings_options(TileSettings)
+@click.option("--workers", type=int, default=1, show_default=True, help="slides tiled in parallel (local processes, or Dask workers with --dask local)")
+@click.option("--threads", type=int, default=None, help="decoding threads per worker [default: CPU cores / workers, at most 8]")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. --out must be on a file system every worker sees")
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="folder for large working rasters of huge slides [default: TMPDIR]")
+@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="allowed label, repeatable")
+@click.option("--require-labels", is_flag=True, help="fail on manifest rows without a label (for a training set)")
+@click.option("--overwrite", is_flag=True, help="replace a TileSet made with different settings")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars and no per-slide table (failures are still listed)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def tile(slides, out, manifest, source, filters, workers, threads, dask_address, scratch_dir, labels, require_labels,
+         overwrite, quiet, as_json, **settings_given) -> None:
     """Cut the slides in SLIDES into a TileSet: each slide read once, tissue mask relative to its glass,
-    a grid covering it, filters, pixel cache, QC pictures. Exit 3 when some slides failed (listed)."""
-    from clotclf_core.config import parse_component_ref
+    a grid covering it, filters, pixel cache, QC pictures. Exit 3 when some slides failed (listed).
+    The geometry options are TileSettings' fields (recorded in tileset.json)."""
+    from clotclf_core.config import given_settings, parse_component_ref
     from clotclf_core.plugin.errors import ConfigError, PartialFailure
     from clotclf_core.tiling.run import tile_slides
-    from clotclf_core.tiling.settings import TileSettings
     from clotclf_core.tiling.summary import failure_message, format_summary
 
-    if tile_um is not None and tile_size is not None:
+    given = given_settings(settings_given, TileSettings)
+    if "tile_um" in given and "tile_size" in given:
         raise ConfigError(
-            f"--tile-um {tile_um:g} and --tile-size {tile_size} both set the tile side: give one (--tile-um needs the slides' mpp)"
+            f"--tile-um {given['tile_um']:g} and --tile-size {given['tile_size']} both set the tile side: give one "
+            "(--tile-um needs the slides' mpp)"
         )
-    settings = TileSettings.from_values(
-        downsample=downsample, tile_size=224 if tile_size is None else tile_size, stride=stride, tile_um=tile_um,
-        train_size=train_size, min_tissue=min_tissue, thumbnail_size=thumbnail_size, batch_size=batch_size,
-        prescreen=prescreen, edges=edges, max_tiles=max_tiles, max_tiles_by=max_tiles_by, background=background,
-    )
+    settings = TileSettings.from_values(**given)
     refs = [parse_component_ref(f, "--filter") for f in filters]
     summary = tile_slides(
         slides, out, manifest=manifest, settings=settings, filters=refs, source=source, workers=workers, threads=threads,

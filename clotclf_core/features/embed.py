@@ -45,16 +45,15 @@ from clotclf_core.features.store import (
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
-    matrix_problem,
-    read_meta,
     read_rows,
+    read_store_meta,
     rows_fingerprint,
     tileset_fingerprint,
 )
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.plugin.io import atomic_path, write_json, write_text
 from clotclf_core.progress import bar
-from clotclf_core.tiling.tileset import TileSet
+from clotclf_core.tiling.tileset import TileSet, npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -106,7 +105,7 @@ class FeatureStoreWriter:
         """The existing features.json; with ``overwrite`` a damaged one is accepted (it is replaced),
         but never one that says it is something else."""
         try:
-            return read_meta(self.root)
+            return read_store_meta(self.root)
         except FeatureStoreError:
             if not overwrite:
                 raise
@@ -124,7 +123,7 @@ class FeatureStoreWriter:
         return self.root / SLIDES_DIR / f"{image_id}{suffix}"
 
     def _is_intact(self, image_id: str, entry: dict[str, Any]) -> bool:
-        ok = matrix_problem(self._path(image_id, ".npy"), int(entry.get("n_tiles", 0)), self.meta["num_features"]) is None
+        ok = npy_problem(self._path(image_id, ".npy"), DTYPE, (int(entry.get("n_tiles", 0)), self.meta["num_features"])) is None
         return ok and self._path(image_id, ".csv").is_file()
 
     def sync(self, tileset: TileSet, by_slide: dict[str, "pd.DataFrame"]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.tiling.tileset import npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -136,7 +137,8 @@ def check_matches_tileset(store: "FeatureStore", tileset: "TileSet", tiles: str 
 # ----------------------------------------------------------------------------- reading
 
 
-def read_meta(root: Path) -> dict[str, Any]:
+def read_store_meta(root: Path) -> dict[str, Any]:
+    """A feature store's ``features.json``, checked (a store of the format this clotclf reads)."""
     path = root / META_NAME
     if not path.is_file():
         raise FeatureStoreError(
@@ -154,24 +156,6 @@ def read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def matrix_problem(path: Path, n_tiles: int, num_features: int) -> str | None:
-    """Why ``path`` cannot be a slide's float16 (n_tiles, F) matrix (``None`` when it can); reads the header only."""
-    if not path.is_file():
-        return "missing"
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        return f"truncated or unreadable ({type(exc).__name__}: {str(exc)[:120]})"
-    if not isinstance(arr, np.ndarray):
-        getattr(arr, "close", lambda: None)()
-        return "not a .npy array"
-    shape, dtype = arr.shape, arr.dtype
-    del arr
-    if dtype != DTYPE or shape != (int(n_tiles), int(num_features)):
-        return f"holds {dtype} {tuple(shape)} instead of float16 {(int(n_tiles), int(num_features))}"
-    return None
-
-
 def read_rows(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
@@ -185,7 +169,7 @@ class FeatureStore:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FeatureStoreError(f"feature store folder '{self.root}' does not exist; make one with `clotclf embed`")
-        self.meta = read_meta(self.root)
+        self.meta = read_store_meta(self.root)
         self._arrays: dict[str, np.ndarray] = {}
         self._rows: dict[str, "pd.DataFrame"] = {}
         problems = [f"{self.matrix_path(i)}: {p}" for i in self.done if (p := self.slide_problem(i))]
@@ -228,7 +212,7 @@ class FeatureStore:
 
     def slide_problem(self, image_id: str) -> str | None:
         entry = self.slides[image_id]
-        problem = matrix_problem(self.matrix_path(image_id), int(entry.get("n_tiles", 0)), self.num_features)
+        problem = npy_problem(self.matrix_path(image_id), DTYPE, (int(entry.get("n_tiles", 0)), self.num_features))
         if problem is None and not self.rows_path(image_id).is_file():
             problem = f"its tile rows {self.rows_path(image_id).name} are missing"
         return problem
@@ -260,17 +244,6 @@ class FeatureStore:
 
         parts = [self.tiles(i).assign(feature_row=np.arange(len(self.tiles(i)))) for i in self.done]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["image_id", "feature_row"])
-
-    def slide_table(self) -> "pd.DataFrame":
-        """One row per slide listed (done and no_tiles): image_id, patient_id, center_id, label,
-        n_tiles, status, reason."""
-        import pandas as pd
-
-        out = []
-        for image_id, entry in sorted(self.slides.items()):
-            out.append({"image_id": image_id, **{c: entry.get(c, "") for c in ("patient_id", "center_id", "label")},
-                        "n_tiles": int(entry.get("n_tiles", 0)), "status": entry.get("status"), "reason": entry.get("reason", "")})
-        return pd.DataFrame(out, columns=["image_id", "patient_id", "center_id", "label", "n_tiles", "status", "reason"])
 
     def bags(self, image_ids: Iterable[str], max_tiles: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Padded float32 bags ``(B, N, F)`` and their bool mask ``(B, N)`` for these slides

@@ -19,7 +19,7 @@ import numpy as np
 from clotclf_core.inputs import check_folder
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.slides.manifest import manifest_from_files, read_manifest
-from clotclf_core.tiling.run import find_slides
+from clotclf_core.slides.open import slide_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -86,7 +86,7 @@ def job_of(slides_dir: str | Path, manifest: str | Path | None, labels: list[str
         slide_labels = {i: lab for i, lab in zip(df["image_id"], df["label"]) if lab}
     else:
         folder = check_folder(slides_dir, "slide folder", "check the SLIDES argument")
-        ids = list(manifest_from_files(find_slides(folder))["image_id"])
+        ids = list(manifest_from_files(slide_files(folder))["image_id"])
         given, where, slide_labels = {}, "no --manifest", {}
     if not ids:
         raise ClotclfError(f"no slides to predict in '{slides_dir}'" + (f" (manifest '{manifest}')" if manifest else ""))

@@ -6,7 +6,8 @@
   single-level TIFFs above ``openslide``, which must decode a whole level for a thumbnail, and
   ``openslide`` ranks pyramidal vendor files highest); if the best one fails, the next is tried.
 - :func:`find_slide` turns a manifest's ``image_id`` into ``<folder>/<image_id>.<ext>`` for any
-  extension an installed source declares (``ComponentSpec.extra["extensions"]``).
+  extension an installed source declares (``ComponentSpec.extra["extensions"]``); :func:`slide_files`
+  lists a folder's slide files by the same extensions.
 
 The region engine sources share (``read_region`` from decoded blocks) is part of the plugin API:
 :mod:`clotclf_core.plugin.regions`.
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from clotclf_core.plugin.errors import ClotclfError, SlideReadError, SlideUnusable
+
+#: file suffixes picked up when a folder is listed, if no installed source declares any
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 
 # ----------------------------------------------------------------------------- choosing a source
 
@@ -106,6 +110,13 @@ def slide_extensions() -> list[str]:
     return sorted(exts)
 
 
+def slide_files(folder: str | os.PathLike) -> list[Path]:
+    """Slide files directly in ``folder``, sorted: the extensions installed sources declare (else
+    :data:`SLIDE_SUFFIXES`)."""
+    exts = set(slide_extensions()) or set(SLIDE_SUFFIXES)
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
 def find_slide(folder: str | os.PathLike, image_id: str) -> Path:
     """The slide file ``<folder>/<image_id>.<ext>`` for ``image_id`` (a manifest row).
 
@@ -142,11 +153,5 @@ def find_slide(folder: str | os.PathLike, image_id: str) -> Path:
         f"no slide file for image_id '{image_id}' in '{root}' (looked for {image_id}.<ext> with ext one of "
         f"{', '.join(sorted(exts)) or '(no source installed)'}).{hint} Check the manifest and the slide folder."
     )
-
-
-# ----------------------------------------------------------------------------- level layouts
-
-
-# ----------------------------------------------------------------------------- region engine
 
 

@@ -17,7 +17,7 @@ How:
    (≈ 220, 190, 212 on white glass) beside dark tissue stays in the mask: Otsu alone would split
    dark tissue from everything else.
 3. Specks smaller than ``min_object_fraction`` of the image are removed and holes smaller than
-   ``max_hole_fraction`` filled (scikit-image connected components).
+   ``max_hole_fraction`` filled (scikit-image's ``remove_small_objects`` and ``label``).
 
 :func:`byte_count_prescreen` guesses from the compressed size of each TIFF tile where tissue is,
 without decoding (tiling's reader uses it to skip decoding glass far from tissue).
@@ -60,12 +60,6 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 _OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Mean optical density over the channels, float32: ~0 for white glass, >0.3 for stained tissue."""
-    rgb = np.asarray(rgb, dtype=np.uint8)
-    return (_OD_LUT[rgb[..., 0]] + _OD_LUT[rgb[..., 1]] + _OD_LUT[rgb[..., 2]]) / np.float32(3.0)
-
-
 def clipped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
     """Otsu's threshold of ``values``, clipped into ``bounds`` (see the module docstring)."""
     from skimage.filters import threshold_otsu
@@ -75,34 +69,6 @@ def clipped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
     if v.size == 0 or float(v.max()) == float(v.min()):
         return lo  # one value only: Otsu is undefined; the lower bound decides
     return float(np.clip(threshold_otsu(v), lo, hi))
-
-
-def remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop 8-connected True components with fewer than ``min_size`` pixels."""
-    from skimage.measure import label
-
-    if min_size <= 1 or not mask.any():
-        return mask
-    labels = label(mask, connectivity=2)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[labels]
-
-
-def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
-    """Fill False components that do not touch the border and have at most ``max_size`` pixels."""
-    from skimage.measure import label
-
-    if max_size <= 0 or mask.all():
-        return mask
-    labels = label(~mask, connectivity=1)
-    sizes = np.bincount(labels.ravel())
-    fill = sizes <= max_size
-    fill[0] = False
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill[border] = False
-    return mask | fill[labels]
 
 
 def estimate_background(rgb: np.ndarray, valid: np.ndarray | None = None, black_level: int = 25) -> tuple[np.ndarray, str]:
@@ -196,11 +162,6 @@ def tissue_mask_recipe(
     return clean_mask(pixels, min_object_fraction, max_hole_fraction), recipe
 
 
-def tissue_pixels(thumbnail_rgb: np.ndarray, method: Method = "either", black_level: int = 25, background: Any = None) -> np.ndarray:
-    """The per-pixel tissue decision of :func:`tissue_mask`, before specks and holes are cleaned."""
-    return tissue_pixels_recipe(thumbnail_rgb, method, black_level, background)[0]
-
-
 def tissue_pixels_recipe(
     thumbnail_rgb: np.ndarray, method: Method = "either", black_level: int = 25, background: Any = None,
     valid: np.ndarray | None = None,
@@ -238,10 +199,29 @@ def tissue_pixels_recipe(
 
 
 def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_fraction: float = 0.002) -> np.ndarray:
-    """Drop specks smaller than ``min_object_fraction`` of the image and fill holes up to ``max_hole_fraction``."""
+    """Drop specks smaller than ``min_object_fraction`` of the image and fill holes up to ``max_hole_fraction``.
+
+    A speck is an 8-connected piece of tissue of fewer pixels than that (scikit-image's
+    ``remove_small_objects``); a hole is a 4-connected piece of background of at most that many
+    pixels enclosed by tissue, i.e. not touching the image's border (glass around the clot is not a
+    hole). scikit-image's ``remove_small_holes`` would fill small background pieces at the border
+    too, and scipy's ``binary_fill_holes`` + ``remove_small_objects`` (the same holes) took 3-4x as
+    long on a 1,024-px view (45 vs 12 ms), so holes are the background's labels (scikit-image's
+    ``label``) that are small and not on the border.
+    """
+    from skimage.measure import label
+    from skimage.morphology import remove_small_objects
+
     area = mask.size
-    mask = remove_small_objects(mask, int(round(min_object_fraction * area)))
-    return fill_small_holes(mask, int(round(max_hole_fraction * area)))
+    min_size, max_hole = int(round(min_object_fraction * area)), int(round(max_hole_fraction * area))
+    mask = remove_small_objects(mask, max_size=max(min_size - 1, 0), connectivity=2)
+    if max_hole <= 0 or mask.all():
+        return mask
+    background = label(~mask, connectivity=1)
+    fill = np.bincount(background.ravel()) <= max_hole
+    fill[0] = False  # tissue
+    fill[np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))] = False
+    return mask | fill[background]
 
 
 def byte_count_prescreen(

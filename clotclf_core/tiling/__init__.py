@@ -6,12 +6,17 @@ Modules, one concern each:
 - :mod:`.settings` — :class:`TileSettings` (the geometry and its defaults) and the errors;
 - :mod:`.filters` — filter plugins built once and run in order on batches;
 - :mod:`.reading` — decode every stored segment at most once into a working-resolution raster;
+- :mod:`.raster` — that raster, in memory or in a temporary file;
 - :mod:`.grid` — working resolution, padded / centred grid, candidates, ``max_tiles`` ranking;
 - :mod:`.pipeline` — one slide: scan, grid, cut, filter, stream into a sink;
 - :mod:`.qc` — the QC picture;
 - :mod:`.execution` — one slide in a worker, and the engines (in-process, local pool, Dask);
 - :mod:`.summary` — the run summary and its table;
-- :mod:`.run` — :func:`tile_slides` (a cohort, resumable) and :func:`tile_slide` (one slide).
+- :mod:`.run` — :func:`tile_slides` (a cohort, resumable) and :func:`tile_slide` (one slide);
+- :mod:`.tileset` — the TileSet reader (and the .npy check the feature store shares);
+- :mod:`.writer` — the TileSet writer (pixel files streamed, index shards, tileset.json);
+- :mod:`.patchset` — ``clotclf export-patches``: a tissue / background patch set;
+- :mod:`.dataset` — a torch Dataset over a TileSet.
 
 See docs/data-formats.md (TileSet, geometry) and docs/performance.md (tiling).
 """

@@ -46,12 +46,11 @@ class PatchSetError(ClotclfError):
     pass
 
 
-def find_slides(slides: str | Path, manifest: str | Path | None = None) -> list[tuple[str, Path]]:
-    """(image_id, path) of the slides to use: one slide file, or the slide files of a folder (only
-    those a manifest lists, when given; found as ``<image_id>.<ext>`` like `clotclf tile` does)."""
+def slides_to_export(slides: str | Path, manifest: str | Path | None = None) -> list[tuple[str, Path]]:
+    """(image_id, path) of the slides to cut patches from: one slide file, or the slide files of a
+    folder (only those a manifest lists, when given; found as ``<image_id>.<ext>`` like `clotclf tile` does)."""
     from clotclf_core.inputs import why_unusable
-    from clotclf_core.tiling.run import find_slides as slide_files
-    from clotclf_core.tiling.settings import SLIDE_SUFFIXES
+    from clotclf_core.slides.open import SLIDE_SUFFIXES, slide_files
 
     root = Path(slides)
     if (problem := why_unusable(root)) is not None:
@@ -75,7 +74,7 @@ def find_slides(slides: str | Path, manifest: str | Path | None = None) -> list[
     return [(i, Path(p)) for i, p in zip(table["image_id"], table["path"])]
 
 
-def candidates(mask: np.ndarray, dims: tuple[int, int], side: int, min_tissue: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def labelled_cells(mask: np.ndarray, dims: tuple[int, int], side: int, min_tissue: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Grid cells of ``side`` level-0 px labelled by ``mask`` (which spans the whole slide):
     ``{"tissue": (xy, fraction), "background": (xy, fraction)}``.
 
@@ -150,7 +149,7 @@ def export_patches(
     used = [out / n for n in (*LABELS, "patches.csv", "patchset.json") if (out / n).exists()]
     if used and not overwrite:
         raise PatchSetError(f"--out '{out}' already holds a patch set ({used[0].name}); choose another folder or pass --overwrite")
-    todo = find_slides(slides, manifest)
+    todo = slides_to_export(slides, manifest)
     side = max(1, round(tile_size * downsample))  # level-0 pixels per patch, as in `clotclf tile`
     rng = np.random.default_rng(seed)
 
@@ -169,7 +168,7 @@ def export_patches(
                 skipped[image_id] = f"smaller than one patch ({slide.dimensions[0]}x{slide.dimensions[1]} < {side} px)"
                 continue
             thumb = np.asarray(slide.thumbnail(thumbnail_size))[..., :3].astype(np.uint8, copy=False)
-            cands = candidates(tissue_mask(thumb, method=tissue_method), tuple(slide.dimensions), side, min_tissue)
+            cands = labelled_cells(tissue_mask(thumb, method=tissue_method), tuple(slide.dimensions), side, min_tissue)
         finally:
             slide.close()
         paths[image_id] = path

@@ -4,9 +4,9 @@ Tiling does not read regions per candidate tile (overlapping candidates, or cand
 across the strips of a stripped TIFF, made the same pixels decode many times). Instead
 :func:`scan_slide` walks the stored segments of one level (TIFF tiles or strips, through
 :class:`clotclf_core.plugin.regions.LevelLayout`), decodes each once with the source's own decoder
-(tifffile + imagecodecs for TIFFs), reduces it by an integer factor with OpenCV's ``INTER_AREA``
-(an exact box mean for integer factors) and stores it in a :class:`Raster`: the slide at the
-working resolution (1/``factor`` of level 0; a factor of 2, 4, 8 or 16 stays aligned with TIFF
+(tifffile + imagecodecs for TIFFs), reduces it by an integer factor with
+:func:`clotclf_core.plugin.regions.reduce_block` (OpenCV's ``INTER_AREA``: an exact box mean) and
+stores it in a :class:`Raster`: the slide at the working resolution (1/``factor`` of level 0; a factor of 2, 4, 8 or 16 stays aligned with TIFF
 tiles, whose sides are multiples of 16). A low-resolution view for the tissue mask is accumulated
 on the way. Candidate tiles are then cut from the raster — no decoding at all.
 
@@ -15,9 +15,8 @@ here (``benchmarks/tiling.py --engines``, docs/performance.md), decoding every t
 tifffile took 3.0 CPU-s, decode + ``INTER_AREA`` by 4 3.9 CPU-s, against 6.4 for row bands read
 through tifffile's zarr view (``aszarr``) + the same reduction, and 5.7 for pyvips ``shrink``.
 
-The raster is held in memory up to :data:`RASTER_IN_MEMORY_BYTES`, else in an anonymous temporary
-file (``TMPDIR``, deleted even on a crash) read and written by rows, so memory stays bounded
-whatever the slide's size.
+The raster (:class:`clotclf_core.tiling.raster.Raster`) is held in memory up to 768 MiB, else in an
+anonymous temporary file read and written by rows, so memory stays bounded whatever the slide's size.
 
 With ``prescreen``, a tiled TIFF's segments whose compressed size says glass
 (:func:`clotclf_core.slides.tissue.byte_count_prescreen`), away from every busy segment, are not decoded;
@@ -28,109 +27,14 @@ filled with the slide's glass colour and shown as never decoded in the QC pictur
 
 from __future__ import annotations
 
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
-from clotclf_core.plugin.regions import GENERIC_BLOCK, LevelLayout
-
-#: rasters up to this size stay in memory; larger ones go to an anonymous temporary file
-RASTER_IN_MEMORY_BYTES = 768 * 2**20
-
-
-class Raster:
-    """A (height, width, 3) uint8 image in memory, or in an anonymous temporary file (rows contiguous)."""
-
-    def __init__(self, height: int, width: int, scratch_dir: str | None = None, in_memory: bool | None = None):
-        self.height, self.width = int(height), int(width)
-        self.row_bytes = self.width * 3
-        self.nbytes = self.height * self.row_bytes
-        if in_memory is None:
-            in_memory = self.nbytes <= RASTER_IN_MEMORY_BYTES
-        self._array: np.ndarray | None = None
-        self._file = None
-        self._buffer: bytearray | None = None
-        self.scratch_dir = scratch_dir
-        if in_memory:
-            self._array = np.zeros((self.height, self.width, 3), np.uint8)
-        else:
-            try:
-                self._file = tempfile.TemporaryFile(dir=scratch_dir, prefix="clotclf-raster-")
-                os.ftruncate(self._file.fileno(), self.nbytes)  # sparse: unwritten rows read as zeros
-            except OSError as exc:
-                raise self._scratch_error(exc) from None
-
-    def _scratch_error(self, exc: OSError) -> OSError:
-        """The OS error, naming the scratch folder (so that it is not taken for the TileSet's)."""
-        return OSError(exc.errno, exc.strerror, self.scratch_dir or tempfile.gettempdir())
-
-    @property
-    def on_disk(self) -> bool:
-        return self._file is not None
-
-    def write(self, y: int, x: int, block: np.ndarray) -> None:
-        h, w = block.shape[:2]
-        if self._array is not None:
-            self._array[y : y + h, x : x + w] = block
-            return
-        fd = self._file.fileno()
-        block = np.ascontiguousarray(block)
-        try:
-            if x == 0 and w == self.width:
-                os.pwrite(fd, block, y * self.row_bytes)
-                return
-            for i in range(h):
-                os.pwrite(fd, block[i], (y + i) * self.row_bytes + x * 3)
-        except OSError as exc:
-            raise self._scratch_error(exc) from None
-
-    def rows(self, y0: int, y1: int) -> np.ndarray:
-        """Rows ``y0:y1`` (clipped to the raster), a read-only view or a fresh array."""
-        y0, y1 = max(0, y0), min(self.height, y1)
-        if y1 <= y0:
-            return np.zeros((0, self.width, 3), np.uint8)
-        if self._array is not None:
-            return self._array[y0:y1]
-        n = (y1 - y0) * self.row_bytes
-        if self._buffer is None or len(self._buffer) < n:  # one buffer, reused: no fresh pages per band
-            self._buffer = bytearray(n)
-        view = memoryview(self._buffer)[:n]
-        got = os.preadv(self._file.fileno(), [view], y0 * self.row_bytes)
-        if got != n:
-            raise OSError(f"short read from the working raster ({got} of {n} bytes)")
-        return np.frombuffer(view, np.uint8).reshape(y1 - y0, self.width, 3)
-
-    def close(self) -> None:
-        self._array = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def reduce_block(block: np.ndarray, ratio: int) -> np.ndarray:
-    """Box-mean ``block`` by the integer ``ratio`` (rows and columns beyond a multiple are dropped)."""
-    if ratio == 1:
-        return np.ascontiguousarray(block[..., :3])
-    h, w = (block.shape[0] // ratio) * ratio, (block.shape[1] // ratio) * ratio
-    if h == 0 or w == 0:
-        return np.zeros((h // ratio, w // ratio, 3), np.uint8)
-    import cv2
-
-    part = np.ascontiguousarray(block[:h, :w, :3])
-    return cv2.resize(part, (w // ratio, h // ratio), interpolation=cv2.INTER_AREA)
-
-
-def _overlap_matrix(n_out: int, scale: float, edges: np.ndarray) -> np.ndarray:
-    """(n_out, len(edges) - 1): share of output pixel i (covering [i*scale, (i+1)*scale)) that lies
-    in input interval [edges[j], edges[j+1])."""
-    lo = np.arange(n_out)[:, None] * scale
-    hi = lo + scale
-    a, b = edges[None, :-1], edges[None, 1:]
-    return np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0, None) / scale
+from clotclf_core.plugin.regions import GENERIC_BLOCK, LevelLayout, box_reduce_axis, reduce_block
+from clotclf_core.tiling.raster import Raster
 
 
 @dataclass
@@ -183,8 +87,6 @@ class _View:
             self.raw[a:b] = self._reduce(self.raster.rows(a * k, b * k), b - a)
 
     def _reduce(self, rows: np.ndarray, n: int) -> np.ndarray:
-        import cv2
-
         k = self.scale
         if k == 1:
             return rows[:n, : self.vw]
@@ -193,24 +95,26 @@ class _View:
         whole = (self.raster.width // k) * k
         out = np.empty((n, self.vw, 3), np.uint8)
         if whole:
-            out[:, : whole // k] = cv2.resize(np.ascontiguousarray(rows[:, :whole]), (whole // k, n), interpolation=cv2.INTER_AREA)
+            out[:, : whole // k] = reduce_block(rows[:, :whole], k)
         if whole < self.raster.width:
             rest = rows[:, whole:].reshape(n, k, -1, 3).mean(axis=(1, 2))
             out[:, -1] = np.clip(np.rint(rest), 0, 255).astype(np.uint8)
         return out
 
     def coverage(self, decoded: np.ndarray, seg_w: int, seg_h: int) -> np.ndarray:
-        """Share of each view pixel inside decoded segments (exact, from the segment map)."""
-        rows, cols = decoded.shape
-        rw, rh = self.raster.width, self.raster.height
-        ey = np.minimum(np.arange(rows + 1) * seg_h, rh).astype(np.float64)
-        ex = np.minimum(np.arange(cols + 1) * seg_w, rw).astype(np.float64)
-        # a view pixel's share is over the raster pixels it really covers (the last ones cover fewer)
-        wy = _overlap_matrix(self.vh, self.scale, ey) * self.scale / np.maximum(
-            np.minimum((np.arange(self.vh) + 1) * self.scale, rh) - np.arange(self.vh) * self.scale, 1)[:, None]
-        wx = _overlap_matrix(self.vw, self.scale, ex) * self.scale / np.maximum(
-            np.minimum((np.arange(self.vw) + 1) * self.scale, rw) - np.arange(self.vw) * self.scale, 1)[:, None]
+        """Share of each view pixel inside decoded segments (exact, from the segment map): the
+        area-weighted box reduction of "which segment holds this raster row / column" (float64)."""
+        wy = self._weights(decoded.shape[0], seg_h, self.raster.height, self.vh)
+        wx = self._weights(decoded.shape[1], seg_w, self.raster.width, self.vw)
         return np.clip(wy @ decoded.astype(np.float64) @ wx.T, 0, 1).astype(np.float32)
+
+    def _weights(self, n_seg: int, seg: int, length: int, n_view: int) -> np.ndarray:
+        """(n_view, n_seg): share of each view pixel's raster pixels (the last view pixel covers
+        fewer) that lie in each segment, along one axis."""
+        member = np.repeat(np.eye(n_seg, dtype=bool), seg, axis=1)[:, :length]  # segment x raster pixel
+        _, sums = box_reduce_axis(member, 1, 0, 0.0, self.scale, n_view, np.float64)  # along axis 1: one reduceat
+        covered = np.minimum((np.arange(n_view) + 1) * self.scale, length) - np.arange(n_view) * self.scale
+        return np.ascontiguousarray(sums.T) * self.scale / np.maximum(covered, 1)[:, None]
 
     def view(self, coverage: np.ndarray, background: np.ndarray) -> np.ndarray:
         """The view with never-decoded parts (zeros in the raster) filled with the glass colour."""

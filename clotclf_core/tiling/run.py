@@ -17,17 +17,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
+from clotclf_core.slides.open import SLIDE_SUFFIXES, slide_files
 from clotclf_core.tiling.filters import BuiltFilter, FilterRef, as_built, filters_for
-from clotclf_core.tiling.settings import SLIDE_SUFFIXES, TileSettings, TilingError
+from clotclf_core.tiling.settings import TileSettings, TilingError
 from clotclf_core.tiling.summary import build_summary, per_slide_row
-
-
-def find_slides(folder: Path) -> list[Path]:
-    """Slide files directly in ``folder``: the extensions installed sources declare (else :data:`SLIDE_SUFFIXES`)."""
-    from clotclf_core.slides.open import slide_extensions
-
-    exts = set(slide_extensions()) or set(SLIDE_SUFFIXES)
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
 
 
 def tile_slide(
@@ -125,7 +118,7 @@ def tile_slides(
     if manifest is not None:
         df = read_manifest(manifest, labels=labels, require_labels=require_labels)
     else:
-        files = find_slides(slides_dir)
+        files = slide_files(slides_dir)
         if not files:
             raise TilingError(
                 f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in '{slides_dir}'; pass the folder holding the slides, "

@@ -17,8 +17,6 @@ from pydantic import Field, field_validator, model_validator
 from clotclf_core.config import StrictModel
 from clotclf_core.plugin.errors import ClotclfError
 
-#: file suffixes picked up when a folder is tiled without a manifest, if no source declares any
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 #: a slide must be at least this many pixels a side to be tiled
 MIN_SLIDE_SIDE = 64
 #: more grid cells than this on one slide is a geometry mistake (a 1 µm tile on a 10 cm slide...)
@@ -43,19 +41,21 @@ class SlideSkip(ClotclfError):
 
 
 class TileSettings(StrictModel):
-    """How slides are cut into tiles. Every field is recorded in ``tileset.json``."""
+    """How slides are cut into tiles. Every field is recorded in ``tileset.json`` and is a ``clotclf
+    tile`` option (``--field-name``, generated from this model: the descriptions are its help)."""
 
-    downsample: float = Field(4.0, ge=1.0, allow_inf_nan=False, description="view the slide at 1/downsample (tile_size and stride are pixels of that view)")
-    tile_size: int = Field(224, ge=8, description="tile side in pixels of that view (224 at 1/4 = 896 level-0 pixels)")
-    stride: int | None = Field(None, ge=1, description="step between tiles in pixels of that view (default: tile_size, no overlap)")
+    downsample: float = Field(4.0, ge=1.0, allow_inf_nan=False, description="view the slide at 1/downsample (--tile-size and --stride are pixels of that view)")
+    tile_size: int = Field(224, ge=8, description="tile side in pixels of that view (224 at 1/4 = 896 level-0 pixels); not with --tile-um")
+    stride: int | None = Field(None, ge=1, description="step between tiles in pixels of that view [default: the tile side, no overlap]")
     tile_um: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="tile side in microns instead of tile_size (needs the slide's mpp); stride stays in view pixels"
+        None, gt=0, allow_inf_nan=False,
+        description="tile side in microns (needs the slide's mpp), instead of --tile-size; --stride stays in pixels of the view",
     )
     train_size: int = Field(224, ge=8, description="side of the cached tiles (the training input size)")
     min_tissue: float = Field(0.1, ge=0.0, le=1.0, description="share of a tile that must lie in the tissue mask for it to be a candidate")
     thumbnail_size: int = Field(1024, ge=64, description="longer side of the low-resolution view the tissue mask is computed on")
     tissue_method: Literal["saturation", "od", "either", "both"] = Field(
-        "either", description="tissue mask: saturation, optical density, either or both, relative to the slide's glass (see clotclf_core.slides.tissue)"
+        "either", description="tissue mask: more saturated than the slide's glass, absorbing more (optical density), either or both"
     )
     batch_size: int = Field(64, ge=1, description="tiles filtered together")
     prescreen: bool = Field(
@@ -68,10 +68,10 @@ class TileSettings(StrictModel):
         description="pad: the grid covers the whole slide, centred, tiles past its edge filled with the slide's glass "
         "colour (no slide too small, no edge lost); drop: whole tiles from (0, 0) only (clotclf 0.1)",
     )
-    max_tiles: int | None = Field(None, ge=1, description="keep at most this many tiles per slide, the best by max_tiles_by")
+    max_tiles: int | None = Field(None, ge=1, description="keep at most this many tiles per slide, the best by --max-tiles-by [default: all]")
     max_tiles_by: Literal["tissue", "dark"] = Field(
         "tissue",
-        description="rank for max_tiles: tissue (share in the tissue mask, ties broken by darkness) or dark (darkest first, as the STRIP AI winners did)",
+        description="rank for --max-tiles: tissue (share in the tissue mask, ties broken by darkness) or dark (darkest first, as the STRIP AI winners did)",
     )
     background: Literal["slide", "white"] = Field(
         "slide", description="glass colour for the tissue mask, padding and filters: estimated per slide, or white (clotclf 0.1)"

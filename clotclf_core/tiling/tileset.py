@@ -20,7 +20,7 @@ streamed to a temporary file and renamed, then its index shard written atomicall
 client then marks it ``done`` in ``tileset.json``. Readers only use slides marked ``done``, so an
 interrupted run leaves nothing half-visible, and the next run re-tiles what is not done.
 Format 1 TileSets (clotclf 0.1: one ``tiles.csv`` of kept tiles) are still read. This module
-reads; :mod:`clotclf_core.tiling.writer` writes (its names are importable from here too).
+reads; :mod:`clotclf_core.tiling.writer` writes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _fix_hint(root: Path) -> str:
     return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
 
 
-def read_meta(root: Path) -> dict[str, Any]:
+def read_tileset_meta(root: Path) -> dict[str, Any]:
+    """A TileSet's ``tileset.json``, checked (a TileSet of a format this clotclf reads)."""
     meta_path = root / "tileset.json"
     if not meta_path.is_file():
         raise TileSetError(f"'{root}' is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`")
@@ -71,9 +72,6 @@ def read_meta(root: Path) -> dict[str, Any]:
             f"{', '.join(map(str, READABLE_VERSIONS))}; re-tile the slides with this version (`clotclf tile ... --overwrite`)"
         )
     return meta
-
-
-_read_meta = read_meta  # the name clotclf 0.1 used
 
 
 def read_index_file(path: Path, required: list[str], root: Path) -> Any:
@@ -105,11 +103,12 @@ def read_index_file(path: Path, required: list[str], root: Path) -> Any:
     return df
 
 
-def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None:
-    """Why ``path`` cannot be a slide's pixel file of ``n_tiles`` tiles (``None`` when it can).
+def npy_problem(path: Path, dtype: Any, shape: tuple[int, ...]) -> str | None:
+    """Why ``path`` cannot be a ``dtype`` array of ``shape`` saved with ``numpy.save`` (``None`` when
+    it can): a slide's pixel file here, a slide's feature matrix in a feature store.
 
-    Reads the .npy header and maps the file (no pixel is read), so a missing, truncated or
-    mis-shaped file is found when the TileSet is opened, not as a traceback in a loader worker.
+    Reads the .npy header and maps the file (no data is read), so a missing, truncated or
+    mis-shaped file is found when the folder is opened, not as a traceback in a loader worker.
     """
     if not path.is_file():
         return "missing"
@@ -120,11 +119,11 @@ def pixel_file_problem(path: Path, n_tiles: int, tile_pixels: int) -> str | None
     if not isinstance(arr, np.ndarray):  # e.g. an .npz archive under a .npy name
         getattr(arr, "close", lambda: None)()
         return "not a .npy array"
-    shape, dtype = arr.shape, arr.dtype
+    got_shape, got_dtype = arr.shape, arr.dtype
     del arr
-    want = (int(n_tiles), tile_pixels, tile_pixels, 3)
-    if dtype != np.uint8 or shape != want:
-        return f"holds {dtype} {tuple(shape)} instead of uint8 {want}"
+    want = tuple(int(v) for v in shape)
+    if got_dtype != np.dtype(dtype) or got_shape != want:
+        return f"holds {got_dtype} {tuple(got_shape)} instead of {np.dtype(dtype)} {want}"
     return None
 
 
@@ -142,7 +141,7 @@ def slide_problem(root: Path, image_id: str, rec: Mapping[str, Any], tile_pixels
     pix = root / "pixels" / f"{image_id}.npy"
     if n == 0:
         return (None if len(kept) == 0 else f"index/{image_id}.csv lists {len(kept)} kept tiles but none are recorded"), shard
-    problem = pixel_file_problem(pix, n, tile_pixels)
+    problem = npy_problem(pix, np.uint8, (n, tile_pixels, tile_pixels, 3))
     if problem:
         return f"pixels/{image_id}.npy: {problem}", shard
     rows = kept["row"].astype(int)
@@ -199,7 +198,7 @@ class TileSet:
         self.root = Path(root)
         if not self.root.is_dir():
             raise TileSetError(f"TileSet folder '{self.root}' does not exist; make one with `clotclf tile`")
-        self.meta = read_meta(self.root)
+        self.meta = read_tileset_meta(self.root)
         self._arrays: dict[str, np.ndarray] = {}
         self._rejected = None
         done = [k for k, v in self.slides.items() if v.get("status") == "done"]
@@ -223,7 +222,7 @@ class TileSet:
         for image_id in sorted(done):
             rows = int(n_rows.get(image_id, 0))
             n = int(self.slides[image_id].get("n_tiles", rows))
-            problem = pixel_file_problem(self.root / "pixels" / f"{image_id}.npy", n, self.tile_size)
+            problem = npy_problem(self.root / "pixels" / f"{image_id}.npy", np.uint8, (n, self.tile_size, self.tile_size, 3))
             if problem is None and rows != n:
                 problem = f"holds {n} tiles but tiles.csv lists {rows}"
             elif problem is None and rows and not 0 <= int(max_row.get(image_id, -1)) < n:
@@ -263,10 +262,6 @@ class TileSet:
             )
 
     # ------------------------------------------------------------------ access
-    @property
-    def format_version(self) -> int:
-        return int(self.meta.get("format_version", 1))
-
     @property
     def settings(self) -> dict[str, Any]:
         return self.meta.get("settings", {})
@@ -328,10 +323,6 @@ class TileSet:
         return state
 
 
-# the writing side lives in clotclf_core.tiling.writer; its names stay importable from here (lazily:
-# tileset_writer imports this module, so either may be imported first)
-
-
 def tileset_is_synthetic(ts: "TileSet") -> bool:
     """Slides of ``ts.index`` marked synthetic: ``demo-data`` writes a ``synthetic`` manifest column,
     ``tile`` records it in tileset.json (top level and per slide)."""
@@ -353,8 +344,6 @@ def _run_dir_hint(p: Path) -> str:
 
 def open_tileset(path: str | os.PathLike, option: str = "--tiles") -> "TileSet":
     """Open a TileSet, or say in one line what ``path`` is instead (missing, a loop, a run directory...)."""
-    from clotclf_core.tiling.tileset import TileSet, TileSetError
-
     p = check_folder(path, f"{option}: TileSet folder", "make one with `clotclf tile SLIDES --out TILES`", TileSetError)
     if not (p / "tileset.json").exists():
         if (p / "config.json").is_file() or (p / "model.safetensors").is_file():

@@ -3,12 +3,11 @@ its YAML field can never drift apart. Light: click and pydantic only."""
 
 from __future__ import annotations
 
-import typing
-from typing import Any, Literal
+from typing import Any
 
 import click
 
-from clotclf_core.config import parse_key_values
+from clotclf_core.config import given_settings, parse_key_values, settings_options
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.training.settings import TrainSettings
 
@@ -17,7 +16,8 @@ _CLI_SPECIAL = {"backbone_options", "head_options", "aggregator_options", "augme
 
 
 def cli_options(command):
-    """Decorate the ``train`` click command with one option per :class:`TrainSettings` field.
+    """Decorate the ``train`` click command with one option per :class:`TrainSettings` field
+    (:func:`clotclf_core.config.settings_options`), the ones in another shape written here.
 
     Every option defaults to None (= "not given"), so the YAML value or the model default applies;
     the help text shows that default.
@@ -40,27 +40,12 @@ def cli_options(command):
     add("--head-opt", "head_opt", multiple=True, metavar="K=V", help="head option, repeatable (`clotclf show-plugin mlp`)")
     add("--backbone-opt", "backbone_opt", multiple=True, metavar="K=V",
         help="backbone option, repeatable (`clotclf show-plugin cct`)")
-    for name, field in reversed(list(TrainSettings.model_fields.items())):
-        flag = "--" + name.replace("_", "-")
-        default = field.get_default(call_default_factory=True)
-        helptext = (field.description or "") + ("" if default is None else f" [default: {default}]")
-        if name in _CLI_SPECIAL:
-            continue
-        ann = field.annotation
-        args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
-        if typing.get_origin(ann) is Literal:
-            add(flag, type=click.Choice(typing.get_args(ann)), default=None, help=helptext, show_default=False)
-        elif args[0] is bool:
-            add(f"{flag}/--no-{flag[2:]}", default=None, help=helptext, show_default=False)
-        else:
-            kind = {int: int, float: float}.get(args[0], str)
-            add(flag, type=kind, default=None, help=helptext, show_default=False)
-    return command
+    return settings_options(TrainSettings, skip=_CLI_SPECIAL)(command)
 
 
 def overrides_from_cli(params: dict[str, Any]) -> dict[str, Any]:
     """The click parameters of :func:`cli_options` -> a partial settings dict (given values only)."""
-    out = {k: v for k, v in params.items() if k in TrainSettings.model_fields and k not in _CLI_SPECIAL and v is not None}
+    out = given_settings(params, TrainSettings, skip=_CLI_SPECIAL)
     if params.get("backbone_opt"):
         out["backbone_options"] = parse_key_values(params["backbone_opt"], "--backbone-opt")
     if params.get("head_opt"):

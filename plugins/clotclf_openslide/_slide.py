@@ -1,8 +1,9 @@
-"""Slides read with OpenSlide, answered through the shared region engine of clotclf_core.slides.open.
+"""Slides read with OpenSlide, answered through :class:`clotclf_core.plugin.regions.RegionSlide`.
 
-OpenSlide picks the level; :func:`clotclf_core.plugin.regions.render_region` reads it in blocks of at
+OpenSlide picks the level (``get_best_level_for_downsample``); the base reads it in blocks of at
 most 2048 x 2048 pixels and area-averages them to the requested size, so a thumbnail of a large
 single-level slide never holds the whole level in memory (OpenSlide still decodes all of it).
+Tiling reads a level in blocks aligned with OpenSlide's own tiles (:meth:`OpenSlideSlide._layout_block`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,7 @@ import numpy as np
 import openslide
 
 from clotclf_core.plugin import SlideReadError
-from clotclf_core.plugin.regions import (
-    GENERIC_BLOCK,
-    LevelLayout,
-    check_region,
-    checked_mpp,
-    grid_blocks,
-    render_region,
-    thumbnail_downsample,
-    to_rgb,
-)
+from clotclf_core.plugin.regions import GENERIC_BLOCK, BlockReader, RegionSlide, checked_mpp, grid_blocks, to_rgb
 
 _BLOCK = 2048
 
@@ -52,7 +44,7 @@ class OpenSlideSource:
         return OpenSlideSlide(path, self.cache_mb)
 
 
-class OpenSlideSlide:
+class OpenSlideSlide(RegionSlide):
     """A :class:`clotclf_core.plugin.protocols.Slide` backed by ``openslide.OpenSlide``."""
 
     source_name = "openslide"
@@ -75,13 +67,12 @@ class OpenSlideSlide:
         if cache_mb is not None:
             self._osr.set_cache(openslide.OpenSlideCache(cache_mb * 1024 * 1024))
         self.dimensions = tuple(int(v) for v in self._osr.dimensions)
-        self.level_count = int(self._osr.level_count)
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._osr.level_dimensions]
         self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
         self.vendor = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "")
         self.mpp, self.mpp_note = checked_mpp(self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X), self.path)
 
-    def _reader(self, level: int):
+    def _blocks(self, level: int) -> BlockReader:
         downsample = self.level_downsamples[level]
 
         def read(x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -97,54 +88,17 @@ class OpenSlideSlide:
 
         return grid_blocks(read, _BLOCK)
 
-    def level_layout(self, level: int = 0) -> LevelLayout:
-        """Blocks of the level aligned with OpenSlide's own tiles (a multiple of them, about
-        :data:`GENERIC_BLOCK` pixels), so that each stored tile is decoded once."""
-        if not 0 <= level < self.level_count:
-            raise SlideReadError(f"slide '{self.path}' has levels 0..{self.level_count - 1}, not {level}")
-        props = self._osr.properties
+    def best_level(self, downsample: float) -> int:
+        return int(self._osr.get_best_level_for_downsample(downsample))
+
+    def _layout_block(self, level: int) -> int:
+        """A multiple of OpenSlide's own tile side (about :data:`GENERIC_BLOCK` pixels), so that
+        tiling decodes each stored tile once."""
         try:
-            tile = int(props.get(f"openslide.level[{level}].tile-width", 0)) or GENERIC_BLOCK
+            tile = int(self._osr.properties.get(f"openslide.level[{level}].tile-width", 0)) or GENERIC_BLOCK
         except ValueError:
             tile = GENERIC_BLOCK
-        block = max(1, GENERIC_BLOCK // tile) * tile if tile % 16 == 0 else GENERIC_BLOCK
-        width, height = self.level_dimensions[level]
-        read_level = self._reader(level)
+        return max(1, GENERIC_BLOCK // tile) * tile if tile % 16 == 0 else GENERIC_BLOCK
 
-        def read(row: int, col: int) -> np.ndarray:
-            x, y = col * block, row * block
-            (_, _, pixels), = read_level(x, y, min(x + block, width), min(y + block, height))
-            return pixels
-
-        return LevelLayout(level, width, height, self.level_downsamples[level], block, block, read)
-
-    def read_region(self, x: int, y: int, width: int, height: int, downsample: float = 1.0) -> np.ndarray:
-        check_region(x, y, width, height, downsample, self.path)
-        level = self._osr.get_best_level_for_downsample(downsample)
-        return render_region(
-            self._reader(level),
-            self.level_dimensions[level],
-            self.level_downsamples[level],
-            x,
-            y,
-            width,
-            height,
-            downsample,
-        )
-
-    def thumbnail(self, max_size: int) -> np.ndarray:
-        ds = thumbnail_downsample(self.dimensions, max_size)
-        return self.read_region(0, 0, self.dimensions[0], self.dimensions[1], ds)
-
-    def close(self) -> None:
+    def _close(self) -> None:
         self._osr.close()
-
-    def __enter__(self) -> "OpenSlideSlide":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        w, h = self.dimensions
-        return f"OpenSlideSlide('{self.path}', {w}x{h}, levels={self.level_count}, mpp={self.mpp})"
