@@ -10,7 +10,7 @@ import click
 
 from clotclf_core.config import parse_key_values
 from clotclf_core.plugin.errors import ConfigError
-from clotclf_core.training.settings import TrainSettings
+from clotclf_core.training.settings import MIL_DEFAULTS, TrainSettings
 
 #: fields given on the command line in another shape than ``--field-name VALUE``
 _CLI_SPECIAL = {"backbone_options", "head_options", "aggregator_options", "augment", "labels", "fold", "channels_last"}
@@ -44,6 +44,8 @@ def cli_options(command):
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True)
         helptext = (field.description or "") + ("" if default is None else f" [default: {default}]")
+        if name in MIL_DEFAULTS:  # a multiple-instance run has its own default
+            helptext = helptext[:-1] + f"; with --aggregator: {MIL_DEFAULTS[name]}]"
         if name in _CLI_SPECIAL:
             continue
         ann = field.annotation
