@@ -242,3 +242,14 @@ def test_one_fold_calibrates_on_its_validation_patients_and_evaluate_applies_it(
     assert report["headline"]["weighted_log_loss"] == pytest.approx(doc["headline"]["weighted_log_loss"])
     assert report["groups"]["validation"]["calibration"]["ece_after"] == doc["calibration_effect"]["val"]["ece_after"]
     assert (tmp_path / "e" / "plots" / "reliability_evaluate_validation.png").is_file()
+
+
+def test_a_run_recorded_before_these_settings_resumes_when_they_keep_its_behaviour():
+    from clotclf_core.training.settings import differences, settings_dict
+
+    new = settings_dict(resolve_settings(None, {"tiles": "t"}))
+    old = {k: v for k, v in new.items() if k not in ("standardise", "calibrate", "clip")}
+    assert differences(old, new) == []
+    mil = settings_dict(resolve_settings(None, {"features": "f", "aggregator": "abmil"}))
+    old = {k: v for k, v in mil.items() if k != "standardise"}
+    assert differences(old, mil) == ["standardise: run has None, now 'on'"]  # it would change what is computed

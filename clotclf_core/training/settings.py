@@ -213,6 +213,9 @@ def apply_demo_preset(settings: TrainSettings) -> TrainSettings:
 RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients"}
 #: settings naming files: compared as resolved paths on --resume (a relative and an absolute path are the same folder)
 PATH_SETTINGS = ("tiles", "features", "split_file")
+#: settings added since runs were first recorded, with the value that does what a run recorded before
+#: them did: such a run resumes when the new setting has that value
+ADDED_LATER = {"standardise": "off", "calibrate": "none", "clip": None}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +291,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if key in RESUME_MAY_CHANGE:
             continue
         if key in PATH_SETTINGS and _same_path(old.get(key), new.get(key)):
+            continue
+        if key not in old and key in ADDED_LATER and new.get(key) == ADDED_LATER[key]:
             continue
         if old.get(key) != new.get(key):
             out.append(f"{key}: run has {old.get(key)!r}, now {new.get(key)!r}")
