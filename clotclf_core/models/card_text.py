@@ -149,6 +149,9 @@ def _headline_block(info: dict[str, Any], headline: dict[str, Any]) -> list[str]
     ]
     if record.get("postprocessing"):
         out += ["", f"Probabilities post-processed: {record['postprocessing']} (`clotclf predict` applies the same)."]
+    if record.get("ece") is not None:
+        out += ["", (f"Expected calibration error (patient level, 10 equal-width bins): {record['ece']:.3f}; the "
+                     "reliability diagram is in plots/.")]
     if info["synthetic"]:
         out += ["", ("**Synthetic data**: these numbers show the pipeline runs and is measured on unseen patients; "
                      "they say nothing about real clots.")]

@@ -31,8 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
 
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.scoring.metrics import aggregate, class_indices
 
 METHODS = ("temperature", "platt")
 #: the fewest out-of-fold / validation patients a calibrator is fitted on
@@ -168,8 +172,6 @@ class Calibration:
 def patient_weights(frame: Any, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each slide row's class index and weight: 1 / (patients of its class) per patient (scaled to a
     mean of 1 over patients), shared equally among the patient's slides."""
-    from clotclf_core.scoring.metrics import class_indices
-
     y = class_indices(frame["label"], labels)
     patients = frame["patient_id"].astype(str).to_numpy()
     slides_of = {p: n for p, n in zip(*np.unique(patients, return_counts=True))}
@@ -207,8 +209,6 @@ def fit_calibration(frame: Any, probs: Any, labels: Sequence[str], method: str, 
     check_calibration_set(len(patients), counts, fitted_on)
     logp = _log(probs)
     if method == "temperature":
-        from scipy.optimize import minimize_scalar
-
         def loss(log_t: float) -> float:
             z = logp / math.exp(log_t)
             z = z - z.max(axis=1, keepdims=True)
@@ -217,8 +217,6 @@ def fit_calibration(frame: Any, probs: Any, labels: Sequence[str], method: str, 
         res = minimize_scalar(loss, bounds=tuple(math.log(t) for t in T_RANGE), method="bounded")
         params: dict[str, Any] = {"temperature": round(math.exp(res.x), 6)}
     else:
-        from sklearn.linear_model import LogisticRegression
-
         x = (logp[:, 1] - logp[:, 0])[:, None] if len(labels) == 2 else logp
         model = LogisticRegression(C=1.0, max_iter=1000).fit(x, y, sample_weight=w)
         coef, intercept = model.coef_, model.intercept_
@@ -229,8 +227,6 @@ def fit_calibration(frame: Any, probs: Any, labels: Sequence[str], method: str, 
 def slide_predictions(frame: Any, probs: Any, labels: Sequence[str]) -> tuple[Any, np.ndarray]:
     """Tile or slide predictions -> one row per slide (``image_id``, ``patient_id``, ``label``,
     ``center_id`` when known) and its probabilities (slide = mean of its rows): what is calibrated."""
-    from clotclf_core.scoring.metrics import aggregate
-
     slides = aggregate(frame, probs, labels, "slide")
     if "center_id" in frame.columns:
         slides["center_id"] = slides["image_id"].map(frame.drop_duplicates("image_id").set_index("image_id")["center_id"])
@@ -272,8 +268,6 @@ def expected_calibration_error(y: Any, probs: Any, n_bins: int = N_BINS) -> floa
 def reliability(y: Any, probs: Any, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
     """(mean predicted probability, observed frequency) per non-empty bin (scikit-learn's
     :func:`~sklearn.calibration.calibration_curve`, uniform bins), for the reliability diagram."""
-    from sklearn.calibration import calibration_curve
-
     conf, hit = _confidence(np.asarray(y), probs)
     observed, predicted = calibration_curve(hit, conf, n_bins=n_bins, strategy="uniform")
     return predicted, observed

@@ -14,13 +14,15 @@ beside it. ``clotclf train``, ``evaluate``, ``metrics.json`` and the model card 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from clotclf_core.scoring import intervals, metrics
+from clotclf_core.scoring.calibration import Calibration, calibrate_slides, expected_calibration_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
-
-    from clotclf_core.scoring.calibration import Calibration
 
 #: what each possible headline is, in the words metrics.json, the card and the CLI use
 WHAT = {
@@ -45,10 +47,12 @@ def baseline(n_classes: int) -> float:
 
 def headline(on: str, levels: dict[str, Any], n_classes: int, synthetic: bool | None = None,
              what: str | None = None, interval: list[float] | None = None,
-             uncalibrated: dict[str, Any] | None = None, postprocessing: str | None = None) -> dict[str, Any]:
+             uncalibrated: dict[str, Any] | None = None, postprocessing: str | None = None,
+             ece: float | None = None) -> dict[str, Any]:
     """The headline record (``metrics.json``'s first entry) of ``levels`` = ``{"slide"?, "patient", ...}``;
     ``interval``: the bootstrap 95 % interval of its weighted log loss; ``uncalibrated``: the levels
-    before calibration / clipping when ``levels`` are after it, ``postprocessing`` saying how."""
+    before calibration / clipping when ``levels`` are after it, ``postprocessing`` saying how;
+    ``ece``: the patients' expected calibration error."""
     patient = levels["patient"]
     out = {
         "on": on,
@@ -63,6 +67,8 @@ def headline(on: str, levels: dict[str, Any], n_classes: int, synthetic: bool | 
     }
     if interval is None:
         del out["weighted_log_loss_ci95"]
+    if ece is not None:
+        out["ece"] = ece
     if uncalibrated is not None:
         out["postprocessing"] = postprocessing
         out["uncalibrated_weighted_log_loss"] = uncalibrated["patient"].get("weighted_log_loss")
@@ -71,9 +77,9 @@ def headline(on: str, levels: dict[str, Any], n_classes: int, synthetic: bool | 
     return out
 
 
-def held_out(on: str, frame: "pd.DataFrame", probs: "np.ndarray", levels: dict[str, Any], labels: Sequence[str],
-             synthetic: bool | None = None, what: str | None = None, calibration: "Calibration | None" = None,
-             calibrated: tuple["pd.DataFrame", "np.ndarray"] | None = None, in_sample: bool = False,
+def held_out(on: str, frame: pd.DataFrame, probs: np.ndarray, levels: dict[str, Any], labels: Sequence[str],
+             synthetic: bool | None = None, what: str | None = None, calibration: Calibration | None = None,
+             calibrated: tuple[pd.DataFrame, np.ndarray] | None = None, in_sample: bool = False,
              seed: int = 0) -> dict[str, Any]:
     """Everything a result on some patients reports, from its predictions (``frame``/``probs``: tile or
     slide rows; ``levels``: their metrics): ``headline``, ``per_center`` (None without centres) and,
@@ -82,9 +88,6 @@ def held_out(on: str, frame: "pd.DataFrame", probs: "np.ndarray", levels: dict[s
     after calibration when the caller made them (an ensemble calibrates each member, then averages);
     ``in_sample``: the calibration was fitted on these very patients (said, as optimistic). The
     ``_patients`` / ``_patients_before`` tables (one row per patient) are for the reliability diagram."""
-    from clotclf_core.scoring import intervals, metrics
-    from clotclf_core.scoring.calibration import calibrate_slides, expected_calibration_error
-
     labels = list(labels)
     before = intervals.patient_predictions(frame, probs, labels)
     out: dict[str, Any] = {"_patients_before": before, "_patients": before}
@@ -109,8 +112,10 @@ def held_out(on: str, frame: "pd.DataFrame", probs: "np.ndarray", levels: dict[s
         uncalibrated, how = levels, calibration.describe() + (f" ({note})" if note else "")
         levels, out["_patients"] = after_levels, after
     table = out["_patients"]
+    cols = [f"p_{n}" for n in labels]
+    ece = round(expected_calibration_error(metrics.class_indices(table["label"], labels), table[cols].to_numpy()), 4)
     out["headline"] = headline(on, levels, len(labels), synthetic, what, intervals.interval_of(table, labels, seed),
-                               uncalibrated, how)
+                               uncalibrated, how, ece)
     out["per_center"] = intervals.per_centre(table, labels, seed)
     return out
 
