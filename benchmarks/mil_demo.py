@@ -13,7 +13,8 @@ Cohorts (all **synthetic**; ``--cohorts``):
   (default a frozen random-init timm ``resnet18`` at 64 px; e.g. ``composition`` once installed).
 
 Variants (``--variants``), each ``clotclf train --features … --aggregator A --fold all --folds 5
---test-fraction 0.25 --seed S`` with:
+--test-fraction 0.25 --seed S`` (run in-process without pictures and cards, as
+``benchmarks/mil_defaults.py`` runs them: they change no number) with:
 
 - ``before``: what ``--features F --aggregator A`` ran with before this version — the tile-level
   defaults (batch 32, lr 3e-4, 20 epochs, patience 3, weight decay 1e-5) and raw features;
@@ -41,23 +42,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mil_defaults import mean_sd, run_all  # the in-process runner of the defaults sweep (same folder)
+
 CLOTCLF = [sys.executable, "-m", "clotclf_core.cli"]
-COMMON = ["--fold", "all", "--folds", "5", "--test-fraction", "0.25", "--workers", "0", "--threads", "1",
-          "--device", "cpu", "-q"]
+#: the settings each variant gives `clotclf train` beyond --features, --aggregator, --seed and mil_defaults.COMMON
 VARIANTS = {
-    "before": ["--batch-size", "32", "--lr", "0.0003", "--epochs", "20", "--patience", "3", "--weight-decay", "1e-5",
-               "--standardise", "off"],
-    "raw": ["--standardise", "off"],
-    "default": [],
-    "temperature": ["--calibrate", "temperature"],
-    "platt": ["--calibrate", "platt"],
+    "before": {"batch_size": 32, "lr": 3e-4, "epochs": 20, "patience": 3, "weight_decay": 1e-5, "standardise": "off"},
+    "raw": {"standardise": "off"},
+    "default": {},
+    "temperature": {"calibrate": "temperature"},
+    "platt": {"calibrate": "platt"},
 }
 IMAGE_COHORTS = ("sparse", "texture")
 PLANTED = {"planted": 1.0, "planted-small": 0.01}
@@ -97,25 +95,6 @@ def planted_features(work: Path, cohort: str, seed: int, patients: int) -> Path:
     return out
 
 
-def train(out: Path, features: Path, aggregator: str, seed: int, variant: str) -> dict:
-    if not (out / "metrics.json").is_file():
-        t0 = time.perf_counter()
-        sh([*CLOTCLF, "train", "--features", features, "--aggregator", aggregator, "--seed", seed, "--out", out, *COMMON,
-            *VARIANTS[variant]])
-        print(f"{out.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    m = json.loads((out / "metrics.json").read_text())
-    head = m["headline"]
-    return {"test_n": head["n_patients"], "test": head["weighted_log_loss"], "ci": head.get("weighted_log_loss_ci95"),
-            "test_raw": head.get("uncalibrated_weighted_log_loss"), "test_auc": head["roc_auc"],
-            "oof_n": m["oof"]["patient"]["n"], "oof": m["oof"]["patient"]["weighted_log_loss"],
-            "ece": m.get("calibration_effect", {}).get("test_ensemble"), "synthetic": head.get("synthetic"),
-            "disagreement": bool(m.get("disagreement"))}
-
-
-def mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="folder for the cohorts, features and runs (reused)")
@@ -131,7 +110,7 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = []
+    keys, jobs = [], []
     for cohort in args.cohorts.split(","):
         encoders = args.encoders.split(",") if cohort in IMAGE_COHORTS else ["planted"]
         for encoder in encoders:
@@ -140,12 +119,11 @@ def main() -> None:
                          if cohort in IMAGE_COHORTS else planted_features(args.work, cohort, seed, args.patients))
                 for variant in args.variants.split(","):
                     for agg in args.aggregators.split(","):
-                        out = args.work / "runs" / f"{cohort}-{slug(encoder)}-{variant}-{agg}-seed{seed}"
-                        jobs.append(({"cohort": cohort, "encoder": encoder, "variant": variant, "aggregator": agg,
-                                      "seed": seed}, out, feats))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda j: {**j[0], **train(j[1], j[2], j[0]["aggregator"], j[0]["seed"], j[0]["variant"])},
-                             jobs))
+                        keys.append({"cohort": cohort, "encoder": encoder, "variant": variant, "aggregator": agg,
+                                     "seed": seed})
+                        jobs.append((args.work / "runs" / f"{cohort}-{slug(encoder)}-{variant}-{agg}-seed{seed}",
+                                     {"features": str(feats), "aggregator": agg, "seed": seed, **VARIANTS[variant]}))
+    rows = [{**k, **r} for k, r in zip(keys, run_all(jobs, args.jobs))]
     (args.work / "results.json").write_text(json.dumps(rows, indent=2))
     print(f"\nSynthetic cohorts, held-out patients: test = {rows[0]['test_n']} patients scored by the mean of 5 fold "
           f"models (bootstrap 95 % interval), OOF = {rows[0]['oof_n']} out-of-fold patients; patient-level weighted "
