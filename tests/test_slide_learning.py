@@ -253,3 +253,11 @@ def test_a_run_recorded_before_these_settings_resumes_when_they_keep_its_behavio
     mil = settings_dict(resolve_settings(None, {"features": "f", "aggregator": "abmil"}))
     old = {k: v for k, v in mil.items() if k != "standardise"}
     assert differences(old, mil) == ["standardise: run has None, now 'on'"]  # it would change what is computed
+
+
+def test_no_interval_where_a_class_has_a_single_patient_and_centres_sort_as_numbers():
+    assert bootstrap_interval([0, 1, 1], [[0.6, 0.4], [0.3, 0.7], [0.4, 0.6]]) is None
+    table = pd.DataFrame({"patient_id": list("abcd"), "label": ["CE", "LAA"] * 2, "center_id": ["10", "10", "3", "3"],
+                          "p_CE": [0.6, 0.4, 0.7, 0.2], "p_LAA": [0.4, 0.6, 0.3, 0.8]})
+    rows = per_centre(table, ["CE", "LAA"])
+    assert [r["center_id"] for r in rows] == ["3", "10"] and rows[0]["weighted_log_loss_ci95"] is None

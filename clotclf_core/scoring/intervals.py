@@ -47,10 +47,12 @@ def _per_sample_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_interval(y: Any, probs: Any, seed: int = 0, n_boot: int = N_BOOT) -> list[float] | None:
-    """``[low, high]`` of the weighted log loss (see the module docstring); None for fewer than 2 patients."""
+    """``[low, high]`` of the weighted log loss (see the module docstring); None when a class present
+    has a single patient (resampling within the class could not vary it: a zero-width interval would lie)."""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
-    if len(y) < 2:
+    counts = np.bincount(y) if len(y) else np.zeros(0, dtype=int)
+    if len(y) < 2 or (counts[counts > 0] < 2).any():
         return None
     loss = _per_sample_loss(y, p)
     rng = np.random.default_rng([int(seed), 1995])
@@ -77,7 +79,10 @@ def per_centre(table: pd.DataFrame, labels: Sequence[str], seed: int = 0) -> lis
         return None
     rows = []
     cols = [f"p_{n}" for n in labels]
-    for centre, group in table.groupby(table["center_id"].astype(str), sort=True):
+    centres = table["center_id"].astype(str)
+    order = sorted(set(centres), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))  # 2 before 10
+    for centre in order:
+        group = table[centres == centre]
         y = metrics.class_indices(group["label"], labels)
         m = metrics.classification_metrics(y, group[cols].to_numpy(), labels)
         rows.append({"center_id": centre or "(none)", "n_patients": len(group), "class_counts": m["class_counts"],
