@@ -92,7 +92,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 
-def settings_options(model: type[BaseModel], skip: Iterable[str] = ()) -> Callable[[Any], Any]:
+def settings_options(
+    model: type[BaseModel], skip: Iterable[str] = (), other_defaults: dict[str, str] | None = None
+) -> Callable[[Any], Any]:
     """A click decorator adding one option per field of the settings ``model`` (``--field-name``; a
     ``Literal`` as a choice, a ``bool`` as ``--field/--no-field``), except the fields in ``skip``.
 
@@ -100,9 +102,11 @@ def settings_options(model: type[BaseModel], skip: Iterable[str] = ()) -> Callab
     help text is the field's description with the default after it. So an option and its settings
     field can never drift apart (``clotclf tile`` from ``TileSettings``, ``clotclf train`` from
     ``TrainSettings``). :func:`given_settings` collects what was given. Light: click is imported when
-    the decorator runs.
+    the decorator runs. ``other_defaults`` adds a second default to a field's help (``{"lr": "with
+    --aggregator: 0.001"}``) where another kind of run has its own.
     """
     skipped = set(skip)
+    notes = other_defaults or {}
 
     def decorate(command: Any) -> Any:
         import typing
@@ -117,6 +121,8 @@ def settings_options(model: type[BaseModel], skip: Iterable[str] = ()) -> Callab
             if isinstance(default, bool):  # the flag that is on: --prescreen, --no-compile
                 default = flag if default else f"--no-{flag[2:]}"
             helptext = (field.description or "") + ("" if default is None else f" [default: {default}]")
+            if name in notes:
+                helptext = helptext[:-1] + f"; {notes[name]}]" if helptext.endswith("]") else f"{helptext} [{notes[name]}]"
             ann = field.annotation
             args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
             if typing.get_origin(ann) is Literal:

@@ -291,3 +291,89 @@ def test_evaluate_asks_a_mil_run_for_what_its_form_scores(mil, tmp_path):
     with pytest.raises(ClotclfError, match="scores features of its encoder: give --features .* or --tiles"):
         evaluate_run(str(mil["abmil"]), out=str(tmp_path / "r"), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- issue 15: defaults, standardisation, calibration
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from clotclf_core.features.synthetic import write_planted_store
+
+    return write_planted_store(tmp_path_factory.mktemp("planted") / "f", patients=12, tiles=(3, 5), signal_tiles=(1, 1),
+                               num_features=4)
+
+
+@pytest.fixture(scope="module")
+def planted_runs(planted, tmp_path_factory):
+    """Two abmil runs on the planted store, with and without standardisation (1 epoch each)."""
+    from tilesets import TINY_ABMIL
+
+    from clotclf_core.training.run import train
+    from clotclf_core.training.settings import resolve_settings
+
+    d = tmp_path_factory.mktemp("runs")
+    for name, standardise in (("on", "on"), ("off", "off")):
+        train(resolve_settings(None, {"features": str(planted), "aggregator": "abmil", "aggregator_options": TINY_ABMIL,
+                                      "epochs": 1, "folds": 2, "workers": 0, "standardise": standardise,
+                                      "out": str(d / name)}), progress=False)
+    return d
+
+
+def _train_args(planted, out, *extra):
+    return ["train", "--features", planted, "--aggregator", "abmil", "--aggregator-opt", "hidden=4", "--epochs", "1",
+            "--workers", "0", "--folds", "2", "--out", out, "-q", *extra]
+
+
+@pytest.mark.parametrize("clip", ["0", "0.5", "0.7", "-0.1"])
+def test_clip_outside_zero_and_a_half(planted, tmp_path, clip):
+    out = invoke(_train_args(planted, tmp_path / "r", "--clip", clip))
+    assert_clean_error(out, 2, ["--clip", "between 0 and 0.5", "--clip 0.05"])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra, mentions", [
+    (["--calibrate", "temperature"], ["--calibrate", "only 6 validation patient(s)", "at least 10", "--fold all"]),
+    (["--calibrate", "platt", "--fold", "all", "--test-fraction", "0.5"],
+     ["--calibrate", "only 6 out-of-fold patient(s)", "at least 10"]),
+])
+def test_calibration_on_too_few_patients_is_refused_before_training(planted, tmp_path, extra, mentions):
+    out = invoke(_train_args(planted, tmp_path / "r", *extra))
+    assert_clean_error(out, 2, mentions)
+    assert not (tmp_path / "r").exists()  # refused before the split or a checkpoint was written
+
+
+def test_standardise_on_for_a_model_without_feature_bags(tiles, tmp_path):
+    out = invoke(["train", "--tiles", tiles, "--backbone", "cct", "--standardise", "on", "--out", tmp_path / "r", "-q"])
+    assert_clean_error(out, 2, ["--standardise on applies to feature bags", "tile-level"])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("run, wanted, mentions", [
+    ("off", "on", ["--standardise on", "stores no standardisation statistics", "leave --standardise out"]),
+    ("on", "off", ["--standardise off", "trained on standardised features", "leave --standardise out"]),
+])
+def test_standardise_at_evaluate_and_predict_time_must_match_the_run(planted, planted_runs, tmp_path, command, run,
+                                                                     wanted, mentions):
+    model = planted_runs / run
+    if command == "evaluate":
+        args = ["evaluate", model, "--features", planted, "--out", tmp_path / "e", "--standardise", wanted, "-q"]
+    else:
+        (tmp_path / "slides").mkdir()
+        args = ["predict", tmp_path / "slides", "--model", model, "--out", tmp_path / "e", "--standardise", wanted, "-q"]
+    assert_clean_error(invoke(args), 2, mentions)
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_tampered_calibration_record_is_refused(planted, planted_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(planted_runs / "on", run)
+    config = json.loads((run / "config.json").read_text())
+    config["calibration"] = {"method": "temperature", "params": {"temperature": "hot"}}
+    (run / "config.json").write_text(json.dumps(config))
+    out = invoke(["evaluate", run, "--features", planted, "--out", tmp_path / "e", "-q"])
+    assert_clean_error(out, 2, ["'calibration' section is not one clotclf writes", "config.json"])
+    assert not (tmp_path / "e").exists()

@@ -104,3 +104,30 @@ def test_evaluate_a_mil_run_on_features_or_on_tiles(tmp_path, trained):
     assert on_tiles["groups"].keys() == on_features["groups"].keys()
     assert not list(tmp_path.glob(".clotclf-embed-*"))  # the temporary feature store is gone
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["headline"]["n_patients"] > 0
+
+
+def test_predict_applies_each_models_calibration_and_says_so(tmp_path, slides, trained):
+    """A run's calibration (config.json) post-processes its slide probabilities before the ensemble
+    mean, so submission.csv holds them; summary.json records how."""
+    import shutil
+
+    from clotclf_core.scoring.calibration import Calibration
+
+    run = tmp_path / "calibrated"
+    shutil.copytree(trained["abmil"], run)
+    config = json.loads((run / "config.json").read_text())
+    record = {"method": "temperature", "params": {"temperature": 2.5}, "clip": 0.2, "fitted_on": "validation",
+              "n_patients": 12, "n_slides": 12}
+    config["calibration"] = record
+    (run / "config.json").write_text(json.dumps(config))
+    raw = predict(slides, [str(trained["abmil"])], tmp_path / "raw", progress=False, heatmaps=False)
+    done = predict(slides, [str(run), str(trained["tile"])], tmp_path / "cal", progress=False, heatmaps=False)
+    assert raw["models"][0]["calibration"] is None
+    assert done["models"][0]["calibration"] == "temperature 2.5 fitted on 12 validation patients; clipped to [0.2, 0.8]"
+    tile_only = predict(slides, [str(trained["tile"])], tmp_path / "tile", progress=False, heatmaps=False)
+    assert tile_only["models"][0]["calibration"] is None
+    mil, ens, tile = _slides(tmp_path / "raw"), _slides(tmp_path / "cal"), _slides(tmp_path / "tile")
+    expected = Calibration.from_record(record, 2).apply(mil[["p_CE", "p_LAA"]].to_numpy())[:, 1]
+    assert np.allclose(ens["p_LAA"], 0.5 * expected + 0.5 * tile["p_LAA"], atol=2e-6)
+    sub = pd.read_csv(tmp_path / "cal" / "submission.csv", dtype={"patient_id": str})
+    assert np.allclose(sub[["CE", "LAA"]].sum(axis=1), 1)

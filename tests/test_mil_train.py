@@ -67,8 +67,19 @@ def test_a_run_on_features_records_the_aggregator_encoder_and_recipe(features, t
     assert config["plugins"]["encoder"]["name"] == "timm"
     assert config["tileset"]["settings"] == store["tileset"]["settings"]  # the tiling recipe predict repeats
     assert config["features"]["path"] == str(features.resolve()) and config["data"]["bag_size"] == 4
-    # the weights file holds the aggregator only: never the encoder (foundation-model licences)
-    assert all(k.startswith("aggregator.") for k in load_state(out / "model.safetensors"))
+    # the weights file holds the aggregator and the standardisation only: never the encoder (foundation-model licences)
+    state = load_state(out / "model.safetensors")
+    assert model["standardise"] is True and config["training"]["standardise"] == "on"
+    assert all(k.startswith("aggregator.") for k in state if k not in ("feature_mean", "feature_std"))
+    # the statistics are the fold's training tiles' (capped bags do not matter: every tile of a training slide)
+    from clotclf_core.features.store import FeatureStore as _Store
+
+    split = config["split"]
+    train_rows = _Store(features).index[lambda f: f["patient_id"].isin(split["train"])]
+    feats = np.concatenate([_Store(features).features(i)[g["feature_row"].to_numpy()].astype(np.float64)
+                            for i, g in train_rows.groupby("image_id", sort=False)])
+    assert np.allclose(state["feature_mean"].numpy(), feats.mean(0), atol=1e-5)
+    assert np.allclose(state["feature_std"].numpy(), feats.std(0), rtol=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["headline"]["on"] == "test" and set(metrics["val"]) == set(metrics["test"]) == {"slide", "patient"}
     assert summary["folds"][0]["headline"]["n_patients"] == 2
@@ -82,7 +93,8 @@ def test_a_run_on_features_records_the_aggregator_encoder_and_recipe(features, t
     assert list(preds.columns[:5]) == ["image_id", "patient_id", "center_id", "label", "n_tiles"]
     for row in preds.itertuples():
         with torch.no_grad():
-            logits, _ = run_aggregator(loaded.aggregator, torch.from_numpy(fs.features(row.image_id).astype(np.float32))[None])
+            x = torch.from_numpy(fs.features(row.image_id).astype(np.float32))[None]
+            logits, _ = run_aggregator(loaded.aggregator, (x - loaded.feature_mean) / loaded.feature_std)
         assert float(torch.softmax(logits, 1)[0, 1]) == pytest.approx(row.p_LAA, abs=1e-5)
     assert row.n_tiles == len(fs.features(row.image_id))  # scoring uses every tile, not a bag of 4
 

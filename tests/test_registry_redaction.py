@@ -141,3 +141,27 @@ def test_the_cli_says_why_a_push_is_refused(clinical, tmp_path):
     ok = invoke(["push", str(run), "--repo", "leaky", "--registry", registry.as_uri(), "--namespace", NS, "--include-split"])
     assert ok.exit_code == 0, ok.stderr
     assert (run / WEIGHTS_NAME).is_file()
+
+
+def test_per_centre_tables_are_published_with_letters_not_centre_identifiers(clinical, tmp_path):
+    from clotclf_registry.api import publishable
+
+    run = tmp_path / "run"
+    shutil.copytree(clinical, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    row = {"n_patients": 3, "class_counts": {"CE": 2, "LAA": 1}, "weighted_log_loss": 0.5,
+           "weighted_log_loss_ci95": [0.3, 0.7], "balanced_accuracy": 0.75, "roc_auc": 1.0}
+    on = (metrics.get("headline") or {}).get("on", "val")
+    metrics["per_center"] = {on: [{"center_id": "mayo-north", **row}, {"center_id": "stroke-unit-7", **row}]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    from clotclf_core.models.card import write_model_card
+
+    write_model_card(run, json.loads((run / CONFIG_NAME).read_text()), metrics)  # the run's own card names them
+    assert "| mayo-north | 3 |" in (run / "README.md").read_text()
+    files, _ = publishable(run, json.loads((run / CONFIG_NAME).read_text()), f"{NS}/centres")
+    published = {name: data if isinstance(data, bytes) else data.read_bytes() for name, data in files}
+    text = published["metrics.json"].decode() + published["README.md"].decode()
+    assert "mayo-north" not in text and "stroke-unit-7" not in text
+    assert [r["center_id"] for r in json.loads(published["metrics.json"])["per_center"][on]] == ["centre A", "centre B"]
+    assert "| centre A | 3 |" in published["README.md"].decode()  # the card's per-centre table
+    assert json.loads((run / "metrics.json").read_text())["per_center"][on][0]["center_id"] == "mayo-north"  # kept locally

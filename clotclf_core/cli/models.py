@@ -16,6 +16,11 @@ from clotclf_core.training.options import cli_options as _train_options
 
 # ----------------------------------------------------------------------------- train / evaluate
 
+#: evaluate's and predict's --standardise: an assertion about the model, which applies what it stores
+_STANDARDISE_HELP = ("What a MIL model on features must do with its features: on = standardise them with the statistics "
+                     "it stores (refused if it stores none), off = use them as they are (refused if it stores some), "
+                     "auto = whatever it was trained with.")
+
 
 @click.command("train")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML of training settings; options given here override it.")
@@ -49,6 +54,9 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
         click.echo(report_table(summary))
     else:
         click.echo(summary["run_dir"])
+    note = summary.get("disagreement") or next((f["disagreement"] for f in summary["folds"] if f.get("disagreement")), None)
+    if note and (quiet or as_json):  # the table leads with it otherwise
+        click.echo(f"Warning: {note}.", err=True)
 
 
 @click.command("evaluate")
@@ -61,21 +69,25 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loader worker processes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
+@click.option("--standardise", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help=_STANDARDISE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
-def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, quiet, as_json) -> None:
+def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, standardise, quiet,
+                     as_json) -> None:
     """Re-evaluate the model RUN (a run directory, or a registry name) on a TileSet, at tile, slide
     and patient level (a MIL model: slide and patient level, on --tiles or --features); by default
     only on patients the model never trained on, with the run's test patients, other patients and
     validation patients reported separately."""
     from clotclf_core.scoring.evaluate import evaluate_run
     from clotclf_core.scoring.headline import headline_sentence
+    from clotclf_core.scoring.intervals import format_centres
     from clotclf_core.scoring.metrics import format_table
 
     if tiles is None and features is None:
         raise click.UsageError("give --tiles (a TileSet) or, for a MIL model on features, --features (a feature store)")
     report = evaluate_run(run, tiles, out, patients, batch_size, workers, device, progress=not (quiet or as_json),
-                          features=features)
+                          features=features, standardise=standardise)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     elif not quiet:
@@ -88,7 +100,16 @@ def evaluate_command(run, tiles, features, out, patients, batch_size, workers, d
         for name, group in report["groups"].items():
             click.echo(f"\n{name} (n = {group['n_patients']} patients): {group['what']}")
             click.echo(format_table(group["metrics"]))
+            if "calibration" in group:
+                c = group["calibration"]
+                click.echo(f"after {c['how']}: weighted log loss {c['weighted_log_loss_before']:.3f} -> "
+                           f"{c['weighted_log_loss_after']:.3f}, ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}"
+                           + (f" ({c['note']})" if c.get("note") else ""))
+            if group["per_center"]:
+                click.echo("per centre:\n" + format_centres(group["per_center"]))
         click.echo(f"\nwritten to {report['out']}")
+    if report.get("disagreement"):
+        click.echo(f"Warning: {report['disagreement']}.", err=True)
 
 
 def _predict_warnings(summary: dict[str, Any]) -> None:
@@ -117,12 +138,14 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, help="Data-loader worker processes for inference.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
 @click.option("--no-heatmaps", is_flag=True, help="Skip the heatmap pictures.")
+@click.option("--standardise", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help=_STANDARDISE_HELP)
 @click.option("--attention-heatmaps", "attention", is_flag=True,
               help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
-                    no_heatmaps, attention, quiet, as_json) -> None:
+                    no_heatmaps, standardise, attention, quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -135,7 +158,7 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
-                      attention=attention)
+                      attention=attention, standardise=standardise)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:
@@ -150,6 +173,9 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
         no_tissue = [k for k in summary["slides_without_tiles"] if k not in summary["failed_slides"]]
         if no_tissue:
             click.echo(f"no tissue tiles (not scored): {', '.join(no_tissue)}")
+        for m in summary["models"]:
+            if m.get("calibration"):
+                click.echo(f"{m['ref']}: probabilities post-processed ({m['calibration']})")
         for level, m in summary.get("metrics", {}).items():
             click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
                        f"weighted log loss {m['weighted_log_loss']:.3f}")

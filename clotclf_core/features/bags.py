@@ -20,6 +20,13 @@ them, and the bag is **padded with a mask** (never sampled with replacement: a r
 weigh double in a mean and draw attention twice). ``bag_size`` None takes every tile of the slide
 (padded to the longest bag of the batch). Scoring always uses every tile of a slide.
 
+**Standardisation.** Feature bags are standardised by default (:func:`fit_standardisation`): each
+feature's mean and standard deviation over the tiles of the fold's *training* slides (never a
+validation or test slide), stored in the model (:mod:`clotclf_core.models.mil`). Features of a
+random-init encoder are tiny (std about 0.01), those of a foundation model of mixed scales; an
+aggregator trained at a fixed learning rate learns nothing from the first and is dominated by the
+largest of the second (docs/training.md measures both).
+
 **Slides without tiles** are never bags: they have no features (a feature store lists them as
 ``no_tiles``; a TileSet kept none). Training and evaluation leave them out and say so; ``clotclf
 predict`` gives a patient none of whose slides has a tile equal probabilities (0.5 for CE / LAA).
@@ -140,6 +147,36 @@ class Slides:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+# ----------------------------------------------------------------------------- standardisation
+
+#: a feature whose standard deviation over the training tiles is below this is constant: it is
+#: centred, not scaled (dividing by ~0 would turn rounding noise into huge values)
+MIN_STD = 1e-7
+
+
+def fit_standardisation(data: FeatureBags, slides: Slides) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (float32 (F,) each) over every tile of ``slides``
+    (the fold's training slides: their ``rows``, so ``--max-tiles-per-slide`` applies), accumulated
+    in float64 one slide at a time. Constant features get a standard deviation of 1."""
+    n_features = data.num_features
+    mean, m2, count = np.zeros(n_features), np.zeros(n_features), 0
+    feature_rows = data.index["feature_row"].to_numpy()
+    for image_id, rows in zip(slides.ids, slides.rows):  # per slide, merged (Chan et al.): no cancellation
+        x = np.asarray(data.features(image_id)[feature_rows[rows]], dtype=np.float64)
+        if not len(x):
+            continue
+        k, slide_mean = len(x), x.mean(axis=0)
+        delta = slide_mean - mean
+        mean = mean + delta * k / (count + k)
+        m2 = m2 + ((x - slide_mean) ** 2).sum(axis=0) + delta ** 2 * count * k / (count + k)
+        count += k
+    if count == 0:
+        raise ClotclfError("no training tile to fit the feature standardisation on; check the feature store")
+    std = np.sqrt(m2 / count)
+    std = np.where(std < MIN_STD, 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- sampling

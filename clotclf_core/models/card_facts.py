@@ -64,17 +64,26 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The result a card leads with: ``metrics["headline"]["on"]`` when recorded, else the first
     held-out result present (test, test ensemble, out-of-fold), else validation.
 
-    Returns ``{"key", "split", "title", "levels", "what"}``: the metrics.json key, the model-index
-    split, the section title, the ``{level: metrics}`` dict and the recorded description (or None)."""
+    Returns ``{"key", "split", "title", "levels", "what", "record", "raw_levels"}``: the metrics.json
+    key, the model-index split, the section title, the ``{level: metrics}`` dict (after the run's
+    calibration / clipping when it has one: ``<key>_calibrated``, what ``predict`` outputs), the
+    recorded description (or None), the recorded headline and the levels before post-processing (or None)."""
     recorded = metrics.get("headline") if isinstance(metrics.get("headline"), dict) else {}
     keys = [recorded.get("on")] + [k for k, _, _ in HELD_OUT]
+    found = None
     for key in keys:
         levels = metrics.get(key) if key else None
         if key != "val" and isinstance(levels, dict) and isinstance(levels.get("patient"), dict):
             split, title = next(((s, t) for k, s, t in HELD_OUT if k == key), ("test", str(key)))
-            return {"key": key, "split": split, "title": title, "levels": levels, "what": recorded.get("what")}
-    return {"key": "val", "split": "validation", "title": VAL_TITLE, "levels": validation_levels(metrics),
-            "what": recorded.get("what")}
+            found = {"key": key, "split": split, "title": title, "levels": levels}
+            break
+    if found is None:
+        found = {"key": "val", "split": "validation", "title": VAL_TITLE, "levels": validation_levels(metrics)}
+    after = metrics.get(f"{found['key']}_calibrated")
+    raw = None
+    if isinstance(after, dict) and isinstance(after.get("patient"), dict):
+        raw, found["levels"] = found["levels"], after
+    return {**found, "what": recorded.get("what"), "record": recorded, "raw_levels": raw}
 
 
 def describe(config: dict[str, Any], extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:

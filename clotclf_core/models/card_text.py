@@ -125,19 +125,33 @@ def _headline_block(info: dict[str, Any], headline: dict[str, Any]) -> list[str]
     what = what.split(": ", 1)[1] if ": " in what else what  # "held-out test patients: never ..." -> "never ..."
     n = patient.get("n")
     equal = " / ".join(f"{1 / len(info['labels']):g}" for _ in info["labels"])
+    record = headline.get("record") or {}
+    ci = record.get("weighted_log_loss_ci95")
+    ci_text = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "n/a"
+    raw = (headline.get("raw_levels") or {}).get("patient")
     rows = [
-        ["**this model**", f"**{_fmt(patient.get('weighted_log_loss'))}**", _fmt(patient.get("balanced_accuracy")),
-         _fmt(patient.get("roc_auc"))],
-        [f"constant {equal} (baseline)", f"{chance:.3f}", "0.500", "0.500"],
+        ["**this model**" + (" (post-processed)" if raw else ""), f"**{_fmt(patient.get('weighted_log_loss'))}**",
+         ci_text, _fmt(patient.get("balanced_accuracy")), _fmt(patient.get("roc_auc"))],
     ]
+    if raw:
+        rows.append(["before calibration / clipping", _fmt(raw.get("weighted_log_loss")), "", _fmt(raw.get("balanced_accuracy")),
+                     _fmt(raw.get("roc_auc"))])
+    rows.append([f"constant {equal} (baseline)", f"{chance:.3f}", "", "0.500", "0.500"])
     out = [
         f"**{headline['title']}**, n = {n if n is not None else '?'} patients: {what}.",
         "",
-        _table(["patient level", "weighted log loss (STRIP AI) ↓", "balanced accuracy", "ROC AUC"], rows),
+        _table(["patient level", "weighted log loss (STRIP AI) ↓", "95 % interval", "balanced accuracy", "ROC AUC"], rows),
         "",
         (f"Equal probabilities for every patient score a weighted log loss of ln {len(info['labels'])} = {chance:.3f} "
-         "whatever the class mix; no constant prediction scores lower, so a model is informative only below it."),
+         "whatever the class mix; no constant prediction scores lower, so a model is informative only below it."
+         + (" The interval: patients resampled with replacement within each class (bootstrap, 2,000 times, seeded)."
+            if ci else "")),
     ]
+    if record.get("postprocessing"):
+        out += ["", f"Probabilities post-processed: {record['postprocessing']} (`clotclf predict` applies the same)."]
+    if record.get("ece") is not None:
+        out += ["", (f"Expected calibration error (patient level, 10 equal-width bins): {record['ece']:.3f}; the "
+                     "reliability diagram is in plots/.")]
     if info["synthetic"]:
         out += ["", ("**Synthetic data**: these numbers show the pipeline runs and is measured on unseen patients; "
                      "they say nothing about real clots.")]
@@ -152,7 +166,8 @@ def _results_section(info: dict[str, Any], headline: dict[str, Any], metrics: di
     out = ["## Results", "", *_headline_block(info, headline), "",
            ("Patient level is the one that matters (one answer per patient; the STRIP AI competition scored "
             f"patients). {slide_rule}; patient = mean of its slides'."), "",
-           f"### {headline['title']}", "", _level_table(headline["levels"])]
+           f"### {headline['title']}" + (", after calibration / clipping" if headline.get("raw_levels") else ""), "",
+           _level_table(headline["levels"])]
     levels = headline["levels"]
     note = (levels.get("patient") or {}).get("roc_auc_note")
     if note:
@@ -168,6 +183,7 @@ def _results_section(info: dict[str, Any], headline: dict[str, Any], metrics: di
     val = validation_levels(metrics)
     if headline["key"] != "val" and val and val is not levels:
         out += ["", f"### {VAL_TITLE}", "", _level_table(val)]
+    out += _honesty_blocks(metrics, headline)
     cv = metrics.get("cv")
     if isinstance(cv, dict) and isinstance(cv.get("patient"), dict):
         folds = max((e.get("n", 0) for e in cv["patient"].values() if isinstance(e, dict)), default=0)
@@ -178,6 +194,35 @@ def _results_section(info: dict[str, Any], headline: dict[str, Any], metrics: di
     if plots:
         out += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(out) + "\n"
+
+
+def _honesty_blocks(metrics: dict[str, Any], headline: dict[str, Any]) -> list[str]:
+    """The disagreement warning, the calibration's effect (ECE and loss before / after) and the
+    per-centre table of the headline's patients, where metrics.json records them."""
+    out: list[str] = []
+    if metrics.get("disagreement"):
+        out += ["", f"> **Warning.** {metrics['disagreement']}."]
+    effects = metrics.get("calibration_effect") if isinstance(metrics.get("calibration_effect"), dict) else {}
+    if effects:
+        rows = [[key, _fmt(e.get("weighted_log_loss_before")), _fmt(e.get("weighted_log_loss_after")),
+                 _fmt(e.get("ece_before")), _fmt(e.get("ece_after")), str(e.get("note") or "")]
+                for key, e in effects.items() if isinstance(e, dict)]
+        how = next(iter(effects.values())).get("how", "")
+        out += ["", "### Calibration", "", (f"{how[0].upper() + how[1:]} (never fitted on test patients). Patient level; "
+                                            "ECE = expected calibration error over 10 equal-width bins (reliability "
+                                            "diagrams in plots/)."), "",
+                _table(["patients", "weighted log loss before", "after", "ECE before", "after", "note"], rows)]
+    centres = (metrics.get("per_center") or {}).get((headline.get("record") or {}).get("on") or headline["key"])
+    if isinstance(centres, list) and centres:
+        rows = [[str(r.get("center_id")), str(r.get("n_patients")),
+                 ", ".join(f"{k} {v}" for k, v in (r.get("class_counts") or {}).items()),
+                 _fmt(r.get("weighted_log_loss")) + (f" ({r['weighted_log_loss_ci95'][0]:.3f}–{r['weighted_log_loss_ci95'][1]:.3f})"
+                                                    if r.get("weighted_log_loss_ci95") else ""),
+                 _fmt(r.get("balanced_accuracy")), _fmt(r.get("roc_auc"))] for r in centres]
+        out += ["", "### Per centre", "", "The headline's patients by centre (stain, scanner and cutting differ by centre):",
+                "", _table(["centre", "patients", "classes", "weighted log loss (95 % interval)", "balanced accuracy",
+                            "ROC AUC"], rows)]
+    return out
 
 
 def _options_json(options: Any) -> str:

@@ -105,6 +105,9 @@ class ModelConfig(StrictModel):
     aggregator: str | None = None
     aggregator_options: dict[str, Any] = Field(default_factory=dict)
     encoder: EncoderRecord | None = None
+    #: a MIL model on features standardises each feature with the mean / std of its training patients'
+    #: tiles, stored as buffers beside its weights (``feature_mean``, ``feature_std`` in model.safetensors)
+    standardise: bool = False
     labels: list[str] = Field(default_factory=lambda: ["CE", "LAA"], min_length=2, max_length=MAX_LABELS)
     input_size: int = Field(224, ge=8, le=MAX_INPUT_SIZE)
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -141,6 +144,8 @@ class ModelConfig(StrictModel):
             if (self.backbone is None) == (self.encoder is None):
                 raise ValueError("a MIL model has either an encoder (trained on a feature store) or a backbone "
                                  "(trained end to end), not both or neither")
+        if self.standardise and self.encoder is None:
+            raise ValueError("standardise applies to a MIL model on stored features (with an encoder) only")
         return self
 
     @field_validator("labels")

@@ -14,6 +14,14 @@
 Either way the mask (B, N) says which positions are real tiles; padded positions are never fed
 to the backbone (so BatchNorm statistics never see them) and get zero attention.
 
+**Standardised features** (``config.standardise``, on features only): every feature is shifted and
+scaled by the mean and standard deviation of the training patients' tiles of the fold
+(:func:`clotclf_core.features.bags.fit_standardisation`), before the aggregator. The two vectors
+are buffers of the model (``feature_mean``, ``feature_std``), saved in ``model.safetensors`` with
+the weights: covered by the weights' sha256, pushed and pulled with them, restored with a
+checkpoint, and applied by :meth:`MILClassifier.pool`, the one path every consumer (training,
+evaluate, predict, heatmaps) takes from features to logits.
+
 Imports torch; :mod:`clotclf_core.models.build` builds it (``build_model`` asks the config's ``form``).
 """
 
@@ -26,7 +34,7 @@ from torch import nn
 
 from clotclf_core.models.aggregate import build_aggregator, run_aggregator
 from clotclf_core.models.config import ModelConfig
-from clotclf_core.plugin.errors import PluginError
+from clotclf_core.plugin.errors import ClotclfError, PluginError
 
 
 class MILClassifier(nn.Module):
@@ -39,6 +47,30 @@ class MILClassifier(nn.Module):
         self.config = config
         #: which plugin / distribution / version provided each component (saved in config.json)
         self.plugins: dict[str, Any] = {}
+        if config.standardise:  # identity until the training patients' statistics are set
+            n = config.encoder.num_features
+            self.register_buffer("feature_mean", torch.zeros(n))
+            self.register_buffer("feature_std", torch.ones(n))
+
+    @property
+    def standardises(self) -> bool:
+        """Whether stored features are standardised with the training patients' statistics."""
+        return bool(self.config.standardise)
+
+    def set_standardisation(self, mean: Any, std: Any) -> None:
+        """Store the per-feature mean and standard deviation (F,) fitted on the training patients."""
+        if not self.standardises:
+            raise PluginError("this MIL model was built without feature standardisation (config.standardise is false)")
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=self.feature_mean.dtype))
+        self.feature_std.copy_(torch.as_tensor(std, dtype=self.feature_std.dtype))
+
+    def pool(self, feats: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False):
+        """Tile features (B, N, F) + mask -> ``(logits, attention or None)``: standardised first when the
+        model stores statistics (padded positions stay zero), then the aggregator."""
+        if self.standardises:
+            z = (feats - self.feature_mean.to(feats.dtype)) / self.feature_std.to(feats.dtype)
+            feats = z if mask is None else z * mask.unsqueeze(-1).to(z.dtype)
+        return run_aggregator(self.aggregator, feats, mask, return_attention)
 
     @property
     def labels(self) -> list[str]:
@@ -64,13 +96,13 @@ class MILClassifier(nn.Module):
             full = feats.new_zeros(b * n, feats.shape[-1])
             full[flat] = feats
             bags = full.view(b, n, -1)
-        logits, attention = run_aggregator(self.aggregator, bags, mask, return_attention)
+        logits, attention = self.pool(bags, mask, return_attention)
         return (logits, attention) if return_attention else logits
 
     def instance_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Each tile alone as a bag of one: (n, F) features -> (n, C) logits (a per-tile class score
         for heatmaps; for attention pooling it is the classifier applied to that tile's embedding)."""
-        logits, _ = run_aggregator(self.aggregator, feats.unsqueeze(1), None)
+        logits, _ = self.pool(feats.unsqueeze(1), None)
         return logits
 
 
@@ -84,3 +116,28 @@ def build_mil(cfg: ModelConfig, specs: dict[str, Any], options: dict[str, Any], 
     aggregator = build_aggregator(cfg.aggregator, options["aggregator"], in_features, cfg.num_classes,
                                   spec=specs["aggregator"])
     return MILClassifier(aggregator, cfg, backbone)
+
+
+#: ``--standardise`` of ``clotclf evaluate`` / ``predict``: what the user expects of a model
+STANDARDISE_CHOICES = ("auto", "on", "off")
+
+
+def check_standardise_option(model: nn.Module, wanted: str, ref: str) -> None:
+    """``--standardise on|off`` at evaluate / predict time asserts what ``model`` does (its stored
+    statistics are part of it and always applied; ``auto`` accepts either): a mismatch is one clear error."""
+    if wanted == "auto":
+        return
+    if wanted not in STANDARDISE_CHOICES:
+        raise ClotclfError(f"--standardise must be one of {', '.join(STANDARDISE_CHOICES)}, got {wanted!r}")
+    form = model.config.form
+    if not form.on_features:
+        raise ClotclfError(f"--standardise {wanted}: model '{ref}' is {'an end-to-end MIL' if form.is_mil else 'a tile-level'} "
+                          "model, which reads tile images, not feature bags: leave --standardise out")
+    if wanted == "on" and not model.standardises:
+        raise ClotclfError(f"--standardise on: model '{ref}' stores no standardisation statistics (it was trained with "
+                          "--standardise off, or by an older clotclf), so its features cannot be standardised the way "
+                          "it was trained: leave --standardise out, or train it again with --standardise on")
+    if wanted == "off" and model.standardises:
+        raise ClotclfError(f"--standardise off: model '{ref}' was trained on standardised features and stores their "
+                          "statistics (part of the model, always applied): leave --standardise out, or train a model with "
+                          "--standardise off")

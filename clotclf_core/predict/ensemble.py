@@ -14,6 +14,11 @@ reused, like ``OUT/tiles/``) and the bags are pooled.
 
 For heatmaps each member also gives, per slide, its tiles' positions and per-tile P(class) (a MIL
 model: each tile as a bag of one) and, for an attention aggregator, each tile's attention weight.
+
+A member whose run calibrates or clips its probabilities (``config.json``'s ``calibration``,
+fitted when it was trained: :mod:`clotclf_core.scoring.calibration`) has its **slide**
+probabilities post-processed before the ensemble mean, so ``submission.csv`` holds calibrated
+probabilities; the per-tile heatmap probabilities stay the model's own.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from clotclf_core.features.embed import embed_bags
 from clotclf_core.features.encoder import encoder_from_record
 from clotclf_core.models.aggregate import require_attention
 from clotclf_core.models.form import ModelForm
+from clotclf_core.models.mil import check_standardise_option
 from clotclf_core.models.runs import read_config, resolve_run_dir
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import write_guard
 from clotclf_core.scoring import metrics
+from clotclf_core.scoring.calibration import Calibration, CalibrationError
 from clotclf_core.scoring.inference import score_bags, score_tiles
 
 
@@ -50,6 +57,8 @@ class LoadedModel:
     model: Any
     weight: float
     encoder: Any = None  #: a MIL model on features: its frozen encoder, rebuilt and checked
+    #: how the run post-processes its slide probabilities (none: method "none", no clip)
+    calibration: Calibration = field(default_factory=Calibration)
 
     @property
     def labels(self) -> list[str]:
@@ -76,10 +85,11 @@ class MemberScores:
 
 
 def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, device: str = "auto",
-                attention: bool = False) -> list[LoadedModel]:
-    """Load every ``--model`` (run directory or registry name), with its ensemble weight; a MIL model
-    on features gets its encoder rebuilt and checked now. ``attention``: attention heatmaps were
-    asked for, so some model must have attention (else one clear refusal)."""
+                attention: bool = False, standardise: str = "auto") -> list[LoadedModel]:
+    """Load every ``--model`` (run directory or registry name), with its ensemble weight and its
+    calibration; a MIL model on features gets its encoder rebuilt and checked now. ``attention``:
+    attention heatmaps were asked for, so some model must have attention (else one clear refusal);
+    ``standardise`` (``on`` / ``off``): what every MIL model on features must do with its features."""
     if not refs:
         raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
     if weights and len(weights) != len(refs):
@@ -90,7 +100,20 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
     out = []
     for ref, weight in zip(refs, w):
         run_dir = resolve_run_dir(ref)
-        out.append(LoadedModel(str(ref), run_dir, read_config(run_dir), load_model(run_dir), weight / sum(w)))
+        config, model = read_config(run_dir), load_model(run_dir)
+        try:
+            calibration = Calibration.from_record(config.get("calibration"), model.config.num_classes,
+                                                  f"model '{ref}': '{run_dir / 'config.json'}'")
+        except CalibrationError as exc:
+            raise PredictError(str(exc)) from None
+        out.append(LoadedModel(str(ref), run_dir, config, model, weight / sum(w), calibration=calibration))
+    if standardise != "auto":
+        features = [m for m in out if m.form.on_features]
+        for m in features or out[:1]:  # no model on features: the first one says why the option does not apply
+            try:
+                check_standardise_option(m.model, standardise, m.ref)
+            except ClotclfError as exc:
+                raise PredictError(str(exc)) from None
     first = out[0].labels
     for m in out[1:]:
         if m.labels != first:
@@ -155,8 +178,13 @@ def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, wo
                 pos = group.index.to_numpy()
                 res.tiles[image_id] = group[["x", "y", "size"]].to_numpy()
                 res.tile_probs[image_id] = probs[pos]
-        return res
-    return _score_mil(m, ts, recipe, out, batch_size, workers, rt, progress, details, patient_of)
+    else:
+        res = _score_mil(m, ts, recipe, out, batch_size, workers, rt, progress, details, patient_of)
+    if m.calibration.active:  # the run's own post-processing of its slide probabilities
+        cols = [f"p_{n}" for n in labels]
+        res.slides = res.slides.copy()
+        res.slides[cols] = m.calibration.apply(res.slides[cols].to_numpy())
+    return res
 
 
 def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,

@@ -96,6 +96,7 @@ def predict(
     progress: bool = True,
     slide_is_patient: bool = False,
     attention: bool = False,
+    standardise: str = "auto",
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -113,7 +114,7 @@ def predict(
         raise PredictError(f"--loader-workers must be 0 or more (got {loader_workers})")
     if attention and not heatmaps:
         raise PredictError("--attention-heatmaps and --no-heatmaps ask for opposite things: give one of them")
-    loaded = load_models(models, weights, device, attention)
+    loaded = load_models(models, weights, device, attention, standardise)
     labels = loaded[0].labels
     rt = pick_runtime(device)
     job = job_of(slides_dir, manifest, labels, slide_is_patient)
@@ -215,7 +216,8 @@ def predict(
     summary: dict[str, Any] = {
         "out": str(out),
         "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4), "kind": m.form.kind,
-                    "model": m.model.config.describe()} for m in loaded],
+                    "model": m.model.config.describe(),
+                    "calibration": m.calibration.describe() if m.calibration.active else None} for m in loaded],
         "labels": labels,
         "patient_ids_from": job.patients_from,
         "n_slides": int(len(slides)),

@@ -12,6 +12,11 @@ patients, patients outside its split (another cohort), and its validation patien
 the ones early stopping chose on). They are never pooled. ``--patients all`` adds the training
 patients, as their own, labelled group. Output is written all at once (a staged folder renamed
 into place), so a full disk leaves the previous results or none, never some.
+
+A run that calibrates or clips its probabilities (``config.json``'s ``calibration``) is scored
+before and after (the headline after: what ``clotclf predict`` gives), each group with its
+bootstrap interval, ECE, reliability diagram and per-centre table; a MIL model on features is
+scored with the standardisation it stores (``--standardise on|off`` only asserts it).
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ from clotclf_core.features.embed import embed_bags
 from clotclf_core.features.encoder import encoder_from_record
 from clotclf_core.features.store import FeatureStore, check_encoder, check_matches_tileset
 from clotclf_core.models.form import ModelForm
+from clotclf_core.models.mil import check_standardise_option
 from clotclf_core.models.runs import read_config, resolve_run_dir
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import staged_dir, write_guard, write_text
 from clotclf_core.scoring import metrics, plots
-from clotclf_core.scoring.headline import headline
+from clotclf_core.scoring.calibration import Calibration
+from clotclf_core.scoring.headline import held_out
 from clotclf_core.scoring.inference import score_bags, score_tiles
+from clotclf_core.scoring.intervals import disagreement
 from clotclf_core.tiling.tileset import open_tileset, tileset_is_synthetic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,6 +99,19 @@ def write_pictures(out_dir: Path, df: "pd.DataFrame", probs: np.ndarray, labels:
     plots.plot_roc(y, table[[f"p_{n}" for n in labels]].to_numpy(), labels, png, f"{name}: patient level ROC")
     written.append(str(png))
     return written
+
+
+def write_reliability(out_dir: Path, name: str, res: dict[str, Any], labels: Sequence[str]) -> str:
+    """``plots/reliability_<name>.png`` of a :func:`clotclf_core.scoring.headline.held_out` result:
+    patient level, before and after any calibration."""
+    cols = [f"p_{n}" for n in labels]
+    before, after = res["_patients_before"], res["_patients"]
+    curves = {"model" if after is before else "before calibration": before[cols].to_numpy()}
+    if after is not before:
+        curves["after"] = after[cols].to_numpy()
+    png = out_dir / "plots" / f"reliability_{name}.png"
+    plots.plot_reliability(metrics.class_indices(before["label"], labels), curves, labels, png, f"{name}: patient level")
+    return str(png)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -160,7 +181,7 @@ def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) 
 
 def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, patients: str = "unseen",
                  batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
-                 features: str | None = None) -> dict[str, Any]:
+                 features: str | None = None, standardise: str = "auto") -> dict[str, Any]:
     """Re-evaluate a trained model on a TileSet (``tiles``) or, for a MIL model on features, a feature
     store of its encoder (``features``; given ``tiles`` only, they are embedded with the encoder
     rebuilt from the run's record, in a temporary folder); write metrics, predictions and pictures
@@ -184,6 +205,7 @@ def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, pat
         )
     config = read_config(run_dir)
     model = load_model(run_dir)
+    check_standardise_option(model, standardise, str(run))
     form = model.config.form
     if not form.is_mil and tiles is None:
         raise ClotclfError(f"'{run_dir}' is a tile-level model: give --tiles (a TileSet from `clotclf tile`)"
@@ -274,13 +296,26 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
         df["group"] = subset_df["group"].to_numpy()
         scorer = score
     seconds = time.perf_counter() - t0
+    calibration = Calibration.from_record(config.get("calibration"), len(labels), f"'{run_dir / 'config.json'}'")
+    synthetic = tileset_is_synthetic(ts)
     groups: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for name in GROUPS:
         mask = (df["group"] == name).to_numpy()
         if mask.any():
+            part = df[mask].reset_index(drop=True)
+            levels = scorer(part, probs[mask], labels)
+            # the run's validation patients are among those its calibration was fitted on
+            res = results[name] = held_out(name, part, probs[mask], levels, labels, synthetic, GROUPS[name], calibration,
+                                           in_sample=name in ("validation", "train") and calibration.method != "none")
             groups[name] = {"what": GROUPS[name], "n_patients": int(df.loc[mask, "patient_id"].nunique()),
-                            "metrics": scorer(df[mask].reset_index(drop=True), probs[mask], labels)}
+                            "metrics": levels, "headline": res["headline"],
+                            **({"calibrated": res["calibrated"], "calibration": res["calibration"]}
+                               if "calibrated" in res else {}),
+                            "per_center": res["per_center"]}
     first = next(iter(groups))
+    note = disagreement(groups["validation"]["headline"], groups["test"]["headline"]) \
+        if {"validation", "test"} <= set(groups) else None
     n_tiles = int(df["n_tiles"].sum()) if mil else int(len(df))
     report = {
         "run": str(run_dir),
@@ -291,8 +326,10 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
         "seconds": round(seconds, 2),
         "tiles_per_s": round(n_tiles / seconds, 1) if seconds > 0 else None,
         "note": "; ".join(notes),
-        "headline": headline(first, groups[first]["metrics"], len(labels), tileset_is_synthetic(ts),
-                             GROUPS[first]),
+        "headline": groups[first]["headline"],
+        **({"disagreement": note} if note else {}),
+        **({"calibration": calibration.record()} if calibration.active else {}),
+        "per_center": groups[first]["per_center"],
         "groups": groups,
         "metrics": groups[first]["metrics"],
     }
@@ -306,6 +343,7 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
             for name, group in groups.items():
                 mask = (df["group"] == name).to_numpy()
                 write_pictures(tmp, df[mask].reset_index(drop=True), probs[mask], labels, group["metrics"], f"evaluate_{name}")
+                write_reliability(tmp, f"evaluate_{name}", results[name], labels)
             write_text(tmp / "metrics.json", json_text)
     report["out"] = str(out_dir)
     return report

@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 
 from clotclf_core.features.bags import pad_to
-from clotclf_core.models.aggregate import run_aggregator
 from clotclf_core.models.config import ModelConfig
 from clotclf_core.models.runtime import Runtime
 from clotclf_core.plugin.errors import ClotclfError
@@ -195,8 +194,9 @@ class BagScorer:
 
 
 def _pool(model, bags, mask):
-    """The aggregator of a MIL model on (B, N, F) features (the backbone, if any, already applied)."""
-    return run_aggregator(model.aggregator, bags, mask, return_attention=True)
+    """A MIL model on (B, N, F) features (the backbone, if any, already applied): its standardisation,
+    if it stores one, then its aggregator (:meth:`clotclf_core.models.mil.MILClassifier.pool`)."""
+    return model.pool(bags, mask, return_attention=True)
 
 
 def score_bags(model, data: Any, slides: Any, batch_size: int, workers: int, rt: Runtime, progress: bool = False,

@@ -1,4 +1,4 @@
-"""Pictures of a run: training history, confusion matrix, ROC curves and slide heatmaps.
+"""Pictures of a run: training history, confusion matrix, ROC curves, reliability diagrams and slide heatmaps.
 
 Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg canvas (never
 pyplot), so plotting works without a display, leaks no global figure state between calls and is
@@ -184,6 +184,37 @@ def plot_roc(y_true_idx: Any, probs: Any, labels: Sequence[str], out_png: str | 
     ax.set_ylabel("true positive rate")
     ax.set_title(f"{title} (n={len(y)})")
     ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, out_png)
+
+
+def plot_reliability(y_true_idx: Any, curves: dict[str, Any], labels: Sequence[str], out_png: str | os.PathLike,
+                     title: str = "Reliability") -> Path:
+    """Reliability diagram: observed frequency against mean predicted probability in 10 equal bins
+    (two classes: P(second label); more: the top class's confidence), one line per entry of
+    ``curves`` (e.g. ``{"before": probs, "after calibration": probs}``), each with its ECE."""
+    from clotclf_core.scoring.calibration import expected_calibration_error, reliability
+    from clotclf_core.scoring.metrics import _check_inputs, _check_labels
+
+    _check_png(out_png)
+    labels = _check_labels(labels)
+    fig = _figure(SIZES["roc"])
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    n = 0
+    for name, probs in curves.items():
+        y, p = _check_inputs(y_true_idx, probs, len(labels))
+        predicted, observed = reliability(y, p)
+        ax.plot(predicted, observed, marker="o", lw=2, label=f"{name} (ECE {expected_calibration_error(y, p):.3f})")
+        n = len(y)
+    what = f"P({labels[1]})" if len(labels) == 2 else "top-class confidence"
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"mean predicted {what}")
+    ax.set_ylabel("observed frequency" if len(labels) == 2 else "observed accuracy")
+    ax.set_title(f"{title} (n={n})")
+    ax.legend(loc="upper left", fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, out_png)
 

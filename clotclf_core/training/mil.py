@@ -30,6 +30,7 @@ from clotclf_core.features.bags import (
     TileBagDataset,
     bag_size_for,
     collate_bags,
+    fit_standardisation,
     no_slides_error,
     open_feature_bags,
 )
@@ -94,6 +95,8 @@ class BagTask:
                                "folds or add data")
         self.bag_size = bag_size_for(s.form, s.bag_size)
         seed = mix(s.seed, fold)
+        if self.on_features and model.standardises:  # the training patients' statistics, never validation / test
+            model.set_standardisation(*fit_standardisation(data, self.train_slides))
         if self.on_features:
             self.train_loader = FeatureBagLoader(data, self.train_slides, self.bag_size, s.batch_size, seed, rt.rank,
                                                  rt.world_size)
@@ -164,7 +167,8 @@ def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, dat
     common = {"kind": "mil", "aggregator": s.aggregator, "aggregator_options": s.aggregator_options, "labels": labels}
     if s.form.on_features:
         enc = EncoderRecord.model_validate(data.encoder)
-        return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std)
+        return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std,
+                           standardise=s.standardise == "on")
     return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size)
 
 

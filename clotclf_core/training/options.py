@@ -9,7 +9,7 @@ import click
 
 from clotclf_core.config import given_settings, parse_key_values, settings_options
 from clotclf_core.plugin.errors import ConfigError
-from clotclf_core.training.settings import TrainSettings
+from clotclf_core.training.settings import MIL_DEFAULTS, TrainSettings
 
 #: fields given on the command line in another shape than ``--field-name VALUE``
 _CLI_SPECIAL = {"backbone_options", "head_options", "aggregator_options", "augment", "labels", "fold", "channels_last"}
@@ -40,7 +40,8 @@ def cli_options(command):
     add("--head-opt", "head_opt", multiple=True, metavar="K=V", help="head option, repeatable (`clotclf show-plugin mlp`)")
     add("--backbone-opt", "backbone_opt", multiple=True, metavar="K=V",
         help="backbone option, repeatable (`clotclf show-plugin cct`)")
-    return settings_options(TrainSettings, skip=_CLI_SPECIAL)(command)
+    mil = {name: f"with --aggregator: {value}" for name, value in MIL_DEFAULTS.items()}  # a MIL run's own defaults
+    return settings_options(TrainSettings, skip=_CLI_SPECIAL, other_defaults=mil)(command)
 
 
 def overrides_from_cli(params: dict[str, Any]) -> dict[str, Any]:

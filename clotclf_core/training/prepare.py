@@ -18,6 +18,7 @@ from clotclf_core.config import load_yaml
 from clotclf_core.features.bags import bag_size_for, short_slides_note
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin_manager import get_manager
+from clotclf_core.scoring.calibration import check_calibration_set
 from clotclf_core.training.kinds import TrainingKind, kind_for
 from clotclf_core.training.records import data_record
 from clotclf_core.training.settings import TrainSettings, differences, settings_dict
@@ -240,7 +241,21 @@ def prepare_run(s: TrainSettings, run_dir: Path, resume: bool, kind: TrainingKin
         raise ClotclfError(f"the split has {len(split.folds)} folds but folds={s.folds}; set --folds {len(split.folds)}")
     if split.test:
         notes.append(describe_test_set(split))
+    if s.calibrate != "none":
+        _check_calibration_patients(s, ts.index, split, labels)
     return RunData(ts, labels, split, {**described, "data": data}, warnings, notes, input_size)
+
+
+def _check_calibration_patients(s: TrainSettings, index: "pd.DataFrame", split: Split, labels: list[str]) -> None:
+    """``--calibrate`` needs enough patients of every class to fit on: every non-test patient
+    (out of fold) under ``--fold all``, else the fold's validation patients. Checked before training."""
+    if s.fold == "all":
+        patients, fitted_on = set(index["patient_id"]) - set(split.test), "out-of-fold"
+    else:
+        patients, fitted_on = set(split.folds[int(s.fold)].val), "validation"
+    label_of = index.drop_duplicates("patient_id").set_index("patient_id")["label"]
+    mine = label_of[label_of.index.isin(patients)]
+    check_calibration_set(len(mine), {name: int((mine == name).sum()) for name in labels}, fitted_on)
 
 
 def default_out(s: TrainSettings) -> str:

@@ -36,7 +36,7 @@ from clotclf_core.training.kinds import TILE_KIND, TrainingKind, kind_for
 from clotclf_core.training.loop import Trainer
 from clotclf_core.training.prepare import check_model_options, check_out, default_out, prepare_run
 from clotclf_core.training.records import config_sections, data_record, tileset_record
-from clotclf_core.training.report import fold_result, write_fold
+from clotclf_core.training.report import fold_result, run_calibration, write_fold
 from clotclf_core.training.settings import TrainSettings, settings_dict
 from clotclf_core.training.splits import save_split
 
@@ -70,7 +70,9 @@ def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir
 
     val = trainer.validate(desc="final validation")
     test = task.score_patients(trainer.model, split.test, progress and rt.is_main, "test") if split.test else None
-    result = fold_result(s, trainer, val, test, records["data"] if records else None)
+    # one fold: --calibrate / --clip fitted on its validation patients (--fold all: on the out-of-fold ones, later)
+    calibration = run_calibration(s, val.frame, val.probs, labels, "validation") if s.fold != "all" else None
+    result = fold_result(s, trainer, val, test, records["data"] if records else None, calibration)
     if rt.is_main:
         records = records or {"tileset": tileset_record(ts), "data": data_record(s, ts)}
         write_fold(fold_dir, trainer, result, val, test, labels, config_sections(s, split, k, ts, records))

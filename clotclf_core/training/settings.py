@@ -56,6 +56,8 @@ class TrainSettings(StrictModel):
     aggregator: str | None = Field(None, description="aggregator plugin (mean, abmil…: `clotclf list-plugins --kind aggregator`): a slide-level multiple-instance model on bags of tiles; none: tile level")
     aggregator_options: dict[str, Any] = Field(default_factory=dict, description="aggregator options")
     bag_size: int | None = Field(None, ge=1, description="tiles per training bag, drawn anew each epoch (seeded); a slide with fewer gives all its tiles, padded with a mask. Default: every tile with --features, 16 end to end")
+    standardise: Literal["auto", "on", "off"] = Field(
+        "auto", description="standardise feature bags: each feature's mean / std over the fold's training patients' tiles, stored in the model and applied by evaluate and predict (auto: on with --features; end to end and tile level have no feature bags)")
     input_size: int | None = Field(None, ge=8, description="model input side in pixels (default: the TileSet's tile side)")
     # -- split
     folds: int = Field(5, ge=2, description="k of the patient-level stratified k-fold")
@@ -65,7 +67,7 @@ class TrainSettings(StrictModel):
     split_file: str | None = Field(None, description="reuse a saved split.json instead of making a split")
     # -- optimisation
     epochs: int = Field(20, ge=1, description="maximum epochs per fold")
-    batch_size: int = Field(32, ge=1, description="tiles per step (per process under DDP)")
+    batch_size: int = Field(32, ge=1, description="per step (per process under DDP): tiles for a tile-level model, bags (slides) with --aggregator")
     lr: float = Field(3e-4, gt=0, description="AdamW peak learning rate")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay (not applied to biases and norm weights)")
     schedule: Literal["cosine", "plateau", "constant"] = Field("cosine", description="LR schedule: cosine with warm-up, reduce-on-plateau, or constant")
@@ -85,6 +87,10 @@ class TrainSettings(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     max_tiles_per_slide: int | None = Field(None, ge=1, description="train on at most this many tiles per slide (seeded choice)")
     augment: AugmentSettings = Field(default_factory=AugmentSettings, description="augmentation of training tiles")
+    # -- probabilities
+    calibrate: Literal["none", "temperature", "platt"] = Field(
+        "none", description="calibrate the slide probabilities, fitted on the out-of-fold (--fold all) or validation patients, never the test ones; evaluate and predict apply it")
+    clip: float | None = Field(None, description="clip the probabilities to [P, 1-P], after any calibration (0 < P < 0.5; the STRIP AI winners shrank theirs toward 0.5)")
     # -- runtime
     seed: int = Field(0, description="the one seed everything random is derived from")
     workers: int = Field(2, ge=0, description="data-loader worker processes (results do not depend on it)")
@@ -102,15 +108,35 @@ class TrainSettings(StrictModel):
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
         self._check_mil()
+        self._kind_defaults()
         if self.loss == "weighted_log_loss" and self.class_weights == "balanced":
             raise ValueError("loss weighted_log_loss is class-balanced already: leave class_weights at none")
         if self.loss == "weighted_log_loss" and self.label_smoothing:
             raise ValueError("label_smoothing applies to the cross_entropy loss only: set it to 0 with loss weighted_log_loss")
+        if self.clip is not None and not 0 < self.clip < 0.5:
+            raise ValueError(f"--clip {self.clip:g} must be between 0 and 0.5 (exclusive): probabilities are clipped to "
+                             "[P, 1 - P], e.g. --clip 0.05 keeps them within [0.05, 0.95]")
         if self.test_fraction > 0.5:
             raise ValueError(
                 f"test_fraction {self.test_fraction} would hold out more patients than are trained on; use a share "
                 "above 0 and at most 0.5 (e.g. 0.2), or 0 for no test set")
         return self
+
+    def _kind_defaults(self) -> None:
+        """A multiple-instance run's own defaults (:data:`MIL_DEFAULTS`) in the fields not given, and
+        ``standardise`` resolved (auto: on for feature bags). Not marked as given, so the demo preset
+        (:func:`apply_demo_preset`) still fills them for the demo."""
+        given = self.model_fields_set
+        if self.form.is_mil:
+            for name, value in MIL_DEFAULTS.items():
+                if name not in given:
+                    object.__setattr__(self, name, value)
+        if self.standardise == "on" and not self.form.on_features:
+            raise ValueError("--standardise on applies to feature bags (--features with --aggregator); "
+                             + ("an end-to-end model" if self.form.is_mil else "a tile-level model")
+                             + " learns from normalised tile images: leave --standardise out")
+        if self.standardise == "auto":
+            object.__setattr__(self, "standardise", "on" if self.form.on_features else "off")
 
     @property
     def form(self) -> ModelForm:
@@ -142,6 +168,14 @@ class TrainSettings(StrictModel):
         elif self.backbone is None:
             raise ValueError("multiple-instance training needs --features (a feature store) or a --backbone to train end "
                              "to end on --tiles")
+
+
+# ----------------------------------------------------------------------------- multiple-instance defaults
+
+#: a multiple-instance run's own defaults (with --aggregator, on features or end to end), where the
+#: tile-level ones would give a cohort of 200 patients 4 optimiser steps an epoch: chosen by the sweep of
+#: ``benchmarks/mil_defaults.py`` on out-of-fold patients of synthetic cohorts (docs/training.md)
+MIL_DEFAULTS: dict[str, Any] = {"batch_size": 8, "lr": 1e-3, "epochs": 40, "patience": 8, "weight_decay": 1e-5}
 
 
 # ----------------------------------------------------------------------------- the demo preset
@@ -179,6 +213,9 @@ def apply_demo_preset(settings: TrainSettings) -> TrainSettings:
 RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients"}
 #: settings naming files: compared as resolved paths on --resume (a relative and an absolute path are the same folder)
 PATH_SETTINGS = ("tiles", "features", "split_file")
+#: settings added since runs were first recorded, with the value that does what a run recorded before
+#: them did: such a run resumes when the new setting has that value
+ADDED_LATER = {"standardise": "off", "calibrate": "none", "clip": None}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -254,6 +291,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if key in RESUME_MAY_CHANGE:
             continue
         if key in PATH_SETTINGS and _same_path(old.get(key), new.get(key)):
+            continue
+        if key not in old and key in ADDED_LATER and new.get(key) == ADDED_LATER[key]:
             continue
         if old.get(key) != new.get(key):
             out.append(f"{key}: run has {old.get(key)!r}, now {new.get(key)!r}")

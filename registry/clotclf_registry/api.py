@@ -31,7 +31,7 @@ from .card import card_for_push, summarize
 from .errors import RegistryError
 from .factory import open_backend
 from .layout import CARD_NAME, METRICS_NAME, SPLIT_NAME, run_files
-from .redact import redact_run
+from .redact import anonymise_centre_rows, anonymise_centres, redact_run
 from .settings import EXAMPLE, RegistrySettings, load_settings
 from .verify import check_run_dir, verify_download
 
@@ -72,9 +72,14 @@ def publishable(run: Path, config: dict[str, Any], repo_id: str, include_split: 
     except ValueError:
         metrics = {}
     metrics = metrics if isinstance(metrics, dict) else {}
+    recorded = metrics
+    if not include_split and (anonymous := anonymise_centres(metrics)) != metrics:  # centres by letter, not identifier
+        metrics = anonymous
+        texts[METRICS_NAME] = (json.dumps(metrics, indent=2) + "\n").encode("utf-8")
 
     def card(redacted: dict[str, Any]) -> dict[str, bytes]:  # a card rendered by push shows the redacted config
-        return {CARD_NAME: card_for_push(run, redacted, metrics, repo_id).encode("utf-8")}
+        text = card_for_push(run, redacted, metrics, repo_id)
+        return {CARD_NAME: (text if include_split else anonymise_centre_rows(text, recorded)).encode("utf-8")}
 
     redaction = redact_run(run, config, texts, include_split=include_split, more_texts=card)
     out: list[tuple[str, Path | bytes]] = [(CARD_NAME, redaction.texts[CARD_NAME])]

@@ -11,7 +11,10 @@ uploads a redacted copy of the text files instead (:func:`redact_run`):
   ``weights=``…) becomes its last component, in config.json and metrics.json, and in the card's
   text; a path under the home folder loses the home folder; so do the relative paths of the
   run's own path settings (``training.out = runs/study-x/r1`` becomes ``r1``);
-- ``split.csv`` is not pushed.
+- ``split.csv`` is not pushed;
+- the per-centre tables of ``metrics.json`` (and so of the card) name the centres ``centre A``,
+  ``centre B``… (in the order of their identifiers) instead of by their identifiers
+  (:func:`anonymise_centres`).
 
 ``--include-split`` keeps the split lists and ``split.csv`` (paths are still redacted), with a
 warning. Then every identifier the run knows of — its split, the ``image_id`` / ``patient_id`` /
@@ -172,6 +175,42 @@ def known_identifiers(run_dir: Path, config: dict[str, Any]) -> set[str]:
         except (OSError, UnicodeDecodeError, csv.Error):
             continue
     return {i for i in ids if i and i.lower() not in ("nan", "none", "null", "-", "?")}
+
+
+def _centre_rows(obj: Any) -> Iterator[dict[str, Any]]:
+    """Every row of every ``per_center`` table in a metrics.json (a list, or a dict of lists), at any depth."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "per_center":
+                for table in (value.values() if isinstance(value, dict) else [value]):
+                    yield from (r for r in (table if isinstance(table, list) else []) if isinstance(r, dict) and "center_id" in r)
+            else:
+                yield from _centre_rows(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _centre_rows(value)
+
+
+def anonymise_centres(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` (metrics.json) with every per-centre table's ``center_id`` replaced by ``centre A``,
+    ``centre B``… — one letter per identifier (in their sorted order), the same in every table."""
+    out = copy.deepcopy(metrics)
+    rows = list(_centre_rows(out))
+    names = sorted({str(r["center_id"]) for r in rows})
+    letter = {n: "centre " + (chr(65 + i) if i < 26 else str(i + 1)) for i, n in enumerate(names)}
+    for r in rows:
+        r["center_id"] = letter[str(r["center_id"])]
+    return out
+
+
+def anonymise_centre_rows(card: str, metrics: dict[str, Any]) -> str:
+    """The card's per-centre table rows (``| <center_id> | <patients> |``, as clotclf writes them)
+    with the letters :func:`anonymise_centres` gives ``metrics``' centres."""
+    anonymous = list(_centre_rows(anonymise_centres(metrics)))
+    for row, anon in zip(_centre_rows(metrics), anonymous):
+        n = row.get("n_patients")
+        card = card.replace(f"| {row['center_id']} | {n} |", f"| {anon['center_id']} | {n} |")
+    return card
 
 
 def _scannable(ident: str) -> bool:
