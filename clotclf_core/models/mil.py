@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clotclf_core.models.aggregate import build_aggregator, run_aggregator
+from clotclf_core.models.aggregate import build_aggregator, run_aggregator, run_for_training
 from clotclf_core.models.config import ModelConfig
 from clotclf_core.plugin.errors import PluginError
 
@@ -54,7 +54,10 @@ class MILClassifier(nn.Module):
             raise PluginError("this MIL model works on features of a frozen encoder; it has no backbone of its own")
         return self.backbone(images)
 
-    def forward(self, bags: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False):
+    def forward(self, bags: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False,
+                targets: torch.Tensor | None = None):
+        """Logits (B, C) (with ``return_attention``: and attention). With ``targets`` (the training
+        step): ``(logits, extra)``, the aggregator's own loss term or None (plugin API 2.1)."""
         if self.backbone is not None:  # (B, N, 3, S, S) images -> (B, N, F) features, real tiles only
             b, n = bags.shape[:2]
             if mask is None:
@@ -64,6 +67,8 @@ class MILClassifier(nn.Module):
             full = feats.new_zeros(b * n, feats.shape[-1])
             full[flat] = feats
             bags = full.view(b, n, -1)
+        if targets is not None:
+            return run_for_training(self.aggregator, bags, mask, targets)
         logits, attention = run_aggregator(self.aggregator, bags, mask, return_attention)
         return (logits, attention) if return_attention else logits
 

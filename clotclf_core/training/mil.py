@@ -126,9 +126,13 @@ class BagTask:
         return x.reshape(b, n, *x.shape[1:])
 
     def step_loss(self, net, batch) -> tuple[Any, int]:
+        """The bag-level loss, plus the aggregator's own term when it has one (``auxiliary_loss``,
+        plugin API 2.1: CLAM's instance clustering, DSMIL's critical-instance loss)."""
         bags, mask, targets = batch
-        logits = net(self.to_input(bags), mask.to(self.rt.device, non_blocking=True))
-        return self.loss_fn(logits.float(), targets.to(self.rt.device, non_blocking=True)), len(targets)
+        targets = targets.to(self.rt.device, non_blocking=True)
+        logits, extra = net(self.to_input(bags), mask.to(self.rt.device, non_blocking=True), targets=targets)
+        loss = self.loss_fn(logits.float(), targets)
+        return (loss if extra is None else loss + extra.float()), len(targets)
 
     def validate(self, model, progress: bool, desc: str = "validate") -> Scored:
         probs = self.val.probs(model, progress, desc)
