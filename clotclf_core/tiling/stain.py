@@ -133,6 +133,12 @@ def parse_stain_normalise(text: str | None) -> StainTarget | None:
     return StainTarget(method, fit, source)
 
 
+def stain_record(text: str | None) -> dict[str, Any] | None:
+    """What a model records for ``--stain-normalise`` text (None: none)."""
+    target = parse_stain_normalise(text)
+    return target.record() if target is not None else None
+
+
 def _stained_pixels(tiles: np.ndarray) -> int:
     od = -np.log((tiles.reshape(-1, 3).astype(np.float64) + 1.0) / IO)
     return int((od >= BETA).all(axis=1).sum())

@@ -46,6 +46,7 @@ from clotclf_core.tiling.dataset import (
     make_loader,
     rows_of_patients,
 )
+from clotclf_core.tiling.stain import stain_record
 from clotclf_core.training.loop import Scored, scored
 from clotclf_core.training.losses import make_loss
 from clotclf_core.training.records import tileset_record
@@ -100,7 +101,7 @@ class BagTask:
             self._sampler = self.train_loader
         else:
             dataset = TileBagDataset(data, self.train_slides, self.bag_size,
-                                     build_transform(cfg.input_size, data.tile_size, s.augment))
+                                     build_transform(cfg.input_size, data.tile_size, s.augment), stain=cfg.stain_normalise)
             self._sampler = EpochSampler(len(dataset), seed, True, rt.rank, rt.world_size)
             self.train_loader = make_loader(dataset, self._sampler, s.batch_size, s.workers,
                                             pin_memory=rt.device.type == "cuda",
@@ -169,7 +170,8 @@ def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, dat
     if s.form.on_features:
         enc = EncoderRecord.model_validate(data.encoder)
         return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std)
-    return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size)
+    return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size,
+                       stain_normalise=stain_record(s.stain_normalise))
 
 
 def build(s: "TrainSettings", labels: list[str], input_size: int, data: Any):
