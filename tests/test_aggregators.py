@@ -335,3 +335,12 @@ def test_auxiliary_loss_contract_checked(fake_dist):
     agg = build_aggregator("auxbad", {}, F, C)
     with pytest.raises(PluginError, match="'auxbad' returned an extra loss of \\(3,\\); it must be a scalar"):
         run_for_training(agg, *_bags(), torch.tensor([0, 1, 1]))
+
+
+def test_smoke_test_checks_the_torchmil_aggregators():
+    from clotclf_core.plugin_manager import get_manager
+    from clotclf_core.smoke import SMOKE_BY_KIND
+
+    for name in ("transmil", "dsmil", "clam-sb"):
+        checks = SMOKE_BY_KIND["aggregator"](get_manager().get("aggregator", name), 16, 2, 0)
+        assert "attention" in checks and "save/load" in checks
