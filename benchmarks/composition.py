@@ -85,8 +85,8 @@ def main() -> None:
                 stages[name](tiles[start:start + args.batch_size])
         return time.process_time() - cpu0, time.perf_counter() - wall0
 
-    for name in stages:
-        run(name) if stages[name] is None else stages[name](tiles[:2])  # warm-up
+    for name, stage in stages.items():  # warm-up
+        run(name) if stage is None else stage(tiles[:2])
     best: dict[str, tuple[float, float]] = {}
     for r in range(args.repeats):
         for name in (list(stages) if r % 2 == 0 else list(reversed(stages))):

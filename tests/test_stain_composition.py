@@ -157,7 +157,7 @@ def test_hed_jitter_is_exact_at_zero_and_seeded():
 
     tile = _tissue_tile()
     assert np.array_equal(st.hed_jitter(tile, np.ones(3), np.zeros(3)), tile)  # no skimage clamp: lossless
-    off = dict(hflip=0, vflip=0, rot90=0, brightness_contrast_p=0, shift_scale_rotate_p=0)
+    off = {"hflip": 0, "vflip": 0, "rot90": 0, "brightness_contrast_p": 0, "shift_scale_rotate_p": 0}
     t = build_transform(48, 48, AugmentSettings(hed_sigma=0.05, hed_bias=0.005, hed_p=1.0, **off))
     outs = []
     for seed in (3, 3, 4):

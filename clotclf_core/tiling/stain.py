@@ -68,7 +68,7 @@ class StainTarget:
                 "min_tissue_pixels": MIN_TISSUE_PIXELS, "per": "slide"}
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "StainTarget":
+    def from_record(cls, record: dict[str, Any]) -> StainTarget:
         """The target a run recorded; one clear error when the record is not one."""
         if not isinstance(record, dict) or record.get("method") not in METHODS:
             raise ConfigError(f"the recorded stain normalisation {record!r} is not one this clotclf knows ({', '.join(METHODS)})")
@@ -185,7 +185,7 @@ class SlideNormaliser:
     source: dict[str, Any] | None = field(default=None)
 
     @classmethod
-    def fit(cls, target: StainTarget, sample: np.ndarray) -> "SlideNormaliser":
+    def fit(cls, target: StainTarget, sample: np.ndarray) -> SlideNormaliser:
         return cls(target, estimate(target.method, sample))
 
     @property

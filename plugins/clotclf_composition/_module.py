@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ class CompositionEncoder(nn.Module):
     """
 
     #: the identity: the core hands the backbone x / 255, the raw pixels on a 0-1 scale
-    pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    pretrained_cfg: ClassVar[dict] = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
     feature_names = FEATURE_NAMES
     num_features = len(FEATURE_NAMES)
 
