@@ -344,3 +344,4 @@ def test_smoke_test_checks_the_torchmil_aggregators():
     for name in ("transmil", "dsmil", "clam-sb"):
         checks = SMOKE_BY_KIND["aggregator"](get_manager().get("aggregator", name), 16, 2, 0)
         assert "attention" in checks and "save/load" in checks
+        assert ("auxiliary loss" in checks) == (name != "transmil")
