@@ -70,7 +70,8 @@ def train(out: Path, feats: Path, aggregator: str, seed: int) -> dict:
         print(f"{out.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     m = json.loads((out / "metrics.json").read_text())
     oof = m["oof"]["patient"]
-    return {"n": oof["n"], "wll": oof["weighted_log_loss"], "ci": oof.get("weighted_log_loss_ci95"),
+    head = m["headline"] if m["headline"].get("on") == "oof" else {}  # the run's headline is its out-of-fold result
+    return {"n": oof["n"], "wll": oof["weighted_log_loss"], "ci": head.get("weighted_log_loss_ci95"),
             "bacc": oof["balanced_accuracy"], "auc": oof.get("roc_auc"), "synthetic": m["headline"].get("synthetic")}
 
 
