@@ -2,11 +2,12 @@
 
 754 bags (the Kaggle training slides) x 64 tiles x 1,024 features (a ViT-L-class encoder), float16
 in memory as a feature store holds them, a share of the bags padded (masked) to mimic slides with
-fewer tiles. For each aggregator (``mean``, ``abmil`` by default), one epoch is:
+fewer tiles. For each aggregator (``mean``, ``abmil``, and the torchmil plugin's ``transmil``,
+``dsmil``, ``clam-sb`` by default), one epoch is:
 
 - ``train``: shuffled mini-batches of ``--bags`` bags: float16 -> float32 on the device, forward
-  through :func:`clotclf_core.models.aggregate.run_aggregator` (the contract checks included), cross
-  entropy, backward, AdamW step;
+  through :func:`clotclf_core.models.aggregate.run_for_training` (the contract checks included; CLAM's
+  and DSMIL's own loss terms too), cross entropy, backward, AdamW step;
 - ``eval``: every bag once, forward only, with attention (``inference_mode``).
 
 That is the aggregator's share of a MIL epoch (the floor). ``--trainer`` also times the whole
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--aggregators", default="mean,abmil", help="comma-separated aggregator names")
+    p.add_argument("--aggregators", default="mean,abmil,transmil,dsmil,clam-sb", help="comma-separated aggregator names")
     p.add_argument("--n-bags", type=int, default=754)
     p.add_argument("--tiles", type=int, default=64, help="tiles per bag (N)")
     p.add_argument("--features", type=int, default=1024, help="features per tile (F)")
@@ -64,7 +65,7 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from clotclf_core.models.aggregate import build_aggregator, run_aggregator
+    from clotclf_core.models.aggregate import build_aggregator, run_aggregator, run_for_training
     from clotclf_core.models.runtime import pick_runtime
 
     rt = pick_runtime(args.device)
@@ -96,9 +97,11 @@ def main() -> None:
             for start in range(0, args.n_bags, args.bags):
                 idx = order[start:start + args.bags]
                 bags = store[idx].to(dev, non_blocking=True).float()
-                with rt.autocast():
-                    logits, _ = run_aggregator(agg, bags, mask_all[idx].to(dev))
+                with rt.autocast():  # the training step's call: with an aggregator's own loss term where it has one
+                    logits, extra = run_for_training(agg, bags, mask_all[idx].to(dev), labels[idx].to(dev))
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels[idx].to(dev))
+                if extra is not None:
+                    loss = loss + extra.float()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -275,7 +275,7 @@ def smoke_source(spec: ComponentSpec, input_size: int, batch_size: int, seed: in
 def smoke_aggregator(spec: ComponentSpec, input_size: int, batch_size: int, seed: int) -> list[str]:
     import torch
 
-    from clotclf_core.models.aggregate import run_aggregator
+    from clotclf_core.models.aggregate import has_auxiliary_loss, run_aggregator, run_for_training
 
     opts = _defaults(spec)
     torch.manual_seed(seed)
@@ -312,6 +312,18 @@ def smoke_aggregator(spec: ComponentSpec, input_size: int, batch_size: int, seed
 
     _train_step(torch, Probe(agg), (bags, mask), torch.arange(batch_size) % 2, "training step")
     agg.train()
+    if has_auxiliary_loss(agg):  # plugin API 2.1: the training step's call, with the aggregator's own loss term
+        targets = torch.arange(batch_size) % 2
+        _, extra = run_for_training(agg, bags, mask, targets)
+        _check(bool(torch.isfinite(extra.detach())), f"the auxiliary loss is {float(extra.detach())}, not finite")
+        torch.manual_seed(seed)
+        _, extra_again = run_for_training(agg.eval(), changed, mask, targets)
+        torch.manual_seed(seed)
+        _, extra_first = run_for_training(agg, bags, mask, targets)
+        agg.train()
+        _check(torch.allclose(extra_first.detach(), extra_again.detach(), atol=1e-4),
+               "changing the features at padded positions changed the auxiliary loss")
+        checks.append("auxiliary loss")
     one, _ = run_aggregator(agg, bags[:1], mask[:1])
     one.sum().backward()
     _check(tuple(one.shape) == (1, 2), f"a batch of one bag gives shape {tuple(one.shape)}")

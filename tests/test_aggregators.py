@@ -13,6 +13,10 @@ from clotclf_core.plugin.masked import masked_mean, masked_softmax
 from clotclf_core.plugin_manager import PluginManager
 
 F, C = 12, 2
+#: every built-in aggregator, with options small enough for tests
+BUILT_IN = {"mean": {}, "abmil": {}, "transmil": {"dim": 16, "heads": 2}, "dsmil": {"attention_dim": 8},
+            "clam-sb": {"hidden": 16, "attention_dim": 8, "k_sample": 2}}
+ATTENTION = ["abmil", "transmil", "dsmil", "clam-sb"]
 
 
 def _bags(seed=0, b=3, n=6):
@@ -24,10 +28,10 @@ def _bags(seed=0, b=3, n=6):
     return bags, mask
 
 
-@pytest.mark.parametrize("name", ["mean", "abmil"])
+@pytest.mark.parametrize("name", list(BUILT_IN))
 def test_padding_changes_nothing(name):
     torch.manual_seed(0)
-    agg = build_aggregator(name, {}, F, C).eval()
+    agg = build_aggregator(name, BUILT_IN[name], F, C).eval()
     bags, mask = _bags()
     logits, _ = run_aggregator(agg, bags, mask)
     garbage = bags.clone()
@@ -40,16 +44,20 @@ def test_padding_changes_nothing(name):
         assert torch.allclose(alone, logits[i:i + 1], atol=1e-5)
 
 
-def test_abmil_attention_contract():
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_contract(name):
     torch.manual_seed(0)
-    agg = build_aggregator("abmil", {}, F, C).eval()
+    agg = build_aggregator(name, BUILT_IN[name], F, C).eval()
     assert agg.has_attention is True
     bags, mask = _bags()
     logits, att = run_aggregator(agg, bags, mask, return_attention=True)
     assert logits.shape == (3, C) and att.shape == (3, 6)
     assert torch.all(att[~mask] == 0)
-    assert torch.allclose(att.sum(1), torch.ones(3))
+    assert torch.allclose(att.sum(1), torch.ones(3), atol=1e-6)
     assert torch.all(att >= 0)
+    garbage = bags.clone()
+    garbage[~mask] = 1e4
+    assert torch.allclose(run_aggregator(agg, garbage, mask, return_attention=True)[1], att, atol=1e-6)
     assert torch.allclose(att[1], torch.tensor([1.0, 0, 0, 0, 0, 0]))  # one tile: all the attention
 
 
@@ -86,10 +94,10 @@ def test_abmil_attention_follows_the_evidence(one_thread):
     assert (att.argmax(1) == pos).float().mean() > 0.8
 
 
-@pytest.mark.parametrize("name", ["mean", "abmil"])
+@pytest.mark.parametrize("name", list(BUILT_IN))
 def test_batch_of_one_empty_bags_and_gradients(name):
     torch.manual_seed(0)
-    agg = build_aggregator(name, {}, F, C).train()
+    agg = build_aggregator(name, BUILT_IN[name], F, C).train()
     bags = torch.randn(1, 5, F, requires_grad=True)
     mask = torch.zeros(1, 5, dtype=torch.bool)  # a bag with no real tile: finite, no NaN anywhere
     logits, att = run_aggregator(agg, bags, mask, return_attention=True)
@@ -155,7 +163,7 @@ def test_listed_by_list_plugins():
     out = invoke(["list-plugins", "--kind", "aggregator", "--json"])
     assert out.exit_code == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert {r["name"] for r in rows} == {"mean", "abmil"} and all(r["kind"] == "aggregator" and r["status"] == "ok" for r in rows)
+    assert {r["name"] for r in rows} == set(BUILT_IN) and all(r["kind"] == "aggregator" and r["status"] == "ok" for r in rows)
     shown = invoke(["show-plugin", "abmil"])
     assert shown.exit_code == 0 and "attention_dim" in shown.stdout
 
@@ -239,3 +247,101 @@ def test_smoke_test_checks_aggregators(fake_dist):
     assert "attention" in checks and "save/load" in checks
     with pytest.raises(SmokeFailure, match="padded positions"):
         SMOKE_BY_KIND["aggregator"](mgr.get("aggregator", "leaky"), 64, 3, 0)
+
+
+# ----------------------------------------------------------------------------- torchmil aggregators, auxiliary losses
+
+
+@pytest.mark.parametrize("name, options, problem", [
+    ("transmil", {"dim": 30, "heads": 4}, "heads \\(4\\) must divide dim \\(30\\)"),
+    ("transmil", {"layers": 1}, "option 'layers'"),
+    ("dsmil", {"max_instance_weight": -1}, "option 'max_instance_weight'"),
+    ("clam-sb", {"k_sample": 0}, "option 'k_sample'"),
+    ("clam-sb", {"bag_weight": 0}, "option 'bag_weight'"),
+])
+def test_torchmil_options_out_of_range(name, options, problem):
+    with pytest.raises(ClotclfError, match=f"aggregator '{name}': .*{problem}"):
+        build_aggregator(name, options, F, C)
+
+
+def test_torchmil_aggregators_are_binary():
+    with pytest.raises(ClotclfError, match="'dsmil' \\(torchmil\\) predicts two classes.*3 labels"):
+        build_aggregator("dsmil", {}, F, 3)
+
+
+@pytest.mark.parametrize("name", ["dsmil", "clam-sb"])
+def test_auxiliary_loss_is_masked_and_trains(name, one_thread):
+    """The extra loss ignores padding, is finite for an empty bag, and its gradient reaches the
+    aggregator's instance branch (CLAM's instance classifiers, DSMIL's instance classifier)."""
+    from clotclf_core.models.aggregate import has_auxiliary_loss, run_for_training
+
+    torch.manual_seed(0)
+    agg = build_aggregator(name, {**BUILT_IN[name], "dropout": 0.0}, F, C).train()
+    assert has_auxiliary_loss(agg)
+    bags, mask = _bags()
+    targets = torch.tensor([0, 1, 1])
+    logits, extra = run_for_training(agg, bags, mask, targets)
+    assert logits.shape == (3, C) and extra.dim() == 0 and float(extra.detach()) > 0
+    garbage = bags.clone()
+    garbage[~mask] = 50.0  # padded tiles that would win a top-k or an argmax if the mask were ignored
+    assert torch.allclose(run_for_training(agg, garbage, mask, targets)[1], extra, atol=1e-5)
+    extra.backward()
+    inst = agg.net.inst_classifiers if name == "clam-sb" else agg.net.inst_classifier
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in inst.parameters())
+    empty_logits, empty_extra = run_for_training(agg, bags[:1], torch.zeros(1, 6, dtype=torch.bool), targets[:1])
+    assert torch.isfinite(empty_logits).all() and float(empty_extra) == 0.0
+
+
+def test_plain_aggregator_has_no_auxiliary_loss():
+    from clotclf_core.models.aggregate import run_for_training
+
+    agg = build_aggregator("abmil", {}, F, C).eval()
+    bags, mask = _bags()
+    logits, extra = run_for_training(agg, bags, mask, torch.tensor([0, 1, 1]))
+    assert extra is None and torch.allclose(logits, run_aggregator(agg, bags, mask)[0])
+
+
+AUX_BAD = """
+from clotclf_core.plugin import hookimpl
+from clotclf_core.plugin import ComponentSpec, NoOptions
+
+def build(opts, in_features, num_classes):
+    import torch
+    class Aux(torch.nn.Module):
+        has_attention = False
+        auxiliary_loss = True
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(in_features, num_classes)
+        def forward(self, bags, mask, return_attention=False, targets=None):
+            logits = self.out(bags.mean(1))
+            if targets is not None:
+                return logits, torch.ones(len(bags))  # not a scalar
+            return (logits, None) if return_attention else logits
+    return Aux()
+
+@hookimpl
+def clotclf_aggregators():
+    return [ComponentSpec("aggregator", "auxbad", "extra loss of the wrong shape", NoOptions, build)]
+"""
+
+
+def test_auxiliary_loss_contract_checked(fake_dist):
+    from clotclf_core.models.aggregate import run_for_training
+    from clotclf_core.plugin_manager import reset_manager
+
+    fake_dist("fake-auxbad", "fake_auxbad", AUX_BAD, "fake_auxbad")
+    reset_manager()
+    agg = build_aggregator("auxbad", {}, F, C)
+    with pytest.raises(PluginError, match="'auxbad' returned an extra loss of \\(3,\\); it must be a scalar"):
+        run_for_training(agg, *_bags(), torch.tensor([0, 1, 1]))
+
+
+def test_smoke_test_checks_the_torchmil_aggregators():
+    from clotclf_core.plugin_manager import get_manager
+    from clotclf_core.smoke import SMOKE_BY_KIND
+
+    for name in ("transmil", "dsmil", "clam-sb"):
+        checks = SMOKE_BY_KIND["aggregator"](get_manager().get("aggregator", name), 16, 2, 0)
+        assert "attention" in checks and "save/load" in checks
+        assert ("auxiliary loss" in checks) == (name != "transmil")

@@ -116,10 +116,15 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
 @click.option("--batch-size", type=int, default=64, help="Tiles per forward pass (batches never cross slides).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA (bf16) if available.")
 @click.option("--seed", type=int, default=0, help="Seeds an encoder without pretrained weights (recorded).")
+@click.option("--stain-normalise", "stain_normalise", default=None, metavar="METHOD[:target=REF.png]",
+              help="Map every slide's stain onto one target before the encoder: macenko (the Macenko reference), "
+                   "macenko:target=REF.png or reinhard:target=REF.png; estimated once per slide, recorded in "
+                   "features.json (predict applies the same) [default: none].")
 @click.option("--overwrite", is_flag=True, help="Replace a feature store made with another encoder or TileSet.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, overwrite, quiet, as_json) -> None:
+def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, stain_normalise, overwrite,
+                  quiet, as_json) -> None:
     """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
     store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
     run it again to embed what is missing. See docs/data-formats.md, Feature store."""
@@ -129,7 +134,7 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
     name, options = parse_component_ref(backbone, "--backbone")
     options |= parse_key_values(backbone_opts, "--backbone-opt")
     summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
-                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json))
+                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json), stain_normalise=stain_normalise)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif quiet:
@@ -147,16 +152,19 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
 @click.option("--patients", type=int, default=22, help="Number of patients (about 1.4 slides each, ~65% CE).")
 @click.option("--signal", type=click.Choice(["texture", "sparse"]), default="texture",
               help="Where the label shows: the texture of the whole clot, or (sparse) a few small spots per LAA slide, listed in OUT/markers.csv.")
+@click.option("--stain-shift", type=float, default=0.0, show_default=True,
+              help="Push each centre's stain further from the reference (0: the standard tints; 1: strong; at most 2), "
+                   "the same for both labels: a centre confounder for testing stain normalisation.")
 @click.option("--overwrite", is_flag=True, help="Replace the demo cohort in a non-empty OUT (slides/, train.csv, README.md).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the manifest path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo_data_command(out, seed, patients, signal, overwrite, quiet, as_json) -> None:
+def demo_data_command(out, seed, patients, signal, stain_shift, overwrite, quiet, as_json) -> None:
     """Write a small synthetic STRIP-AI-like cohort to OUT: train.csv (Kaggle columns), slides/*.tif
     (tiled, pyramidal and stripped TIFFs) and a README. Synthetic: for demos and tests only."""
     from clotclf_core.demo.cohort import timed_write
 
     summary = timed_write(out, seed=seed, n_patients=patients, overwrite=overwrite, progress=not (quiet or as_json),
-                          signal=signal)
+                          signal=signal, stain_shift=stain_shift)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

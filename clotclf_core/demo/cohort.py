@@ -69,6 +69,17 @@ CENTRE_STAINS = (
     (0.85, 0.95, 1.35),  # aged / yellowed
 )
 
+#: ``--stain-shift S``: centre k's optical density gains are multiplied by ``exp(S * CENTRE_SHIFTS[k])``
+#: on top of its tint, so at S = 1 each centre's stain is 15-40 % stronger or weaker per channel than
+#: the reference's (a lab whose stain drifts, the confounder stain normalisation is meant to remove).
+CENTRE_SHIFTS = (
+    (0.35, 0.25, -0.15),  # darker, bluer
+    (-0.35, 0.15, 0.30),  # less red absorbed, more blue: towards purple-grey
+    (0.20, -0.35, 0.10),  # magenta
+    (-0.20, -0.20, -0.30),  # pale, washed out
+)
+MAX_STAIN_SHIFT = 2.0
+
 
 @dataclass(frozen=True)
 class DemoSlide:
@@ -143,6 +154,22 @@ def plan_cohort(seed: int = 0, n_patients: int = DEFAULT_PATIENTS) -> list[DemoS
     layout_of.update({int(i): "subifd" for i in order[1 + n_pyr : 1 + n_pyr + n_sub]})
     slides = [DemoSlide(**{**asdict(s), "layout": layout_of.get(i, "tiled")}) for i, s in enumerate(slides)]
     return sorted(slides, key=lambda s: s.image_id)
+
+
+def shift_stains(slides: list[DemoSlide], shift: float) -> list[DemoSlide]:
+    """``slides`` with each centre's stain pushed ``shift`` along its own direction (:data:`CENTRE_SHIFTS`;
+    centres in id order). The shift is the same for both labels, so it is a confounder of the centre only."""
+    if not (0.0 <= shift <= MAX_STAIN_SHIFT) or not math.isfinite(shift):
+        raise ClotclfError(f"--stain-shift must be between 0 and {MAX_STAIN_SHIFT:g} (1: strong), got {shift}")
+    if shift == 0:
+        return slides
+    ids = sorted({s.center_id for s in slides})
+    out = []
+    for s in slides:
+        direction = CENTRE_SHIFTS[ids.index(s.center_id) % len(CENTRE_SHIFTS)]
+        stain = tuple(float(g * math.exp(shift * d)) for g, d in zip(s.stain, direction))
+        out.append(DemoSlide(**{**asdict(s), "stain": stain}))
+    return out
 
 
 # ----------------------------------------------------------------------------- textures
@@ -425,11 +452,12 @@ def _clear_output(out: Path, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-def _write_marker(out: Path, seed: int, n_patients: int) -> None:
+def _write_marker(out: Path, seed: int, n_patients: int, stain_shift: float = 0.0) -> None:
     import json
 
     write_text(out / MARKER, json.dumps({"clotclf_demo_cohort": True, "synthetic": True, "seed": seed,
-                                         "patients": n_patients, "clotclf_version": __version__}) + "\n")
+                                         "patients": n_patients, "stain_shift": stain_shift,
+                                         "clotclf_version": __version__}) + "\n")
 
 
 def _estimated_bytes(slides: list[DemoSlide]) -> int:
@@ -481,6 +509,7 @@ def write_demo_cohort(
     progress: bool = False,
     workers: int | None = None,
     signal: str = "texture",
+    stain_shift: float = 0.0,
 ) -> Path:
     """Write the synthetic cohort into ``out``; return the manifest path ``out/train.csv``.
 
@@ -490,6 +519,7 @@ def write_demo_cohort(
     manifest last, so a manifest always describes complete slides. ``progress`` shows a tqdm
     bar; ``workers`` threads draw slides at once (default: the CPU count, at most 4).
     ``signal="sparse"``: the label shows in a few tiles only (:mod:`clotclf_core.demo.sparse`).
+    ``stain_shift``: each centre's stain pushed further from the reference (:func:`shift_stains`).
     """
     from clotclf_core.demo import sparse as demo_sparse
     from clotclf_core.plugin.io import write_guard
@@ -500,16 +530,17 @@ def write_demo_cohort(
     slides = plan_cohort(seed, n_patients)  # validates n_patients before touching the disk
     if signal == "sparse":
         slides = demo_sparse.plan(slides, seed)
+    slides = shift_stains(slides, stain_shift)
     with write_guard("the synthetic demo cohort", out, needed=_estimated_bytes(slides),
                      after="run the same command again with --overwrite"):
         _clear_output(out, overwrite)
         (out / "slides").mkdir(parents=True, exist_ok=True)
-        _write_marker(out, seed, n_patients)
-        return _write_cohort(out, slides, seed, n_patients, progress, workers, signal)
+        _write_marker(out, seed, n_patients, stain_shift)
+        return _write_cohort(out, slides, seed, n_patients, progress, workers, signal, stain_shift)
 
 
 def _write_cohort(out: Path, slides: list[DemoSlide], seed: int, n_patients: int, progress: bool,
-                  workers: int | None, signal: str = "texture") -> Path:
+                  workers: int | None, signal: str = "texture", stain_shift: float = 0.0) -> Path:
     """The slides (threads), the README, and the manifest last: a manifest always describes complete slides."""
     from clotclf_core.demo import sparse as demo_sparse
     from clotclf_core.progress import bar
@@ -532,6 +563,10 @@ def _write_cohort(out: Path, slides: list[DemoSlide], seed: int, n_patients: int
     if signal == "sparse":
         demo_sparse.write_markers(out, spots)
         readme = demo_sparse.readme(readme, spots)
+    if stain_shift:
+        readme += (f"\n**Stain shift** (`--stain-shift {stain_shift:g}`): each centre's stain is pushed further from the "
+                   "reference, along its own direction (`clotclf_core.demo.cohort.CENTRE_SHIFTS`), the same for both "
+                   "labels: a centre confounder for leave-centre-out tests of stain normalisation.\n")
     write_text(out / "README.md", readme)
     manifest = out / "train.csv"
     write_text(manifest, "\n".join([",".join(MANIFEST_COLUMNS), *rows]) + "\n")

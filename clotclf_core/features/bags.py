@@ -249,9 +249,12 @@ class TileBagDataset(Dataset):
     of slide ``i``: ``bag_size`` of its tiles drawn from ``seed`` (:func:`bag_rows`), each augmented
     with its own seed derived from it, zero-padded when the slide has fewer."""
 
-    def __init__(self, tileset: "TileSet", slides: Slides, bag_size: int, transform=None):
+    def __init__(self, tileset: "TileSet", slides: Slides, bag_size: int, transform=None, stain: dict | None = None):
+        from clotclf_core.tiling.dataset import slide_normalisers  # the tile datasets' one stain path
+
         self.tileset, self.slides, self.bag_size, self.transform = tileset, slides, int(bag_size), transform
         self.cache_rows = [tileset.index["row"].to_numpy()[r] for r in slides.rows]
+        self.normalisers = slide_normalisers(tileset, stain)
 
     def __len__(self) -> int:
         return len(self.slides)
@@ -262,9 +265,12 @@ class TileBagDataset(Dataset):
         pick = rows[bag_rows(len(rows), self.bag_size, seed)]
         pixels = self.tileset.pixels(self.slides.ids[i])
         size = self.tileset.tile_size
+        normalise = self.normalisers(self.slides.ids[i]) if self.normalisers is not None else None
         images = []
         for j, row in enumerate(pick.tolist()):
             image = np.asarray(pixels[row])
+            if normalise is not None:
+                image = normalise(image[None])[0]
             if self.transform is not None:
                 self.transform.set_random_seed((seed * 1_000_003 + j) % (2**31 - 1))
                 image = self.transform(image=image)["image"]

@@ -53,6 +53,7 @@ from clotclf_core.features.store import (
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.plugin.io import atomic_path, write_json, write_text
 from clotclf_core.progress import bar
+from clotclf_core.tiling.stain import SlideNormaliser, StainTarget, sample_rows
 from clotclf_core.tiling.tileset import TileSet, npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -204,12 +205,21 @@ class FeatureStoreWriter:
 # ----------------------------------------------------------------------------- reading ahead
 
 
-def _batches(tileset: TileSet, ids: list[str], batch_size: int, pin: bool) -> Iterator[tuple[str, int, Any]]:
-    """``(image_id, start, uint8 tensor (b, S, S, 3))`` for every batch of every slide, in order."""
+def _batches(tileset: TileSet, ids: list[str], batch_size: int, pin: bool, stain: StainTarget | None = None,
+             unfitted: list[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+    """``(image_id, start, uint8 tensor (b, S, S, 3))`` for every batch of every slide, in order;
+    with ``stain``, each slide's tiles normalised with its own estimate (slides without enough stain
+    to estimate are appended to ``unfitted`` and pass unchanged: :mod:`clotclf_core.tiling.stain`)."""
     for image_id in ids:
         pixels = tileset.pixels(image_id)
+        norm = None
+        if stain is not None:
+            norm = SlideNormaliser.fit(stain, np.asarray(pixels[sample_rows(len(pixels))]))
+            if not norm.fitted and unfitted is not None:
+                unfitted.append(image_id)
         for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # read here, in the read-ahead thread
+            tiles = np.array(pixels[start:start + batch_size])  # read here, in the read-ahead thread
+            batch = torch.from_numpy(norm(tiles) if norm is not None else tiles)
             yield image_id, start, (batch.pin_memory() if pin else batch)
 
 
@@ -269,11 +279,13 @@ def _tileset_record(ts: TileSet) -> dict[str, Any]:
 
 def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: dict[str, Any] | None = None, *,
                   input_size: int | None = None, batch_size: int = 64, device: str = "auto", seed: int = 0,
-                  overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None) -> dict[str, Any]:
+                  overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
+                  stain_normalise: str | None = None) -> dict[str, Any]:
     """Embed every tile of the TileSet ``tiles`` into the feature store ``out``; return a summary.
 
     ``encoder`` (already built, e.g. rebuilt from a MIL run's record) replaces ``backbone`` /
-    ``options`` / ``input_size`` / ``seed``.
+    ``options`` / ``input_size`` / ``seed`` / ``stain_normalise`` (``--stain-normalise``: every
+    slide's tiles mapped onto one stain target before the encoder, recorded in ``features.json``).
     """
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1, got {batch_size}")
@@ -284,7 +296,8 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
             "tile the slides again, e.g. with a lower --min-tissue"
         )
     if encoder is None:
-        encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size, device=device, seed=seed)
+        encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size, device=device, seed=seed,
+                                stain_normalise=stain_normalise)
     record = encoder.record()
     writer = FeatureStoreWriter(out, record, _tileset_record(ts), encoder.num_features, overwrite=overwrite)
     index = ts.index
@@ -296,7 +309,8 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     embedded: list[str] = []
     pin = encoder.device.type == "cuda"
     bar_ = bar(total=total, unit="tile", desc="embed", disable=not progress or total == 0)
-    stream = read_ahead(_batches(ts, todo, batch_size, pin))
+    unfitted: list[str] = []
+    stream = read_ahead(_batches(ts, todo, batch_size, pin, encoder.stain, unfitted))
     try:
         current: tuple[str, Any] | None = None  # (image_id, the slide context manager)
         matrix = None
@@ -351,6 +365,8 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         "tiles": total,
         "seconds": round(seconds, 2),
         "tiles_per_second": round(total / seconds, 1) if seconds > 0 and total else None,
+        "stain_normalise": record.get("stain_normalise"),
+        "stain_unfitted": unfitted,
     }
 
 
@@ -378,6 +394,8 @@ def format_summary(s: dict[str, Any]) -> str:
     for key, what in (("redone", "embedded again"), ("relabelled", "rows updated from the TileSet"), ("removed", "no longer in the TileSet, removed")):
         for image_id, why in s[key].items():
             lines.append(f"{image_id}: {what} ({why})")
+    for image_id in s.get("stain_unfitted") or []:
+        lines.append(f"{image_id}: too little stained tissue to estimate its stain: its tiles were not normalised")
     for image_id, reason in s["no_tiles"].items():
         lines.append(f"{image_id}: no tiles, no features ({reason})")
     return "\n".join(lines)

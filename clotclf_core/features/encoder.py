@@ -28,6 +28,7 @@ from clotclf_core.models.inputs import InputSpec, input_spec, to_input
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.errors import ClotclfError, PluginError
 from clotclf_core.plugin_manager import get_manager
+from clotclf_core.tiling.stain import StainTarget, parse_stain_normalise
 
 
 def state_sha256(module: torch.nn.Module) -> str:
@@ -57,6 +58,10 @@ class Encoder:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast, CUDA)
     seed: int = 0
     provenance: dict[str, str] = field(default_factory=dict)
+    #: what each feature means, when the backbone names them (plugin API 2.1 ``feature_names``)
+    feature_names: list[str] | None = None
+    #: the stain normalisation applied to every slide's tiles before the backbone (``--stain-normalise``)
+    stain: StainTarget | None = None
 
     @property
     def num_features(self) -> int:
@@ -79,6 +84,8 @@ class Encoder:
             "normalisation_from": self.spec.source,
             "seed": self.seed,
             "precision": self.precision,
+            "stain_normalise": self.stain.record() if self.stain is not None else None,
+            **({"feature_names": list(self.feature_names)} if self.feature_names else {}),
         }
 
     def _autocast(self):
@@ -116,14 +123,32 @@ def _values_with_size(spec, values: dict[str, Any], size: int | None) -> dict[st
     return values
 
 
+def feature_names_of(module: Any, name: str, num_features: int) -> list[str] | None:
+    """The backbone's ``feature_names`` (plugin API 2.1), checked: ``num_features`` distinct
+    non-empty strings, or None when it declares none."""
+    names = getattr(module, "feature_names", None)
+    if names is None:
+        return None
+    names = list(names) if isinstance(names, (list, tuple)) else None
+    if (names is None or len(names) != num_features or not all(isinstance(n, str) and n.strip() for n in names)
+            or len(set(names)) != len(names)):
+        raise PluginError(f"backbone '{name}' declares feature_names that are not {num_features} distinct non-empty "
+                          "strings (one per feature): fix the plugin (see docs/plugins.md, the tensor contract)")
+    return names
+
+
 def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_size: int | None = None,
-                  input_size: int | None = None, device: str = "auto", seed: int = 0) -> Encoder:
+                  input_size: int | None = None, device: str = "auto", seed: int = 0,
+                  stain_normalise: str | dict[str, Any] | None = None) -> Encoder:
     """Build backbone ``backbone`` frozen, in eval mode, on ``device`` (``auto``: CUDA when present).
 
     The input size is ``input_size`` if given, else the one the backbone declares, else
     ``tile_size``. ``seed`` seeds torch first, so an encoder without pretrained weights is the
-    same random network every time (and its ``weights_sha256`` says so).
+    same random network every time (and its ``weights_sha256`` says so). ``stain_normalise``: the
+    ``--stain-normalise`` text, or a recorded target (:mod:`clotclf_core.tiling.stain`).
     """
+    stain = (StainTarget.from_record(stain_normalise) if isinstance(stain_normalise, dict)
+             else parse_stain_normalise(stain_normalise))
     rt = pick_runtime(device)
     mgr = get_manager()
     spec = mgr.get("backbone", backbone)
@@ -151,6 +176,7 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
         module=module, backbone=spec.name, options=options, spec=declared, input_size=size,
         weights_sha256=state_sha256(module), device=rt.device, precision=rt.precision, seed=seed,
         provenance={"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version},
+        feature_names=feature_names_of(module, backbone, num_features), stain=stain,
     )
     _check_forward(enc)
     return enc
@@ -172,7 +198,7 @@ def encoder_from_record(record: dict[str, Any], device: str = "auto") -> Encoder
     """Rebuild the encoder a feature store (or a MIL run) recorded, and check that its weights are
     the recorded ones (a Hub repo whose weights changed since, say, is refused)."""
     enc = build_encoder(record["backbone"], record.get("options") or {}, input_size=record.get("input_size"),
-                        device=device, seed=int(record.get("seed", 0)))
+                        device=device, seed=int(record.get("seed", 0)), stain_normalise=record.get("stain_normalise"))
     if enc.weights_sha256 != record.get("weights_sha256"):
         commit = record.get("hub_commit")
         where = (f"the Hub repo {record.get('hub_repo')} at the recorded commit {str(commit)[:12]} now serves other weights "

@@ -45,7 +45,7 @@ META_NAME = "features.json"
 SLIDES_DIR = "slides"
 DTYPE = np.float16
 #: what makes two encoders the same encoder (everything else in the record is information)
-ENCODER_IDENTITY = ("backbone", "options", "weights_sha256", "mean", "std", "input_size")
+ENCODER_IDENTITY = ("backbone", "options", "weights_sha256", "mean", "std", "input_size", "stain_normalise")
 #: tile index columns that say where a tile is (the manifest columns may change without re-embedding)
 GEOMETRY_COLUMNS = ("row", "x", "y", "size", "downsample")
 
@@ -84,7 +84,9 @@ def describe_encoder(record: dict[str, Any]) -> str:
         shown += f" @ commit {str(record['hub_commit'])[:12]}"
     digest = str(record.get("weights_sha256") or "?")[:12]
     mean = ", ".join(f"{v:g}" for v in record.get("mean") or [])
-    return f"{record.get('backbone')}({shown}) [weights sha256 {digest}…, {record.get('input_size')} px, mean ({mean})]"
+    stain = record.get("stain_normalise")
+    stain = f", {stain.get('method')} stain normalisation" if isinstance(stain, dict) else ""
+    return f"{record.get('backbone')}({shown}) [weights sha256 {digest}…, {record.get('input_size')} px, mean ({mean}){stain}]"
 
 
 def check_encoder(store: "FeatureStore", expected: dict[str, Any], what: str = "the run") -> None:

@@ -1,8 +1,9 @@
 """Aggregators (multiple-instance pooling): build one from its plugin, call it, check what it returns.
 
 The contract is :class:`clotclf_core.plugin.protocols.Aggregator`: bags (B, N, F) float + mask (B, N)
-bool -> logits (B, C), and with ``return_attention=True`` also attention (B, N) or ``None``.
-:func:`run_aggregator` is how the core calls one, so a plugin that breaks the contract fails with
+bool -> logits (B, C), and with ``return_attention=True`` also attention (B, N) or ``None``; an
+aggregator with ``auxiliary_loss`` also gives the training step a loss term of its own
+(:func:`run_for_training`). :func:`run_aggregator` is how the core calls one, so a plugin that breaks the contract fails with
 a message naming it instead of a shape error three steps later. The two masked reductions every
 aggregator needs are the plugin API's (:mod:`clotclf_core.plugin.masked`).
 
@@ -44,6 +45,11 @@ def build_aggregator(name: str, options: Any, in_features: int, num_classes: int
     return module
 
 
+def has_auxiliary_loss(module: nn.Module) -> bool:
+    """Whether the aggregator adds a loss term of its own in training (plugin API 2.1)."""
+    return getattr(module, "auxiliary_loss", False) is True
+
+
 def _name(module: nn.Module) -> str:
     record = getattr(module, "clotclf_record", None)
     return record["name"] if isinstance(record, dict) else type(module).__name__
@@ -80,6 +86,32 @@ def run_aggregator(module: nn.Module, bags: torch.Tensor, mask: torch.Tensor | N
         shape = tuple(attention.shape) if isinstance(attention, torch.Tensor) else type(attention).__name__
         raise PluginError(f"aggregator '{_name(module)}' returned attention of shape {shape}; the contract is (bags, tiles) = ({b}, {n})")
     return logits, attention
+
+
+def run_for_training(module: nn.Module, bags: torch.Tensor, mask: torch.Tensor | None,
+                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits (B, C), extra loss or None)``: the training step's call. An aggregator with
+    ``auxiliary_loss`` gets ``targets`` (long (B,)) and returns ``(logits, extra)``, ``extra`` a
+    scalar the task adds to its loss; any other aggregator is called as :func:`run_aggregator` does."""
+    if not has_auxiliary_loss(module):
+        return run_aggregator(module, bags, mask)[0], None
+    b, n, _ = bags.shape
+    if mask is None:
+        mask = torch.ones(b, n, dtype=torch.bool, device=bags.device)
+    out = module(bags, mask, targets=targets)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise PluginError(f"aggregator '{_name(module)}' has auxiliary_loss, so forward(bags, mask, targets=...) must "
+                          "return (logits, extra_loss)")
+    logits, extra = out
+    record = getattr(module, "clotclf_record", None)
+    c = record.get("num_classes") if isinstance(record, dict) else None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != b or (c and logits.shape[1] != c):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PluginError(f"aggregator '{_name(module)}' returned logits of shape {shape}; the contract is (bags, classes) = ({b}, {c or 'C'})")
+    if not isinstance(extra, torch.Tensor) or extra.numel() != 1:
+        what = tuple(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__
+        raise PluginError(f"aggregator '{_name(module)}' returned an extra loss of {what}; it must be a scalar tensor")
+    return logits, extra.reshape(())
 
 
 def require_attention(module: nn.Module) -> None:

@@ -242,6 +242,9 @@ def _component_rows(model: dict[str, Any]) -> list[list[str]]:
         from clotclf_core.features.store import describe_encoder
 
         rows.append(["encoder (frozen; its weights are not part of this model)", f"`{describe_encoder(encoder)}`"])
+        names = encoder.get("feature_names")
+        if isinstance(names, list) and names:  # an encoder that names its features (plugin API 2.1)
+            rows.append([f"encoder features ({len(names)}, named)", ", ".join(f"`{n}`" for n in names)])
     for kind in ("backbone", "head", "aggregator"):
         if model.get(kind):
             rows.append([kind, f"`{model[kind]}` {_options_json(model.get(f'{kind}_options'))}"])

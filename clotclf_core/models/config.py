@@ -112,6 +112,9 @@ class ModelConfig(StrictModel):
     input_size: int = Field(224, ge=8, le=MAX_INPUT_SIZE)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: the stain normalisation every slide's tiles get before the backbone (a model trained on tiles with
+    #: ``--stain-normalise``: :meth:`clotclf_core.tiling.stain.StainTarget.record`); on features it is the encoder's
+    stain_normalise: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod

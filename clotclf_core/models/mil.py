@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clotclf_core.models.aggregate import build_aggregator, run_aggregator
+from clotclf_core.models.aggregate import build_aggregator, run_aggregator, run_for_training
 from clotclf_core.models.config import ModelConfig
 from clotclf_core.plugin.errors import ClotclfError, PluginError
 
@@ -67,10 +67,13 @@ class MILClassifier(nn.Module):
     def pool(self, feats: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False):
         """Tile features (B, N, F) + mask -> ``(logits, attention or None)``: standardised first when the
         model stores statistics (padded positions stay zero), then the aggregator."""
-        if self.standardises:
-            z = (feats - self.feature_mean.to(feats.dtype)) / self.feature_std.to(feats.dtype)
-            feats = z if mask is None else z * mask.unsqueeze(-1).to(z.dtype)
-        return run_aggregator(self.aggregator, feats, mask, return_attention)
+        return run_aggregator(self.aggregator, self._standardised(feats, mask), mask, return_attention)
+
+    def _standardised(self, feats: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.standardises:
+            return feats
+        z = (feats - self.feature_mean.to(feats.dtype)) / self.feature_std.to(feats.dtype)
+        return z if mask is None else z * mask.unsqueeze(-1).to(z.dtype)
 
     @property
     def labels(self) -> list[str]:
@@ -86,7 +89,10 @@ class MILClassifier(nn.Module):
             raise PluginError("this MIL model works on features of a frozen encoder; it has no backbone of its own")
         return self.backbone(images)
 
-    def forward(self, bags: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False):
+    def forward(self, bags: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False,
+                targets: torch.Tensor | None = None):
+        """Logits (B, C) (with ``return_attention``: and attention). With ``targets`` (the training
+        step): ``(logits, extra)``, the aggregator's own loss term or None (plugin API 2.1)."""
         if self.backbone is not None:  # (B, N, 3, S, S) images -> (B, N, F) features, real tiles only
             b, n = bags.shape[:2]
             if mask is None:
@@ -96,6 +102,8 @@ class MILClassifier(nn.Module):
             full = feats.new_zeros(b * n, feats.shape[-1])
             full[flat] = feats
             bags = full.view(b, n, -1)
+        if targets is not None:
+            return run_for_training(self.aggregator, self._standardised(bags, mask), mask, targets)
         logits, attention = self.pool(bags, mask, return_attention)
         return (logits, attention) if return_attention else logits
 

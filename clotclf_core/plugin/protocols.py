@@ -144,6 +144,10 @@ class Backbone(Protocol):
       foundation encoder) must declare the normalisation they were trained with.
     - ``clotclf_record_options`` [``{}``]: options to record in the run beside the ones the user
       gave (e.g. the Hub commit an ``hf-hub:`` model resolved to), so a rebuild is exact.
+    - ``feature_names`` [none] (2.1): ``num_features`` distinct non-empty strings, what each output
+      column means (``"eosin_od_mean"``); recorded in ``features.json`` (and so in a MIL run's
+      ``config.json``) so that a model card can say which features drive a prediction. For
+      hand-made features (the built-in ``composition`` encoder); a network leaves it out.
     """
 
     num_features: int
@@ -175,9 +179,17 @@ class Aggregator(Protocol):
 
     Required: ``has_attention`` (True when ``attention`` is returned; attention heatmaps need it),
     ``forward``.
+
+    Optional (2.1): ``auxiliary_loss`` [False]. An aggregator that trains with a loss term of its
+    own besides the bag-level one (CLAM's instance clustering, DSMIL's critical-instance loss) sets
+    it True; the training step then calls ``forward(bags, mask, targets=targets)`` (``targets``:
+    long (B,) class indices) and gets ``(logits, extra)``, ``extra`` a finite scalar tensor (already
+    weighted by the aggregator's own option) that is added to the task's loss. Only the training
+    step passes ``targets``; scoring, evaluation and prediction call ``forward(bags, mask)`` as above.
     """
 
     has_attention: bool
 
-    def forward(self, bags: "torch.Tensor", mask: "torch.Tensor", return_attention: bool = False) -> Any: ...
+    def forward(self, bags: "torch.Tensor", mask: "torch.Tensor", return_attention: bool = False,
+                targets: "torch.Tensor | None" = None) -> Any: ...
 

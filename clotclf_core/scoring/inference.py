@@ -76,11 +76,11 @@ class TileScorer:
     """
 
     def __init__(self, tileset: "TileSet", rows: Sequence[int], labels: list[str], input_size: int,
-                 batch_size: int, workers: int, rt: Runtime):
+                 batch_size: int, workers: int, rt: Runtime, stain: dict | None = None):
         if batch_size < 1:
             raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
         self.rt = rt
-        self.dataset = TileDataset(tileset, rows, labels, build_transform(input_size, tileset.tile_size, None))
+        self.dataset = TileDataset(tileset, rows, labels, build_transform(input_size, tileset.tile_size, None), stain=stain)
         self.loader, self.positions = eval_loader(self.dataset, batch_size, workers, rt)
         self.frame = tileset.index.iloc[list(rows)].reset_index(drop=True)
 
@@ -94,7 +94,8 @@ class TileScorer:
 def score_tiles(model, tileset: "TileSet", rows: Sequence[int], batch_size: int, workers: int, rt: Runtime,
                 progress: bool = False, desc: str = "predict") -> tuple["Any", np.ndarray]:
     """(index rows, tile probabilities) of ``rows`` under ``model``: :class:`TileScorer`, once."""
-    scorer = TileScorer(tileset, rows, list(model.config.labels), model.config.input_size, batch_size, workers, rt)
+    scorer = TileScorer(tileset, rows, list(model.config.labels), model.config.input_size, batch_size, workers, rt,
+                        stain=model.config.stain_normalise)
     return scorer.frame, scorer.probs(model, progress, desc)
 
 
@@ -131,7 +132,8 @@ class BagScorer:
         if not self.on_features:
             rows = np.concatenate(slides.rows) if len(slides) else np.zeros(0, dtype=np.int64)
             size = int(config.input_size)
-            self.dataset = TileDataset(data, rows, [], build_transform(size, data.tile_size, None))
+            self.dataset = TileDataset(data, rows, [], build_transform(size, data.tile_size, None),
+                                       stain=config.stain_normalise)
             self._loader, self._positions = eval_loader(self.dataset, batch_size, workers, rt)
 
     def __len__(self) -> int:

@@ -28,8 +28,36 @@ if TYPE_CHECKING:  # pragma: no cover
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
 
+import albumentations as A  # noqa: E402
 import torch  # noqa: E402  (data.py is only imported by commands that train or evaluate)
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
+
+from clotclf_core.tiling.stain import SlideNormalisers, StainTarget, hed_jitter  # noqa: E402
+
+
+class HEDJitter(A.ImageOnlyTransform):
+    """Tellez-style HED jitter (:func:`clotclf_core.tiling.stain.hed_jitter`): each stain's density
+    times U(1 +- sigma) plus U(+- bias), drawn from albumentations' seeded generator (so a sample's
+    seed fixes it, like every other step)."""
+
+    def __init__(self, sigma: float, bias: float, p: float = 0.5):
+        super().__init__(p=p)
+        self.sigma, self.bias = float(sigma), float(bias)
+
+    def get_params(self) -> dict[str, Any]:
+        rng = self.random_generator
+        return {"scale": rng.uniform(1 - self.sigma, 1 + self.sigma, 3), "shift": rng.uniform(-self.bias, self.bias, 3)}
+
+    def apply(self, img: np.ndarray, scale=None, shift=None, **params: Any) -> np.ndarray:
+        return hed_jitter(img, scale, shift)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("sigma", "bias")
+
+
+def slide_normalisers(tileset: "TileSet", stain: dict | None) -> SlideNormalisers | None:
+    """Per-slide stain normalisers of ``tileset`` for a model's recorded ``stain_normalise`` (None: none)."""
+    return SlideNormalisers(StainTarget.from_record(stain), tileset.pixels) if stain else None
 
 
 def build_transform(input_size: int, tile_size: int, augment=None):
@@ -37,7 +65,6 @@ def build_transform(input_size: int, tile_size: int, augment=None):
 
     ``augment`` is a :class:`clotclf_core.training.settings.AugmentSettings` (None: no augmentation).
     """
-    import albumentations as A
     import cv2
 
     steps: list[Any] = []
@@ -61,6 +88,8 @@ def build_transform(input_size: int, tile_size: int, augment=None):
                 p=a.shift_scale_rotate_p,
             ),
         ]
+        if a.hed_sigma > 0 or a.hed_bias > 0:  # only when asked: the other steps' random streams stay as they were
+            steps.append(HEDJitter(a.hed_sigma, a.hed_bias, p=a.hed_p))
     return A.Compose(steps, seed=0) if steps else None
 
 
@@ -77,8 +106,11 @@ class TileDataset(Dataset):
     (prediction on unlabelled tiles).
     """
 
-    def __init__(self, tileset: "TileSet", rows: Sequence[int], labels: list[str], transform=None):
+    def __init__(self, tileset: "TileSet", rows: Sequence[int], labels: list[str], transform=None,
+                 stain: dict | None = None):
         self.tileset = tileset
+        #: ``stain``: a model's recorded stain normalisation, applied per slide before the transform
+        self.normalisers = slide_normalisers(tileset, stain)
         self.rows = np.asarray(rows, dtype=np.int64)
         sub = tileset.index.iloc[self.rows]
         self.image_ids = sub["image_id"].to_numpy(dtype=object)
@@ -92,6 +124,8 @@ class TileDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         i, seed = key if isinstance(key, tuple) else (key, None)
         image = np.asarray(self.tileset.pixels(self.image_ids[i])[self.cache_rows[i]])
+        if self.normalisers is not None:
+            image = self.normalisers(self.image_ids[i])(image[None])[0]
         if self.transform is not None:
             if seed is not None:
                 self.transform.set_random_seed(seed)

@@ -47,6 +47,7 @@ from clotclf_core.tiling.dataset import (
     make_loader,
     rows_of_patients,
 )
+from clotclf_core.tiling.stain import stain_record
 from clotclf_core.training.loop import Scored, scored
 from clotclf_core.training.losses import make_loss
 from clotclf_core.training.records import tileset_record
@@ -103,7 +104,7 @@ class BagTask:
             self._sampler = self.train_loader
         else:
             dataset = TileBagDataset(data, self.train_slides, self.bag_size,
-                                     build_transform(cfg.input_size, data.tile_size, s.augment))
+                                     build_transform(cfg.input_size, data.tile_size, s.augment), stain=cfg.stain_normalise)
             self._sampler = EpochSampler(len(dataset), seed, True, rt.rank, rt.world_size)
             self.train_loader = make_loader(dataset, self._sampler, s.batch_size, s.workers,
                                             pin_memory=rt.device.type == "cuda",
@@ -129,9 +130,13 @@ class BagTask:
         return x.reshape(b, n, *x.shape[1:])
 
     def step_loss(self, net, batch) -> tuple[Any, int]:
+        """The bag-level loss, plus the aggregator's own term when it has one (``auxiliary_loss``,
+        plugin API 2.1: CLAM's instance clustering, DSMIL's critical-instance loss)."""
         bags, mask, targets = batch
-        logits = net(self.to_input(bags), mask.to(self.rt.device, non_blocking=True))
-        return self.loss_fn(logits.float(), targets.to(self.rt.device, non_blocking=True)), len(targets)
+        targets = targets.to(self.rt.device, non_blocking=True)
+        logits, extra = net(self.to_input(bags), mask.to(self.rt.device, non_blocking=True), targets=targets)
+        loss = self.loss_fn(logits.float(), targets)
+        return (loss if extra is None else loss + extra.float()), len(targets)
 
     def validate(self, model, progress: bool, desc: str = "validate") -> Scored:
         probs = self.val.probs(model, progress, desc)
@@ -169,7 +174,8 @@ def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, dat
         enc = EncoderRecord.model_validate(data.encoder)
         return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std,
                            standardise=s.standardise == "on")
-    return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size)
+    return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size,
+                       stain_normalise=stain_record(s.stain_normalise))
 
 
 def build(s: "TrainSettings", labels: list[str], input_size: int, data: Any):

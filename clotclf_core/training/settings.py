@@ -32,6 +32,9 @@ class AugmentSettings(StrictModel):
     scale: float = Field(0.1, ge=0, lt=1, description="shift-scale-rotate: scale change (+-)")
     rotate: float = Field(45.0, ge=0, le=180, description="shift-scale-rotate: rotation in degrees (+-)")
     shift_scale_rotate_p: float = Field(0.5, ge=0, le=1, description="probability of a shift-scale-rotate")
+    hed_sigma: float = Field(0.0, ge=0, lt=1, description="HED jitter: each stain's density scaled by U(1 +- hed_sigma) (0: off; sane: 0.05)")
+    hed_bias: float = Field(0.0, ge=0, le=0.05, description="HED jitter: each stain's density shifted by U(+- hed_bias), skimage units where tissue is ~0-0.1 (0: off; sane: 0.005)")
+    hed_p: float = Field(0.5, ge=0, le=1, description="probability of an HED jitter")
 
 
 class TrainSettings(StrictModel):
@@ -87,6 +90,7 @@ class TrainSettings(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     max_tiles_per_slide: int | None = Field(None, ge=1, description="train on at most this many tiles per slide (seeded choice)")
     augment: AugmentSettings = Field(default_factory=AugmentSettings, description="augmentation of training tiles")
+    stain_normalise: str | None = Field(None, description="stain normalisation of every tile (training, validation, test, predict): macenko, macenko:target=REF.png or reinhard:target=REF.png, estimated per slide and recorded in the model; with --features it is chosen at `clotclf embed --stain-normalise`")
     # -- probabilities
     calibrate: Literal["none", "temperature", "platt"] = Field(
         "none", description="calibrate the slide probabilities, fitted on the out-of-fold (--fold all) or validation patients, never the test ones; evaluate and predict apply it")
@@ -161,6 +165,9 @@ class TrainSettings(StrictModel):
                              "and its options out")
         object.__setattr__(self, "head", None)
         if self.features is not None:
+            if self.stain_normalise is not None:
+                raise ValueError("with --features the stain normalisation is the feature store's: embed the tiles with "
+                                 "`clotclf embed --stain-normalise METHOD` and leave --stain-normalise out of train")
             if ("backbone" in given and self.backbone is not None) or self.backbone_options:
                 raise ValueError("with --features the encoder is the feature store's (it made the features); --backbone "
                                  "trains one end to end on --tiles: give one of the two")

@@ -24,6 +24,7 @@ from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin_manager import get_manager
 from clotclf_core.scoring.inference import TileScorer, score_tiles
 from clotclf_core.seeds import loader_generator, mix
+from clotclf_core.tiling.stain import stain_record
 from clotclf_core.tiling.dataset import (
     EpochSampler,
     TileDataset,
@@ -59,7 +60,8 @@ class TileTask:
         cfg = model.config
         self.labels, self.input_size, self.mean, self.std = list(cfg.labels), cfg.input_size, cfg.mean, cfg.std
         self.eval_batch_size = s.eval_batch_size or 2 * s.batch_size
-        self.train_ds = TileDataset(tileset, train_rows, self.labels, build_transform(self.input_size, tileset.tile_size, s.augment))
+        self.train_ds = TileDataset(tileset, train_rows, self.labels, build_transform(self.input_size, tileset.tile_size, s.augment),
+                                    stain=cfg.stain_normalise)
         if (self.train_ds.targets < 0).any():  # prepare_run leaves unlabelled tiles out; a direct caller may not
             raise ClotclfError(
                 f"fold {fold}: {int((self.train_ds.targets < 0).sum())} training tile(s) have a label outside "
@@ -70,7 +72,8 @@ class TileTask:
         self.train_loader = make_loader(self.train_ds, self.sampler, s.batch_size, s.workers,
                                         pin_memory=rt.device.type == "cuda", drop_last=drop_last,
                                         generator=loader_generator(s.seed, fold))
-        self.val = TileScorer(tileset, val_rows, self.labels, self.input_size, self.eval_batch_size, s.workers, rt)
+        self.val = TileScorer(tileset, val_rows, self.labels, self.input_size, self.eval_batch_size, s.workers, rt,
+                              stain=cfg.stain_normalise)
         weight = None
         if s.class_weights == "balanced":
             counts = torch.bincount(torch.as_tensor(self.train_ds.targets), minlength=len(self.labels)).float()
@@ -137,7 +140,8 @@ def rescore(s: "TrainSettings", fold_dir: Path, ts: "TileSet", patients: Sequenc
 def model_config(s: "TrainSettings", labels: list[str], input_size: int):
     """The one place a tile-level run's model description is assembled from its settings."""
     return ModelConfig(backbone=s.backbone, backbone_options=s.backbone_options, head=s.head,
-                       head_options=s.head_options, labels=labels, input_size=input_size)
+                       head_options=s.head_options, labels=labels, input_size=input_size,
+                       stain_normalise=stain_record(s.stain_normalise))
 
 
 def build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = None):
