@@ -30,7 +30,7 @@ from clotclf_core.features.embed import embed_bags
 from clotclf_core.features.encoder import encoder_from_record
 from clotclf_core.models.aggregate import require_attention
 from clotclf_core.models.form import ModelForm
-from clotclf_core.models.runs import read_config, resolve_run_dir
+from clotclf_core.models.runs import fold_runs, read_config, resolve_run_dir
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import write_guard
@@ -50,6 +50,16 @@ class LoadedModel:
     model: Any
     weight: float
     encoder: Any = None  #: a MIL model on features: its frozen encoder, rebuilt and checked
+    of: str = ""  #: a fold of a cross-validation run given as one --model: that --model (the fold ensemble)
+
+    @property
+    def name(self) -> str:
+        """A short name for columns, titles and QuPath measurements: the run folder's name (``fold_2``
+        of a fold ensemble: ``<run>/fold_2``), or the registry name as given."""
+        if self.of:
+            return f"{Path(self.of).name or self.of}/{self.run_dir.name}"
+        p = Path(self.ref)
+        return p.name if p.is_dir() and p.name else self.ref
 
     @property
     def labels(self) -> list[str]:
@@ -78,8 +88,10 @@ class MemberScores:
 def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, device: str = "auto",
                 attention: bool = False) -> list[LoadedModel]:
     """Load every ``--model`` (run directory or registry name), with its ensemble weight; a MIL model
-    on features gets its encoder rebuilt and checked now. ``attention``: attention heatmaps were
-    asked for, so some model must have attention (else one clear refusal)."""
+    on features gets its encoder rebuilt and checked now. A cross-validation run folder
+    (``--fold all``) is its fold ensemble: one member per fold, sharing its weight equally
+    (:func:`~clotclf_core.models.runs.fold_runs`). ``attention``: attention heatmaps were asked for,
+    so some model must have attention (else one clear refusal)."""
     if not refs:
         raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
     if weights and len(weights) != len(refs):
@@ -90,7 +102,13 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
     out = []
     for ref, weight in zip(refs, w):
         run_dir = resolve_run_dir(ref)
-        out.append(LoadedModel(str(ref), run_dir, read_config(run_dir), load_model(run_dir), weight / sum(w)))
+        folds = fold_runs(run_dir)
+        if folds is None:
+            out.append(LoadedModel(str(ref), run_dir, read_config(run_dir), load_model(run_dir), weight / sum(w)))
+            continue
+        for fold in folds:  # the fold ensemble: its weight shared equally by its folds
+            out.append(LoadedModel(f"{ref}/{fold.name}", fold, read_config(fold), load_model(fold),
+                                   weight / sum(w) / len(folds), of=str(ref)))
     first = out[0].labels
     for m in out[1:]:
         if m.labels != first:
@@ -181,3 +199,15 @@ def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, work
             if scores.attention[i] is not None:
                 res.attention[image_id] = scores.attention[i]
     return res
+
+
+def member_names(loaded: list[LoadedModel]) -> list[str]:
+    """Each member's :attr:`LoadedModel.name`, made unique (``name#2`` for a second of the same name):
+    the names of predictions.csv's per-model columns, the heatmaps' and the QuPath measurements."""
+    names: list[str] = []
+    for m in loaded:
+        name, k = m.name, 2
+        while name in names:
+            name, k = f"{m.name}#{k}", k + 1
+        names.append(name)
+    return names
