@@ -98,11 +98,16 @@ def test_evaluate_bad_inputs(trained, tmp_path):
     one_line_error(run("evaluate", root / "run", "--tiles", tmp_path / "missing"), "does not exist")
     strange = make_tileset(tmp_path / "strange", n_patients=2, tiles_per_slide=1, labels=("CE", "Other"), prefix="z")
     one_line_error(run("evaluate", root / "run", "--tiles", strange), "label(s) Other that the model does not know")
+    # a cross-validation folder is evaluated as its fold ensemble; one that is not complete is refused with the fix
     cv = tmp_path / "cv"
-    cv.mkdir()
+    (cv / "fold_0").mkdir(parents=True)
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "cross-validation run that did not finish", "--resume")
     (cv / "cv.json").write_text("{}")
-    (cv / "fold_0").mkdir()
-    one_line_error(run("evaluate", cv, "--tiles", tiles), "cross-validation run; evaluate one of its fold models")
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "lists no fold folders")
+    (cv / "cv.json").write_text('{"folds": ["fold_0"]}')
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "lists fold_0, which has no model.safetensors", "--resume")
+    (cv / "cv.json").write_text('{"folds": ["../run"]}')
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "lists no fold folders")
 
 
 def test_evaluate_refuses_when_every_patient_was_trained_on():
