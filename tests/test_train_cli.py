@@ -33,7 +33,8 @@ def one_line_error(res, *phrases):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tiles = make_tileset(root / "tiles", n_patients=8, tiles_per_slide=3, size=32)
-    res = run("train", "--tiles", tiles, "--out", root / "run", *FAST, "--test-fraction", "0.25", "--json")
+    res = run("train", "--tiles", tiles, "--out", root / "run", *FAST, "--test-fraction", "0.25", "--json",
+              "--dataset-name", "STRIP AI stand-in (synthetic)")
     assert res.exit_code == 0, res.output
     return root, tiles, json.loads(res.output)
 
@@ -269,6 +270,11 @@ def test_the_held_out_result_comes_first_everywhere(trained):
 
     meta, _ = read_model_card(body)
     assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+    # --dataset-name, not the TileSet folder's name ('tiles'), in config.json and the card
+    assert meta["model-index"][0]["results"][0]["dataset"]["name"] == "STRIP AI stand-in (synthetic)"
+    assert json.loads((root / "run" / "config.json").read_text())["data"]["dataset"] == "STRIP AI stand-in (synthetic)"
+    assert "Trained and validated on **STRIP AI stand-in (synthetic)**" in body
+    one_line_error(run("train", "--tiles", root / "tiles", "--dataset-name", "a\nb", *FAST), "one line of visible text")
     res = run("train", "--tiles", root / "tiles", "--out", root / "noheld", *FAST)
     assert res.exit_code == 0, res.output
     first = res.output.strip().splitlines()[0]
