@@ -259,3 +259,13 @@ def test_headline_interval_forms_and_scale_bars():
         assert "0.278 to 0.529" in headline_html({**h, **form})
     assert "<script>" not in headline_html({**h, "what": "<script>alert(1)</script>"})
     assert [scale_bar_length(s) for s in (500, 2600, 25_000, 90)] == [100, 500, 5000, 20]
+
+
+def test_a_slide_folder_given_as_tiles_is_told_to_be_tiled_elsewhere(lab):
+    slides_dir = lab["slides"]
+    for args in (["evaluate", str(lab["m1"]), "--tiles", str(slides_dir)], ["train", "--tiles", str(slides_dir)]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2, res.output
+        line = res.output.strip()
+        assert line.count("\n") == 0 and "holds slide files" in line
+        assert f"`clotclf tile {slides_dir} --out {slides_dir}-tiles`" in line  # never into the slide folder itself

@@ -54,10 +54,32 @@ def _fix_hint(root: Path) -> str:
     return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
 
 
+def _slide_files(root: Path) -> list[Path]:
+    """Slide files directly in ``root`` (what a slide folder given where a TileSet belongs holds)."""
+    from clotclf_core.slides.open import slide_extensions
+    from clotclf_core.tiling.settings import SLIDE_SUFFIXES
+
+    exts = set(slide_extensions()) or set(SLIDE_SUFFIXES)
+    try:
+        return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    except OSError:
+        return []
+
+
+def not_a_tileset(root: Path, option: str = "") -> str:
+    """Why ``root`` is not a TileSet and what to do: a folder of slides is tiled into a folder of its own."""
+    what = f"{option} '{root}'" if option else f"'{root}'"
+    slides = _slide_files(root)
+    if slides:
+        return (f"{what} holds slide files ({len(slides)}, e.g. {slides[0].name}), not a TileSet: tile them into a "
+                f"folder of their own, `clotclf tile {root} --out {root.parent / (root.name + '-tiles')}`, and pass that")
+    return f"{what} is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`"
+
+
 def read_meta(root: Path) -> dict[str, Any]:
     meta_path = root / "tileset.json"
     if not meta_path.is_file():
-        raise TileSetError(f"'{root}' is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`")
+        raise TileSetError(not_a_tileset(root))
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -363,4 +385,5 @@ def open_tileset(path: str | os.PathLike, option: str = "--tiles") -> "TileSet":
                 f"model should score or train on{_run_dir_hint(p)}")
         if (p / "tiles").is_dir() and (p / "tiles" / "tileset.json").is_file():
             raise TileSetError(f"{option} '{p}' is not a TileSet, but '{p / 'tiles'}' is: pass that folder")
+        raise TileSetError(not_a_tileset(p, option))
     return TileSet(p)
