@@ -269,3 +269,18 @@ def test_a_slide_folder_given_as_tiles_is_told_to_be_tiled_elsewhere(lab):
         line = res.output.strip()
         assert line.count("\n") == 0 and "holds slide files" in line
         assert f"`clotclf tile {slides_dir} --out {slides_dir}-tiles`" in line  # never into the slide folder itself
+
+
+def test_fold_ensembles_that_cannot_be_one_model_are_refused(lab, tmp_path):
+    """Folds that score different things, and a cross-validation that did not finish: one line each."""
+    odd = tmp_path / "odd"
+    fold_run(odd / "fold_0", 4, {"train": ["a"]})
+    make_run(odd / "fold_1", 5, labels=("LAA", "CE"))
+    (odd / "cv.json").write_text(json.dumps({"folds": ["fold_0", "fold_1"]}))
+    res = CliRunner().invoke(cli, ["evaluate", str(odd), "--tiles", str(tiles_dir(lab["out"]))])
+    assert res.exit_code == 2 and "differ in labels" in res.output and "fold_1" in res.output, res.output
+    res = CliRunner().invoke(cli, ["predict", str(lab["slides"]), "--model", str(odd), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "disagree on their labels" in res.output, res.output
+    (odd / "cv.json").unlink()
+    res = CliRunner().invoke(cli, ["predict", str(lab["slides"]), "--model", str(odd), "--out", str(tmp_path / "q")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "did not finish" in res.output, res.output
