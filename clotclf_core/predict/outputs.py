@@ -137,7 +137,7 @@ def per_model_columns(table: pd.DataFrame, scored: Scored, names: dict[int, str]
 def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, labels: list[str], metrics: dict[str, Any] | None,
                  scored: Scored, heatmaps: list[str]) -> Path:
     """``report.html`` of a prediction: what was scored by whom, the metrics when the manifest had
-    labels, every patient's row, and the QC picture and heatmap of the first slides."""
+    labels, every patient's and slide's row, and the QC picture and heatmap of the first slides."""
     models = summary["models"]
     subtitle = [f"{summary['n_slides']} slide(s) of {summary['n_patients']} patient(s), scored by "
                 + (f"{len(models)} models: " if len(models) > 1 else "the model ")
@@ -164,15 +164,16 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, labels
     sections.append(("Patients", rh.table_html(patients.dropna(axis=1, how="all")) + rh.notes_html(notes)))
     slides = table[table["level"] == "slide"].drop(columns=["level", "n_slides", "in_model_split"], errors="ignore")
     sections.append(("Slides", rh.table_html(slides.dropna(axis=1, how="all"))))
-    shown = [Path(p) for p in heatmaps[: rh.MAX_SLIDES]]
-    more = [f"{len(heatmaps) - len(shown)} more heatmaps in heatmaps/." if len(heatmaps) > len(shown) else ""]
+    ids = list(slides.loc[slides["status"] == "ok", "image_id"])[: rh.MAX_SLIDES]  # the first slides, in job order
+    pngs = {Path(p).stem: Path(p) for p in heatmaps}
     qc = []
-    for png in shown:
-        for _, ts, _ in scored:
-            path = Path(ts.root) / "qc" / png.name
-            if path.is_file():
-                qc.append(rh.Picture(f"{png.stem}: tiling QC", path, "qc"))
-                break
+    for image_id in ids:
+        path = next((Path(ts.root) / "qc" / f"{image_id}.png" for _, ts, _ in scored
+                     if (Path(ts.root) / "qc" / f"{image_id}.png").is_file()), None)
+        if path is not None:
+            qc.append(rh.Picture(f"{image_id}: tiling QC", path, "qc"))
+    shown = [pngs[i] for i in ids if i in pngs]
+    more = [f"{len(heatmaps) - len(shown)} more heatmaps in heatmaps/." if len(heatmaps) > len(shown) else ""]
     sections.append(("Tiling QC", rh.qc_html(qc)))
     sections.append(("Heatmaps", rh.gallery_html([rh.Picture(p.stem, p, "heatmap") for p in shown]) + rh.notes_html(more)))
     sections.append(("Plots", rh.gallery_html(rh.plot_pictures(out / "plots"))))

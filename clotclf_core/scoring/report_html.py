@@ -140,6 +140,9 @@ def table_html(frame: "pd.DataFrame", caption: str = "", max_rows: int = 2000) -
 
 
 def gallery_html(pictures: Sequence[Picture]) -> str:
+    """The pictures side by side, wrapping (nothing at all for none)."""
+    if not pictures:
+        return ""
     items = []
     for p in pictures:
         uri = data_uri(p.path, SIDES.get(p.kind, 640), photo=p.kind in ("qc", "heatmap"))
