@@ -50,15 +50,20 @@ def _who(members: list[tuple[LoadedModel, MemberScores, str]], others: list[str]
     return text
 
 
-def slide_scores(scored: Scored, names: dict[int, str], image_id: str) -> list[SlideScores]:
-    """The slide's tiles in each tiling recipe with every member's P per tile, aligned."""
+def slide_scores(scored: Scored, names: dict[int, str], image_id: str,
+                 positions: dict[int, dict[str, np.ndarray]] | None = None) -> list[SlideScores]:
+    """The slide's tiles in each tiling recipe with every member's P per tile, aligned. ``positions``:
+    per TileSet (by ``id``), each slide's rows in its index (computed here when not given)."""
     out = []
     groups = _groups(scored, names)
     everyone = [n for _, members in groups for _, _, n in members]
     for ts, members in groups:
-        rows = ts.index[ts.index["image_id"] == image_id]
-        if rows.empty:
+        where = (positions or {}).get(id(ts))
+        if where is None:
+            where = ts.index.groupby("image_id", sort=False).indices
+        if image_id not in where:
             continue
+        rows = ts.index.iloc[where[image_id]]
         probs, weights, attention = {}, {}, {}
         for m, res, name in members:
             if image_id not in res.tiles:
@@ -81,9 +86,10 @@ def write_slide_views(scored: Scored, names: dict[int, str], labels: list[str], 
     files = {}
     for _, ts, _ in scored:
         files.update({k: v.get("file") for k, v in ts.slides.items()})
+    positions = {id(ts): ts.index.groupby("image_id", sort=False).indices for _, ts, _ in scored}
     pngs, geojsons = [], []
     for image_id in ids:
-        views = slide_scores(scored, names, image_id)
+        views = slide_scores(scored, names, image_id, positions)
         if not views:
             continue
         if qupath:
