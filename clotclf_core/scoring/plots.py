@@ -227,13 +227,25 @@ def probability_grid(tiles: Any, probs: Any, slide_dims: tuple[int, int], shape:
     return np.divide(total, count, out=np.full((h, w), np.nan), where=count > 0)
 
 
+#: longest side a heatmap's thumbnail is drawn at: a panel is about this many pixels wide, so a larger
+#: one only costs matplotlib a resampling per panel
+HEATMAP_SIDE = 640
+
+
 def _thumbnail(thumbnail_rgb: Any) -> np.ndarray:
-    """A heatmap's thumbnail as (H, W) grey or (H, W, 3) RGB (an alpha channel dropped), else PlotError."""
+    """A heatmap's thumbnail as (H, W) grey or (H, W, 3) RGB (an alpha channel dropped), at most
+    :data:`HEATMAP_SIDE` a side (area-averaged), else PlotError."""
     thumb = np.asarray(thumbnail_rgb)
     if thumb.ndim == 3 and thumb.shape[2] == 4:
         thumb = thumb[..., :3]
     if not (thumb.ndim == 2 or (thumb.ndim == 3 and thumb.shape[2] == 3)) or min(thumb.shape[:2]) < 1:
         raise PlotError(f"thumbnail must be an RGB image (height, width, 3), got shape {thumb.shape}")
+    scale = HEATMAP_SIDE / max(thumb.shape[:2])
+    if scale < 1:
+        import cv2
+
+        size = (max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale)))
+        thumb = cv2.resize(np.ascontiguousarray(thumb), size, interpolation=cv2.INTER_AREA)
     return thumb
 
 
