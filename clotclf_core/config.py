@@ -22,6 +22,25 @@ if TYPE_CHECKING:  # pragma: no cover
     pass
 
 
+def closest(name: str, known: list[str] | tuple[str, ...] | set[str]) -> str | None:
+    """The known name a misspelt one most likely meant (a shared prefix first, then similarity), or None:
+    the one did-you-mean of clotclf (plugin names, components, settings fields)."""
+    import difflib
+
+    known = sorted(set(known))
+    prefixed = [k for k in known if name and (name.startswith(k) or k.startswith(name))]
+    if prefixed:
+        return max(prefixed, key=len)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known: list[str] | tuple[str, ...] | set[str]) -> str:
+    """`` Did you mean 'x'?`` for a misspelt ``name`` (empty when nothing known is close)."""
+    close = closest(name, known)
+    return f" Did you mean '{close}'?" if close and close != name else ""
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 import pluggy
 
+from clotclf_core.config import did_you_mean
 from clotclf_core.plugin import hookspecs
 from clotclf_core.plugin.errors import PluginError
 from clotclf_core.plugin.spec import KIND_HOOKS, KINDS, ComponentSpec, run_directory_options
@@ -295,7 +296,7 @@ class PluginManager:
                 + "." + self._unavailable()
             )
         listing = ", ".join(close) if close else "(none installed)"
-        raise PluginError(f"unknown {kind} '{shown}'. Known {kind}s: {listing}.{self._unavailable()}")
+        raise PluginError(f"unknown {kind} '{shown}'. Known {kind}s: {listing}.{did_you_mean(name, known)}{self._unavailable()}")
 
     def requirement(self, kind: str, name: str, record: dict[str, Any] | None) -> dict[str, Any]:
         """Where the component a saved run names comes from now.

@@ -59,6 +59,15 @@ def test_mil_run_predicts_from_slides_and_mixes_with_a_tile_level_run(tmp_path, 
     from PIL import Image
 
     assert Image.open(out / "heatmaps" / "a_0.png").size[0] > Image.open(out / "heatmaps" / "a_0.png").size[1] * 2.5  # 3 panels
+    # the MIL member is in the pictures too: its tiles' probabilities and attention in the QuPath export
+    tiles = [f["properties"] for f in json.loads((out / "qupath" / "a_0.geojson").read_text())["features"]
+             if f["properties"]["objectType"] == "detection"]
+    # (the two runs record different tiling recipes, so each model's tiles are its own detections)
+    mil_tiles = [t for t in tiles if "attention abmil" in t["measurements"]]
+    assert mil_tiles and {"P(LAA) abmil", "attention abmil"} <= set(mil_tiles[0]["measurements"])
+    assert any("P(LAA) tile" in t["measurements"] for t in tiles)
+    assert sum(t["measurements"]["attention abmil"] for t in mil_tiles) == pytest.approx(1.0, abs=1e-4)
+    assert "abmil (MIL model abmil: each tile as a bag of one); left out: tile" in mil_tiles[0]["metadata"]["models"]
     ens = _slides(out)
     predict(slides, [str(trained["abmil"])], out, progress=False, heatmaps=False)
     mil = _slides(out)

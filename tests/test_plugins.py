@@ -125,6 +125,30 @@ def test_unknown_name_lists_closest_first():
     assert msg.index("mlp") < msg.index("linear")
 
 
+def test_a_misspelt_plugin_name_gets_a_did_you_mean_everywhere():
+    """One helper (clotclf_core.config.closest) for every lookup of a name: components of every kind,
+    show-plugin, --disable-plugin and the training settings' fields."""
+    from click.testing import CliRunner
+
+    from clotclf_core.cli.main import cli
+    from clotclf_core.config import did_you_mean
+
+    mgr = PluginManager()
+    for kind, typo, meant in (("backbone", "cctt", "cct"), ("aggregator", "abmli", "abmil"), ("filter", "otsuu", "otsu"),
+                              ("head", "lienar", "linear")):
+        with pytest.raises(PluginError) as err:
+            mgr.get(kind, typo)
+        assert f"Did you mean '{meant}'?" in str(err.value)
+    assert did_you_mean("zzzz", ["cct", "timm"]) == ""  # nothing close: no guess
+    res = CliRunner().invoke(cli, ["show-plugin", "abmli"])
+    assert res.exit_code != 0 and "Did you mean 'abmil'?" in res.output
+    res = CliRunner().invoke(cli, ["--disable-plugin", "otsuu", "list-plugins"])
+    assert res.exit_code == 2 and "Did you mean 'otsu'?" in res.output
+    reset_manager()
+    res = CliRunner().invoke(cli, ["train", "--backbone", "poolfromer", "--tiles", "nowhere"])
+    assert res.exit_code != 0 and "Did you mean 'poolformer'?" in res.output, res.output
+
+
 def test_unknown_kind():
     with pytest.raises(PluginError, match="unknown kind"):
         PluginManager().components("wheel")

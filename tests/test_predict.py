@@ -150,12 +150,19 @@ def test_reusing_out_scores_only_this_jobs_slides(tmp_path, slides, runs):
     assert [Path(h).name for h in summary["heatmaps"]] == ["b_0.png"]
 
 
-def test_manifest_label_unknown_to_the_model(tmp_path, slides, runs):
-    bad = tmp_path / "m.csv"
-    pd.DataFrame({"image_id": ["a_0"], "patient_id": ["a"], "label": ["Other"]}).to_csv(bad, index=False)
-    with pytest.raises(ClotclfError) as err:
-        predict(slides, [str(runs[0])], tmp_path / "o", manifest=bad, progress=False)
-    assert "--label" not in str(err.value) and "CE, LAA" in str(err.value)
+def test_labels_the_model_does_not_know_are_kept_not_refused(tmp_path, slides, runs):
+    """STRIP AI's other.csv labels its slides Other / Unknown: prediction needs no label, so they are
+    kept as given, and no metrics are computed against them."""
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"image_id": ["a_0", "b_0"], "center_id": ["1", "2"], "patient_id": ["a", "b"],
+                  "image_num": ["0", "0"], "other_specified": ["dissection", ""],
+                  "label": ["Other", "Unknown"]}).to_csv(other, index=False)
+    summary = predict(slides, [str(runs[0])], tmp_path / "o", manifest=other, progress=False, heatmaps=False,
+                      qupath=False)
+    assert summary["n_patients"] == 2 and "metrics" not in summary
+    assert "Other, Unknown" in summary["labels_note"] and not (tmp_path / "o" / "metrics.json").exists()
+    table = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype=str, keep_default_na=False)
+    assert set(table.loc[table["level"] == "slide", "label"]) == {"Other", "Unknown"}
 
 
 # ----------------------------------------------------------------------------- Kaggle-safe submission

@@ -223,6 +223,12 @@ def test_cross_validation_calibrates_on_out_of_fold_patients_only(planted, tmp_p
     assert (out / "plots" / "reliability_test_ensemble.png").is_file() and summary["headline"] == head
     card = (out / "README.md").read_text()
     assert "95 % interval" in card and "### Calibration" in card and "### Per centre" in card
+    # evaluate on the folder (its fold ensemble) calibrates each fold, then averages: the same headline
+    from clotclf_core.scoring.evaluate import evaluate_run
+
+    report = evaluate_run(str(out), features=str(planted), out=str(tmp_path / "e"), workers=0, progress=False)
+    assert report["fold_ensemble"] == ["fold_0", "fold_1"] and report["headline"]["on"] == "test"
+    assert report["headline"]["weighted_log_loss"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_one_fold_calibrates_on_its_validation_patients_and_evaluate_applies_it(planted, tmp_path):

@@ -33,7 +33,8 @@ def one_line_error(res, *phrases):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tiles = make_tileset(root / "tiles", n_patients=8, tiles_per_slide=3, size=32)
-    res = run("train", "--tiles", tiles, "--out", root / "run", *FAST, "--test-fraction", "0.25", "--json")
+    res = run("train", "--tiles", tiles, "--out", root / "run", *FAST, "--test-fraction", "0.25", "--json",
+              "--dataset-name", "STRIP AI stand-in (synthetic)")
     assert res.exit_code == 0, res.output
     return root, tiles, json.loads(res.output)
 
@@ -98,11 +99,16 @@ def test_evaluate_bad_inputs(trained, tmp_path):
     one_line_error(run("evaluate", root / "run", "--tiles", tmp_path / "missing"), "does not exist")
     strange = make_tileset(tmp_path / "strange", n_patients=2, tiles_per_slide=1, labels=("CE", "Other"), prefix="z")
     one_line_error(run("evaluate", root / "run", "--tiles", strange), "label(s) Other that the model does not know")
+    # a cross-validation folder is evaluated as its fold ensemble; one that is not complete is refused with the fix
     cv = tmp_path / "cv"
-    cv.mkdir()
+    (cv / "fold_0").mkdir(parents=True)
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "cross-validation run that did not finish", "--resume")
     (cv / "cv.json").write_text("{}")
-    (cv / "fold_0").mkdir()
-    one_line_error(run("evaluate", cv, "--tiles", tiles), "cross-validation run; evaluate one of its fold models")
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "lists no fold folders")
+    (cv / "cv.json").write_text('{"folds": ["fold_0"]}')
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "lists fold_0, which has no model.safetensors", "--resume")
+    (cv / "cv.json").write_text('{"folds": ["../run"]}')
+    one_line_error(run("evaluate", cv, "--tiles", tiles), "lists no fold folders")
 
 
 def test_evaluate_refuses_when_every_patient_was_trained_on():
@@ -250,7 +256,8 @@ def test_the_synthetic_mark_travels_from_the_manifest_to_list_models(tmp_path):
 def test_the_held_out_result_comes_first_everywhere(trained):
     root, _, summary = trained
     metrics = json.loads((root / "run" / "metrics.json").read_text())
-    assert list(metrics)[:3] == ["headline", "test", "val"]
+    keys = list(metrics)
+    assert keys[:2] == ["headline", "test"] and keys.index("test") < keys.index("val")  # (per-centre tables between)
     head = metrics["headline"]
     assert head["on"] == "test" and head["n_patients"] == metrics["test"]["patient"]["n"] == 2
     assert head["weighted_log_loss"] == metrics["test"]["patient"]["weighted_log_loss"]
@@ -264,6 +271,11 @@ def test_the_held_out_result_comes_first_everywhere(trained):
 
     meta, _ = read_model_card(body)
     assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+    # --dataset-name, not the TileSet folder's name ('tiles'), in config.json and the card
+    assert meta["model-index"][0]["results"][0]["dataset"]["name"] == "STRIP AI stand-in (synthetic)"
+    assert json.loads((root / "run" / "config.json").read_text())["data"]["dataset"] == "STRIP AI stand-in (synthetic)"
+    assert "Trained and validated on **STRIP AI stand-in (synthetic)**" in body
+    one_line_error(run("train", "--tiles", root / "tiles", "--dataset-name", "a\nb", *FAST), "one line of visible text")
     res = run("train", "--tiles", root / "tiles", "--out", root / "noheld", *FAST)
     assert res.exit_code == 0, res.output
     first = res.output.strip().splitlines()[0]

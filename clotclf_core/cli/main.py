@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from clotclf_core import __version__
+from clotclf_core.config import did_you_mean
 from clotclf_core.plugin.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ClotclfError, os_error_message
 from clotclf_core.plugin.hookspecs import PLUGIN_API_VERSION
 from clotclf_core.plugin_manager import DISABLE_ENV, get_manager, reset_manager
@@ -63,10 +64,12 @@ def _apply_disabled(ctx: click.Context, param: click.Parameter, names: tuple[str
         mgr = reset_manager(disabled=names)
         unknown = [n for n in names if n in mgr.unknown_disabled]
         if unknown:
-            known = ", ".join(sorted({p.name for p in mgr.plugins}))
+            names = {p.name for p in mgr.plugins}
+            known = ", ".join(sorted(names))
+            hints = "".join(did_you_mean(n, names) for n in unknown)
             raise click.BadParameter(
-                f"no installed plugin is called {', '.join(repr(n) for n in unknown)}; give an entry-point or distribution "
-                f"name from `clotclf list-plugins --verbose` (installed plugins: {known})",
+                f"no installed plugin is called {', '.join(repr(n) for n in unknown)}.{hints} Give an entry-point or "
+                f"distribution name from `clotclf list-plugins --verbose` (installed plugins: {known})",
                 ctx=ctx, param=param,
             )
     return names

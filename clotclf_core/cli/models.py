@@ -71,14 +71,16 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
 @click.option("--standardise", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help=_STANDARDISE_HELP)
+@click.option("--no-qupath", is_flag=True, help="Skip the per-slide QuPath GeoJSON (qupath/<image_id>.geojson).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
-def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, standardise, quiet,
+def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, standardise, no_qupath, quiet,
                      as_json) -> None:
-    """Re-evaluate the model RUN (a run directory, or a registry name) on a TileSet, at tile, slide
-    and patient level (a MIL model: slide and patient level, on --tiles or --features); by default
-    only on patients the model never trained on, with the run's test patients, other patients and
-    validation patients reported separately."""
+    """Re-evaluate the model RUN (a run directory, a cross-validation run folder — the ensemble of its
+    folds — or a registry name) on a TileSet, at tile, slide and patient level (a MIL model: slide and
+    patient level, on --tiles or --features); by default only on patients the model never trained on,
+    with the run's test patients, other patients and validation patients reported separately. Writes
+    metrics.json, predictions.csv, plots/, qupath/ (GeoJSON for QuPath), heatmaps/ and report.html."""
     from clotclf_core.scoring.evaluate import evaluate_run
     from clotclf_core.scoring.headline import headline_sentence
     from clotclf_core.scoring.intervals import format_centres
@@ -87,7 +89,7 @@ def evaluate_command(run, tiles, features, out, patients, batch_size, workers, d
     if tiles is None and features is None:
         raise click.UsageError("give --tiles (a TileSet) or, for a MIL model on features, --features (a feature store)")
     report = evaluate_run(run, tiles, out, patients, batch_size, workers, device, progress=not (quiet or as_json),
-                          features=features, standardise=standardise)
+                          features=features, standardise=standardise, qupath=not no_qupath)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     elif not quiet:
@@ -107,7 +109,7 @@ def evaluate_command(run, tiles, features, out, patients, batch_size, workers, d
                            + (f" ({c['note']})" if c.get("note") else ""))
             if group["per_center"]:
                 click.echo("per centre:\n" + format_centres(group["per_center"]))
-        click.echo(f"\nwritten to {report['out']}")
+        click.echo(f"\nwritten to {report['out']} (report.html: the page to open)")
     if report.get("disagreement"):
         click.echo(f"Warning: {report['disagreement']}.", err=True)
 
@@ -128,10 +130,10 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.command("predict")
 @click.argument("slides", type=click.Path(path_type=str))
 @click.option("--model", "models", multiple=True, required=True, metavar="RUN",
-              help="Run directory or registry name (org/name[@rev]); repeat for an ensemble.")
+              help="Run directory, cross-validation run folder (its folds' ensemble) or registry name (org/name[@rev]); repeat for an ensemble.")
 @click.option("--weight", "weights", multiple=True, type=float, help="Ensemble weight per --model, in order [default: equal].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions.csv, submission.csv, heatmaps/.")
-@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label] (Kaggle's test.csv reads as is); every patient in it gets a submission row.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label] (Kaggle's test.csv and other.csv read as is; labels are optional, any value accepted); every patient in it gets a submission row.")
 @click.option("--slide-is-patient", is_flag=True, help="Without a patient_id, make each slide its own patient [default: the STRIP AI image-id convention <patient>_<n>, else refused].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Slides tiled in parallel (processes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
@@ -142,10 +144,11 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
               help=_STANDARDISE_HELP)
 @click.option("--attention-heatmaps", "attention", is_flag=True,
               help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
+@click.option("--no-qupath", is_flag=True, help="Skip the per-slide QuPath GeoJSON (qupath/<image_id>.geojson).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
-                    no_heatmaps, standardise, attention, quiet, as_json) -> None:
+                    no_heatmaps, standardise, attention, no_qupath, quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -158,7 +161,7 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
-                      attention=attention, standardise=standardise)
+                      attention=attention, standardise=standardise, qupath=not no_qupath)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:
@@ -180,7 +183,11 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
             click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
                        f"weighted log loss {m['weighted_log_loss']:.3f}")
         click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
-                   f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
+                   f"heatmaps:    {Path(summary['out']) / 'heatmaps'}\n"
+                   + (f"QuPath:      {Path(summary['out']) / 'qupath'} (File > Import objects)\n" if summary["qupath"] else "")
+                   + f"report:      {summary['report']}")
+        if summary.get("labels_note"):
+            click.echo(f"labels: {summary['labels_note']}")
     _predict_warnings(summary)
     failed = summary["failed_slides"]
     if failed:

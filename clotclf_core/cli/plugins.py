@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from clotclf_core.config import did_you_mean
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.hookspecs import PLUGIN_API_VERSION
 from clotclf_core.plugin.spec import KINDS
@@ -151,7 +152,8 @@ def show_plugin(name: str, kind: str | None, as_json: bool) -> None:
         import difflib
 
         close = difflib.get_close_matches(base, every, n=5, cutoff=0.0)
-        raise ClotclfError(f"no component called '{name}'. Known components: {', '.join(close)} (see `clotclf list-plugins`)")
+        raise ClotclfError(f"no component called '{name}'.{did_you_mean(base, every)} Known components: {', '.join(close)} "
+                           "(see `clotclf list-plugins`)")
     out = []
     for k in kinds:
         conflict = [c for c in mgr.conflicts() if c.kind == k and c.name == base and "/" not in name]

@@ -14,6 +14,7 @@ what to ``pip install``; the registry and the model card use the same two functi
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from clotclf_core.inputs import why_unusable
 from clotclf_core.models.config import MODEL_KINDS
 from clotclf_core.plugin.errors import ModelLoadError, printable, warn
-from clotclf_core.plugin.weights import CONFIG_NAME, read_run_config
+from clotclf_core.plugin.weights import CONFIG_NAME, WEIGHTS_NAME, read_run_config
 from clotclf_core.plugin_manager import get_manager
 
 #: run kinds that are not classifiers: ``kind`` -> the component kind named by the config's key of that name
@@ -60,6 +61,72 @@ def resolve_run_dir(ref: str | Path) -> Path:
     else:
         hint = "give the path of a run directory (from `clotclf train`), or install clotclf's registry to pull models by name"
     raise ModelLoadError(f"model '{ref}' is neither a run directory nor a name an installed plugin knows: the path {why}; {hint}")
+
+
+# ----------------------------------------------------------------------------- fold ensembles
+
+#: what ``clotclf train --fold all`` writes beside its ``fold_<k>/`` run directories when every fold is done
+CV_NAME = "cv.json"
+_FOLD_NAME = re.compile(r"^fold_(\d+)$")
+
+
+def fold_runs(run_dir: str | Path) -> list[Path] | None:
+    """The fold run directories of a cross-validation run folder (``clotclf train --fold all``), in
+    fold order — the **fold ensemble** that ``predict``, ``evaluate`` and ``push`` take as one model
+    (the mean of the folds' probabilities, as the run's own test-ensemble headline) — or ``None``
+    when ``run_dir`` is a single model's run directory (or not a run at all).
+
+    The one reader of that layout: the folds are the ones ``cv.json`` lists (``fold_<k>`` folders
+    directly inside ``run_dir``, nothing else), each a complete run directory. A folder with
+    ``fold_<k>/`` but no ``cv.json`` is a cross-validation that did not finish, refused with the
+    fix, as is a listed fold without its weights."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / WEIGHTS_NAME).is_file():
+        return None
+    cv = run_dir / CV_NAME
+    present = sorted((p for p in run_dir.iterdir() if _FOLD_NAME.match(p.name) and p.is_dir()),
+                     key=lambda p: int(_FOLD_NAME.match(p.name)[1]))
+    if not cv.is_file():
+        if not present:
+            return None
+        raise ModelLoadError(
+            f"'{run_dir}' is a cross-validation run that did not finish ({', '.join(p.name for p in present)} but no "
+            f"{CV_NAME}): finish it with the same `clotclf train ... --fold all --resume`, or name one finished fold "
+            f"folder, e.g. {present[0]}")
+    try:
+        listed = json.loads(cv.read_text(encoding="utf-8")).get("folds")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ModelLoadError(f"'{cv}' is not the JSON object `clotclf train --fold all` writes ({exc}); "
+                             "re-run that training with --resume") from None
+    if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and _FOLD_NAME.match(n) for n in listed):
+        raise ModelLoadError(f"'{cv}' lists no fold folders (its 'folds' must be names like fold_0): it does not come "
+                             "from `clotclf train --fold all`; name the fold folders themselves")
+    folds = [run_dir / name for name in listed]
+    unfinished = [p.name for p in folds if not ((p / WEIGHTS_NAME).is_file() and (p / CONFIG_NAME).is_file())]
+    if unfinished:
+        raise ModelLoadError(
+            f"the cross-validation run '{run_dir}' lists {', '.join(unfinished)}, which "
+            f"{'has' if len(unfinished) == 1 else 'have'} no {WEIGHTS_NAME} and {CONFIG_NAME}: finish the run with "
+            "`clotclf train ... --fold all --resume`, or name the finished fold folders")
+    return folds
+
+
+def fold_ensemble_split(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The split of a fold ensemble, from its folds' config.json: a patient is ``train`` when any fold
+    trained on it, ``val`` when a fold chose its epoch on it and none trained on it, ``test`` when it
+    is every fold's test patient; so "unseen" patients of the ensemble are ones no fold ever learnt."""
+    splits = [c.get("split") if isinstance(c.get("split"), dict) else {} for c in configs]
+    if any(s.get("redacted") for s in splits):
+        return {"redacted": True, "strategy": "fold ensemble"}
+
+    def side(s: dict[str, Any], name: str) -> set[str]:
+        return {str(p) for p in s.get(name) or []}
+
+    train = set().union(*(side(s, "train") for s in splits)) if splits else set()
+    val = set().union(*(side(s, "val") for s in splits)) - train if splits else set()
+    test = set.intersection(*(side(s, "test") for s in splits)) - train - val if splits else set()
+    return {"strategy": "fold ensemble", "n_folds": len(configs), "train": sorted(train), "val": sorted(val),
+            "test": sorted(test)}
 
 
 # ----------------------------------------------------------------------------- safetensors header

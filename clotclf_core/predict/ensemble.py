@@ -36,7 +36,7 @@ from clotclf_core.features.encoder import encoder_from_record
 from clotclf_core.models.aggregate import require_attention
 from clotclf_core.models.form import ModelForm
 from clotclf_core.models.mil import check_standardise_option
-from clotclf_core.models.runs import read_config, resolve_run_dir
+from clotclf_core.models.runs import fold_runs, read_config, resolve_run_dir
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import write_guard
@@ -59,6 +59,16 @@ class LoadedModel:
     encoder: Any = None  #: a MIL model on features: its frozen encoder, rebuilt and checked
     #: how the run post-processes its slide probabilities (none: method "none", no clip)
     calibration: Calibration = field(default_factory=Calibration)
+    of: str = ""  #: a fold of a cross-validation run given as one --model: that --model (the fold ensemble)
+
+    @property
+    def name(self) -> str:
+        """A short name for columns, titles and QuPath measurements: the run folder's name (``fold_2``
+        of a fold ensemble: ``<run>/fold_2``), or the registry name as given."""
+        if self.of:
+            return f"{Path(self.of).name or self.of}/{self.run_dir.name}"
+        p = Path(self.ref)
+        return p.name if p.is_dir() and p.name else self.ref
 
     @property
     def labels(self) -> list[str]:
@@ -84,12 +94,26 @@ class MemberScores:
     attention: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _load_member(ref: str, run_dir: Path, weight: float, of: str = "") -> LoadedModel:
+    """One ensemble member: its config, its model and the calibration its config records."""
+    config, model = read_config(run_dir), load_model(run_dir)
+    try:
+        calibration = Calibration.from_record(config.get("calibration"), model.config.num_classes,
+                                              f"model '{ref}': '{run_dir / 'config.json'}'")
+    except CalibrationError as exc:
+        raise PredictError(str(exc)) from None
+    return LoadedModel(ref, run_dir, config, model, weight, calibration=calibration, of=of)
+
+
 def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, device: str = "auto",
                 attention: bool = False, standardise: str = "auto") -> list[LoadedModel]:
     """Load every ``--model`` (run directory or registry name), with its ensemble weight and its
-    calibration; a MIL model on features gets its encoder rebuilt and checked now. ``attention``:
-    attention heatmaps were asked for, so some model must have attention (else one clear refusal);
-    ``standardise`` (``on`` / ``off``): what every MIL model on features must do with its features."""
+    calibration; a MIL model on features gets its encoder rebuilt and checked now. A cross-validation
+    run folder (``--fold all``) is its fold ensemble: one member per fold, sharing its weight equally
+    (:func:`~clotclf_core.models.runs.fold_runs`), each with the calibration its config records.
+    ``attention``: attention heatmaps were asked for, so some model must have attention (else one
+    clear refusal); ``standardise`` (``on`` / ``off``): what every MIL model on features must do with
+    its features."""
     if not refs:
         raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
     if weights and len(weights) != len(refs):
@@ -100,13 +124,12 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
     out = []
     for ref, weight in zip(refs, w):
         run_dir = resolve_run_dir(ref)
-        config, model = read_config(run_dir), load_model(run_dir)
-        try:
-            calibration = Calibration.from_record(config.get("calibration"), model.config.num_classes,
-                                                  f"model '{ref}': '{run_dir / 'config.json'}'")
-        except CalibrationError as exc:
-            raise PredictError(str(exc)) from None
-        out.append(LoadedModel(str(ref), run_dir, config, model, weight / sum(w), calibration=calibration))
+        folds = fold_runs(run_dir)
+        if folds is None:
+            out.append(_load_member(str(ref), run_dir, weight / sum(w)))
+            continue
+        for fold in folds:  # the fold ensemble: its weight shared equally by its folds
+            out.append(_load_member(f"{ref}/{fold.name}", fold, weight / sum(w) / len(folds), of=str(ref)))
     if standardise != "auto":
         features = [m for m in out if m.form.on_features]
         for m in features or out[:1]:  # no model on features: the first one says why the option does not apply
@@ -209,3 +232,15 @@ def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, work
             if scores.attention[i] is not None:
                 res.attention[image_id] = scores.attention[i]
     return res
+
+
+def member_names(loaded: list[LoadedModel]) -> list[str]:
+    """Each member's :attr:`LoadedModel.name`, made unique (``name#2`` for a second of the same name):
+    the names of predictions.csv's per-model columns, the heatmaps' and the QuPath measurements."""
+    names: list[str] = []
+    for m in loaded:
+        name, k = m.name, 2
+        while name in names:
+            name, k = f"{m.name}#{k}", k + 1
+        names.append(name)
+    return names

@@ -10,17 +10,26 @@ the weighted mean of their slide probabilities, whatever their kind (the publish
 CCT ensemble is ``--model A --model B``).
 
 Patients: see :mod:`clotclf_core.predict.submission` (the manifest's ``patient_id``, else the STRIP AI
-image-id convention ``<patient>_<n>``, else refused unless ``--slide-is-patient``).
+image-id convention ``<patient>_<n>``, else refused unless ``--slide-is-patient``). A manifest's
+labels are not needed: any are accepted (``Other`` / ``Unknown`` of STRIP AI's ``other.csv``), and
+metrics are computed only when they are all labels the models know.
+
+A cross-validation run folder (``--fold all``) given as one ``--model`` is the ensemble of its folds.
 
 Writes into OUT:
   predictions.csv   one row per slide and per patient: probabilities, predicted label, tiles used,
-                    which side of the models' split a patient was on (``in_model_split``), status
+                    which side of the models' split a patient was on (``in_model_split``), status;
+                    for an ensemble also each model's ``p_<label>[<model>]``
   submission.csv    Kaggle STRIP AI style: ``patient_id,CE,LAA``, exactly one row per patient of
                     the job, in manifest order; a patient with no usable tile gets equal
                     probabilities (:data:`NO_TILE_NOTE`) and is listed in the summary
-  heatmaps/*.png    tile probabilities over each slide's thumbnail, and each tile's attention
-                    weight beside them when a model has attention (``--attention-heatmaps``
-                    requires one)
+  heatmaps/*.png    tile probabilities over each slide's thumbnail (the ensemble's, MIL members
+                    included), axes and scale bar in µm, and each tile's attention weight beside
+                    them when a model has attention (``--attention-heatmaps`` requires one)
+  qupath/*.geojson  per slide, for QuPath's File > Import objects: the tiles as detections with
+                    their probabilities (per model and ensemble) and the tissue outline
+                    (:mod:`clotclf_core.scoring.qupath`)
+  report.html       one self-contained page: metrics, patients, slides, QC pictures, heatmaps
   tiles/            the TileSet(s) the slides were cut into (reused when predicting again)
   features/         a MIL model's encoder features of those tiles (reused when predicting again)
   metrics.json      only when the manifest has labels: slide- and patient-level metrics on the
@@ -43,11 +52,10 @@ import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.io import write_guard, write_json, write_text
-from clotclf_core.predict.ensemble import LoadedModel, MemberScores, PredictError, load_models, score_member
+from clotclf_core.predict.ensemble import LoadedModel, PredictError, load_models, member_names, score_member
+from clotclf_core.predict.outputs import per_model_columns, write_report, write_slide_views
 from clotclf_core.predict.submission import NO_TILE_NOTE, job_of, round_rows
 from clotclf_core.scoring import metrics
-from clotclf_core.scoring.plots import plot_attention_heatmap, plot_heatmap
-from clotclf_core.slides.open import find_slide, open_slide
 from clotclf_core.tiling.run import tile_slides
 from clotclf_core.tiling.settings import TileSettings
 from clotclf_core.tiling.tileset import TileSet
@@ -97,6 +105,7 @@ def predict(
     slide_is_patient: bool = False,
     attention: bool = False,
     standardise: str = "auto",
+    qupath: bool = True,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -105,7 +114,7 @@ def predict(
     is listed in ``summary["patients_without_tiles"]``; slides that could not be read are in
     ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3). ``attention``: the
     heatmaps must show attention weights (refused at once unless some model has them; without it,
-    a model with attention adds its attention panel anyway)."""
+    a model with attention adds its attention panel anyway). ``qupath``: write the QuPath GeoJSON."""
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -117,7 +126,8 @@ def predict(
     loaded = load_models(models, weights, device, attention, standardise)
     labels = loaded[0].labels
     rt = pick_runtime(device)
-    job = job_of(slides_dir, manifest, labels, slide_is_patient)
+    names = {id(m): n for m, n in zip(loaded, member_names(loaded))}
+    job = job_of(slides_dir, manifest, slide_is_patient)
     job_ids = set(job.image_ids)
     _check_writable(out)
 
@@ -136,7 +146,7 @@ def predict(
         with write_guard("the tiles of the slides", tiles_dir, after="run the same command again (finished slides are kept)"):
             tile_slides(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
-                workers=workers, progress=progress, labels=labels, require_labels=False,
+                workers=workers, progress=progress, labels=None, require_labels=False,  # prediction needs no label
                 require_tiles=False,  # slides without tissue still get their patients' rows
             )
         ts = TileSet(tiles_dir)
@@ -148,7 +158,7 @@ def predict(
         if len(ts) == 0:
             continue
         for m in members:  # every member gives slide probabilities (tile-level: mean of its tiles; MIL: its bag)
-            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps, job.patient_of)
+            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps or qupath, job.patient_of)
             slide_tables.append(res.slides.assign(_weight=m.weight))
             member_scores.append((m, ts, res))
 
@@ -207,7 +217,8 @@ def predict(
     for c in pcols:
         table[c] = table[c].round(6)
     cols = ["level", "patient_id", "image_id", *pcols, "pred", "label", "n_tiles", "n_slides", "in_model_split", "status"]
-    table = table.reindex(columns=[c for c in cols if c in table.columns])
+    table = per_model_columns(table.reindex(columns=[c for c in cols if c in table.columns]), member_scores, names,
+                              labels, job.patient_of)
     for c in ("n_tiles", "n_slides"):
         if c in table.columns:
             table[c] = table[c].astype("Int64")
@@ -215,9 +226,11 @@ def predict(
 
     summary: dict[str, Any] = {
         "out": str(out),
-        "models": [{"ref": m.ref, "run_dir": str(m.run_dir), "weight": round(m.weight, 4), "kind": m.form.kind,
-                    "model": m.model.config.describe(),
-                    "calibration": m.calibration.describe() if m.calibration.active else None} for m in loaded],
+        "models": [{"ref": m.ref, "name": names[id(m)], "run_dir": str(m.run_dir), "weight": round(m.weight, 4),
+                    "kind": m.form.kind, "model": m.model.config.describe(),
+                    "calibration": m.calibration.describe() if m.calibration.active else None,
+                    **({"fold_of": m.of} if m.of else {})}
+                   for m in loaded],
         "labels": labels,
         "patient_ids_from": job.patients_from,
         "n_slides": int(len(slides)),
@@ -233,18 +246,27 @@ def predict(
     # 3. metrics when the manifest carried labels (slide and patient level only: tiles differ by model)
     labelled = patients[patients["label"] != ""]
     res = None
-    if len(labelled) and len(labelled) == len(patients) and set(labelled["label"]) <= set(labels):
+    foreign = sorted(set(job.labels.values()) - set(labels))
+    if foreign:
+        summary["labels_note"] = (f"the manifest's label(s) {', '.join(foreign)} are not the models' ({', '.join(labels)}): "
+                                  "kept in predictions.csv, no metrics (prediction needs no label)")
+    elif len(labelled) and len(labelled) < len(patients):
+        summary["labels_note"] = f"{len(patients) - len(labelled)} patient(s) have no label: no metrics"
+    if len(labelled) and len(labelled) == len(patients) and not foreign:
         res = _label_metrics(slides, patients, labels, pcols, missing)
         summary["metrics"] = {lvl: {k: res[lvl].get(k) for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss")}
                               for lvl in ("slide", "patient") if lvl in res}
     csv_text, sub_text = table.to_csv(index=False), sub.to_csv(index=False, float_format="%.6f")
-    with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + 200_000 * len(slides)):
-        written = _heatmaps(member_scores, labels, out / "heatmaps", slides_dir) if heatmaps and member_scores else []
+    per_slide = 200_000 * heatmaps + 300 * int(slides["n_tiles"].sum() if len(slides) else 0) * qupath
+    with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + per_slide * len(slides)):
+        written, geojson = write_slide_views(member_scores, names, labels, out, slides_dir, heatmaps, qupath)
         write_text(out / "predictions.csv", csv_text)
         write_text(out / "submission.csv", sub_text)
         if res is not None:
             write_json(out / "metrics.json", res)
         summary["heatmaps"] = written
+        summary["qupath"] = geojson
+        summary["report"] = str(write_report(out, summary, table, labels, res, member_scores, written))
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(out / "summary.json", summary)
     return summary
@@ -287,75 +309,3 @@ def _check_writable(out: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=out)
         os.close(fd)
         os.unlink(probe)
-
-
-def _heatmap_sources(scored: list[tuple[LoadedModel, Any, MemberScores]]) -> tuple[dict, dict, str]:
-    """Per slide: (tile positions, P per tile) for the probability panel — the weighted mean of the
-    tile-level members of the first tiling recipe that has any, else the first MIL member's per-tile
-    probabilities — and (positions, attention) of the first model with attention."""
-    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    tile_level = [(m, ts, r) for m, ts, r in scored if not m.form.is_mil]
-    if tile_level:
-        first_ts = tile_level[0][1]
-        same = [(m, r) for m, ts, r in tile_level if ts is first_ts]
-        total = sum(m.weight for m, _ in same)
-        for image_id in same[0][1].tiles:
-            mean = sum(r.tile_probs[image_id] * (m.weight / total) for m, r in same)
-            probs[image_id] = (same[0][1].tiles[image_id], mean)
-    else:
-        m, _, r = scored[0]
-        probs = {i: (r.tiles[i], r.tile_probs[i]) for i in r.tiles}
-    attention: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    of = ""
-    for m, _, r in scored:
-        if r.attention:
-            attention = {i: (r.tiles[i], a) for i, a in r.attention.items()}
-            of = Path(m.ref).name or m.ref
-            break
-    return probs, attention, of
-
-
-def _heatmaps(scored: list[tuple[LoadedModel, Any, MemberScores]], labels: list[str], out_dir: Path,
-              slides_dir: str | Path) -> list[str]:
-    """One PNG per slide: P(second label) of each tile over the slide thumbnail, and beside it the
-    attention weight of each tile when a model of the ensemble has attention."""
-    target = labels[-1]
-    col = labels.index(target)
-    probs, attention, attention_of = _heatmap_sources(scored)
-    names = {}
-    for _, ts, _ in scored:
-        names.update({k: v.get("file") for k, v in ts.slides.items()})
-    written = []
-    for image_id in sorted(set(probs) | set(attention)):
-        name = names.get(image_id)
-        path = Path(slides_dir) / name if name else None
-        if path is None or not path.is_file():
-            path = find_slide(slides_dir, image_id)
-        slide = open_slide(str(path))
-        try:
-            thumb = slide.thumbnail(1024)
-            dims = slide.dimensions
-        finally:
-            slide.close()
-        png = out_dir / f"{image_id}.png"
-        tiles, p = probs.get(image_id, attention.get(image_id, (np.zeros((0, 3)), None)))[0], None
-        if image_id in probs:
-            tiles, p = probs[image_id][0], probs[image_id][1][:, col]
-        if image_id in attention:
-            a_tiles, weights = attention[image_id]
-            if p is None or len(tiles) != len(a_tiles) or not np.array_equal(tiles, a_tiles):
-                p = _tile_probs_of(scored, image_id, a_tiles, col)
-            plot_attention_heatmap(thumb, a_tiles, p, weights, dims, png, target,
-                                   f"{image_id}: P({target}) per tile and attention", attention_of)
-        else:
-            plot_heatmap(thumb, tiles, p, dims, png, target, f"{image_id}: P({target}) per tile")
-        written.append(str(png))
-    return written
-
-
-def _tile_probs_of(scored, image_id: str, tiles: np.ndarray, col: int) -> np.ndarray:
-    """The attention model's own per-tile probabilities (when the probability panel's tiles differ)."""
-    for _, _, r in scored:
-        if image_id in r.attention and np.array_equal(r.tiles[image_id], tiles):
-            return r.tile_probs[image_id][:, col]
-    return np.full(len(tiles), 0.5)

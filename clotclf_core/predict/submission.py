@@ -69,16 +69,13 @@ def patients_of(ids: list[str], given: dict[str, str], slide_is_patient: bool, w
     return {i: given[i] if i in given else matches[i]["patient"] for i in ids}, source
 
 
-def job_of(slides_dir: str | Path, manifest: str | Path | None, labels: list[str], slide_is_patient: bool) -> Job:
+def job_of(slides_dir: str | Path, manifest: str | Path | None, slide_is_patient: bool) -> Job:
     """The image_ids this prediction is about (the manifest's rows, or every slide file in the
-    folder), each with its patient (:func:`patients_of`) and label."""
+    folder), each with its patient (:func:`patients_of`) and label. Labels are not checked:
+    prediction needs none (STRIP AI's ``other.csv`` labels ``Other`` / ``Unknown`` are kept as given;
+    metrics are computed only when every label is one the models know)."""
     if manifest is not None:
-        try:
-            df = read_manifest(manifest, labels=labels, require_labels=False)
-        except ClotclfError as exc:
-            raise ClotclfError(
-                f"{exc}".replace("choose the labels with --label", f"use a model trained on these labels (this one knows {', '.join(labels)})")
-            ) from None
+        df = read_manifest(manifest, labels=None, require_labels=False)
         filled = set(df.attrs.get("patients_from_image_id", set()))
         ids = list(df["image_id"])
         given = {i: p for i, p in zip(df["image_id"], df["patient_id"]) if i not in filled}

@@ -17,6 +17,13 @@ A run that calibrates or clips its probabilities (``config.json``'s ``calibratio
 before and after (the headline after: what ``clotclf predict`` gives), each group with its
 bootstrap interval, ECE, reliability diagram and per-centre table; a MIL model on features is
 scored with the standardisation it stores (``--standardise on|off`` only asserts it).
+
+A cross-validation run folder (``--fold all``) is evaluated as the ensemble of its folds (the mean
+of their probabilities, each calibrated first when the run calibrates, as ``predict`` and its
+test-ensemble headline do); its patients' groups come from all folds
+(:func:`~clotclf_core.models.runs.fold_ensemble_split`: trained on by any fold is ``train``). Beside
+the numbers go one QuPath GeoJSON per slide, heatmaps of some slides and ``report.html``
+(:mod:`clotclf_core.scoring.evaluate_outputs`).
 """
 
 from __future__ import annotations
@@ -35,17 +42,19 @@ from clotclf_core.features.encoder import encoder_from_record
 from clotclf_core.features.store import FeatureStore, check_encoder, check_matches_tileset
 from clotclf_core.models.form import ModelForm
 from clotclf_core.models.mil import check_standardise_option
-from clotclf_core.models.runs import read_config, resolve_run_dir
+from clotclf_core.models.runs import fold_ensemble_split, fold_runs, read_config, resolve_run_dir
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import staged_dir, write_guard, write_text
 from clotclf_core.scoring import metrics, plots
-from clotclf_core.scoring.calibration import Calibration
+from clotclf_core.scoring.calibration import Calibration, calibrate_slides
+from clotclf_core.scoring.evaluate_outputs import write_outputs
 from clotclf_core.scoring.headline import held_out
-from clotclf_core.scoring.inference import score_bags, score_tiles
+from clotclf_core.scoring.inference import TileScorer, score_bags
 from clotclf_core.scoring.intervals import disagreement
-from clotclf_core.tiling.tileset import open_tileset, tileset_is_synthetic
+from clotclf_core.scoring.report_html import MAX_SLIDES
+from clotclf_core.tiling.tileset import TileSet, open_tileset, tileset_is_synthetic
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -181,7 +190,7 @@ def select_patients(index: "pd.DataFrame", config: dict[str, Any], subset: str) 
 
 def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, patients: str = "unseen",
                  batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
-                 features: str | None = None, standardise: str = "auto") -> dict[str, Any]:
+                 features: str | None = None, standardise: str = "auto", qupath: bool = True) -> dict[str, Any]:
     """Re-evaluate a trained model on a TileSet (``tiles``) or, for a MIL model on features, a feature
     store of its encoder (``features``; given ``tiles`` only, they are embedded with the encoder
     rebuilt from the run's record, in a temporary folder); write metrics, predictions and pictures
@@ -191,21 +200,17 @@ def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, pat
     Each group of patients (:data:`GROUPS`: test, other, validation[, train]) is scored on its
     own; the headline is the most honest group present, never a pool of validation (used for
     early stopping) and test patients. A MIL model is scored per slide (every tile of it in one
-    bag): slide and patient level, no tile level."""
+    bag): slide and patient level, no tile level. A cross-validation run folder is the ensemble of
+    its folds. ``qupath``: write the per-slide GeoJSON."""
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1 (got {batch_size})")
     if workers < 0:
         raise ClotclfError(f"--workers must be 0 or more (got {workers})")
     run_dir = resolve_run_dir(run)
-    if (run_dir / "cv.json").is_file() and not (run_dir / "model.safetensors").is_file():
-        folds = sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
-        raise ClotclfError(
-            f"'{run_dir}' is a cross-validation run; evaluate one of its fold models, "
-            f"e.g. {run_dir / (folds[0] if folds else 'fold_0')}"
-        )
-    config = read_config(run_dir)
-    model = load_model(run_dir)
-    check_standardise_option(model, standardise, str(run))
+    config, models = load_members(run_dir)
+    model = next(iter(models.values()))
+    for m in models.values():
+        check_standardise_option(m, standardise, str(run))
     form = model.config.form
     if not form.is_mil and tiles is None:
         raise ClotclfError(f"'{run_dir}' is a tile-level model: give --tiles (a TileSet from `clotclf tile`)"
@@ -219,9 +224,31 @@ def evaluate_run(run: str, tiles: str | None = None, out: str | None = None, pat
             scratch_parent = _scratch_parent(out_dir)
         with tempfile.TemporaryDirectory(prefix=".clotclf-embed-", dir=scratch_parent) as scratch:  # removed afterwards
             data = _embedded_tiles(model, str(run_dir), tiles, Path(scratch) / "features", device, progress)
-            return _evaluate(run_dir, config, model, data, where, out_dir, patients, batch_size, workers, device, progress)
+            return _evaluate(run_dir, config, models, data, tiles, where, out_dir, patients, batch_size, workers, device,
+                             progress, qupath)
     data = _data_for_model(model, str(run_dir), tiles, features)
-    return _evaluate(run_dir, config, model, data, where, out_dir, patients, batch_size, workers, device, progress)
+    return _evaluate(run_dir, config, models, data, tiles, where, out_dir, patients, batch_size, workers, device, progress,
+                     qupath)
+
+
+def load_members(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, {name: model}): the run's model, or a cross-validation folder's fold models (named
+    ``fold_<k>``) with the fold ensemble's split; folds that disagree on what they score are refused."""
+    folds = fold_runs(run_dir)
+    if folds is None:
+        return read_config(run_dir), {run_dir.name or str(run_dir): load_model(run_dir)}
+    configs = [read_config(d) for d in folds]
+    models = {d.name: load_model(d) for d in folds}
+    first = models[folds[0].name].config
+
+    def what(c) -> tuple:
+        return (list(c.labels), c.form, c.input_size, c.encoder.weights_sha256 if c.form.on_features else None)
+
+    odd = [name for name, m in models.items() if what(m.config) != what(first)]
+    if odd:
+        raise ClotclfError(f"the folds of '{run_dir}' differ in labels, kind, input size or encoder ({', '.join(odd)} vs "
+                           f"{folds[0].name}), so they are no ensemble: evaluate the fold folders one by one")
+    return {**configs[0], "split": fold_ensemble_split(configs)}, models
 
 
 def _data_for_model(model, ref: str, tiles: str | None, features: str | None) -> Any:
@@ -262,8 +289,10 @@ def _scratch_parent(out_dir: Path) -> str:
     return str(parent)
 
 
-def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_dir: Path, patients: str,
-              batch_size: int, workers: int, device: str, progress: bool) -> dict[str, Any]:
+def _evaluate(run_dir: Path, config: dict[str, Any], models: dict[str, Any], ts, tiles: str | None, where: str,
+              out_dir: Path, patients: str, batch_size: int, workers: int, device: str, progress: bool,
+              qupath: bool) -> dict[str, Any]:
+    model = next(iter(models.values()))
     form = model.config.form
     mil = form.is_mil
     labels = model.labels
@@ -283,16 +312,20 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
     subset_df, info = select_patients(ts.index[~unlabelled], config, patients)
     info["unlabelled_slides_left_out"] = int(ts.index.loc[unlabelled, "image_id"].nunique())
     rt = pick_runtime(device)
-    rt.place(model)
     t0 = time.perf_counter()
     rows = subset_df.index.to_numpy()
-    if mil:
+    if mil:  # every model on every bag; per-tile probabilities and attention for the QuPath export and heatmaps
         slides = Slides(ts.index, [], labels, rows=rows)
-        df, scores = score_bags(model, ts, slides, batch_size, workers, rt, progress, "evaluate")
-        probs, scorer = scores.probs, score_slides
+        per = {name: score_bags(rt.place(m), ts, slides, batch_size, workers, rt, progress, "evaluate", details=True)
+               for name, m in models.items()}
+        df = next(iter(per.values()))[0]
+        member = {name: scores for name, (_, scores) in per.items()}
+        probs, scorer = np.mean([b.probs for b in member.values()], axis=0), score_slides
         df["group"] = df["image_id"].map(subset_df.groupby("image_id")["group"].first()).to_numpy()
     else:
-        df, probs = score_tiles(model, ts, rows, batch_size, workers, rt, progress, "evaluate")
+        tile_scorer = TileScorer(ts, rows, labels, model.config.input_size, batch_size, workers, rt)
+        member = {name: tile_scorer.probs(rt.place(m), progress, "evaluate") for name, m in models.items()}
+        df, probs = tile_scorer.frame, np.mean(list(member.values()), axis=0)
         df["group"] = subset_df["group"].to_numpy()
         scorer = score
     seconds = time.perf_counter() - t0
@@ -305,9 +338,13 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
         if mask.any():
             part = df[mask].reset_index(drop=True)
             levels = scorer(part, probs[mask], labels)
+            calibrated = None
+            if calibration.active and len(member) > 1:  # an ensemble calibrates each fold, then averages (as predict)
+                each = [calibrate_slides(part, (p.probs if mil else p)[mask], labels, calibration) for p in member.values()]
+                calibrated = (each[0][0], np.mean([q for _, q in each], axis=0))
             # the run's validation patients are among those its calibration was fitted on
             res = results[name] = held_out(name, part, probs[mask], levels, labels, synthetic, GROUPS[name], calibration,
-                                           in_sample=name in ("validation", "train") and calibration.method != "none")
+                                           calibrated, in_sample=name in ("validation", "train") and calibration.method != "none")
             groups[name] = {"what": GROUPS[name], "n_patients": int(df.loc[mask, "patient_id"].nunique()),
                             "metrics": levels, "headline": res["headline"],
                             **({"calibrated": res["calibrated"], "calibration": res["calibration"]}
@@ -319,6 +356,7 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
     n_tiles = int(df["n_tiles"].sum()) if mil else int(len(df))
     report = {
         "run": str(run_dir),
+        **({"fold_ensemble": list(models)} if len(models) > 1 else {}),
         ("features" if form.on_features else "tileset"): str(Path(ts.root).resolve()),
         **info,
         "n_tiles": n_tiles,
@@ -335,8 +373,13 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
     }
     table = predictions_frame(df, probs, labels)
     table.insert(0, "group", df["group"].to_numpy())
+    if len(models) > 1:  # each fold's probabilities beside the ensemble's
+        for name, p in member.items():
+            for i, label in enumerate(labels):
+                table[f"p_{label}[{name}]"] = np.round((p.probs if mil else p)[:, i].astype(np.float64), 6)
     csv_text, json_text = table.to_csv(index=False), json.dumps(report, indent=2, default=str) + "\n"
-    needed = len(csv_text) + len(json_text) + 150_000 * 3 * len(groups)  # a picture is a few tens of kB
+    needed = (len(csv_text) + len(json_text) + 150_000 * 3 * len(groups)  # a picture is a few tens of kB
+              + 300 * n_tiles * qupath + 400_000 * min(MAX_SLIDES, df["image_id"].nunique()))  # GeoJSON, heatmaps, report
     with write_guard("the evaluation results", out_dir, needed):
         with staged_dir(out_dir) as tmp:  # all files or none: a failure half-way leaves no partial output
             write_text(tmp / "predictions.csv", csv_text)
@@ -345,5 +388,7 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
                 write_pictures(tmp, df[mask].reset_index(drop=True), probs[mask], labels, group["metrics"], f"evaluate_{name}")
                 write_reliability(tmp, f"evaluate_{name}", results[name], labels)
             write_text(tmp / "metrics.json", json_text)
+            views = open_tileset(tiles, "--tiles") if tiles is not None and not isinstance(ts, TileSet) else ts
+            write_outputs(tmp, report, table, df, probs, member, slides if mil else None, ts, views, labels, qupath)
     report["out"] = str(out_dir)
     return report

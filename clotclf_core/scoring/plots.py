@@ -258,22 +258,64 @@ def probability_grid(tiles: Any, probs: Any, slide_dims: tuple[int, int], shape:
     return np.divide(total, count, out=np.full((h, w), np.nan), where=count > 0)
 
 
+#: longest side a heatmap's thumbnail is drawn at: a panel is about this many pixels wide, so a larger
+#: one only costs matplotlib a resampling per panel
+HEATMAP_SIDE = 640
+
+
 def _thumbnail(thumbnail_rgb: Any) -> np.ndarray:
-    """A heatmap's thumbnail as (H, W) grey or (H, W, 3) RGB (an alpha channel dropped), else PlotError."""
+    """A heatmap's thumbnail as (H, W) grey or (H, W, 3) RGB (an alpha channel dropped), at most
+    :data:`HEATMAP_SIDE` a side (area-averaged), else PlotError."""
     thumb = np.asarray(thumbnail_rgb)
     if thumb.ndim == 3 and thumb.shape[2] == 4:
         thumb = thumb[..., :3]
     if not (thumb.ndim == 2 or (thumb.ndim == 3 and thumb.shape[2] == 3)) or min(thumb.shape[:2]) < 1:
         raise PlotError(f"thumbnail must be an RGB image (height, width, 3), got shape {thumb.shape}")
+    scale = HEATMAP_SIDE / max(thumb.shape[:2])
+    if scale < 1:
+        import cv2
+
+        size = (max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale)))
+        thumb = cv2.resize(np.ascontiguousarray(thumb), size, interpolation=cv2.INTER_AREA)
     return thumb
 
 
-def _draw_slide(axes: Any, thumb: np.ndarray, slide_dims: tuple[int, int]) -> None:
-    """The thumbnail under every panel of a heatmap, with its scale on the x axis."""
+def scale_bar_length(span: float) -> float:
+    """A round length (1, 2 or 5 x 10^k) near a fifth of ``span``: a scale bar that reads at a glance."""
+    if not span > 0:
+        return 1.0
+    target = span / 5
+    k = np.floor(np.log10(target))
+    return float(min((m * 10**k for m in (1, 2, 5, 10)), key=lambda v: abs(np.log(v / target))))
+
+
+def _length_label(length: float, unit: str) -> str:
+    if unit == "µm" and length >= 1000:
+        return f"{length / 1000:g} mm"
+    return f"{length:,.0f} {unit}" if length >= 1 else f"{length:g} {unit}"
+
+
+def _draw_slide(axes: Any, thumb: np.ndarray, slide_dims: tuple[int, int], mpp: float | None = None) -> list[float]:
+    """The thumbnail under every panel of a heatmap, its axes in µm when the slide records its
+    microns per pixel (``mpp``, level 0), else in level-0 pixels, and a scale bar in the corner of
+    each panel. Returns the image extent the panels' overlays must use."""
+    from matplotlib.offsetbox import AnchoredText
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    unit = "µm" if mpp else "level-0 px"
+    width, height = (v * (mpp or 1.0) for v in slide_dims)
+    extent = [0.0, float(width), float(height), 0.0]
+    length = scale_bar_length(width)
     for ax in axes:
-        ax.imshow(thumb, cmap="gray" if thumb.ndim == 2 else None)
-        ax.set_xlabel(f"thumbnail x (1 px = {slide_dims[0] / thumb.shape[1]:.0f} level-0 px)")
-        ax.set_ylabel("thumbnail y")
+        ax.imshow(thumb, cmap="gray" if thumb.ndim == 2 else None, extent=extent)
+        ax.set_xlabel(f"x ({unit})")
+        ax.set_ylabel(f"y ({unit})")
+        ax.tick_params(labelsize=7)
+        ax.add_artist(AnchoredSizeBar(ax.transData, length, _length_label(length, unit), "lower right", pad=0.4,
+                                      color="black", frameon=True, size_vertical=height / 150, sep=3))
+        if not mpp:
+            ax.add_artist(AnchoredText("no µm: the slide records no mpp", loc="upper right", prop={"size": 7}))
+    return extent
 
 
 def plot_heatmap(
@@ -284,11 +326,17 @@ def plot_heatmap(
     out_png: str | os.PathLike,
     label_name: str,
     title: str,
+    mpp: float | None = None,
+    of: str = "",
+    background: str = "slide",
 ) -> Path:
     """The slide thumbnail beside the same thumbnail overlaid with each tile's P(``label_name``).
 
     ``tiles``: (N, 3) array of x, y, size in level-0 pixels (or a DataFrame with those columns);
-    ``probs``: (N,) probabilities of ``label_name``; ``slide_dims``: level-0 (width, height).
+    ``probs``: (N,) probabilities of ``label_name``; ``slide_dims``: level-0 (width, height);
+    ``mpp``: level-0 microns per pixel (axes and scale bar in µm), else pixels; ``of``: whose
+    probabilities (the models an ensemble's panel averages), shown under the panel's title;
+    ``background``: what the thumbnail is (``slide``, or e.g. ``tissue mask`` when the slide was not read).
     Overlapping tiles are averaged. The colour scale is fixed to [0, 1] so heatmaps compare.
     """
     _check_png(out_png)
@@ -297,11 +345,12 @@ def plot_heatmap(
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     fig = _figure(SIZES["heatmap"])
     left, right = fig.subplots(1, 2)
-    _draw_slide((left, right), thumb, slide_dims)
-    left.set_title("slide")
-    im = right.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
+    extent = _draw_slide((left, right), thumb, slide_dims, mpp)
+    left.set_title(background)
+    im = right.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest",
+                      extent=extent)
     summary = f"{len(probs)} tiles, mean P({label_name}) = {probs.mean():.2f}" if len(probs) else "no tiles kept"
-    right.set_title(f"P({label_name}) per tile: {summary}")
+    right.set_title(f"P({label_name}) per tile: {summary}" + (f"\n{of}" if of else ""), fontsize=10)
     fig.colorbar(im, ax=right, label=f"P({label_name})", shrink=0.85)
     fig.suptitle(title)
     return _save(fig, out_png)
@@ -317,12 +366,16 @@ def plot_attention_heatmap(
     label_name: str,
     title: str,
     attention_of: str = "",
+    mpp: float | None = None,
+    of: str = "",
+    background: str = "slide",
 ) -> Path:
     """The slide, each tile's P(``label_name``) and each tile's attention weight, side by side.
 
     ``attention`` (N,) are a MIL model's weights over the slide's tiles (they sum to 1); drawn
     relative to the slide's largest weight (1 = the tile attended most), so slides compare by
     where the model looked, not by their tile counts. The uniform weight 1/N is named in the title.
+    ``mpp``, ``of`` and ``background`` as in :func:`plot_heatmap`.
     """
     _check_png(out_png)
     thumb = _thumbnail(thumbnail_rgb)
@@ -335,12 +388,15 @@ def plot_attention_heatmap(
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     fig = _figure(SIZES["attention_heatmap"])
     left, middle, right = fig.subplots(1, 3)
-    _draw_slide((left, middle, right), thumb, slide_dims)
-    left.set_title("slide")
-    im = middle.imshow(np.ma.masked_invalid(prob_grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
-    middle.set_title(f"P({label_name}) per tile" + (f": mean {probs.mean():.2f}" if len(probs) else ""))
+    extent = _draw_slide((left, middle, right), thumb, slide_dims, mpp)
+    left.set_title(background)
+    im = middle.imshow(np.ma.masked_invalid(prob_grid), cmap="coolwarm", vmin=0, vmax=1, alpha=0.6, interpolation="nearest",
+                       extent=extent)
+    middle.set_title(f"P({label_name}) per tile" + (f": mean {probs.mean():.2f}" if len(probs) else "")
+                     + (f"\n{of}" if of else ""), fontsize=10)
     fig.colorbar(im, ax=middle, label=f"P({label_name})", shrink=0.85)
-    im = right.imshow(np.ma.masked_invalid(att_grid), cmap="magma", vmin=0, vmax=1, alpha=0.7, interpolation="nearest")
+    im = right.imshow(np.ma.masked_invalid(att_grid), cmap="magma", vmin=0, vmax=1, alpha=0.7, interpolation="nearest",
+                      extent=extent)
     top = f"\nlargest {attention.max():.3f}, uniform 1/{len(attention)} = {1 / len(attention):.3f}" if len(attention) else ""
     right.set_title(f"attention{(' (' + attention_of + ')') if attention_of else ''}{top}")
     fig.colorbar(im, ax=right, label="attention / the slide's largest", shrink=0.85)

@@ -44,12 +44,14 @@ def check_image_id(image_id: str, where: str) -> None:
 
 
 def read_manifest(
-    path: str | Path, labels: Iterable[str] = ("CE", "LAA"), require_labels: bool = True
+    path: str | Path, labels: Iterable[str] | None = ("CE", "LAA"), require_labels: bool = True
 ) -> "pandas.DataFrame":  # noqa: F821 - pandas is imported lazily
     """Read and check a manifest; return a DataFrame with image_id, patient_id, center_id, label
     (as strings, in this order) followed by any extra columns of the file, unchanged.
 
     - ``labels``: the allowed label values (``--label``); a label outside them is an error.
+      ``None``: labels are not checked at all (prediction, which needs none: STRIP AI's ``other.csv``
+      labels ``Other`` / ``Unknown`` are kept as given).
     - ``require_labels``: training needs a label on every row; prediction does not
       (``False``: the ``label`` column may be missing or empty, a non-empty label must still be known).
     - A missing ``patient_id`` column (or an empty cell) falls back to the image_id, i.e. each
@@ -61,8 +63,8 @@ def read_manifest(
     from clotclf_core.inputs import why_unusable
 
     path = Path(path)
-    allowed = [str(x) for x in labels]
-    if not allowed:
+    allowed = None if labels is None else [str(x) for x in labels]
+    if allowed is not None and not allowed:
         raise ManifestError("no labels given: pass at least one --label (e.g. --label CE --label LAA)")
     problem = why_unusable(path)
     if problem or not path.is_file():
@@ -90,7 +92,7 @@ def read_manifest(
     if require_labels and "label" not in df.columns:
         raise ManifestError(
             f"manifest '{path}' has no 'label' column (columns: {', '.join(df.columns)}); "
-            f"training needs one label per slide ({', '.join(allowed)})"
+            f"training needs one label per slide ({', '.join(allowed or [])})"
         )
     if len(df) == 0:
         raise ManifestError(f"manifest '{path}' has a header but no rows: add one row per slide")
@@ -123,7 +125,7 @@ def read_manifest(
             )
         seen[image_id] = i
 
-    for i, label in enumerate(df["label"]):
+    for i, label in enumerate(df["label"] if allowed is not None else []):
         if label == "" and not require_labels:
             continue
         if label not in allowed:
@@ -133,7 +135,7 @@ def read_manifest(
                 f"{', '.join(allowed)} (fix the row, or choose the labels with --label)"
             )
 
-    labelled = df[df["label"] != ""]
+    labelled = df[df["label"] != ""] if allowed is not None else df.iloc[:0]
     for patient, group in labelled.groupby("patient_id", sort=False):
         found = list(dict.fromkeys(group["label"]))
         if len(found) > 1:

@@ -59,13 +59,24 @@ def locate(job: dict[str, Any]) -> str:
     return str(find_slide(job["folder"], job["image_id"]))
 
 
+def _by_product(out: dict[str, Any], what: str, write: Any, *args: Any) -> None:
+    """Write a QC picture or a tissue mask: a by-product, so a failure is recorded, never loses the tiles
+    (a full or read-only disk still stops the run)."""
+    try:
+        write(*args)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded in the slide's info
+        out["info"][f"{what}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+
+
 def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     """Open, tile, write (pixels, index shard, QC picture) and close one slide. Never raises for a
     bad slide: returns ``{"image_id", "status", "reason", "info", "fatal"}``; ``fatal`` is set when
     the TileSet folder itself cannot be written (full disk, read-only), which stops the run."""
     from clotclf_core.tiling.filters import filters_for
     from clotclf_core.tiling.pipeline import tile_one
-    from clotclf_core.tiling.qc import write_qc
+    from clotclf_core.tiling.qc import write_mask, write_qc
     from clotclf_core.tiling.writer import slide_pixels, write_shard
 
     settings = TileSettings(**job["settings"])
@@ -87,12 +98,9 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
         out["info"].update(res.info)
         out.update(status=res.status, reason=res.reason)
         if job.get("qc", True):
-            try:
-                write_qc(root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters], job["image_id"])
-            except OSError:
-                raise
-            except Exception as exc:  # a QC picture is a by-product: never lose the tiles for it
-                out["info"]["qc_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            _by_product(out, "qc", write_qc, root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters],
+                        job["image_id"])
+        _by_product(out, "mask", write_mask, root / "masks" / f"{job['image_id']}.png", res)
     except SlideSkip as skip:
         out.update(status=skip.status, reason=skip.reason)
     except ClotclfError as exc:

@@ -158,6 +158,7 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
             f", {scan.stats['decoded_segments']} of {scan.stats['segments']} TIFF tiles decoded (byte-count prescreen)"
             if scan.stats.get("prescreen") == "used" else ""),
         mask=scan.recipe.describe(), decoding=scan.stats,
+        mask_level0_px_per_pixel=round(f * scan.view_scale, 4),  # what one pixel of masks/<image_id>.png covers
     )
     info["decoded_fraction"] = round(float(scan.view_decoded.mean()), 4)
     info["tissue_fraction"] = round(float(scan.mask.mean()), 4)

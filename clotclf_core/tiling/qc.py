@@ -3,11 +3,14 @@ was never decoded.
 
 Blue outline: the tissue mask. Green boxes: kept tiles; red, orange, magenta, brown: tiles the
 first, second... filter rejected; grey: tiles dropped by ``max_tiles``. Hatched in grey-blue: areas
-never decoded (glass by the byte-count prescreen) — shown as such, not as white glass.
+never decoded (glass by the byte-count prescreen) — shown as such, not as white glass. The legend
+above the picture names every one of these, the outline and the hatching included (the hatching
+is clotclf's drawing, not something on the slide).
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,12 +59,32 @@ def qc_image(view: np.ndarray, decoded: np.ndarray | None, mask: np.ndarray | No
         legend += f", {name} rejected {counts.get(fi, 0)} ({_COLOUR_NAMES[fi % len(_PALETTE)]})"
     if counts.get(len(filter_names)):
         legend += f", max_tiles dropped {counts[len(filter_names)]} (grey)"
+    lines = [legend]
+    key = "blue outline: tissue mask" if mask is not None and mask.any() else "no tissue found (no blue outline)"
     if decoded is not None and (decoded < 0.5).any():
-        legend += "; hatched: never decoded"
-    framed = Image.new("RGB", (img.width, img.height + 16), (255, 255, 255))
-    framed.paste(img, (0, 16))
-    ImageDraw.Draw(framed).text((2, 2), legend, fill=(0, 0, 0))
+        key += "; grey-blue hatching: never decoded (glass skipped by the byte-count prescreen), not a slide artefact"
+    lines.append(key)
+    lines = [part for line in lines for part in textwrap.wrap(line, max(20, img.width // 6))]  # ~6 px a character
+    head = 4 + 12 * len(lines)
+    framed = Image.new("RGB", (img.width, img.height + head), (255, 255, 255))
+    framed.paste(img, (0, head))
+    text = ImageDraw.Draw(framed)
+    for i, line in enumerate(lines):
+        text.text((2, 2 + 12 * i), line, fill=(0, 0, 0))
     return framed
+
+
+def write_mask(path: Path, result: Any) -> None:
+    """Write the slide's tissue mask as a 1-bit PNG at the QC view's resolution (one pixel covers
+    ``info["mask_level0_px_per_pixel"]`` level-0 px): what the QuPath export traces its outline from."""
+    from PIL import Image
+
+    from clotclf_core.plugin.io import atomic_path
+
+    if result.mask is None or not result.mask.any():
+        return
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.asarray(result.mask, dtype=bool)).save(tmp, format="PNG", optimize=True)
 
 
 def write_qc(path: Path, result: Any, filter_names: Sequence[str], title: str) -> None:

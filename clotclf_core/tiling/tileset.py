@@ -54,11 +54,26 @@ def _fix_hint(root: Path) -> str:
     return f"re-run `clotclf tile SLIDES --out {root} ...` (it tiles such slides again) or re-tile with `--overwrite`"
 
 
+def not_a_tileset(root: Path, option: str = "") -> str:
+    """Why ``root`` is not a TileSet and what to do: a folder of slides is tiled into a folder of its own."""
+    from clotclf_core.slides.open import slide_files  # the plugin manager, only on this error path
+
+    what = f"{option} '{root}'" if option else f"'{root}'"
+    try:
+        slides = slide_files(root)
+    except OSError:
+        slides = []
+    if slides:
+        return (f"{what} holds slide files ({len(slides)}, e.g. {slides[0].name}), not a TileSet: tile them into a "
+                f"folder of their own, `clotclf tile {root} --out {root.parent / (root.name + '-tiles')}`, and pass that")
+    return f"{what} is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`"
+
+
 def read_tileset_meta(root: Path) -> dict[str, Any]:
     """A TileSet's ``tileset.json``, checked (a TileSet of a format this clotclf reads)."""
     meta_path = root / "tileset.json"
     if not meta_path.is_file():
-        raise TileSetError(f"'{root}' is not a TileSet (no tileset.json); make one with `clotclf tile SLIDES --out {root}`")
+        raise TileSetError(not_a_tileset(root))
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -352,4 +367,5 @@ def open_tileset(path: str | os.PathLike, option: str = "--tiles") -> "TileSet":
                 f"model should score or train on{_run_dir_hint(p)}")
         if (p / "tiles").is_dir() and (p / "tiles" / "tileset.json").is_file():
             raise TileSetError(f"{option} '{p}' is not a TileSet, but '{p / 'tiles'}' is: pass that folder")
+        raise TileSetError(not_a_tileset(p, option))
     return TileSet(p)

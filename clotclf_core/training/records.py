@@ -43,7 +43,7 @@ def is_synthetic(s: TrainSettings, ts: "TileSet") -> bool:
 def data_record(s: TrainSettings, ts: "TileSet") -> dict[str, Any]:
     """config.json's ``data``: what the run used of it (after unlabelled slides were left out)."""
     return {
-        "dataset": "clotclf synthetic demo cohort" if is_demo(s) else ts.root.resolve().name,
+        "dataset": s.dataset_name or ("clotclf synthetic demo cohort" if is_demo(s) else ts.root.resolve().name),
         "synthetic": is_synthetic(s, ts),
         "n_slides": int(ts.index["image_id"].nunique()),
         "n_patients": int(ts.index["patient_id"].nunique()),

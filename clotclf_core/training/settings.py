@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from clotclf_core.config import StrictModel, load_yaml
+from clotclf_core.config import StrictModel, closest, load_yaml
 from clotclf_core.models.form import ModelForm
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.plugin.spec import format_validation_error
@@ -51,6 +51,8 @@ class TrainSettings(StrictModel):
     out: str | None = Field(None, description="run directory (default: runs/<backbone>-<date>-<time>)")
     labels: list[str] | None = Field(None, description="class names in output order (default: CE, LAA, else the TileSet's labels sorted)")
     require_patients: bool = Field(False, description="refuse slides without a patient_id (each would count as its own patient: leakage)")
+    dataset_name: str | None = Field(None, min_length=1, max_length=200,
+                                     description="the data's name in config.json and the model card, e.g. 'Mayo Clinic STRIP AI' (default: the TileSet folder's name)")
     # -- model
     backbone: str | None = Field("cct", description="backbone plugin (`clotclf list-plugins --kind backbone`); with --features: none, the feature store's encoder")
     backbone_options: dict[str, Any] = Field(default_factory=dict, description="backbone options (`clotclf show-plugin NAME`)")
@@ -104,6 +106,13 @@ class TrainSettings(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     channels_last: bool | Literal["auto"] = Field("auto", description="channels-last memory format (auto: on CUDA)")
     compile: bool = Field(False, description="torch.compile the model for training")
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            raise ValueError("the dataset's name must be one line of visible text (it is shown in the model card)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSettings":
@@ -217,7 +226,7 @@ def apply_demo_preset(settings: TrainSettings) -> TrainSettings:
 # ----------------------------------------------------------------------------- resolving
 
 #: settings whose change does not change what is computed: allowed to differ on --resume
-RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients"}
+RESUME_MAY_CHANGE = {"workers", "eval_batch_size", "out", "demo_dir", "require_patients", "dataset_name"}
 #: settings naming files: compared as resolved paths on --resume (a relative and an absolute path are the same folder)
 PATH_SETTINGS = ("tiles", "features", "split_file")
 #: settings added since runs were first recorded, with the value that does what a run recorded before
@@ -233,17 +242,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def closest(name: str, known: list[str]) -> str | None:
-    """The known field a misspelt one most likely meant (a shared prefix first, then similarity)."""
-    import difflib
-
-    prefixed = [k for k in known if name.startswith(k) or k.startswith(name)]
-    if prefixed:
-        return max(prefixed, key=len)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def resolve_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainSettings:
