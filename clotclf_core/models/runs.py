@@ -14,6 +14,7 @@ what to ``pip install``; the registry and the model card use the same two functi
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from clotclf_core.inputs import why_unusable
 from clotclf_core.models.config import MODEL_KINDS
 from clotclf_core.plugin.errors import ModelLoadError, printable, warn
-from clotclf_core.plugin.weights import CONFIG_NAME, read_run_config
+from clotclf_core.plugin.weights import CONFIG_NAME, WEIGHTS_NAME, read_run_config
 from clotclf_core.plugin_manager import get_manager
 
 #: run kinds that are not classifiers: ``kind`` -> the component kind named by the config's key of that name
@@ -60,6 +61,69 @@ def resolve_run_dir(ref: str | Path) -> Path:
     else:
         hint = "give the path of a run directory (from `clotclf train`), or install clotclf's registry to pull models by name"
     raise ModelLoadError(f"model '{ref}' is neither a run directory nor a name an installed plugin knows: the path {why}; {hint}")
+
+
+# ----------------------------------------------------------------------------- fold ensembles
+
+#: what ``clotclf train --fold all`` writes last into the run folder: ``{"folds": ["fold_0", ...], ...}``
+CV_NAME = "cv.json"
+#: ``config.json``'s ``kind`` of a pushed (or pulled) cross-validation run: ``{"kind": "fold_ensemble", "folds": [...]}``
+FOLD_ENSEMBLE_KIND = "fold_ensemble"
+_FOLD_NAME = re.compile(r"^fold_[0-9]{1,4}$")
+
+
+def _listed_folds(root: Path) -> list[Any] | None:
+    """The fold folder names a cross-validation folder lists (None: it lists none)."""
+    config = root / CONFIG_NAME
+    if config.is_file():
+        data = read_run_config(root)
+        if data.get("kind") != FOLD_ENSEMBLE_KIND:
+            return None
+        folds = data.get("folds")
+    elif (root / CV_NAME).is_file():
+        try:
+            folds = json.loads((root / CV_NAME).read_text(encoding="utf-8")).get("folds")
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise ModelLoadError(f"'{root / CV_NAME}' is not a JSON object ({exc}); it was damaged after training") from None
+    else:
+        return None
+    if not isinstance(folds, list) or not folds:
+        raise ModelLoadError(f"'{root}' is a cross-validation run whose fold list is missing or empty; it was damaged")
+    return folds
+
+
+def fold_ensemble(run_dir: str | Path) -> list[Path] | None:
+    """The fold models of a cross-validation run, in order, or ``None`` when ``run_dir`` is not one.
+
+    THE one reader of a ``--fold all`` run folder as the ensemble of its folds (``push``,
+    ``predict`` and ``evaluate`` all call it). A folder is one when it has no ``model.safetensors``
+    of its own and lists its folds: in ``cv.json`` (what ``clotclf train --fold all`` writes once
+    every fold is done) or in a ``config.json`` of kind ``fold_ensemble`` (what ``clotclf push`` of
+    such a folder publishes). Each listed ``fold_<k>/`` must be a run directory (``model.safetensors``
+    + ``config.json``); the ensemble is the mean of the fold models' probabilities (equal weights,
+    as ``--fold all`` scores its test patients). Refused, with one :class:`ModelLoadError` naming
+    the fold folders: a run whose folds are not all saved (interrupted: resume it, or use one fold),
+    a fold list naming anything but ``fold_<k>`` folders."""
+    root = Path(run_dir)
+    if (root / WEIGHTS_NAME).is_file() or not root.is_dir():
+        return None
+    listed = _listed_folds(root)
+    if listed is None:
+        present = sorted((p.name for p in root.glob("fold_*") if p.is_dir()), key=lambda n: (len(n), n))
+        if present:
+            raise ModelLoadError(
+                f"'{root}' holds fold folders ({', '.join(present[:4])}) but no {CV_NAME}: its cross-validation did not "
+                f"finish. Finish it (the same `clotclf train` command with --resume), or use one fold model, e.g. {root / present[0]}")
+        return None
+    bad = [printable(str(n), 40) for n in listed if not isinstance(n, str) or not _FOLD_NAME.match(n)]
+    if bad:
+        raise ModelLoadError(f"'{root}' lists folds that are not fold_<k> folders ({', '.join(bad[:3])}); it was damaged or edited")
+    unsaved = [n for n in listed if not ((root / n / WEIGHTS_NAME).is_file() and (root / n / CONFIG_NAME).is_file())]
+    if unsaved:
+        raise ModelLoadError(
+            f"'{root}' is a cross-validation run, but fold(s) {', '.join(unsaved)} have no saved model "
+            f"({WEIGHTS_NAME} + {CONFIG_NAME}): resume the training with --resume, or use a fold that finished")
+    return [root / n for n in listed]
 
 
 # ----------------------------------------------------------------------------- safetensors header
