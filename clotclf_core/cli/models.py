@@ -14,6 +14,23 @@ import click
 
 from clotclf_core.training.options import cli_options as _train_options
 
+#: where model resolvers (the registry plugin) read the registry a model name is pulled from
+REGISTRY_ENV = "CLOTCLF_REGISTRY"
+
+
+def _set_registry(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:  # the resolve hook reads its settings from the environment: this command's only
+        import os
+
+        os.environ[REGISTRY_ENV] = value
+
+
+def registry_option(fn):
+    """``--registry URL`` on every command that takes a model: where a model *name* is pulled from."""
+    return click.option("--registry", metavar="URL", default=None, expose_value=False, callback=_set_registry,
+                        is_eager=True, help=f"Registry that model names are pulled from: 'hub', or file:///path for a "
+                        f"local registry (same as {REGISTRY_ENV}=URL). [default: ${REGISTRY_ENV}, the registry config file, or hub]")(fn)
+
 # ----------------------------------------------------------------------------- train / evaluate
 
 
@@ -61,6 +78,7 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Data-loader worker processes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
+@registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
 def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, quiet, as_json) -> None:
@@ -119,6 +137,7 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--no-heatmaps", is_flag=True, help="Skip the heatmap pictures.")
 @click.option("--attention-heatmaps", "attention", is_flag=True,
               help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
+@registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,

@@ -36,6 +36,7 @@ from clotclf_core.plugin.errors import ClotclfError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from clotclf_core.models.config import EncoderRecord
     from clotclf_core.tiling.tileset import TileSet
 
 FORMAT = "clotclf-features"
@@ -77,6 +78,11 @@ def encoder_identity(record: dict[str, Any]) -> dict[str, Any]:
 
 def describe_encoder(record: dict[str, Any]) -> str:
     """``timm(model=convnext_atto) [weights sha256 1a2b3c4d…, 224 px, mean (0.485, …)]`` — one line."""
+    imported = record.get("imported")
+    if isinstance(imported, dict):
+        digest = f"weights sha256 {str(record['weights_sha256'])[:12]}…" if record.get("weights_sha256") else "weights unknown"
+        return (f"{record.get('backbone')} [imported from {imported.get('format', '?')} .h5 files, {digest}, "
+                f"{record.get('input_size')} px patches]")
     opts = record.get("options") or {}
     shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and k != "img_size" and not isinstance(v, dict))
     if record.get("hub_commit"):
@@ -131,6 +137,24 @@ def check_matches_tileset(store: "FeatureStore", tileset: "TileSet", tiles: str 
             + f". Bring the features up to date with `clotclf embed --tiles {where} --out {store.root} ...` "
             "(same encoder: it embeds only what changed), or give the TileSet the features were made from"
         )
+
+
+def encoder_record(store: "FeatureStore") -> "EncoderRecord":
+    """The store's encoder record, checked (what a MIL run records as its ``model.encoder``); a
+    damaged one is blamed on ``features.json``, naming every problem in full."""
+    from pydantic import ValidationError
+
+    from clotclf_core.models.config import EncoderRecord
+    from clotclf_core.plugin.spec import format_validation_error
+
+    try:
+        return EncoderRecord.model_validate(store.encoder)
+    except ValidationError as err:
+        problems = format_validation_error(err, f"the encoder record of '{store.root / META_NAME}'")
+        raise FeatureStoreError(
+            problems.replace(": option '", ": field '").replace("; option '", "; field '") + ". The file was edited or "
+            "damaged: make the feature store again (`clotclf embed ... --overwrite`, or `clotclf import-features ... "
+            "--overwrite` for imported features)") from None
 
 
 # ----------------------------------------------------------------------------- reading
