@@ -1,4 +1,4 @@
-"""The data commands: ``clotclf tile``, ``export-patches``, ``embed`` and ``demo-data``.
+"""The data commands: ``clotclf tile``, ``export-patches``, ``embed``, ``import-features`` and ``demo-data``.
 
 Registered on the group by :mod:`clotclf_core.cli`; each is a thin wrapper over one function
 elsewhere, imported inside its body so that start-up stays light.
@@ -150,6 +150,39 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
         click.echo(format_summary(summary))
 
 
+# ----------------------------------------------------------------------------- import-features
+
+
+@click.command("import-features")
+@click.argument("h5_dir", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Feature store folder to write (resumed if it holds the same encoder's features).")
+@click.option("--encoder-name", required=True, metavar="NAME", help="The encoder that made the features (e.g. uni2-h, conch_v15): recorded, and checked against the files' own record.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every .h5 file, id = file stem.")
+@click.option("--weights-sha256", default=None, metavar="HEX", help="sha256 of the encoder's weights, if known [default: unknown, and said].")
+@click.option("--patch-size-level0", type=click.IntRange(min=1), default=None, help="A patch's side in level-0 pixels, for files that do not say it (CLAM).")
+@click.option("--patch-size", type=click.IntRange(min=8, max=2048), default=None, help="The side the encoder saw, for files that do not say it [default: --patch-size-level0].")
+@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="Allowed label, repeatable.")
+@click.option("--overwrite", is_flag=True, help="Replace a feature store of another encoder or patching in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def import_features_command(h5_dir, out, encoder_name, manifest, weights_sha256, patch_size_level0, patch_size, labels,
+                            overwrite, quiet, as_json) -> None:
+    """Turn TRIDENT / CLAM patch-feature files (H5_DIR/<image_id>.h5: features + coords) into a
+    clotclf feature store, for `train --features`, `evaluate --features` and `predict --features`.
+    See docs/data-formats.md, "Features from elsewhere"."""
+    from clotclf_core.features.imported import format_summary, import_features
+
+    summary = import_features(h5_dir, out, encoder_name, manifest=manifest, labels=tuple(labels),
+                              weights_sha256=weights_sha256, patch_size_level0=patch_size_level0, patch_size=patch_size,
+                              overwrite=overwrite, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif quiet:
+        click.echo(summary["out"])
+    else:
+        click.echo(format_summary(summary))
+
+
 # ----------------------------------------------------------------------------- demo data
 
 
@@ -187,4 +220,4 @@ def demo_data_command(out, seed, patients, signal, overwrite, quiet, as_json) ->
     )
 
 
-COMMANDS = (tile, export_patches_command, embed_command, demo_data_command)
+COMMANDS = (tile, export_patches_command, embed_command, import_features_command, demo_data_command)

@@ -123,7 +123,9 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 
 
 @click.command("predict")
-@click.argument("slides", type=click.Path(path_type=str))
+@click.argument("slides", type=click.Path(path_type=str), required=False)
+@click.option("--features", type=click.Path(file_okay=False), default=None,
+              help="Score the slides of this feature store (clotclf embed / import-features) instead of SLIDES: MIL models on features of its encoder; no slide is opened, no heatmaps.")
 @click.option("--model", "models", multiple=True, required=True, metavar="RUN",
               help="Run directory or registry name (org/name[@rev]); repeat for an ensemble.")
 @click.option("--weight", "weights", multiple=True, type=float, help="Ensemble weight per --model, in order [default: equal].")
@@ -140,8 +142,8 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
-                    no_heatmaps, attention, quiet, as_json) -> None:
+def predict_command(slides, features, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers,
+                    device, no_heatmaps, attention, quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -151,10 +153,14 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     from clotclf_core.plugin.errors import PartialFailure
     from clotclf_core.predict.run import predict
 
+    if (slides is None) == (features is None):
+        raise click.UsageError("give the slides (SLIDES) or, for MIL models on features, a feature store (--features F): one of the two")
+    if features is not None and attention:
+        raise click.UsageError("--attention-heatmaps needs slide images: with --features no heatmap is drawn")
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
-                      attention=attention)
+                      attention=attention, features=features)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:
@@ -172,8 +178,10 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
         for level, m in summary.get("metrics", {}).items():
             click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
                        f"weighted log loss {m['weighted_log_loss']:.3f}")
-        click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
-                   f"heatmaps:    {Path(summary['out']) / 'heatmaps'}")
+        click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}"
+                   + (f"\nheatmaps:    {Path(summary['out']) / 'heatmaps'}" if summary.get("heatmaps") else ""))
+        if summary.get("note"):
+            click.echo(summary["note"])
     _predict_warnings(summary)
     failed = summary["failed_slides"]
     if failed:

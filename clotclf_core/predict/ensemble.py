@@ -25,9 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from clotclf_core.features.bags import Slides
+from clotclf_core.features.bags import FeatureBags, Slides
 from clotclf_core.features.embed import embed_bags
 from clotclf_core.features.encoder import encoder_from_record
+from clotclf_core.features.store import check_encoder
 from clotclf_core.models.aggregate import require_attention
 from clotclf_core.models.form import ModelForm
 from clotclf_core.models.runs import read_config, resolve_run_dir
@@ -76,10 +77,11 @@ class MemberScores:
 
 
 def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, device: str = "auto",
-                attention: bool = False) -> list[LoadedModel]:
+                attention: bool = False, encoders: bool = True) -> list[LoadedModel]:
     """Load every ``--model`` (run directory or registry name), with its ensemble weight; a MIL model
-    on features gets its encoder rebuilt and checked now. ``attention``: attention heatmaps were
-    asked for, so some model must have attention (else one clear refusal)."""
+    on features gets its encoder rebuilt and checked now (unless ``encoders`` is False: the features
+    are given, ``predict --features``). ``attention``: attention heatmaps were asked for, so some
+    model must have attention (else one clear refusal)."""
     if not refs:
         raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
     if weights and len(weights) != len(refs):
@@ -100,7 +102,8 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
             )
     if attention:
         check_attention(out)
-    _attach_encoders(out, device)
+    if encoders:
+        _attach_encoders(out, device)
     return out
 
 
@@ -169,6 +172,45 @@ def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, work
         keep = data.index["image_id"].isin(set(ts.index["image_id"]))
         data.index = data.index[keep].reset_index(drop=True)
         data.index["patient_id"] = data.index["image_id"].map(patient_of)
+    return score_bag_data(m, data, batch_size, workers, rt, progress, details)
+
+
+def check_feature_models(loaded: list[LoadedModel], store: Any) -> None:
+    """``predict --features``: every model must be a MIL model on features of the store's encoder."""
+    for m in loaded:
+        if not m.form.on_features:
+            what = "a tile-level model" if not m.form.is_mil else "a MIL model trained end to end on tile images"
+            raise PredictError(f"model '{m.ref}' is {what}: it scores tile images, not stored features. Give the slides "
+                               "(SLIDES) instead of --features, or leave this model out")
+        check_encoder(store, m.model.config.encoder.model_dump(mode="json"), f"the model '{m.ref}'")
+
+
+def score_features(loaded: list[LoadedModel], store: Any, job_ids: Sequence[str], patient_of: dict[str, str],
+                   batch_size: int, workers: int, rt, progress: bool, details: bool
+                   ) -> tuple[list[Any], list[tuple[LoadedModel, Any, MemberScores]], dict[str, dict[str, Any]]]:
+    """``predict --features``: every model on the store's bags of the job's slides (no slide is
+    opened). Returns the slide tables (with each model's ``_weight``), the member scores, and a
+    status per job slide: ``done``, the store's reason for a slide without features, or not in the store."""
+    data = FeatureBags(store)
+    wanted = set(job_ids)
+    data.index = data.index[data.index["image_id"].isin(wanted)].reset_index(drop=True)
+    data.index["patient_id"] = data.index["image_id"].map(patient_of)
+    statuses = {i: {"status": "failed", "reason": f"not in the feature store '{store.root}'"} for i in job_ids}
+    statuses |= {i: {**e, "reason": e.get("reason", "")} for i, e in data.slides.items() if i in wanted}
+    tables, members = [], []
+    if len(data.index):
+        for m in loaded:
+            res = score_bag_data(m, data, batch_size, workers, rt, progress, details)
+            tables.append(res.slides.assign(_weight=m.weight))
+            members.append((m, data, res))
+    return tables, members, statuses
+
+
+def score_bag_data(m: LoadedModel, data: Any, batch_size: int, workers: int, rt, progress: bool,
+                   details: bool) -> MemberScores:
+    """A MIL member on bags of ``data`` (a TileSet, or a feature store's :class:`FeatureBags`): every
+    slide of its index, one bag each."""
+    rt.place(m.model)
     slides = Slides(data.index, [], m.labels, rows=np.arange(len(data.index)))
     frame, scores = score_bags(m.model, data, slides, batch_size, workers, rt, progress, f"predict {m.ref}", details)
     table = pd.DataFrame({"image_id": frame["image_id"], **{f"p_{n}": scores.probs[:, i] for i, n in enumerate(m.labels)},

@@ -43,7 +43,15 @@ import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.io import write_guard, write_json, write_text
-from clotclf_core.predict.ensemble import LoadedModel, MemberScores, PredictError, load_models, score_member
+from clotclf_core.predict.ensemble import (
+    LoadedModel,
+    MemberScores,
+    PredictError,
+    check_feature_models,
+    load_models,
+    score_features,
+    score_member,
+)
 from clotclf_core.predict.submission import NO_TILE_NOTE, job_of, round_rows
 from clotclf_core.scoring import metrics
 from clotclf_core.scoring.plots import plot_attention_heatmap, plot_heatmap
@@ -96,6 +104,7 @@ def predict(
     progress: bool = True,
     slide_is_patient: bool = False,
     attention: bool = False,
+    features: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -104,7 +113,9 @@ def predict(
     is listed in ``summary["patients_without_tiles"]``; slides that could not be read are in
     ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3). ``attention``: the
     heatmaps must show attention weights (refused at once unless some model has them; without it,
-    a model with attention adds its attention panel anyway)."""
+    a model with attention adds its attention panel anyway). ``features``: score the slides of this
+    feature store (``clotclf embed`` or ``clotclf import-features``) instead of slides: MIL models on
+    features of its encoder only, no slide is opened, no heatmaps (``slides_dir`` is not read)."""
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -113,17 +124,19 @@ def predict(
         raise PredictError(f"--loader-workers must be 0 or more (got {loader_workers})")
     if attention and not heatmaps:
         raise PredictError("--attention-heatmaps and --no-heatmaps ask for opposite things: give one of them")
-    loaded = load_models(models, weights, device, attention)
+    loaded = load_models(models, weights, device, attention, encoders=features is None)
     labels = loaded[0].labels
     rt = pick_runtime(device)
-    job = job_of(slides_dir, manifest, labels, slide_is_patient)
+    store = open_store(features, loaded) if features is not None else None
+    heatmaps = heatmaps and store is None  # stored features come without slide images
+    job = job_of(slides_dir, manifest, labels, slide_is_patient, ids=sorted(store.slides) if store is not None else None)
     job_ids = set(job.image_ids)
     _check_writable(out)
 
     # 1. tile once per distinct tiling recipe among the models
     groups: dict[str, list[LoadedModel]] = {}
     recipes: dict[str, dict[str, Any]] = {}
-    for m in loaded:
+    for m in loaded if store is None else []:  # stored features: nothing to tile
         t = _tiling_of(m)
         key = _settings_key(t)
         groups.setdefault(key, []).append(m)
@@ -150,6 +163,9 @@ def predict(
             res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps, job.patient_of)
             slide_tables.append(res.slides.assign(_weight=m.weight))
             member_scores.append((m, ts, res))
+    if store is not None:
+        slide_tables, member_scores, statuses = score_features(loaded, store, job.image_ids, job.patient_of, batch_size,
+                                                               loader_workers, rt, progress, heatmaps)
 
     # 2. ensemble at slide level (weighted mean over the models that scored the slide), then patients = mean of slides
     pcols = [f"p_{name}" for name in labels]
@@ -227,6 +243,8 @@ def predict(
         "patients_in_model_split": {side: int((patients["in_model_split"] == side).sum()) for side in ("train", "val", "test")},
         "predictions": str(out / "predictions.csv"),
         "submission": str(out / "submission.csv"),
+        **({"features": str(store.root), "note": "scored from stored features: no slide was opened, no heatmaps"}
+           if store is not None else {}),
     }
     # 3. metrics when the manifest carried labels (slide and patient level only: tiles differ by model)
     labelled = patients[patients["label"] != ""]
@@ -274,6 +292,17 @@ def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
     if missing:
         res["without_tiles_note"] = f"{len(missing)} patient(s) had no usable tile and are scored with {NO_TILE_NOTE}"
     return res
+
+
+def open_store(features: str | Path, loaded: list[LoadedModel]):
+    """``--features``: the feature store, checked against every model (MIL on features of its encoder)."""
+    from clotclf_core.features.store import FeatureStore
+    from clotclf_core.inputs import check_folder
+
+    store = FeatureStore(check_folder(features, "feature store (--features)",
+                                      "give the folder `clotclf embed --out` or `clotclf import-features --out` wrote"))
+    check_feature_models(loaded, store)
+    return store
 
 
 def _check_writable(out: Path) -> None:
