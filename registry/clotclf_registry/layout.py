@@ -56,11 +56,13 @@ MAX_PLOTS = 500
 MAX_PLOTS_BYTES = 512 * MiB
 #: files a Hub repository has that are not part of the model and are expected there
 EXPECTED_EXTRA = (".gitattributes",)
+#: files a push writes that a pull leaves on the server: the trunk in timm's layout (see .timm_export)
+NOT_PULLED = ("timm/config.json", "timm/model.safetensors")
 
 
 def is_layout_file(name: str) -> bool:
-    """Whether a repo-relative POSIX path is part of the model layout."""
-    return any(fnmatch.fnmatchcase(name, p) for p in PULL_PATTERNS)
+    """Whether a repo-relative POSIX path is part of the model layout (what a push may replace)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in PULL_PATTERNS) or name in NOT_PULLED
 
 
 def is_safe_name(name: str) -> bool:
@@ -134,6 +136,8 @@ def plan_download(label: str, entries: list[Entry]) -> Plan:
     files, ignored = [], []
     for entry in entries:
         name = entry.name
+        if name in NOT_PULLED:
+            continue
         if name.startswith(PLOTS_DIR + "/"):
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 raise NotAModelError(

@@ -50,8 +50,9 @@ def model_kind(config: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- before a push
 
 
-def check_run_dir(run_dir: Path, require_metrics: bool = True) -> dict[str, Any]:
-    """Refuse an incomplete or unloadable run directory; return its config.json content."""
+def check_run_dir(run_dir: Path, require_metrics: bool = True, return_model: bool = False) -> Any:
+    """Refuse an incomplete or unloadable run directory; return its config.json content (and the
+    loaded model, with ``return_model``)."""
     if not run_dir.is_dir():
         raise RegistryError(f"run directory '{run_dir}' does not exist; give the folder `clotclf train` wrote")
     weights = run_dir / WEIGHTS_NAME
@@ -88,10 +89,10 @@ def check_run_dir(run_dir: Path, require_metrics: bool = True) -> dict[str, Any]
         except ValueError as exc:
             raise RegistryError(f"cannot push '{run_dir}': {METRICS_NAME} is not a JSON object ({exc}); re-run the evaluation") from None
     try:
-        load_run(run_dir, config)
+        model = load_run(run_dir, config)
     except ModelLoadError as exc:
         raise RegistryError(f"cannot push '{run_dir}': the model does not load: {exc}") from None
-    return config
+    return (config, model) if return_model else config
 
 
 def load_run(run_dir: Path, config: dict[str, Any]) -> Any:
