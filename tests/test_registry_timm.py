@@ -74,3 +74,56 @@ def test_cct_is_clotclf_only_and_carries_no_timm_export(reg, tmp_path):
     assert not any(f.startswith("timm/") for f in result.files)
     config = json.loads((Path(reg.pull("cct").path) / "config.json").read_text())
     assert "architecture" not in config and "pretrained_cfg" not in config
+
+
+# ----------------------------------------------------------------------------- fold ensembles (D2, push side)
+
+
+def _cv_folder(root: Path) -> Path:
+    """A finished `--fold all` folder as training leaves it: fold_k/ run directories, cv.json, the summary."""
+    for k in range(2):
+        make_run(root / f"fold_{k}", seed=10 + k)
+    (root / "cv.json").write_text(json.dumps({"folds": ["fold_0", "fold_1"], "split": {"test": ["patient-0042"]}}))
+    (root / "split.json").write_text(json.dumps({"test": ["patient-0042"], "folds": [{"train": ["patient-0007"], "val": []}]}))
+    (root / "metrics.json").write_text(json.dumps({"headline": {"on": "oof", "n_patients": 8},
+                                                   "oof": {"patient": {"weighted_log_loss": 0.61}}}))
+    (root / "plots").mkdir()
+    (root / "plots" / "oof_roc.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["hub", "local"])
+def test_a_cross_validation_folder_is_pushed_and_pulled_as_the_ensemble_of_its_folds(kind, tmp_path):
+    import torch
+
+    from clotclf_core.models.runs import fold_ensemble
+    from clotclf_core.models.saved import load_model
+
+    server = start_hub() if kind == "hub" else None
+    try:
+        reg = Registry(kind, tmp_path, server)
+        cv = _cv_folder(tmp_path / "cv")
+        result = reg.push(cv, repo="cv")
+        assert {"config.json", "README.md", "metrics.json", "plots/oof_roc.png", "fold_0/model.safetensors",
+                "fold_0/config.json", "fold_0/metrics.json", "fold_1/model.safetensors"} <= set(result.files)
+        assert "cv.json" not in result.files and "split.json" not in result.files
+        pulled = reg.pull("cv")
+        members = fold_ensemble(pulled.path)  # the one reader, on the pulled folder as on the run folder
+        assert [m.name for m in members] == ["fold_0", "fold_1"]
+        x = torch.randn(2, 3, 32, 32)
+        for member, fold in zip(members, fold_ensemble(cv)):
+            assert torch.equal(load_model(member)(x), load_model(fold)(x))
+        root = json.loads((Path(pulled.path) / "config.json").read_text())
+        assert root["kind"] == "fold_ensemble" and root["n_folds"] == 2 and pulled.weights_sha256 == root["weights_sha256"]
+        assert pulled.needs and pulled.needs[0]["name"] == "cct"
+        card = (Path(pulled.path) / "README.md").read_text()
+        assert "ensemble_of_folds: 2" in card and "patient-0042" not in card
+        # an unfinished cross-validation is refused by name, nothing pushed
+        (tmp_path / "half" / "fold_0").mkdir(parents=True)
+        from clotclf_registry.errors import RegistryError
+
+        with pytest.raises(RegistryError, match="fold folders .* but no cv.json.*--resume"):
+            reg.push(tmp_path / "half", repo="half")
+    finally:
+        if server is not None:
+            server.stop()

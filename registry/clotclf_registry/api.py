@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.models.runs import requirements
+from clotclf_core.models.runs import FOLD_ENSEMBLE_KIND, fold_ensemble, read_config, requirements
 from clotclf_core.plugin import CONFIG_NAME, write_json
-from clotclf_core.plugin.errors import ConfigError, os_error_message, printable, warn
+from clotclf_core.plugin.errors import ConfigError, ModelLoadError, os_error_message, printable, warn
 from clotclf_core.plugin.hub import (
     COMMIT_SHA,
     RepoRef,
@@ -28,6 +28,7 @@ from clotclf_core.plugin.hub import (
 
 from .backend import Fetched, PushResult
 from .card import card_for_push, summarize
+from .ensemble import publishable_ensemble
 from .errors import RegistryError
 from .factory import open_backend
 from .layout import CARD_NAME, METRICS_NAME, SPLIT_NAME, run_files
@@ -108,8 +109,15 @@ def push(run_dir: str | os.PathLike, repo: str, *, private: bool = False, tag: s
     if tag is not None and (COMMIT_SHA.match(check_revision(tag)) or "/" in tag):
         raise RegistryError(f"tag '{tag}' could be mistaken for a commit sha or a path; choose a name such as v1")
     run = Path(run_dir)
-    config, model = check_run_dir(run, require_metrics=require_metrics, return_model=True)
-    files, redaction = publishable(run, config, ref.repo_id, include_split, model)
+    try:
+        members = fold_ensemble(run)  # a --fold all folder is pushed as the ensemble of its folds
+    except ModelLoadError as exc:
+        raise RegistryError(f"cannot push '{run}': {exc}") from None
+    if members is not None:
+        files, redaction, _ = publishable_ensemble(run, members, ref.repo_id, include_split, require_metrics)
+    else:
+        config, model = check_run_dir(run, require_metrics=require_metrics, return_model=True)
+        files, redaction = publishable(run, config, ref.repo_id, include_split, model)
     if include_split:
         warn(f"--include-split: the push publishes the run's split with {redaction.kept_identifiers} patient / slide / "
              f"centre identifier(s){' and ' + SPLIT_NAME if (run / SPLIT_NAME).is_file() else ''}; anyone who can read "
@@ -263,7 +271,8 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
         path = out_dir
     backend.remember(fetched)
     against = ["registry", CONFIG_NAME] if not fetched.from_cache else ["cache", CONFIG_NAME]
-    needs = requirements(config)
+    folds = config.get("folds") if config.get("kind") == FOLD_ENSEMBLE_KIND else None
+    needs = requirements(read_config(path / folds[0]) if folds else config)  # a fold ensemble: what its folds need
     return PullResult(str(ref), ref.repo_id, fetched.commit, str(path), backend.label, str(config["weights_sha256"]),
                       against, fetched.from_cache, needs, files, list(fetched.plan.ignored) if fetched.plan else [], moved)
 
