@@ -96,7 +96,7 @@ def _cv_folder(root: Path) -> Path:
 def test_a_cross_validation_folder_is_pushed_and_pulled_as_the_ensemble_of_its_folds(kind, tmp_path):
     import torch
 
-    from clotclf_core.models.runs import fold_ensemble
+    from clotclf_core.models.runs import fold_runs
     from clotclf_core.models.saved import load_model
 
     server = start_hub() if kind == "hub" else None
@@ -108,10 +108,10 @@ def test_a_cross_validation_folder_is_pushed_and_pulled_as_the_ensemble_of_its_f
                 "fold_0/config.json", "fold_0/metrics.json", "fold_1/model.safetensors"} <= set(result.files)
         assert "cv.json" not in result.files and "split.json" not in result.files
         pulled = reg.pull("cv")
-        members = fold_ensemble(pulled.path)  # the one reader, on the pulled folder as on the run folder
+        members = fold_runs(pulled.path)  # the one reader, on the pulled folder as on the run folder
         assert [m.name for m in members] == ["fold_0", "fold_1"]
         x = torch.randn(2, 3, 32, 32)
-        for member, fold in zip(members, fold_ensemble(cv)):
+        for member, fold in zip(members, fold_runs(cv)):
             assert torch.equal(load_model(member)(x), load_model(fold)(x))
         root = json.loads((Path(pulled.path) / "config.json").read_text())
         assert root["kind"] == "fold_ensemble" and root["n_folds"] == 2 and pulled.weights_sha256 == root["weights_sha256"]
@@ -122,7 +122,7 @@ def test_a_cross_validation_folder_is_pushed_and_pulled_as_the_ensemble_of_its_f
         (tmp_path / "half" / "fold_0").mkdir(parents=True)
         from clotclf_registry.errors import RegistryError
 
-        with pytest.raises(RegistryError, match="fold folders .* but no cv.json.*--resume"):
+        with pytest.raises(RegistryError, match="did not finish .* but no cv.json.*--resume"):
             reg.push(tmp_path / "half", repo="half")
     finally:
         if server is not None:

@@ -65,65 +65,66 @@ def resolve_run_dir(ref: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------- fold ensembles
 
-#: what ``clotclf train --fold all`` writes last into the run folder: ``{"folds": ["fold_0", ...], ...}``
+#: what ``clotclf train --fold all`` writes beside its ``fold_<k>/`` run directories when every fold is done
 CV_NAME = "cv.json"
 #: ``config.json``'s ``kind`` of a pushed (or pulled) cross-validation run: ``{"kind": "fold_ensemble", "folds": [...]}``
 FOLD_ENSEMBLE_KIND = "fold_ensemble"
-_FOLD_NAME = re.compile(r"^fold_[0-9]{1,4}$")
+_FOLD_NAME = re.compile(r"^fold_(\d+)$")
 
 
-def _listed_folds(root: Path) -> list[Any] | None:
-    """The fold folder names a cross-validation folder lists (None: it lists none)."""
-    config = root / CONFIG_NAME
+def _listed_folds(run_dir: Path) -> tuple[Any, Path] | None:
+    """``(the fold list, the file listing it)`` of a cross-validation folder, or None when it lists none."""
+    config = run_dir / CONFIG_NAME
     if config.is_file():
-        data = read_run_config(root)
-        if data.get("kind") != FOLD_ENSEMBLE_KIND:
+        data = read_run_config(run_dir)
+        return (data.get("folds"), config) if data.get("kind") == FOLD_ENSEMBLE_KIND else None
+    cv = run_dir / CV_NAME
+    if not cv.is_file():
+        return None
+    try:
+        return json.loads(cv.read_text(encoding="utf-8")).get("folds"), cv
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ModelLoadError(f"'{cv}' is not the JSON object `clotclf train --fold all` writes ({exc}); "
+                             "re-run that training with --resume") from None
+
+
+def fold_runs(run_dir: str | Path) -> list[Path] | None:
+    """The fold run directories of a cross-validation run folder (``clotclf train --fold all``), in
+    fold order — the **fold ensemble** that ``predict``, ``evaluate`` and ``push`` take as one model
+    (the mean of the folds' probabilities, as the run's own test-ensemble headline) — or ``None``
+    when ``run_dir`` is a single model's run directory (or not a run at all).
+
+    The one reader of that layout: the folds are the ones listed — by ``cv.json`` (what training
+    writes once every fold is done) or, in a pushed / pulled copy, by a ``config.json`` of kind
+    ``fold_ensemble`` (:mod:`clotclf_registry.ensemble`) — ``fold_<k>`` folders directly inside
+    ``run_dir``, nothing else, each a complete run directory. A folder with ``fold_<k>/`` but no
+    list is a cross-validation that did not finish, refused with the fix, as is a listed fold
+    without its weights."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / WEIGHTS_NAME).is_file():
+        return None
+    found = _listed_folds(run_dir)
+    if found is None:
+        present = sorted((p for p in run_dir.iterdir() if _FOLD_NAME.match(p.name) and p.is_dir()),
+                         key=lambda p: int(_FOLD_NAME.match(p.name)[1]))
+        if not present:
             return None
-        folds = data.get("folds")
-    elif (root / CV_NAME).is_file():
-        try:
-            folds = json.loads((root / CV_NAME).read_text(encoding="utf-8")).get("folds")
-        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-            raise ModelLoadError(f"'{root / CV_NAME}' is not a JSON object ({exc}); it was damaged after training") from None
-    else:
-        return None
-    if not isinstance(folds, list) or not folds:
-        raise ModelLoadError(f"'{root}' is a cross-validation run whose fold list is missing or empty; it was damaged")
-    return folds
-
-
-def fold_ensemble(run_dir: str | Path) -> list[Path] | None:
-    """The fold models of a cross-validation run, in order, or ``None`` when ``run_dir`` is not one.
-
-    THE one reader of a ``--fold all`` run folder as the ensemble of its folds (``push``,
-    ``predict`` and ``evaluate`` all call it). A folder is one when it has no ``model.safetensors``
-    of its own and lists its folds: in ``cv.json`` (what ``clotclf train --fold all`` writes once
-    every fold is done) or in a ``config.json`` of kind ``fold_ensemble`` (what ``clotclf push`` of
-    such a folder publishes). Each listed ``fold_<k>/`` must be a run directory (``model.safetensors``
-    + ``config.json``); the ensemble is the mean of the fold models' probabilities (equal weights,
-    as ``--fold all`` scores its test patients). Refused, with one :class:`ModelLoadError` naming
-    the fold folders: a run whose folds are not all saved (interrupted: resume it, or use one fold),
-    a fold list naming anything but ``fold_<k>`` folders."""
-    root = Path(run_dir)
-    if (root / WEIGHTS_NAME).is_file() or not root.is_dir():
-        return None
-    listed = _listed_folds(root)
-    if listed is None:
-        present = sorted((p.name for p in root.glob("fold_*") if p.is_dir()), key=lambda n: (len(n), n))
-        if present:
-            raise ModelLoadError(
-                f"'{root}' holds fold folders ({', '.join(present[:4])}) but no {CV_NAME}: its cross-validation did not "
-                f"finish. Finish it (the same `clotclf train` command with --resume), or use one fold model, e.g. {root / present[0]}")
-        return None
-    bad = [printable(str(n), 40) for n in listed if not isinstance(n, str) or not _FOLD_NAME.match(n)]
-    if bad:
-        raise ModelLoadError(f"'{root}' lists folds that are not fold_<k> folders ({', '.join(bad[:3])}); it was damaged or edited")
-    unsaved = [n for n in listed if not ((root / n / WEIGHTS_NAME).is_file() and (root / n / CONFIG_NAME).is_file())]
-    if unsaved:
         raise ModelLoadError(
-            f"'{root}' is a cross-validation run, but fold(s) {', '.join(unsaved)} have no saved model "
-            f"({WEIGHTS_NAME} + {CONFIG_NAME}): resume the training with --resume, or use a fold that finished")
-    return [root / n for n in listed]
+            f"'{run_dir}' is a cross-validation run that did not finish ({', '.join(p.name for p in present)} but no "
+            f"{CV_NAME}): finish it with the same `clotclf train ... --fold all --resume`, or name one finished fold "
+            f"folder, e.g. {present[0]}")
+    listed, source = found
+    if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and _FOLD_NAME.match(n) for n in listed):
+        raise ModelLoadError(f"'{source}' lists no fold folders (its 'folds' must be names like fold_0): it does not come "
+                             "from `clotclf train --fold all`; name the fold folders themselves")
+    folds = [run_dir / name for name in listed]
+    unfinished = [p.name for p in folds if not ((p / WEIGHTS_NAME).is_file() and (p / CONFIG_NAME).is_file())]
+    if unfinished:
+        raise ModelLoadError(
+            f"the cross-validation run '{run_dir}' lists {', '.join(unfinished)}, which "
+            f"{'has' if len(unfinished) == 1 else 'have'} no {WEIGHTS_NAME} and {CONFIG_NAME}: finish the run with "
+            "`clotclf train ... --fold all --resume`, or name the finished fold folders")
+    return folds
 
 
 # ----------------------------------------------------------------------------- safetensors header

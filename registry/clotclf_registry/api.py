@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.models.runs import FOLD_ENSEMBLE_KIND, fold_ensemble, read_config, requirements
+from clotclf_core.models.runs import FOLD_ENSEMBLE_KIND, fold_runs, read_config, requirements
 from clotclf_core.plugin import CONFIG_NAME, write_json
 from clotclf_core.plugin.errors import ConfigError, ModelLoadError, os_error_message, printable, warn
 from clotclf_core.plugin.hub import (
@@ -110,7 +110,7 @@ def push(run_dir: str | os.PathLike, repo: str, *, private: bool = False, tag: s
         raise RegistryError(f"tag '{tag}' could be mistaken for a commit sha or a path; choose a name such as v1")
     run = Path(run_dir)
     try:
-        members = fold_ensemble(run)  # a --fold all folder is pushed as the ensemble of its folds
+        members = fold_runs(run)  # a --fold all folder is pushed as the ensemble of its folds
     except ModelLoadError as exc:
         raise RegistryError(f"cannot push '{run}': {exc}") from None
     if members is not None:

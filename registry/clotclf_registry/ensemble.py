@@ -1,6 +1,6 @@
 """A cross-validation run (``clotclf train --fold all``) pushed as one model: the ensemble of its folds.
 
-The run folder is read by the core's one reader, :func:`clotclf_core.models.runs.fold_ensemble`
+The run folder is read by the core's one reader, :func:`clotclf_core.models.runs.fold_runs`
 (which ``predict`` and ``evaluate`` use too). What is published::
 
     config.json            {"kind": "fold_ensemble", "folds": ["fold_0", ...], "n_folds", "labels",

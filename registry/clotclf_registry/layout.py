@@ -62,7 +62,7 @@ NOT_PULLED = ("timm/config.json", "timm/model.safetensors")
 
 
 #: a fold model of a pushed cross-validation run (``--fold all``: the ensemble of its folds, see
-#: :func:`clotclf_core.models.runs.fold_ensemble`): ``fold_<k>/`` holds a run directory's three files
+#: :func:`clotclf_core.models.runs.fold_runs`): ``fold_<k>/`` holds a run directory's three files
 FOLD_FILE = re.compile(r"^fold_[0-9]{1,4}/(model\.safetensors|config\.json|metrics\.json)$")
 
 

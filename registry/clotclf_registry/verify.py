@@ -25,7 +25,7 @@ from typing import Any
 
 from clotclf_core.models.runs import (
     check_requirements,
-    fold_ensemble,
+    fold_runs,
     read_config,
     read_safetensors_header,
     requirements,
@@ -213,7 +213,7 @@ def verify_download(run_dir: Path, plan: Plan | None, label: str, registry: str,
 
 def _fold_members(run_dir: Path, label: str, registry: str) -> list[Path] | None:
     try:
-        return fold_ensemble(run_dir)
+        return fold_runs(run_dir)
     except ModelLoadError as exc:
         raise NotAModelError(f"'{label}' from {registry} is not a usable fold ensemble: {_named(str(exc), run_dir, label)}") from None
 
