@@ -39,9 +39,11 @@ def registry_option(fn):
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same settings).")
 @click.option("--nproc", type=int, default=None, help="Train data-parallel in N processes (torch.distributed launcher); or start under torchrun yourself.")
+@click.option("--track", "track", multiple=True, type=click.Choice(["mlflow", "tensorboard"]),
+              help="Log parameters, per-epoch metrics, the held-out headline, plots and the run directory to MLflow (MLFLOW_TRACKING_URI, else ./mlruns) or TensorBoard (RUN/tensorboard); repeatable. Needs clotclf[mlflow] / clotclf[tensorboard].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no metrics table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary (metrics per fold) as JSON.")
-def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
+def train_command(config_path, resume, nproc, track, quiet, as_json, **params) -> None:
     """Train a classifier on a TileSet (--tiles) with a patient-level split; with no --tiles, on the
     built-in demo cohort (generated and tiled once under --demo-dir). Writes a run directory:
     model.safetensors, config.json, metrics.json, history.csv, plots/, README.md. See docs/training.md."""
@@ -55,9 +57,9 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 
     settings = resolve_settings(config_path, overrides_from_cli(params))
     if nproc:
-        launch_distributed(settings, nproc, resume, quiet, as_json)
+        launch_distributed(settings, nproc, resume, quiet, as_json, track)
         return
-    summary = train(settings, resume=resume, progress=not (quiet or as_json))
+    summary = train(settings, resume=resume, progress=not (quiet or as_json), track=track)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     if as_json:
