@@ -135,6 +135,8 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label] (Kaggle's test.csv reads as is); every patient in it gets a submission row.")
 @click.option("--slide-is-patient", is_flag=True, help="Without a patient_id, make each slide its own patient [default: the STRIP AI image-id convention <patient>_<n>, else refused].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Slides tiled in parallel (processes).")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="Tile (and, for a MIL model on features, embed) one slide per task on a Dask cluster: a scheduler address or 'local'. SLIDES and --out on a file system every worker sees.")
+@click.option("--devices", default=None, metavar="cuda:0,cuda:1|all", help="A MIL model's encoder embeds the slides in one process per device (comma-separated; all: every visible GPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, help="Data-loader worker processes for inference.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
@@ -144,8 +146,8 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def predict_command(slides, features, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers,
-                    device, no_heatmaps, attention, quiet, as_json) -> None:
+def predict_command(slides, features, models, weights, out, manifest, slide_is_patient, workers, dask_address, devices,
+                    batch_size, loader_workers, device, no_heatmaps, attention, quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -162,7 +164,8 @@ def predict_command(slides, features, models, weights, out, manifest, slide_is_p
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
-                      attention=attention, features=features)
+                      attention=attention, features=features, dask=dask_address,
+                      devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:

@@ -79,9 +79,8 @@ class MemberScores:
 def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, device: str = "auto",
                 attention: bool = False, encoders: bool = True) -> list[LoadedModel]:
     """Load every ``--model`` (run directory or registry name), with its ensemble weight; a MIL model
-    on features gets its encoder rebuilt and checked now (unless ``encoders`` is False: the features
-    are given, ``predict --features``). ``attention``: attention heatmaps were asked for, so some
-    model must have attention (else one clear refusal)."""
+    on features gets its encoder rebuilt and checked now. ``attention``: attention heatmaps were
+    asked for, so some model must have attention (else one clear refusal)."""
     if not refs:
         raise PredictError("no --model given: pass a run directory (or registry name) with --model, once per ensemble member")
     if weights and len(weights) != len(refs):
@@ -102,7 +101,7 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
             )
     if attention:
         check_attention(out)
-    if encoders:
+    if encoders:  # False: the features are given (predict --features), nothing is embedded
         _attach_encoders(out, device)
     return out
 
@@ -145,8 +144,9 @@ def features_dir(out: Path, recipe: str, m: LoadedModel) -> Path:
 
 
 def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
-                 details: bool, patient_of: dict[str, str]) -> MemberScores:
-    """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job)."""
+                 details: bool, patient_of: dict[str, str], engine: dict[str, Any] | None = None) -> MemberScores:
+    """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job);
+    ``engine``: where a MIL model's encoder embeds the slides (``devices`` / ``dask``, as ``clotclf embed``)."""
     labels = m.labels
     rt.place(m.model)
     if not m.form.is_mil:
@@ -159,16 +159,16 @@ def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, wo
                 res.tiles[image_id] = group[["x", "y", "size"]].to_numpy()
                 res.tile_probs[image_id] = probs[pos]
         return res
-    return _score_mil(m, ts, recipe, out, batch_size, workers, rt, progress, details, patient_of)
+    return _score_mil(m, ts, recipe, out, batch_size, workers, rt, progress, details, patient_of, engine)
 
 
 def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
-               details: bool, patient_of: dict[str, str]) -> MemberScores:
+               details: bool, patient_of: dict[str, str], engine: dict[str, Any] | None = None) -> MemberScores:
     data = ts
     if m.form.on_features:  # features of the model's own encoder, made once per recipe and encoder
         where = features_dir(out, recipe, m)
         with write_guard("the features of the tiles", where, after="run the same command again (finished slides are kept)"):
-            data = embed_bags(ts.root, where, m.encoder, batch_size=batch_size, progress=progress)
+            data = embed_bags(ts.root, where, m.encoder, batch_size=batch_size, progress=progress, **(engine or {}))
         keep = data.index["image_id"].isin(set(ts.index["image_id"]))
         data.index = data.index[keep].reset_index(drop=True)
         data.index["patient_id"] = data.index["image_id"].map(patient_of)

@@ -105,6 +105,8 @@ def predict(
     slide_is_patient: bool = False,
     attention: bool = False,
     features: str | Path | None = None,
+    dask: str | None = None,
+    devices: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -115,7 +117,9 @@ def predict(
     heatmaps must show attention weights (refused at once unless some model has them; without it,
     a model with attention adds its attention panel anyway). ``features``: score the slides of this
     feature store (``clotclf embed`` or ``clotclf import-features``) instead of slides: MIL models on
-    features of its encoder only, no slide is opened, no heatmaps (``slides_dir`` is not read)."""
+    features of its encoder only, no slide is opened, no heatmaps (``slides_dir`` is not read).
+    ``dask`` (an address, or ``local``): slides are tiled, and a MIL model's encoder embeds them,
+    one task per slide on that cluster; ``devices``: the encoder embeds in one process per device."""
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -150,6 +154,7 @@ def predict(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
                 workers=workers, progress=progress, labels=labels, require_labels=False,
                 require_tiles=False,  # slides without tissue still get their patients' rows
+                dask=dask,
             )
         ts = TileSet(tiles_dir)
         # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one
@@ -160,7 +165,8 @@ def predict(
         if len(ts) == 0:
             continue
         for m in members:  # every member gives slide probabilities (tile-level: mean of its tiles; MIL: its bag)
-            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps, job.patient_of)
+            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps, job.patient_of,
+                               {"dask": dask, "devices": devices})
             slide_tables.append(res.slides.assign(_weight=m.weight))
             member_scores.append((m, ts, res))
     if store is not None:
