@@ -36,7 +36,6 @@ from clotclf_core import __version__
 from clotclf_core.features.bags import FeatureBags
 from clotclf_core.features.encoder import Encoder, build_encoder
 from clotclf_core.features.store import (
-    DTYPE,
     FORMAT,
     FORMAT_VERSION,
     META_NAME,
@@ -45,6 +44,7 @@ from clotclf_core.features.store import (
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
+    matrix_file,
     matrix_problem,
     read_meta,
     read_rows,
@@ -52,7 +52,7 @@ from clotclf_core.features.store import (
     tileset_fingerprint,
 )
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
-from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.plugin.io import write_json, write_text
 from clotclf_core.progress import bar
 from clotclf_core.tiling.tileset import TileSet
 
@@ -65,17 +65,6 @@ MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
 # ----------------------------------------------------------------------------- the store being written
 
 
-@contextlib.contextmanager
-def matrix_file(path: Path, n: int, num_features: int) -> Iterator[np.ndarray]:
-    """A slide's writable float16 (n, F) matrix, memory-mapped in a temporary file renamed onto
-    ``path`` on a clean exit (nothing left on an exception)."""
-    with atomic_path(path, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(int(n), int(num_features)))
-        try:
-            yield out
-            out.flush()
-        finally:
-            del out
 
 
 class FeatureStoreWriter:

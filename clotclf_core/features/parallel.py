@@ -26,7 +26,6 @@ from clotclf_core.plugin.errors import ClotclfError, Interrupted
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from clotclf_core.features.embed import FeatureStoreWriter
     from clotclf_core.features.encoder import Encoder
     from clotclf_core.tiling.tileset import TileSet
 
@@ -84,7 +83,7 @@ def embed_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from clotclf_core.features.embed import matrix_file
+    from clotclf_core.features.store import matrix_file
     from clotclf_core.tiling.tileset import TileSet
 
     out = {"image_id": job["image_id"], "status": "failed", "reason": "", "fatal": None, "info": {}}
@@ -147,10 +146,11 @@ class DevicePool:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def embed_in_workers(ts: "TileSet", writer: "FeatureStoreWriter", by_slide: dict[str, "pd.DataFrame"], todo: list[str],
+def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFrame"], todo: list[str],
                      encoder: "Encoder", *, batch_size: int, device: str, workers: int, devices: list[str] | None,
                      dask: str | None, progress: bool, out: str | Path, kept: int) -> tuple[list[str], str]:
-    """Embed the slides ``todo`` in workers, committing each as it finishes; ``(embedded, where)``."""
+    """Embed the slides ``todo`` in workers, committing each as it finishes through ``writer`` (the
+    :class:`~clotclf_core.features.embed.FeatureStoreWriter`); ``(embedded, where)``."""
     from clotclf_core.progress import bar
     from clotclf_core.tiling.execution import DaskCluster
 

@@ -23,11 +23,12 @@ No torch here; numpy and pandas only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
@@ -194,6 +195,21 @@ def matrix_problem(path: Path, n_tiles: int, num_features: int) -> str | None:
     if dtype != DTYPE or shape != (int(n_tiles), int(num_features)):
         return f"holds {dtype} {tuple(shape)} instead of float16 {(int(n_tiles), int(num_features))}"
     return None
+
+
+@contextlib.contextmanager
+def matrix_file(path: Path, n: int, num_features: int) -> Iterator[np.ndarray]:
+    """A slide's writable float16 (n, F) matrix, memory-mapped in a temporary file renamed onto
+    ``path`` on a clean exit (nothing left on an exception): how every writer of a store writes one."""
+    from clotclf_core.plugin.io import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(int(n), int(num_features)))
+        try:
+            yield out
+            out.flush()
+        finally:
+            del out
 
 
 def read_rows(path: Path) -> "pd.DataFrame":
