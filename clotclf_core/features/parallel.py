@@ -166,9 +166,11 @@ def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFra
         where = f"{len(engine.devices)} process(es) on {', '.join(dict.fromkeys(engine.devices))}"
     embedded: list[str] = []
     failed: dict[str, str] = {}
+    used: set[str] = set()
     bar_ = bar(total=len(jobs), unit="slide", desc="embed", disable=not progress or not jobs)
 
     def commit(res: dict[str, Any]) -> None:
+        used.add(str(res.get("info", {}).get("device", "")))
         if res.get("fatal"):
             raise ClotclfError(f"slide '{res['image_id']}': {res['fatal']} ({len(embedded)} slide(s) were embedded and kept; "
                                "run again to continue)")
@@ -191,6 +193,10 @@ def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFra
         for job in jobs:  # a matrix whose slide was never committed is not part of the store
             if job["image_id"] not in embedded:
                 Path(job["matrix"]).unlink(missing_ok=True)
+    precisions = {"bf16" if d.startswith("cuda") else "fp32" for d in used if d}
+    if precisions and precisions != {writer.meta["encoder"].get("precision")}:  # what the workers really ran in
+        writer.meta["encoder"]["precision"] = precisions.pop() if len(precisions) == 1 else "bf16 on CUDA workers, fp32 on CPU ones"
+        writer._write_meta()
     if failed:
         shown = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])
         raise ClotclfError(f"{len(failed)} slide(s) could not be embedded ({shown}); {len(embedded)} were embedded and "

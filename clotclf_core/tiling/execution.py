@@ -161,7 +161,8 @@ class InProcess:
     def __init__(self, inner_bar: Any = None):
         self.inner = inner_bar
 
-    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] = process_slide) -> None:
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] | None = None) -> None:
+        task = task or process_slide  # looked up when run (tests replace it)
         for job in jobs:
             if self.inner is not None:
                 self.inner.set_description(job["image_id"][:24])
@@ -184,9 +185,10 @@ class LocalPool:
         # fork after torch/openslide threads start can deadlock
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
 
-    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] = process_slide) -> None:
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] | None = None) -> None:
         from concurrent.futures import FIRST_COMPLETED, wait
 
+        task = task or process_slide
         it = iter(jobs)
         pending = set()
         for job in it:
@@ -235,13 +237,14 @@ class DaskCluster:
                 "or use --dask local / --workers N. Nothing was written"
             ) from None
 
-    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] = process_slide) -> None:
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] | None = None) -> None:
         import uuid
 
         from dask.distributed import as_completed
 
         run = uuid.uuid4().hex[:8]  # keys of this run only: a scheduler may still hold an earlier run's
-        what = "tile" if task is process_slide else getattr(task, "__name__", "task")
+        what = "tile" if task is None else getattr(task, "__name__", "task")
+        task = task or process_slide
         futures = {self.client.submit(task, job, pure=False, key=f"clotclf-{what}-{run}-{i}-{job['image_id']}"): job
                    for i, job in enumerate(jobs)}
         for fut in as_completed(list(futures)):
