@@ -78,7 +78,7 @@ class EncoderRecord(BaseModel):
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
     input_size: int = Field(..., ge=8, le=MAX_INPUT_SIZE)
-    imported: dict[str, Any] | None = None
+    # ``imported`` (a dict, features made elsewhere) is an extra field: absent from clotclf's own records
 
     @field_validator("mean", "std")
     @classmethod
@@ -87,7 +87,10 @@ class EncoderRecord(BaseModel):
 
     @model_validator(mode="after")
     def _rebuildable_unless_imported(self) -> "EncoderRecord":
-        if self.imported is None and (self.weights_sha256 is None or self.mean is None or self.std is None):
+        imported = (self.model_extra or {}).get("imported")
+        if imported is not None and not isinstance(imported, dict):
+            raise ValueError(f"imported must be an object describing where the features came from (got {imported!r})")
+        if imported is None and (self.weights_sha256 is None or self.mean is None or self.std is None):
             raise ValueError("an encoder clotclf made needs weights_sha256, mean and std (only imported features may lack them)")
         return self
 
