@@ -1,4 +1,5 @@
-# `make demo` and `make test` work on a fresh clone: each creates .venv and installs the project.
+# `make demo` and `make test` work on a fresh clone: each creates .venv and installs the project
+# (with the optional tracking extras, so their tests run rather than skip).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" >$(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,mlflow,tensorboard]" >$(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
 	$(PY) -c "import clotclf_core, torch, timm, openslide, tifffile, albumentations, huggingface_hub"
 	touch $(STAMP)
 

@@ -377,3 +377,19 @@ def test_a_tampered_calibration_record_is_refused(planted, planted_runs, tmp_pat
     out = invoke(["evaluate", run, "--features", planted, "--out", tmp_path / "e", "-q"])
     assert_clean_error(out, 2, ["'calibration' section is not one clotclf writes", "config.json"])
     assert not (tmp_path / "e").exists()
+def test_a_damaged_encoder_record_is_blamed_on_features_json_in_full(mil, tmp_path):
+    """D4 (issue 17): it was blamed on the aggregator, cut mid-word, with `show-plugin abmil` as the hint."""
+    import shutil
+
+    feats = tmp_path / "features"
+    shutil.copytree(mil["features"], feats)
+    meta = json.loads((feats / "features.json").read_text())
+    meta["encoder"]["weights_sha256"] = "not-a-sha256"
+    meta["encoder"]["input_size"] = 99999
+    (feats / "features.json").write_text(json.dumps(meta))
+    out = invoke(["train", "--features", feats, "--aggregator", "abmil", "--out", tmp_path / "r", "-q", *MIL_TRAIN])
+    line = assert_clean_error(out, 2, [f"the encoder record of '{feats / 'features.json'}'", "field 'weights_sha256'",
+                                       "'not-a-sha256'", "field 'input_size'", "less than or equal to 2048",
+                                       "clotclf embed ... --overwrite"])
+    assert "abmil" not in line and "show-plugin" not in line
+    assert not (tmp_path / "r").exists()

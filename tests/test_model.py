@@ -154,6 +154,25 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
 
 
+def test_weights_follow_the_umask_like_every_other_file(tmp_path):
+    """D3 (issue 17): safetensors' save_file writes a new 0600 file over the temporary one; a
+    colleague reading a shared runs/ folder must be able to load the weights."""
+    import os
+    import stat
+
+    import torch
+
+    from clotclf_core.plugin.weights import save_weights
+
+    for mask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        old = os.umask(mask)
+        try:
+            save_weights(torch.nn.Linear(2, 2), tmp_path / f"{mask:o}.safetensors")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / f"{mask:o}.safetensors").stat().st_mode) == mode
+
+
 def test_a_staged_folder_replaces_its_target_whole_with_normal_permissions(tmp_path):
     import os
     import stat

@@ -206,3 +206,28 @@ def test_a_registry_backend_from_another_distribution_gets_every_shared_check(tm
         api.list_models(settings=load_settings(registry="s3://b"))
     monkeypatch.undo()
     sys.modules.pop("fake_mirror", None)
+
+
+def test_predict_and_evaluate_take_registry_like_the_registry_commands(tmp_path, monkeypatch):
+    """Friction (issue 17): `predict --model NAME` needed CLOTCLF_REGISTRY in the environment."""
+    from test_predict import make_run as make_predict_run
+    from test_predict import write_slide
+
+    registry = tmp_path / "models"
+    registry.mkdir()
+    run = make_predict_run(tmp_path / "run", 3)
+    (run / "metrics.json").write_text('{"patient": {"weighted_log_loss": 0.6}}')
+    monkeypatch.setenv("CLOTCLF_CACHE_DIR", str(tmp_path / "cache"))
+    pushed = clotclf("push", str(run), "--repo", "lab/p", "--registry", registry.as_uri())
+    assert pushed.exit_code == 0, pushed.output
+    pulled = clotclf("pull", "lab/p", "--registry", registry.as_uri())
+    assert f"use it: clotclf predict SLIDES --model lab/p@" in pulled.stdout and f"--registry {registry.as_uri()}" in pulled.stdout
+    (tmp_path / "slides").mkdir()
+    write_slide(tmp_path / "slides" / "a_0.tif", ((300, 300, 180),), 1)
+    monkeypatch.setenv("CLOTCLF_REGISTRY", "hub")  # restored after the test: --registry sets it for its command
+    out = clotclf("predict", str(tmp_path / "slides"), "--model", "lab/p", "--registry", registry.as_uri(),
+                  "--out", str(tmp_path / "p"), "--no-heatmaps", "-q")
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "p" / "submission.csv").read_text().startswith("patient_id,CE,LAA\na,")
+    for command in ("predict", "evaluate"):
+        assert "--registry URL" in clotclf(command, "--help").stdout

@@ -1,4 +1,4 @@
-"""The data commands: ``clotclf tile``, ``export-patches``, ``embed`` and ``demo-data``.
+"""The data commands: ``clotclf tile``, ``export-patches``, ``embed``, ``import-features`` and ``demo-data``.
 
 Registered on the group by :mod:`clotclf_core.cli`; each is a thin wrapper over one function
 elsewhere, imported inside its body so that start-up stays light.
@@ -121,10 +121,13 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
                    "macenko:target=REF.png or reinhard:target=REF.png; estimated once per slide, recorded in "
                    "features.json (predict applies the same) [default: none].")
 @click.option("--overwrite", is_flag=True, help="Replace a feature store made with another encoder or TileSet.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Slides embedded in parallel by N worker processes on --device.")
+@click.option("--devices", default=None, metavar="cuda:0,cuda:1|all", help="One worker process per device (comma-separated; all: every visible GPU; cpu,cpu for CPU processes).")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="One task per slide on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. TILES and --out on a file system every worker sees.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, stain_normalise, overwrite,
-                  quiet, as_json) -> None:
+                  workers, devices, dask_address, quiet, as_json) -> None:
     """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
     store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
     run it again to embed what is missing. See docs/data-formats.md, Feature store."""
@@ -134,7 +137,42 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
     name, options = parse_component_ref(backbone, "--backbone")
     options |= parse_key_values(backbone_opts, "--backbone-opt")
     summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
-                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json), stain_normalise=stain_normalise)
+                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json), stain_normalise=stain_normalise,
+                            workers=workers, devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None,
+                            dask=dask_address)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif quiet:
+        click.echo(summary["out"])
+    else:
+        click.echo(format_summary(summary))
+
+
+# ----------------------------------------------------------------------------- import-features
+
+
+@click.command("import-features")
+@click.argument("h5_dir", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Feature store folder to write (resumed if it holds the same encoder's features).")
+@click.option("--encoder-name", required=True, metavar="NAME", help="The encoder that made the features (e.g. uni2-h, conch_v15): recorded, and checked against the files' own record.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, center_id, label]; default: every .h5 file, id = file stem.")
+@click.option("--weights-sha256", default=None, metavar="HEX", help="sha256 of the encoder's weights, if known [default: unknown, and said].")
+@click.option("--patch-size-level0", type=click.IntRange(min=1), default=None, help="A patch's side in level-0 pixels, for files that do not say it (CLAM).")
+@click.option("--patch-size", type=click.IntRange(min=8, max=2048), default=None, help="The side the encoder saw, for files that do not say it [default: --patch-size-level0].")
+@click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="Allowed label, repeatable.")
+@click.option("--overwrite", is_flag=True, help="Replace a feature store of another encoder or patching in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def import_features_command(h5_dir, out, encoder_name, manifest, weights_sha256, patch_size_level0, patch_size, labels,
+                            overwrite, quiet, as_json) -> None:
+    """Turn TRIDENT / CLAM patch-feature files (H5_DIR/<image_id>.h5: features + coords) into a
+    clotclf feature store, for `train --features`, `evaluate --features` and `predict --features`.
+    See docs/data-formats.md, "Features from elsewhere"."""
+    from clotclf_core.features.imported import format_summary, import_features
+
+    summary = import_features(h5_dir, out, encoder_name, manifest=manifest, labels=tuple(labels),
+                              weights_sha256=weights_sha256, patch_size_level0=patch_size_level0, patch_size=patch_size,
+                              overwrite=overwrite, progress=not (quiet or as_json))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif quiet:
@@ -183,4 +221,4 @@ def demo_data_command(out, seed, patients, signal, stain_shift, overwrite, quiet
     )
 
 
-COMMANDS = (tile, export_patches_command, embed_command, demo_data_command)
+COMMANDS = (tile, export_patches_command, embed_command, import_features_command, demo_data_command)

@@ -14,6 +14,23 @@ import click
 
 from clotclf_core.training.options import cli_options as _train_options
 
+#: where model resolvers (the registry plugin) read the registry a model name is pulled from
+REGISTRY_ENV = "CLOTCLF_REGISTRY"
+
+
+def _set_registry(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:  # the resolve hook reads its settings from the environment: this command's only
+        import os
+
+        os.environ[REGISTRY_ENV] = value
+
+
+def registry_option(fn):
+    """``--registry URL`` on every command that takes a model: where a model *name* is pulled from."""
+    return click.option("--registry", metavar="URL", default=None, expose_value=False, callback=_set_registry,
+                        is_eager=True, help=f"Registry that model names are pulled from: 'hub', or file:///path for a "
+                        f"local registry (same as {REGISTRY_ENV}=URL). [default: ${REGISTRY_ENV}, the registry config file, or hub]")(fn)
+
 # ----------------------------------------------------------------------------- train / evaluate
 
 #: evaluate's and predict's --standardise: an assertion about the model, which applies what it stores
@@ -27,9 +44,11 @@ _STANDARDISE_HELP = ("What a MIL model on features must do with its features: on
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same settings).")
 @click.option("--nproc", type=int, default=None, help="Train data-parallel in N processes (torch.distributed launcher); or start under torchrun yourself.")
+@click.option("--track", "track", multiple=True, type=click.Choice(["mlflow", "tensorboard"]),
+              help="Log parameters, per-epoch metrics, the held-out headline, plots and the run directory to MLflow (MLFLOW_TRACKING_URI, else ./mlruns) or TensorBoard (RUN/tensorboard); repeatable. Needs clotclf[mlflow] / clotclf[tensorboard].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no metrics table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary (metrics per fold) as JSON.")
-def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
+def train_command(config_path, resume, nproc, track, quiet, as_json, **params) -> None:
     """Train a classifier on a TileSet (--tiles) with a patient-level split; with no --tiles, on the
     built-in demo cohort (generated and tiled once under --demo-dir). Writes a run directory:
     model.safetensors, config.json, metrics.json, history.csv, plots/, README.md. See docs/training.md."""
@@ -43,9 +62,9 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 
     settings = resolve_settings(config_path, overrides_from_cli(params))
     if nproc:
-        launch_distributed(settings, nproc, resume, quiet, as_json)
+        launch_distributed(settings, nproc, resume, quiet, as_json, track)
         return
-    summary = train(settings, resume=resume, progress=not (quiet or as_json))
+    summary = train(settings, resume=resume, progress=not (quiet or as_json), track=track)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     if as_json:
@@ -72,6 +91,7 @@ def train_command(config_path, resume, nproc, quiet, as_json, **params) -> None:
 @click.option("--standardise", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help=_STANDARDISE_HELP)
 @click.option("--no-qupath", is_flag=True, help="Skip the per-slide QuPath GeoJSON (qupath/<image_id>.geojson).")
+@registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON.")
 def evaluate_command(run, tiles, features, out, patients, batch_size, workers, device, standardise, no_qupath, quiet,
@@ -128,7 +148,9 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 
 
 @click.command("predict")
-@click.argument("slides", type=click.Path(path_type=str))
+@click.argument("slides", type=click.Path(path_type=str), required=False)
+@click.option("--features", type=click.Path(file_okay=False), default=None,
+              help="Score the slides of this feature store (clotclf embed / import-features) instead of SLIDES: MIL models on features of its encoder; no slide is opened, no heatmaps.")
 @click.option("--model", "models", multiple=True, required=True, metavar="RUN",
               help="Run directory, cross-validation run folder (its folds' ensemble) or registry name (org/name[@rev]); repeat for an ensemble.")
 @click.option("--weight", "weights", multiple=True, type=float, help="Ensemble weight per --model, in order [default: equal].")
@@ -136,6 +158,8 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with image_id[, patient_id, label] (Kaggle's test.csv and other.csv read as is; labels are optional, any value accepted); every patient in it gets a submission row.")
 @click.option("--slide-is-patient", is_flag=True, help="Without a patient_id, make each slide its own patient [default: the STRIP AI image-id convention <patient>_<n>, else refused].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Slides tiled in parallel (processes).")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="Tile (and, for a MIL model on features, embed) one slide per task on a Dask cluster: a scheduler address or 'local'. SLIDES and --out on a file system every worker sees.")
+@click.option("--devices", default=None, metavar="cuda:0,cuda:1|all", help="A MIL model's encoder embeds the slides in one process per device (comma-separated; all: every visible GPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Tiles per inference batch.")
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, help="Data-loader worker processes for inference.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if available.")
@@ -145,10 +169,12 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--attention-heatmaps", "attention", is_flag=True,
               help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
 @click.option("--no-qupath", is_flag=True, help="Skip the per-slide QuPath GeoJSON (qupath/<image_id>.geojson).")
+@registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
-                    no_heatmaps, standardise, attention, no_qupath, quiet, as_json) -> None:
+def predict_command(slides, features, models, weights, out, manifest, slide_is_patient, workers, dask_address, devices,
+                    batch_size, loader_workers, device, no_heatmaps, standardise, attention, no_qupath, quiet,
+                    as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -158,10 +184,15 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     from clotclf_core.plugin.errors import PartialFailure
     from clotclf_core.predict.run import predict
 
+    if (slides is None) == (features is None):
+        raise click.UsageError("give the slides (SLIDES) or, for MIL models on features, a feature store (--features F): one of the two")
+    if features is not None and attention:
+        raise click.UsageError("--attention-heatmaps needs slide images: with --features no heatmap is drawn")
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
-                      attention=attention, standardise=standardise, qupath=not no_qupath)
+                      attention=attention, standardise=standardise, qupath=not no_qupath, features=features,
+                      dask=dask_address, devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:
@@ -183,9 +214,11 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
             click.echo(f"{level:>8}: accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
                        f"weighted log loss {m['weighted_log_loss']:.3f}")
         click.echo(f"predictions: {summary['predictions']}\nsubmission:  {summary['submission']}\n"
-                   f"heatmaps:    {Path(summary['out']) / 'heatmaps'}\n"
+                   + (f"heatmaps:    {Path(summary['out']) / 'heatmaps'}\n" if summary.get("heatmaps") else "")
                    + (f"QuPath:      {Path(summary['out']) / 'qupath'} (File > Import objects)\n" if summary["qupath"] else "")
                    + f"report:      {summary['report']}")
+        if summary.get("note"):
+            click.echo(summary["note"])
         if summary.get("labels_note"):
             click.echo(f"labels: {summary['labels_note']}")
     _predict_warnings(summary)

@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,13 +45,14 @@ from clotclf_core.features.store import (
     FeatureStoreError,
     describe_encoder,
     encoder_identity,
+    matrix_file,
     read_rows,
     read_store_meta,
     rows_fingerprint,
     tileset_fingerprint,
 )
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
-from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.plugin.io import write_json, write_text
 from clotclf_core.progress import bar
 from clotclf_core.tiling.stain import SlideNormaliser, StainTarget, sample_rows
 from clotclf_core.tiling.tileset import TileSet, npy_problem
@@ -63,6 +64,8 @@ MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
 
 
 # ----------------------------------------------------------------------------- the store being written
+
+
 
 
 class FeatureStoreWriter:
@@ -184,16 +187,15 @@ class FeatureStoreWriter:
     def slide(self, image_id: str, rows: "pd.DataFrame") -> Iterator[np.ndarray]:
         """Yield the slide's writable float16 (n, F) matrix (memory-mapped, in a temporary file);
         on a clean exit commit matrix, rows and ``features.json``; on an exception leave nothing."""
-        n = len(rows)
-        with atomic_path(self._path(image_id, ".npy"), suffix=".npy") as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(n, int(self.meta["num_features"])))
-            try:
-                yield out
-                out.flush()
-            finally:
-                del out
+        with matrix_file(self._path(image_id, ".npy"), len(rows), int(self.meta["num_features"])) as out:
+            yield out
+        self.commit(image_id, rows)
+
+    def commit(self, image_id: str, rows: "pd.DataFrame") -> None:
+        """The slide's matrix is in place (written by :meth:`slide`, or by a worker process): its
+        rows, then ``features.json``, make it part of the store."""
         write_text(self._path(image_id, ".csv"), rows.to_csv(index=False))
-        self.meta["slides"][image_id] = {"status": "done", "n_tiles": int(n), "tiles_sha256": rows_fingerprint(rows),
+        self.meta["slides"][image_id] = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
                                          **{c: str(rows[c].iloc[0]) for c in MANIFEST_COLUMNS}}
         self._write_meta()
 
@@ -280,25 +282,36 @@ def _tileset_record(ts: TileSet) -> dict[str, Any]:
 def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: dict[str, Any] | None = None, *,
                   input_size: int | None = None, batch_size: int = 64, device: str = "auto", seed: int = 0,
                   overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
-                  stain_normalise: str | None = None) -> dict[str, Any]:
+                  stain_normalise: str | None = None, workers: int = 1, devices: Sequence[str] | None = None,
+                  dask: str | None = None) -> dict[str, Any]:
     """Embed every tile of the TileSet ``tiles`` into the feature store ``out``; return a summary.
 
     ``encoder`` (already built, e.g. rebuilt from a MIL run's record) replaces ``backbone`` /
     ``options`` / ``input_size`` / ``seed`` / ``stain_normalise`` (``--stain-normalise``: every
     slide's tiles mapped onto one stain target before the encoder, recorded in ``features.json``).
+    ``workers`` > 1, ``devices`` (one process per device) or ``dask`` (a scheduler address, or
+    ``local``) embed one slide per task in other processes (:mod:`clotclf_core.features.parallel`);
+    the store is the same, byte for byte.
     """
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1, got {batch_size}")
+    parallel = workers > 1 or bool(devices) or bool(dask)
+    if parallel:
+        from clotclf_core.features.parallel import check_engine, worker_precision
+
+        devices = check_engine(workers, devices, dask, device)
     ts = TileSet(tiles)
     if len(ts) == 0:
         raise ClotclfError(
             f"TileSet '{tiles}' holds no tiles: no slide of it was tiled (see the statuses in its tileset.json); "
             "tile the slides again, e.g. with a lower --min-tissue"
         )
-    if encoder is None:
-        encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size, device=device, seed=seed,
-                                stain_normalise=stain_normalise)
+    if encoder is None:  # in workers' runs this one only describes the encoder: on the CPU, the GPUs are theirs
+        encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size,
+                                device="cpu" if parallel else device, seed=seed, stain_normalise=stain_normalise)
     record = encoder.record()
+    if parallel:
+        record["precision"] = worker_precision(devices, dask, device)
     writer = FeatureStoreWriter(out, record, _tileset_record(ts), encoder.num_features, overwrite=overwrite)
     index = ts.index
     by_slide = {k: v.reset_index(drop=True) for k, v in index.groupby("image_id", sort=True)} if len(index) else {}
@@ -306,6 +319,14 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     todo = plan["todo"]
     total = sum(len(by_slide[i]) for i in todo)
     t0 = time.perf_counter()
+    if parallel:
+        from clotclf_core.features.parallel import embed_in_workers
+
+        embedded, where, unfitted = embed_in_workers(ts, writer, by_slide, todo, encoder, batch_size=batch_size,
+                                                     device=device, workers=workers, devices=devices, dask=dask,
+                                                     progress=progress, out=out, kept=len(plan["kept"]))
+        return _summary(out, record, encoder, writer, plan, embedded, total, time.perf_counter() - t0, where,
+                        record["precision"], unfitted)
     embedded: list[str] = []
     pin = encoder.device.type == "cuda"
     bar_ = bar(total=total, unit="tile", desc="embed", disable=not progress or total == 0)
@@ -345,7 +366,11 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     finally:
         stream.close()
         bar_.close()
-    seconds = time.perf_counter() - t0
+    return _summary(out, record, encoder, writer, plan, embedded, total, time.perf_counter() - t0, str(encoder.device),
+                    encoder.precision, unfitted)
+
+
+def _summary(out, record, encoder, writer, plan, embedded, total, seconds, device, precision, unfitted) -> dict[str, Any]:
     return {
         "out": str(out),
         "encoder": describe_encoder(record),
@@ -353,8 +378,8 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         "num_features": encoder.num_features,
         "input_size": encoder.input_size,
         "normalisation": {"mean": record["mean"], "std": record["std"], "from": record["normalisation_from"]},
-        "device": str(encoder.device),
-        "precision": encoder.precision,
+        "device": device,
+        "precision": precision,
         "slides": len(writer.meta["slides"]),
         "embedded": len(embedded),
         "kept": len(plan["kept"]),
@@ -371,12 +396,13 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
 
 
 def embed_bags(tiles: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
-               progress: bool = False) -> FeatureBags:
+               progress: bool = False, **engine: Any) -> FeatureBags:
     """A MIL model on features scoring a TileSet: every tile of ``tiles`` embedded with the model's
     own ``encoder`` (rebuilt from its record: :func:`clotclf_core.features.encoder.encoder_from_record`)
     into the feature store ``out`` (resumable: slides already there are kept), opened as bags. The one
-    "embed, then bag" of ``clotclf evaluate`` and ``clotclf predict``."""
-    embed_tileset(tiles, out, encoder.backbone, encoder=encoder, batch_size=batch_size, progress=progress)
+    "embed, then bag" of ``clotclf evaluate`` and ``clotclf predict``. ``engine``: ``workers`` /
+    ``devices`` / ``dask``, as :func:`embed_tileset`."""
+    embed_tileset(tiles, out, encoder.backbone, encoder=encoder, batch_size=batch_size, progress=progress, **engine)
     return FeatureBags(FeatureStore(out))
 
 

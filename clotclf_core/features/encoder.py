@@ -196,7 +196,13 @@ def _check_forward(enc: Encoder) -> None:
 
 def encoder_from_record(record: dict[str, Any], device: str = "auto") -> Encoder:
     """Rebuild the encoder a feature store (or a MIL run) recorded, and check that its weights are
-    the recorded ones (a Hub repo whose weights changed since, say, is refused)."""
+    the recorded ones (a Hub repo whose weights changed since, say, is refused). Features imported
+    from elsewhere (``clotclf import-features``) cannot be made again here: refused, naming the fix."""
+    if isinstance(record.get("imported"), dict):
+        raise ClotclfError(
+            f"the features were made outside clotclf ({describe_encoder(record)}), so clotclf cannot compute them from "
+            "slides: score pre-extracted features of the same encoder instead (`clotclf import-features H5_DIR --encoder-name "
+            f"{record.get('backbone')} --out F`, then `--features F`)")
     enc = build_encoder(record["backbone"], record.get("options") or {}, input_size=record.get("input_size"),
                         device=device, seed=int(record.get("seed", 0)), stain_normalise=record.get("stain_normalise"))
     if enc.weights_sha256 != record.get("weights_sha256"):

@@ -23,11 +23,12 @@ No torch here; numpy and pandas only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from clotclf_core.tiling.tileset import npy_problem
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from clotclf_core.models.config import EncoderRecord
     from clotclf_core.tiling.tileset import TileSet
 
 FORMAT = "clotclf-features"
@@ -78,6 +80,11 @@ def encoder_identity(record: dict[str, Any]) -> dict[str, Any]:
 
 def describe_encoder(record: dict[str, Any]) -> str:
     """``timm(model=convnext_atto) [weights sha256 1a2b3c4d…, 224 px, mean (0.485, …)]`` — one line."""
+    imported = record.get("imported")
+    if isinstance(imported, dict):
+        digest = f"weights sha256 {str(record['weights_sha256'])[:12]}…" if record.get("weights_sha256") else "weights unknown"
+        return (f"{record.get('backbone')} [imported from {imported.get('format', '?')} .h5 files, {digest}, "
+                f"{record.get('input_size')} px patches]")
     opts = record.get("options") or {}
     shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and k != "img_size" and not isinstance(v, dict))
     if record.get("hub_commit"):
@@ -136,6 +143,24 @@ def check_matches_tileset(store: "FeatureStore", tileset: "TileSet", tiles: str 
         )
 
 
+def encoder_record(store: "FeatureStore") -> "EncoderRecord":
+    """The store's encoder record, checked (what a MIL run records as its ``model.encoder``); a
+    damaged one is blamed on ``features.json``, naming every problem in full."""
+    from pydantic import ValidationError
+
+    from clotclf_core.models.config import EncoderRecord
+    from clotclf_core.plugin.spec import format_validation_error
+
+    try:
+        return EncoderRecord.model_validate(store.encoder)
+    except ValidationError as err:
+        problems = format_validation_error(err, f"the encoder record of '{store.root / META_NAME}'")
+        raise FeatureStoreError(
+            problems.replace(": option '", ": field '").replace("; option '", "; field '") + ". The file was edited or "
+            "damaged: make the feature store again (`clotclf embed ... --overwrite`, or `clotclf import-features ... "
+            "--overwrite` for imported features)") from None
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -156,6 +181,21 @@ def read_store_meta(root: Path) -> dict[str, Any]:
             f"feature store '{root}' has format version {meta.get('format_version')}, this clotclf reads version "
             f"{FORMAT_VERSION}; embed the tiles again with this version (`clotclf embed ... --overwrite`)")
     return meta
+
+
+@contextlib.contextmanager
+def matrix_file(path: Path, n: int, num_features: int) -> Iterator[np.ndarray]:
+    """A slide's writable float16 (n, F) matrix, memory-mapped in a temporary file renamed onto
+    ``path`` on a clean exit (nothing left on an exception): how every writer of a store writes one."""
+    from clotclf_core.plugin.io import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(int(n), int(num_features)))
+        try:
+            yield out
+            out.flush()
+        finally:
+            del out
 
 
 def read_rows(path: Path) -> "pd.DataFrame":

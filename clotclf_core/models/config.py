@@ -63,22 +63,36 @@ def _check_normalisation(values: tuple[float, float, float], name: str) -> tuple
 class EncoderRecord(BaseModel):
     """The frozen encoder a feature store was made with (``features.json``'s ``encoder``), as a MIL
     run records it: enough to rebuild it (``backbone``, ``options``) and to recognise it
-    (``weights_sha256``, normalisation, input size). Other fields of the record are kept as they are."""
+    (``weights_sha256``, normalisation, input size). Other fields of the record are kept as they are.
+
+    Features made elsewhere (``clotclf import-features``: TRIDENT / CLAM ``.h5`` files) have an
+    ``imported`` record instead of a way to rebuild the encoder, and may not know its weights'
+    hash or normalisation (``None``): such an encoder is recognised by name and patch size only."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     backbone: str = Field(..., pattern=COMPONENT_REF)
     options: dict[str, Any] = Field(default_factory=dict)
-    weights_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    weights_sha256: str | None = Field(..., pattern=r"^[0-9a-f]{64}$")
     num_features: int = Field(..., ge=1, le=MAX_FEATURES)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
     input_size: int = Field(..., ge=8, le=MAX_INPUT_SIZE)
+    # ``imported`` (a dict, features made elsewhere) is an extra field: absent from clotclf's own records
 
     @field_validator("mean", "std")
     @classmethod
-    def _normalisation(cls, values: tuple[float, float, float], info: Any) -> tuple[float, float, float]:
-        return _check_normalisation(values, info.field_name)
+    def _normalisation(cls, values: tuple[float, float, float] | None, info: Any) -> tuple[float, float, float] | None:
+        return None if values is None else _check_normalisation(values, info.field_name)
+
+    @model_validator(mode="after")
+    def _rebuildable_unless_imported(self) -> "EncoderRecord":
+        imported = (self.model_extra or {}).get("imported")
+        if imported is not None and not isinstance(imported, dict):
+            raise ValueError(f"imported must be an object describing where the features came from (got {imported!r})")
+        if imported is None and (self.weights_sha256 is None or self.mean is None or self.std is None):
+            raise ValueError("an encoder clotclf made needs weights_sha256, mean and std (only imported features may lack them)")
+        return self
 
 
 class ModelConfig(StrictModel):

@@ -67,7 +67,25 @@ def resolve_run_dir(ref: str | Path) -> Path:
 
 #: what ``clotclf train --fold all`` writes beside its ``fold_<k>/`` run directories when every fold is done
 CV_NAME = "cv.json"
+#: ``config.json``'s ``kind`` of a pushed (or pulled) cross-validation run: ``{"kind": "fold_ensemble", "folds": [...]}``
+FOLD_ENSEMBLE_KIND = "fold_ensemble"
 _FOLD_NAME = re.compile(r"^fold_(\d+)$")
+
+
+def _listed_folds(run_dir: Path) -> tuple[Any, Path] | None:
+    """``(the fold list, the file listing it)`` of a cross-validation folder, or None when it lists none."""
+    config = run_dir / CONFIG_NAME
+    if config.is_file():
+        data = read_run_config(run_dir)
+        return (data.get("folds"), config) if data.get("kind") == FOLD_ENSEMBLE_KIND else None
+    cv = run_dir / CV_NAME
+    if not cv.is_file():
+        return None
+    try:
+        return json.loads(cv.read_text(encoding="utf-8")).get("folds"), cv
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ModelLoadError(f"'{cv}' is not the JSON object `clotclf train --fold all` writes ({exc}); "
+                             "re-run that training with --resume") from None
 
 
 def fold_runs(run_dir: str | Path) -> list[Path] | None:
@@ -76,30 +94,28 @@ def fold_runs(run_dir: str | Path) -> list[Path] | None:
     (the mean of the folds' probabilities, as the run's own test-ensemble headline) — or ``None``
     when ``run_dir`` is a single model's run directory (or not a run at all).
 
-    The one reader of that layout: the folds are the ones ``cv.json`` lists (``fold_<k>`` folders
-    directly inside ``run_dir``, nothing else), each a complete run directory. A folder with
-    ``fold_<k>/`` but no ``cv.json`` is a cross-validation that did not finish, refused with the
-    fix, as is a listed fold without its weights."""
+    The one reader of that layout: the folds are the ones listed — by ``cv.json`` (what training
+    writes once every fold is done) or, in a pushed / pulled copy, by a ``config.json`` of kind
+    ``fold_ensemble`` (:mod:`clotclf_registry.ensemble`) — ``fold_<k>`` folders directly inside
+    ``run_dir``, nothing else, each a complete run directory. A folder with ``fold_<k>/`` but no
+    list is a cross-validation that did not finish, refused with the fix, as is a listed fold
+    without its weights."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or (run_dir / WEIGHTS_NAME).is_file():
         return None
-    cv = run_dir / CV_NAME
-    present = sorted((p for p in run_dir.iterdir() if _FOLD_NAME.match(p.name) and p.is_dir()),
-                     key=lambda p: int(_FOLD_NAME.match(p.name)[1]))
-    if not cv.is_file():
+    found = _listed_folds(run_dir)
+    if found is None:
+        present = sorted((p for p in run_dir.iterdir() if _FOLD_NAME.match(p.name) and p.is_dir()),
+                         key=lambda p: int(_FOLD_NAME.match(p.name)[1]))
         if not present:
             return None
         raise ModelLoadError(
             f"'{run_dir}' is a cross-validation run that did not finish ({', '.join(p.name for p in present)} but no "
             f"{CV_NAME}): finish it with the same `clotclf train ... --fold all --resume`, or name one finished fold "
             f"folder, e.g. {present[0]}")
-    try:
-        listed = json.loads(cv.read_text(encoding="utf-8")).get("folds")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise ModelLoadError(f"'{cv}' is not the JSON object `clotclf train --fold all` writes ({exc}); "
-                             "re-run that training with --resume") from None
+    listed, source = found
     if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and _FOLD_NAME.match(n) for n in listed):
-        raise ModelLoadError(f"'{cv}' lists no fold folders (its 'folds' must be names like fold_0): it does not come "
+        raise ModelLoadError(f"'{source}' lists no fold folders (its 'folds' must be names like fold_0): it does not come "
                              "from `clotclf train --fold all`; name the fold folders themselves")
     folds = [run_dir / name for name in listed]
     unfinished = [p.name for p in folds if not ((p / WEIGHTS_NAME).is_file() and (p / CONFIG_NAME).is_file())]

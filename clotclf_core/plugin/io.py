@@ -35,6 +35,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results get the usual permissions
         yield tmp_path
+        # again: a writer may have replaced the file (safetensors' save_file writes a new 0600 one)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except BaseException:
         if tmp_path is not None:

@@ -30,9 +30,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from clotclf_core.features.bags import Slides
+from clotclf_core.features.bags import FeatureBags, Slides
 from clotclf_core.features.embed import embed_bags
 from clotclf_core.features.encoder import encoder_from_record
+from clotclf_core.features.store import check_encoder
 from clotclf_core.models.aggregate import require_attention
 from clotclf_core.models.form import ModelForm
 from clotclf_core.models.mil import check_standardise_option
@@ -106,10 +107,11 @@ def _load_member(ref: str, run_dir: Path, weight: float, of: str = "") -> Loaded
 
 
 def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, device: str = "auto",
-                attention: bool = False, standardise: str = "auto") -> list[LoadedModel]:
+                attention: bool = False, standardise: str = "auto", encoders: bool = True) -> list[LoadedModel]:
     """Load every ``--model`` (run directory or registry name), with its ensemble weight and its
-    calibration; a MIL model on features gets its encoder rebuilt and checked now. A cross-validation
-    run folder (``--fold all``) is its fold ensemble: one member per fold, sharing its weight equally
+    calibration; a MIL model on features gets its encoder rebuilt and checked now (unless
+    ``encoders`` is False: the features are given, ``predict --features``). A cross-validation run
+    folder (``--fold all``) is its fold ensemble: one member per fold, sharing its weight equally
     (:func:`~clotclf_core.models.runs.fold_runs`), each with the calibration its config records.
     ``attention``: attention heatmaps were asked for, so some model must have attention (else one
     clear refusal); ``standardise`` (``on`` / ``off``): what every MIL model on features must do with
@@ -146,7 +148,8 @@ def load_models(refs: Sequence[str], weights: Sequence[float] | None = None, dev
             )
     if attention:
         check_attention(out)
-    _attach_encoders(out, device)
+    if encoders:  # False: the features are given (predict --features), nothing is embedded
+        _attach_encoders(out, device)
     return out
 
 
@@ -188,8 +191,9 @@ def features_dir(out: Path, recipe: str, m: LoadedModel) -> Path:
 
 
 def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
-                 details: bool, patient_of: dict[str, str]) -> MemberScores:
-    """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job)."""
+                 details: bool, patient_of: dict[str, str], engine: dict[str, Any] | None = None) -> MemberScores:
+    """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job);
+    ``engine``: where a MIL model's encoder embeds the slides (``devices`` / ``dask``, as ``clotclf embed``)."""
     labels = m.labels
     rt.place(m.model)
     if not m.form.is_mil:
@@ -201,25 +205,69 @@ def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, wo
                 pos = group.index.to_numpy()
                 res.tiles[image_id] = group[["x", "y", "size"]].to_numpy()
                 res.tile_probs[image_id] = probs[pos]
-    else:
-        res = _score_mil(m, ts, recipe, out, batch_size, workers, rt, progress, details, patient_of)
-    if m.calibration.active:  # the run's own post-processing of its slide probabilities
-        cols = [f"p_{n}" for n in labels]
+        return calibrated(m, res)
+    return calibrated(m, _score_mil(m, ts, recipe, out, batch_size, workers, rt, progress, details, patient_of, engine))
+
+
+def calibrated(m: LoadedModel, res: MemberScores) -> MemberScores:
+    """``res`` with its slide probabilities post-processed as the member's run says (calibration,
+    clipping; nothing for a run without): before the ensemble mean, as the run's own headline."""
+    if m.calibration.active:
+        cols = [f"p_{n}" for n in m.labels]
         res.slides = res.slides.copy()
         res.slides[cols] = m.calibration.apply(res.slides[cols].to_numpy())
     return res
 
 
 def _score_mil(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
-               details: bool, patient_of: dict[str, str]) -> MemberScores:
+               details: bool, patient_of: dict[str, str], engine: dict[str, Any] | None = None) -> MemberScores:
     data = ts
     if m.form.on_features:  # features of the model's own encoder, made once per recipe and encoder
         where = features_dir(out, recipe, m)
         with write_guard("the features of the tiles", where, after="run the same command again (finished slides are kept)"):
-            data = embed_bags(ts.root, where, m.encoder, batch_size=batch_size, progress=progress)
+            data = embed_bags(ts.root, where, m.encoder, batch_size=batch_size, progress=progress, **(engine or {}))
         keep = data.index["image_id"].isin(set(ts.index["image_id"]))
         data.index = data.index[keep].reset_index(drop=True)
         data.index["patient_id"] = data.index["image_id"].map(patient_of)
+    return score_bag_data(m, data, batch_size, workers, rt, progress, details)
+
+
+def check_feature_models(loaded: list[LoadedModel], store: Any) -> None:
+    """``predict --features``: every model must be a MIL model on features of the store's encoder."""
+    for m in loaded:
+        if not m.form.on_features:
+            what = "a tile-level model" if not m.form.is_mil else "a MIL model trained end to end on tile images"
+            raise PredictError(f"model '{m.ref}' is {what}: it scores tile images, not stored features. Give the slides "
+                               "(SLIDES) instead of --features, or leave this model out")
+        check_encoder(store, m.model.config.encoder.model_dump(mode="json"), f"the model '{m.ref}'")
+
+
+def score_features(loaded: list[LoadedModel], store: Any, job_ids: Sequence[str], patient_of: dict[str, str],
+                   batch_size: int, workers: int, rt, progress: bool, details: bool
+                   ) -> tuple[list[Any], list[tuple[LoadedModel, Any, MemberScores]], dict[str, dict[str, Any]]]:
+    """``predict --features``: every model on the store's bags of the job's slides (no slide is
+    opened). Returns the slide tables (with each model's ``_weight``), the member scores, and a
+    status per job slide: ``done``, the store's reason for a slide without features, or not in the store."""
+    data = FeatureBags(store)
+    wanted = set(job_ids)
+    data.index = data.index[data.index["image_id"].isin(wanted)].reset_index(drop=True)
+    data.index["patient_id"] = data.index["image_id"].map(patient_of)
+    statuses = {i: {"status": "failed", "reason": f"not in the feature store '{store.root}'"} for i in job_ids}
+    statuses |= {i: {**e, "reason": e.get("reason", "")} for i, e in data.slides.items() if i in wanted}
+    tables, members = [], []
+    if len(data.index):
+        for m in loaded:
+            res = calibrated(m, score_bag_data(m, data, batch_size, workers, rt, progress, details))
+            tables.append(res.slides.assign(_weight=m.weight))
+            members.append((m, data, res))
+    return tables, members, statuses
+
+
+def score_bag_data(m: LoadedModel, data: Any, batch_size: int, workers: int, rt, progress: bool,
+                   details: bool) -> MemberScores:
+    """A MIL member on bags of ``data`` (a TileSet, or a feature store's :class:`FeatureBags`): every
+    slide of its index, one bag each."""
+    rt.place(m.model)
     slides = Slides(data.index, [], m.labels, rows=np.arange(len(data.index)))
     frame, scores = score_bags(m.model, data, slides, batch_size, workers, rt, progress, f"predict {m.ref}", details)
     table = pd.DataFrame({"image_id": frame["image_id"], **{f"p_{n}": scores.probs[:, i] for i, n in enumerate(m.labels)},

@@ -52,7 +52,15 @@ import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.io import write_guard, write_json, write_text
-from clotclf_core.predict.ensemble import LoadedModel, PredictError, load_models, member_names, score_member
+from clotclf_core.predict.ensemble import (
+    LoadedModel,
+    PredictError,
+    check_feature_models,
+    load_models,
+    member_names,
+    score_features,
+    score_member,
+)
 from clotclf_core.predict.outputs import per_model_columns, write_report, write_slide_views
 from clotclf_core.predict.submission import NO_TILE_NOTE, job_of, round_rows
 from clotclf_core.scoring import metrics
@@ -106,6 +114,9 @@ def predict(
     attention: bool = False,
     standardise: str = "auto",
     qupath: bool = True,
+    features: str | Path | None = None,
+    dask: str | None = None,
+    devices: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -114,7 +125,12 @@ def predict(
     is listed in ``summary["patients_without_tiles"]``; slides that could not be read are in
     ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3). ``attention``: the
     heatmaps must show attention weights (refused at once unless some model has them; without it,
-    a model with attention adds its attention panel anyway). ``qupath``: write the QuPath GeoJSON."""
+    a model with attention adds its attention panel anyway). ``qupath``: write the QuPath GeoJSON.
+    ``features``: score the slides of this feature store (``clotclf embed`` or ``clotclf
+    import-features``) instead of slides: MIL models on features of its encoder only, no slide is
+    opened, no heatmaps and no QuPath files (``slides_dir`` is not read). ``dask`` (an address, or
+    ``local``): slides are tiled, and a MIL model's encoder embeds them, one task per slide on that
+    cluster; ``devices``: the encoder embeds in one process per device."""
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -123,18 +139,21 @@ def predict(
         raise PredictError(f"--loader-workers must be 0 or more (got {loader_workers})")
     if attention and not heatmaps:
         raise PredictError("--attention-heatmaps and --no-heatmaps ask for opposite things: give one of them")
-    loaded = load_models(models, weights, device, attention, standardise)
+    loaded = load_models(models, weights, device, attention, standardise, encoders=features is None)
     labels = loaded[0].labels
     rt = pick_runtime(device)
     names = {id(m): n for m, n in zip(loaded, member_names(loaded))}
-    job = job_of(slides_dir, manifest, slide_is_patient)
+    store = open_store(features, loaded) if features is not None else None
+    heatmaps = heatmaps and store is None  # stored features come without slide images
+    qupath = qupath and store is None
+    job = job_of(slides_dir, manifest, slide_is_patient, ids=sorted(store.slides) if store is not None else None)
     job_ids = set(job.image_ids)
     _check_writable(out)
 
     # 1. tile once per distinct tiling recipe among the models
     groups: dict[str, list[LoadedModel]] = {}
     recipes: dict[str, dict[str, Any]] = {}
-    for m in loaded:
+    for m in loaded if store is None else []:  # stored features: nothing to tile
         t = _tiling_of(m)
         key = _settings_key(t)
         groups.setdefault(key, []).append(m)
@@ -148,6 +167,7 @@ def predict(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
                 workers=workers, progress=progress, labels=None, require_labels=False,  # prediction needs no label
                 require_tiles=False,  # slides without tissue still get their patients' rows
+                dask=dask,
             )
         ts = TileSet(tiles_dir)
         # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one
@@ -158,9 +178,13 @@ def predict(
         if len(ts) == 0:
             continue
         for m in members:  # every member gives slide probabilities (tile-level: mean of its tiles; MIL: its bag)
-            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps or qupath, job.patient_of)
+            res = score_member(m, ts, key, out, batch_size, loader_workers, rt, progress, heatmaps or qupath, job.patient_of,
+                               {"dask": dask, "devices": devices})
             slide_tables.append(res.slides.assign(_weight=m.weight))
             member_scores.append((m, ts, res))
+    if store is not None:
+        slide_tables, member_scores, statuses = score_features(loaded, store, job.image_ids, job.patient_of, batch_size,
+                                                               loader_workers, rt, progress, heatmaps)
 
     # 2. ensemble at slide level (weighted mean over the models that scored the slide), then patients = mean of slides
     pcols = [f"p_{name}" for name in labels]
@@ -242,6 +266,8 @@ def predict(
         "patients_in_model_split": {side: int((patients["in_model_split"] == side).sum()) for side in ("train", "val", "test")},
         "predictions": str(out / "predictions.csv"),
         "submission": str(out / "submission.csv"),
+        **({"features": str(store.root), "note": "scored from stored features: no slide was opened, no heatmaps"}
+           if store is not None else {}),
     }
     # 3. metrics when the manifest carried labels (slide and patient level only: tiles differ by model)
     labelled = patients[patients["label"] != ""]
@@ -298,6 +324,17 @@ def _label_metrics(slides, patients, labels, pcols, missing) -> dict[str, Any]:
     if missing:
         res["without_tiles_note"] = f"{len(missing)} patient(s) had no usable tile and are scored with {NO_TILE_NOTE}"
     return res
+
+
+def open_store(features: str | Path, loaded: list[LoadedModel]):
+    """``--features``: the feature store, checked against every model (MIL on features of its encoder)."""
+    from clotclf_core.features.store import FeatureStore
+    from clotclf_core.inputs import check_folder
+
+    store = FeatureStore(check_folder(features, "feature store (--features)",
+                                      "give the folder `clotclf embed --out` or `clotclf import-features --out` wrote"))
+    check_feature_models(loaded, store)
+    return store
 
 
 def _check_writable(out: Path) -> None:

@@ -69,11 +69,12 @@ def patients_of(ids: list[str], given: dict[str, str], slide_is_patient: bool, w
     return {i: given[i] if i in given else matches[i]["patient"] for i in ids}, source
 
 
-def job_of(slides_dir: str | Path, manifest: str | Path | None, slide_is_patient: bool) -> Job:
+def job_of(slides_dir: str | Path | None, manifest: str | Path | None, slide_is_patient: bool,
+           ids: list[str] | None = None) -> Job:
     """The image_ids this prediction is about (the manifest's rows, or every slide file in the
-    folder), each with its patient (:func:`patients_of`) and label. Labels are not checked:
-    prediction needs none (STRIP AI's ``other.csv`` labels ``Other`` / ``Unknown`` are kept as given;
-    metrics are computed only when every label is one the models know)."""
+    folder, or ``ids``: a feature store's slides), each with its patient (:func:`patients_of`) and
+    label. Labels are not checked: prediction needs none (STRIP AI's ``other.csv`` labels ``Other`` /
+    ``Unknown`` are kept as given; metrics are computed only when every label is one the models know)."""
     if manifest is not None:
         df = read_manifest(manifest, labels=None, require_labels=False)
         filled = set(df.attrs.get("patients_from_image_id", set()))
@@ -81,12 +82,15 @@ def job_of(slides_dir: str | Path, manifest: str | Path | None, slide_is_patient
         given = {i: p for i, p in zip(df["image_id"], df["patient_id"]) if i not in filled}
         where = f"the manifest '{manifest}' gives none"
         slide_labels = {i: lab for i, lab in zip(df["image_id"], df["label"]) if lab}
+    elif ids is not None:
+        given, where, slide_labels = {}, "no --manifest", {}
     else:
         folder = check_folder(slides_dir, "slide folder", "check the SLIDES argument")
         ids = list(manifest_from_files(slide_files(folder))["image_id"])
         given, where, slide_labels = {}, "no --manifest", {}
     if not ids:
-        raise ClotclfError(f"no slides to predict in '{slides_dir}'" + (f" (manifest '{manifest}')" if manifest else ""))
+        raise ClotclfError(f"no slides to predict in '{slides_dir if ids is None else 'the feature store'}'"
+                           + (f" (manifest '{manifest}')" if manifest else ""))
     patient_of, source = patients_of(ids, given, slide_is_patient, where)
     return Job(ids, patient_of, source, slide_labels)
 

@@ -1,5 +1,7 @@
 """Running slides: one slide in a worker (:func:`process_slide`), and the engines that run many —
-this process, a local process pool (the default with ``workers`` > 1), or a Dask cluster.
+this process, a local process pool (the default with ``workers`` > 1), or a Dask cluster. The
+engines run any per-slide task (``run(jobs, commit, task)``; default: tiling): ``clotclf embed``
+and ``predict`` hand them theirs (:mod:`clotclf_core.features.parallel`).
 
 Every engine runs the same task per slide: open it, tile it, stream its tiles into
 ``pixels/<image_id>.npy``, write its index shard and QC picture into the TileSet folder, close it,
@@ -167,11 +169,12 @@ class InProcess:
     def __init__(self, inner_bar: Any = None):
         self.inner = inner_bar
 
-    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] | None = None) -> None:
+        task = task or process_slide  # looked up when run (tests replace it)
         for job in jobs:
             if self.inner is not None:
                 self.inner.set_description(job["image_id"][:24])
-            commit(process_slide(job, self.inner))
+            commit(task(job, self.inner))
 
     def close(self) -> None:
         pass
@@ -190,13 +193,14 @@ class LocalPool:
         # fork after torch/openslide threads start can deadlock
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
 
-    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] | None = None) -> None:
         from concurrent.futures import FIRST_COMPLETED, wait
 
+        task = task or process_slide
         it = iter(jobs)
         pending = set()
         for job in it:
-            pending.add(self.pool.submit(process_slide, job))
+            pending.add(self.pool.submit(task, job))
             if len(pending) >= 2 * self.workers:
                 break
         while pending:
@@ -204,7 +208,7 @@ class LocalPool:
             for fut in done:
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.add(self.pool.submit(process_slide, nxt))
+                    pending.add(self.pool.submit(task, nxt))
                 commit(fut.result())
 
     def close(self) -> None:
@@ -241,13 +245,15 @@ class DaskCluster:
                 "or use --dask local / --workers N. Nothing was written"
             ) from None
 
-    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit) -> None:
+    def run(self, jobs: Sequence[dict[str, Any]], commit: Commit, task: Callable[..., dict[str, Any]] | None = None) -> None:
         import uuid
 
         from dask.distributed import as_completed
 
         run = uuid.uuid4().hex[:8]  # keys of this run only: a scheduler may still hold an earlier run's
-        futures = {self.client.submit(process_slide, job, pure=False, key=f"clotclf-tile-{run}-{i}-{job['image_id']}"): job
+        what = "tile" if task is None else getattr(task, "__name__", "task")
+        task = task or process_slide
+        futures = {self.client.submit(task, job, pure=False, key=f"clotclf-{what}-{run}-{i}-{job['image_id']}"): job
                    for i, job in enumerate(jobs)}
         for fut in as_completed(list(futures)):
             job = futures[fut]

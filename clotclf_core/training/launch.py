@@ -19,6 +19,7 @@ from clotclf_core.training.checkpoints import LAST, checkpoint_state
 from clotclf_core.training.demo import prepare_demo
 from clotclf_core.training.prepare import check_model_options, check_out, default_out, prepare_run
 from clotclf_core.training.settings import TrainSettings, settings_dict
+from clotclf_core.training.tracking import check_trackers
 
 
 def _check_world_size(s: TrainSettings, run_dir: Path, nproc: int) -> None:
@@ -35,7 +36,8 @@ def _check_world_size(s: TrainSettings, run_dir: Path, nproc: int) -> None:
                 f"step and the LR schedule depend on it. Resume it {how}, or start a new run with another --out")
 
 
-def launch_distributed(s: TrainSettings, nproc: int, resume: bool, quiet: bool, as_json: bool = False) -> int:
+def launch_distributed(s: TrainSettings, nproc: int, resume: bool, quiet: bool, as_json: bool = False,
+                       track: tuple[str, ...] = ()) -> int:
     """``clotclf train --nproc N``: resolve the data and run directory here, then start N processes
     with torch.distributed's launcher (``torchrun --standalone``) on the resolved settings."""
     if nproc < 2:
@@ -58,6 +60,7 @@ def launch_distributed(s: TrainSettings, nproc: int, resume: bool, quiet: bool, 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "clotclf_core.cli", "train", "--config", str(launch_cfg)]
     cmd += (["--resume"] if resume else []) + (["--json"] if as_json else ["--quiet"] if quiet else [])
+    cmd += [a for kind in check_trackers(track) for a in ("--track", kind)]  # rank 0 tracks
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     code = subprocess.run(cmd, env=env).returncode

@@ -166,6 +166,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_loss, self.best_epoch, self.best_file = math.inf, -1, ""
         self.bad_epochs, self.start_epoch, self.stopped_early = 0, 0, False
+        #: called with each new history.csv row on rank 0 (experiment tracking)
+        self.on_epoch: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def lr(self) -> float:
@@ -243,6 +245,8 @@ class Trainer:
                 "images_per_s": round(stats["images_per_s"], 1),
                 "seconds": round(stats["train_seconds"] + time.perf_counter() - t0, 2),
             })
+            if self.on_epoch is not None and self.rt.is_main:
+                self.on_epoch(self.history[-1])
             if improved:
                 self.best_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
             else:

@@ -34,8 +34,9 @@ from clotclf_core.features.bags import (
     no_slides_error,
     open_feature_bags,
 )
+from clotclf_core.features.store import encoder_record
 from clotclf_core.models.build import build_model
-from clotclf_core.models.config import EncoderRecord, ModelConfig
+from clotclf_core.models.config import ModelConfig
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.scoring.inference import BagScorer, score_bags
@@ -171,8 +172,9 @@ def mil_model_config(s: "TrainSettings", labels: list[str], input_size: int, dat
     store's encoder record (on features) or the backbone (end to end)."""
     common = {"kind": "mil", "aggregator": s.aggregator, "aggregator_options": s.aggregator_options, "labels": labels}
     if s.form.on_features:
-        enc = EncoderRecord.model_validate(data.encoder)
-        return ModelConfig(**common, encoder=enc, input_size=enc.input_size, mean=enc.mean, std=enc.std,
+        enc = encoder_record(data.store)  # a damaged record is blamed on features.json, not on the aggregator
+        normalisation = {"mean": enc.mean, "std": enc.std} if enc.mean and enc.std else {}  # imported: unknown
+        return ModelConfig(**common, encoder=enc, input_size=enc.input_size, **normalisation,
                            standardise=s.standardise == "on")
     return ModelConfig(**common, backbone=s.backbone, backbone_options=s.backbone_options, input_size=input_size,
                        stain_normalise=stain_record(s.stain_normalise))

@@ -39,6 +39,7 @@ from clotclf_core.training.records import config_sections, data_record, tileset_
 from clotclf_core.training.report import fold_result, run_calibration, write_fold
 from clotclf_core.training.settings import TrainSettings, settings_dict
 from clotclf_core.training.splits import save_split
+from clotclf_core.training.tracking import Trackers, check_trackers
 
 if TYPE_CHECKING:  # pragma: no cover
     from clotclf_core.models.runtime import Runtime
@@ -53,11 +54,12 @@ def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir
                rt: "Runtime", resume: bool, progress: bool,
                after_train_epoch: Callable[[int, Trainer], None] | None = None,
                records: dict[str, Any] | None = None, kind: TrainingKind = TILE_KIND,
-               input_size: int | None = None) -> dict[str, Any]:
+               input_size: int | None = None, tracker: "Trackers | None" = None) -> dict[str, Any]:
     """Train and evaluate fold ``k`` into ``fold_dir`` (a complete, loadable run directory).
     ``records``: config.json's ``tileset`` and ``data`` sections (default: from ``ts``);
     ``input_size``: the model's (default: ``--input-size``, else the tile side; ``train`` passes
-    what :func:`~clotclf_core.training.prepare.check_model` resolved)."""
+    what :func:`~clotclf_core.training.prepare.check_model` resolved); ``tracker``: gets every
+    epoch's history row (the ones a resume restored first)."""
     fold = split.folds[k]
     input_size = input_size or s.input_size or ts.tile_size
     seed_model_init(s.seed, k)
@@ -66,6 +68,11 @@ def train_fold(s: TrainSettings, ts: "TileSet", split: "Split", k: int, fold_dir
     trainer = Trainer(s, model, task, k, fold_dir, rt, progress)
     if resume:
         trainer.resume(settings_dict(s))
+    if tracker is not None and rt.is_main:
+        prefix = f"fold_{k}/" if s.fold == "all" else ""
+        for row in trainer.history:  # epochs a resume restored: a tracked run is always complete
+            tracker.epoch(prefix, row)
+        trainer.on_epoch = lambda row: tracker.epoch(prefix, row)
     trainer.fit(after_train_epoch)
 
     val = trainer.validate(desc="final validation")
@@ -100,10 +107,12 @@ def _interrupted(run_dir: Path, folds: list[int], fold_all: bool) -> Interrupted
 
 def train(s: TrainSettings, resume: bool = False, progress: bool = True,
           after_train_epoch: Callable[[int, Trainer], None] | None = None,
-          kind: TrainingKind | None = None) -> dict[str, Any]:
+          kind: TrainingKind | None = None, track: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run the training described by ``s``; returns the summary (what ``--json`` prints).
-    ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.kinds.kind_for`)."""
+    ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.kinds.kind_for`);
+    ``track``: ``mlflow`` and / or ``tensorboard`` (:mod:`clotclf_core.training.tracking`)."""
     check_model_options(s)  # before the demo cohort is generated (minutes)
+    trackers = check_trackers(track)  # a missing extra is refused before anything runs
     kind = kind or kind_for(s)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -136,6 +145,8 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
 
     folds = list(range(s.folds)) if s.fold == "all" else [int(s.fold)]
     results = []
+    tracker = Trackers(trackers, run_dir, settings_dict(s), run.records.get("data", {}).get("synthetic")) \
+        if trackers and rt.is_main else None
     try:
         for k in folds:
             fold_dir = run_dir / f"fold_{k}" if s.fold == "all" else run_dir
@@ -144,14 +155,20 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
                 results.append(reload_fold(s, ts, split, k, fold_dir, rt, progress, kind))
                 continue
             results.append(train_fold(s, ts, split, k, fold_dir, labels, rt, resume, progress, after_train_epoch,
-                                      run.records, kind, run.input_size))
+                                      run.records, kind, run.input_size, tracker))
         summary: dict[str, Any] = {"run_dir": str(run_dir), ("features" if s.form.on_features else "tileset"): str(ts.root),
                                    "labels": labels,
                                    "notes": run.warnings + run.notes,
                                    "folds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         if s.fold == "all":
             summary |= cross_validate(s, run_dir, split, results, labels, rt, run.records, kind)
-    except KeyboardInterrupt:
-        raise _interrupted(run_dir, folds, s.fold == "all") from None
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish(run_dir, None, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, KeyboardInterrupt):
+            raise _interrupted(run_dir, folds, s.fold == "all") from None
+        raise
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
+    if tracker is not None:
+        tracker.finish(run_dir, summary)
     return summary

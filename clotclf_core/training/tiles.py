@@ -24,7 +24,6 @@ from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin_manager import get_manager
 from clotclf_core.scoring.inference import TileScorer, score_tiles
 from clotclf_core.seeds import loader_generator, mix
-from clotclf_core.tiling.stain import stain_record
 from clotclf_core.tiling.dataset import (
     EpochSampler,
     TileDataset,
@@ -33,6 +32,7 @@ from clotclf_core.tiling.dataset import (
     make_loader,
     rows_of_patients,
 )
+from clotclf_core.tiling.stain import stain_record
 from clotclf_core.tiling.tileset import open_tileset
 from clotclf_core.training.loop import Scored, Trainer, scored
 from clotclf_core.training.losses import make_loss

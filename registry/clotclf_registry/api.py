@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.models.runs import requirements
+from clotclf_core.models.runs import FOLD_ENSEMBLE_KIND, fold_runs, read_config, requirements
 from clotclf_core.plugin import CONFIG_NAME, write_json
-from clotclf_core.plugin.errors import ConfigError, os_error_message, printable, warn
+from clotclf_core.plugin.errors import ConfigError, ModelLoadError, os_error_message, printable, warn
 from clotclf_core.plugin.hub import (
     COMMIT_SHA,
     RepoRef,
@@ -28,11 +28,13 @@ from clotclf_core.plugin.hub import (
 
 from .backend import Fetched, PushResult
 from .card import card_for_push, summarize
+from .ensemble import publishable_ensemble
 from .errors import RegistryError
 from .factory import open_backend
 from .layout import CARD_NAME, METRICS_NAME, SPLIT_NAME, run_files
 from .redact import anonymise_centre_rows, anonymise_centres, redact_run
 from .settings import EXAMPLE, RegistrySettings, load_settings
+from .timm_export import timm_export
 from .verify import check_run_dir, verify_download
 
 PULL_RECORD = ".clotclf-pull.json"
@@ -61,10 +63,11 @@ def progress(enabled: bool) -> Iterator[None]:
 # ----------------------------------------------------------------------------- push
 
 
-def publishable(run: Path, config: dict[str, Any], repo_id: str, include_split: bool = False
+def publishable(run: Path, config: dict[str, Any], repo_id: str, include_split: bool = False, model: Any = None
                 ) -> tuple[list[tuple[str, Path | bytes]], Any]:
     """The files a push uploads: the layout files of ``run`` with config.json, metrics.json and the
-    model card redacted (:mod:`.redact`), and the redaction report."""
+    model card redacted (:mod:`.redact`), and the redaction report; with the loaded ``model``, what
+    timm needs to load its trunk when timm built its backbone (:mod:`.timm_export`)."""
     files = dict(run_files(run, include_split=include_split))
     texts = {name: files[name].read_bytes() for name in (METRICS_NAME, "history.csv") if name in files}
     try:
@@ -83,11 +86,16 @@ def publishable(run: Path, config: dict[str, Any], repo_id: str, include_split: 
 
     redaction = redact_run(run, config, texts, include_split=include_split, more_texts=card)
     out: list[tuple[str, Path | bytes]] = [(CARD_NAME, redaction.texts[CARD_NAME])]
+    exported = timm_export(model, config) if model is not None else None
+    published = dict(redaction.config)
+    if exported is not None:  # timm reads these keys of the root config.json; clotclf reads its own
+        published |= exported[0]
+        out += sorted(exported[1].items())
     for name, path in sorted(files.items()):
         if name == CARD_NAME:
             continue
         if name == CONFIG_NAME:
-            out.append((name, (json.dumps(redaction.config, indent=2) + "\n").encode("utf-8")))
+            out.append((name, (json.dumps(published, indent=2) + "\n").encode("utf-8")))
         else:
             out.append((name, redaction.texts.get(name, path)))
     return sorted(out, key=lambda f: f[0]), redaction
@@ -106,8 +114,15 @@ def push(run_dir: str | os.PathLike, repo: str, *, private: bool = False, tag: s
     if tag is not None and (COMMIT_SHA.match(check_revision(tag)) or "/" in tag):
         raise RegistryError(f"tag '{tag}' could be mistaken for a commit sha or a path; choose a name such as v1")
     run = Path(run_dir)
-    config = check_run_dir(run, require_metrics=require_metrics)
-    files, redaction = publishable(run, config, ref.repo_id, include_split)
+    try:
+        members = fold_runs(run)  # a --fold all folder is pushed as the ensemble of its folds
+    except ModelLoadError as exc:
+        raise RegistryError(f"cannot push '{run}': {exc}") from None
+    if members is not None:
+        files, redaction, _ = publishable_ensemble(run, members, ref.repo_id, include_split, require_metrics)
+    else:
+        config, model = check_run_dir(run, require_metrics=require_metrics, return_model=True)
+        files, redaction = publishable(run, config, ref.repo_id, include_split, model)
     if include_split:
         warn(f"--include-split: the push publishes the run's split with {redaction.kept_identifiers} patient / slide / "
              f"centre identifier(s){' and ' + SPLIT_NAME if (run / SPLIT_NAME).is_file() else ''}; anyone who can read "
@@ -261,7 +276,8 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
         path = out_dir
     backend.remember(fetched)
     against = ["registry", CONFIG_NAME] if not fetched.from_cache else ["cache", CONFIG_NAME]
-    needs = requirements(config)
+    folds = config.get("folds") if config.get("kind") == FOLD_ENSEMBLE_KIND else None
+    needs = requirements(read_config(path / folds[0]) if folds else config)  # a fold ensemble: what its folds need
     return PullResult(str(ref), ref.repo_id, fetched.commit, str(path), backend.label, str(config["weights_sha256"]),
                       against, fetched.from_cache, needs, files, list(fetched.plan.ignored) if fetched.plan else [], moved)
 

@@ -41,6 +41,7 @@ def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
         "input_size": model.get("input_size"),
         "weights_sha256": config.get("weights_sha256"),
         "clotclf_version": config.get("clotclf_version"),
+        **({"ensemble_of_folds": int(config["ensemble_of_folds"])} if config.get("ensemble_of_folds") else {}),
     }
 
 

@@ -124,8 +124,8 @@ def pull_command(name: str, out: str | None, force: bool, offline: bool, cache_d
         if need["state"] == "version differs":
             state += f", saved with {need['version']}"
         click.echo(f"needs: {need['role']} '{need['name']}' from {need['distribution']} {need['version']}: {state}")
-    # a name resolves with the settings of the environment; a registry given as an option needs the path
-    use = result.path if (registry or endpoint or namespace) else f"{result.repo_id}@{result.commit}"
+    # a name resolves with the settings of the environment, or predict's --registry; an endpoint given as an option needs the path
+    use = result.path if endpoint else f"{result.repo_id}@{result.commit}" + (f" --registry {settings.registry}" if registry else "")
     click.echo(f"use it: clotclf predict SLIDES --model {use}")
 
 

@@ -240,9 +240,8 @@ class HubRegistry(RegistryBackend):
                 if staging is None:
                     self._discard_snapshot(repo_id, commit)
                 raise
-        path = staging if staging is not None else next(p.parent for p, e in zip(downloaded, plan.files) if e.name == WEIGHTS_NAME)
-        weights = plan.entry(WEIGHTS_NAME)
-        return Fetched(path, commit, weights.sha256, plan=plan, previous_commit=previous,
+        path = staging if staging is not None else next(p.parent for p, e in zip(downloaded, plan.files) if e.name == CONFIG_NAME)
+        return Fetched(path, commit, plan.weights_sha256, plan=plan, previous_commit=previous,
                        extra={"staging": staging, "revision": revision, "repo_id": repo_id})
 
     def _download(self, repo_id: str, entry: Entry, commit: str, staging: Path | None, label: str) -> Path:
@@ -314,7 +313,7 @@ class HubRegistry(RegistryBackend):
                 f"'{label}' is not in {where}, and {why}: pull it once while online (unset HF_HUB_OFFLINE), or copy a "
                 "pulled model folder here and give its path"
             )
-        if not (snapshot / WEIGHTS_NAME).is_file() or not (snapshot / CONFIG_NAME).is_file():
+        if not (snapshot / CONFIG_NAME).is_file():  # the weights (root, or a fold ensemble's) are checked by the plan
             raise UnreachableError(f"the cached copy of '{label}' in {where} is incomplete, and {why}: pull it again online")
         entries = []
         for item in sorted(snapshot.rglob("*")):

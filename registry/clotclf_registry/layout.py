@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -56,11 +57,18 @@ MAX_PLOTS = 500
 MAX_PLOTS_BYTES = 512 * MiB
 #: files a Hub repository has that are not part of the model and are expected there
 EXPECTED_EXTRA = (".gitattributes",)
+#: files a push writes that a pull leaves on the server: the trunk in timm's layout (see .timm_export)
+NOT_PULLED = ("timm/config.json", "timm/model.safetensors")
+
+
+#: a fold model of a pushed cross-validation run (``--fold all``: the ensemble of its folds, see
+#: :func:`clotclf_core.models.runs.fold_runs`): ``fold_<k>/`` holds a run directory's three files
+FOLD_FILE = re.compile(r"^fold_[0-9]{1,4}/(model\.safetensors|config\.json|metrics\.json)$")
 
 
 def is_layout_file(name: str) -> bool:
-    """Whether a repo-relative POSIX path is part of the model layout."""
-    return any(fnmatch.fnmatchcase(name, p) for p in PULL_PATTERNS)
+    """Whether a repo-relative POSIX path is part of the model layout (what a push may replace)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in PULL_PATTERNS) or name in NOT_PULLED or bool(FOLD_FILE.match(name))
 
 
 def is_safe_name(name: str) -> bool:
@@ -77,6 +85,8 @@ def is_safe_name(name: str) -> bool:
 
 
 def cap_of(name: str) -> int:
+    if FOLD_FILE.match(name):
+        name = name.split("/", 1)[1]
     return MAX_BYTES[PLOTS_DIR] if name.startswith(PLOTS_DIR + "/") else MAX_BYTES.get(name, MAX_BYTES[PLOTS_DIR])
 
 
@@ -104,6 +114,11 @@ class Plan:
     def entry(self, name: str) -> Entry:
         return next(e for e in self.files if e.name == name)
 
+    @property
+    def weights_sha256(self) -> str | None:
+        """The listed sha256 of the root model.safetensors (None: none listed, or a fold ensemble)."""
+        return next((e.sha256 for e in self.files if e.name == WEIGHTS_NAME), None)
+
 
 def plan_download(label: str, entries: list[Entry]) -> Plan:
     """Refuse a repository whose file list is unsafe, is not a clotclf model, or breaks the layout;
@@ -116,7 +131,8 @@ def plan_download(label: str, entries: list[Entry]) -> Plan:
             f"({printable(repr(unsafe[0]), 120)}); nothing was downloaded. The repository is broken or malicious: tell its "
             "owner, and do not fetch it with other tools"
         )
-    if WEIGHTS_NAME not in names:
+    ensemble = WEIGHTS_NAME not in names and any(n.endswith("/" + WEIGHTS_NAME) and FOLD_FILE.match(n) for n in names)
+    if WEIGHTS_NAME not in names and not ensemble:
         pickles = sorted(n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             raise NotAModelError(
@@ -134,6 +150,8 @@ def plan_download(label: str, entries: list[Entry]) -> Plan:
     files, ignored = [], []
     for entry in entries:
         name = entry.name
+        if name in NOT_PULLED:
+            continue
         if name.startswith(PLOTS_DIR + "/"):
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 raise NotAModelError(
@@ -171,6 +189,8 @@ def check_content(label: str, name: str, path: Path) -> None:
     suffix = Path(name).suffix.lower()
     with open(path, "rb") as fh:
         head = fh.read(16)
+    if FOLD_FILE.match(name):
+        name = name.split("/", 1)[1]
     if name.startswith(PLOTS_DIR + "/"):
         ok = head.startswith(_MAGIC[suffix]) if suffix in _MAGIC else (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
         if not ok:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
-from clotclf_core.plugin import WEIGHTS_NAME, atomic_path, write_json, write_text
+from clotclf_core.plugin import CONFIG_NAME, atomic_path, write_json, write_text
 from clotclf_core.plugin.errors import os_error_message, printable
 from clotclf_core.plugin.hub import COMMIT_SHA
 from clotclf_core.plugin.io import staged_dir
@@ -340,7 +340,7 @@ class LocalRegistry(RegistryBackend):
                 raise RegistryError(why) from None
         if staging is None:
             write_json(self.cache / repo_id / "manifests" / f"{commit}.json", manifest)
-        return Fetched(target, commit, plan.entry(WEIGHTS_NAME).sha256, plan=plan, previous_commit=previous,
+        return Fetched(target, commit, plan.weights_sha256, plan=plan, previous_commit=previous,
                        extra={"staging": staging, "revision": revision, "repo_id": repo_id})
 
     def remember(self, fetched: Fetched) -> None:
@@ -376,7 +376,7 @@ class LocalRegistry(RegistryBackend):
         commit = rev if COMMIT_SHA.match(rev) else self.cached_commit(repo_id, revision)
         snapshot = self._snapshots(repo_id) / str(commit)
         manifest_path = self.cache / repo_id / "manifests" / f"{commit}.json"
-        if commit is None or not (snapshot / WEIGHTS_NAME).is_file() or not manifest_path.is_file():
+        if commit is None or not (snapshot / CONFIG_NAME).is_file() or not manifest_path.is_file():
             raise UnreachableError(
                 f"'{label}' from {self.label} is not in the cache ({self.cache}){', and ' + why if why else ''}: pull it once "
                 "while the registry is reachable (unset HF_HUB_OFFLINE)"

@@ -23,7 +23,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clotclf_core.models.runs import check_requirements, read_config, read_safetensors_header, requirements
+from clotclf_core.models.runs import (
+    check_requirements,
+    fold_runs,
+    read_config,
+    read_safetensors_header,
+    requirements,
+)
 from clotclf_core.plugin import (
     CONFIG_NAME,
     PICKLE_SUFFIXES,
@@ -33,6 +39,7 @@ from clotclf_core.plugin import (
     printable,
     sha256_file,
 )
+from clotclf_core.plugin.weights import read_run_config
 
 from .errors import IntegrityError, NotAModelError, RegistryError
 from .layout import METRICS_NAME, Plan, check_content
@@ -50,8 +57,9 @@ def model_kind(config: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- before a push
 
 
-def check_run_dir(run_dir: Path, require_metrics: bool = True) -> dict[str, Any]:
-    """Refuse an incomplete or unloadable run directory; return its config.json content."""
+def check_run_dir(run_dir: Path, require_metrics: bool = True, return_model: bool = False) -> Any:
+    """Refuse an incomplete or unloadable run directory; return its config.json content (and the
+    loaded model, with ``return_model``)."""
     if not run_dir.is_dir():
         raise RegistryError(f"run directory '{run_dir}' does not exist; give the folder `clotclf train` wrote")
     weights = run_dir / WEIGHTS_NAME
@@ -88,10 +96,10 @@ def check_run_dir(run_dir: Path, require_metrics: bool = True) -> dict[str, Any]
         except ValueError as exc:
             raise RegistryError(f"cannot push '{run_dir}': {METRICS_NAME} is not a JSON object ({exc}); re-run the evaluation") from None
     try:
-        load_run(run_dir, config)
+        model = load_run(run_dir, config)
     except ModelLoadError as exc:
         raise RegistryError(f"cannot push '{run_dir}': the model does not load: {exc}") from None
-    return config
+    return (config, model) if return_model else config
 
 
 def load_run(run_dir: Path, config: dict[str, Any]) -> Any:
@@ -170,6 +178,11 @@ def verify_download(run_dir: Path, plan: Plan | None, label: str, registry: str,
     """
     if plan is not None:
         check_files(run_dir, plan, label, registry)
+    members = _fold_members(run_dir, label, registry)
+    if members is not None:  # a fold ensemble: every fold is a run directory, checked like one
+        for fold in members:
+            verify_download(fold, None, f"{label} ({fold.name})", registry, check_builds=check_builds)
+        return read_run_config(run_dir)
     weights = run_dir / WEIGHTS_NAME
     try:
         config = read_config(run_dir)
@@ -196,6 +209,13 @@ def verify_download(run_dir: Path, plan: Plan | None, label: str, registry: str,
     if check_builds:
         check_config_builds(run_dir, config, label, registry)
     return config
+
+
+def _fold_members(run_dir: Path, label: str, registry: str) -> list[Path] | None:
+    try:
+        return fold_runs(run_dir)
+    except ModelLoadError as exc:
+        raise NotAModelError(f"'{label}' from {registry} is not a usable fold ensemble: {_named(str(exc), run_dir, label)}") from None
 
 
 def check_config_builds(run_dir: Path, config: dict[str, Any], label: str, registry: str) -> None:
