@@ -45,6 +45,8 @@ class HubSnapshot(Options):
     repo: str = Field(..., min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
     commit: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{7,64}$")
     config: dict = Field(..., description="the repo's config.json (timm's layout) at that commit")
+    weights_file_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                            description="sha256 of the safetensors file the weights were loaded from")
 
 
 class TimmOptions(Options):
