@@ -46,7 +46,7 @@ from clotclf_core.features.store import (
     rows_fingerprint,
     tileset_fingerprint,
 )
-from clotclf_core.plugin.errors import ClotclfError, Interrupted
+from clotclf_core.plugin.errors import ClotclfError, Interrupted, warn
 from clotclf_core.plugin.io import atomic_path, write_json, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -290,6 +290,9 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         )
     if encoder is None:
         encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size, device=device, seed=seed)
+    scale = scale_problem(ts, encoder)
+    if scale:  # on stderr whatever --quiet / --json say; the summary keeps it too
+        warn(f"{encoder.backbone}: {scale}")
     record = encoder.record()
     writer = FeatureStoreWriter(out, record, _tileset_record(ts), encoder.num_features, overwrite=overwrite)
     index = ts.index
@@ -356,7 +359,28 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         "tiles": total,
         "seconds": round(seconds, 2),
         "tiles_per_second": round(total / seconds, 1) if seconds > 0 and total else None,
+        "scale_warning": scale,
     }
+
+
+def tileset_um_per_px(ts: "TileSet") -> float | None:
+    """Microns per cached pixel of the TileSet's tiled slides (their median; None without mpp)."""
+    import statistics
+
+    values = [float(v["um_per_pixel"]) for v in ts.slides.values()
+              if v.get("status") == "done" and isinstance(v.get("um_per_pixel"), (int, float)) and v["um_per_pixel"] > 0]
+    return statistics.median(values) if values else None
+
+
+def scale_problem(ts: "TileSet", encoder: "Encoder") -> str | None:
+    """Why the TileSet's tiles are at another scale than the encoder was trained at (beyond
+    :data:`~clotclf_core.plugin.encoders.SCALE_TOLERANCE`), with the ``clotclf tile`` command that
+    matches it; None when they agree, or when either scale is unknown. The scale is the one the
+    encoder sees: a cached pixel's microns, times the cache side over the encoder's input side."""
+    cached = tileset_um_per_px(ts)
+    if encoder.info is None or cached is None:
+        return None
+    return encoder.info.scale_problem(cached * ts.tile_size / encoder.input_size)
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from clotclf_core.models.inputs import InputSpec, input_spec
+from clotclf_core.plugin.encoders import EncoderInfo, encoder_info
 from clotclf_core.plugin.errors import ClotclfError, PluginError
 from clotclf_core.plugin_manager import get_manager
 
@@ -54,6 +55,8 @@ class Encoder:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast, CUDA)
     seed: int = 0
     provenance: dict[str, str] = field(default_factory=dict)
+    #: what a published encoder says about itself (its spec's ``extra["encoder"]``), e.g. its microns per pixel
+    info: EncoderInfo | None = None
 
     @property
     def num_features(self) -> int:
@@ -159,6 +162,7 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
         module=module, backbone=spec.name, options=options, spec=declared, input_size=size,
         weights_sha256=state_sha256(module), device=rt.device, precision=rt.precision, seed=seed,
         provenance={"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version},
+        info=encoder_info(spec.extra),
     )
     _check_forward(enc)
     return enc

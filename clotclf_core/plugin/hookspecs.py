@@ -45,7 +45,8 @@ ENTRY_POINT_GROUP = "clotclf.plugins"
 #: names of clotclf_core.plugin). 1.1: the aggregator kind, backbones may declare pretrained_cfg.
 #: 2.0: one public package, clotclf_core.plugin (the 1.x paths clotclf_core.hookspecs, .interfaces,
 #: .errors, .io, .aggregate... are gone), RunDirectory options, hub / device / run-directory helpers.
-PLUGIN_API_VERSION = "2.0"
+#: 2.1: extra["encoder"] and clotclf_core.plugin.encoders (published tile encoders), hub fetching helpers.
+PLUGIN_API_VERSION = "2.1"
 #: the module attribute a plugin declares its supported contract versions in (a PEP 440 specifier)
 API_ATTRIBUTE = "CLOTCLF_PLUGIN_API"
 

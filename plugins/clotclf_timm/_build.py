@@ -36,9 +36,12 @@ def _layer(key: str, value: Any) -> Any:
     name = value
     for prefix in ("timm.layers.", "torch.nn.", "nn."):
         name = name.removeprefix(prefix)
+    import functools
+
     for module in (timm.layers, torch.nn):
         found = getattr(module, name, None)
-        if isinstance(found, type):
+        # a class, or a class with arguments bound (timm.layers.SwiGLUPacked is partial(GluMlp, ...))
+        if isinstance(found, type) or (isinstance(found, functools.partial) and isinstance(found.func, type)):
             return found
     if key == "act_layer":
         return value  # timm resolves activation names itself ('gelu', 'silu'...)
