@@ -25,7 +25,7 @@ import torch
 from clotclf_core.models.inputs import InputSpec, input_spec
 from clotclf_core.plugin.encoders import EncoderInfo, encoder_info
 from clotclf_core.plugin.errors import ClotclfError, PluginError
-from clotclf_core.plugin_manager import get_manager
+from clotclf_core.models.backbones import backbone_spec
 
 
 def state_sha256(module: torch.nn.Module) -> str:
@@ -57,6 +57,8 @@ class Encoder:
     provenance: dict[str, str] = field(default_factory=dict)
     #: what a published encoder says about itself (its spec's ``extra["encoder"]``), e.g. its microns per pixel
     info: EncoderInfo | None = None
+    #: a backbone of `clotclf pretrain`: the run its weights come from (``run``, ``weights_sha256``, ``method``)
+    backbone_run: dict[str, Any] | None = None
 
     @property
     def num_features(self) -> int:
@@ -70,6 +72,7 @@ class Encoder:
             "options": self.options,
             **self.provenance,
             **({"hub_repo": snapshot.get("repo"), "hub_commit": snapshot.get("commit")} if snapshot else {}),
+            **({"backbone_run": self.backbone_run} if self.backbone_run else {}),
             "num_features": self.num_features,
             "weights_sha256": self.weights_sha256,
             "mean": list(self.spec.mean),
@@ -136,8 +139,7 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
     from clotclf_core.models.runtime import pick_runtime
 
     rt = pick_runtime(device)
-    mgr = get_manager()
-    spec = mgr.get("backbone", backbone)
+    spec = backbone_spec(backbone)  # a plugin's backbone, or a pre-training run (run:PATH)
     opts = spec.validate_options(_values_with_size(spec, dict(options or {}), input_size or tile_size))
     torch.manual_seed(seed)
     try:
@@ -162,7 +164,7 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
         module=module, backbone=spec.name, options=options, spec=declared, input_size=size,
         weights_sha256=state_sha256(module), device=rt.device, precision=rt.precision, seed=seed,
         provenance={"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version},
-        info=encoder_info(spec.extra),
+        info=encoder_info(spec.extra), backbone_run=getattr(module, "clotclf_backbone_run", None),
     )
     _check_forward(enc)
     return enc
@@ -185,8 +187,9 @@ def encoder_from_record(record: dict[str, Any], device: str = "auto") -> Encoder
     the recorded ones (a Hub repo whose weights changed since, say, is refused)."""
     from clotclf_core.features.store import describe_encoder
 
-    enc = build_encoder(record["backbone"], record.get("options") or {}, input_size=record.get("input_size"),
-                        device=device, seed=int(record.get("seed", 0)))
+    run = record.get("backbone_run") if isinstance(record.get("backbone_run"), dict) else None
+    name, options = (f"run:{run['run']}", {}) if run else (record["backbone"], record.get("options") or {})
+    enc = build_encoder(name, options, input_size=record.get("input_size"), device=device, seed=int(record.get("seed", 0)))
     if enc.weights_sha256 != record.get("weights_sha256"):
         commit = record.get("hub_commit")
         where = (f"the Hub repo {record.get('hub_repo')} at the recorded commit {str(commit)[:12]} now serves other weights "

@@ -35,13 +35,15 @@ if TYPE_CHECKING:  # pragma: no cover
 def check_model_options(s: TrainSettings) -> None:
     """The backbone, head and aggregator exist and their options are valid: checked first, before
     minutes of demo-cohort generation and before anything is written."""
+    from clotclf_core.models.backbones import backbone_spec
     from clotclf_core.plugin_manager import get_manager
 
     mgr = get_manager()
     for kind in ("backbone", "head", "aggregator"):
         name = getattr(s, kind)
         if name:
-            mgr.get(kind, name).validate_options(getattr(s, f"{kind}_options"))
+            spec = backbone_spec(name) if kind == "backbone" else mgr.get(kind, name)  # run:PATH too
+            spec.validate_options(getattr(s, f"{kind}_options"))
 
 
 def _build_checked(s: TrainSettings, labels: list[str], input_size: int, data: Any, kind: TrainingKind):

@@ -151,9 +151,9 @@ def _build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = N
 def sized_by_input(s: "TrainSettings") -> bool:
     """The backbone takes an ``img_size`` option the user left unset: it is built for the input
     size (the tiles' side), so it declares no size of its own worth following."""
-    from clotclf_core.plugin_manager import get_manager
+    from clotclf_core.models.backbones import backbone_spec
 
-    spec = get_manager().get("backbone", s.backbone)
+    spec = backbone_spec(s.backbone)  # a plugin's, or a pre-training run (run:PATH)
     return "img_size" in spec.options.model_fields and s.backbone_options.get("img_size") is None
 
 
