@@ -151,3 +151,33 @@ def run_spec(ref: str) -> ComponentSpec:
 def backbone_spec(name: str) -> ComponentSpec:
     """The spec ``--backbone name`` means: ``run:REF`` a pre-trained backbone, else a plugin's."""
     return run_spec(name) if is_run_ref(name) else get_manager().get("backbone", name)
+
+
+def load_backbone_run(path: str | Path) -> Any:
+    """The backbone of a pre-training run directory, built and loaded (what the registry checks
+    before a push)."""
+    return run_spec(str(path)).factory(NoOptions())
+
+
+def check_backbone_run(path: str | Path) -> dict[str, Any]:
+    """Everything :func:`load_backbone_run` checks, without allocating the backbone: its component is
+    built on the meta device and its parameter names and shapes compared with the weights' header
+    (what a pull checks before it keeps a run). Returns ``{"parameters", "needs"}``."""
+    import torch
+
+    from clotclf_core.models.runs import check_requirements, read_safetensors_header
+    from clotclf_core.plugin.weights import _shape_problems
+
+    run = read_backbone_run(str(path))
+    needs = check_requirements(run.config, str(path))
+    base = get_manager().requirement("backbone", run.backbone, run.provider)["spec"]
+    options = base.validate_options(run.options | rebuild_overrides(base))
+    with torch.device("meta"):
+        module = base.factory(options)
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    header = read_safetensors_header(run.weights)
+    problems = _shape_problems(own, {k: shape for k, (_, shape) in header.items()})
+    if problems:
+        raise ModelLoadError(f"weights in '{run.weights}' do not fit the {run.backbone} backbone its config.json describes: "
+                             + "; ".join(problems))
+    return {"parameters": sum(p.numel() for p in module.parameters()), "needs": needs}

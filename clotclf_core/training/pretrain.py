@@ -283,6 +283,9 @@ def write_run(run_dir: Path, s: PretrainSettings, spec, backbone, options: dict[
     last = history[-1] if history else {}
     config = {"kind": BACKBONE_KIND, "clotclf_version": __version__, "plugin_api": PLUGIN_API_VERSION,
               "backbone": spec.name, "backbone_options": options, "plugins": {"backbone": provider},
+              # what the weights are, for the registry and the card (the fields above rebuild them)
+              "model": {"kind": BACKBONE_KIND, "backbone": spec.name, "num_features": int(backbone.num_features),
+                        **record["input"]},
               "num_features": int(backbone.num_features), **record, "encoder": info,
               "pretrain": {"method": s.method, "settings": settings_record(s), "epochs": len(history)},
               "synthetic": synthetic, "weights_sha256": digest}
