@@ -101,7 +101,7 @@ def read_backbone_run(ref: str) -> BackboneRun:
     return BackboneRun(shown, Path(path), config, weights)
 
 
-def _run_info(run: BackboneRun, base: ComponentSpec) -> EncoderInfo | None:
+def _run_info(run: BackboneRun) -> EncoderInfo | None:
     """The run's own EncoderInfo: its input, normalisation and the scale of its tiles; the licence
     of the weights it started from (a preset's) where it had any."""
     recorded = run.config.get("encoder")
@@ -139,7 +139,7 @@ def run_spec(ref: str) -> ComponentSpec:
         module.clotclf_backbone_run = dict(origin)
         return module
 
-    info = _run_info(run, base)
+    info = _run_info(run)
     extra: dict[str, Any] = {"backbone_run": origin, "rebuild_options": {}}
     if info is not None:
         extra["encoder"] = info

@@ -19,8 +19,6 @@ from clotclf_core.config import StrictModel, load_yaml
 from clotclf_core.plugin.errors import ConfigError
 from clotclf_core.plugin.spec import format_validation_error
 
-METHODS = ("dino", "mocov3", "simclr")
-
 #: each method's recipe (the papers' ViT recipes, with heads sized by these fields): DINO (Caron et
 #: al. 2021: lr 5e-4 per 256 images, weight decay 0.04, teacher momentum 0.996 -> 1, student / teacher
 #: temperature 0.1 / 0.04, a 65,536-way head with a 256-d bottleneck, gradient clip 3), MoCo v3 (Chen

@@ -50,7 +50,7 @@ def seeded_globals(seed: int) -> Iterator[None]:
             np.random.set_state(npy)
 
 
-def make_transform(s: "PretrainSettings", size: int, mean: Sequence[float], std: Sequence[float], local: int):
+def make_transform(s: PretrainSettings, size: int, mean: Sequence[float], std: Sequence[float], local: int):
     """The method's lightly transform: a tile (PIL) -> a list of normalised view tensors (DINO's
     local crops ``local`` px a side)."""
     from clotclf_core.training.ssl import _lightly
@@ -71,7 +71,7 @@ def make_transform(s: "PretrainSettings", size: int, mean: Sequence[float], std:
 class SSLTiles(torch.utils.data.Dataset):
     """Tiles ``refs[i] = (tileset, slide, row)`` of ``tilesets``; item ``(position, seed)`` -> views."""
 
-    def __init__(self, tilesets: list["TileSet"], refs: np.ndarray, slides: list[list[str]], transform: Any,
+    def __init__(self, tilesets: list[TileSet], refs: np.ndarray, slides: list[list[str]], transform: Any,
                  fixed_seed: int | None = None):
         self.tilesets, self.refs, self.slides, self.transform = tilesets, refs, slides, transform
         self.fixed_seed = fixed_seed  # held-out tiles: the same views every epoch
@@ -97,7 +97,7 @@ def collate_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [torch.stack([sample[i].as_subclass(torch.Tensor) for sample in batch]) for i in range(len(batch[0]))]
 
 
-def tile_refs(tilesets: list["TileSet"], cap: int | None, seed: int) -> tuple[np.ndarray, list[list[str]]]:
+def tile_refs(tilesets: list[TileSet], cap: int | None, seed: int) -> tuple[np.ndarray, list[list[str]]]:
     """Every tile of every TileSet as ``(tileset, slide, row)``; ``cap``: at most that many per slide (seeded)."""
     refs, slides = [], []
     rng = np.random.default_rng(mix(seed, 3))
@@ -122,7 +122,7 @@ def split_refs(refs: np.ndarray, val_tiles: int, seed: int) -> tuple[np.ndarray,
 class PretrainTask:
     """The :class:`~clotclf_core.training.loop.FoldTask` of a pre-training run."""
 
-    def __init__(self, s: "PretrainSettings", model: "SSLMethod", train: SSLTiles, val: SSLTiles | None, rt: "Runtime"):
+    def __init__(self, s: PretrainSettings, model: SSLMethod, train: SSLTiles, val: SSLTiles | None, rt: Runtime):
         from clotclf_core.tiling.dataset import EpochSampler, ShardSampler, make_loader
 
         self.s, self.model, self.rt = s, model, rt
@@ -176,7 +176,7 @@ class PretrainTask:
                 total += float(self.model(views)) * views[0].shape[0]
                 n += views[0].shape[0]
         for name, value in saved.items():
-            getattr(self.model, "criterion").get_buffer(name).copy_(value)
+            self.model.criterion.get_buffer(name).copy_(value)
         total, n = sum_over_ranks(self.rt, [total, float(n)])
         loss = total / max(n, 1)
         return Scored(None, None, {"val_ssl_loss": loss}, loss, {"val_ssl_loss": round(loss, 6)})

@@ -34,7 +34,6 @@ from clotclf_core.plugin import (
     printable,
     sha256_file,
 )
-
 from clotclf_core.plugin.encoders import encoder_info
 
 from .errors import IntegrityError, NotAModelError, RegistryError
@@ -42,8 +41,15 @@ from .layout import METRICS_NAME, Plan, check_content
 
 FILTER_KIND = "patch_filter"
 
-__all__ = ["check_requirements", "requirements", "check_run_dir", "verify_download", "load_run", "model_kind",
-           "check_redistribution"]
+__all__ = [
+    "check_redistribution",
+    "check_requirements",
+    "check_run_dir",
+    "load_run",
+    "model_kind",
+    "requirements",
+    "verify_download",
+]
 
 
 def model_kind(config: dict[str, Any]) -> str:
