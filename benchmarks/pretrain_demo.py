@@ -75,8 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--patients", type=int, default=200)
-    ap.add_argument("--epochs", type=int, default=4, help="pre-training epochs")
-    ap.add_argument("--tiles-per-slide", type=int, default=24, help="pre-training tiles per slide")
+    ap.add_argument("--epochs", type=int, default=3, help="pre-training epochs")
+    ap.add_argument("--tiles-per-slide", type=int, default=12, help="pre-training tiles per slide")
     ap.add_argument("--method", default="mocov3")
     args = ap.parse_args()
     w = args.work

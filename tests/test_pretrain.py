@@ -122,8 +122,8 @@ def test_bad_inputs(tiles, tmp_path, monkeypatch):
     with pytest.raises(ClotclfError, match="local_views is a DINO setting"):
         settings(tiles, tmp_path / "f", method="simclr", local_views=4)
     (tmp_path / "g").mkdir()
-    (tmp_path / "g" / "x").write_text("x")
-    with pytest.raises(ClotclfError, match="is not empty: add --resume"):
+    (tmp_path / "g" / "training.yaml").write_text("x: 1")
+    with pytest.raises(ClotclfError, match="already holds a pre-training run: add --resume"):
         pretrain(settings(tiles, tmp_path / "g"), progress=False)
     monkeypatch.setitem(sys.modules, "lightly.loss", None)
     with pytest.raises(ClotclfError, match=r"uses the lightly library, which is not installed .*pip install 'clotclf\[ssl\]'"):

@@ -92,8 +92,9 @@ def check_out(run_dir: Path, resume: bool) -> None:
     if resume and not started:
         raise ClotclfError(f"--resume: '{run_dir}' holds no pre-training run to resume (no training.yaml); start it "
                            "without --resume")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise ClotclfError(f"--out '{run_dir}' is not empty: add --resume to continue the run in it, or choose another --out")
+    if not resume and started:
+        raise ClotclfError(f"--out '{run_dir}' already holds a pre-training run: add --resume to continue it, or choose "
+                           "another --out")
 
 
 def build_backbone(s: PretrainSettings, size: int):

@@ -86,7 +86,8 @@ class PretrainSettings(StrictModel):
         for key, value in METHOD_DEFAULTS[self.method].items():
             if getattr(self, key) is None and value is not None:
                 object.__setattr__(self, key, value)
-        if self.method != "dino" and "local_views" in self.model_fields_set and self.local_views:
+        # (a settings file written by clotclf holds every field, the default local_views too: only another value is refused)
+        if self.method != "dino" and self.local_views != type(self).model_fields["local_views"].default:
             raise ValueError(f"local_views is a DINO setting; {self.method} uses two views of each tile")
         return self
 
