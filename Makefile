@@ -11,8 +11,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,mlflow,tensorboard]" >$(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
-	$(PY) -c "import clotclf_core, torch, timm, openslide, tifffile, albumentations, huggingface_hub"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,mlflow,tensorboard,transformers,ssl]" >$(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
+	$(PY) -c "import clotclf_core, torch, timm, openslide, tifffile, albumentations, huggingface_hub, transformers, lightly"
 	touch $(STAMP)
 
 # The main job: generate (or reuse) the synthetic demo cohort in clotclf-demo/, tile it, train a

@@ -83,7 +83,11 @@ def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str,
 
 
 def parse_component_ref(text: str, what: str = "--filter") -> tuple[str, dict[str, Any]]:
-    """``"mobilenetv3:weights=run/,threshold=0.5"`` -> ``("mobilenetv3", {...})``."""
+    """``"mobilenetv3:weights=run/,threshold=0.5"`` -> ``("mobilenetv3", {...})``. A backbone
+    ``run:PATH`` (a pre-training run, :mod:`clotclf_core.models.backbones`) is a name whole: what
+    follows ``run:`` is a path or a registry name, not options."""
+    if text.startswith("run:"):
+        return text.strip(), {}
     name, _, rest = text.partition(":")
     if not name:
         raise ConfigError(f"{what} '{text}' has no component name (e.g. {what} otsu:threshold=0.3)")

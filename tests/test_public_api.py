@@ -27,6 +27,7 @@ REGISTRY_ALLOWED = {
     "clotclf_core.models.saved": {"load_model", "check_buildable"},
     "clotclf_core.models.card": {"BASE_TAGS", "ModelCardError", "assemble", "card_results", "load_model_card", "model_card",
                                  "read_model_card"},
+    "clotclf_core.models.backbones": {"BACKBONE_KIND", "load_backbone_run", "check_backbone_run"},
     "clotclf_core.plugin_manager": {"get_manager"},
     "clotclf_core.config": {"load_yaml"},
     "clotclf_core.progress": {"mode"},

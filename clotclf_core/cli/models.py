@@ -1,4 +1,4 @@
-"""The model commands: ``clotclf train``, ``evaluate`` and ``predict``.
+"""The model commands: ``clotclf train``, ``evaluate``, ``predict`` and ``pretrain``.
 
 Registered on the group by :mod:`clotclf_core.cli`; each is a thin wrapper over one function
 elsewhere, imported inside its body so that start-up stays light.
@@ -232,4 +232,59 @@ def predict_command(slides, features, models, weights, out, manifest, slide_is_p
             "probabilities if no other slide of theirs was scored); fix those slides and run the command again")
 
 
-COMMANDS = (train_command, evaluate_command, predict_command)
+# ----------------------------------------------------------------------------- pretrain
+
+
+@click.command("pretrain")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML of pre-training settings; options given here override it.")
+@click.option("--tiles", "tilesets", multiple=True, type=click.Path(file_okay=False), help="TileSet to pre-train on, repeatable (labelled or not: e.g. STRIP AI's other.csv slides too); all cut with the same geometry.")
+@click.option("--method", type=click.Choice(["dino", "mocov3", "simclr"]), default=None, help="Self-supervised method (lightly) [default: dino].")
+@click.option("--backbone", default=None, metavar="NAME[:k=v,...]", help="Backbone to pre-train: any backbone plugin with its options, or run:PATH to continue a pre-training [default: timm].")
+@click.option("--backbone-opt", "backbone_opts", multiple=True, metavar="KEY=VALUE", help="Backbone option, repeatable.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/pretrain-<method>-<backbone>-<date>-<time>].")
+@click.option("--epochs", type=int, default=None, help="Epochs over the tiles [default: 10].")
+@click.option("--batch-size", type=int, default=None, help="Tiles per step, per process [default: 64].")
+@click.option("--lr", type=float, default=None, help="AdamW peak learning rate [default: the method's].")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: the method's].")
+@click.option("--input-size", type=int, default=None, help="Side of the views [default: the tiles' side].")
+@click.option("--head-hidden-dim", type=int, default=None, help="Width of the projection head [default: the method's].")
+@click.option("--head-output-dim", type=int, default=None, help="Output of the projection head [default: the method's].")
+@click.option("--local-views", type=int, default=None, help="DINO: local crops per tile besides the 2 global ones [default: 2].")
+@click.option("--max-tiles-per-slide", type=int, default=None, help="Use at most this many tiles of each slide (seeded).")
+@click.option("--val-tiles", type=int, default=None, help="Tiles held out for the held-out loss each epoch [default: 256; 0: none].")
+@click.option("--seed", type=int, default=None, help="The one seed (views, initialisation, order) [default: 0].")
+@click.option("--workers", type=int, default=None, help="Data-loader worker processes; results do not depend on it [default: 2].")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="auto: CUDA (bf16, channels-last) if available.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same settings): the result is the uninterrupted run's.")
+@click.option("--nproc", type=int, default=None, help="Pre-train data-parallel in N processes (torch.distributed launcher); or start under torchrun yourself.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def pretrain_command(config_path, tilesets, backbone, backbone_opts, resume, nproc, quiet, as_json, **params) -> None:
+    """Pre-train a backbone self-supervised (DINO, MoCo v3 or SimCLR, with lightly) on the tiles of one
+    or more TileSets, no labels used; writes a run directory that any command takes as a backbone
+    (`--backbone run:PATH`) and the registry pushes and pulls. See docs/training.md, Pre-training."""
+    import os
+
+    from clotclf_core.config import parse_component_ref, parse_key_values
+    from clotclf_core.training.pretrain import format_summary, launch_pretrain, pretrain
+    from clotclf_core.training.pretrain_settings import resolve_pretrain_settings
+
+    overrides = dict(params, tilesets=list(tilesets) or None)
+    if backbone is not None or backbone_opts:
+        name, options = parse_component_ref(backbone, "--backbone") if backbone else (None, {})
+        overrides |= {"backbone": name, "backbone_options": options | parse_key_values(backbone_opts, "--backbone-opt")}
+    settings = resolve_pretrain_settings(config_path, overrides)
+    if nproc:
+        launch_pretrain(settings, nproc, resume, quiet, as_json)
+        return
+    summary = pretrain(settings, resume=resume, progress=not (quiet or as_json))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        click.echo(summary["run_dir"] if quiet else format_summary(summary))
+
+
+COMMANDS = (train_command, evaluate_command, predict_command, pretrain_command)

@@ -182,6 +182,59 @@ def show_plugin(name: str, kind: str | None, as_json: bool) -> None:
         click.echo()
 
 
+# ----------------------------------------------------------------------------- encoders
+
+
+def _encoder_rows() -> list[dict[str, Any]]:
+    """One row per backbone that says it is a published encoder (``extra["encoder"]``)."""
+    from clotclf_core.plugin.encoders import encoder_info
+
+    rows = []
+    for spec in get_manager().components("backbone"):
+        try:
+            info = encoder_info(spec.extra)
+        except ValueError as exc:  # a third party's malformed declaration: shown, not fatal
+            rows.append({"name": spec.name, "plugin": spec.plugin, "error": f"extra['encoder'] is invalid: {exc}"})
+            continue
+        if info is None:
+            continue
+        um = (f"{info.um_per_px_range[0]:g}-{info.um_per_px_range[1]:g}" if info.um_per_px_range
+              else f"{info.um_per_px:g}" if info.um_per_px else "-")
+        rows.append({"name": spec.name, "plugin": spec.plugin, "loader": info.loader, "repo": info.repo,
+                     "dim": info.embedding_dim, "input": info.input_size, "um_per_px": um,
+                     "pooling": info.pooling, "licence": info.licence,
+                     "gated": {True: "yes", False: "no", None: "?"}[info.gated],
+                     "remote_code": "yes" if info.remote_code else "no",
+                     "tile": info.tile_command() or "-", "details": info.model_dump(mode="json")})
+    return rows
+
+
+@click.command("list-encoders")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field, citation and sources included).")
+@click.option("--verbose", "-v", is_flag=True, help="Also each encoder's poolings, citation, where its recipe was read, notes.")
+def list_encoders(as_json: bool, verbose: bool) -> None:
+    """List the published tile encoders installed (the zoo): Hub repo, loader, embedding size, input
+    size, the microns per pixel it was trained at, pooling, licence and gating, and the `clotclf tile`
+    command whose tiles match its scale. Use one with `clotclf embed --backbone NAME`."""
+    rows = _encoder_rows()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    ok = [r for r in rows if "error" not in r]
+    click.echo(_table(ok, ["name", "loader", "repo", "dim", "input", "um_per_px", "pooling", "gated", "licence"]))
+    click.echo("\ntiles at each encoder's scale:")
+    click.echo(_table(ok, ["name", "tile"]))
+    for r in rows:
+        if "error" in r:
+            click.echo(f"warning: backbone '{r['name']}' (plugin {r['plugin']}): {r['error']}", err=True)
+    if verbose:
+        for r in ok:
+            d = r["details"]
+            click.echo(f"\n{r['name']}: poolings {', '.join(d['poolings'])}; remote code: {r['remote_code']}; "
+                       f"redistribution: {d['redistribution']}\n  citation: {d['citation']}\n  recipe from: {d['source']}"
+                       + (f"\n  notes: {d['notes']}" if d["notes"] else ""))
+
+
 # ----------------------------------------------------------------------------- smoke test
 
 
@@ -199,7 +252,8 @@ def smoke_test(names: tuple[str, ...], input_size: int, batch_size: int, seed: i
     with default options, take a training step and a batch of one, and survive a safetensors
     save / load round trip; filters score generated tiles; sources open a generated TIFF. This is
     the test a plugin author runs in CI (docs/plugins.md). Without names, every installed
-    backbone x head takes one training step: a quick check of an installation.
+    backbone x head takes one training step: a quick check of an installation (the published
+    encoders of the zoo, `clotclf list-encoders`, only when named: they download their weights).
     """
     from clotclf_core.smoke import smoke_all, smoke_plugins
 
@@ -217,4 +271,4 @@ def smoke_test(names: tuple[str, ...], input_size: int, batch_size: int, seed: i
         sys.exit(1)
 
 
-COMMANDS = (list_plugins, show_plugin, smoke_test)
+COMMANDS = (list_plugins, show_plugin, list_encoders, smoke_test)

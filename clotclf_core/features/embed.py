@@ -51,7 +51,7 @@ from clotclf_core.features.store import (
     rows_fingerprint,
     tileset_fingerprint,
 )
-from clotclf_core.plugin.errors import ClotclfError, Interrupted
+from clotclf_core.plugin.errors import ClotclfError, Interrupted, warn
 from clotclf_core.plugin.io import write_json, write_text
 from clotclf_core.progress import bar
 from clotclf_core.tiling.stain import SlideNormaliser, StainTarget, sample_rows
@@ -309,6 +309,9 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     if encoder is None:  # in workers' runs this one only describes the encoder: on the CPU, the GPUs are theirs
         encoder = build_encoder(backbone, options, tile_size=ts.tile_size, input_size=input_size,
                                 device="cpu" if parallel else device, seed=seed, stain_normalise=stain_normalise)
+    scale = scale_problem(ts, encoder)
+    if scale:  # on stderr whatever --quiet / --json say; the summary keeps it too
+        warn(f"{encoder.backbone}: {scale}")
     record = encoder.record()
     if parallel:
         record["precision"] = worker_precision(devices, dask, device)
@@ -326,7 +329,7 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
                                                      device=device, workers=workers, devices=devices, dask=dask,
                                                      progress=progress, out=out, kept=len(plan["kept"]))
         return _summary(out, record, encoder, writer, plan, embedded, total, time.perf_counter() - t0, where,
-                        record["precision"], unfitted)
+                        record["precision"], unfitted, scale)
     embedded: list[str] = []
     pin = encoder.device.type == "cuda"
     bar_ = bar(total=total, unit="tile", desc="embed", disable=not progress or total == 0)
@@ -367,10 +370,11 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         stream.close()
         bar_.close()
     return _summary(out, record, encoder, writer, plan, embedded, total, time.perf_counter() - t0, str(encoder.device),
-                    encoder.precision, unfitted)
+                    encoder.precision, unfitted, scale)
 
 
-def _summary(out, record, encoder, writer, plan, embedded, total, seconds, device, precision, unfitted) -> dict[str, Any]:
+def _summary(out, record, encoder, writer, plan, embedded, total, seconds, device, precision, unfitted,
+             scale) -> dict[str, Any]:
     return {
         "out": str(out),
         "encoder": describe_encoder(record),
@@ -392,6 +396,7 @@ def _summary(out, record, encoder, writer, plan, embedded, total, seconds, devic
         "tiles_per_second": round(total / seconds, 1) if seconds > 0 and total else None,
         "stain_normalise": record.get("stain_normalise"),
         "stain_unfitted": unfitted,
+        "scale_warning": scale,
     }
 
 
@@ -404,6 +409,26 @@ def embed_bags(tiles: str | Path, out: str | Path, encoder: Encoder, *, batch_si
     ``devices`` / ``dask``, as :func:`embed_tileset`."""
     embed_tileset(tiles, out, encoder.backbone, encoder=encoder, batch_size=batch_size, progress=progress, **engine)
     return FeatureBags(FeatureStore(out))
+
+
+def tileset_um_per_px(ts: "TileSet") -> float | None:
+    """Microns per cached pixel of the TileSet's tiled slides (their median; None without mpp)."""
+    import statistics
+
+    values = [float(v["um_per_pixel"]) for v in ts.slides.values()
+              if v.get("status") == "done" and isinstance(v.get("um_per_pixel"), (int, float)) and v["um_per_pixel"] > 0]
+    return statistics.median(values) if values else None
+
+
+def scale_problem(ts: "TileSet", encoder: "Encoder") -> str | None:
+    """Why the TileSet's tiles are at another scale than the encoder was trained at (beyond
+    :data:`~clotclf_core.plugin.encoders.SCALE_TOLERANCE`), with the ``clotclf tile`` command that
+    matches it; None when they agree, or when either scale is unknown. The scale is the one the
+    encoder sees: a cached pixel's microns, times the cache side over the encoder's input side."""
+    cached = tileset_um_per_px(ts)
+    if encoder.info is None or cached is None:
+        return None
+    return encoder.info.scale_problem(cached * ts.tile_size / encoder.input_size)
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

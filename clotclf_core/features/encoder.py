@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from clotclf_core.features.store import describe_encoder
+from clotclf_core.models.backbones import backbone_spec
 from clotclf_core.models.inputs import InputSpec, input_spec, to_input
 from clotclf_core.models.runtime import pick_runtime
+from clotclf_core.plugin.encoders import EncoderInfo, encoder_info
 from clotclf_core.plugin.errors import ClotclfError, PluginError
-from clotclf_core.plugin_manager import get_manager
 from clotclf_core.tiling.stain import StainTarget, parse_stain_normalise
 
 
@@ -62,6 +63,10 @@ class Encoder:
     feature_names: list[str] | None = None
     #: the stain normalisation applied to every slide's tiles before the backbone (``--stain-normalise``)
     stain: StainTarget | None = None
+    #: what a published encoder says about itself (its spec's ``extra["encoder"]``), e.g. its microns per pixel
+    info: EncoderInfo | None = None
+    #: a backbone of `clotclf pretrain`: the run its weights come from (``run``, ``weights_sha256``, ``method``)
+    backbone_run: dict[str, Any] | None = None
 
     @property
     def num_features(self) -> int:
@@ -75,6 +80,7 @@ class Encoder:
             "options": self.options,
             **self.provenance,
             **({"hub_repo": snapshot.get("repo"), "hub_commit": snapshot.get("commit")} if snapshot else {}),
+            **({"backbone_run": self.backbone_run} if self.backbone_run else {}),
             "num_features": self.num_features,
             "weights_sha256": self.weights_sha256,
             "mean": list(self.spec.mean),
@@ -150,8 +156,7 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
     stain = (StainTarget.from_record(stain_normalise) if isinstance(stain_normalise, dict)
              else parse_stain_normalise(stain_normalise))
     rt = pick_runtime(device)
-    mgr = get_manager()
-    spec = mgr.get("backbone", backbone)
+    spec = backbone_spec(backbone)  # a plugin's backbone, or a pre-training run (run:PATH)
     opts = spec.validate_options(_values_with_size(spec, dict(options or {}), input_size or tile_size))
     torch.manual_seed(seed)
     try:
@@ -177,6 +182,7 @@ def build_encoder(backbone: str, options: dict[str, Any] | None = None, *, tile_
         weights_sha256=state_sha256(module), device=rt.device, precision=rt.precision, seed=seed,
         provenance={"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version},
         feature_names=feature_names_of(module, backbone, num_features), stain=stain,
+        info=encoder_info(spec.extra), backbone_run=getattr(module, "clotclf_backbone_run", None),
     )
     _check_forward(enc)
     return enc
@@ -203,8 +209,10 @@ def encoder_from_record(record: dict[str, Any], device: str = "auto") -> Encoder
             f"the features were made outside clotclf ({describe_encoder(record)}), so clotclf cannot compute them from "
             "slides: score pre-extracted features of the same encoder instead (`clotclf import-features H5_DIR --encoder-name "
             f"{record.get('backbone')} --out F`, then `--features F`)")
-    enc = build_encoder(record["backbone"], record.get("options") or {}, input_size=record.get("input_size"),
-                        device=device, seed=int(record.get("seed", 0)), stain_normalise=record.get("stain_normalise"))
+    run = record.get("backbone_run") if isinstance(record.get("backbone_run"), dict) else None
+    name, options = (f"run:{run['run']}", {}) if run else (record["backbone"], record.get("options") or {})
+    enc = build_encoder(name, options, input_size=record.get("input_size"), device=device, seed=int(record.get("seed", 0)),
+                        stain_normalise=record.get("stain_normalise"))
     if enc.weights_sha256 != record.get("weights_sha256"):
         commit = record.get("hub_commit")
         where = (f"the Hub repo {record.get('hub_repo')} at the recorded commit {str(commit)[:12]} now serves other weights "

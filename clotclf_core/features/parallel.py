@@ -162,8 +162,9 @@ def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFra
     from clotclf_core.progress import bar
     from clotclf_core.tiling.execution import DaskCluster
 
-    base = {"tiles": str(Path(ts.root).resolve()), "backbone": encoder.backbone,
-            "options": {k: v for k, v in encoder.options.items()}, "input_size": encoder.input_size, "seed": encoder.seed,
+    run = encoder.backbone_run  # a `clotclf pretrain` backbone: the workers load the same run
+    base = {"tiles": str(Path(ts.root).resolve()), "backbone": f"run:{run['run']}" if run else encoder.backbone,
+            "options": {} if run else dict(encoder.options), "input_size": encoder.input_size, "seed": encoder.seed,
             "weights_sha256": encoder.weights_sha256, "batch_size": batch_size, "device": device,
             "stain": encoder.stain.record() if encoder.stain is not None else None}
     jobs = [{**base, "image_id": i, "matrix": str(Path(writer.root).resolve() / "slides" / f"{i}.npy")} for i in todo]

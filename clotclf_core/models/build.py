@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from clotclf_core.models.backbones import backbone_spec, is_run_ref, rebuild_overrides
 from clotclf_core.models.config import MODEL_KINDS, ModelConfig
 from clotclf_core.models.inputs import apply_to_model_config
 from clotclf_core.models.mil import build_mil
@@ -27,15 +28,6 @@ from clotclf_core.plugin.spec import ComponentSpec
 from clotclf_core.plugin_manager import get_manager
 
 # ----------------------------------------------------------------------------- resolving a config
-
-
-def rebuild_overrides(spec: ComponentSpec) -> dict[str, Any]:
-    """Options set when a saved model is rebuilt: ``spec.extra['rebuild_options']``, or
-    ``pretrained=False`` when the options model has a ``pretrained`` field."""
-    given = spec.extra.get("rebuild_options")
-    if isinstance(given, dict):
-        return dict(given)
-    return {"pretrained": False} if "pretrained" in spec.options.model_fields else {}
 
 
 @dataclass
@@ -59,7 +51,11 @@ def resolve_components(cfg: ModelConfig, specs: dict[str, ComponentSpec] | None 
         name = getattr(cfg, kind, None)
         if not name:
             continue
-        spec = (specs or {}).get(kind) or mgr.get(kind, name)
+        if rebuild and kind == "backbone" and is_run_ref(name):  # saved configs name the run's component instead
+            raise ModelLoadError(f"the saved model names the backbone '{name}': a saved model records the component "
+                                 "its backbone is (e.g. timm), never a run directory; it was edited")
+        # a backbone may also be a pre-training run (run:PATH): models.backbones
+        spec = (specs or {}).get(kind) or (backbone_spec(name) if kind == "backbone" else mgr.get(kind, name))
         values = cfg.options_of(kind)
         if kind == "backbone" and "img_size" in spec.options.model_fields and values.get("img_size") is None:
             # convention: a backbone with an ``img_size`` option is built for the model's input size
@@ -71,6 +67,9 @@ def resolve_components(cfg: ModelConfig, specs: dict[str, ComponentSpec] | None 
             opts = spec.validate_options(opts.model_dump() | override)
         found[kind], options[kind] = spec, opts
     provenance = {k: {"name": s.name, **mgr.distribution_of(s)} for k, s in found.items()}
+    for kind, s in found.items():  # where a pre-trained backbone's weights came from (information only)
+        if isinstance(s.extra.get("backbone_run"), dict):
+            provenance[kind]["backbone_run"] = dict(s.extra["backbone_run"])
     return Resolved(cfg.model_copy(update=resolved_values), found, options, provenance)
 
 

@@ -140,6 +140,8 @@ class ModelConfig(StrictModel):
     @field_validator(*MODEL_KINDS)
     @classmethod
     def _component(cls, name: str | None, info: Any) -> str | None:
+        if info.field_name == "backbone" and name is not None and name.startswith("run:") and len(name) > 4:
+            return name  # a pre-training run (models.backbones): resolved to its component when built, never saved
         if name is not None and not re.match(COMPONENT_REF, name):
             raise ValueError(f"{info.field_name} {name!r} is not a component name (NAME or PLUGIN/NAME: lower-case "
                              "letters, digits, '.', '_', '-')")

@@ -26,7 +26,7 @@ from clotclf_core.plugin.weights import CONFIG_NAME, WEIGHTS_NAME, read_run_conf
 from clotclf_core.plugin_manager import get_manager
 
 #: run kinds that are not classifiers: ``kind`` -> the component kind named by the config's key of that name
-OTHER_RUN_KINDS = {"patch_filter": "filter"}
+OTHER_RUN_KINDS = {"patch_filter": "filter", "backbone": "backbone"}
 #: a safetensors header larger than this is refused (real ones are kilobytes)
 MAX_HEADER_BYTES = 64 * 2**20
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,

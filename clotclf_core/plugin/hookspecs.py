@@ -47,7 +47,8 @@ ENTRY_POINT_GROUP = "clotclf.plugins"
 #: .errors, .io, .aggregate... are gone), RunDirectory options, hub / device / run-directory helpers.
 #: 2.1: backbones may name their features (``feature_names``); aggregators may add a term to the training
 #: loss (``auxiliary_loss``: CLAM's instance clustering, DSMIL's critical-instance loss).
-PLUGIN_API_VERSION = "2.1"
+#: 2.2: extra["encoder"] and clotclf_core.plugin.encoders (published tile encoders), hub fetching helpers.
+PLUGIN_API_VERSION = "2.2"
 #: the module attribute a plugin declares its supported contract versions in (a PEP 440 specifier)
 API_ATTRIBUTE = "CLOTCLF_PLUGIN_API"
 

@@ -25,7 +25,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from clotclf_core.plugin.errors import ConfigError, printable
+from clotclf_core.plugin.errors import ClotclfError, ConfigError, printable
 
 # ----------------------------------------------------------------------------- references
 
@@ -303,3 +303,84 @@ def hub_problem(exc: BaseException, *, repo_id: str, shown: str | None = None, r
             f"cannot reach {where} to {action} {what} ({reason()}): check the network connection and the endpoint "
             f"({endpoint_hint})"))
     return None
+
+
+# ----------------------------------------------------------------------------- fetching a model's files
+#
+# What the timm plugin and the transformers plugin share when they load a published model: one file
+# (or a filtered snapshot) fetched from the Hub or its cache with every failure in one line, the commit
+# the cache says it came from, and the sha256 recorded beside the repo and that commit.
+
+
+class HubFileError(ClotclfError):
+    """A file of a Hub repo could not be had: ``problem`` says why (:class:`HubProblem`)."""
+
+    def __init__(self, message: str, problem: HubProblem | None = None):
+        super().__init__(message)
+        self.problem = problem
+
+
+def _raise_problem(exc: BaseException, *, repo_id: str, shown: str | None, revision: str | None,
+                   filename: str | None, no_file_hint: str = "") -> None:
+    problem = hub_problem(exc, repo_id=repo_id, shown=shown, revision=revision, filename=filename)
+    if problem is None:
+        raise exc
+    hint = no_file_hint if problem.kind == "no_file" else ""
+    raise HubFileError(problem.message + hint, problem) from None
+
+
+def fetch_file(repo_id: str, filename: str, revision: str | None = None, *, shown: str | None = None,
+               missing_ok: bool = False, no_file_hint: str = "") -> str | None:
+    """Local path of ``filename`` in ``repo_id`` at ``revision`` (downloaded, or from the Hugging Face
+    cache when offline), through ``huggingface_hub.hf_hub_download`` (``HF_TOKEN``, ``HF_ENDPOINT``,
+    ``HF_HUB_OFFLINE`` as it reads them). ``missing_ok``: ``None`` when the repo exists but lacks the
+    file. Every failure is one :class:`HubFileError` (:func:`hub_problem`'s words; ``no_file_hint``
+    is appended to a missing file's message). ``shown``: how messages name the repo."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it was
+        problem = hub_problem(exc, repo_id=repo_id, shown=shown, revision=revision, filename=filename)
+        if problem is not None and problem.kind == "no_file" and missing_ok:
+            return None
+        _raise_problem(exc, repo_id=repo_id, shown=shown, revision=revision, filename=filename, no_file_hint=no_file_hint)
+    return None  # pragma: no cover - _raise_problem always raises
+
+
+def fetch_snapshot(repo_id: str, revision: str | None, patterns: list[str], *, shown: str | None = None) -> str:
+    """Local folder of the files of ``repo_id`` at ``revision`` that match ``patterns`` (fnmatch;
+    ``huggingface_hub.snapshot_download``'s ``allow_patterns``): only those are downloaded, so a
+    repo's pickle weights are never fetched. Failures as :func:`fetch_file`'s."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns))
+    except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it was
+        _raise_problem(exc, repo_id=repo_id, shown=shown, revision=revision, filename=None)
+    return ""  # pragma: no cover
+
+
+def cache_commit(path: str) -> str | None:
+    """The commit a file (or snapshot folder) of the Hugging Face cache belongs to
+    (``…/snapshots/<commit>/…``); ``None`` for a path outside the cache."""
+    from pathlib import Path
+
+    parts = Path(path).parts
+    if "snapshots" in parts[:-1]:
+        commit = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1]
+        if all(c in "0123456789abcdef" for c in commit) and 7 <= len(commit) <= 64:
+            return commit
+    return None
+
+
+def hub_record(repo_id: str, commit: str | None, weights_path: str | None, **more: object) -> dict[str, object]:
+    """What a run records about a published model it loaded: ``repo``, ``commit`` and the sha256 of
+    the weights file (``weights_file_sha256``), plus ``more`` (the loader's config…). Never the
+    weights themselves: most pathology encoders' licences forbid redistributing them."""
+    from clotclf_core.plugin.weights import sha256_file
+
+    record: dict[str, object] = {"repo": repo_id, "commit": commit}
+    if weights_path:
+        record["weights_file_sha256"] = sha256_file(weights_path)
+    return record | dict(more)

@@ -5,7 +5,7 @@ norms), the LR schedule (cosine with warm-up stepped per batch, reduce-on-platea
 gradient clipping between ``backward`` and ``step``, bf16 autocast, DistributedDataParallel,
 ``torch.compile``, per-epoch dropout seeds (each rank its own), early stopping on a monitored
 validation loss, checkpoints every epoch, bit-identical ``--resume`` and restoring the best
-epoch's weights from their file.
+epoch's weights from their file (``keep_last``: the last epoch's, for self-supervised pre-training).
 
 What a batch *is* belongs to a :class:`FoldTask`: its loader, its per-step loss, and how its
 validation predictions become slide / patient metrics. :class:`clotclf_core.training.tiles.TileTask`
@@ -89,6 +89,8 @@ class FoldTask(Protocol):
     def validate(self, model: "torch.nn.Module", progress: bool, desc: str) -> Scored:
         """Score the fold's validation patients (early stopping's measure is ``Scored.loss``)."""
 
+    # optional: ``after_backward()``, called between backward and the gradient clipping / optimizer step
+
 
 def make_optimizer(model, s: "TrainSettings", device_type: str):
     """AdamW over timm's ``param_groups_weight_decay``: weight decay on weight matrices and conv
@@ -146,8 +148,12 @@ class Trainer:
     """
 
     def __init__(self, s: "TrainSettings", model, task: FoldTask, fold: int, fold_dir: Path, rt: "Runtime",
-                 progress: bool = True):
+                 progress: bool = True, keep_last: bool = False):
         import torch
+
+        #: every epoch counts as the best one, so the last is kept (self-supervised pre-training, whose
+        #: loss says little about the features), and nothing stops early
+        self.keep_last = keep_last
 
         self.s, self.rt, self.fold, self.fold_dir, self.progress = s, rt, fold, Path(fold_dir), progress
         self.task = task
@@ -182,6 +188,9 @@ class Trainer:
             loss, n = self.task.step_loss(self.net, batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        after_backward = getattr(self.task, "after_backward", None)  # optional: e.g. DINO freezes a layer's gradients
+        if after_backward is not None:
+            after_backward()
         if self.s.grad_clip > 0:  # after backward (DDP has averaged the gradients), before the step
             torch.nn.utils.clip_grad_norm_(self.params, self.s.grad_clip)
         self.opt.step()
@@ -233,7 +242,7 @@ class Trainer:
             t0 = time.perf_counter()
             val = self.validate()
             loss = val.loss
-            improved = loss < self.best_loss - s.min_delta
+            improved = self.keep_last or loss < self.best_loss - s.min_delta
             if s.schedule == "plateau":
                 self.scheduler.step(loss)
             self.history.append({

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clotclf_core.config import load_yaml
 from clotclf_core.features.bags import bag_size_for, short_slides_note
+from clotclf_core.models.backbones import backbone_spec
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin_manager import get_manager
 from clotclf_core.scoring.calibration import check_calibration_set
@@ -40,7 +41,8 @@ def check_model_options(s: TrainSettings) -> None:
     for kind in ("backbone", "head", "aggregator"):
         name = getattr(s, kind)
         if name:
-            mgr.get(kind, name).validate_options(getattr(s, f"{kind}_options"))
+            spec = backbone_spec(name) if kind == "backbone" else mgr.get(kind, name)  # run:PATH too
+            spec.validate_options(getattr(s, f"{kind}_options"))
 
 
 def _build_checked(s: TrainSettings, labels: list[str], input_size: int, data: Any, kind: TrainingKind):

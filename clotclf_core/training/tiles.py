@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from clotclf_core.models.backbones import backbone_spec
 from clotclf_core.models.build import build_model
 from clotclf_core.models.config import ModelConfig
 from clotclf_core.models.inputs import input_spec
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.plugin_manager import get_manager
 from clotclf_core.scoring.inference import TileScorer, score_tiles
 from clotclf_core.seeds import loader_generator, mix
 from clotclf_core.tiling.dataset import (
@@ -151,7 +151,7 @@ def build(s: "TrainSettings", labels: list[str], input_size: int, data: Any = No
 def sized_by_input(s: "TrainSettings") -> bool:
     """The backbone takes an ``img_size`` option the user left unset: it is built for the input
     size (the tiles' side), so it declares no size of its own worth following."""
-    spec = get_manager().get("backbone", s.backbone)
+    spec = backbone_spec(s.backbone)  # a plugin's, or a pre-training run (run:PATH)
     return "img_size" in spec.options.model_fields and s.backbone_options.get("img_size") is None
 
 

@@ -45,6 +45,8 @@ class HubSnapshot(Options):
     repo: str = Field(..., min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
     commit: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{7,64}$")
     config: dict = Field(..., description="the repo's config.json (timm's layout) at that commit")
+    weights_file_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                            description="sha256 of the safetensors file the weights were loaded from")
 
 
 class TimmOptions(Options):
@@ -85,8 +87,45 @@ def build(opts: TimmOptions):
     return build_timm(opts)
 
 
+class PresetOptions(Options):
+    """The options of an encoder of the zoo (:mod:`.zoo`); each preset adds ``pooling`` with the choices it offers."""
+
+    pretrained: bool = Field(True, description=(
+        "load the published weights from the Hub (most repos are gated: accept the licence, set HF_TOKEN); false: "
+        "the same architecture, random init"))
+    revision: str | None = Field(None, max_length=200, description=(
+        "branch, tag or commit of the Hub repo (default: main); the commit it resolves to is recorded"))
+    hub_snapshot: HubSnapshot | None = Field(None, description=(
+        "recorded by clotclf (the repo, its commit, config.json, the weights file's sha256); not set by hand"))
+
+
+def _preset_options(preset) -> type[PresetOptions]:
+    from typing import Literal
+
+    from pydantic import create_model
+
+    info = preset.info
+    choices = Literal[tuple(info.poolings)]  # type: ignore[valid-type]
+    return create_model(
+        f"{preset.name.title().replace('-', '')}Options", __base__=PresetOptions,
+        pooling=(choices, Field(info.pooling, description=f"tile features: {', '.join(info.poolings)} (see `clotclf "
+                                                         f"list-encoders`); {info.pooling} is what the card uses")))
+
+
+def _preset_factory(name: str):
+    def build_preset(opts: PresetOptions):
+        from ._zoo_build import build_preset as build_it
+        from .zoo import BY_NAME
+
+        return build_it(BY_NAME[name], opts)
+
+    return build_preset
+
+
 @hookimpl
 def clotclf_backbones():
+    from .zoo import ALL
+
     return [
         ComponentSpec(
             "backbone", "timm",
@@ -95,4 +134,7 @@ def clotclf_backbones():
             # every option beyond `model` / `pretrained` is a timm constructor argument (timm checks them when building)
             extra={"open_options": True},
         )
+    ] + [
+        ComponentSpec("backbone", p.name, p.summary, _preset_options(p), _preset_factory(p.name), extra={"encoder": p.info})
+        for p in ALL
     ]

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from clotclf_core.plugin import ClotclfError
-from clotclf_core.plugin.hub import parse_repo_ref
+from clotclf_core.plugin.hub import hub_record, parse_repo_ref
 
 from . import TimmOptions
 from ._hub import HubModelError, check_timm_config, read_timm_config, safetensors_weights
@@ -36,9 +36,12 @@ def _layer(key: str, value: Any) -> Any:
     name = value
     for prefix in ("timm.layers.", "torch.nn.", "nn."):
         name = name.removeprefix(prefix)
+    import functools
+
     for module in (timm.layers, torch.nn):
         found = getattr(module, name, None)
-        if isinstance(found, type):
+        # a class, or a class with arguments bound (timm.layers.SwiGLUPacked is partial(GluMlp, ...))
+        if isinstance(found, type) or (isinstance(found, functools.partial) and isinstance(found.func, type)):
             return found
     if key == "act_layer":
         return value  # timm resolves activation names itself ('gelu', 'silu'...)
@@ -96,14 +99,16 @@ def _hub_source(opts: TimmOptions, name: str) -> tuple[str, bool, dict[str, Any]
     if recorded is not None and not pretrained:
         config, commit = recorded.config, recorded.commit
         check_timm_config(config, f"the config.json recorded for 'hf-hub:{repo_id}'")
-        return "local", False, {"repo": repo_id, "commit": commit, "config": config}
+        return "local", False, recorded.model_dump(exclude_none=True)
     pin = recorded.commit if recorded is not None and recorded.commit else revision
     config, commit = read_timm_config(repo_id, pin)
+    weights = None
     if pretrained:
         cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else config
-        safetensors_weights(repo_id, commit or pin, cfg.get("hf_hub_filename"))
+        weights = safetensors_weights(repo_id, commit or pin, cfg.get("hf_hub_filename"))
     source = f"{HF_PREFIX}{repo_id}@{commit}" if commit else name  # config and weights of one commit
-    return source, pretrained, {"repo": repo_id, "commit": commit, "config": config}
+    snapshot = hub_record(repo_id, commit, weights, config=config)  # repo, commit, weights_file_sha256, config.json
+    return source, pretrained, {k: v for k, v in snapshot.items() if v is not None}
 
 
 def _create(source: str, snapshot: dict[str, Any] | None, pretrained: bool, kwargs: dict[str, Any]):

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from clotclf_core.plugin import ClotclfError
-from clotclf_core.plugin.hub import hub_problem
+from clotclf_core.plugin.hub import cache_commit, fetch_file
 
 LAYOUT_HINT = ("a timm-layout repo holds config.json (with 'architecture' and 'pretrained_cfg') and "
                "model.safetensors, as timm.models.push_to_hf_hub writes them")
@@ -27,33 +27,10 @@ def download(repo_id: str, filename: str, revision: str | None, missing_ok: bool
     """Local path of ``filename`` in ``repo_id`` (downloaded, or from the cache when offline).
 
     ``missing_ok``: return None when the repo exists but lacks the file. Every failure is one line
-    (:func:`clotclf_core.plugin.hub.hub_problem`, the same words as the registry's).
+    (:func:`clotclf_core.plugin.hub.fetch_file`, the same words as the registry's).
     """
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(repo_id, filename, revision=revision)
-    except Exception as exc:
-        problem = hub_problem(exc, repo_id=repo_id, shown=f"hf-hub:{repo_id}", revision=revision, filename=filename)
-        if problem is None:
-            raise
-        if problem.kind == "no_file":
-            if missing_ok:
-                return None
-            raise HubModelError(f"{problem.message}: it is not in timm's layout ({LAYOUT_HINT})") from None
-        raise HubModelError(problem.message) from None
-
-
-def commit_of(path: str) -> str | None:
-    """The commit a file of the Hugging Face cache belongs to (``…/snapshots/<commit>/<file>``)."""
-    from pathlib import Path
-
-    parts = Path(path).parts
-    if "snapshots" in parts[:-1]:
-        commit = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1]
-        if all(c in "0123456789abcdef" for c in commit) and 7 <= len(commit) <= 64:
-            return commit
-    return None
+    return fetch_file(repo_id, filename, revision, shown=f"hf-hub:{repo_id}", missing_ok=missing_ok,
+                      no_file_hint=f": it is not in timm's layout ({LAYOUT_HINT})")
 
 
 def read_timm_config(repo_id: str, revision: str | None) -> tuple[dict[str, Any], str | None]:
@@ -67,7 +44,7 @@ def read_timm_config(repo_id: str, revision: str | None) -> tuple[dict[str, Any]
     except (OSError, ValueError) as exc:
         raise HubModelError(f"config.json of {what} is not valid JSON ({exc}): it is not in timm's layout ({LAYOUT_HINT})") from None
     check_timm_config(config, what)
-    return config, commit_of(path)
+    return config, cache_commit(path)
 
 
 def check_timm_config(config: Any, what: str) -> None:

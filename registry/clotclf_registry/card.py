@@ -15,7 +15,7 @@ from typing import Any
 from clotclf_core.models.card import BASE_TAGS, ModelCardError, assemble, card_results, load_model_card, model_card
 
 from .layout import CARD_NAME
-from .verify import FILTER_KIND, model_kind
+from .verify import BACKBONE_KIND, FILTER_KIND, model_kind
 
 #: the headline metric, best first: (model-index type, short label)
 HEADLINE = [("weighted_log_loss", "patient wLL"), ("balanced_accuracy", "patient bal.acc"), ("roc_auc", "patient AUC")]
@@ -28,6 +28,8 @@ def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
     encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else {}
     if kind == FILTER_KIND:
         backbone, head = model.get("arch"), "-"
+    elif kind == BACKBONE_KIND:  # a pre-trained backbone: no head, no labels
+        backbone, head = config.get("backbone"), "-"
     elif model.get("kind") == "mil":  # a multiple-instance model: the aggregator pools, on an encoder's features or end to end
         backbone, head = model.get("backbone") or f"{encoder.get('backbone')} (frozen encoder)", model.get("aggregator")
     else:
@@ -59,12 +61,17 @@ def card_for_push(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any]
     elif model_kind(config) == "classifier":
         extra = {"repo_id": repo_id} | ({} if config.get("name") else {"name": repo_id.split("/")[-1]})
         card = model_card(config, metrics, extra, run_dir)
+    elif model_kind(config) == BACKBONE_KIND:
+        card = assemble(ModelCardData(), f"# {repo_id}\n\nA {config.get('backbone')} backbone pre-trained by `clotclf "
+                                         "pretrain`; use it with `--backbone run:NAME`. See config.json and metrics.json.\n")
     else:
         card = assemble(ModelCardData(), f"# {repo_id}\n\nA clotclf {config.get('filter', 'patch')} filter. See config.json and metrics.json.\n")
     info = card_metadata(config)
     card.data.library_name = "clotclf"
     tags = [str(t) for t in card.data.tags or []]
-    extra = BASE_TAGS + ([info["backbone"].split(" ")[0]] if info["kind"] == "classifier" else ["patch-filter", info["backbone"]])
+    extra = BASE_TAGS + ([info["backbone"].split(" ")[0]] if info["kind"] == "classifier" else
+                         ["self-supervised", info["backbone"]] if info["kind"] == BACKBONE_KIND else
+                         ["patch-filter", info["backbone"]])
     if info.get("model_kind") == "mil":
         extra += [info["aggregator"], "multiple-instance"]
     card.data.tags = tags + [t for t in extra if t not in tags]

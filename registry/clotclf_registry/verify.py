@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from clotclf_core.models.backbones import BACKBONE_KIND, check_backbone_run, load_backbone_run
 from clotclf_core.models.runs import (
     check_requirements,
     fold_runs,
@@ -39,6 +40,7 @@ from clotclf_core.plugin import (
     printable,
     sha256_file,
 )
+from clotclf_core.plugin.encoders import encoder_info
 from clotclf_core.plugin.weights import read_run_config
 
 from .errors import IntegrityError, NotAModelError, RegistryError
@@ -46,12 +48,54 @@ from .layout import METRICS_NAME, Plan, check_content
 
 FILTER_KIND = "patch_filter"
 
-__all__ = ["check_requirements", "requirements", "check_run_dir", "verify_download", "load_run", "model_kind"]
+__all__ = [
+    "check_redistribution",
+    "check_requirements",
+    "check_run_dir",
+    "load_run",
+    "model_kind",
+    "requirements",
+    "verify_download",
+]
 
 
 def model_kind(config: dict[str, Any]) -> str:
-    """``classifier`` (backbone + head) or ``patch_filter`` (e.g. the mobilenetv3 background filter)."""
-    return FILTER_KIND if config.get("kind") == FILTER_KIND else "classifier"
+    """``classifier`` (backbone + head, or a MIL model), ``patch_filter`` (e.g. the mobilenetv3
+    background filter) or ``backbone`` (a backbone of ``clotclf pretrain``)."""
+    return config.get("kind") if config.get("kind") in (FILTER_KIND, BACKBONE_KIND) else "classifier"
+
+
+def _restricted(name: Any, options: Any) -> Any:
+    """The EncoderInfo of backbone ``name`` when its options load published weights whose licence
+    forbids publishing them (``redistribution: no``), else None."""
+    from clotclf_core.plugin_manager import get_manager
+
+    if not isinstance(name, str) or not isinstance(options, dict) or not options.get("pretrained"):
+        return None
+    try:
+        info = encoder_info(get_manager().get("backbone", name).extra)
+    except (ClotclfError, ValueError):
+        return None
+    return info if info is not None and info.redistribution == "no" else None
+
+
+def check_redistribution(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to publish weights trained from an encoder whose licence forbids redistributing them
+    (most pathology foundation models: CC-BY-NC-ND and the like): a model that fine-tuned one, or a
+    backbone pre-trained on from one. A MIL model on features carries no encoder weights (only the
+    encoder's record), so it is never refused here."""
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    if model_kind(config) == BACKBONE_KIND:
+        encoder = config.get("encoder") if isinstance(config.get("encoder"), dict) else {}
+        found = (config.get("backbone"), encoder.get("licence")) if encoder.get("redistribution") == "no" else None
+    else:
+        info = _restricted(model.get("backbone"), model.get("backbone_options"))
+        found = (model.get("backbone"), f"{info.licence}, {info.repo}") if info is not None else None
+    if found:
+        raise RegistryError(
+            f"cannot push '{run_dir}': its weights were trained from the published encoder '{printable(found[0], 80)}' "
+            f"({printable(found[1], 200)}), whose licence does not allow publishing them. A MIL model on that encoder's "
+            "features carries no encoder weights and can be pushed (`clotclf embed` + `clotclf train --features`)")
 
 
 # ----------------------------------------------------------------------------- before a push
@@ -95,6 +139,7 @@ def check_run_dir(run_dir: Path, require_metrics: bool = True, return_model: boo
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             raise RegistryError(f"cannot push '{run_dir}': {METRICS_NAME} is not a JSON object ({exc}); re-run the evaluation") from None
+    check_redistribution(run_dir, config)
     try:
         model = load_run(run_dir, config)
     except ModelLoadError as exc:
@@ -110,6 +155,8 @@ def load_run(run_dir: Path, config: dict[str, Any]) -> Any:
         from clotclf_core.models.saved import load_model
 
         return load_model(run_dir)
+    if model_kind(config) == BACKBONE_KIND:
+        return load_backbone_run(run_dir)
     return _load_filter(run_dir, config)
 
 
@@ -225,6 +272,8 @@ def check_config_builds(run_dir: Path, config: dict[str, Any], label: str, regis
             from clotclf_core.models.saved import check_buildable
 
             check_buildable(run_dir)
+        elif model_kind(config) == BACKBONE_KIND:
+            check_backbone_run(run_dir)
         else:
             check_requirements(config, label)
             _load_filter(run_dir, config)
