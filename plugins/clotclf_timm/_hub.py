@@ -14,6 +14,7 @@ from typing import Any
 
 from clotclf_core.plugin import ClotclfError
 from clotclf_core.plugin.hub import hub_problem
+from clotclf_core.plugin.transfer import operation
 
 LAYOUT_HINT = ("a timm-layout repo holds config.json (with 'architecture' and 'pretrained_cfg') and "
                "model.safetensors, as timm.models.push_to_hf_hub writes them")
@@ -32,7 +33,8 @@ def download(repo_id: str, filename: str, revision: str | None, missing_ok: bool
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(repo_id, filename, revision=revision)
+        with operation(what=f"the download of {filename} of 'hf-hub:{repo_id}'"):  # the Hub limits: never a hang
+            return hf_hub_download(repo_id, filename, revision=revision)
     except Exception as exc:
         problem = hub_problem(exc, repo_id=repo_id, shown=f"hf-hub:{repo_id}", revision=revision, filename=filename)
         if problem is None:
