@@ -18,6 +18,7 @@ model: each tile as a bag of one) and, for an attention aggregator, each tile's 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,10 +141,18 @@ def features_dir(out: Path, recipe: str, m: LoadedModel) -> Path:
 
 def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
                  details: bool, patient_of: dict[str, str]) -> MemberScores:
-    """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job)."""
+    """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job).
+    ``batch_size`` is bounded by bytes of input (:func:`clotclf_core.models.inputs.batch_for_input`)."""
+    from clotclf_core.models.inputs import BATCH_INPUT_BYTES, batch_for_input
     from clotclf_core.scoring import metrics
 
     labels = m.labels
+    record = m.model.config.encoder  # a MIL model on features: its encoder's tiles are the batches
+    side = max(m.model.config.input_size, record.input_size if record is not None else 0)
+    if batch_for_input(batch_size, side) < batch_size:
+        batch_size = batch_for_input(batch_size, side)
+        print(f"note: model '{m.ref}' takes {side}-px tiles: batches of {batch_size} (at most "
+              f"{BATCH_INPUT_BYTES // 2**20} MiB of input each)", file=sys.stderr)
     rt.place(m.model)
     if m.kind != "mil":
         from clotclf_core.scoring.inference import score_tiles
