@@ -16,6 +16,7 @@ Ctrl-C stops with exit code 130 and says which checkpoint was kept and how to re
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from clotclf_core.plugin.errors import Interrupted
 from clotclf_core.plugin.io import write_guard
+from clotclf_core.plugin.lock import output_lock
 from clotclf_core.training.checkpoints import LAST, RESUME_HINT, checkpoint_state
 from clotclf_core.training.distributed import barrier, broadcast, init_distributed
 from clotclf_core.training.prepare import (
@@ -103,13 +105,8 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
           kind: TrainingKind | None = None) -> dict[str, Any]:
     """Run the training described by ``s``; returns the summary (what ``--json`` prints).
     ``kind``: tile-level or multiple-instance (default: what ``s`` asks for, :func:`~.tiles.kind_for`)."""
-    import yaml
-
     from clotclf_core.models.runtime import pick_runtime
-    from clotclf_core.plugin.io import write_text
-    from clotclf_core.training.crossval import cross_validate, reload_fold
     from clotclf_core.training.demo import prepare_demo
-    from clotclf_core.training.splits import save_split
 
     check_model_options(s)  # before the demo cohort is generated (minutes)
     kind = kind or kind_for(s)
@@ -127,6 +124,22 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
     if not s.out:
         s = s.model_copy(update={"out": broadcast(rt, default_out(s))})
     run_dir = Path(s.out)
+    # one writer per run folder: a second `train` (or `train --resume`) into it is refused at once;
+    # the main rank holds the lock for the whole run (other DDP ranks and loader workers are part of it)
+    with output_lock(run_dir, "--out") if rt.is_main else contextlib.nullcontext():
+        return _train_in(s, run_dir, rt, resume, progress, after_train_epoch, kind, t_start)
+
+
+def _train_in(s: TrainSettings, run_dir: Path, rt: "Runtime", resume: bool, progress: bool,
+              after_train_epoch: Callable[[int, "Trainer"], None] | None, kind: TrainingKind,
+              t_start: float) -> dict[str, Any]:
+    """:func:`train` once the run folder is locked and the data known."""
+    import yaml
+
+    from clotclf_core.plugin.io import write_text
+    from clotclf_core.training.crossval import cross_validate, reload_fold
+    from clotclf_core.training.splits import save_split
+
     # every rank runs the checks (they only read), so a refusal stops all ranks alike; and nothing
     # is written before they pass, so a refused command leaves no half-started run to block the next
     check_out(s, run_dir, resume)
