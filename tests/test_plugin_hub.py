@@ -94,7 +94,7 @@ CASES = {
                    ["cannot reach https://hub.example.org to pull 'lab/tiny'", "Connection refused", "HF_ENDPOINT"]),
     "DNS": (lambda: socket.gaierror(-2, "Name or service not known"), {}, "unreachable", ["cannot reach", "Name or service"]),
     "timeout": (lambda: httpx.ReadTimeout("The read operation timed out"), {}, "timeout",
-                ["did not answer in time to download 'lab/tiny'", "HF_HUB_DOWNLOAD_TIMEOUT"]),
+                ["did not answer in time to download 'lab/tiny'", "CLOTCLF_HUB_TIMEOUT"]),
     "401": (lambda: _http(hf.HfHubHTTPError, 401), {"action": "push to", "write": True}, "auth",
             ["refused the credentials (HTTP 401) to push to 'lab/tiny'", "HF_TOKEN", "write access"]),
     "403": (lambda: _http(hf.HfHubHTTPError, 403), {"action": "pull"}, "forbidden",
