@@ -182,6 +182,15 @@ def test_a_server_that_never_answers_or_trickles_is_one_line_naming_the_setting(
     assert not (tmp_path / "preds").exists()
 
 
+def test_a_server_that_stops_answering_is_as_good_as_unreachable_when_the_model_is_cached(hub, tmp_path):
+    env = env_for(hub, tmp_path, **FAST)
+    assert in_process(["pull", f"{NS}/tiny"], env).exit_code == 0
+    hub.misbehave("hang", "GET", r"^/api/models/")
+    outcome = in_process(["pull", f"{NS}/tiny"], env)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "sent no answer to GET /api/models/lab/tiny within 2 s" in outcome.stderr and "using the cached copy" in outcome.stderr
+
+
 def test_the_deadline_bounds_a_whole_pull_and_is_read_from_the_settings_file(hub, tmp_path):
     hub.misbehave("trickle", "GET", r"model\.safetensors$", interval=0.05)  # 20 bytes/s: fast enough for the rate below
     settings = tmp_path / "registry.yaml"

@@ -38,7 +38,7 @@ from clotclf_core import __version__
 from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME, ClotclfError, printable
 from clotclf_core.plugin.errors import os_error_message
 from clotclf_core.plugin.hub import COMMIT_SHA, add_token, exception_text, hub_problem, is_transport_error
-from clotclf_core.plugin.transfer import extend, operation
+from clotclf_core.plugin.transfer import TransferTimeout, extend, operation
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
@@ -263,12 +263,15 @@ class HubRegistry(RegistryBackend):
             try:
                 info = api.model_info(repo_id, revision=revision, files_metadata=True)
             except Exception as exc:
-                if not is_transport_error(exc):
+                stopped = isinstance(exc, TransferTimeout)  # a server that never answers is as good as unreachable
+                if not (stopped or is_transport_error(exc)):
                     raise
-                reason = exception_text(exc, self.endpoint)
+                reason = str(exc) if stopped else exception_text(exc, self.endpoint)
                 try:
                     fetched = self._from_cache(repo_id, revision, staging, f"{self.label} cannot be reached ({reason})")
                 except UnreachableError:
+                    if stopped:
+                        raise
                     raise UnreachableError(
                         f"cannot reach {self.label} to pull '{label}' ({reason}), and it is not in the cache: check the "
                         "network connection and the endpoint (--endpoint / HF_ENDPOINT)"
