@@ -36,7 +36,9 @@ environment, the deadline counted per request. Transfers that ``hf_xet`` makes i
 huggingface.co only) do not go through this client: their own timeouts apply, and the deadline is
 checked before and after each.
 
-Importing this module imports neither huggingface_hub nor httpx.
+Importing this module imports neither huggingface_hub nor httpx. It is long for one module because
+the limits, the hooks that measure them and the watchdog that enforces them share their state
+(the current operation, the watched transfers) and are never used apart.
 """
 
 from __future__ import annotations
@@ -176,12 +178,6 @@ def failure() -> str | None:
             return _CURRENT.failure
         recent = _LAST_FAILURE and time.monotonic() - _LAST_FAILURE[-1][1] < _RETRY_WINDOW
         return _LAST_FAILURE[-1][0] if recent else None
-
-
-def time_left() -> float | None:
-    """Seconds left before the current operation's deadline (None: no operation)."""
-    with _LOCK:
-        return None if _CURRENT is None else _CURRENT.left(time.monotonic())
 
 
 def extend(seconds: float) -> None:
