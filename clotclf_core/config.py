@@ -60,7 +60,7 @@ def parse_value(text: str) -> Any:
     if _FLOAT.match(text.strip()):
         return float(text) if not re.match(r"^[-+]?\d+$", text.strip()) else int(text)
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml_text(text, f"the value '{text[:60]}'")
     except yaml.YAMLError:
         return text
     if isinstance(value, list):
@@ -95,15 +95,59 @@ def parse_component_ref(text: str, what: str = "--filter") -> tuple[str, dict[st
     return name.strip(), parse_key_values(items, what)
 
 
+#: the largest settings file read (real ones are a few hundred bytes); checked before it is parsed
+MAX_YAML_BYTES = 2**20
+_NO_ALIASES: Any = None
+
+
+class _Alias(Exception):
+    """An alias met while composing (``anchor``, 1-based ``line``)."""
+
+    def __init__(self, anchor: str, line: int | str):
+        super().__init__(anchor)
+        self.anchor, self.line = anchor, line
+
+
+def load_yaml_text(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``, but an alias (``*name``) is one :class:`ConfigError` naming ``what``
+    and the line: settings never need them, and a few hundred bytes of nested aliases expand to
+    gigabytes in whatever walks the result (a "billion laughs"). Other YAML errors are raised as
+    ``yaml.YAMLError``."""
+    import yaml
+
+    global _NO_ALIASES
+    if _NO_ALIASES is None:
+        class NoAliases(yaml.SafeLoader):
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                if self.check_event(yaml.AliasEvent):
+                    event = self.peek_event()
+                    raise _Alias(event.anchor, event.start_mark.line + 1 if event.start_mark else "?")
+                return super().compose_node(parent, index)
+
+        _NO_ALIASES = NoAliases
+    try:
+        return yaml.load(text, Loader=_NO_ALIASES)  # a SafeLoader subclass
+    except _Alias as alias:
+        raise ConfigError(
+            f"{what} uses a YAML alias (*{alias.anchor}, line {alias.line}): clotclf reads no YAML anchors or aliases "
+            "(a few bytes of them can expand to gigabytes); write the values out"
+        ) from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a :class:`ConfigError`."""
+    """Read a YAML mapping; a missing file, one over :data:`MAX_YAML_BYTES`, aliases or a
+    non-mapping are a :class:`ConfigError`."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist: check the path given to --config")
+    size = p.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"config file '{p}' is {size:,} bytes, more than a settings file can be ({MAX_YAML_BYTES:,}): "
+                          "check the path given to --config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml_text(p.read_text(encoding="utf-8"), f"config file '{p}'")
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
     if data is None:

@@ -298,7 +298,7 @@ class PluginManager:
         listing = ", ".join(close) if close else "(none installed)"
         raise PluginError(f"unknown {kind} '{shown}'. Known {kind}s: {listing}.{did_you_mean(name, known)}{self._unavailable()}")
 
-    def requirement(self, kind: str, name: str, record: dict[str, Any] | None) -> dict[str, Any]:
+    def requirement(self, kind: str, name: str, record: dict[str, Any] | None, trusted: bool = True) -> dict[str, Any]:
         """Where the component a saved run names comes from now.
 
         ``record`` is the run's ``{"plugin", "distribution", "version"}`` for it (None for runs
@@ -307,6 +307,11 @@ class PluginManager:
         ``role, name, plugin, distribution, version`` (as recorded), ``state`` (``ok``,
         ``version differs``, ``not installed``, ``disabled``, ``broken``), ``installed_version``,
         ``spec`` (the ComponentSpec, or None) and ``fix`` (what to do, for messages).
+
+        ``trusted``: the record is the user's own (a run trained here). A record from elsewhere (a
+        pulled model: ``False``) names distributions someone else chose, so ``fix`` gives a
+        ``pip install`` only for a distribution clotclf knows (:meth:`known_distribution`) and
+        otherwise says, without a command, that the name is untrusted (:func:`install_advice`).
         """
         record = record if isinstance(record, dict) else {}
         base = str(name).split("/")[-1]
@@ -332,12 +337,12 @@ class PluginManager:
             spec = same[0]
             row.update(spec=spec, installed_version=spec.version)
             if version and spec.version != version:
-                row.update(state="version differs", fix=f"pip install '{dist}=={version}'")
+                row.update(state="version differs", fix=install_advice(dist, version, True, f"{kind} '{base}'"))
             return row
         info = next((p for p in self.plugins if dist and normalise_distribution(p.distribution) == normalise_distribution(dist)
                      and (not plugin or p.name == plugin)), None) or (self.plugin_info(plugin) if plugin else None)
-        pin = f"pip install '{dist}=={version}'" if dist and version else (f"pip install '{dist}'" if dist else
-                                                                           "install the plugin that provides it")
+        known = trusted or (dist is not None and self.known_distribution(dist))
+        pin = install_advice(dist, version, known, f"{kind} '{base}'")
         if info is not None and info.status == "disabled":
             row.update(state="disabled", installed_version=info.version,
                        fix=f"plugin '{info.name}' ({info.distribution}) is disabled: drop it from --disable-plugin / {DISABLE_ENV}")
@@ -351,6 +356,12 @@ class PluginManager:
                     f"{dist or 'another plugin'}: it is not used in its place)") if others else ""
             row.update(state="not installed", fix=pin + also)
         return row
+
+    def known_distribution(self, dist: str) -> bool:
+        """Whether ``dist`` is clotclf itself or the distribution of a plugin installed here (working,
+        disabled or broken): the only names clotclf suggests to ``pip install`` for a model from elsewhere."""
+        wanted = normalise_distribution(dist)
+        return wanted == "clotclf" or any(normalise_distribution(p.distribution) == wanted for p in self.plugins)
 
     def distribution_of(self, spec: ComponentSpec) -> dict[str, str]:
         return {"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version}
@@ -392,12 +403,43 @@ class PluginManager:
         return build
 
 
+_DISTRIBUTION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
+
+
+def install_advice(dist: str | None, version: str | None, known: bool, what: str) -> str:
+    """What to install for ``what`` (``"backbone 'x'"``): ``pip install 'dist==version'`` when
+    ``known`` (the user's own record, or a distribution clotclf knows), the name marked untrusted
+    and no command otherwise, so a config from elsewhere cannot put a command of its choosing in
+    front of the user."""
+    from clotclf_core.plugin.errors import printable
+
+    if not dist:
+        return "install the plugin that provides it"
+    shown = printable(dist, 100)
+    if not _DISTRIBUTION.match(dist):
+        return f"the distribution name it records ('{shown}') is not a valid package name; do not install anything by it"
+    if not known:
+        return (f"'{shown}' is the name this model's config.json gives, not a distribution clotclf knows: find out who "
+                f"publishes the plugin providing {what} before installing anything by that name")
+    pin = dist
+    if version:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            Version(version)
+            pin = f"{dist}=={version}"
+        except InvalidVersion:  # text that is no version: the plain name
+            pass
+    return f"pip install '{pin}'"
+
+
 def _looks_like_path(value: str) -> bool:
-    """An existing path, or one written as a path (absolute, ``./``, ``~``, an existing folder then a
-    name): never a model name for the resolve hook, so a mistyped path is not sent to the network."""
-    path = Path(value).expanduser()
-    return (path.exists() or path.is_absolute() or value.startswith((".", "~"))
-            or (os.sep in value and path.parent.is_dir()))
+    """An existing path, or one that may be a path the user meant
+    (:func:`clotclf_core.plugin.hub.path_reason`): never a model name for the resolve hook, so a
+    mistyped path is not sent to the network."""
+    from clotclf_core.plugin.hub import path_reason
+
+    return Path(value).expanduser().exists() or path_reason(value) is not None
 
 
 def _printable(text: Any, limit: int = 120) -> str:

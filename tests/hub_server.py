@@ -6,7 +6,7 @@
 
 Implemented (model repos only, ids ``ns/name``):
 
-- ``POST /api/repos/create`` (409 if it exists) · ``POST /api/validate-yaml``
+- ``POST /api/repos/create`` (409 if it exists) · ``DELETE /api/repos/delete`` · ``POST /api/validate-yaml``
 - ``GET /api/models`` (``author``, ``filter`` tags, ``cardData``) · ``GET /api/whoami-v2``
 - ``GET /api/models/{id}`` and ``/revision/{rev}`` (``blobs=1`` adds sizes and LFS hashes)
 - ``GET /api/models/{id}/tree/{rev}[/{path}]`` · ``GET /api/models/{id}/refs``
@@ -354,6 +354,7 @@ def _is_lfs(path: str, size: int, sample: bytes) -> bool:
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
+    ("DELETE", re.compile(r"^/api/repos/delete$"), "delete_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
     ("GET", re.compile(r"^/api/whoami-v2$"), "whoami"),
     ("GET", re.compile(r"^/api/models$"), "list_models"),
@@ -437,6 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     # ------------------------------------------------------------------ responses
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, head: bool = False) -> None:
         self.send_response(status)
@@ -465,6 +469,16 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(409, "You already created this model repo", extra={"url": f"{hub.url}/{repo_id}"})
             hub.create_repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
         self._json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+
+    def _delete_repo(self, token: Token | None, body: bytes, **_: Any) -> None:
+        payload = json.loads(body or b"{}")
+        repo_id = f"{payload.get('organization') or (token.user if token else '')}/{payload.get('name')}"
+        hub = self.hub
+        with hub.lock:
+            hub._repo(repo_id)
+            hub.check_write(repo_id.split("/")[0], token)
+            del hub.repos[repo_id]
+        self._json(200, {})
 
     def _validate_yaml(self, body: bytes, **_: Any) -> None:
         content = json.loads(body or b"{}").get("content", "")

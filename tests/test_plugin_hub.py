@@ -16,7 +16,8 @@ except ImportError:  # pragma: no cover
     import httpx
 
 from clotclf_core.plugin.errors import ConfigError
-from clotclf_core.plugin.hub import hub_problem, looks_like_repo_ref, parse_repo_ref, scrub, shown_url
+from clotclf_core.plugin.hub import hub_problem, looks_like_repo_ref, parse_repo_ref, scrub
+from clotclf_core.plugin.secrets import shown_url
 
 TOKEN = "hf_SECRETsecretSECRETsecret123"
 ENDPOINT = "https://hub.example.org"
@@ -94,7 +95,7 @@ CASES = {
                    ["cannot reach https://hub.example.org to pull 'lab/tiny'", "Connection refused", "HF_ENDPOINT"]),
     "DNS": (lambda: socket.gaierror(-2, "Name or service not known"), {}, "unreachable", ["cannot reach", "Name or service"]),
     "timeout": (lambda: httpx.ReadTimeout("The read operation timed out"), {}, "timeout",
-                ["did not answer in time to download 'lab/tiny'", "HF_HUB_DOWNLOAD_TIMEOUT"]),
+                ["did not answer in time to download 'lab/tiny'", "CLOTCLF_HUB_TIMEOUT"]),
     "401": (lambda: _http(hf.HfHubHTTPError, 401), {"action": "push to", "write": True}, "auth",
             ["refused the credentials (HTTP 401) to push to 'lab/tiny'", "HF_TOKEN", "write access"]),
     "403": (lambda: _http(hf.HfHubHTTPError, 403), {"action": "pull"}, "forbidden",

@@ -152,7 +152,8 @@ def test_every_public_name_of_the_api_is_documented():
 @pytest.mark.parametrize("modules", [
     "clotclf_core.plugin",
     "clotclf_core.plugin.hub, clotclf_core.plugin.device, clotclf_core.plugin.weights, clotclf_core.plugin.io, "
-    "clotclf_core.plugin.spec, clotclf_core.plugin.protocols, clotclf_core.plugin.errors, clotclf_core.plugin.hookspecs",
+    "clotclf_core.plugin.spec, clotclf_core.plugin.protocols, clotclf_core.plugin.errors, clotclf_core.plugin.hookspecs, "
+    "clotclf_core.plugin.secrets, clotclf_core.plugin.transfer, clotclf_core.plugin.lock",
 ])
 def test_importing_the_api_imports_no_heavy_library(modules):
     """A plugin's spec module imports the API at start-up: it must cost no numpy, torch or Hub client."""

@@ -138,7 +138,7 @@ def test_weights_changed_after_saving_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        ({"backbone_options": TINY | {"num_layers": 10**6}}, "describes a model with more than .* parameters, far more than its weights"),
+        ({"backbone_options": TINY | {"num_layers": 10**6}}, "describes a model with more than .* parameters and buffers, far more than its weights"),
         ({"backbone_options": TINY | {"embed_dim": 8192, "num_heads": 8}}, "far more than its weights"),
         ({"head": "mlp", "head_options": {"hidden": 10**7}}, "far more than its weights"),
         ({"input_size": 10**6}, r"option 'input_size': Input should be less than or equal to 2048"),

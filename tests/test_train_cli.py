@@ -95,7 +95,7 @@ def test_evaluate_on_another_cohort_scores_everyone(trained, tmp_path):
 
 def test_evaluate_bad_inputs(trained, tmp_path):
     root, tiles, _ = trained
-    one_line_error(run("evaluate", tmp_path / "nope", "--tiles", tiles), "is neither a run directory")
+    one_line_error(run("evaluate", tmp_path / "nope", "--tiles", tiles), "is not a run directory: the path does not exist")
     one_line_error(run("evaluate", root / "run", "--tiles", tmp_path / "missing"), "does not exist")
     strange = make_tileset(tmp_path / "strange", n_patients=2, tiles_per_slide=1, labels=("CE", "Other"), prefix="z")
     one_line_error(run("evaluate", root / "run", "--tiles", strange), "label(s) Other that the model does not know")

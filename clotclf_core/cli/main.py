@@ -17,6 +17,7 @@ from clotclf_core import __version__
 from clotclf_core.config import did_you_mean
 from clotclf_core.plugin.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ClotclfError, os_error_message
 from clotclf_core.plugin.hookspecs import PLUGIN_API_VERSION
+from clotclf_core.plugin.secrets import protect_output
 from clotclf_core.plugin_manager import DISABLE_ENV, get_manager, reset_manager
 
 
@@ -40,6 +41,7 @@ class ClotclfGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = os.environ.get("CLOTCLF_DEBUG", "") not in ("", "0")
+        protect_output()  # no token on the terminal, whatever a server echoes (a traceback's text included)
         try:
             return super().invoke(ctx)
         except ClotclfError as exc:

@@ -82,13 +82,15 @@ class _TooBig(ModelLoadError):
 
 @contextlib.contextmanager
 def _parameter_guard(budget: int | None, meta: bool, what: str) -> Iterator[None]:
-    """While building: count parameters as modules register them and stop once they exceed
-    ``budget`` elements; with ``meta``, move each one to the meta device (no memory)."""
+    """While building: count parameters and buffers (non-persistent ones too: a fixed sine position
+    table is not in the weights) as modules register them, and stop once they exceed ``budget``
+    elements; with ``meta``, every tensor is made on the meta device (no memory at all: a buffer a
+    config blows up to gigabytes is never allocated) and each one registered is moved there."""
     if budget is None and not meta:
         yield
         return
     with _GUARD_LOCK:  # the patch is process-wide: builds in other threads wait (and nest correctly)
-        with _patched_registration(budget, meta, what):
+        with _patched_registration(budget, meta, what), (torch.device("meta") if meta else contextlib.nullcontext()):
             yield
 
 
@@ -100,24 +102,33 @@ def _patched_registration(budget: int | None, meta: bool, what: str) -> Iterator
     register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
     count = [0]
 
+    def add(numel: int, buffer: bool) -> None:
+        count[0] += numel
+        if budget is not None and count[0] > budget:
+            raise _TooBig(
+                f"{what} describes a model with more than {budget:,} parameters and buffers"
+                + (f" (a buffer of {numel:,} values among them, not stored in the weights)" if buffer else "")
+                + ", far more than its weights file holds; its options (e.g. img_size) were changed or do not belong to "
+                "these weights. Nothing was built"
+            )
+
     def on_parameter(self: nn.Module, name: str, param: Any) -> None:
         register_parameter(self, name, param)
         p = self._parameters.get(name)
         if p is None:
             return
-        count[0] += p.numel()
-        if budget is not None and count[0] > budget:
-            raise _TooBig(
-                f"{what} describes a model with more than {budget:,} parameters, far more than its weights file holds; "
-                "its options were changed or do not belong to these weights. Nothing was built"
-            )
+        add(p.numel(), False)
         if meta and p.device.type != "meta":
             self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
 
     def on_buffer(self: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
         register_buffer(self, name, tensor, persistent)
-        if meta and self._buffers.get(name) is not None:
-            self._buffers[name] = self._buffers[name].to("meta")
+        b = self._buffers.get(name)
+        if b is None:
+            return
+        add(b.numel(), not persistent)
+        if meta and b.device.type != "meta":
+            self._buffers[name] = b.to("meta")
 
     nn.Module.register_parameter, nn.Module.register_buffer = on_parameter, on_buffer  # type: ignore[method-assign]
     try:

@@ -21,9 +21,10 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from clotclf_core.config import load_yaml_text
 from clotclf_core.models.card_facts import describe, headline, number
 from clotclf_core.models.card_text import card_body
-from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.errors import ClotclfError, ConfigError
 from clotclf_core.plugin.io import write_text
 
 CARD_NAME = "README.md"
@@ -135,7 +136,10 @@ def load_model_card(text: str, lenient: bool = False) -> ModelCard:
     if closing == 1:  # "---" right after "---": empty metadata, though the Hub's pattern needs a line between
         return assemble(ModelCardData(), "".join(lines[2:]).lstrip("\r\n"))
     try:
+        load_yaml_text("".join(lines[1:closing]), "the model card's front matter")  # no aliases (a YAML bomb)
         return ModelCard(text, ignore_metadata_errors=lenient)
+    except ConfigError as exc:
+        raise ModelCardError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ModelCardError(f"model card front matter is not valid YAML: {exc}") from None
     except ValueError as exc:  # huggingface_hub: not a mapping, or a model-index it cannot read

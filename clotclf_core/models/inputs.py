@@ -132,3 +132,14 @@ def to_input(images: "torch.Tensor", mean: Sequence[float], std: Sequence[float]
     if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+#: the most bytes of model input (float32 images) one batch may hold when scoring: a model that takes
+#: 2048-px tiles gets batches of 5, not of 64 (3.2 GB); at 224 px the bound is 1,426 tiles (no change)
+BATCH_INPUT_BYTES = 256 * 2**20
+
+
+def batch_for_input(batch_size: int, input_size: int, budget: int = BATCH_INPUT_BYTES) -> int:
+    """``batch_size`` tiles, or fewer so that one batch of ``input_size``-px float32 RGB images stays
+    within ``budget`` bytes (at least one): a model's declared input size bounds the memory a
+    batch takes, whatever ``--batch-size`` says."""
+    per_image = 3 * 4 * int(input_size) ** 2
+    return max(1, min(int(batch_size), budget // max(per_image, 1)))

@@ -46,21 +46,48 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 def resolve_run_dir(ref: str | Path) -> Path:
     """A local run directory for ``ref``: an existing folder, or a name a plugin (the registry)
-    resolves (``mayo-poolformer``, ``org/name@v1``)."""
+    resolves (``org/name@v1``). A reference that may be a path the user meant
+    (:func:`clotclf_core.plugin.hub.path_reason`: ``runs/cct-final`` beside a ``runs`` folder,
+    ``./x``, ``a/b/c``…) is never asked of a plugin: it is a folder that does not exist."""
+    from clotclf_core.plugin.hub import path_reason
+
     p = Path(ref)
     if p.is_dir():
         return p
     mgr = get_manager()
-    resolved = mgr.resolve_model(str(ref))
-    if resolved is not None:
-        return Path(resolved)
+    reason = path_reason(str(ref))
+    if reason is None:
+        resolved = mgr.resolve_model(str(ref))
+        if resolved is not None:
+            return Path(resolved)
+
     why = why_unusable(p) or ("is a file, not a run directory" if p.exists() else "does not exist")
+    if reason is not None:
+        raise ModelLoadError(
+            f"model '{printable(ref)}' is not a run directory: the path {why}{_nearby(p)}. It is read as a path ({reason}), "
+            "never as a registry name: give the path of a run directory (from `clotclf train`), or a registry name "
+            "ORG/NAME[@REVISION]"
+        )
     if mgr.pm.hook.clotclf_resolve_model.get_hookimpls():  # a resolver (the registry) is installed: it did not know it
         hint = ("give the path of a run directory (from `clotclf train`), or a registry name such as org/name[@revision] "
                 "(`clotclf list-models` lists them)")
     else:
         hint = "give the path of a run directory (from `clotclf train`), or install clotclf's registry to pull models by name"
-    raise ModelLoadError(f"model '{ref}' is neither a run directory nor a name an installed plugin knows: the path {why}; {hint}")
+    raise ModelLoadError(f"model '{printable(ref)}' is neither a run directory nor a name an installed plugin knows: the path "
+                         f"{why}{_nearby(p)}; {hint}")
+
+
+def _nearby(path: Path) -> str:
+    """`` (did you mean 'runs/cct-final2'?)`` when the folder ``path`` would be in has one of a close name."""
+    import difflib
+
+    folder = path.parent
+    try:
+        names = [e.name for e, _ in zip(folder.iterdir(), range(2000)) if e.is_dir()] if folder.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(str(folder / c)) for c in close)}?)" if close else ""
 
 
 # ----------------------------------------------------------------------------- fold ensembles
@@ -280,8 +307,8 @@ def recorded_components(config: dict[str, Any], pipeline: bool = True) -> list[d
     return rows
 
 
-def _row(kind: str, name: str, info: dict[str, Any] | None, part: str) -> dict[str, Any]:
-    row = get_manager().requirement(kind, name, info)
+def _row(kind: str, name: str, info: dict[str, Any] | None, part: str, trusted: bool = True) -> dict[str, Any]:
+    row = get_manager().requirement(kind, name, info, trusted)
     row.pop("spec", None)
     row["installed"] = row["state"] in ("ok", "version differs")
     row["part"] = part
@@ -292,24 +319,27 @@ def _row(kind: str, name: str, info: dict[str, Any] | None, part: str) -> dict[s
     return row
 
 
-def requirements(config: dict[str, Any], pipeline: bool = False) -> list[dict[str, Any]]:
+def requirements(config: dict[str, Any], pipeline: bool = False, trusted: bool = True) -> list[dict[str, Any]]:
     """One row per component the run needs: ``role, name, plugin, distribution, version`` (as
     recorded), ``installed``, ``installed_version``, ``state`` and ``fix`` (see
     :meth:`clotclf_core.plugin_manager.PluginManager.requirement`); ``part`` is ``model`` or, with
     ``pipeline``, ``encoder`` for a MIL model's frozen encoder and ``tiling`` for the filters and
-    source the TileSet was made with."""
-    rows = [_row(k, n, i, "model") for k, n, i in component_records(config)]
+    source the TileSet was made with. ``trusted``: the config is the user's own; ``False`` for one
+    from elsewhere (a pulled model), whose distribution names get no ``pip install`` unless clotclf
+    knows them (:func:`clotclf_core.plugin_manager.install_advice`)."""
+    rows = [_row(k, n, i, "model", trusted) for k, n, i in component_records(config)]
     if pipeline:
-        rows += [_row(k, n, i, "encoder") for k, n, i in encoder_records(config)]
-        rows += [_row(k, n, i, "tiling") for k, n, i in pipeline_records(config)]
+        rows += [_row(k, n, i, "encoder", trusted) for k, n, i in encoder_records(config)]
+        rows += [_row(k, n, i, "tiling", trusted) for k, n, i in pipeline_records(config)]
     return rows
 
 
-def check_requirements(config: dict[str, Any], label: str, warn_versions: bool = True) -> list[dict[str, Any]]:
+def check_requirements(config: dict[str, Any], label: str, warn_versions: bool = True,
+                       trusted: bool = True) -> list[dict[str, Any]]:
     """:func:`requirements` of the model part; raises one :class:`ModelLoadError` naming every
-    component that is missing (with the exact ``pip install``); warns when a recorded version
-    differs from the installed one."""
-    rows = requirements(config)
+    component that is missing (with the exact ``pip install``, for a ``trusted`` config or a
+    distribution clotclf knows); warns when a recorded version differs from the installed one."""
+    rows = requirements(config, trusted=trusted)
     if not rows:
         raise ModelLoadError(f"model '{printable(label)}': its {CONFIG_NAME} names no components (no model.backbone or model.aggregator)")
     missing = [r for r in rows if not r["installed"]]

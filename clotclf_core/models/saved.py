@@ -83,7 +83,7 @@ def parameter_budget(header: dict[str, Any]) -> int:
     return 2 * header_numel(header) + 2**24
 
 
-def _recorded_specs(config: dict[str, Any], label: str) -> tuple[dict[str, ComponentSpec], str]:
+def _recorded_specs(config: dict[str, Any], label: str, trusted: bool = True) -> tuple[dict[str, ComponentSpec], str]:
     """The providers the run records (after :func:`~clotclf_core.models.runs.check_requirements`), and
     a hint for messages when an installed version differs from the recorded one."""
     mgr = get_manager()
@@ -93,7 +93,7 @@ def _recorded_specs(config: dict[str, Any], label: str) -> tuple[dict[str, Compo
         name = config["model"].get(kind)
         if not name:
             continue
-        row = mgr.requirement(kind, str(name), recorded.get(kind))
+        row = mgr.requirement(kind, str(name), recorded.get(kind), trusted)
         if row["spec"] is None:  # pragma: no cover - check_requirements raised already
             raise ModelLoadError(f"model '{label}' needs {kind} '{printable(name)}': {row['fix']}")
         specs[kind] = row["spec"]
@@ -141,7 +141,9 @@ def load_model(run_dir: str | Path) -> nn.Module:
 
     Checks, in order: the weights are the file config.json describes (sha256); the model section
     is valid; every component is installed from its recorded distribution (a different version
-    warns); the model config describes is no larger than the weights; the keys and shapes match.
+    warns); the model config describes — parameters and buffers, built first on the meta device,
+    so nothing is allocated for a config that asks for gigabytes — is no larger than the weights;
+    the keys and shapes match.
     """
     run_dir = Path(run_dir)
     config, weights = _read_run(run_dir)
@@ -150,23 +152,26 @@ def load_model(run_dir: str | Path) -> nn.Module:
     check_requirements(config, str(run_dir))
     specs, hint = _recorded_specs(config, str(run_dir))
     header = read_safetensors_header(weights)
+    _build_saved(cfg, specs, header, run_dir, hint, meta=True)  # the budget checked at no cost, before memory is spent
     model = _build_saved(cfg, specs, header, run_dir, hint, meta=False)
     load_state_into(model, load_state(weights), str(weights), hint)
     model.eval()
     return model
 
 
-def check_buildable(run_dir: str | Path) -> dict[str, Any]:
+def check_buildable(run_dir: str | Path, trusted: bool = True) -> dict[str, Any]:
     """Everything :func:`load_model` checks, without allocating the model: it is built on the meta
     device and its parameter names and shapes compared with the safetensors header. For models
-    that came from elsewhere (a pull): a config that would not load, or would describe a model far
-    larger than its weights, is refused before anyone uses it. Returns ``{"parameters", "needs"}``."""
+    that came from elsewhere (a pull, ``trusted=False``: a missing plugin's distribution is named
+    without a ``pip install`` unless clotclf knows it): a config that would not load, or would
+    describe a model — parameters and buffers — far larger than its weights, is refused before
+    anyone uses it. Returns ``{"parameters", "needs"}``."""
     run_dir = Path(run_dir)
     config, weights = _read_run(run_dir)
     check_weights_hash(config, weights)
     cfg = _model_config(config, run_dir)
-    rows = check_requirements(config, str(run_dir))
-    specs, hint = _recorded_specs(config, str(run_dir))
+    rows = check_requirements(config, str(run_dir), trusted=trusted)
+    specs, hint = _recorded_specs(config, str(run_dir), trusted)
     header = read_safetensors_header(weights)
     model = _build_saved(cfg, specs, header, run_dir, hint, meta=True)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}

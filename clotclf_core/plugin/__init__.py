@@ -20,10 +20,14 @@ plugin's spec module stays light. Its modules, one concern each:
 ``io``             atomic writes (temporary file + rename), a folder of results written whole
 ``weights``        safetensors save / hash / check / load, run directories (``save_run`` and the checks
                    before one is trusted), for a plugin's own runs as for the core's (never a pickle)
-``hub``            Hugging Face Hub references (``ORG/NAME@REV``), Hub errors in one line (the registry's
-                   and the timm plugin's), credentials kept out of text, fetching a published model's files
+``hub``            Hugging Face Hub references (``ORG/NAME@REV``) and what may be a path instead, Hub errors
+                   in one line (the registry's and the timm plugin's), credentials kept out of quoted text,
+                   fetching a published model's files
 ``encoders``       what a published tile encoder says about itself (``EncoderInfo`` in ``extra["encoder"]``:
                    repo, sizes, normalisation, microns per pixel, licence), token pooling
+``secrets``        credentials out of every output (known tokens scrubbed from every line printed)
+``transfer``       every Hub call under a timeout, a minimum transfer rate and a deadline: never a hang
+``lock``           one writer per output folder (``output_lock``)
 ``device``         ``auto`` | ``cpu`` | ``cuda[:N]`` resolved once (the core's ``--device`` and a plugin's)
 ``regions``        helpers a slide source needs: ``read_region`` from decoded blocks, request checks, mpp
                    sanity, level layouts, a :class:`~clotclf_core.plugin.regions.RegionSlide` base

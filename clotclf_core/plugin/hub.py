@@ -26,6 +26,8 @@ import socket
 from dataclasses import dataclass
 
 from clotclf_core.plugin.errors import ClotclfError, ConfigError, printable
+from clotclf_core.plugin.secrets import add_secret, scrub_secrets, shown_url
+from clotclf_core.plugin.transfer import operation
 
 # ----------------------------------------------------------------------------- references
 
@@ -104,37 +106,70 @@ def parse_repo_ref(text: str, default_namespace: str | None = None, *, prefix: s
     return RepoRef(namespace, short, check_revision(revision) if sep else None)
 
 
+#: suffixes of files a user may name as a model: a reference ending in one is a path
+_FILE_SUFFIXES = (".safetensors", ".json", ".yaml", ".yml", ".pt", ".pth", ".bin", ".ckpt", ".csv", ".zip", ".tar", ".gz")
+
+
+def path_reason(text: str, cwd: str | None = None) -> str | None:
+    """Why ``text`` (a ``--model`` value that is no existing folder) may be a path the user meant,
+    or None when it can only be a registry name. The rule (docs/registry.md, "Names and paths"):
+
+    - written as a path: it starts with ``.``, ``/`` or ``~``, holds ``\\`` or ``:``, ends with ``/``, or
+      has more than one ``/`` before its ``@``;
+    - it ends with a file suffix (``.safetensors``, ``.json``, ``.pt``…);
+    - it is ``A/B`` and ``A`` exists here (relative to ``cwd``, default the working folder): a path
+      into that folder, which has no ``B``;
+    - it cannot be a ``[ORG/]NAME[@REVISION]`` at all.
+
+    A reference this returns a reason for is never sent to a registry: a typo in a run folder's
+    name is "does not exist", never a download of someone's model of that name."""
+    import os
+
+    if not text:
+        return "it is empty"
+    if text.startswith((".", "/", "~")) or "\\" in text or ":" in text or text.endswith("/"):
+        return "it is written as a path"
+    name = text.partition("@")[0]
+    parts = name.split("/")
+    if len(parts) > 2:
+        return "it has more than one '/'"
+    if name.lower().endswith(_FILE_SUFFIXES):
+        return "it names a file"
+    if len(parts) == 2 and os.path.lexists(os.path.join(cwd or os.getcwd(), parts[0])):
+        return f"'{printable(parts[0], 60)}' exists here"
+    if not all(valid_repo_part(p) for p in parts):
+        return "it is not of the form [ORG/]NAME[@REVISION]"
+    return None
+
+
 def looks_like_repo_ref(text: str) -> bool:
-    """Could ``text`` be a ``[ORG/]NAME[@REVISION]`` at all? Paths (``./run``, ``/abs``, ``~/x``,
-    ``a/b/c``, ``C:\\x``) and file names with ``:`` are not, so an unknown local path gets a
-    "does not exist" message rather than a network call."""
-    if not text or text.startswith((".", "/", "~", "\\")) or "\\" in text or ":" in text:
-        return False
-    parts = text.partition("@")[0].split("/")
-    return len(parts) <= 2 and all(valid_repo_part(p) for p in parts)
+    """Could ``text`` be a ``[ORG/]NAME[@REVISION]`` the user meant as one? Not when
+    :func:`path_reason` finds it may be a path (``./run``, ``/abs``, ``~/x``, ``a/b/c``, ``C:\\x``,
+    ``runs/x`` beside a ``runs`` folder), so an unknown local path gets a "does not exist" message
+    rather than a network call."""
+    return path_reason(text) is None
 
 
 # ----------------------------------------------------------------------------- credentials out of text
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
-_SECRET_QUERY = re.compile(r"([?&;](?:token|access_token|auth|api_key|apikey|key|sig|signature|password)=)[^&;#\s]*",
-                           re.IGNORECASE)
-_TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})\b|(Bearer\s+)\S+")
+_TOKEN_LIKE = re.compile(r"\b(?:hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})\b")
 
 
-def shown_url(url: str) -> str:
-    """``url`` without credentials: ``https://user:secret@hub/x?token=t`` -> ``https://hub/x?token=***``.
-    Every message, table and JSON field that names an endpoint goes through this."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1", str(url)))
+def add_token(token: str | bool | None) -> None:
+    """Remember the token a Hub call will use, as huggingface_hub takes it (``None``: its own —
+    ``HF_TOKEN``, then the one ``hf auth login`` stored; ``False``: anonymous), as a secret that
+    :func:`clotclf_core.plugin.secrets.scrub_secrets` removes from any text."""
+    add_secret(_token(token))
 
 
 def scrub(text: str, *secrets: str) -> str:
-    """``text`` with credentials in URLs, Hugging Face token-like strings (``hf_…``, ``Bearer …``)
-    and each of ``secrets`` (a token, a raw endpoint) removed."""
+    """``text`` with credentials in URLs, Hugging Face token-like strings (``hf_…``, ``Bearer …``),
+    every known credential (:func:`clotclf_core.plugin.secrets.known_secrets`) and each of ``secrets`` (a token, a raw endpoint)
+    removed."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, shown_url(secret) if "://" in secret else "***")
-    return _TOKEN_LIKE.sub(lambda m: (m.group(2) or "") + "***", shown_url(text))
+    return _TOKEN_LIKE.sub("***", scrub_secrets(shown_url(text)))
 
 
 # ----------------------------------------------------------------------------- Hub errors in one line
@@ -220,6 +255,7 @@ def hub_problem(exc: BaseException, *, repo_id: str, shown: str | None = None, r
 
     where = shown_url(endpoint or constants.ENDPOINT).rstrip("/")
     secret = _token(token)
+    add_secret(secret)
     name = f"'{printable(shown or repo_id, 200)}'"
     page = f"{where}/{repo_id}"
     status = _status(exc)
@@ -234,6 +270,13 @@ def hub_problem(exc: BaseException, *, repo_id: str, shown: str | None = None, r
     def reason() -> str:
         return exception_text(exc, *secrets)
 
+    from clotclf_core.plugin.transfer import TransferTimeout, failure
+
+    if isinstance(exc, TransferTimeout):
+        return HubProblem("timeout", str(exc))
+    stopped = failure()
+    if stopped is not None and (is_transport_error(exc) or "TransferTimeout" in _names(exc)):
+        return HubProblem("timeout", stopped)  # the limit that ran out, not the closed connection it left
     remote_missing = getattr(hf, "RemoteEntryNotFoundError", None) or hf.EntryNotFoundError
     if isinstance(exc, hf.GatedRepoError):
         if secret:
@@ -294,11 +337,15 @@ def hub_problem(exc: BaseException, *, repo_id: str, shown: str | None = None, r
         return HubProblem("http", (
             f"{where} answered HTTP {status if status is not None else '?'} to {action} {name}"
             + (f" ({said})" if said else "") + f". Is {where} a Hugging Face Hub? Check {endpoint_hint}"), status)
+    if "TooManyRedirects" in _names(exc):
+        return HubProblem("http", (
+            f"{where} redirected the request to {action} {name} again and again (more than 20 redirects): it is not "
+            f"a working Hugging Face Hub. Check {endpoint_hint}"))
     if is_transport_error(exc):
         if _is_timeout(exc):
             return HubProblem("timeout", (
                 f"{where} did not answer in time to {action} {what} ({reason()}): the network or the server is slow; "
-                "run again (HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT raise the limits)"))
+                "run again later (CLOTCLF_HUB_TIMEOUT raises the limit)"))
         return HubProblem("unreachable", (
             f"cannot reach {where} to {action} {what} ({reason()}): check the network connection and the endpoint "
             f"({endpoint_hint})"))
@@ -339,7 +386,8 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None, *, show
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(repo_id, filename, revision=revision)
+        with operation(what=f"the download of {filename} of '{shown or repo_id}'"):  # the Hub limits: never a hang
+            return hf_hub_download(repo_id, filename, revision=revision)
     except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it was
         problem = hub_problem(exc, repo_id=repo_id, shown=shown, revision=revision, filename=filename)
         if problem is not None and problem.kind == "no_file" and missing_ok:
@@ -355,7 +403,8 @@ def fetch_snapshot(repo_id: str, revision: str | None, patterns: list[str], *, s
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns))
+        with operation(what=f"the download of '{shown or repo_id}'"):  # the Hub limits: never a hang
+            return snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns))
     except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it was
         _raise_problem(exc, repo_id=repo_id, shown=shown, revision=revision, filename=None)
     return ""  # pragma: no cover

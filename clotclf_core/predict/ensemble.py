@@ -23,6 +23,7 @@ probabilities; the per-tile heatmap probabilities stay the model's own.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +37,7 @@ from clotclf_core.features.encoder import encoder_from_record
 from clotclf_core.features.store import check_encoder
 from clotclf_core.models.aggregate import require_attention
 from clotclf_core.models.form import ModelForm
+from clotclf_core.models.inputs import BATCH_INPUT_BYTES, batch_for_input
 from clotclf_core.models.mil import check_standardise_option
 from clotclf_core.models.runs import fold_runs, read_config, resolve_run_dir
 from clotclf_core.models.saved import load_model
@@ -193,8 +195,15 @@ def features_dir(out: Path, recipe: str, m: LoadedModel) -> Path:
 def score_member(m: LoadedModel, ts, recipe: str, out: Path, batch_size: int, workers: int, rt, progress: bool,
                  details: bool, patient_of: dict[str, str], engine: dict[str, Any] | None = None) -> MemberScores:
     """One member on the TileSet ``ts`` (its index holds the job's slides, patients from the job);
-    ``engine``: where a MIL model's encoder embeds the slides (``devices`` / ``dask``, as ``clotclf embed``)."""
+    ``engine``: where a MIL model's encoder embeds the slides (``devices`` / ``dask``, as ``clotclf embed``).
+    ``batch_size`` is bounded by bytes of input (:func:`clotclf_core.models.inputs.batch_for_input`)."""
     labels = m.labels
+    record = m.model.config.encoder  # a MIL model on features: its encoder's tiles are the batches
+    side = max(m.model.config.input_size, record.input_size if record is not None else 0)
+    if batch_for_input(batch_size, side) < batch_size:
+        batch_size = batch_for_input(batch_size, side)
+        print(f"note: model '{m.ref}' takes {side}-px tiles: batches of {batch_size} (at most "
+              f"{BATCH_INPUT_BYTES // 2**20} MiB of input each)", file=sys.stderr)
     rt.place(m.model)
     if not m.form.is_mil:
         frame, probs = score_tiles(m.model, ts, np.arange(len(ts)), batch_size, workers, rt, progress, f"predict {m.ref}")

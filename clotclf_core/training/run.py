@@ -16,6 +16,7 @@ Ctrl-C stops with exit code 130 and says which checkpoint was kept and how to re
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ import yaml
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.errors import Interrupted
 from clotclf_core.plugin.io import write_guard, write_text
+from clotclf_core.plugin.lock import output_lock
 from clotclf_core.seeds import seed_model_init
 from clotclf_core.training.checkpoints import LAST, RESUME_HINT, checkpoint_state
 from clotclf_core.training.crossval import cross_validate, reload_fold
@@ -126,6 +128,16 @@ def train(s: TrainSettings, resume: bool = False, progress: bool = True,
     if not s.out:
         s = s.model_copy(update={"out": broadcast(rt, default_out(s))})
     run_dir = Path(s.out)
+    # one writer per run folder: a second `train` (or `train --resume`) into it is refused at once;
+    # the main rank holds the lock for the whole run (other DDP ranks and loader workers are part of it)
+    with output_lock(run_dir, "--out") if rt.is_main else contextlib.nullcontext():
+        return _train_in(s, run_dir, rt, resume, progress, after_train_epoch, kind, t_start, trackers)
+
+
+def _train_in(s: TrainSettings, run_dir: Path, rt: "Runtime", resume: bool, progress: bool,
+              after_train_epoch: Callable[[int, "Trainer"], None] | None, kind: TrainingKind,
+              t_start: float, trackers: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`train` once the run folder is locked and the data known."""
     # every rank runs the checks (they only read), so a refusal stops all ranks alike; and nothing
     # is written before they pass, so a refused command leaves no half-started run to block the next
     check_out(s, run_dir, resume)

@@ -25,6 +25,7 @@ from clotclf_core.plugin.hub import (
     looks_like_repo_ref,
     parse_repo_ref,
 )
+from clotclf_core.plugin.lock import output_lock
 
 from .backend import Fetched, PushResult
 from .card import card_for_push, summarize
@@ -33,7 +34,7 @@ from .errors import RegistryError
 from .factory import open_backend
 from .layout import CARD_NAME, METRICS_NAME, SPLIT_NAME, run_files
 from .redact import anonymise_centre_rows, anonymise_centres, redact_run
-from .settings import EXAMPLE, RegistrySettings, load_settings
+from .settings import EXAMPLE, RegistrySettings, config_path, load_settings
 from .timm_export import timm_export
 from .verify import check_run_dir, verify_download
 
@@ -226,6 +227,12 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
     ref: RepoRef = parse_repo_ref(name, settings.namespace, example=EXAMPLE)
     backend = open_backend(settings, token)
     out_dir = Path(out).expanduser().resolve() if out is not None else None
+    with output_lock(out_dir, "--out") if out_dir is not None else contextlib.nullcontext():  # one pull per --out
+        return _pull(ref, backend, settings, out_dir, check_plugins, quiet, force)
+
+
+def _pull(ref: RepoRef, backend: Any, settings: RegistrySettings, out_dir: Path | None, check_plugins: bool, quiet: bool,
+          force: bool) -> PullResult:
     record = _pull_record(out_dir) if out_dir is not None and out_dir.is_dir() else None
     created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()] if out_dir is not None else []
 
@@ -277,7 +284,8 @@ def pull(name: str, *, out: str | os.PathLike | None = None, settings: RegistryS
     backend.remember(fetched)
     against = ["registry", CONFIG_NAME] if not fetched.from_cache else ["cache", CONFIG_NAME]
     folds = config.get("folds") if config.get("kind") == FOLD_ENSEMBLE_KIND else None
-    needs = requirements(read_config(path / folds[0]) if folds else config)  # a fold ensemble: what its folds need
+    # a fold ensemble: what its folds need; names from elsewhere: no pip command for an unknown one
+    needs = requirements(read_config(path / folds[0]) if folds else config, trusted=False)
     return PullResult(str(ref), ref.repo_id, fetched.commit, str(path), backend.label, str(config["weights_sha256"]),
                       against, fetched.from_cache, needs, files, list(fetched.plan.ignored) if fetched.plan else [], moved)
 
@@ -302,12 +310,30 @@ def list_models(namespace: str | None = None, *, settings: RegistrySettings | No
 
 def resolve(name: str) -> Path | None:
     """For ``--model NAME`` anywhere: a pulled (cached, verified) run directory, or None when
-    ``name`` cannot be a registry reference. Settings come from the environment and config file."""
+    ``name`` cannot be a registry reference. Settings come from the environment and config file.
+
+    The rule (docs/registry.md, "Names and paths"): a reference that may be a path the user meant
+    (:func:`clotclf_core.plugin.hub.path_reason`) is never looked up; a short ``NAME`` only in a
+    namespace or registry the user chose (``CLOTCLF_NAMESPACE`` / ``CLOTCLF_REGISTRY`` or the
+    settings file), never in the default one, where a typo'd folder name would fetch whatever
+    someone published under it. Every model that does come from a registry is announced on stderr
+    with its repo, revision and commit."""
     if not looks_like_repo_ref(name):
         return None
     settings = load_settings()
+    ref = parse_repo_ref(name, settings.namespace, example=EXAMPLE)
+    if "/" not in name.partition("@")[0] and not {"namespace", "registry"} & settings.chosen:
+        raise RegistryError(
+            f"model '{printable(name, 120)}' is not a folder here, and a short name is looked up in a registry only in a "
+            f"namespace you chose (CLOTCLF_NAMESPACE or CLOTCLF_REGISTRY, or namespace: / registry: in "
+            f"{config_path()}): give the path of a run directory, or the full name ({ref}) to pull it from "
+            f"{settings.endpoint_shown if settings.registry == 'hub' else settings.registry}"
+        )
     try:
         result = pull(name, settings=settings, quiet=not sys.stderr.isatty())
     except (RegistryError, ConfigError) as exc:  # ConfigError: a revision that is not one
         raise type(exc)(f"'{name}' is not a local folder, and the registry could not provide it: {exc}") from None
+    where = "the cache of " + result.registry if result.from_cache else result.registry
+    print(f"note: model '{printable(name, 120)}' is {ref.repo_id}@{printable(ref.revision or 'main', 60)} (commit "
+          f"{result.commit[:12]}) from {where}, verified", file=sys.stderr)
     return Path(result.path)

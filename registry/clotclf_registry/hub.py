@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Any, Iterator
 from clotclf_core import __version__
 from clotclf_core.plugin import CONFIG_NAME, WEIGHTS_NAME, ClotclfError, printable
 from clotclf_core.plugin.errors import os_error_message
-from clotclf_core.plugin.hub import COMMIT_SHA, exception_text, hub_problem, is_transport_error
+from clotclf_core.plugin.hub import COMMIT_SHA, add_token, exception_text, hub_problem, is_transport_error
+from clotclf_core.plugin.transfer import TransferTimeout, extend, operation
 
 from .backend import Fetched, ModelEntry, PushResult, RegistryBackend, read_ref
 from .errors import AuthError, IntegrityError, NotAModelError, NotFoundError, RegistryError, UnreachableError
@@ -46,6 +48,9 @@ from .settings import RegistrySettings
 #: tries per file when the connection drops mid-download (each resumes where the last one stopped)
 DOWNLOAD_ATTEMPTS = 3
 OFFLINE_HINT = "to use models already downloaded, set HF_HUB_OFFLINE=1 (or pass --offline)"
+#: huggingface_hub's words when a complete answer had another size than announced
+_SIZE_MISMATCH = re.compile(r"should be of size (\d+) but has size (\d+)")
+_LFS_SPEC = "https://git-lfs.github.com/spec/v1"
 #: the registry's error class for each kind of Hub failure (clotclf_core.plugin.hub.HubProblem.kind)
 _ERROR_OF_KIND = {
     "gated": AuthError, "auth": AuthError, "forbidden": AuthError,
@@ -82,6 +87,11 @@ class HubRegistry(RegistryBackend):
         #: None: huggingface_hub's own (HF_TOKEN, then `hf auth login`); False: anonymous
         self.token = token
         self.cache_dir = settings.cache_dir
+        add_token(token)  # whatever a server echoes, this token is scrubbed from every message and output line
+
+    def _limited(self, what: str) -> Any:
+        """One operation under the transfer limits (clotclf_core.plugin.transfer): no hang, one line."""
+        return operation(self.settings.limits(), what)
 
     def _api(self) -> Any:
         from huggingface_hub import HfApi
@@ -130,12 +140,26 @@ class HubRegistry(RegistryBackend):
     # ------------------------------------------------------------------ push
     def push(self, repo_id: str, files: list[tuple[str, Path | bytes]], *, private: bool, tag: str | None,
              message: str) -> PushResult:
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-        from huggingface_hub.errors import RepositoryNotFoundError
-
         if self.settings.offline:
             raise UnreachableError(f"cannot push '{repo_id}': offline mode is on (HF_HUB_OFFLINE / --offline)")
         api = self._api()
+        created = [False]
+        with self._limited(f"the push to '{repo_id}'"):
+            try:
+                return self._push(api, repo_id, files, private, tag, message, created)
+            except BaseException as exc:
+                if not created[0]:
+                    raise
+                left = self._remove_if_empty(api, repo_id)  # a failed first push leaves no empty repo behind
+                if left and isinstance(exc, ClotclfError):
+                    raise type(exc)(f"{exc}. {left}") from None
+                raise
+
+    def _push(self, api: Any, repo_id: str, files: list[tuple[str, Path | bytes]], private: bool, tag: str | None,
+              message: str, created: list[bool]) -> PushResult:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
         with self._errors("push to", repo_id), _xet(self.settings.use_xet()):
             if tag:
                 try:
@@ -147,7 +171,12 @@ class HubRegistry(RegistryBackend):
                         f"'{repo_id}' at {self.label} already has a tag '{tag}' (commit {tags[tag][:12]}); tags never move: "
                         "choose another --tag. Nothing was pushed"
                     )
-            api.create_repo(repo_id, private=private, exist_ok=True)
+            try:  # exist_ok=False: a 409 tells an existing repo from one this push creates (and removes if it fails)
+                api.create_repo(repo_id, private=private, exist_ok=False)
+                created[0] = True
+            except HfHubHTTPError as exc:
+                if getattr(getattr(exc, "response", None), "status_code", None) != 409:
+                    raise
             head = api.model_info(repo_id)
             if private and not head.private:
                 raise RegistryError(
@@ -168,6 +197,7 @@ class HubRegistry(RegistryBackend):
             ]
             ops += [CommitOperationDelete(path_in_repo=n) for n in existing if is_layout_file(n) and n not in new_names]
             commit = api.create_commit(repo_id, ops, commit_message=message)
+            created[0] = False  # it holds the model now: never removed
             if tag:
                 api.create_tag(repo_id, tag=tag, revision=commit.oid, tag_message=message)
             stored = api.model_info(repo_id, revision=commit.oid, files_metadata=True)
@@ -182,6 +212,23 @@ class HubRegistry(RegistryBackend):
                     f"{weights.lfs.sha256[:16]}…, not the pushed file's: the upload was corrupted; push again"
                 )
         return PushResult(repo_id, self.url_of(repo_id), commit.oid, tag, sorted(new_names), unchanged=commit.oid == head.sha)
+
+    def _remove_if_empty(self, api: Any, repo_id: str) -> str | None:
+        """Delete ``repo_id`` (created by a push that then failed) if it still holds nothing but
+        ``.gitattributes``; None when done, else a sentence saying what is left and how to remove it.
+        Gets a short deadline of its own: a server that hung the push must not hang this too."""
+        extend(2 * self.settings.hub_timeout)
+        try:
+            names = {s.rfilename for s in api.model_info(repo_id).siblings or []}
+            if names - {".gitattributes"}:
+                return None  # something was committed after all (by another push?): not ours to delete
+            api.delete_repo(repo_id)
+            return None
+        except BaseException as exc:  # only a note on the push's own error (Ctrl-C goes on)
+            if not isinstance(exc, Exception):
+                raise
+            return (f"The empty repo '{repo_id}' this push created could not be removed ({exception_text(exc, self.endpoint)}): "
+                    f"delete it at {self.url_of(repo_id)}/settings")
 
     # ------------------------------------------------------------------ pull
     def _repo_cache(self, repo_id: str) -> Path:
@@ -207,17 +254,24 @@ class HubRegistry(RegistryBackend):
         label = f"{repo_id}@{revision}" if revision else repo_id
         if offline:
             return self._from_cache(repo_id, revision, staging, "offline mode is on (HF_HUB_OFFLINE=1 or --offline)")
+        with self._limited(f"the pull of '{label}'"):
+            return self._fetch(repo_id, revision, staging, label)
+
+    def _fetch(self, repo_id: str, revision: str | None, staging: Path | None, label: str) -> Fetched:
         api = self._api()
         with self._errors("pull", repo_id, revision):
             try:
                 info = api.model_info(repo_id, revision=revision, files_metadata=True)
             except Exception as exc:
-                if not is_transport_error(exc):
+                stopped = isinstance(exc, TransferTimeout)  # a server that never answers is as good as unreachable
+                if not (stopped or is_transport_error(exc)):
                     raise
-                reason = exception_text(exc, self.endpoint)
+                reason = str(exc) if stopped else exception_text(exc, self.endpoint)
                 try:
                     fetched = self._from_cache(repo_id, revision, staging, f"{self.label} cannot be reached ({reason})")
                 except UnreachableError:
+                    if stopped:
+                        raise
                     raise UnreachableError(
                         f"cannot reach {self.label} to pull '{label}' ({reason}), and it is not in the cache: check the "
                         "network connection and the endpoint (--endpoint / HF_ENDPOINT)"
@@ -265,6 +319,9 @@ class HubRegistry(RegistryBackend):
                         library_name="clotclf", library_version=__version__,
                     ))
                 except Exception as exc:  # a dropped connection: huggingface_hub resumes from the partial file
+                    served = _SIZE_MISMATCH.search(str(exc)) if isinstance(exc, OSError) else None
+                    if served:  # the whole answer came, at another size than the listing's: not the network
+                        raise self._tampered(entry, label, int(served.group(2))) from None
                     cut = is_transport_error(exc) or (isinstance(exc, OSError) and exc.errno is None
                                                        and not isinstance(exc, HfHubHTTPError))
                     if not cut or attempt == DOWNLOAD_ATTEMPTS - 1:
@@ -290,6 +347,18 @@ class HubRegistry(RegistryBackend):
                 f"the download of '{label}' (commit {commit[:12]}) from {self.label} was interrupted ({exception_text(exc, self.endpoint)}); "
                 "no partial file was left where the model goes. Run the same pull again: it resumes"
             ) from None
+
+    def _tampered(self, entry: Entry, label: str, served: int) -> IntegrityError:
+        """A download whose body had another size than the registry lists (and its HEAD announced):
+        what a broken mirror or a tampering server does; the same pull would fail the same way."""
+        pointer = served == len(f"version {_LFS_SPEC}\noid sha256:{'0' * 64}\nsize {entry.size}\n")
+        what = f"{served} bytes" + (" (the size of a Git LFS pointer to it: the server hands out pointer files, not the "
+                                     "files)" if pointer else "")
+        return IntegrityError(
+            f"{self.label} lists {printable(entry.name, 120)} of '{label}' at {entry.size} bytes but served {what}. The "
+            "server is broken or tampering with downloads, and pulling again would fail the same way; nothing was kept. "
+            "Tell the registry's administrator"
+        )
 
     def remember(self, fetched: Fetched) -> None:
         """After verification: record in the cache what the revision pointed to (for offline pulls
@@ -367,7 +436,7 @@ class HubRegistry(RegistryBackend):
         if self.settings.offline:
             raise UnreachableError("cannot list models: offline mode is on (HF_HUB_OFFLINE / --offline)")
         api = self._api()
-        with self._errors("list models of", f"{namespace}/*"):
+        with self._limited(f"the listing of '{namespace}'"), self._errors("list models of", f"{namespace}/*"):
             # listing retries network errors for ~25 s; one plain request first fails fast when the host is unreachable
             from huggingface_hub.utils import get_session
 

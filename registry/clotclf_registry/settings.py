@@ -14,25 +14,34 @@ namespace    CLOTCLF_NAMESPACE      org that short names live in                
 cache_dir    CLOTCLF_CACHE_DIR      where pulled models are kept                         see below
 offline      HF_HUB_OFFLINE         pull from the cache only                             false
 xet          CLOTCLF_HUB_XET        ``auto`` / ``on`` / ``off``: Xet uploads             ``auto``
+hub_timeout  CLOTCLF_HUB_TIMEOUT    seconds to wait for a connection or an answer,       60
+                                    and the window ``hub_min_rate`` is measured over
+hub_min_rate CLOTCLF_HUB_MIN_RATE   bytes/s a transfer must keep up over each window     4096
+hub_deadline CLOTCLF_HUB_DEADLINE   seconds one pull / push / listing may take in all    3600
 ===========  =====================  ==================================================  ==================
 
 ``cache_dir`` unset means: the huggingface_hub cache for the Hub (``HF_HUB_CACHE``, by default
 ``~/.cache/huggingface/hub``) and ``~/.cache/clotclf/registries`` for local registries.
 ``xet: auto`` uses Xet only toward huggingface.co, the one server known to speak it; every other
 endpoint gets plain Git-LFS uploads, which any Hub-compatible server implements
-(``HF_HUB_DISABLE_XET=1`` always turns Xet off).
+(``HF_HUB_DISABLE_XET=1`` always turns Xet off). The three ``hub_*`` limits are
+:mod:`clotclf_core.plugin.transfer`'s: a server that never answers, trickles, or drags an operation
+past its deadline is one error line naming the setting, never a hang.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from clotclf_core.plugin.hub import check_repo_part, scrub, shown_url
+from clotclf_core.plugin.hub import check_repo_part, scrub
+from clotclf_core.plugin.secrets import shown_url
+from clotclf_core.plugin.transfer import SETTINGS as LIMITS
+from clotclf_core.plugin.transfer import TransferLimits, with_hints
 
 from .errors import RegistryError
 
@@ -51,8 +60,11 @@ ENV = {
     "cache_dir": "CLOTCLF_CACHE_DIR",
     "offline": "HF_HUB_OFFLINE",
     "xet": "CLOTCLF_HUB_XET",
+    **{name: env for name, (env, _, _) in LIMITS.items()},
 }
 _TRUE = {"1", "true", "yes", "on"}
+#: a limit: a positive, finite number
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class RegistrySettings(BaseModel):
@@ -66,6 +78,15 @@ class RegistrySettings(BaseModel):
     cache_dir: str | None = None
     offline: bool = False
     xet: Literal["auto", "on", "off"] = "auto"
+    hub_timeout: PositiveFloat = LIMITS["hub_timeout"][1]
+    hub_min_rate: PositiveFloat = LIMITS["hub_min_rate"][1]
+    hub_deadline: PositiveFloat = LIMITS["hub_deadline"][1]
+    #: the settings given by an option, the environment or the config file (not defaults)
+    _chosen: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def chosen(self) -> frozenset[str]:
+        return self._chosen
 
     @property
     def scheme(self) -> str:
@@ -78,6 +99,11 @@ class RegistrySettings(BaseModel):
     def endpoint_shown(self) -> str:
         """The endpoint as messages show it: never with credentials (see :func:`shown_url`)."""
         return shown_url(self.endpoint)
+
+    def limits(self) -> TransferLimits:
+        """The transfer limits, their messages naming both places to change each one."""
+        limits = TransferLimits(self.hub_timeout, self.hub_min_rate, self.hub_deadline)
+        return with_hints(limits, **{name: f"{ENV[name]}, or {name}: in the registry settings file" for name in LIMITS})
 
     def use_xet(self) -> bool:
         if os.environ.get("HF_HUB_DISABLE_XET", "").strip().lower() in _TRUE or self.xet == "off":
@@ -130,6 +156,7 @@ def load_settings(**overrides: Any) -> RegistrySettings:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {scrub(repr(e.get('input')))})" for e in err.errors())
         raise RegistryError(f"invalid registry settings ({problems}); see `clotclf push --help` and docs/registry.md") from None
+    settings._chosen = frozenset(values)
     settings.endpoint = settings.endpoint.rstrip("/")
     if urlparse(settings.endpoint).scheme not in ("http", "https") or not urlparse(settings.endpoint).netloc:
         raise RegistryError(

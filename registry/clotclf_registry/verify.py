@@ -41,6 +41,7 @@ from clotclf_core.plugin import (
     sha256_file,
 )
 from clotclf_core.plugin.encoders import encoder_info
+from clotclf_core.plugin.secrets import known_secrets
 from clotclf_core.plugin.weights import read_run_config
 
 from .errors import IntegrityError, NotAModelError, RegistryError
@@ -160,11 +161,11 @@ def load_run(run_dir: Path, config: dict[str, Any]) -> Any:
     return _load_filter(run_dir, config)
 
 
-def _load_filter(run_dir: Path, config: dict[str, Any]) -> Any:
+def _load_filter(run_dir: Path, config: dict[str, Any], trusted: bool = True) -> Any:
     from clotclf_core.plugin_manager import get_manager
 
     recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}
-    row = get_manager().requirement("filter", str(config.get("filter")), recorded.get("filter"))
+    row = get_manager().requirement("filter", str(config.get("filter")), recorded.get("filter"), trusted)
     spec = row["spec"]
     if spec is None:  # pragma: no cover - check_requirements raised already
         raise ModelLoadError(f"'{run_dir}' needs filter '{printable(config.get('filter'))}': {row['fix']}")
@@ -215,6 +216,22 @@ def check_files(run_dir: Path, plan: Plan, label: str, registry: str) -> None:
                 "and if it persists tell the registry's administrator"
             )
         check_content(label, entry.name, path)
+        if entry.name != WEIGHTS_NAME and _holds_a_secret(path):
+            raise IntegrityError(
+                f"{shown} of '{label}' from {registry} holds the token this pull was made with: the server wrote it into "
+                "a file it serves, so it is hostile or broken. Nothing was kept; tell the registry's administrator, and "
+                "consider revoking that token"
+            )
+
+
+def _holds_a_secret(path: Path) -> bool:
+    """Whether a (small: every file but the weights is capped at 64 MiB) downloaded file contains a
+    credential this process knows (:func:`clotclf_core.plugin.hub.known_secrets`)."""
+    secrets = [s.encode() for s in known_secrets()]
+    if not secrets:
+        return False
+    data = path.read_bytes()
+    return any(s in data for s in secrets)
 
 
 def verify_download(run_dir: Path, plan: Plan | None, label: str, registry: str, *, check_builds: bool = True) -> dict[str, Any]:
@@ -266,17 +283,19 @@ def _fold_members(run_dir: Path, label: str, registry: str) -> list[Path] | None
 
 
 def check_config_builds(run_dir: Path, config: dict[str, Any], label: str, registry: str) -> None:
-    """The model config.json describes can be built here and fits its weights (no memory spent)."""
+    """The model config.json describes can be built here and fits its weights (no memory spent).
+    Its distribution names come from elsewhere: a missing one gets no ``pip install`` unless
+    clotclf knows it (``trusted=False``)."""
     try:
         if model_kind(config) == "classifier":
             from clotclf_core.models.saved import check_buildable
 
-            check_buildable(run_dir)
+            check_buildable(run_dir, trusted=False)
         elif model_kind(config) == BACKBONE_KIND:
             check_backbone_run(run_dir)
         else:
-            check_requirements(config, label)
-            _load_filter(run_dir, config)
+            check_requirements(config, label, trusted=False)
+            _load_filter(run_dir, config, trusted=False)
     except ModelLoadError as exc:
         text = _named(str(exc), run_dir, label)
         raise ModelLoadError(f"'{label}' from {registry} was downloaded but cannot be used here, so nothing was kept: {text}") from None
