@@ -542,7 +542,7 @@ def test_cli_tile_options_are_the_tile_settings_fields():
         option = options[name]
         assert option.default is None and option.help.startswith(field.description), name
         default = field.get_default()
-        shown = None if default is None else (f"--{'' if default else 'no-'}{name}" if isinstance(default, bool) else default)
+        shown = None if default is None else (f"--{'' if default else 'no-'}{name.replace('_', '-')}" if isinstance(default, bool) else default)
         assert shown is None or option.help.endswith(f"[default: {shown}]"), (name, option.help)
     assert "--tile-size" in options["downsample"].help and options["tile_size"].opts == ["--tile-size"]
 

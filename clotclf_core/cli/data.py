@@ -117,9 +117,12 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA (bf16) if available.")
 @click.option("--seed", type=int, default=0, help="Seeds an encoder without pretrained weights (recorded).")
 @click.option("--overwrite", is_flag=True, help="Replace a feature store made with another encoder or TileSet.")
+@click.option("--slides", "slides_dir", type=click.Path(file_okay=False), default=None,
+              help="A TileSet tiled with --coords-only: the folder its slide files are in now [default: where they were tiled from].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, overwrite, quiet, as_json) -> None:
+def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, overwrite, slides_dir, quiet,
+                  as_json) -> None:
     """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
     store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
     run it again to embed what is missing. See docs/data-formats.md, Feature store."""
@@ -129,7 +132,7 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
     name, options = parse_component_ref(backbone, "--backbone")
     options |= parse_key_values(backbone_opts, "--backbone-opt")
     summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
-                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json))
+                            seed=seed, overwrite=overwrite, progress=not (quiet or as_json), slides_dir=slides_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif quiet:

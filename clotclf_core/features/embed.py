@@ -206,10 +206,25 @@ class FeatureStoreWriter:
 
 def _batches(tileset: TileSet, ids: list[str], batch_size: int, pin: bool) -> Iterator[tuple[str, int, Any]]:
     """``(image_id, start, uint8 tensor (b, S, S, 3))`` for every batch of every slide, in order."""
+    if tileset.coords_only:
+        yield from _slide_batches(tileset, ids, batch_size, pin)
+        return
     for image_id in ids:
         pixels = tileset.pixels(image_id)
         for start in range(0, len(pixels), batch_size):
             batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # read here, in the read-ahead thread
+            yield image_id, start, (batch.pin_memory() if pin else batch)
+
+
+def _slide_batches(tileset: TileSet, ids: list[str], batch_size: int, pin: bool) -> Iterator[tuple[str, int, Any]]:
+    """:func:`_batches` of a coordinates-only TileSet: each slide's tiles read from the slide, in row
+    order, one batch at a time (:func:`clotclf_core.tiling.fill.slide_batches`: a band of the slide
+    in memory, not the slide)."""
+    from clotclf_core.tiling.fill import slide_batches
+
+    for image_id in ids:
+        for start, pixels in slide_batches(tileset, image_id, batch_size):
+            batch = torch.from_numpy(pixels)
             yield image_id, start, (batch.pin_memory() if pin else batch)
 
 
@@ -269,15 +284,17 @@ def _tileset_record(ts: TileSet) -> dict[str, Any]:
 
 def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: dict[str, Any] | None = None, *,
                   input_size: int | None = None, batch_size: int = 64, device: str = "auto", seed: int = 0,
-                  overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None) -> dict[str, Any]:
+                  overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
+                  slides_dir: str | Path | None = None) -> dict[str, Any]:
     """Embed every tile of the TileSet ``tiles`` into the feature store ``out``; return a summary.
 
     ``encoder`` (already built, e.g. rebuilt from a MIL run's record) replaces ``backbone`` /
-    ``options`` / ``input_size`` / ``seed``.
+    ``options`` / ``input_size`` / ``seed``. A coordinates-only TileSet's tiles are read from its
+    slides (where it recorded them, or ``slides_dir``).
     """
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1, got {batch_size}")
-    ts = TileSet(tiles)
+    ts = TileSet(tiles, slides_dir)
     if len(ts) == 0:
         raise ClotclfError(
             f"TileSet '{tiles}' holds no tiles: no slide of it was tiled (see the statuses in its tileset.json); "

@@ -85,19 +85,36 @@ class TileDataset(Dataset):
         self.cache_rows = sub["row"].to_numpy(dtype=np.int64)
         self.targets = label_indices(sub["label"].tolist(), labels)
         self.transform = transform
+        self._slides = _slide_reader(tileset, sub)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _image(self, i: int) -> np.ndarray:
+        if self._slides is not None:  # a coordinates-only TileSet: the tile is read from its slide
+            cache, xy = self._slides
+            return cache.tile(self.image_ids[i], *xy[i])
+        return np.asarray(self.tileset.pixels(self.image_ids[i])[self.cache_rows[i]])
+
     def __getitem__(self, key: int | tuple[int, int]):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        image = np.asarray(self.tileset.pixels(self.image_ids[i])[self.cache_rows[i]])
+        image = self._image(i)
         if self.transform is not None:
             if seed is not None:
                 self.transform.set_random_seed(seed)
             image = self.transform(image=image)["image"]
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return chw, int(self.targets[i]), int(self.rows[i])
+
+
+def _slide_reader(tileset: "TileSet", rows: Any) -> tuple[Any, np.ndarray] | None:
+    """A coordinates-only TileSet's tiles come from its slides: a per-process cache of open slides
+    (:class:`clotclf_core.tiling.fill.SlideTileCache`) and each row's level-0 corner; None otherwise."""
+    if not getattr(tileset, "coords_only", False):
+        return None
+    from clotclf_core.tiling.fill import SlideTileCache
+
+    return SlideTileCache(tileset), rows[["x", "y"]].to_numpy(dtype=np.float64)
 
 
 def _mix(*values: int) -> int:
