@@ -250,7 +250,7 @@ CLOTCLF_0_1 = {"tissue_fraction": 0.365, "kept": 51}
 
 
 def test_real_svs_keeps_the_same_tissue_as_clotclf_0_1(tmp_path, real_folder):
-    summary = tile_slides(real_folder, tmp_path / "ts", settings=REAL, progress=False)
+    summary = tile_slides(real_folder, tmp_path / "ts", settings=REAL, filters=[("otsu", {"threshold": 0.3})], progress=False)
     assert summary["tiled"] == 1 and summary["failed"] == 0
     ts = TileSet(tmp_path / "ts")
     rec = ts.slides["cmu"]
