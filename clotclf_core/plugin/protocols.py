@@ -54,6 +54,8 @@ class Slide(Protocol):
     - ``level_layout(level) -> LevelLayout`` [blocks of :data:`~clotclf_core.plugin.regions.GENERIC_BLOCK`
       pixels read through ``read_region``]: the level cut into the pieces the file stores, so that
       tiling decodes each stored tile once; with ``byte_counts`` it also skips glass undecoded.
+      It may take a ``block`` keyword (blocks of about that side, where the file allows): tiling asks
+      for small blocks where it decodes only the tiles under tissue.
     - ``mpp_note`` [``""``]: why a reported mpp was ignored (recorded per slide).
     - ``stored_thumbnail() -> np.ndarray | None`` [none]: the small picture of the whole slide the file
       stores (RGB uint8), None when it stores none; ``clotclf tile --mask-from thumbnail`` makes the

@@ -15,6 +15,7 @@ third-party source gets the same plan as the built-in ones.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable
 
 import numpy as np
@@ -101,11 +102,14 @@ def mask_level(slide: Any, working: int, view_size: int) -> int | None:
     return max(below, key=lambda i: downsamples[i]) if below else None
 
 
-def level_layout(slide: Any, level: int = 0, own: bool = True) -> LevelLayout:
+def level_layout(slide: Any, level: int = 0, own: bool = True, block: int | None = None) -> LevelLayout:
     """The :class:`LevelLayout` of ``level``: the Slide's own when it offers ``level_layout`` (and
-    ``own``), else aligned :data:`GENERIC_BLOCK`-pixel blocks read through ``read_region``."""
+    ``own``; asked for blocks of about ``block`` px when its ``level_layout`` takes a ``block``
+    keyword), else aligned :data:`GENERIC_BLOCK`-pixel blocks read through ``read_region``."""
     layout = getattr(slide, "level_layout", None)
     if own and callable(layout):
+        if block is not None and "block" in inspect.signature(layout).parameters:
+            return layout(level, block=block)
         return layout(level)
     dims, downsamples = pyramid(slide)
     ds = float(downsamples[level])

@@ -34,6 +34,11 @@ from clotclf_core.tiling.levels import level_layout, pyramid, working_level
 from clotclf_core.tiling.reading import Scan
 
 
+#: the block side (level px) asked of a source that cuts its levels as asked (OpenSlide: a multiple of
+#: its tile side): small, so that decoding the blocks under the tiles decodes little glass beside them
+SPARSE_BLOCK = 256
+
+
 class WorkingLevel:
     """The slide at 1/``factor`` of level 0, decoded on demand, one segment at a time.
 
@@ -46,7 +51,7 @@ class WorkingLevel:
 
     def __init__(self, slide: Any, factor: int, threads: int = 1, max_bytes: int | None = None):
         self.level, self.ratio = working_level(slide, factor)
-        layout = level_layout(slide, self.level)
+        layout = level_layout(slide, self.level, block=SPARSE_BLOCK)
         if layout.seg_width % self.ratio or layout.seg_height % self.ratio:
             layout = level_layout(slide, self.level, own=False)  # blocks of a multiple of 16 px, through read_region
         self.layout = layout

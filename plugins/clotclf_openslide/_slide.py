@@ -101,14 +101,14 @@ class OpenSlideSlide(RegionSlide):
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideReadError(f"OpenSlide could not read the stored thumbnail of slide '{self.path}' ({exc})") from None
 
-    def _layout_block(self, level: int) -> int:
-        """OpenSlide's own tile side (at least 256 px: a multiple of it), so that tiling decodes each
-        stored tile once, and reading only the tiles under tissue reads little else."""
+    def _layout_block(self, level: int, near: int = GENERIC_BLOCK) -> int:
+        """A multiple of OpenSlide's own tile side (about ``near`` pixels, at least one tile), so that
+        tiling decodes each stored tile once."""
         try:
             tile = int(self._osr.properties.get(f"openslide.level[{level}].tile-width", 0)) or GENERIC_BLOCK
         except ValueError:
             tile = GENERIC_BLOCK
-        return max(1, -(-256 // tile)) * tile if tile % 16 == 0 else GENERIC_BLOCK
+        return max(1, near // tile) * tile if tile % 16 == 0 else GENERIC_BLOCK
 
     def _close(self) -> None:
         self._osr.close()
