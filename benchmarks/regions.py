@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiling import MEAN, cpu_seconds, ensure_slide, peak_rss_mb  # noqa: E402 (the sibling benchmark's slide)
+from synthetic import ensure_slide  # noqa: E402 (the sibling modules: the benchmark slides)
+from tiling import MEAN, cpu_seconds, peak_rss_mb  # noqa: E402
 
 REQUESTS = {
     "thumbnail(1024)": lambda s: s.thumbnail(1024),

@@ -46,78 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
-TIFF_TILE = 512
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic import TIFF_TILE, ensure_slide  # noqa: E402 (the sibling module: synthetic slides)
+
 MEAN = (23_000, 37_600)  # width x height of a mean STRIP AI slide
 BIG = (100_000, 80_000)
-
-
-# ----------------------------------------------------------------------------- synthetic slides (streamed)
-
-
-def _textures(rng, n, base, noise, smooth, tile=TIFF_TILE):
-    out = []
-    for _ in range(n):
-        low = np.repeat(np.repeat(rng.normal(0, 1, (tile // 32, tile // 32, 3)), 32, 0), 32, 1)
-        if noise >= 1:  # tissue: smooth variation + pixel noise
-            t = np.asarray(base, float) + smooth * low + rng.normal(0, noise, (tile, tile, 3))
-        else:  # glass: smooth, with sparse specks (compresses ~16x, like scanned glass)
-            specks = (rng.random((tile, tile, 1)) < noise) * rng.normal(0, 3, (tile, tile, 3))
-            t = np.asarray(base, float) + np.rint(smooth * low) + specks
-        out.append(np.clip(np.rint(t), 0, 255).astype(np.uint8))
-    return out
-
-
-def make_slide(path: Path, width: int, height: int, seed: int = 0, coverage: float = 0.3) -> float:
-    """Write a width x height single-level tiled deflate TIFF, tile by tile; returns the tissue share."""
-    import tifffile
-    from scipy.ndimage import zoom
-
-    rng = np.random.default_rng(seed)
-    cell = 16  # the blob map is drawn at 1/16 (from a 1/256 field, upsampled)
-    mh, mw = -(-height // cell), -(-width // cell)
-    ch, cw = -(-mh // 16), -(-mw // 16)
-    yy, xx = np.mgrid[0:ch, 0:cw]
-    field = np.zeros((ch, cw))
-    for _ in range(14):
-        cy, cx, s = rng.uniform(0, ch), rng.uniform(0, cw), rng.uniform(0.04, 0.12) * max(ch, cw)
-        field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
-    field = zoom(field, 16, order=1)[:mh, :mw]
-    blobs = field > np.quantile(field, 1 - coverage)
-    tissue = _textures(rng, 4, (190, 90, 140), 5, 14) + _textures(rng, 2, (222, 190, 212), 3, 5)  # dark + pale
-    glass = _textures(rng, 4, (242, 242, 242), 0.02, 1.0)
-    k = TIFF_TILE // cell
-
-    def tiles():
-        for ty in range(0, height, TIFF_TILE):
-            for tx in range(0, width, TIFF_TILE):
-                m = blobs[ty // cell : ty // cell + k, tx // cell : tx // cell + k]
-                g = glass[(tx // TIFF_TILE + 3 * (ty // TIFF_TILE)) % 4]
-                if not m.any():
-                    yield g
-                    continue
-                full = np.zeros((k, k), bool)
-                full[: m.shape[0], : m.shape[1]] = m
-                inside = np.repeat(np.repeat(full, cell, 0), cell, 1)[..., None]
-                yield np.where(inside, tissue[(tx // TIFF_TILE + ty // TIFF_TILE) % len(tissue)], g)
-
-    tmp = path.with_suffix(".part")
-    tifffile.imwrite(
-        tmp, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE), photometric="rgb",
-        compression="deflate", compressionargs={"level": 1}, maxworkers=2, bigtiff=width * height * 3 > 2**31,
-        resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER",
-    )
-    os.replace(tmp, path)
-    return float(blobs.mean())
-
-
-def ensure_slide(path: Path, width: int, height: int, seed: int = 0) -> Path:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        share = make_slide(path, width, height, seed)
-        print(f"generated {path.name}: {width:,} x {height:,}, {share:.0%} tissue, {path.stat().st_size / 1e6:.0f} MB "
-              f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return path
 
 
 # ----------------------------------------------------------------------------- measurements (child side)

@@ -29,7 +29,7 @@ def test_the_page_has_its_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_every_python_example_parses_and_imports_only_the_plugin_api(index, tmp_path):
-    source = BLOCKS[index]
+    source = textwrap.dedent(BLOCKS[index])  # (a block inside a list item is indented with it)
     ast.parse(source)
     path = tmp_path / "plugins" / "clotclf_doc_example" / "example.py"  # checked like a plugin module
     path.parent.mkdir(parents=True)

@@ -18,7 +18,7 @@ import tifffile
 import clotclf_core.slides.open as sources
 from clotclf_core.plugin import ClotclfError, ConfigError, PluginError, Slide, SlideDamaged, regions
 from clotclf_core.slides.open import find_slide, open_slide
-from clotclf_core.tiling.reading import choose_level, level_layout
+from clotclf_core.tiling.levels import choose_level, level_layout
 
 SVS = Path(__file__).parent / "data" / "cmu_small_region.svs"
 H, W = 700, 900  # synthetic test image, level 0

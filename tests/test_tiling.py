@@ -250,7 +250,7 @@ CLOTCLF_0_1 = {"tissue_fraction": 0.365, "kept": 51}
 
 
 def test_real_svs_keeps_the_same_tissue_as_clotclf_0_1(tmp_path, real_folder):
-    summary = tile_slides(real_folder, tmp_path / "ts", settings=REAL, progress=False)
+    summary = tile_slides(real_folder, tmp_path / "ts", settings=REAL, filters=[("otsu", {"threshold": 0.3})], progress=False)
     assert summary["tiled"] == 1 and summary["failed"] == 0
     ts = TileSet(tmp_path / "ts")
     rec = ts.slides["cmu"]
@@ -542,7 +542,7 @@ def test_cli_tile_options_are_the_tile_settings_fields():
         option = options[name]
         assert option.default is None and option.help.startswith(field.description), name
         default = field.get_default()
-        shown = None if default is None else (f"--{'' if default else 'no-'}{name}" if isinstance(default, bool) else default)
+        shown = None if default is None else (f"--{'' if default else 'no-'}{name.replace('_', '-')}" if isinstance(default, bool) else default)
         assert shown is None or option.help.endswith(f"[default: {shown}]"), (name, option.help)
     assert "--tile-size" in options["downsample"].help and options["tile_size"].opts == ["--tile-size"]
 

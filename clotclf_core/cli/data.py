@@ -124,10 +124,12 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Slides embedded in parallel by N worker processes on --device.")
 @click.option("--devices", default=None, metavar="cuda:0,cuda:1|all", help="One worker process per device (comma-separated; all: every visible GPU; cpu,cpu for CPU processes).")
 @click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="One task per slide on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. TILES and --out on a file system every worker sees.")
+@click.option("--slides", "slides_dir", type=click.Path(file_okay=False), default=None,
+              help="A TileSet tiled with --coords-only: the folder its slide files are in now [default: where they were tiled from].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, device, seed, stain_normalise, overwrite,
-                  workers, devices, dask_address, quiet, as_json) -> None:
+                  workers, devices, dask_address, slides_dir, quiet, as_json) -> None:
     """Turn every tile of a TileSet into a feature vector with a frozen encoder, once, into a feature
     store (per slide: float16 matrix + tile rows; features.json records the encoder). Resumable:
     run it again to embed what is missing. See docs/data-formats.md, Feature store."""
@@ -139,7 +141,7 @@ def embed_command(tiles, backbone, backbone_opts, out, input_size, batch_size, d
     summary = embed_tileset(tiles, out, name, options, input_size=input_size, batch_size=batch_size, device=device,
                             seed=seed, overwrite=overwrite, progress=not (quiet or as_json), stain_normalise=stain_normalise,
                             workers=workers, devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None,
-                            dask=dask_address)
+                            dask=dask_address, slides_dir=slides_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif quiet:

@@ -54,7 +54,8 @@ from clotclf_core.features.store import (
 from clotclf_core.plugin.errors import ClotclfError, Interrupted, warn
 from clotclf_core.plugin.io import write_json, write_text
 from clotclf_core.progress import bar
-from clotclf_core.tiling.stain import SlideNormaliser, StainTarget, sample_rows
+from clotclf_core.tiling.fill import SlideBatches
+from clotclf_core.tiling.stain import StainTarget
 from clotclf_core.tiling.tileset import TileSet, npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -209,20 +210,17 @@ class FeatureStoreWriter:
 
 def _batches(tileset: TileSet, ids: list[str], batch_size: int, pin: bool, stain: StainTarget | None = None,
              unfitted: list[str] | None = None) -> Iterator[tuple[str, int, Any]]:
-    """``(image_id, start, uint8 tensor (b, S, S, 3))`` for every batch of every slide, in order;
-    with ``stain``, each slide's tiles normalised with its own estimate (slides without enough stain
-    to estimate are appended to ``unfitted`` and pass unchanged: :mod:`clotclf_core.tiling.stain`)."""
+    """``(image_id, start, uint8 tensor (b, S, S, 3))`` for every batch of every slide, in order
+    (:class:`clotclf_core.tiling.fill.SlideBatches`: from the pixel cache, or from the slides of a
+    coordinates-only TileSet); with ``stain``, each slide's tiles normalised with its own estimate
+    (slides without enough stain to estimate are appended to ``unfitted`` and pass unchanged)."""
     for image_id in ids:
-        pixels = tileset.pixels(image_id)
-        norm = None
-        if stain is not None:
-            norm = SlideNormaliser.fit(stain, np.asarray(pixels[sample_rows(len(pixels))]))
-            if not norm.fitted and unfitted is not None:
-                unfitted.append(image_id)
-        for start in range(0, len(pixels), batch_size):
-            tiles = np.array(pixels[start:start + batch_size])  # read here, in the read-ahead thread
-            batch = torch.from_numpy(norm(tiles) if norm is not None else tiles)
+        slide = SlideBatches(tileset, image_id, batch_size, stain)
+        for start, tiles in slide:  # read here, in the read-ahead thread
+            batch = torch.from_numpy(tiles)
             yield image_id, start, (batch.pin_memory() if pin else batch)
+        if slide.unfitted and unfitted is not None:
+            unfitted.append(image_id)
 
 
 def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -283,7 +281,7 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
                   input_size: int | None = None, batch_size: int = 64, device: str = "auto", seed: int = 0,
                   overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
                   stain_normalise: str | None = None, workers: int = 1, devices: Sequence[str] | None = None,
-                  dask: str | None = None) -> dict[str, Any]:
+                  dask: str | None = None, slides_dir: str | Path | None = None) -> dict[str, Any]:
     """Embed every tile of the TileSet ``tiles`` into the feature store ``out``; return a summary.
 
     ``encoder`` (already built, e.g. rebuilt from a MIL run's record) replaces ``backbone`` /
@@ -291,7 +289,8 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     slide's tiles mapped onto one stain target before the encoder, recorded in ``features.json``).
     ``workers`` > 1, ``devices`` (one process per device) or ``dask`` (a scheduler address, or
     ``local``) embed one slide per task in other processes (:mod:`clotclf_core.features.parallel`);
-    the store is the same, byte for byte.
+    the store is the same, byte for byte. A coordinates-only TileSet's tiles are read from its
+    slides (where it recorded them, or ``slides_dir``).
     """
     if batch_size < 1:
         raise ClotclfError(f"--batch-size must be at least 1, got {batch_size}")
@@ -300,7 +299,7 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         from clotclf_core.features.parallel import check_engine, worker_precision
 
         devices = check_engine(workers, devices, dask, device)
-    ts = TileSet(tiles)
+    ts = TileSet(tiles, slides_dir)
     if len(ts) == 0:
         raise ClotclfError(
             f"TileSet '{tiles}' holds no tiles: no slide of it was tiled (see the statuses in its tileset.json); "

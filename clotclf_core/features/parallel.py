@@ -81,11 +81,10 @@ def _encoder_for(job: dict[str, Any]) -> "Encoder":
 def embed_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     """The task: one slide's tiles through the encoder into ``slides/<image_id>.npy`` (renamed into
     place when complete). Returns ``{"image_id", "status", "reason", "fatal"}``, never pixels."""
-    import numpy as np
     import torch
 
     from clotclf_core.features.store import matrix_file
-    from clotclf_core.tiling.stain import SlideNormaliser, sample_rows
+    from clotclf_core.tiling.fill import SlideBatches
     from clotclf_core.tiling.tileset import TileSet
 
     out = {"image_id": job["image_id"], "status": "failed", "reason": "", "fatal": None, "info": {}}
@@ -96,18 +95,14 @@ def embed_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
                             f"process ({job['weights_sha256'][:12]}…): the workers must see the same plugin versions and "
                             "Hugging Face cache")
             return out
-        ts = _TILESETS.get(job["tiles"]) or _TILESETS.setdefault(job["tiles"], TileSet(job["tiles"]))
-        pixels = ts.pixels(job["image_id"])
-        norm = None
-        if enc.stain is not None:  # the slide's own stain estimate, as a serial run makes it
-            norm = SlideNormaliser.fit(enc.stain, np.asarray(pixels[sample_rows(len(pixels))]))
-        with matrix_file(Path(job["matrix"]), len(pixels), enc.num_features) as matrix:
-            for start in range(0, len(pixels), job["batch_size"]):
-                tiles = np.array(pixels[start:start + job["batch_size"]])
-                batch = torch.from_numpy(norm(tiles) if norm is not None else tiles)
-                matrix[start:start + len(batch)] = enc.forward_tensor(batch).cpu().numpy()
-        out.update(status="done", info={"device": str(enc.device), "n": len(pixels),
-                                        "stain_unfitted": norm is not None and not norm.fitted})
+        key = (job["tiles"], job.get("slides_dir"))
+        ts = _TILESETS.get(key) or _TILESETS.setdefault(key, TileSet(job["tiles"], job.get("slides_dir")))
+        slide = SlideBatches(ts, job["image_id"], job["batch_size"], enc.stain)  # cached or coords-only, as in process
+        n = len(slide)
+        with matrix_file(Path(job["matrix"]), n, enc.num_features) as matrix:
+            for start, tiles in slide:
+                matrix[start:start + len(tiles)] = enc.forward_tensor(torch.from_numpy(tiles)).cpu().numpy()
+        out.update(status="done", info={"device": str(enc.device), "n": n, "stain_unfitted": slide.unfitted})
     except (KeyboardInterrupt, SystemExit):
         raise
     except torch.cuda.OutOfMemoryError:
@@ -166,7 +161,8 @@ def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFra
     base = {"tiles": str(Path(ts.root).resolve()), "backbone": f"run:{run['run']}" if run else encoder.backbone,
             "options": {} if run else dict(encoder.options), "input_size": encoder.input_size, "seed": encoder.seed,
             "weights_sha256": encoder.weights_sha256, "batch_size": batch_size, "device": device,
-            "stain": encoder.stain.record() if encoder.stain is not None else None}
+            "stain": encoder.stain.record() if encoder.stain is not None else None,
+            "slides_dir": str(ts.slides_dir) if ts.slides_dir is not None else None}
     jobs = [{**base, "image_id": i, "matrix": str(Path(writer.root).resolve() / "slides" / f"{i}.npy")} for i in todo]
     if dask:
         engine: Any = DaskCluster(dask, max(workers, 1))

@@ -54,7 +54,12 @@ class Slide(Protocol):
     - ``level_layout(level) -> LevelLayout`` [blocks of :data:`~clotclf_core.plugin.regions.GENERIC_BLOCK`
       pixels read through ``read_region``]: the level cut into the pieces the file stores, so that
       tiling decodes each stored tile once; with ``byte_counts`` it also skips glass undecoded.
+      It may take a ``block`` keyword (blocks of about that side, where the file allows): tiling asks
+      for small blocks where it decodes only the tiles under tissue.
     - ``mpp_note`` [``""``]: why a reported mpp was ignored (recorded per slide).
+    - ``stored_thumbnail() -> np.ndarray | None`` [none]: the small picture of the whole slide the file
+      stores (RGB uint8), None when it stores none; ``clotclf tile --mask-from thumbnail`` makes the
+      tissue mask from it. Raise :class:`~clotclf_core.plugin.errors.SlideReadError` when it is damaged.
     - ``source_name`` [the source's spec name]: recorded per slide in the TileSet.
     - ``__enter__`` / ``__exit__``: ``with source.open(path) as slide:`` (RegionSlide has them).
     """
@@ -118,6 +123,9 @@ class PatchFilter(Protocol):
     - a ``background`` keyword of ``score``: when ``score`` declares it, it gets the slide's
       estimated glass colour (``(r, g, b)`` ints), so that "glass" can follow the slide
       (grey-green glass, dim scans).
+    - ``low_resolution`` [``False``]: ``True`` when its scores mean the same on a low-resolution view
+      of the tiles (a share of tissue pixels does; a learnt classifier's does not):
+      ``clotclf tile --coords-only`` scores tiles cut from the mask's view and accepts only such filters.
     """
 
     threshold: float

@@ -403,8 +403,9 @@ class RegionSlide:
     def _close(self) -> None:
         """Release the file (called once, by :meth:`close`)."""
 
-    def _layout_block(self, level: int) -> int:
-        """Side of the square blocks :meth:`level_layout` cuts ``level`` into (default :data:`GENERIC_BLOCK`)."""
+    def _layout_block(self, level: int, near: int = GENERIC_BLOCK) -> int:
+        """Side of the square blocks :meth:`level_layout` cuts ``level`` into, about ``near`` pixels
+        when the file allows (default :data:`GENERIC_BLOCK` whatever ``near``)."""
         return GENERIC_BLOCK
 
     def best_level(self, downsample: float) -> int:
@@ -426,12 +427,14 @@ class RegionSlide:
         ds = thumbnail_downsample(self.dimensions, max_size)
         return self.read_region(0, 0, self.dimensions[0], self.dimensions[1], ds)
 
-    def level_layout(self, level: int = 0) -> LevelLayout:
+    def level_layout(self, level: int = 0, block: int | None = None) -> LevelLayout:
         """``level`` in square blocks of :meth:`_layout_block` pixels read through :meth:`_blocks`
-        (white where the file holds nothing), so that tiling decodes each block once."""
+        (white where the file holds nothing), so that tiling decodes each block once. ``block``: ask
+        for blocks of about that side (tiling asks for small ones where it decodes only the tiles
+        under tissue); the source may keep its own."""
         self._check_level(level)
         width, height = self.level_dimensions[level]
-        side = self._layout_block(level)
+        side = self._layout_block(level) if block is None else self._layout_block(level, block)
         blocks = self._blocks(level)
 
         def read(row: int, col: int) -> np.ndarray:

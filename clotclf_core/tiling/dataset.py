@@ -56,8 +56,40 @@ class HEDJitter(A.ImageOnlyTransform):
 
 
 def slide_normalisers(tileset: "TileSet", stain: dict | None) -> SlideNormalisers | None:
-    """Per-slide stain normalisers of ``tileset`` for a model's recorded ``stain_normalise`` (None: none)."""
-    return SlideNormalisers(StainTarget.from_record(stain), tileset.pixels) if stain else None
+    """Per-slide stain normalisers of ``tileset`` for a model's recorded ``stain_normalise`` (None: none).
+    A coordinates-only TileSet's sampled tiles are read from its slides."""
+    if not stain:
+        return None
+    pixels = _SlideRows.of(tileset) if getattr(tileset, "coords_only", False) else tileset.pixels
+    return SlideNormalisers(StainTarget.from_record(stain), pixels)
+
+
+class _SlideRows:
+    """A coordinates-only slide's kept tiles by row, read from the slide when indexed (what a stain
+    estimate samples); ``_SlideRows.of(ts)`` is the picklable ``pixels(image_id)`` of such a TileSet."""
+
+    def __init__(self, tileset: "TileSet", image_id: str | None = None):
+        self.tileset, self.image_id = tileset, image_id
+
+    @classmethod
+    def of(cls, tileset: "TileSet") -> "_SlideRows":
+        return cls(tileset)
+
+    def __call__(self, image_id: str) -> "_SlideRows":
+        return _SlideRows(self.tileset, image_id)
+
+    def _xy(self) -> np.ndarray:
+        index = self.tileset.index
+        return index[index["image_id"] == self.image_id].sort_values("row")[["x", "y"]].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self._xy())
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        from clotclf_core.tiling.fill import SlideTiles
+
+        with SlideTiles(self.tileset, self.image_id, self.tileset.slides_dir) as tiles:
+            return tiles.read(self._xy()[rows])
 
 
 def build_transform(input_size: int, tile_size: int, augment=None):
@@ -117,13 +149,20 @@ class TileDataset(Dataset):
         self.cache_rows = sub["row"].to_numpy(dtype=np.int64)
         self.targets = label_indices(sub["label"].tolist(), labels)
         self.transform = transform
+        self._slides = _slide_reader(tileset, sub)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _image(self, i: int) -> np.ndarray:
+        if self._slides is not None:  # a coordinates-only TileSet: the tile is read from its slide
+            cache, xy = self._slides
+            return cache.tile(self.image_ids[i], *xy[i])
+        return np.asarray(self.tileset.pixels(self.image_ids[i])[self.cache_rows[i]])
+
     def __getitem__(self, key: int | tuple[int, int]):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        image = np.asarray(self.tileset.pixels(self.image_ids[i])[self.cache_rows[i]])
+        image = self._image(i)
         if self.normalisers is not None:
             image = self.normalisers(self.image_ids[i])(image[None])[0]
         if self.transform is not None:
@@ -132,6 +171,16 @@ class TileDataset(Dataset):
             image = self.transform(image=image)["image"]
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return chw, int(self.targets[i]), int(self.rows[i])
+
+
+def _slide_reader(tileset: "TileSet", rows: Any) -> tuple[Any, np.ndarray] | None:
+    """A coordinates-only TileSet's tiles come from its slides: a per-process cache of open slides
+    (:class:`clotclf_core.tiling.fill.SlideTileCache`) and each row's level-0 corner; None otherwise."""
+    if not getattr(tileset, "coords_only", False):
+        return None
+    from clotclf_core.tiling.fill import SlideTileCache
+
+    return SlideTileCache(tileset), rows[["x", "y"]].to_numpy(dtype=np.float64)
 
 
 def _mix(*values: int) -> int:

@@ -94,8 +94,12 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
         used = getattr(slide, "source_name", None)
         if isinstance(used, str):
             out["info"]["source"] = used
-        with slide_pixels(root, job["image_id"], settings.train_size) as sink:
-            res = tile_one(slide, settings, filters, sink, int(job.get("threads", 1)), job.get("scratch"), bar)
+        if settings.coords_only:  # no pixel cache: record where the slide is, for whoever reads its tiles later
+            out["info"]["path"] = str(Path(path).resolve())
+            res = tile_one(slide, settings, filters, None, int(job.get("threads", 1)), job.get("scratch"), bar)
+        else:
+            with slide_pixels(root, job["image_id"], settings.train_size) as sink:
+                res = tile_one(slide, settings, filters, sink, int(job.get("threads", 1)), job.get("scratch"), bar)
         write_shard(root, job["image_id"], res.rows)
         out["info"].update(res.info)
         out.update(status=res.status, reason=res.reason)

@@ -25,6 +25,8 @@ class BuiltFilter:
     component: dict[str, str] = field(default_factory=dict)
     #: whether ``score`` takes the slide's glass colour (``score(tiles, background=(r, g, b))``)
     wants_background: bool = False
+    #: whether its scores mean something on low-resolution tiles (``--coords-only``; the plugin's ``low_resolution``)
+    low_resolution: bool = False
 
     @property
     def threshold(self) -> float:
@@ -68,7 +70,8 @@ def build_filters(refs: Sequence[FilterRef]) -> list[BuiltFilter]:
         except (TypeError, ValueError):
             wants = False
         component = {"plugin": spec.plugin, "distribution": spec.distribution, "version": spec.version}
-        built.append(BuiltFilter(spec.name, obj, opts.model_dump(mode="json"), component, wants))
+        built.append(BuiltFilter(spec.name, obj, opts.model_dump(mode="json"), component, wants,
+                                 getattr(obj, "low_resolution", False) is True))
     return built
 
 
@@ -87,6 +90,20 @@ def as_built(filters: Sequence[FilterRef | BuiltFilter]) -> list[BuiltFilter]:
     if all(isinstance(f, BuiltFilter) for f in filters):
         return list(filters)  # type: ignore[arg-type]
     return build_filters([(f[0], dict(f[1] or {})) for f in filters])  # type: ignore[index]
+
+
+def check_coords_only(filters: Sequence[BuiltFilter], coords_only: bool) -> None:
+    """``--coords-only`` scores tiles cut from the low-resolution view: refuse a filter that needs the
+    tiles' full pixels (one that does not declare ``low_resolution = True``), naming it."""
+    from clotclf_core.tiling.settings import TilingError
+
+    needs = [f.name for f in filters if not f.low_resolution] if coords_only else []
+    if needs:
+        raise TilingError(
+            f"--coords-only scores tiles from the slide's low-resolution view, but filter{'s' if len(needs) > 1 else ''} "
+            f"{', '.join(repr(n) for n in needs)} need{'' if len(needs) > 1 else 's'} the tiles' full pixels at tiling time; "
+            "drop --coords-only (pixels cached), or tile with filters that score low-resolution tiles (e.g. --filter otsu) "
+            "and apply the others after `embed`")
 
 
 def run_filters(

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-from clotclf_core.tiling.filters import BuiltFilter, run_filters
+from clotclf_core.tiling.filters import BuiltFilter, check_coords_only, run_filters
 from clotclf_core.tiling.grid import Grid, candidates, cell_fractions, plan_grid, rank_tiles, working_factor
-from clotclf_core.tiling.reading import Scan, raster_shape, scan_slide, windows
+from clotclf_core.tiling.levels import level_problems, mask_level, raster_shape, working_level
+from clotclf_core.tiling.reading import Scan, scan_slide, windows
 from clotclf_core.tiling.settings import MAX_BATCH_BYTES, MIN_SLIDE_SIDE, SlideSkip, TileSettings
+from clotclf_core.tiling.sparse import WorkingLevel, survey
 
 
 class TileSink(Protocol):
@@ -120,30 +122,73 @@ def geometry(slide: Any, settings: TileSettings) -> dict[str, Any]:
             "grid": grid, "raster": (rw, rh)}
 
 
+def read_slide(slide: Any, settings: TileSettings, geo: dict[str, Any], threads: int = 1, scratch_dir: str | None = None,
+               progress: Any = None) -> Scan:
+    """The slide's view, glass colour and tissue mask (and, for a scan, its working raster): from a
+    low pyramid level or the stored thumbnail (:func:`clotclf_core.tiling.sparse.survey`: then only
+    the tiles that need pixels are decoded), else by scanning the working level whole
+    (:func:`clotclf_core.tiling.reading.scan_slide`). ``settings.mask_from`` chooses."""
+    bg = (255, 255, 255) if settings.background == "white" else None
+    factor = geo["factor"]
+    if settings.mask_from == "thumbnail":
+        return survey(slide, factor, "thumbnail", None, settings.thumbnail_size, settings.tissue_method, bg, threads)
+    if settings.mask_from == "auto":
+        low = mask_level(slide, working_level(slide, factor)[0], settings.thumbnail_size)
+        if low is not None:
+            return survey(slide, factor, "level", low, settings.thumbnail_size, settings.tissue_method, bg, threads)
+    return scan_slide(slide, factor, settings.thumbnail_size, settings.tissue_method, settings.prescreen, bg, threads,
+                      scratch_dir, progress)
+
+
+def levels_note(slide: Any, level: int) -> str:
+    """What tiling says about pyramid levels it would not read (their size or aspect disagree with level 0)."""
+    bad = level_problems(slide)
+    if not bad:
+        return ""
+    return ("; ".join(bad.values()) + f": {'that level does' if len(bad) == 1 else 'those levels do'} not match level 0, "
+            f"so tiling did not use {'it' if len(bad) == 1 else 'them'} (it read level {level})")
+
+
 def tile_one(
-    slide: Any, settings: TileSettings, filters: list[BuiltFilter], sink: TileSink, threads: int = 1,
+    slide: Any, settings: TileSettings, filters: list[BuiltFilter], sink: TileSink | None, threads: int = 1,
     scratch_dir: str | None = None, progress: Any = None,
 ) -> SlideResult:
-    """Tile one open slide into ``sink``. Raises :class:`SlideSkip` for a slide that cannot be
-    tiled (too small, no usable mpp for ``tile_um``, a grid too large); a slide without tissue is a
-    result with status ``no_tissue``."""
+    """Tile one open slide into ``sink`` (None with ``settings.coords_only``: nothing is cut). Raises
+    :class:`SlideSkip` for a slide that cannot be tiled (too small, no usable mpp for ``tile_um``, a
+    grid too large, an absent or damaged stored thumbnail with ``mask_from: thumbnail``); a slide
+    without tissue is a result with status ``no_tissue``."""
     start = time.perf_counter()
+    check_coords_only(filters, settings.coords_only)
     geo = geometry(slide, settings)
     info: dict[str, Any] = {"width": geo["width"], "height": geo["height"], "mpp": geo["mpp"]}
     if getattr(slide, "mpp_note", ""):
         info["mpp_note"] = slide.mpp_note
-    scan = scan_slide(
-        slide, geo["factor"], settings.thumbnail_size, settings.tissue_method, settings.prescreen,
-        (255, 255, 255) if settings.background == "white" else None, threads, scratch_dir, progress,
-    )
+    scan = read_slide(slide, settings, geo, threads, scratch_dir, progress)
     try:
-        return _tile_scanned(scan, settings, filters, sink, geo, info, start)
+        note = levels_note(slide, scan.level)
+        if note:
+            info["levels_note"] = note
+        if settings.coords_only:
+            info["coords_only"] = True
+        return _tile_scanned(scan, settings, filters, sink, geo, info, start, lambda: WorkingLevel(slide, geo["factor"], threads))
     finally:
         scan.close()
 
 
-def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter], sink: TileSink, geo: dict[str, Any],
-                  info: dict[str, Any], start: float) -> SlideResult:
+def _mask_from(scan: Scan) -> str:
+    if scan.raster is not None:
+        return f"scan of level {scan.level} at 1/{scan.ratio}" + (
+            f", {scan.stats['decoded_segments']} of {scan.stats['segments']} TIFF tiles decoded (byte-count prescreen)"
+            if scan.stats.get("prescreen") == "used" else "")
+    text = scan.stats["mask_from"]
+    if scan.work is not None:
+        text += (f"; then {int(scan.work.decoded.sum())} of {scan.work.decoded.size} segments of level {scan.level} decoded "
+                 f"at 1/{scan.ratio} (those under the candidate tiles)")
+    return text
+
+
+def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter], sink: TileSink | None, geo: dict[str, Any],
+                  info: dict[str, Any], start: float, open_work: Any) -> SlideResult:
     grid: Grid = geo["grid"]
     f = scan.factor  # level-0 px per raster px
     S = settings.train_size
@@ -154,13 +199,11 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
         level0_px_per_pixel=round(px, 4), um_per_pixel=round(px * geo["mpp"], 4) if geo["mpp"] else None,
         tile_size_level0=side0, stride_level0=int(round(grid.stride * f)),
         grid={"cols": grid.cols, "rows": grid.rows, "x0": int(round(grid.x0 * f)), "y0": int(round(grid.y0 * f))},
-        mask_from=f"scan of level {scan.level} at 1/{scan.ratio}" + (
-            f", {scan.stats['decoded_segments']} of {scan.stats['segments']} TIFF tiles decoded (byte-count prescreen)"
-            if scan.stats.get("prescreen") == "used" else ""),
-        mask=scan.recipe.describe(), decoding=scan.stats,
-        mask_level0_px_per_pixel=round(f * scan.view_scale, 4),  # what one pixel of masks/<image_id>.png covers
+        mask_from=None, mask=scan.recipe.describe(), decoding=None,  # (in this order in tileset.json; set below)
+        # what one pixel of masks/<image_id>.png covers (the view is view_scales() raster pixels a pixel)
+        mask_level0_px_per_pixel=round(f * float(np.mean(scan.view_scales())), 4),
     )
-    info["decoded_fraction"] = round(float(scan.view_decoded.mean()), 4)
+    info["decoded_fraction"] = None
     info["tissue_fraction"] = round(float(scan.mask.mean()), 4)
     frac = cell_fractions(scan.mask, grid, geo["raster"])
     cells = candidates(frac, settings.min_tissue)
@@ -168,20 +211,40 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     result = SlideResult("done", "", info, view=scan.view, view_decoded=scan.view_decoded, mask=scan.mask)
     rejected = {fl.name: 0 for fl in filters}
     info["rejected"] = rejected
-    if not scan.mask.any():
-        return _no_tissue(result, sink, "the tissue mask is empty (blank or unreadable image?)", start)
-    if len(cells) == 0:
-        return _no_tissue(result, sink, f"no tile has at least {settings.min_tissue:.0%} of its area in the tissue mask", start)
+    empty = "the tissue mask is empty (blank or unreadable image?)" if not scan.mask.any() else (
+        f"no tile has at least {settings.min_tissue:.0%} of its area in the tissue mask" if len(cells) == 0 else "")
 
     xs, ys = grid.xs(), grid.ys()
+    by_row: dict[int, list[int]] = {}
+    for r, c in cells:
+        by_row.setdefault(int(r), []).append(int(c))
+    row_ids = sorted(by_row)
+    order = [(r, c) for r in row_ids for c in by_row[r]]
+    if settings.coords_only:  # scores from the low-resolution view: no pixel of the working level is needed
+        side = max(8, round(grid.tile / float(np.mean(scan.view_scales()))))
+        cuts = view_windows(scan, [(int(xs[c]), int(ys[r])) for r, c in order], grid.tile, side, bg)
+        tile_px = side
+    else:
+        if scan.raster is None:  # a survey: decode the working level under the candidates only, row by row
+            scan.work = open_work()
+            cuts = work_windows(scan.work, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
+        else:
+            cuts = windows(scan, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
+        tile_px = grid.tile
+    if settings.coords_only:
+        info["scores_from"] = f"the low-resolution view ({side} px a tile)"
+    if empty:
+        _describe_reading(scan, info)
+        return _no_tissue(result, sink, empty, start)
+
     kept_rank: list[tuple[float, float]] = []
     rows: list[dict[str, Any]] = []
     pending: list[tuple[int, int, float]] = []
-    buf = np.empty((settings.batch_size, grid.tile, grid.tile, 3), np.uint8)  # reused: no fresh pages per batch
+    buf = np.empty((settings.batch_size, tile_px, tile_px, 3), np.uint8)  # reused: no fresh pages per batch
 
     def flush() -> None:
         batch = buf[: len(pending)]
-        if grid.tile != S:
+        if grid.tile != S and not settings.coords_only:
             batch = _resize(batch, S)
         alive, scores, by = run_filters(filters, batch, bg)
         dark = darkness(batch, bg)
@@ -196,16 +259,10 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
                 row.update(row=-1, kept=False, rejected_by=filters[int(by[j])].name)
                 rejected[filters[int(by[j])].name] += 1
             rows.append(row)
-        if alive.any():
+        if alive.any() and sink is not None and not settings.coords_only:
             sink.add(batch if alive.all() else batch[alive])
         pending.clear()
 
-    by_row: dict[int, list[int]] = {}
-    for r, c in cells:
-        by_row.setdefault(int(r), []).append(int(c))
-    row_ids = sorted(by_row)
-    cuts = windows(scan, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
-    order = [(r, c) for r in row_ids for c in by_row[r]]
     for (r, c), (x, y, win) in zip(order, cuts):
         buf[len(pending)] = win
         pending.append((x, y, float(frac[r, c])))
@@ -213,6 +270,7 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
             flush()
     if pending:
         flush()
+    _describe_reading(scan, info)  # after the cutting: how much of the working level a survey decoded
 
     keep = None
     n_kept = len(kept_rank)
@@ -228,7 +286,7 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
                 else:
                     row.update(row=-1, kept=False, rejected_by="max_tiles")
         info["rejected_by_max_tiles"] = n_kept - settings.max_tiles
-    n = sink.finish(keep)
+    n = sink.finish(keep) if sink is not None and not settings.coords_only else sum(1 for row in rows if row["kept"])
     info["n_kept"] = n
     result.rows = rows
     names = [fl.name for fl in filters]
@@ -241,8 +299,48 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     return result
 
 
-def _no_tissue(result: SlideResult, sink: TileSink, reason: str, start: float) -> SlideResult:
-    sink.finish(None)
+def _describe_reading(scan: Scan, info: dict[str, Any]) -> None:
+    info["mask_from"] = _mask_from(scan)
+    info["decoding"] = {**scan.stats, **(scan.work.stats() if scan.work is not None else {})}
+    info["decoded_fraction"] = round(float(scan.view_decoded.mean()), 4) if scan.raster is not None else (
+        round(float(scan.work.decoded.mean()), 4) if scan.work is not None else 0.0)
+
+
+def work_windows(work: WorkingLevel, ys: list[int], xs_per_row: list[np.ndarray], tile: int,
+                 background: np.ndarray) -> Iterable[tuple[int, int, np.ndarray]]:
+    """:func:`clotclf_core.tiling.reading.windows` for a survey: each grid row's segments decoded
+    just before its tiles are cut, the segments above the next grid row let go."""
+    for i, (y, xs) in enumerate(zip(ys, xs_per_row)):
+        work.ensure((int(x), y, tile) for x in xs)
+        for x in xs:
+            yield int(x), y, work.window(int(x), y, tile, background)
+        work.release_above(ys[i + 1] if i + 1 < len(ys) else y + tile)
+
+
+def view_windows(scan: Scan, corners: list[tuple[int, int]], tile: int, side: int, background: np.ndarray) -> Iterable[tuple[int, int, np.ndarray]]:
+    """Coordinates-only tiling: each ``tile``-pixel square of the working raster at ``corners``
+    (top-left, raster px) cut from the low-resolution view instead (the view pixels whose centres lie
+    in it, the glass colour past the slide's edge), resized to ``side`` px. Yields ``(x, y, tile)``."""
+    import cv2
+
+    sx, sy = scan.view_scales()
+    view = scan.view
+    vh, vw = view.shape[:2]
+    for x, y in corners:
+        i0, i1 = int(np.ceil(x / sx - 0.5)), int(np.ceil((x + tile) / sx - 0.5))
+        j0, j1 = int(np.ceil(y / sy - 0.5)), int(np.ceil((y + tile) / sy - 0.5))
+        crop = np.empty((max(1, j1 - j0), max(1, i1 - i0), 3), np.uint8)
+        crop[:] = background
+        a0, a1, b0, b1 = max(0, i0), min(vw, i1), max(0, j0), min(vh, j1)
+        if a1 > a0 and b1 > b0:
+            crop[b0 - j0 : b1 - j0, a0 - i0 : a1 - i0] = view[b0:b1, a0:a1]
+        how = cv2.INTER_AREA if crop.shape[0] > side else cv2.INTER_LINEAR
+        yield x, y, cv2.resize(crop, (side, side), interpolation=how)
+
+
+def _no_tissue(result: SlideResult, sink: TileSink | None, reason: str, start: float) -> SlideResult:
+    if sink is not None:
+        sink.finish(None)
     result.status, result.reason = "no_tissue", reason
     result.info["n_kept"] = 0
     result.info["seconds"] = round(time.perf_counter() - start, 3)

@@ -96,4 +96,4 @@ def write_qc(path: Path, result: Any, filter_names: Sequence[str], title: str) -
     img = qc_image(result.view, result.view_decoded, result.mask, result.boxes,
                    (result.info.get("width") or 1, result.info.get("height") or 1), filter_names, title)
     with atomic_path(path, suffix=".png") as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", compress_level=1)  # a by-product: zlib level 1 (~5x faster than the default 6 here)

@@ -33,7 +33,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from clotclf_core.plugin.regions import GENERIC_BLOCK, LevelLayout, box_reduce_axis, reduce_block
+from clotclf_core.plugin.regions import LevelLayout, box_reduce_axis, reduce_block
+from clotclf_core.tiling.levels import level_layout, working_level
 from clotclf_core.tiling.raster import Raster
 
 
@@ -58,9 +59,23 @@ class Scan:
     mask: np.ndarray
     recipe: Any
     stats: dict[str, Any] = field(default_factory=dict)
+    #: (width, height) of the working raster (when ``raster`` is None: a survey, :mod:`clotclf_core.tiling.sparse`)
+    raster_size: tuple[int, int] | None = None
+    #: the :class:`clotclf_core.tiling.sparse.WorkingLevel` that decodes a survey's tiles on demand
+    work: Any = None
+
+    def view_scales(self) -> tuple[float, float]:
+        """Working-raster pixels per view pixel along x and y."""
+        if self.raster is not None:  # a scan's view: whole blocks of view_scale x view_scale raster pixels
+            return float(self.view_scale), float(self.view_scale)
+        (rw, rh), (vh, vw) = self.raster_size, self.view.shape[:2]
+        return rw / max(vw, 1), rh / max(vh, 1)
 
     def close(self) -> None:
-        self.raster.close()
+        if self.raster is not None:
+            self.raster.close()
+        if self.work is not None:
+            self.work.close()
 
 
 class _View:
@@ -120,19 +135,6 @@ class _View:
         """The view with never-decoded parts (zeros in the raster) filled with the glass colour."""
         fill = np.asarray(background, np.float32) * (1 - coverage[..., None])
         return np.clip(np.rint(self.raw + fill), 0, 255).astype(np.uint8)
-
-
-def working_level(slide: Any, factor: int) -> tuple[int, int]:
-    """(level, ratio): where to read a view at 1/``factor`` of level 0 (an integer reduction)."""
-    return choose_level(list(getattr(slide, "level_downsamples", [1.0])), factor)
-
-
-def raster_shape(slide: Any, factor: int) -> tuple[int, int]:
-    """(height, width) of the raster :func:`scan_slide` would make, without reading anything."""
-    level, ratio = working_level(slide, factor)
-    dims = list(getattr(slide, "level_dimensions", [tuple(slide.dimensions)]))
-    w, h = (int(v) for v in dims[level])
-    return h // ratio, w // ratio
 
 
 def _skip_plan(layout: LevelLayout) -> tuple[np.ndarray | None, dict[str, Any]]:
@@ -195,7 +197,7 @@ def scan_slide(
                 decoded = np.zeros((layout.rows, layout.cols), bool)
                 seg_w, seg_h = layout.seg_width // ratio, layout.seg_height // ratio
                 todo = [(r, c) for r in range(layout.rows) for c in range(layout.cols) if skip is None or not skip[r, c]]
-                _decode_into(layout, ratio, todo, raster, decoded, pool, progress, per_row=True)
+                decode_segments(layout, ratio, todo, raster, decoded, pool, progress, per_row=True)
             acc.update()
             bg = None if background is None else np.asarray(background, np.uint8).reshape(3)
             rounds = 0
@@ -216,7 +218,7 @@ def scan_slide(
                 if not more:
                     break
                 rounds += 1
-                _decode_into(layout, ratio, more, raster, decoded, pool, None, per_row=False)
+                decode_segments(layout, ratio, more, raster, decoded, pool, None, per_row=False)
                 for r in sorted({r for r, _ in more}):
                     acc.update(r * seg_h, (r + 1) * seg_h)
         recipe = type(recipe)(recipe.background, how, recipe.method, recipe.thresholds)
@@ -225,13 +227,13 @@ def scan_slide(
             level=level, ratio=ratio, raster=f"{rw} x {rh}", raster_on_disk=raster.on_disk,
         )
         return Scan(raster, ratio * layout.downsample, level, ratio, seg_w, seg_h, decoded, view, acc.scale,
-                    cov, mask, recipe, stats)
+                    cov, mask, recipe, stats, (rw, rh))
     except BaseException:
         raster.close()
         raise
 
 
-def _decode_into(
+def decode_segments(
     layout: LevelLayout, ratio: int, todo: list[tuple[int, int]], raster: Raster,
     decoded: np.ndarray, pool: ThreadPoolExecutor, progress: Any, per_row: bool,
 ) -> None:
@@ -326,9 +328,10 @@ def _neighbours_of_tissue(
 
 
 def windows(
-    scan: Scan, ys: Iterable[int], xs_per_row: Iterable[np.ndarray], tile: int, background: np.ndarray
+    scan: Any, ys: Iterable[int], xs_per_row: Iterable[np.ndarray], tile: int, background: np.ndarray
 ) -> Iterable[tuple[int, int, np.ndarray]]:
-    """Cut ``tile``-pixel squares from the raster: for each grid row top ``y`` (raster pixels,
+    """Cut ``tile``-pixel squares from ``scan.raster`` (a :class:`Scan`, or a
+    :class:`clotclf_core.tiling.sparse.WorkingLevel`): for each grid row top ``y`` (raster pixels,
     possibly negative), the squares at its ``xs``; outside the slide and over never-decoded
     segments the pixels are the glass colour. Yields ``(x, y, (tile, tile, 3) uint8)``; the array
     may be a view of a buffer that the next grid row reuses: copy it (the pipeline copies it into
@@ -363,35 +366,3 @@ def windows(
                             xa, xb = cc * sw - x, (cc + 1) * sw - x
                             win[max(0, ya) : max(0, yb), max(0, xa) : max(0, xb)] = bg
             yield x, y, win
-
-
-def level_layout(slide: Any, level: int = 0) -> LevelLayout:
-    """The :class:`LevelLayout` of ``level``: the Slide's own when it offers ``level_layout``,
-    else aligned :data:`GENERIC_BLOCK`-pixel blocks read through ``read_region``."""
-    own = getattr(slide, "level_layout", None)
-    if callable(own):
-        return own(level)
-    downsamples = list(getattr(slide, "level_downsamples", [1.0]))
-    dims = list(getattr(slide, "level_dimensions", [tuple(slide.dimensions)]))
-    ds = float(downsamples[level])
-    width, height = (int(v) for v in dims[level])
-    block = GENERIC_BLOCK
-
-    def read(row: int, col: int) -> np.ndarray:
-        x, y = col * block, row * block
-        w, h = min(block, width - x), min(block, height - y)
-        return np.asarray(slide.read_region(x * ds, y * ds, w * ds, h * ds, ds))[:h, :w, :3]
-
-    return LevelLayout(level, width, height, ds, block, block, read)
-
-
-def choose_level(level_downsamples: Iterable[float], factor: int) -> tuple[int, int]:
-    """``(level, ratio)``: the most reduced level from which a view at 1/``factor`` of level 0 is an
-    exact integer reduction by ``ratio`` (within 1 %: pyramids store 4.0003 for 4)."""
-    best = (0, int(factor))
-    for i, ds in enumerate(level_downsamples):
-        ratio = factor / float(ds)
-        whole = round(ratio)
-        if whole >= 1 and abs(ratio - whole) <= 0.01 * ratio and whole < best[1]:
-            best = (i, int(whole))
-    return best

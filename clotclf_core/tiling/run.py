@@ -18,7 +18,7 @@ import numpy as np
 
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.slides.open import SLIDE_SUFFIXES, slide_files
-from clotclf_core.tiling.filters import BuiltFilter, FilterRef, as_built, filters_for
+from clotclf_core.tiling.filters import BuiltFilter, FilterRef, as_built, check_coords_only, filters_for
 from clotclf_core.tiling.settings import TileSettings, TilingError
 from clotclf_core.tiling.summary import build_summary, per_slide_row
 
@@ -31,7 +31,8 @@ def tile_slide(
 ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
     """Tile one open Slide without writing anything.
 
-    Returns ``(pixels, rows, info)``: uint8 (n, S, S, 3) kept tiles at ``train_size``, one dict per
+    Returns ``(pixels, rows, info)``: uint8 (n, S, S, 3) kept tiles at ``train_size`` (None with
+    ``settings.coords_only``), one dict per
     kept tile (x, y, size, downsample, level0_px_per_pixel, tissue, darkness, score_<filter>...)
     and facts about the slide (``info["rejected_rows"]`` holds the rejected candidates). A slide
     without tissue gives zero tiles and ``info["status"] == "no_tissue"`` with the reason; a slide
@@ -47,7 +48,7 @@ def tile_slide(
     res.info.update(status=res.status, rejected_rows=[r for r in res.rows if not r["kept"]])
     if res.reason:
         res.info["reason"] = res.reason
-    return sink.pixels, kept, res.info
+    return (None if settings.coords_only else sink.pixels), kept, res.info
 
 
 def _components(built: list[BuiltFilter], source: str | None) -> dict[str, Any]:
@@ -134,6 +135,7 @@ def tile_slides(
 
     refs = [(str(n), dict(o or {})) for n, o in filters]
     built = filters_for(refs)
+    check_coords_only(built, settings.coords_only)  # before anything is written
     recorded = {**settings.record(), "filters": [b.describe() for b in built], "source": source or "auto"}
     records = df.to_dict("records")
     listed = {rec["image_id"]: {c: rec.get(c, "") for c in MANIFEST_COLUMNS} for rec in records}
@@ -195,8 +197,7 @@ def tile_slides(
             for k, v in (info.get("rejected") or {}).items():
                 rejected[k] = rejected.get(k, 0) + v
             per_slide.append(per_slide_row(image_id, res["status"], info, res["reason"]))
-            if info.get("mpp_note"):
-                notes.append(f"{image_id}: {info['mpp_note']}")
+            notes.extend(f"{image_id}: {info[k]}" for k in ("mpp_note", "levels_note") if info.get(k))
             finished.append(image_id)
             overall.update()
 

@@ -26,6 +26,10 @@ MAX_GRID_CELLS = 10_000_000
 MAX_BATCH_BYTES = 512 * 2**20
 
 
+#: settings added after TileSet format 2 was fixed, with the default that leaves a record unchanged
+LATER_FIELDS: dict[str, Any] = {"mask_from": "auto", "coords_only": False}
+
+
 class TilingError(ClotclfError):
     """Tiling cannot start (bad folder, no slides, unreachable cluster, nothing could be tiled)."""
 
@@ -75,6 +79,16 @@ class TileSettings(StrictModel):
     )
     background: Literal["slide", "white"] = Field(
         "slide", description="glass colour for the tissue mask, padding and filters: estimated per slide, or white (clotclf 0.1)"
+    )
+    mask_from: Literal["auto", "scan", "thumbnail"] = Field(
+        "auto",
+        description="where the tissue mask comes from: auto (a pyramid's low level when it has one, then only the tiles under "
+        "tissue are decoded; else the scan), scan (the working level decoded whole), thumbnail (the thumbnail the slide stores)",
+    )
+    coords_only: bool = Field(
+        False,
+        description="grid, mask, scores (from the low-resolution view) and QC picture, no pixel cache: embed / predict read "
+        "the tiles from the slides later; every filter must score low-resolution tiles (otsu does)",
     )
 
     @model_validator(mode="after")
@@ -137,5 +151,13 @@ class TileSettings(StrictModel):
         return max(size0, 1.0), max(stride0, 1.0)
 
     def record(self) -> dict[str, Any]:
-        """What ``tileset.json`` records under ``settings`` (with the filters and source added)."""
-        return self.model_dump(mode="json")
+        """What ``tileset.json`` records under ``settings`` (with the filters and source added).
+
+        The fields added in clotclf 0.2 (:data:`LATER_FIELDS`) are recorded only when they differ from
+        their defaults, so that a TileSet cut at the defaults keeps the record (and is resumed) as
+        before them; :meth:`from_recorded` gives the defaults back."""
+        values = self.model_dump(mode="json")
+        for name, default in LATER_FIELDS.items():
+            if values.get(name) == default:
+                values.pop(name)
+        return values

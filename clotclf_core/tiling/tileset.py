@@ -156,12 +156,13 @@ def slide_problem(root: Path, image_id: str, rec: Mapping[str, Any], tile_pixels
     pix = root / "pixels" / f"{image_id}.npy"
     if n == 0:
         return (None if len(kept) == 0 else f"index/{image_id}.csv lists {len(kept)} kept tiles but none are recorded"), shard
-    problem = npy_problem(pix, np.uint8, (n, tile_pixels, tile_pixels, 3))
+    problem = None if rec.get("coords_only") else npy_problem(pix, np.uint8, (n, tile_pixels, tile_pixels, 3))
     if problem:
         return f"pixels/{image_id}.npy: {problem}", shard
     rows = kept["row"].astype(int)
     if len(kept) != n or (len(rows) and (rows.min() < 0 or rows.max() >= n or rows.nunique() != n)):
-        return f"pixels/{image_id}.npy holds {n} tiles but index/{image_id}.csv lists {len(kept)} kept", shard
+        held = f"tileset.json records {n} tiles" if rec.get("coords_only") else f"pixels/{image_id}.npy holds {n} tiles"
+        return f"{held} but index/{image_id}.csv lists {len(kept)} kept", shard
     return None, shard
 
 
@@ -209,11 +210,13 @@ class TileSet:
     ``rejected``: the candidates that were not kept, with their scores and ``rejected_by``.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, slides_dir: str | Path | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise TileSetError(f"TileSet folder '{self.root}' does not exist; make one with `clotclf tile`")
         self.meta = read_tileset_meta(self.root)
+        #: coordinates-only TileSets: the folder their slides are in now (default: the paths they recorded)
+        self.slides_dir = Path(slides_dir) if slides_dir is not None else None
         self._arrays: dict[str, np.ndarray] = {}
         self._rejected = None
         done = [k for k, v in self.slides.items() if v.get("status") == "done"]
@@ -237,7 +240,8 @@ class TileSet:
         for image_id in sorted(done):
             rows = int(n_rows.get(image_id, 0))
             n = int(self.slides[image_id].get("n_tiles", rows))
-            problem = npy_problem(self.root / "pixels" / f"{image_id}.npy", np.uint8, (n, self.tile_size, self.tile_size, 3))
+            problem = None if self.slides[image_id].get("coords_only") else npy_problem(
+                self.root / "pixels" / f"{image_id}.npy", np.uint8, (n, self.tile_size, self.tile_size, 3))
             if problem is None and rows != n:
                 problem = f"holds {n} tiles but tiles.csv lists {rows}"
             elif problem is None and rows and not 0 <= int(max_row.get(image_id, -1)) < n:
@@ -290,9 +294,19 @@ class TileSet:
     def slides(self) -> dict[str, dict[str, Any]]:
         return self.meta.get("slides", {})
 
+    @property
+    def coords_only(self) -> bool:
+        """Tiled with ``--coords-only``: no pixel cache; tiles are read from the slides
+        (:mod:`clotclf_core.tiling.fill`)."""
+        return bool(self.settings.get("coords_only"))
+
     def pixels(self, image_id: str) -> np.ndarray:
         """The memory-mapped uint8 (n, S, S, 3) array of one slide's kept tiles."""
         arr = self._arrays.get(image_id)
+        if arr is None and (self.coords_only or self.slides.get(image_id, {}).get("coords_only")):
+            raise TileSetError(
+                f"TileSet '{self.root}' was tiled with --coords-only: it caches no pixels; `clotclf embed` and `predict` read "
+                f"slide '{image_id}' itself (clotclf_core.tiling.fill), or tile again without --coords-only")
         if arr is None:
             path = self.root / "pixels" / f"{image_id}.npy"
             if not path.is_file():

@@ -91,14 +91,24 @@ class OpenSlideSlide(RegionSlide):
     def best_level(self, downsample: float) -> int:
         return int(self._osr.get_best_level_for_downsample(downsample))
 
-    def _layout_block(self, level: int) -> int:
-        """A multiple of OpenSlide's own tile side (about :data:`GENERIC_BLOCK` pixels), so that
+    def stored_thumbnail(self) -> np.ndarray | None:
+        """The thumbnail the file stores (OpenSlide's ``thumbnail`` associated image), RGB; None when it
+        has none. :class:`SlideReadError` when it is there but cannot be decoded."""
+        try:
+            if "thumbnail" not in self._osr.associated_images:
+                return None
+            return to_rgb(np.asarray(self._osr.associated_images["thumbnail"]))
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            raise SlideReadError(f"OpenSlide could not read the stored thumbnail of slide '{self.path}' ({exc})") from None
+
+    def _layout_block(self, level: int, near: int = GENERIC_BLOCK) -> int:
+        """A multiple of OpenSlide's own tile side (about ``near`` pixels, at least one tile), so that
         tiling decodes each stored tile once."""
         try:
             tile = int(self._osr.properties.get(f"openslide.level[{level}].tile-width", 0)) or GENERIC_BLOCK
         except ValueError:
             tile = GENERIC_BLOCK
-        return max(1, GENERIC_BLOCK // tile) * tile if tile % 16 == 0 else GENERIC_BLOCK
+        return max(1, near // tile) * tile if tile % 16 == 0 else GENERIC_BLOCK
 
     def _close(self) -> None:
         self._osr.close()

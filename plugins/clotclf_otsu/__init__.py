@@ -23,7 +23,10 @@ from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 
 class OtsuOptions(Options):
-    threshold: float = Field(0.30, ge=0.0, le=1.0, description="keep a tile when at least this share of it is tissue")
+    threshold: float = Field(
+        0.10, ge=0.0, le=1.0,
+        description="keep a tile when at least this share of it is tissue (0.10, the mask's min_tissue: no edge tissue lost; clotclf 0.1 and the published STRIP AI code: 0.30)",
+    )
     channel: Literal["grey", "saturation"] = Field(
         "grey", description="what Otsu splits: grey level (tissue = darker) or HSV saturation (tissue = more saturated)"
     )

@@ -53,6 +53,9 @@ def otsu_from_histograms(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 class OtsuFilter:
     """PatchFilter: ``score(tiles)`` = tissue fraction per tile; kept when >= ``threshold``."""
 
+    #: a share of tissue pixels means the same on a low-resolution view of a tile (``clotclf tile --coords-only``)
+    low_resolution = True
+
     def __init__(self, opts):
         self.opts = opts
         self.threshold = float(opts.threshold)

@@ -325,6 +325,21 @@ class TifffileSlide(RegionSlide):
         return LevelLayout(level, width, height, self.level_downsamples[level], seg_w, seg_h, read,
                            counts.counts if tiled else None)
 
+    def stored_thumbnail(self) -> np.ndarray | None:
+        """The thumbnail the file stores (the series tifffile names ``Thumbnail``: an Aperio SVS's
+        second page), RGB; None when it has none. :class:`SlideReadError` when it cannot be decoded."""
+        try:
+            series = next((s for s in self._tif.series if str(getattr(s, "name", "")).lower() == "thumbnail"), None)
+            if series is None:
+                return None
+            with self._lock:
+                return to_rgb(np.asarray(series.asarray()))
+        except SlideReadError:
+            raise
+        except Exception as exc:  # a damaged page: tifffile's / the codec's own errors
+            raise SlideReadError(
+                f"the stored thumbnail of slide '{self.path}' could not be decoded ({type(exc).__name__}: {exc})") from None
+
     def tile_byte_counts(self, level: int = 0) -> TileByteCounts:
         """Compressed size of every tile (or strip) of ``level``, read from the header only."""
         self._check_level(level)
