@@ -236,6 +236,37 @@ def test_coords_only_embed_reads_the_slides_where_they_are_now(pyramids, tmp_pat
         embed_tileset(tmp_path / "ts", tmp_path / "f2", "timm", dict(TINY_TIMM), slides_dir=tmp_path / "other", **kw)
 
 
+def test_coords_only_embeds_stain_normalised_in_workers_as_in_process(pyramids, tmp_path):
+    """A coordinates-only TileSet with --stain-normalise: the slide's stain is estimated on tiles read
+    from the slide; worker processes (--devices) give the in-process store, byte for byte."""
+    from clotclf_core.features.embed import embed_tileset
+    from clotclf_core.features.store import FeatureStore
+    from tilesets import TINY_TIMM
+
+    tile_slides(pyramids["pages"].parent, tmp_path / "ts", settings=SETTINGS.model_copy(update={"coords_only": True}),
+                progress=False)
+    kw = {"progress": False, "device": "cpu", "batch_size": 4, "stain_normalise": "macenko"}
+    one = embed_tileset(tmp_path / "ts", tmp_path / "one", "timm", dict(TINY_TIMM), **kw)
+    two = embed_tileset(tmp_path / "ts", tmp_path / "two", "timm", dict(TINY_TIMM), devices=["cpu", "cpu"], **kw)
+    plain = embed_tileset(tmp_path / "ts", tmp_path / "plain", "timm", dict(TINY_TIMM), progress=False, device="cpu",
+                          batch_size=4)
+    a, b, c = (FeatureStore(tmp_path / n) for n in ("one", "two", "plain"))
+    assert one["embedded"] == two["embedded"] == 1 and one["stain_unfitted"] == two["stain_unfitted"] == []
+    assert np.array_equal(a.features("p"), b.features("p"))
+    assert not np.array_equal(a.features("p"), c.features("p"))  # the normalisation was applied
+    # the torch Dataset (training, predict) normalises a coordinates-only slide's tiles the same way
+    from clotclf_core.tiling.dataset import TileDataset
+    from clotclf_core.tiling.fill import SlideBatches
+    from clotclf_core.tiling.stain import parse_stain_normalise
+
+    ts = TileSet(tmp_path / "ts")
+    target = parse_stain_normalise("macenko")
+    first = next(iter(SlideBatches(ts, "p", 1, target)))[1][0]
+    ds = TileDataset(ts, range(len(ts)), ["CE", "LAA"], stain=target.record())
+    row0 = int(np.flatnonzero(ts.index["row"].to_numpy() == 0)[0])
+    assert np.array_equal(np.asarray(ds[row0][0]).transpose(1, 2, 0), first)
+
+
 class _NeedsPixels:
     threshold = 0.5
 
