@@ -43,7 +43,6 @@ from clotclf_core.features.store import (
     SLIDES_DIR,
     FeatureStore,
     FeatureStoreError,
-    describe_encoder,
     encoder_identity,
     matrix_file,
     read_rows,
@@ -51,6 +50,7 @@ from clotclf_core.features.store import (
     rows_fingerprint,
     tileset_fingerprint,
 )
+from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.errors import ClotclfError, Interrupted, warn
 from clotclf_core.plugin.io import write_json, write_text
 from clotclf_core.progress import bar

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clotclf_core.features.store import describe_encoder
 from clotclf_core.models.backbones import backbone_spec
+from clotclf_core.models.config import describe_encoder
 from clotclf_core.models.inputs import InputSpec, input_spec, to_input
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.encoders import EncoderInfo, encoder_info

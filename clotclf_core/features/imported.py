@@ -45,13 +45,13 @@ from clotclf_core.features.store import (
     META_NAME,
     SLIDES_DIR,
     FeatureStoreError,
-    describe_encoder,
     encoder_identity,
     read_store_meta,
     rows_fingerprint,
     tileset_fingerprint,
 )
 from clotclf_core.inputs import check_folder
+from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.io import atomic_path, write_json, write_text
 from clotclf_core.progress import bar
 from clotclf_core.tiling.tileset import npy_problem

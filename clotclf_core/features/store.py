@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
+from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.tiling.tileset import npy_problem
 
@@ -76,24 +77,6 @@ def rows_fingerprint(rows: "pd.DataFrame") -> str:
 
 def encoder_identity(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in ENCODER_IDENTITY}
-
-
-def describe_encoder(record: dict[str, Any]) -> str:
-    """``timm(model=convnext_atto) [weights sha256 1a2b3c4d…, 224 px, mean (0.485, …)]`` — one line."""
-    imported = record.get("imported")
-    if isinstance(imported, dict):
-        digest = f"weights sha256 {str(record['weights_sha256'])[:12]}…" if record.get("weights_sha256") else "weights unknown"
-        return (f"{record.get('backbone')} [imported from {imported.get('format', '?')} .h5 files, {digest}, "
-                f"{record.get('input_size')} px patches]")
-    opts = record.get("options") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and k != "img_size" and not isinstance(v, dict))
-    if record.get("hub_commit"):
-        shown += f" @ commit {str(record['hub_commit'])[:12]}"
-    digest = str(record.get("weights_sha256") or "?")[:12]
-    mean = ", ".join(f"{v:g}" for v in record.get("mean") or [])
-    stain = record.get("stain_normalise")
-    stain = f", {stain.get('method')} stain normalisation" if isinstance(stain, dict) else ""
-    return f"{record.get('backbone')}({shown}) [weights sha256 {digest}…, {record.get('input_size')} px, mean ({mean}){stain}]"
 
 
 def check_encoder(store: "FeatureStore", expected: dict[str, Any], what: str = "the run") -> None:

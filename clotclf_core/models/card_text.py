@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clotclf_core.models.card_facts import HELD_OUT, VAL_TITLE, number, validation_levels
+from clotclf_core.models.config import describe_encoder
 
 #: rows of the results tables
 RESULT_ROWS = [
@@ -238,9 +239,6 @@ def _component_rows(model: dict[str, Any]) -> list[list[str]]:
     rows = []
     encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else None
     if encoder is not None:
-        # as before the split: an arrow up to features (issue 14); inside the function, only MIL cards need it
-        from clotclf_core.features.store import describe_encoder
-
         rows.append(["encoder (frozen; its weights are not part of this model)", f"`{describe_encoder(encoder)}`"])
         names = encoder.get("feature_names")
         if isinstance(names, list) and names:  # an encoder that names its features (plugin API 2.1)

@@ -95,6 +95,25 @@ class EncoderRecord(BaseModel):
         return self
 
 
+def describe_encoder(record: dict[str, Any]) -> str:
+    """An encoder record (:class:`EncoderRecord`, ``features.json``'s ``encoder``) in one line:
+    ``timm(model=convnext_atto) [weights sha256 1a2b3c4d…, 224 px, mean (0.485, …)]``."""
+    imported = record.get("imported")
+    if isinstance(imported, dict):
+        digest = f"weights sha256 {str(record['weights_sha256'])[:12]}…" if record.get("weights_sha256") else "weights unknown"
+        return (f"{record.get('backbone')} [imported from {imported.get('format', '?')} .h5 files, {digest}, "
+                f"{record.get('input_size')} px patches]")
+    opts = record.get("options") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and k != "img_size" and not isinstance(v, dict))
+    if record.get("hub_commit"):
+        shown += f" @ commit {str(record['hub_commit'])[:12]}"
+    digest = str(record.get("weights_sha256") or "?")[:12]
+    mean = ", ".join(f"{v:g}" for v in record.get("mean") or [])
+    stain = record.get("stain_normalise")
+    stain = f", {stain.get('method')} stain normalisation" if isinstance(stain, dict) else ""
+    return f"{record.get('backbone')}({shown}) [weights sha256 {digest}…, {record.get('input_size')} px, mean ({mean}){stain}]"
+
+
 class ModelConfig(StrictModel):
     """Everything needed to rebuild a saved model (``config.json``'s ``model``).
 
