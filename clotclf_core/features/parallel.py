@@ -152,7 +152,7 @@ def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFra
                      encoder: "Encoder", *, batch_size: int, device: str, workers: int, devices: list[str] | None,
                      dask: str | None, progress: bool, out: str | Path, kept: int) -> tuple[list[str], str, list[str]]:
     """Embed the slides ``todo`` in workers, committing each as it finishes through ``writer`` (the
-    :class:`~clotclf_core.features.embed.FeatureStoreWriter`); ``(embedded, where, unfitted)``:
+    :class:`~clotclf_core.features.writer.FeatureStoreWriter`); ``(embedded, where, unfitted)``:
     ``unfitted``, the slides whose stain could not be estimated (``--stain-normalise``), as a serial run says."""
     from clotclf_core.progress import bar
     from clotclf_core.tiling.execution import DaskCluster

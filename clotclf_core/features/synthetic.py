@@ -24,7 +24,7 @@ LAA, a fifth of them have two slides, and the manifest is marked synthetic: noth
 these numbers says anything about real clots.
 
 Here rather than in :mod:`clotclf_core.demo` (the synthetic slide cohorts) because it writes the
-feature store format through :class:`clotclf_core.features.embed.FeatureStoreWriter` (imports torch).
+feature store format through :class:`clotclf_core.features.writer.FeatureStoreWriter` (imports torch).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from clotclf_core.features.embed import FeatureStoreWriter
 from clotclf_core.features.store import tileset_fingerprint
+from clotclf_core.features.writer import FeatureStoreWriter
 from clotclf_core.plugin.errors import ClotclfError
 
 #: what the store records as its encoder (not a plugin: these features were never embedded)
