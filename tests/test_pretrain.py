@@ -156,4 +156,4 @@ def test_pretrain_command(tiles, tmp_path):
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["embed", "--tiles", str(tiles), "--backbone", f"run:{tmp_path / 'nothing'}", "--out",
                                    str(tmp_path / "f2")])
-    assert res.exit_code == 2 and "is neither a run directory nor a name" in res.output
+    assert res.exit_code == 2 and "is not a run directory" in res.output and "never as a registry name" in res.output

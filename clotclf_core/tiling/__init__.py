@@ -16,7 +16,8 @@ Modules, one concern each:
 - :mod:`.tileset` — the TileSet reader (and the .npy check the feature store shares);
 - :mod:`.writer` — the TileSet writer (pixel files streamed, index shards, tileset.json);
 - :mod:`.patchset` — ``clotclf export-patches``: a tissue / background patch set;
-- :mod:`.dataset` — a torch Dataset over a TileSet.
+- :mod:`.dataset` — a torch Dataset over a TileSet;
+- :mod:`.stain` — per-slide stain normalisation (Macenko, Reinhard) and HED jitter, applied by datasets and ``embed``.
 
 See docs/data-formats.md (TileSet, geometry) and docs/performance.md (tiling).
 """
