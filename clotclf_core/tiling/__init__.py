@@ -6,6 +6,9 @@ Modules, one concern each:
 - :mod:`.settings` — :class:`TileSettings` (the geometry and its defaults) and the errors;
 - :mod:`.filters` — filter plugins built once and run in order on batches;
 - :mod:`.reading` — decode every stored segment at most once into a working-resolution raster;
+- :mod:`.levels` — which levels tiling reads (working level, mask level or stored thumbnail), and whether a pyramid's levels can be trusted;
+- :mod:`.sparse` — reading a pyramid only where tissue is (mask from a low level, then the segments under the tiles);
+- :mod:`.fill` — the tiles of a coordinates-only TileSet read from its slides; one reader of a slide's tiles (cache or slide);
 - :mod:`.raster` — that raster, in memory or in a temporary file;
 - :mod:`.grid` — working resolution, padded / centred grid, candidates, ``max_tiles`` ranking;
 - :mod:`.pipeline` — one slide: scan, grid, cut, filter, stream into a sink;

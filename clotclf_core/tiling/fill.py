@@ -2,7 +2,8 @@
 
 Such a TileSet has the grid, the mask, the scores and the QC pictures, but no pixel cache: whoever
 needs pixels (``clotclf embed``, ``clotclf predict``, :class:`clotclf_core.tiling.dataset.TileDataset`)
-reads them here (:class:`SlideBatches` reads cached and coordinates-only TileSets alike), from the slide file the TileSet recorded (or the same file name in another folder:
+reads them here (:class:`SlideBatches` reads cached and coordinates-only TileSets alike), from the
+slide file the TileSet recorded (or the same file name in another folder:
 ``slides_dir``), checked against the fingerprint recorded when it was tiled.
 
 :class:`SlideTiles` reads a slide's tiles as tiling would have cut them: the working level's segments
