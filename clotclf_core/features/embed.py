@@ -51,7 +51,7 @@ from clotclf_core.features.store import (
     tileset_fingerprint,
 )
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
-from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.plugin.io import atomic_path, write_csv, write_json
 from clotclf_core.progress import bar
 from clotclf_core.tiling.tileset import TileSet, npy_problem
 
@@ -159,7 +159,7 @@ class FeatureStoreWriter:
                 stored = read_rows(self._path(image_id, ".csv"))[cols].astype(str).reset_index(drop=True)
                 if not stored.equals(rows[cols].astype(str).reset_index(drop=True)):  # manifest changed, tiles did not
                     old = {c: entry.get(c, "") for c in cols}
-                    write_text(self._path(image_id, ".csv"), rows.to_csv(index=False))
+                    write_csv(self._path(image_id, ".csv"), rows)
                     entry.update(want)
                     plan["relabelled"][image_id] = ", ".join(f"{c} {old[c]!r} -> {want[c]!r}" for c in cols if old[c] != want[c]) or "rows"
                 plan["kept"].append(image_id)
@@ -191,7 +191,7 @@ class FeatureStoreWriter:
                 out.flush()
             finally:
                 del out
-        write_text(self._path(image_id, ".csv"), rows.to_csv(index=False))
+        write_csv(self._path(image_id, ".csv"), rows)
         self.meta["slides"][image_id] = {"status": "done", "n_tiles": int(n), "tiles_sha256": rows_fingerprint(rows),
                                          **{c: str(rows[c].iloc[0]) for c in MANIFEST_COLUMNS}}
         self._write_meta()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import csv_unescape_frame
 from clotclf_core.tiling.tileset import npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,7 +160,8 @@ def read_store_meta(root: Path) -> dict[str, Any]:
 def read_rows(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
-    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str}, keep_default_na=False)
+    rows = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str}, keep_default_na=False)
+    return csv_unescape_frame(rows)  # (written through plugin.io.write_csv)
 
 
 class FeatureStore:

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
+from clotclf_core.plugin.io import csv_text as to_csv_text
 from clotclf_core.plugin.io import write_guard, write_json, write_text
 from clotclf_core.predict.ensemble import LoadedModel, MemberScores, PredictError, load_models, score_member
 from clotclf_core.predict.submission import NO_TILE_NOTE, job_of, round_rows
@@ -235,7 +236,7 @@ def predict(
         res = _label_metrics(slides, patients, labels, pcols, missing)
         summary["metrics"] = {lvl: {k: res[lvl].get(k) for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss")}
                               for lvl in ("slide", "patient") if lvl in res}
-    csv_text, sub_text = table.to_csv(index=False), sub.to_csv(index=False, float_format="%.6f")
+    csv_text, sub_text = to_csv_text(table), to_csv_text(sub, float_format="%.6f")
     with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + 200_000 * len(slides)):
         written = _heatmaps(member_scores, labels, out / "heatmaps", slides_dir) if heatmaps and member_scores else []
         write_text(out / "predictions.csv", csv_text)

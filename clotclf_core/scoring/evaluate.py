@@ -33,6 +33,7 @@ from clotclf_core.models.runs import read_config, resolve_run_dir
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import csv_text as to_csv_text
 from clotclf_core.plugin.io import staged_dir, write_guard, write_text
 from clotclf_core.scoring import metrics, plots
 from clotclf_core.scoring.headline import headline
@@ -298,7 +299,7 @@ def _evaluate(run_dir: Path, config: dict[str, Any], model, ts, where: str, out_
     }
     table = predictions_frame(df, probs, labels)
     table.insert(0, "group", df["group"].to_numpy())
-    csv_text, json_text = table.to_csv(index=False), json.dumps(report, indent=2, default=str) + "\n"
+    csv_text, json_text = to_csv_text(table), json.dumps(report, indent=2, default=str) + "\n"
     needed = len(csv_text) + len(json_text) + 150_000 * 3 * len(groups)  # a picture is a few tens of kB
     with write_guard("the evaluation results", out_dir, needed):
         with staged_dir(out_dir) as tmp:  # all files or none: a failure half-way leaves no partial output

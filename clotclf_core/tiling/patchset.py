@@ -37,7 +37,7 @@ import numpy as np
 
 from clotclf_core import __version__
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.plugin.io import atomic_path, csv_rows_text, write_json, write_text
 
 LABELS = ("tissue", "background")
 
@@ -92,14 +92,7 @@ def labelled_cells(mask: np.ndarray, dims: tuple[int, int], side: int, min_tissu
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_rows_text(rows, list(rows[0]))
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:
