@@ -147,12 +147,19 @@ def csv_unescape(value: Any) -> Any:
     return value
 
 
+def _text_column(column: Any) -> bool:
+    """Whether a pandas column may hold text (object, pandas 3's ``str``, ``string``, ``category``)."""
+    from pandas.api import types
+
+    return types.is_object_dtype(column) or types.is_string_dtype(column) or isinstance(column.dtype, types.CategoricalDtype)
+
+
 def csv_safe_frame(df: Any) -> Any:
     """A copy of a pandas DataFrame with :func:`csv_safe` applied to its text cells (and its column
     names); numeric columns are untouched."""
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype == object or str(out[col].dtype) in ("string", "category"):
+        if _text_column(out[col]):
             out[col] = out[col].map(csv_safe)
     out.columns = [csv_safe(c) for c in out.columns]
     return out
@@ -161,7 +168,7 @@ def csv_safe_frame(df: Any) -> Any:
 def csv_unescape_frame(df: Any) -> Any:
     """The inverse of :func:`csv_safe_frame`, in place (returns ``df``): for reading back a CSV clotclf wrote."""
     for col in df.columns:
-        if df[col].dtype == object:
+        if _text_column(df[col]):
             df[col] = df[col].map(csv_unescape)
     df.columns = [csv_unescape(c) for c in df.columns]
     return df
