@@ -37,6 +37,7 @@ import numpy as np
 from clotclf_core.inputs import check_folder
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import csv_unescape_frame
+from clotclf_core.tiling.arrays import MappedArrays
 
 FORMAT = "clotclf-tileset"
 FORMAT_VERSION = 2
@@ -264,7 +265,7 @@ class TileSet:
         if not self.root.is_dir():
             raise TileSetError(f"TileSet folder '{self.root}' does not exist; make one with `clotclf tile`")
         self.meta = read_tileset_meta(self.root)
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays = MappedArrays()  # (a bounded number of memory maps: one file descriptor each)
         self._rejected = None
         done = [k for k, v in self.slides.items() if v.get("status") == "done"]
         if self.meta.get("format_version") == 1:
@@ -342,19 +343,17 @@ class TileSet:
 
     def pixels(self, image_id: str) -> np.ndarray:
         """The memory-mapped uint8 (n, S, S, 3) array of one slide's kept tiles."""
-        arr = self._arrays.get(image_id)
-        if arr is None:
-            path = self.root / "pixels" / f"{image_id}.npy"
-            if not path.is_file():
-                raise TileSetError(f"TileSet '{self.root}' lacks {path}; " + _fix_hint(self.root))
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise TileSetError(
-                    f"TileSet '{self.root}': {path} is truncated or unreadable ({type(exc).__name__}: {exc}); " + _fix_hint(self.root)
-                ) from None
-            self._arrays[image_id] = arr
-        return arr
+        path = self.root / "pixels" / f"{image_id}.npy"
+        try:
+            return self._arrays.get(image_id, path)
+        except FileNotFoundError:
+            raise TileSetError(f"TileSet '{self.root}' lacks {path}; " + _fix_hint(self.root)) from None
+        except (ValueError, OSError, EOFError) as exc:
+            if isinstance(exc, OSError):
+                raise_if_out_of_files(exc)  # (never blamed on the data)
+            raise TileSetError(
+                f"TileSet '{self.root}': {path} is truncated or unreadable ({type(exc).__name__}: {exc}); " + _fix_hint(self.root)
+            ) from None
 
     def tile(self, i: int) -> np.ndarray:
         """Pixels of row ``i`` of the index, (S, S, 3) uint8."""
@@ -384,7 +383,7 @@ class TileSet:
 
     def __getstate__(self):  # DataLoader workers re-open the memory maps themselves
         state = self.__dict__.copy()
-        state["_arrays"] = {}
+        state["_arrays"] = MappedArrays()
         return state
 
 
