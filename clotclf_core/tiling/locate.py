@@ -78,8 +78,13 @@ def missing_summary(out: Path, missing: list[str], folder: Any) -> dict[str, Any
     return {"count": len(missing), "first": missing[:SHOWN], "why": shorten(why, 400), "list": str(Path(out) / MISSING_LIST)}
 
 
-def shorten(text: str, limit: int = 300) -> str:
-    """``text`` on one line of at most ``limit`` characters."""
+def shorten(text: str, limit: int = 400) -> str:
+    """``text`` on one line of at most ``limit`` characters; a longer one keeps its start and its end
+    (where a message says the fix), with "…" between."""
     from clotclf_core.plugin.errors import printable
 
-    return printable(" ".join(str(text).split()), limit)
+    flat = printable(" ".join(str(text).split()), 10 * limit)
+    if len(flat) <= limit:
+        return flat
+    tail = limit * 2 // 5
+    return flat[: limit - tail - 3] + " … " + flat[-tail:]

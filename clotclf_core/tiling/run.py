@@ -181,7 +181,7 @@ def tile_slides(
         except OSError as exc:
             raise _output_failure(exc, out) from None
         jobs = [
-            {"image_id": rec["image_id"], "path": str(Path(rec["path"]).resolve()),
+            {"image_id": rec["image_id"], "path": os.path.realpath(rec["path"]),  # (realpath: a link loop is the guard's to name)
              "folder": str(slides_dir.resolve()), "source": source,
              "settings": settings.model_dump(), "filters": refs, "out": str(out.resolve()), "threads": threads,
              "scratch": scratch_dir, "qc": True, "trust_declared_size": trust_declared_size}
