@@ -148,6 +148,29 @@ def test_reusing_out_scores_only_this_jobs_slides(tmp_path, slides, runs):
     assert summary["n_slides"] == 1
     assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["b"]  # STRIP AI <patient>_<n>
     assert [Path(h).name for h in summary["heatmaps"]] == ["b_0.png"]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["b_0.png"]  # the first run's a_0.png is gone
+
+
+def test_a_killed_run_in_a_reused_out_leaves_no_earlier_result_looking_current(tmp_path, slides, runs, monkeypatch):
+    """And a patient id starting with '=' is text in submission.csv (a spreadsheet would run it)."""
+    from clotclf_core.predict import run as predict_run
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "=cmd_0.tif").write_bytes((slides / "a_0.tif").read_bytes())
+    out = tmp_path / "preds"
+    predict(hostile, [str(runs[0])], out, progress=False)
+    assert (out / "submission.csv").read_text().splitlines()[1].startswith("'=cmd,")
+    assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["'=cmd"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_run, "score_member", killed)
+    with pytest.raises(BaseException):
+        predict(slides, [str(runs[0])], out, progress=False)
+    left = sorted(p.name for p in out.iterdir())
+    assert not set(left) & set(predict_run.RESULTS), left  # the earlier run's CSVs and heatmaps are gone
 
 
 def test_manifest_label_unknown_to_the_model(tmp_path, slides, runs):

@@ -120,6 +120,7 @@ def predict(
     job = job_of(slides_dir, manifest, labels, slide_is_patient)
     job_ids = set(job.image_ids)
     _check_writable(out)
+    _clear_earlier_results(out)  # (after every check: a refused command leaves the earlier results alone)
 
     # 1. tile once per distinct tiling recipe among the models
     groups: dict[str, list[LoadedModel]] = {}
@@ -286,6 +287,25 @@ def _check_writable(out: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=out)
         os.close(fd)
         os.unlink(probe)
+
+
+#: what a predict run writes in --out (``tiles/`` is a cache reused between runs, and kept)
+RESULTS = ("predictions.csv", "submission.csv", "metrics.json", "summary.json", "heatmaps")
+
+
+def _clear_earlier_results(out: Path) -> None:
+    """Remove an earlier run's results from a reused ``--out`` before anything new is written: a run
+    killed half-way must not leave the old CSVs beside new heatmaps looking current, and a complete
+    run must not leave heatmaps of slides it did not score."""
+    import shutil
+
+    with write_guard("the earlier predictions", out):
+        for name in RESULTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _heatmap_sources(scored: list[tuple[LoadedModel, Any, MemberScores]]) -> tuple[dict, dict, str]:
