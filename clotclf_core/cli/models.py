@@ -119,10 +119,11 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--no-heatmaps", is_flag=True, help="Skip the heatmap pictures.")
 @click.option("--attention-heatmaps", "attention", is_flag=True,
               help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
+@click.option("--trust-declared-size", is_flag=True, help="Read TIFFs whose header declares a tile/strip over 512 MiB decoded, or over 500x its bytes (refused by default: a few bytes could take the machine's memory).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_command(slides, models, weights, out, manifest, slide_is_patient, workers, batch_size, loader_workers, device,
-                    no_heatmaps, attention, quiet, as_json) -> None:
+                    no_heatmaps, attention, trust_declared_size, quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -135,7 +136,7 @@ def predict_command(slides, models, weights, out, manifest, slide_is_patient, wo
     summary = predict(slides, models, out, manifest=manifest, weights=weights or None, workers=workers,
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
-                      attention=attention)
+                      attention=attention, trust_declared_size=trust_declared_size)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:

@@ -97,6 +97,7 @@ def predict(
     progress: bool = True,
     slide_is_patient: bool = False,
     attention: bool = False,
+    trust_declared_size: bool = False,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -105,7 +106,8 @@ def predict(
     is listed in ``summary["patients_without_tiles"]``; slides that could not be read are in
     ``summary["failed_slides"]`` (``clotclf predict`` then exits with code 3). ``attention``: the
     heatmaps must show attention weights (refused at once unless some model has them; without it,
-    a model with attention adds its attention panel anyway)."""
+    a model with attention adds its attention panel anyway). ``trust_declared_size``: read TIFFs whose
+    declared size passes the memory caps (:mod:`clotclf_core.slides.guard`)."""
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -139,6 +141,7 @@ def predict(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
                 workers=workers, progress=progress, labels=labels, require_labels=False,
                 require_tiles=False,  # slides without tissue still get their patients' rows
+                trust_declared_size=trust_declared_size,
             )
         ts = TileSet(tiles_dir)
         # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one
@@ -239,7 +242,8 @@ def predict(
                               for lvl in ("slide", "patient") if lvl in res}
     csv_text, sub_text = to_csv_text(table), to_csv_text(sub, float_format="%.6f")
     with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + 200_000 * len(slides)):
-        written = _heatmaps(member_scores, labels, out / "heatmaps", slides_dir) if heatmaps and member_scores else []
+        written = (_heatmaps(member_scores, labels, out / "heatmaps", slides_dir, trust_declared_size)
+                   if heatmaps and member_scores else [])
         write_text(out / "predictions.csv", csv_text)
         write_text(out / "submission.csv", sub_text)
         if res is not None:
@@ -335,7 +339,7 @@ def _heatmap_sources(scored: list[tuple[LoadedModel, Any, MemberScores]]) -> tup
 
 
 def _heatmaps(scored: list[tuple[LoadedModel, Any, MemberScores]], labels: list[str], out_dir: Path,
-              slides_dir: str | Path) -> list[str]:
+              slides_dir: str | Path, trust_declared_size: bool = False) -> list[str]:
     """One PNG per slide: P(second label) of each tile over the slide thumbnail, and beside it the
     attention weight of each tile when a model of the ensemble has attention."""
     target = labels[-1]
@@ -350,7 +354,7 @@ def _heatmaps(scored: list[tuple[LoadedModel, Any, MemberScores]], labels: list[
         path = Path(slides_dir) / name if name else None
         if path is None or not path.is_file():
             path = find_slide(slides_dir, image_id)
-        slide = open_slide(str(path))
+        slide = open_slide(str(path), trust_declared_size=trust_declared_size)
         try:
             thumb = slide.thumbnail(1024)
             dims = slide.dimensions
