@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from test_public_api import _problems
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC, flags=re.S)
+BLOCKS = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", DOC, flags=re.S)]  # (some sit in a list: indented)
 #: a block whose first line is ``# package/module.py: ...`` is a file of a plugin
 FILE_HEADER = re.compile(r"^# (\w+/\w+\.py)\b")
 

@@ -12,7 +12,7 @@ from pydantic import Field
 from clotclf_core.plugin import ComponentSpec, Options, hookimpl
 
 #: the clotclf plugin-API versions this plugin was written for (checked when clotclf loads it)
-CLOTCLF_PLUGIN_API = ">=1.0,<2"
+CLOTCLF_PLUGIN_API = ">=2.0,<3"
 
 #: the files this source reads: `clotclf tile FOLDER` picks them up, `find_slide` finds <image_id><ext>
 EXTENSIONS = (".png", ".jpg", ".jpeg")
