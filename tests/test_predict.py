@@ -215,6 +215,7 @@ def test_submission_has_one_row_for_every_patient_of_test_csv(tmp_path, slides, 
     assert sub.loc["d"].tolist() == [0.5, 0.5] and sub.loc["e"].tolist() == [0.5, 0.5]
     assert summary["patients_without_tiles"] == ["d", "e"]
     assert list(summary["failed_slides"]) == ["d_0"]  # missing file: a failure (exit 3 from the CLI)
+    assert "no slide file in the slide folder" in summary["failed_slides"]["d_0"]
     assert summary["patient_ids_from"] == "manifest"
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype=str, keep_default_na=False)
     assert set(table.loc[table["level"] == "slide", "image_id"]) == {"a_0", "a_1", "b_0", "d_0", "e_0"}

@@ -43,6 +43,7 @@ import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.io import csv_text as to_csv_text
+from clotclf_core.plugin.io import csv_unescape
 from clotclf_core.plugin.io import write_guard, write_json, write_text
 from clotclf_core.predict.ensemble import LoadedModel, MemberScores, PredictError, load_models, score_member
 from clotclf_core.predict.submission import NO_TILE_NOTE, job_of, round_rows
@@ -137,7 +138,7 @@ def predict(
         t = recipes[key]
         tiles_dir = out / "tiles" / key
         with write_guard("the tiles of the slides", tiles_dir, after="run the same command again (finished slides are kept)"):
-            tile_slides(
+            tiled = tile_slides(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
                 workers=workers, progress=progress, labels=labels, require_labels=False,
                 require_tiles=False,  # slides without tissue still get their patients' rows
@@ -148,6 +149,9 @@ def predict(
         ts.index = ts.index[ts.index["image_id"].isin(job_ids)].reset_index(drop=True)
         ts.index["patient_id"] = ts.index["image_id"].map(job.patient_of)
         mine = {k: v for k, v in ts.slides.items() if k in job_ids}
+        if tiled["missing"]["count"]:  # (rows without a slide file are listed in a file, not in tileset.json)
+            gone = pd.read_csv(tiled["missing"]["list"], dtype=str, keep_default_na=False)["image_id"].map(csv_unescape)
+            mine.update({k: {"status": "failed", "reason": "no slide file in the slide folder"} for k in gone if k in job_ids})
         statuses.update({k: v for k, v in mine.items() if k not in statuses or v.get("status") == "done"})
         if len(ts) == 0:
             continue
