@@ -299,7 +299,10 @@ class TileSetWriter:
         rec.update({c: str((listed or {}).get(c, "")) for c in MANIFEST_COLUMNS})
         rec.update({k: v for k, v in info.items() if k not in rec})
         self.meta["slides"][image_id] = rec
-        self._journal({"id": image_id, "slide": rec})
+        if (self.root / "tileset.json").exists():
+            self._journal({"id": image_id, "slide": rec})
+        else:  # a writer used without sync() (a script, the 0.1 API): the journal needs a tileset.json to apply to
+            self._write_meta()
 
     #: seconds between two fsyncs of the journal (a kill loses nothing: lines are written at once;
     #: a power cut loses at most these seconds of slides, which are then tiled again)
