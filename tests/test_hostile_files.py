@@ -320,3 +320,11 @@ def test_too_many_open_files_is_never_called_corrupt_data(tmp_path, monkeypatch)
     with pytest.raises(TileSetError, match=r"too many open files") as info:
         ts.pixels("s0")
     assert "truncated" not in str(info.value)
+
+
+def test_export_patches_refuses_a_declared_size_and_names_its_override(tmp_path):
+    (tmp_path / "d").mkdir()
+    one_huge_tile_tiff(tmp_path / "d" / "lie.tif")
+    out = run(["export-patches", tmp_path / "d", "--out", tmp_path / "p", "-q"], timeout=120)
+    assert_clean_error(out, mentions=["no slide could be read", "lie", "512 MiB", "--trust-declared-size"])
+    assert not temp_leftovers(tmp_path) and not (tmp_path / "p" / "patchset.json").exists()

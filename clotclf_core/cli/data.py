@@ -81,10 +81,11 @@ def tile(slides, out, manifest, source, filters, workers, threads, dask_address,
 @click.option("--tissue-method", type=click.Choice(["saturation", "od", "either", "both"]), default="either", help="Tissue mask method (see clotclf_core.slides.tissue).")
 @click.option("--seed", type=int, default=0, help="Seed for the choice of patches.")
 @click.option("--overwrite", is_flag=True, help="Replace a patch set already in --out.")
+@click.option("--trust-declared-size", is_flag=True, help="Read TIFFs whose header declares a tile/strip over 512 MiB decoded, or over 500x its bytes (refused by default).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print patchset.json's content as JSON.")
 def export_patches_command(slides, out, manifest, per_slide, size, tile_size, downsample, min_tissue, thumbnail_size,
-                           tissue_method, seed, overwrite, quiet, as_json) -> None:
+                           tissue_method, seed, overwrite, trust_declared_size, quiet, as_json) -> None:
     """Cut a balanced tissue / background patch set from the slide(s) SLIDES, labelled by the
     tissue mask: the training data of `clotclf train-filter`."""
     from clotclf_core.tiling.patchset import export_patches
@@ -92,7 +93,7 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
     summary = export_patches(
         slides, out, manifest=manifest, per_slide=per_slide, size=size, tile_size=tile_size, downsample=downsample,
         min_tissue=min_tissue, thumbnail_size=thumbnail_size, tissue_method=tissue_method, seed=seed,
-        overwrite=overwrite, progress=not (quiet or as_json),
+        overwrite=overwrite, progress=not (quiet or as_json), trust_declared_size=trust_declared_size,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
