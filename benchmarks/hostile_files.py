@@ -11,11 +11,13 @@ Rows:
 - **manifests of N rows** whose slides are all missing but one (``tile`` ends in one bounded
   Error line and ``missing_slides.csv``): wall time for N = 1k, 10k, 100k, 1M;
 - **per-slide bookkeeping** of ``TileSetWriter`` (no pixels): N slide statuses recorded through the
-  journal against rewriting ``tileset.json`` after each slide (what clotclf did before).
+  journal against rewriting ``tileset.json`` after each slide (what clotclf did before);
+- **open file descriptors** after reading every slide of a 300-slide TileSet (bounded memory maps
+  against one per slide), and the same under ``ulimit -n 128``.
 
 Usage::
 
-    .venv/bin/python benchmarks/hostile_files.py [Peak] [Manifests] [Per-slide]   # ~3 min on a 2-core machine
+    .venv/bin/python benchmarks/hostile_files.py [Peak] [Manifests] [Per-slide] [Open]   # ~3 min on a 2-core machine
 
 Prints markdown tables (paste them into docs/performance.md).
 """
@@ -135,13 +137,45 @@ def bookkeeping_table(work: Path) -> list[str]:
     return rows
 
 
+def fds_table(work: Path) -> list[str]:
+    """Open file descriptors after reading every slide of a 300-slide TileSet (bounded memory maps
+    against one kept per slide, as before), and the same reading in a process under ``ulimit -n 128``
+    (what embed, train, predict and evaluate do through ``TileSet.pixels`` / ``FeatureStore.features``,
+    which share :class:`clotclf_core.tiling.arrays.MappedArrays`)."""
+    from tilesets import make_tileset
+
+    from clotclf_core.tiling import arrays
+    from clotclf_core.tiling.tileset import TileSet
+
+    n = 300  # (each slide of make_tileset is two fsynced files: minutes for 1,000 on this machine)
+    tiles = make_tileset(work / "ts", sizes=(2,) * n, tile=8, empty={})
+    rows = ["| reader (300 slides) | memory maps kept | open fds after reading every slide | under `ulimit -n 128` |",
+            "|---|---|---|---|"]
+    for limit, label in ((arrays.MAX_OPEN, f"{arrays.MAX_OPEN} (now)"), (10**9, "one per slide (before)")):
+        before = len(os.listdir("/proc/self/fd"))
+        reader = TileSet(tiles)
+        reader._arrays = arrays.MappedArrays(limit)
+        for image_id in reader.slides:
+            reader.pixels(image_id)
+        held = len(os.listdir("/proc/self/fd")) - before
+        del reader
+        script = ("import sys; from clotclf_core.tiling import arrays; from clotclf_core.tiling.tileset import TileSet;"
+                  f"t = TileSet(sys.argv[1]); t._arrays = arrays.MappedArrays({limit});"
+                  "any(t.pixels(i) is None for i in t.slides)")  # (each array dropped at once, as a loader does)
+        res = subprocess.run(["bash", "-c", 'ulimit -n 128 && exec "$@"', "bash", sys.executable, "-c", script, str(tiles)],
+                             capture_output=True, text=True, timeout=300)
+        said = "read all" if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1].split(": ", 1)[-1][:90] + "…"
+        rows.append(f"| TileSet.pixels | {label} | {held:,} | {said} |")
+    return rows
+
+
 def main() -> None:
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"Python {platform.python_version()}\n")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tables = (("Peak RSS and wall time to the Error line", rss_table), ("Manifests of N rows", manifest_table),
-                  ("Per-slide bookkeeping", bookkeeping_table))
+                  ("Per-slide bookkeeping", bookkeeping_table), ("Open file descriptors", fds_table))
         only = sys.argv[1:]  # (a table's first word: Peak, Manifests, Per-slide)
         for title, table in (t for t in tables if not only or t[0].split()[0] in only):
             (work / title[:4]).mkdir()
