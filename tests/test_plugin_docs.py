@@ -16,8 +16,7 @@ from test_public_api import _problems
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
-#: fenced blocks, dedented: a block inside a numbered list is indented with the list item
-BLOCKS = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", DOC, flags=re.S)]
+BLOCKS = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", DOC, flags=re.S)]  # (some sit in a list: indented)
 #: a block whose first line is ``# package/module.py: ...`` is a file of a plugin
 FILE_HEADER = re.compile(r"^# (\w+/\w+\.py)\b")
 

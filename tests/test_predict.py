@@ -148,6 +148,29 @@ def test_reusing_out_scores_only_this_jobs_slides(tmp_path, slides, runs):
     assert summary["n_slides"] == 1
     assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["b"]  # STRIP AI <patient>_<n>
     assert [Path(h).name for h in summary["heatmaps"]] == ["b_0.png"]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["b_0.png"]  # the first run's a_0.png is gone
+
+
+def test_a_killed_run_in_a_reused_out_leaves_no_earlier_result_looking_current(tmp_path, slides, runs, monkeypatch):
+    """And a patient id starting with '=' is text in submission.csv (a spreadsheet would run it)."""
+    from clotclf_core.predict import run as predict_run
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "=cmd_0.tif").write_bytes((slides / "a_0.tif").read_bytes())
+    out = tmp_path / "preds"
+    predict(hostile, [str(runs[0])], out, progress=False)
+    assert (out / "submission.csv").read_text().splitlines()[1].startswith("'=cmd,")
+    assert list(pd.read_csv(out / "submission.csv", dtype=str)["patient_id"]) == ["'=cmd"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_run, "score_member", killed)
+    with pytest.raises(BaseException):
+        predict(slides, [str(runs[0])], out, progress=False)
+    left = sorted(p.name for p in out.iterdir())
+    assert not set(left) & set(predict_run.RESULTS), left  # the earlier run's CSVs and heatmaps are gone
 
 
 def test_labels_the_model_does_not_know_are_kept_not_refused(tmp_path, slides, runs):
@@ -199,6 +222,7 @@ def test_submission_has_one_row_for_every_patient_of_test_csv(tmp_path, slides, 
     assert sub.loc["d"].tolist() == [0.5, 0.5] and sub.loc["e"].tolist() == [0.5, 0.5]
     assert summary["patients_without_tiles"] == ["d", "e"]
     assert list(summary["failed_slides"]) == ["d_0"]  # missing file: a failure (exit 3 from the CLI)
+    assert "no slide file in the slide folder" in summary["failed_slides"]["d_0"]
     assert summary["patient_ids_from"] == "manifest"
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype=str, keep_default_na=False)
     assert set(table.loc[table["level"] == "slide", "image_id"]) == {"a_0", "a_1", "b_0", "d_0", "e_0"}

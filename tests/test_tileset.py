@@ -255,7 +255,7 @@ def test_sync_interrupted_at_any_step_leaves_a_consistent_tileset(tmp_path, monk
         raise OSError("No space left on device")
 
     if fail_on == "tileset.json":
-        monkeypatch.setattr(tileset_writer, "write_json", crash)
+        monkeypatch.setattr(tileset_writer, "write_text", crash)  # (tileset.json; shards go through write_csv)
     else:
         monkeypatch.setattr(Path, "unlink", crash)
     with pytest.raises(OSError, match="No space"):

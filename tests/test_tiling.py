@@ -419,11 +419,14 @@ def test_bad_slides_are_recorded_not_fatal(tmp_path, slides):
     summary = tile_slides(slides, tmp_path / "ts", manifest=manifest, settings=SMALL, progress=False)
     status = {r["image_id"]: (r["status"], r["reason"]) for r in summary["per_slide"]}
     assert status["s1"][0] == status["s2"][0] == "done" and status["blank"][0] == "no_tissue"
-    for bad in ("random", "notes", "cut", "missing"):
+    for bad in ("random", "notes", "cut"):
         assert status[bad][0] == "failed" and status[bad][1], bad
-    assert "no slide file for image_id 'missing'" in status["missing"][1]
+    # a row without a slide file is not tiled: counted in "failed", listed in missing_slides.csv
+    assert "missing" not in status and summary["missing"]["count"] == 1 and summary["failed"] == 4
+    assert "no slide file for image_id 'missing'" in summary["missing"]["why"]
+    assert (tmp_path / "ts" / "missing_slides.csv").read_text() == "image_id\nmissing\n"
     assert "truncated" in status["cut"][1] and "4294967295" not in status["cut"][1]
-    assert {f["image_id"] for f in summary["failures"]} == {"random", "notes", "cut", "missing"}
+    assert {f["image_id"] for f in summary["failures"]} == {"random", "notes", "cut"}
     ts = TileSet(tmp_path / "ts")
     assert set(ts.index["image_id"]) == {"s1", "s2"} and ts.slides["cut"]["status"] == "failed"
     again = tile_slides(slides, tmp_path / "ts", manifest=manifest, settings=SMALL, progress=False)

@@ -27,13 +27,14 @@ from clotclf_core.tiling.settings import TileSettings
 @click.option("--threads", type=int, default=None, help="decoding threads per worker [default: CPU cores / workers, at most 8]")
 @click.option("--dask", "dask_address", metavar="ADDRESS", default=None, help="run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'. --out must be on a file system every worker sees")
 @click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="folder for large working rasters of huge slides [default: TMPDIR]")
+@click.option("--trust-declared-size", is_flag=True, help="read TIFFs whose header declares a tile/strip over 512 MiB decoded, or over 500x its bytes (refused by default: a few bytes could take the machine's memory)")
 @click.option("--label", "labels", multiple=True, default=("CE", "LAA"), show_default=True, help="allowed label, repeatable")
 @click.option("--require-labels", is_flag=True, help="fail on manifest rows without a label (for a training set)")
 @click.option("--overwrite", is_flag=True, help="replace a TileSet made with different settings")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars and no per-slide table (failures are still listed)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def tile(slides, out, manifest, source, filters, workers, threads, dask_address, scratch_dir, labels, require_labels,
-         overwrite, quiet, as_json, **settings_given) -> None:
+def tile(slides, out, manifest, source, filters, workers, threads, dask_address, scratch_dir, trust_declared_size, labels,
+         require_labels, overwrite, quiet, as_json, **settings_given) -> None:
     """Cut the slides in SLIDES into a TileSet: each slide read once, tissue mask relative to its glass,
     a grid covering it, filters, pixel cache, QC pictures. Exit 3 when some slides failed (listed).
     The geometry options are TileSettings' fields (recorded in tileset.json)."""
@@ -53,7 +54,7 @@ def tile(slides, out, manifest, source, filters, workers, threads, dask_address,
     summary = tile_slides(
         slides, out, manifest=manifest, settings=settings, filters=refs, source=source, workers=workers, threads=threads,
         overwrite=overwrite, progress=not (quiet or as_json), labels=labels, require_labels=require_labels,
-        dask=dask_address, scratch_dir=scratch_dir,
+        dask=dask_address, scratch_dir=scratch_dir, trust_declared_size=trust_declared_size,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -80,10 +81,11 @@ def tile(slides, out, manifest, source, filters, workers, threads, dask_address,
 @click.option("--tissue-method", type=click.Choice(["saturation", "od", "either", "both"]), default="either", help="Tissue mask method (see clotclf_core.slides.tissue).")
 @click.option("--seed", type=int, default=0, help="Seed for the choice of patches.")
 @click.option("--overwrite", is_flag=True, help="Replace a patch set already in --out.")
+@click.option("--trust-declared-size", is_flag=True, help="Read TIFFs whose header declares a tile/strip over 512 MiB decoded, or over 500x its bytes (refused by default).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print patchset.json's content as JSON.")
 def export_patches_command(slides, out, manifest, per_slide, size, tile_size, downsample, min_tissue, thumbnail_size,
-                           tissue_method, seed, overwrite, quiet, as_json) -> None:
+                           tissue_method, seed, overwrite, trust_declared_size, quiet, as_json) -> None:
     """Cut a balanced tissue / background patch set from the slide(s) SLIDES, labelled by the
     tissue mask: the training data of `clotclf train-filter`."""
     from clotclf_core.tiling.patchset import export_patches
@@ -91,7 +93,7 @@ def export_patches_command(slides, out, manifest, per_slide, size, tile_size, do
     summary = export_patches(
         slides, out, manifest=manifest, per_slide=per_slide, size=size, tile_size=tile_size, downsample=downsample,
         min_tissue=min_tissue, thumbnail_size=thumbnail_size, tissue_method=tissue_method, seed=seed,
-        overwrite=overwrite, progress=not (quiet or as_json),
+        overwrite=overwrite, progress=not (quiet or as_json), trust_declared_size=trust_declared_size,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))

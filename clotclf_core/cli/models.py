@@ -169,12 +169,13 @@ def _predict_warnings(summary: dict[str, Any]) -> None:
 @click.option("--attention-heatmaps", "attention", is_flag=True,
               help="Heatmaps must show each tile's attention weight beside its probability: refused at once unless a model has attention (a MIL model with e.g. abmil; such a model adds the panel anyway).")
 @click.option("--no-qupath", is_flag=True, help="Skip the per-slide QuPath GeoJSON (qupath/<image_id>.geojson).")
+@click.option("--trust-declared-size", is_flag=True, help="Read TIFFs whose header declares a tile/strip over 512 MiB decoded, or over 500x its bytes (refused by default: a few bytes could take the machine's memory).")
 @registry_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the output folder (warnings and failures still).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_command(slides, features, models, weights, out, manifest, slide_is_patient, workers, dask_address, devices,
-                    batch_size, loader_workers, device, no_heatmaps, standardise, attention, no_qupath, quiet,
-                    as_json) -> None:
+                    batch_size, loader_workers, device, no_heatmaps, standardise, attention, no_qupath, trust_declared_size,
+                    quiet, as_json) -> None:
     """Classify the slides in SLIDES with one model or an ensemble (tile-level and MIL models mixed):
     tiles them with each model's own tiling settings (a MIL model on features: embeds the tiles with
     its recorded encoder), writes per-slide and per-patient probabilities (predictions.csv), a
@@ -192,7 +193,8 @@ def predict_command(slides, features, models, weights, out, manifest, slide_is_p
                       batch_size=batch_size, loader_workers=loader_workers, device=device,
                       heatmaps=not no_heatmaps, progress=not (quiet or as_json), slide_is_patient=slide_is_patient,
                       attention=attention, standardise=standardise, qupath=not no_qupath, features=features,
-                      dask=dask_address, devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None)
+                      dask=dask_address, devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None,
+                      trust_declared_size=trust_declared_size)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif quiet:

@@ -121,8 +121,9 @@ def add_markers(pixels: np.ndarray, slide: Any) -> tuple[np.ndarray, list[dict[s
 
 
 def markers_csv(spots: list[dict[str, Any]]) -> str:
-    lines = [",".join(MARKER_COLUMNS)] + [",".join(str(s[c]) for c in MARKER_COLUMNS) for s in spots]
-    return "\n".join(lines) + "\n"
+    from clotclf_core.plugin.io import csv_rows_text
+
+    return csv_rows_text([{c: s[c] for c in MARKER_COLUMNS} for s in spots], list(MARKER_COLUMNS))
 
 
 def readme(base: str, spots: list[dict[str, Any]]) -> str:

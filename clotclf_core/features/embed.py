@@ -44,8 +44,6 @@ from clotclf_core.tiling.fill import SlideBatches
 from clotclf_core.tiling.stain import StainTarget
 from clotclf_core.tiling.tileset import TileSet
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 # ----------------------------------------------------------------------------- reading ahead
 

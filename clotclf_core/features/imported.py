@@ -52,7 +52,7 @@ from clotclf_core.features.store import (
 )
 from clotclf_core.inputs import check_folder
 from clotclf_core.models.config import describe_encoder
-from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.plugin.io import atomic_path, write_csv, write_json, write_text
 from clotclf_core.progress import bar
 from clotclf_core.tiling.tileset import npy_problem
 
@@ -261,7 +261,7 @@ def import_features(h5_dir: str | Path, out: str | Path, encoder_name: str, *, m
         root = writer["root"]
         with atomic_path(root / SLIDES_DIR / f"{image_id}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, values.astype(DTYPE), allow_pickle=False)
-        write_text(root / SLIDES_DIR / f"{image_id}.csv", rows.to_csv(index=False))
+        write_csv(root / SLIDES_DIR / f"{image_id}.csv", rows)
         slides[image_id] = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
                             **{c: str(entry[c]) for c in MANIFEST_COLUMNS}, "source_bytes": files[image_id].stat().st_size}
         _write_meta(writer)

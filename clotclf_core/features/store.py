@@ -34,7 +34,9 @@ import numpy as np
 
 from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.tiling.tileset import npy_problem
+from clotclf_core.plugin.io import csv_unescape_frame
+from clotclf_core.tiling.arrays import MappedArrays
+from clotclf_core.tiling.tileset import npy_problem, raise_if_out_of_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -184,7 +186,8 @@ def matrix_file(path: Path, n: int, num_features: int) -> Iterator[np.ndarray]:
 def read_rows(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
-    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str}, keep_default_na=False)
+    rows = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "center_id": str, "label": str}, keep_default_na=False)
+    return csv_unescape_frame(rows)  # (written through plugin.io.write_csv)
 
 
 class FeatureStore:
@@ -195,7 +198,7 @@ class FeatureStore:
         if not self.root.is_dir():
             raise FeatureStoreError(f"feature store folder '{self.root}' does not exist; make one with `clotclf embed`")
         self.meta = read_store_meta(self.root)
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays = MappedArrays()  # (a bounded number of memory maps: one file descriptor each)
         self._rows: dict[str, "pd.DataFrame"] = {}
         problems = [f"{self.matrix_path(i)}: {p}" for i in self.done if (p := self.slide_problem(i))]
         if problems:
@@ -248,10 +251,12 @@ class FeatureStore:
         if self.slides.get(image_id, {}).get("status") != "done":
             status = self.slides.get(image_id, {}).get("status", "not in the store")
             raise FeatureStoreError(f"slide '{image_id}' has no features in '{self.root}' ({status})")
-        arr = self._arrays.get(image_id)
-        if arr is None:
-            arr = self._arrays[image_id] = np.load(self.matrix_path(image_id), mmap_mode="r", allow_pickle=False)
-        return arr
+        try:
+            return self._arrays.get(image_id, self.matrix_path(image_id))
+        except OSError as exc:
+            raise_if_out_of_files(exc)  # (never blamed on the data)
+            raise FeatureStoreError(f"cannot read '{self.matrix_path(image_id)}' ({exc.strerror or exc}); re-embed with "
+                                    "`clotclf embed ... --overwrite`") from None
 
     def tiles(self, image_id: str) -> "pd.DataFrame":
         """The slide's tile index rows (the TileSet's tiles.csv columns); row i goes with feature row i."""

@@ -32,7 +32,7 @@ from clotclf_core.features.store import (
     rows_fingerprint,
 )
 from clotclf_core.models.config import describe_encoder
-from clotclf_core.plugin.io import write_json, write_text
+from clotclf_core.plugin.io import write_csv, write_json
 from clotclf_core.tiling.tileset import MANIFEST_COLUMNS, TileSet, npy_problem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -134,7 +134,7 @@ class FeatureStoreWriter:
                 stored = read_rows(self._path(image_id, ".csv"))[cols].astype(str).reset_index(drop=True)
                 if not stored.equals(rows[cols].astype(str).reset_index(drop=True)):  # manifest changed, tiles did not
                     old = {c: entry.get(c, "") for c in cols}
-                    write_text(self._path(image_id, ".csv"), rows.to_csv(index=False))
+                    write_csv(self._path(image_id, ".csv"), rows)
                     entry.update(want)
                     plan["relabelled"][image_id] = ", ".join(f"{c} {old[c]!r} -> {want[c]!r}" for c in cols if old[c] != want[c]) or "rows"
                 plan["kept"].append(image_id)
@@ -165,7 +165,7 @@ class FeatureStoreWriter:
     def commit(self, image_id: str, rows: "pd.DataFrame") -> None:
         """The slide's matrix is in place (written by :meth:`slide`, or by a worker process): its
         rows, then ``features.json``, make it part of the store."""
-        write_text(self._path(image_id, ".csv"), rows.to_csv(index=False))
+        write_csv(self._path(image_id, ".csv"), rows)
         self.meta["slides"][image_id] = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
                                          **{c: str(rows[c].iloc[0]) for c in MANIFEST_COLUMNS}}
         self._write_meta()

@@ -17,7 +17,8 @@ plugin's spec module stays light. Its modules, one concern each:
                    ones with their default), the default ImageNet normalisation
 ``errors``         the errors a plugin raises (one clear line each), including the slide errors that steer
                    the automatic source choice; OS / disk errors in words; :func:`printable`
-``io``             atomic writes (temporary file + rename), a folder of results written whole
+``io``             atomic writes (temporary file + rename), a folder of results written whole, CSV cells
+                   neutralised for spreadsheets (:func:`write_csv`: every CSV clotclf writes)
 ``weights``        safetensors save / hash / check / load, run directories (``save_run`` and the checks
                    before one is trusted), for a plugin's own runs as for the core's (never a pickle)
 ``hub``            Hugging Face Hub references (``ORG/NAME@REV``) and what may be a path instead, Hub errors
@@ -50,7 +51,18 @@ from clotclf_core.plugin.errors import (
     printable,
 )
 from clotclf_core.plugin.hookspecs import API_ATTRIBUTE, ENTRY_POINT_GROUP, PLUGIN_API_VERSION, hookimpl
-from clotclf_core.plugin.io import atomic_path, write_bytes, write_json, write_text
+from clotclf_core.plugin.io import (
+    atomic_path,
+    csv_rows_text,
+    csv_safe,
+    csv_text,
+    csv_unescape,
+    csv_unescape_frame,
+    write_bytes,
+    write_csv,
+    write_json,
+    write_text,
+)
 from clotclf_core.plugin.protocols import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -80,6 +92,7 @@ __all__ = [
     "ClotclfError", "ConfigError", "ModelLoadError", "PluginError", "SlideDamaged", "SlideReadError", "SlideUnusable",
     "printable",
     "atomic_path", "write_bytes", "write_json", "write_text",
+    "write_csv", "csv_text", "csv_rows_text", "csv_safe", "csv_unescape", "csv_unescape_frame",
     "CONFIG_NAME", "PICKLE_SUFFIXES", "WEIGHTS_NAME", "check_safetensors", "load_state", "load_state_into",
     "save_weights", "sha256_file",
 ]

@@ -113,3 +113,91 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+# ----------------------------------------------------------------------------- CSV cells safe in a spreadsheet
+
+#: a cell starting with one of these is run as a formula by Excel, LibreOffice and Google Sheets
+#: (OWASP "CSV Injection"; ASVS 5 1.2.10 adds NUL); the quote is how they are neutralised, and
+#: a leading quote is escaped too, so that :func:`csv_unescape` gives back exactly what was written
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")
+_ESCAPED_STARTS = FORMULA_STARTS + ("'",)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text and any(ch.isdigit() for ch in text)
+
+
+def csv_safe(value: Any) -> Any:
+    """One CSV cell made safe to open in a spreadsheet: a string starting with ``= + - @``, tab,
+    CR or NUL gets a leading ``'`` (so ``=HYPERLINK(...)`` shows as text instead of running), and
+    so does one starting with ``'`` (so the escape can be undone). Numbers, and strings that are
+    plain numbers (``-0.25``), are left as they are. :func:`csv_unescape` is its inverse."""
+    if isinstance(value, str) and value.startswith(_ESCAPED_STARTS) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def csv_unescape(value: Any) -> Any:
+    """The value :func:`csv_safe` was given (clotclf reading back a CSV it wrote)."""
+    if isinstance(value, str) and len(value) > 1 and value[0] == "'" and value[1:].startswith(_ESCAPED_STARTS):
+        return value[1:]
+    return value
+
+
+def _text_column(column: Any) -> bool:
+    """Whether a pandas column may hold text (object, pandas 3's ``str``, ``string``, ``category``)."""
+    from pandas.api import types
+
+    return types.is_object_dtype(column) or types.is_string_dtype(column) or isinstance(column.dtype, types.CategoricalDtype)
+
+
+def csv_safe_frame(df: Any) -> Any:
+    """A copy of a pandas DataFrame with :func:`csv_safe` applied to its text cells (and its column
+    names); numeric columns are untouched."""
+    out = df.copy()
+    for col in out.columns:
+        if _text_column(out[col]):
+            out[col] = out[col].map(csv_safe)
+    out.columns = [csv_safe(c) for c in out.columns]
+    return out
+
+
+def csv_unescape_frame(df: Any) -> Any:
+    """The inverse of :func:`csv_safe_frame`, in place (returns ``df``): for reading back a CSV clotclf wrote."""
+    for col in df.columns:
+        if _text_column(df[col]):
+            df[col] = df[col].map(csv_unescape)
+    df.columns = [csv_unescape(c) for c in df.columns]
+    return df
+
+
+def csv_text(df: Any, **to_csv: Any) -> str:
+    """``df.to_csv(index=False, **to_csv)`` with every text cell neutralised (:func:`csv_safe_frame`):
+    how clotclf writes every CSV a person may open in a spreadsheet."""
+    to_csv.setdefault("index", False)
+    return csv_safe_frame(df).to_csv(**to_csv)
+
+
+def csv_rows_text(rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> str:
+    """CSV text of ``rows`` (dicts) with the csv module, every text cell neutralised
+    (:func:`csv_safe`): for writers without pandas."""
+    import csv
+    import io
+
+    names = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[csv_safe(n) for n in names], lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({csv_safe(k): csv_safe(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_csv(target: str | os.PathLike, df: Any, **to_csv: Any) -> None:
+    """Write a DataFrame as CSV atomically, every text cell neutralised (:func:`csv_text`)."""
+    write_text(target, csv_text(df, **to_csv))

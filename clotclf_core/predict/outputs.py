@@ -80,8 +80,9 @@ def slide_scores(scored: Scored, names: dict[int, str], image_id: str,
 
 
 def write_slide_views(scored: Scored, names: dict[int, str], labels: list[str], out: Path, slides_dir: str | Path,
-                      heatmaps: bool, qupath: bool) -> tuple[list[str], list[str]]:
-    """``heatmaps/<image_id>.png`` (over the slide's thumbnail) and ``qupath/<image_id>.geojson``."""
+                      heatmaps: bool, qupath: bool, trust_declared_size: bool = False) -> tuple[list[str], list[str]]:
+    """``heatmaps/<image_id>.png`` (over the slide's thumbnail) and ``qupath/<image_id>.geojson``;
+    ``trust_declared_size``: the slides are opened as ``predict --trust-declared-size`` says."""
     ids = list(dict.fromkeys(i for _, _, res in scored for i in res.tiles))
     files = {}
     for _, ts, _ in scored:
@@ -96,16 +97,17 @@ def write_slide_views(scored: Scored, names: dict[int, str], labels: list[str], 
             geojsons.append(str(write_geojson(views, labels, out / "qupath" / f"{image_id}.geojson")))
         if heatmaps:
             view = next((v for v in views if v.attention), views[0])
-            thumb, dims = _thumbnail(slides_dir, image_id, files.get(image_id))
+            thumb, dims = _thumbnail(slides_dir, image_id, files.get(image_id), trust_declared_size)
             pngs.append(str(write_heatmap(view, labels, out / "heatmaps" / f"{image_id}.png", thumb, dims)))
     return pngs, geojsons
 
 
-def _thumbnail(slides_dir: str | Path, image_id: str, name: str | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _thumbnail(slides_dir: str | Path, image_id: str, name: str | None,
+               trust_declared_size: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     path = Path(slides_dir) / name if name else None
     if path is None or not path.is_file():
         path = find_slide(slides_dir, image_id)
-    slide = open_slide(str(path))
+    slide = open_slide(str(path), trust_declared_size=trust_declared_size)
     try:
         return slide.thumbnail(1024), slide.dimensions
     finally:

@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
+from clotclf_core.plugin.io import csv_text as to_csv_text
+from clotclf_core.plugin.io import csv_unescape
 from clotclf_core.plugin.io import write_guard, write_json, write_text
 from clotclf_core.predict.ensemble import (
     LoadedModel,
@@ -117,6 +119,7 @@ def predict(
     features: str | Path | None = None,
     dask: str | None = None,
     devices: Sequence[str] | None = None,
+    trust_declared_size: bool = False,
 ) -> dict[str, Any]:
     """Run the whole path; returns a summary (what ``--json`` prints). See the module docstring.
 
@@ -130,7 +133,8 @@ def predict(
     import-features``) instead of slides: MIL models on features of its encoder only, no slide is
     opened, no heatmaps and no QuPath files (``slides_dir`` is not read). ``dask`` (an address, or
     ``local``): slides are tiled, and a MIL model's encoder embeds them, one task per slide on that
-    cluster; ``devices``: the encoder embeds in one process per device."""
+    cluster; ``devices``: the encoder embeds in one process per device. ``trust_declared_size``: read
+    TIFFs whose declared size passes the memory caps (:mod:`clotclf_core.slides.guard`)."""
     t0 = time.perf_counter()
     out = Path(out)
     if batch_size < 1:
@@ -149,6 +153,7 @@ def predict(
     job = job_of(slides_dir, manifest, slide_is_patient, ids=sorted(store.slides) if store is not None else None)
     job_ids = set(job.image_ids)
     _check_writable(out)
+    _clear_earlier_results(out)  # (after every check: a refused command leaves the earlier results alone)
 
     # 1. tile once per distinct tiling recipe among the models
     groups: dict[str, list[LoadedModel]] = {}
@@ -163,17 +168,21 @@ def predict(
         t = recipes[key]
         tiles_dir = out / "tiles" / key
         with write_guard("the tiles of the slides", tiles_dir, after="run the same command again (finished slides are kept)"):
-            tile_slides(
+            tiled = tile_slides(
                 slides_dir, tiles_dir, manifest=manifest, settings=t["settings"], filters=t["filters"], source=t["source"],
                 workers=workers, progress=progress, labels=None, require_labels=False,  # prediction needs no label
                 require_tiles=False,  # slides without tissue still get their patients' rows
                 dask=dask,
+                trust_declared_size=trust_declared_size,
             )
         ts = TileSet(tiles_dir)
         # out/tiles is reused between runs: score only this job's slides, never leftovers of an earlier one
         ts.index = ts.index[ts.index["image_id"].isin(job_ids)].reset_index(drop=True)
         ts.index["patient_id"] = ts.index["image_id"].map(job.patient_of)
         mine = {k: v for k, v in ts.slides.items() if k in job_ids}
+        if tiled["missing"]["count"]:  # (rows without a slide file are listed in a file, not in tileset.json)
+            gone = pd.read_csv(tiled["missing"]["list"], dtype=str, keep_default_na=False)["image_id"].map(csv_unescape)
+            mine.update({k: {"status": "failed", "reason": "no slide file in the slide folder"} for k in gone if k in job_ids})
         statuses.update({k: v for k, v in mine.items() if k not in statuses or v.get("status") == "done"})
         if len(ts) == 0:
             continue
@@ -282,10 +291,11 @@ def predict(
         res = _label_metrics(slides, patients, labels, pcols, missing)
         summary["metrics"] = {lvl: {k: res[lvl].get(k) for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss")}
                               for lvl in ("slide", "patient") if lvl in res}
-    csv_text, sub_text = table.to_csv(index=False), sub.to_csv(index=False, float_format="%.6f")
+    csv_text, sub_text = to_csv_text(table), to_csv_text(sub, float_format="%.6f")
     per_slide = 200_000 * heatmaps + 300 * int(slides["n_tiles"].sum() if len(slides) else 0) * qupath
     with write_guard("the predictions", out, needed=len(csv_text) + len(sub_text) + per_slide * len(slides)):
-        written, geojson = write_slide_views(member_scores, names, labels, out, slides_dir, heatmaps, qupath)
+        written, geojson = write_slide_views(member_scores, names, labels, out, slides_dir, heatmaps, qupath,
+                                             trust_declared_size)
         write_text(out / "predictions.csv", csv_text)
         write_text(out / "submission.csv", sub_text)
         if res is not None:
@@ -346,3 +356,22 @@ def _check_writable(out: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=out)
         os.close(fd)
         os.unlink(probe)
+
+
+#: what a predict run writes in --out (``tiles/`` and ``features/`` are caches reused between runs, and kept)
+RESULTS = ("predictions.csv", "submission.csv", "metrics.json", "summary.json", "heatmaps", "qupath", "report.html")
+
+
+def _clear_earlier_results(out: Path) -> None:
+    """Remove an earlier run's results from a reused ``--out`` before anything new is written: a run
+    killed half-way must not leave the old CSVs beside new heatmaps looking current, and a complete
+    run must not leave heatmaps of slides it did not score."""
+    import shutil
+
+    with write_guard("the earlier predictions", out):
+        for name in RESULTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)

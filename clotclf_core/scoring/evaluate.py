@@ -46,6 +46,7 @@ from clotclf_core.models.runs import fold_ensemble_split, fold_runs, read_config
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.models.saved import load_model
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import csv_text as to_csv_text
 from clotclf_core.plugin.io import staged_dir, write_guard, write_text
 from clotclf_core.scoring import metrics, plots
 from clotclf_core.scoring.calibration import Calibration, calibrate_slides
@@ -377,7 +378,7 @@ def _evaluate(run_dir: Path, config: dict[str, Any], models: dict[str, Any], ts,
         for name, p in member.items():
             for i, label in enumerate(labels):
                 table[f"p_{label}[{name}]"] = np.round((p.probs if mil else p)[:, i].astype(np.float64), 6)
-    csv_text, json_text = table.to_csv(index=False), json.dumps(report, indent=2, default=str) + "\n"
+    csv_text, json_text = to_csv_text(table), json.dumps(report, indent=2, default=str) + "\n"
     needed = (len(csv_text) + len(json_text) + 150_000 * 3 * len(groups)  # a picture is a few tens of kB
               + 300 * n_tiles * qupath + 400_000 * min(MAX_SLIDES, df["image_id"].nunique()))  # GeoJSON, heatmaps, report
     with write_guard("the evaluation results", out_dir, needed):

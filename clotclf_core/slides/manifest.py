@@ -11,16 +11,26 @@ mistake here (a duplicated slide, a patient with two labels) would leak into eve
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Iterable
 
-from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.errors import ClotclfError, printable
+from clotclf_core.plugin.io import csv_unescape_frame
 
 log = logging.getLogger("clotclf.manifest")
 
 REQUIRED = ("image_id", "patient_id", "center_id", "label")
 #: characters that cannot appear in an image_id: it names files (pixels/<image_id>.npy)
 _BAD_ID_CHARS = set('/\\:*?"<>|')
+#: control and invisible formatting characters (C0, DEL, C1, soft hyphen, zero-width and bidi marks,
+#: line / paragraph separators, BOM): in an id they split CSV rows and index shards (CR), forge
+#: lines in a log or an Error line (LF), or make two ids that look alike (bidi, zero width)
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]")
+#: the longest image_id in UTF-8 bytes: file names hold 255 bytes, and clotclf adds up to ~30
+#: (``.<image_id>.npy.<random>.tmp``, ``<image_id>.png``)
+MAX_ID_BYTES = 200
+_BAD_ID_PATTERN = "[" + re.escape("".join(sorted(_BAD_ID_CHARS))) + "]"
 
 
 class ManifestError(ClotclfError):
@@ -36,10 +46,29 @@ def check_image_id(image_id: str, where: str) -> None:
     """Raise if ``image_id`` cannot name a file in a TileSet."""
     if not image_id:
         raise ManifestError(f"{where}: empty image_id; every row needs one (e.g. the slide's file name without extension)")
+    check_text_id(image_id, "image_id", where)
     if image_id in (".", "..") or any(c in _BAD_ID_CHARS for c in image_id) or image_id != image_id.strip():
         raise ManifestError(
             f"{where}: image_id {image_id!r} cannot name a file (no path separators, :*?\"<>| or surrounding spaces); "
             "rename it in the manifest and the slide file"
+        )
+    size = len(image_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise ManifestError(
+            f"{where}: image_id '{image_id[:40]}…' is {size} bytes long (UTF-8); clotclf names files after it, and a "
+            f"file name holds 255 bytes: shorten it to at most {MAX_ID_BYTES} bytes in the manifest and the slide file's name"
+        )
+
+
+def check_text_id(value: str, column: str, where: str) -> None:
+    """Refuse an id (``image_id``, ``patient_id``, ``center_id``) holding a control or invisible
+    formatting character (:data:`CONTROL_CHARS`)."""
+    found = CONTROL_CHARS.search(value)
+    if found:
+        raise ManifestError(
+            f"{where}: {column} {printable(value, 80)!s} holds the control character {printable(found.group())} "
+            f"(at position {found.start() + 1}): ids name files and CSV rows, where it would split or forge a line; "
+            "remove it in the manifest (and in the slide file's name)"
         )
 
 
@@ -60,16 +89,16 @@ def read_manifest(
     """
     import pandas as pd
 
-    from clotclf_core.inputs import why_unusable
+    from clotclf_core.slides.guard import regular_file_problem
 
     path = Path(path)
     allowed = None if labels is None else [str(x) for x in labels]
     if allowed is not None and not allowed:
         raise ManifestError("no labels given: pass at least one --label (e.g. --label CE --label LAA)")
-    problem = why_unusable(path)
-    if problem or not path.is_file():
-        what = problem or "is a folder, not a CSV file"
-        raise ManifestError(f"manifest '{path}' {what}" + (": check the path given to --manifest" if problem in (None, "does not exist") else ""))
+    problem = regular_file_problem(path)  # (a FIFO would block the reads below)
+    if problem:
+        what = problem.replace("not a file", "not a CSV file")
+        raise ManifestError(f"manifest '{path}' {what}" + ("" if ";" in problem else ": check the path given to --manifest"))
     _check_fields(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
@@ -82,6 +111,7 @@ def read_manifest(
     df.columns = [str(c).strip() for c in df.columns]
     for col in df.columns:
         df[col] = df[col].str.strip()
+    csv_unescape_frame(df)  # a CSV clotclf wrote (missing_slides.csv, predictions.csv) used as a manifest
     notes: list[str] = []
 
     if "image_id" not in df.columns:
@@ -114,36 +144,49 @@ def read_manifest(
             notes.append(f"manifest '{path}': {int(empty.sum())} row(s) without patient_id are treated as their own "
                          f"patient. {LEAKAGE}")
 
-    seen: dict[str, int] = {}
-    for i, image_id in enumerate(df["image_id"]):
-        where = f"manifest '{path}' line {_line(i)}"
-        check_image_id(image_id, where)
-        if image_id in seen:
-            raise ManifestError(
-                f"{where}: image_id '{image_id}' already appears on line {_line(seen[image_id])}; "
-                "each slide must be listed once (remove or rename one of the rows)"
-            )
-        seen[image_id] = i
+    for column in ("patient_id", "center_id"):  # (image_id: below, with the rest of its checks)
+        bad = df[column].str.contains(CONTROL_CHARS, regex=True)
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            check_text_id(df[column].iat[i], column, f"manifest '{path}' line {_line(i)}")
+    # every check vectorised first (a manifest of 1,000,000 rows is read in seconds); the first row a
+    # check flags is then judged alone, for its message
+    ids = df["image_id"]
+    suspect = ((ids.str.len() * 4 > MAX_ID_BYTES) | ids.str.contains(CONTROL_CHARS, regex=True) | (ids == "")
+               | ids.isin((".", "..")) | ids.str.contains(_BAD_ID_PATTERN, regex=True) | (ids != ids.str.strip()))
+    for i in suspect.to_numpy().nonzero()[0]:
+        check_image_id(ids.iat[int(i)], f"manifest '{path}' line {_line(int(i))}")
+    twice = ids.duplicated()
+    if twice.any():
+        i = int(twice.to_numpy().argmax())
+        first = int((ids == ids.iat[i]).to_numpy().argmax())
+        raise ManifestError(
+            f"manifest '{path}' line {_line(i)}: image_id '{ids.iat[i]}' already appears on line {_line(first)}; "
+            "each slide must be listed once (remove or rename one of the rows)"
+        )
 
-    for i, label in enumerate(df["label"] if allowed is not None else []):
-        if label == "" and not require_labels:
-            continue
-        if label not in allowed:
-            got = "an empty label" if label == "" else f"label '{label}'"
+    if allowed is not None:  # labels=None: prediction, which needs none (other.csv's Other / Unknown kept)
+        bad_label = ~df["label"].isin(allowed) & ((df["label"] != "") | require_labels)
+        if bad_label.any():
+            i = int(bad_label.to_numpy().argmax())
+            label = df["label"].iat[i]
+            got = "an empty label" if label == "" else f"label '{printable(label, 60)}'"
             raise ManifestError(
-                f"manifest '{path}' line {_line(i)} (image_id '{df['image_id'].iat[i]}'): {got}; allowed labels are "
+                f"manifest '{path}' line {_line(i)} (image_id '{ids.iat[i]}'): {got}; allowed labels are "
                 f"{', '.join(allowed)} (fix the row, or choose the labels with --label)"
             )
 
     labelled = df[df["label"] != ""] if allowed is not None else df.iloc[:0]
-    for patient, group in labelled.groupby("patient_id", sort=False):
-        found = list(dict.fromkeys(group["label"]))
-        if len(found) > 1:
-            rows = ", ".join(f"line {_line(int(i))} '{lab}'" for i, lab in zip(group.index, group["label"]))
-            raise ManifestError(
-                f"manifest '{path}': patient '{patient}' has slides with different labels ({rows}); "
-                "a patient's clot has one origin: correct the label or the patient_id"
-            )
+    mixed = labelled.groupby("patient_id", sort=False)["label"].nunique()
+    mixed = mixed[mixed > 1]
+    if len(mixed):
+        patient = mixed.index[0]
+        group = labelled[labelled["patient_id"] == patient]
+        rows = ", ".join(f"line {_line(int(i))} '{lab}'" for i, lab in zip(group.index, group["label"]))
+        raise ManifestError(
+            f"manifest '{path}': patient '{patient}' has slides with different labels ({rows}); "
+            "a patient's clot has one origin: correct the label or the patient_id"
+        )
 
     for note in notes:
         log.warning(note)
@@ -164,32 +207,40 @@ def _check_fields(path: Path) -> None:
     """Separator and rows with too many fields, named with their line: pandas would shift such a row
     into its index (blaming the wrong column), and read a tab-separated file as one column."""
     import csv
+    import io
+
+    from clotclf_core.slides.guard import open_regular
 
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            lines = fh.read().splitlines()
+        with open_regular(path) as fh, io.TextIOWrapper(fh, encoding="utf-8-sig", newline="") as text:
+            reader = csv.reader(text)  # (quoted line breaks stay inside their field)
+            header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+            if header is None:
+                return  # empty: reported by the reader
+            _check_separator(path, header)
+            width = len(header)
+            for row in reader:
+                # (a short row reads as empty trailing values, which the checks below judge; a blank row is skipped)
+                if len(row) > width and any(cell.strip() for cell in row):
+                    raise ManifestError(
+                        f"manifest '{path}' line {reader.line_num} has {len(row)} fields but the header has {len(header)} "
+                        f"({', '.join(printable(c.strip(), 40) for c in header)}): a comma inside a value? Put that value in "
+                        "double quotes, or remove the extra field")
     except UnicodeDecodeError:
         raise ManifestError(f"manifest '{path}' is not UTF-8 text (a spreadsheet or binary file?); "
                             "save it as UTF-8 comma-separated text (CSV)") from None
-    header = next((line for line in lines if line.strip()), None)
-    if header is None:
-        return  # empty: reported by the reader
-    if "," not in header:
+    except csv.Error as exc:
+        raise ManifestError(f"manifest '{path}' is not a readable CSV ({exc}); save it as UTF-8 comma-separated text") from None
+
+
+def _check_separator(path: Path, header: list[str]) -> None:
+    if len(header) == 1:
+        line = header[0]
         for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "'|'")):
-            if sep in header:
+            if sep in line:
                 raise ManifestError(
                     f"manifest '{path}' is {name}-separated, not comma-separated (its header line is "
-                    f"{header.strip()[:80]!r}); save it as CSV with commas (e.g. image_id,patient_id,center_id,label)")
-    rows = list(csv.reader(lines))
-    width = len(rows[0]) if rows else 0
-    for i, row in enumerate(rows[1:], start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) > width:  # (a short row reads as empty trailing values, which the checks below judge)
-            raise ManifestError(
-                f"manifest '{path}' line {i} has {len(row)} fields but the header has {width} "
-                f"({', '.join(c.strip() for c in rows[0])}): a comma inside a value? Put that value in double "
-                "quotes, or remove the extra field")
+                    f"{line.strip()[:80]!r}); save it as CSV with commas (e.g. image_id,patient_id,center_id,label)")
 
 
 def manifest_from_files(paths: Iterable[Path]) -> "pandas.DataFrame":  # noqa: F821

@@ -7,7 +7,9 @@
   ``openslide`` ranks pyramidal vendor files highest); if the best one fails, the next is tried.
 - :func:`find_slide` turns a manifest's ``image_id`` into ``<folder>/<image_id>.<ext>`` for any
   extension an installed source declares (``ComponentSpec.extra["extensions"]``); :func:`slide_files`
-  lists a folder's slide files by the same extensions.
+  lists a folder's slide files by the same extensions; :class:`SlideFolder` finds many ids with
+  one listing of the folder (a manifest of 1,000,000 rows). A slide that is not found is said in
+  words: a name that differs only in its Unicode form (NFC / NFD), a symlink loop, a folder.
 
 The region engine sources share (``read_region`` from decoded blocks) is part of the plugin API:
 :mod:`clotclf_core.plugin.regions`.
@@ -16,6 +18,7 @@ The region engine sources share (``read_region`` from decoded blocks) is part of
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +34,22 @@ def _source_label(spec: Any, duplicated: set[str]) -> str:
     return f"{spec.plugin}/{spec.name}" if spec.name in duplicated else spec.name
 
 
-def open_slide(path: str | os.PathLike, source: str | None = None, options: dict[str, Any] | None = None):
+def open_slide(path: str | os.PathLike, source: str | None = None, options: dict[str, Any] | None = None,
+               trust_declared_size: bool = False):
     """Open ``path`` as a :class:`clotclf_core.plugin.protocols.Slide`.
 
     ``source``: a source name (``openslide``, ``tifffile``, or ``plugin/name``) or None to choose
     automatically. ``options``: that source's options (validated against its options model);
-    options need an explicit ``source``, since they differ from source to source.
+    options need an explicit ``source``, since they differ from source to source. Whichever source
+    reads it, the file is checked first (:func:`clotclf_core.slides.guard.check_slide_file`: a
+    regular file, a TIFF header its bytes can hold, declared sizes within the memory caps unless
+    ``trust_declared_size``).
     """
     from clotclf_core.plugin_manager import get_manager
+    from clotclf_core.slides.guard import check_slide_file
 
     p = Path(path)
-    if not p.exists():
-        raise SlideReadError(f"slide file '{p}' does not exist: check the path (and the manifest's image_id)")
-    if p.is_dir() and source is None:
-        raise SlideReadError(f"slide path '{p}' is a folder, not a slide file: give the slide file itself")
+    check_slide_file(p, trust_declared_size)
     mgr = get_manager()
     if source is not None:
         spec = mgr.get("source", source)
@@ -134,24 +139,87 @@ def find_slide(folder: str | os.PathLike, image_id: str) -> Path:
     for ext in sorted(exts):
         for variant in {ext, ext.upper()}:
             candidate = root / f"{image_id}{variant}"
-            if candidate.exists():
-                matches.append(candidate)
+            try:
+                if candidate.exists() or candidate.is_symlink():  # (a broken link or a loop: the guard says which)
+                    matches.append(candidate)
+            except OSError:  # a name too long for the file system: not_found_message says so
+                continue
     if not matches:  # mixed-case extensions (".Tif"): one scan of the folder
         matches = [c for c in root.iterdir() if c.name.startswith(image_id) and c.name[len(image_id):].lower() in exts]
     matches = sorted(set(matches))
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise SlideReadError(
-            f"image_id '{image_id}' matches several slide files in '{root}': "
-            + ", ".join(m.name for m in matches)
-            + ". Keep one (move the others out of the folder)."
-        )
-    similar = sorted(c.name for c in root.iterdir() if c.name.startswith(image_id))[:5]
-    hint = f" Files starting with that id: {', '.join(similar)}." if similar else ""
-    raise SlideReadError(
-        f"no slide file for image_id '{image_id}' in '{root}' (looked for {image_id}.<ext> with ext one of "
-        f"{', '.join(sorted(exts)) or '(no source installed)'}).{hint} Check the manifest and the slide folder."
+        raise _several(image_id, root, [m.name for m in matches])
+    raise SlideReadError(not_found_message(root, image_id, exts))
+
+
+def _several(image_id: str, root: Path, names: list[str]) -> SlideReadError:
+    return SlideReadError(
+        f"image_id '{image_id}' matches several slide files in '{root}': " + ", ".join(sorted(names))
+        + ". Keep one (move the others out of the folder)."
     )
+
+
+def not_found_message(root: Path, image_id: str, exts: set[str]) -> str:
+    """Why no file of ``root`` is the slide ``image_id``, in words: a name that differs only in its
+    Unicode normalisation, a name too long for the file system, or what files start with the id."""
+    wanted = unicodedata.normalize("NFC", image_id)
+    same_text = []
+    similar = []
+    try:
+        names = [c.name for c in root.iterdir()]
+    except OSError:
+        names = []
+    for name in names:
+        nfc = unicodedata.normalize("NFC", name)
+        if nfc != name or wanted != image_id:
+            if nfc.startswith(wanted) and nfc[len(wanted):].lower() in exts and not name.startswith(image_id):
+                same_text.append(name)
+        if name.startswith(image_id):
+            similar.append(name)
+    if same_text:
+        form = "NFD (decomposed: accents stored as separate marks, as macOS writes names)" if unicodedata.is_normalized(
+            "NFD", same_text[0]) else "another Unicode form"
+        return (f"no slide file named exactly '{image_id}' in '{root}', but '{same_text[0]}' differs from it only in its "
+                f"Unicode normalisation: the file name is {form} and the manifest's id is "
+                f"{'NFC (composed)' if unicodedata.is_normalized('NFC', image_id) else 'not NFC'}. They look the same "
+                "but are different names: rename the file (e.g. `convmv -f utf8 -t utf8 --nfc --notest FILE`) or the id")
+    if len((image_id + ".tiff").encode("utf-8", "surrogatepass")) > 255:
+        return (f"image_id '{image_id[:40]}…' is too long to be a file name ({len(image_id.encode('utf-8', 'surrogatepass'))} "
+                "bytes; names hold 255): shorten it in the manifest and the slide file's name")
+    hint = f" Files starting with that id: {', '.join(sorted(similar)[:5])}." if similar else ""
+    return (f"no slide file for image_id '{image_id}' in '{root}' (looked for {image_id}.<ext> with ext one of "
+            f"{', '.join(sorted(exts)) or '(no source installed)'}).{hint} Check the manifest and the slide folder.")
+
+
+class SlideFolder:
+    """One listing of a slide folder, for finding many slides by ``image_id``: :func:`find_slide`
+    semantics (any installed source's extension, in any letter case; several matches refused) at
+    one dictionary look-up per id, so a manifest of 1,000,000 rows is matched in seconds."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.root = Path(folder)
+        self.exts = set(slide_extensions()) or {e.lower() for e in SLIDE_SUFFIXES}
+        self.by_id: dict[str, list[str]] = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                lower = entry.name.lower()
+                for ext in self.exts:
+                    if lower.endswith(ext) and len(lower) > len(ext):
+                        self.by_id.setdefault(entry.name[: -len(ext)], []).append(entry.name)
+
+    def find(self, image_id: str) -> Path | None:
+        """The slide file of ``image_id``, or ``None`` when the folder has none (:meth:`why_missing`
+        says why); raises :class:`SlideReadError` when several files match."""
+        names = self.by_id.get(str(image_id))
+        if not names:
+            return None
+        if len(names) > 1:
+            raise _several(image_id, self.root, names)
+        return self.root / names[0]
+
+    def why_missing(self, image_id: str) -> str:
+        return not_found_message(self.root, str(image_id), self.exts)
 
 

@@ -32,10 +32,11 @@ OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS, errno.
 def file_fingerprint(path: str | os.PathLike) -> str:
     """Size + SHA-256 of the first and last 64 KiB: tells a replaced slide file from the one that
     was tiled (a copy keeps it; ``mtime`` alone would not)."""
-    p = Path(path)
-    size = p.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as fh:
+    from clotclf_core.slides.guard import open_regular
+
+    with open_regular(path) as fh:  # a FIFO put in a slide's place must not block here
+        size = os.fstat(fh.fileno()).st_size
+        h = hashlib.sha256(str(size).encode())
         h.update(fh.read(65536))
         if size > 65536:
             fh.seek(max(65536, size - 65536))
@@ -43,14 +44,14 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return f"{size}:{h.hexdigest()[:16]}"
 
 
-def open_for_job(path: str, source: str | None) -> Any:
+def open_for_job(path: str, source: str | None, trust_declared_size: bool = False) -> Any:
     from clotclf_core.config import parse_component_ref
     from clotclf_core.slides.open import open_slide
 
     if source:
         name, options = parse_component_ref(source, "--source")
-        return open_slide(path, source=name, options=options)
-    return open_slide(path)
+        return open_slide(path, source=name, options=options, trust_declared_size=trust_declared_size)
+    return open_slide(path, trust_declared_size=trust_declared_size)
 
 
 def locate(job: dict[str, Any]) -> str:
@@ -76,6 +77,8 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     """Open, tile, write (pixels, index shard, QC picture) and close one slide. Never raises for a
     bad slide: returns ``{"image_id", "status", "reason", "info", "fatal"}``; ``fatal`` is set when
     the TileSet folder itself cannot be written (full disk, read-only), which stops the run."""
+    from clotclf_core.plugin.errors import SlideReadError
+    from clotclf_core.slides.guard import regular_file_problem
     from clotclf_core.tiling.filters import filters_for
     from clotclf_core.tiling.pipeline import tile_one
     from clotclf_core.tiling.qc import write_mask, write_qc
@@ -89,8 +92,11 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
         filters = filters_for(job["filters"])
         path = locate(job)
         out["info"]["file"] = Path(path).name
+        problem = regular_file_problem(path)  # before anything opens it: a FIFO would block open()
+        if problem:
+            raise SlideReadError(f"slide '{path}' {problem}" + ("" if ";" in problem else ": give the slide file itself"))
         out["info"]["fingerprint"] = file_fingerprint(path)
-        slide = open_for_job(path, job.get("source"))
+        slide = open_for_job(path, job.get("source"), bool(job.get("trust_declared_size")))
         used = getattr(slide, "source_name", None)
         if isinstance(used, str):
             out["info"]["source"] = used

@@ -37,7 +37,7 @@ import numpy as np
 
 from clotclf_core import __version__
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.plugin.io import atomic_path, write_json, write_text
+from clotclf_core.plugin.io import atomic_path, csv_rows_text, write_json, write_text
 
 LABELS = ("tissue", "background")
 
@@ -92,14 +92,7 @@ def labelled_cells(mask: np.ndarray, dims: tuple[int, int], side: int, min_tissu
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_rows_text(rows, list(rows[0]))
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:
@@ -123,8 +116,11 @@ def export_patches(
     overwrite: bool = False,
     progress: bool = True,
     tissue_method: str = "either",
+    trust_declared_size: bool = False,
 ) -> dict[str, Any]:
-    """Write a balanced tissue / background patch set into ``out``; returns patchset.json's content."""
+    """Write a balanced tissue / background patch set into ``out``; returns patchset.json's content.
+    ``trust_declared_size``: read TIFFs whose declared size passes the memory caps
+    (:mod:`clotclf_core.slides.guard`)."""
     from clotclf_core.progress import bar
     from clotclf_core.slides.open import open_slide
     from clotclf_core.slides.tissue import tissue_mask
@@ -159,7 +155,7 @@ def export_patches(
     skipped: dict[str, str] = {}
     for image_id, path in bar(todo, desc="finding tissue", unit="slide", disable=not progress):
         try:
-            slide = open_slide(path)
+            slide = open_slide(path, trust_declared_size=trust_declared_size)
         except ClotclfError as exc:
             skipped[image_id] = str(exc)
             continue
@@ -196,7 +192,8 @@ def export_patches(
                 "thumbnail_size": thumbnail_size, "tissue_method": tissue_method}
     created = not out.exists()
     try:
-        return _write(out, paths, chosen, n, side, size, downsample, settings, skipped, overwrite, progress)
+        return _write(out, paths, chosen, n, side, size, downsample, settings, skipped, overwrite, progress,
+                      trust_declared_size)
     except BaseException as exc:
         if created:  # leave no empty folder behind either
             shutil.rmtree(out, ignore_errors=True)
@@ -213,7 +210,7 @@ def _write_error(exc: OSError, out: Path, needed: int) -> ClotclfError:
 
 def _write(out: Path, paths: dict[str, Path], chosen: dict[str, list[tuple[str, int, int, float]]], n: int, side: int,
            size: int, downsample: float, settings: dict[str, Any], skipped: dict[str, str], overwrite: bool,
-           progress: bool) -> dict[str, Any]:
+           progress: bool, trust_declared_size: bool = False) -> dict[str, Any]:
     import tempfile
 
     from clotclf_core.progress import bar as progress_bar
@@ -233,7 +230,7 @@ def _write(out: Path, paths: dict[str, Path], chosen: dict[str, list[tuple[str, 
         bar = progress_bar(total=2 * n, desc="cutting patches", unit="patch", disable=not progress)
         try:
             for image_id, wanted in by_slide.items():
-                slide = open_slide(paths[image_id])
+                slide = open_slide(paths[image_id], trust_declared_size=trust_declared_size)
                 try:
                     for label, x, y, frac in sorted(wanted, key=lambda r: (r[2], r[1])):
                         pixels = np.asarray(slide.read_region(x, y, side, side, side / size), dtype=np.uint8)[..., :3]

@@ -19,6 +19,7 @@ import numpy as np
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.slides.open import SLIDE_SUFFIXES, slide_files
 from clotclf_core.tiling.filters import BuiltFilter, FilterRef, as_built, check_coords_only, filters_for
+from clotclf_core.tiling.locate import MISSING_LIST, list_missing, listing, locate_all, missing_example, missing_summary, shorten
 from clotclf_core.tiling.settings import TileSettings, TilingError
 from clotclf_core.tiling.summary import build_summary, per_slide_row
 
@@ -86,6 +87,7 @@ def tile_slides(
     dask: str | None = None,
     scratch_dir: str | None = None,
     require_tiles: bool = True,
+    trust_declared_size: bool = False,
 ) -> dict[str, Any]:
     """Tile every slide of ``slides_dir`` (those of ``manifest``, or every slide file) into a TileSet.
 
@@ -97,7 +99,12 @@ def tile_slides(
     most 8). ``dask``: a scheduler address (``tcp://host:8786``) or ``local``; default: local processes.
     ``scratch_dir``: where large working rasters go (default: ``TMPDIR``).
     ``require_tiles=False`` returns the summary even when no slide gave a tile (``predict``, which
-    still owes every patient a row).
+    still owes every patient a row). ``trust_declared_size``: read TIFFs whose declared size passes
+    the memory caps (:mod:`clotclf_core.slides.guard`).
+
+    Manifest rows whose slide file is not in ``slides_dir`` are not tiled: they are listed in
+    ``OUT/missing_slides.csv`` (and counted in the summary's ``missing``), and the error line names
+    the first few only, however many there are.
     """
     from clotclf_core import progress as bars
     from clotclf_core.inputs import check_folder
@@ -150,9 +157,9 @@ def tile_slides(
             changes = writer.sync(listed)
         except OSError as exc:
             raise _output_failure(exc, out) from None
-        listing = "manifest" if manifest is not None else "slide folder"
+        listed_in = "manifest" if manifest is not None else "slide folder"
         per_slide: list[dict[str, Any]] = [
-            {"image_id": k, "status": "removed", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": f"no longer in the {listing} ({why})"}
+            {"image_id": k, "status": "removed", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": f"no longer in the {listed_in} ({why})"}
             for k, why in changes["removed"].items()
         ] + [
             {"image_id": k, "status": "relabelled", "candidates": 0, "kept": 0, "seconds": 0.0, "reason": what}
@@ -160,20 +167,26 @@ def tile_slides(
         ]
         notes = list(df.attrs.get("notes", []))
         notes += [f"{k}: its files were broken ({why}); tiling it again" for k, why in writer.broken.items() if k not in changes["removed"]]
+        folder = listing(slides_dir, records)
         todo, skipped = [], []
         for rec in records:
             meta = writer.meta["slides"].get(rec["image_id"], {})
-            if meta.get("status") in ("done", "no_tissue") and not _changed(rec, meta, slides_dir, file_fingerprint, notes):
+            if meta.get("status") in ("done", "no_tissue") and not _changed(rec, meta, folder, file_fingerprint, notes):
                 skipped.append(rec)
             else:
                 if meta.get("status") in ("done", "no_tissue"):
                     writer.forget(rec["image_id"])
                 todo.append(rec)
+        todo, missing = locate_all(todo, folder, per_slide)
+        try:
+            list_missing(out, missing)
+        except OSError as exc:
+            raise _output_failure(exc, out) from None
         jobs = [
-            {"image_id": rec["image_id"], "path": str(Path(rec["path"]).resolve()) if rec.get("path") else None,
+            {"image_id": rec["image_id"], "path": os.path.realpath(rec["path"]),  # (realpath: a link loop is the guard's to name)
              "folder": str(slides_dir.resolve()), "source": source,
              "settings": settings.model_dump(), "filters": refs, "out": str(out.resolve()), "threads": threads,
-             "scratch": scratch_dir, "qc": True}
+             "scratch": scratch_dir, "qc": True, "trust_declared_size": trust_declared_size}
             for rec in todo
         ]
         rejected = {b.name: 0 for b in built}
@@ -225,13 +238,15 @@ def tile_slides(
     except OSError as exc:
         raise _output_failure(exc, out) from None
     summary = build_summary(str(out), len(records), len(skipped), changes, per_slide, rejected, writer.meta["slides"],
-                            workers, threads, engine.name, time.perf_counter() - t_start, notes)
+                            workers, threads, engine.name, time.perf_counter() - t_start, notes, missing_summary(out, missing, folder))
     done_total = sum(1 for v in writer.meta["slides"].values() if v.get("status") == "done")
     if done_total == 0 and require_tiles:
         tried = [s for s in per_slide if s["status"] in ("failed", "no_tissue")]
-        reasons = "; ".join(f"{s['image_id']}: {s['reason']}" for s in tried[:3])
+        reasons = "; ".join(f"{s['image_id']}: {shorten(s['reason'])}" for s in tried[:3])
+        gone = (f"{len(missing):,} have no slide file in '{slides_dir}' (listed in {out / MISSING_LIST}; "
+                f"e.g. {missing_example(folder, missing)}); " if missing else "")
         raise TilingError(
-            f"no slide could be tiled ({summary['failed']} failed, {summary['no_tissue']} without tissue): {reasons}"
+            f"no slide could be tiled ({summary['failed']:,} failed, {summary['no_tissue']:,} without tissue): {gone}{reasons}"
             + (" ..." if len(tried) > 3 else "")
             + f". Statuses are in {out / 'tileset.json'}"
         )
@@ -256,15 +271,15 @@ def _geometry_of(slides: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "slides_without_mpp": sum(1 for v in done if v.get("um_per_pixel") is None)}
 
 
-def _changed(rec: dict[str, Any], meta: dict[str, Any], folder: Path, fingerprint: Any, notes: list[str]) -> bool:
+def _changed(rec: dict[str, Any], meta: dict[str, Any], folder: Any, fingerprint: Any, notes: list[str]) -> bool:
     """Whether a finished slide's file was replaced since it was tiled (then it is tiled again)."""
     old = meta.get("fingerprint")
     if not old:
         return False
     try:
-        from clotclf_core.slides.open import find_slide
-
-        path = rec.get("path") or find_slide(folder, rec["image_id"])
+        path = rec.get("path") or (folder.find(rec["image_id"]) if folder is not None else None)
+        if path is None:
+            return False
         now = fingerprint(path)
     except (ClotclfError, OSError):
         return False  # gone: the slide keeps its tiles; a manifest that drops it removes it

@@ -1,8 +1,11 @@
 """The run summary of ``tile_slides`` (what ``clotclf tile --json`` prints) and its table.
 
 Documented keys (scripts rely on them): ``out, slides, skipped, relabelled, removed, tiled,
-no_tissue, failed, candidates, tiles_kept, rejected, tiles_in_tileset, workers, threads, engine,
-seconds, per_slide[] (image_id, status, candidates, kept, seconds, reason), notes, failures[]``.
+no_tissue, failed, missing, candidates, tiles_kept, rejected, tiles_in_tileset, workers, threads,
+engine, seconds, per_slide[] (image_id, status, candidates, kept, seconds, reason), notes,
+failures[]``. ``missing``: manifest rows without a slide file (``count``, the ``first`` few, ``why``
+the first is missing, the ``list`` file naming them all); they count in ``failed`` but are not in
+``per_slide`` or ``failures``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ def per_slide_row(image_id: str, status: str, info: dict[str, Any], reason: str)
 
 def build_summary(out: str, n_slides: int, skipped: int, changes: dict[str, dict[str, str]], per_slide: list[dict[str, Any]],
                   rejected: dict[str, int], meta_slides: dict[str, dict[str, Any]], workers: int, threads: int, engine: str,
-                  seconds: float, notes: list[str]) -> dict[str, Any]:
+                  seconds: float, notes: list[str], missing: dict[str, Any] | None = None) -> dict[str, Any]:
     failures = [{"image_id": s["image_id"], "reason": s["reason"]} for s in per_slide if s["status"] == "failed"]
+    missing = missing or {"count": 0, "first": [], "list": None}
     return {
         "out": out,
         "slides": n_slides,
@@ -33,7 +37,8 @@ def build_summary(out: str, n_slides: int, skipped: int, changes: dict[str, dict
         "removed": len(changes["removed"]),
         "tiled": sum(1 for s in per_slide if s["status"] == "done"),
         "no_tissue": sum(1 for s in per_slide if s["status"] == "no_tissue"),
-        "failed": len(failures),
+        "failed": len(failures) + missing["count"],
+        "missing": missing,
         "candidates": sum(s["candidates"] for s in per_slide),
         "tiles_kept": sum(s["kept"] for s in per_slide),
         "rejected": rejected,
@@ -67,13 +72,31 @@ def format_summary(summary: dict[str, Any]) -> str:
         for r in rows:
             reason = r["reason"] if len(r["reason"]) <= 100 else r["reason"][:99] + "…"
             lines.append("  ".join(str(reason if c == "reason" else r[c]).ljust(width.get(c, 0)) for c in cols).rstrip())
+    missing = summary.get("missing") or {"count": 0}
+    if missing["count"]:
+        lines.append(f"missing: {missing['count']:,} slide(s) of the manifest have no file in the slide folder, listed in "
+                     f"{missing['list']} (e.g. {', '.join(missing['first'])})")
     lines.extend(f"note: {n}" for n in summary.get("notes", []))
     return "\n".join(lines)
 
 
-def failure_message(summary: dict[str, Any]) -> str:
-    """The one-line message of a partly failed run (exit code 3), listing every failed slide."""
+def failure_message(summary: dict[str, Any], shown: int = 3) -> str:
+    """The one-line message of a partly failed run (exit code 3): the first ``shown`` failed slides
+    with their reasons (each cut to one short line), how many more, and where every one is listed —
+    one line of bounded length, however many slides failed."""
+    from clotclf_core.tiling.locate import shorten
+
     fails = summary.get("failures", [])
-    listed = "; ".join(f"{f['image_id']}: {f['reason']}" for f in fails)
-    return (f"{len(fails)} of {summary['slides']} slide(s) could not be tiled ({listed}). Everything else was written to "
-            f"{summary['out']}; fix or remove those slides and run the same command again (finished slides are skipped)")
+    missing = summary.get("missing") or {"count": 0}
+    parts = [f"{shorten(f['image_id'], 80)}: {shorten(f['reason'])}" for f in fails[:shown]]
+    if len(fails) > shown:
+        parts.append(f"and {len(fails) - shown:,} more, each with its reason in {summary['out']}/tileset.json")
+    if missing["count"]:
+        others = ", ".join(f"'{shorten(i, 80)}'" for i in missing["first"][1:])
+        more = missing["count"] - len(missing["first"])
+        parts.append(f"{missing['count']:,} without a slide file, all listed in {missing['list']}: "
+                     f"{shorten(missing['first'][0], 80)}: {missing['why']}" + (f"; also {others}" if others else "")
+                     + (f" and {more:,} more" if more > 0 else ""))
+    return (f"{summary['failed']:,} of {summary['slides']:,} slide(s) could not be tiled ({'; '.join(parts)}). Everything "
+            f"else was written to {summary['out']}; fix or remove those slides and run the same command again (finished "
+            "slides are skipped)")

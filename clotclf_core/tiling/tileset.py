@@ -3,6 +3,7 @@
 A TileSet (format 2) is a folder::
 
     tileset.json          format name + version, the settings that produced it, per-slide status
+    tileset.journal       per-slide statuses recorded since tileset.json was written (one JSON line each)
     index/<image_id>.csv  one row per candidate tile of the slide: kept ones and rejected ones
     pixels/<image_id>.npy uint8 (n_kept, S, S, 3) RGB at training resolution S, memory-mappable
     qc/<image_id>.png     QC picture per slide
@@ -17,7 +18,8 @@ index rewrite) and are joined into :attr:`TileSet.index`.
 
 Each slide is written by whoever tiles it (a worker process, a Dask worker): its pixel file is
 streamed to a temporary file and renamed, then its index shard written atomically; the run's
-client then marks it ``done`` in ``tileset.json``. Readers only use slides marked ``done``, so an
+client then marks it ``done`` (a line of ``tileset.journal``, folded into ``tileset.json`` when the
+run ends; readers apply the journal's lines). Readers only use slides marked ``done``, so an
 interrupted run leaves nothing half-visible, and the next run re-tiles what is not done.
 Format 1 TileSets (clotclf 0.1: one ``tiles.csv`` of kept tiles) are still read. This module
 reads; :mod:`clotclf_core.tiling.writer` writes.
@@ -34,6 +36,8 @@ import numpy as np
 
 from clotclf_core.inputs import check_folder
 from clotclf_core.plugin.errors import ClotclfError
+from clotclf_core.plugin.io import csv_unescape_frame
+from clotclf_core.tiling.arrays import MappedArrays
 
 FORMAT = "clotclf-tileset"
 FORMAT_VERSION = 2
@@ -42,6 +46,8 @@ READABLE_VERSIONS = (1, 2)
 INDEX_COLUMNS = ["image_id", "patient_id", "center_id", "label", "row", "x", "y", "size", "downsample"]
 #: the index columns that come from the manifest (kept per slide in tileset.json)
 MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
+#: statuses recorded since tileset.json was written: ``{"id": ..., "slide": {...}}`` or ``{"id": ..., "forget": true}``
+JOURNAL = "tileset.journal"
 #: columns of an index shard before the score columns
 SHARD_COLUMNS = ["image_id", "row", "x", "y", "size", "downsample", "level0_px_per_pixel", "tissue", "darkness", "kept", "rejected_by"]
 
@@ -86,7 +92,36 @@ def read_tileset_meta(root: Path) -> dict[str, Any]:
             f"TileSet '{root}' has format version {meta.get('format_version')}, this clotclf reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}; re-tile the slides with this version (`clotclf tile ... --overwrite`)"
         )
+    apply_journal(root, meta)
     return meta
+
+
+def apply_journal(root: Path, meta: dict[str, Any]) -> int:
+    """Apply ``tileset.journal``'s lines, in order, to ``meta["slides"]``; returns how many applied.
+
+    A line that is not a complete record (the last one of a run killed while writing it; a disk
+    that lost data) is skipped: its slide is not done, so the next run tiles it again."""
+    path = root / JOURNAL
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise TileSetError(f"cannot read '{path}' ({exc.strerror}); {_fix_hint(root)}") from None
+    slides = meta.setdefault("slides", {})
+    applied = 0
+    for line in data.split(b"\n"):
+        try:
+            entry = json.loads(line)
+            image_id = entry["id"]
+            if entry.get("forget"):
+                slides.pop(image_id, None)
+            else:
+                slides[image_id] = dict(entry["slide"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        applied += 1
+    return applied
 
 
 def read_index_file(path: Path, required: list[str], root: Path) -> Any:
@@ -112,6 +147,7 @@ def read_index_file(path: Path, required: list[str], root: Path) -> Any:
                          keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise TileSetError(f"the tile index '{path}' is not a readable CSV ({type(exc).__name__}: {str(exc)[:120]}); {_fix_hint(root)}") from None
+    csv_unescape_frame(df)  # ids written with their formula-neutralising quote (plugin.io.csv_safe)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise TileSetError(f"the tile index '{path}' lacks columns {missing}; {_fix_hint(root)}")
@@ -122,24 +158,54 @@ def npy_problem(path: Path, dtype: Any, shape: tuple[int, ...]) -> str | None:
     """Why ``path`` cannot be a ``dtype`` array of ``shape`` saved with ``numpy.save`` (``None`` when
     it can): a slide's pixel file here, a slide's feature matrix in a feature store.
 
-    Reads the .npy header and maps the file (no data is read), so a missing, truncated or
-    mis-shaped file is found when the folder is opened, not as a traceback in a loader worker.
+    Reads the .npy header and the file's size (no data, no memory map: no file descriptor stays
+    open), so a missing, truncated or mis-shaped file is found when the folder is opened, not as a
+    traceback in a loader worker. Running out of file descriptors is an :class:`OSError` (raised:
+    the file is not to blame), never "truncated".
     """
-    if not path.is_file():
-        return "missing"
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:  # truncated data: "mmap length is greater than file size"
-        return f"truncated or unreadable ({type(exc).__name__}: {str(exc)[:120]})"
-    if not isinstance(arr, np.ndarray):  # e.g. an .npz archive under a .npy name
-        getattr(arr, "close", lambda: None)()
-        return "not a .npy array"
-    got_shape, got_dtype = arr.shape, arr.dtype
-    del arr
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError:
+        return "missing (a folder is in its place)"
+    except OSError as exc:
+        raise_if_out_of_files(exc)
+        return f"unreadable ({exc.strerror})"
+    with fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return f"unreadable (.npy format version {version[0]}.{version[1]})"
+            header = read_header(fh, max_header_size=10000)
+        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            if fh.seek(0) == 0 and fh.read(2) == b"PK":  # an .npz archive under a .npy name
+                return "not a .npy array"
+            return f"truncated or unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+        got_shape, fortran, got_dtype = header
+        size, start = os.fstat(fh.fileno()).st_size, fh.tell()
     want = tuple(int(v) for v in shape)
-    if got_dtype != np.dtype(dtype) or got_shape != want:
+    if got_dtype != np.dtype(dtype) or tuple(got_shape) != want:
         return f"holds {got_dtype} {tuple(got_shape)} instead of {np.dtype(dtype)} {want}"
+    need = start + int(np.prod(want, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if size < need:
+        return f"truncated or unreadable: {size:,} bytes where its header needs {need:,}"
     return None
+
+
+def raise_if_out_of_files(exc: OSError) -> None:
+    """Re-raise "too many open files" as the one line saying so: it is never the data's fault."""
+    import errno
+
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise TileSetError(
+            f"too many open files ({exc.strerror}: this process may open {soft:,}, `ulimit -n`) while opening "
+            f"'{exc.filename}'; the data is not at fault: raise the limit (`ulimit -n 4096`) or use fewer loader workers"
+        ) from None
 
 
 def slide_problem(root: Path, image_id: str, rec: Mapping[str, Any], tile_pixels: int) -> tuple[str | None, Any]:
@@ -217,7 +283,7 @@ class TileSet:
         self.meta = read_tileset_meta(self.root)
         #: coordinates-only TileSets: the folder their slides are in now (default: the paths they recorded)
         self.slides_dir = Path(slides_dir) if slides_dir is not None else None
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays = MappedArrays()  # (a bounded number of memory maps: one file descriptor each)
         self._rejected = None
         done = [k for k, v in self.slides.items() if v.get("status") == "done"]
         if self.meta.get("format_version") == 1:
@@ -302,23 +368,21 @@ class TileSet:
 
     def pixels(self, image_id: str) -> np.ndarray:
         """The memory-mapped uint8 (n, S, S, 3) array of one slide's kept tiles."""
-        arr = self._arrays.get(image_id)
-        if arr is None and (self.coords_only or self.slides.get(image_id, {}).get("coords_only")):
+        if self.coords_only or self.slides.get(image_id, {}).get("coords_only"):
             raise TileSetError(
                 f"TileSet '{self.root}' was tiled with --coords-only: it caches no pixels; `clotclf embed` and `predict` read "
                 f"slide '{image_id}' itself (clotclf_core.tiling.fill), or tile again without --coords-only")
-        if arr is None:
-            path = self.root / "pixels" / f"{image_id}.npy"
-            if not path.is_file():
-                raise TileSetError(f"TileSet '{self.root}' lacks {path}; " + _fix_hint(self.root))
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise TileSetError(
-                    f"TileSet '{self.root}': {path} is truncated or unreadable ({type(exc).__name__}: {exc}); " + _fix_hint(self.root)
-                ) from None
-            self._arrays[image_id] = arr
-        return arr
+        path = self.root / "pixels" / f"{image_id}.npy"
+        try:
+            return self._arrays.get(image_id, path)
+        except FileNotFoundError:
+            raise TileSetError(f"TileSet '{self.root}' lacks {path}; " + _fix_hint(self.root)) from None
+        except (ValueError, OSError, EOFError) as exc:
+            if isinstance(exc, OSError):
+                raise_if_out_of_files(exc)  # (never blamed on the data)
+            raise TileSetError(
+                f"TileSet '{self.root}': {path} is truncated or unreadable ({type(exc).__name__}: {exc}); " + _fix_hint(self.root)
+            ) from None
 
     def tile(self, i: int) -> np.ndarray:
         """Pixels of row ``i`` of the index, (S, S, 3) uint8."""
@@ -348,7 +412,7 @@ class TileSet:
 
     def __getstate__(self):  # DataLoader workers re-open the memory maps themselves
         state = self.__dict__.copy()
-        state["_arrays"] = {}
+        state["_arrays"] = MappedArrays()
         return state
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from clotclf_core.models.runs import read_config
-from clotclf_core.plugin.io import write_guard, write_json, write_text
+from clotclf_core.plugin.io import write_csv, write_guard, write_json
 from clotclf_core.scoring import metrics
 from clotclf_core.scoring.calibration import Calibration, CalibrationError, calibrate_slides, slide_predictions
 from clotclf_core.scoring.evaluate import predictions_frame, write_pictures, write_reliability
@@ -136,7 +136,7 @@ def cross_validate(s: "TrainSettings", run_dir: Path, split: "Split", results: l
             write_json(run_dir / "metrics.json", doc)
             write_json(run_dir / "cv.json", {"training": settings_dict(s), "split": split.to_dict(),
                                              "tileset": records["tileset"], "folds": [f"fold_{r['fold']}" for r in results]})
-            write_text(run_dir / "predictions_oof.csv", predictions_frame(oof_frame, oof_probs, labels).to_csv(index=False))
+            write_csv(run_dir / "predictions_oof.csv", predictions_frame(oof_frame, oof_probs, labels))
             write_pictures(run_dir, oof_frame, oof_probs, labels, oof.metrics, "oof")
             write_reliability(run_dir, "oof", oof_res, labels)
             if test is not None:

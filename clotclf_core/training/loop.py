@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 from clotclf_core.plugin.errors import ClotclfError
-from clotclf_core.plugin.io import write_guard, write_text
+from clotclf_core.plugin.io import write_csv, write_guard
 from clotclf_core.seeds import seed_epoch
 from clotclf_core.training.checkpoints import LAST, RESUME_HINT, read_checkpoint, write_checkpoint, write_weights
 from clotclf_core.training.distributed import barrier, sum_over_ranks
@@ -313,7 +313,7 @@ class Trainer:
         import pandas as pd
 
         with write_guard("history.csv", self.fold_dir, after=RESUME_HINT):
-            write_text(self.fold_dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
+            write_csv(self.fold_dir / "history.csv", pd.DataFrame(self.history))
 
     def restore_best(self) -> None:
         """Load the best epoch's weights from its checkpoint file (a real copy, not a live view)."""

@@ -21,7 +21,7 @@ import pandas as pd
 from clotclf_core.models.card import write_model_card
 from clotclf_core.models.runs import read_config
 from clotclf_core.models.saved import save_model
-from clotclf_core.plugin.io import write_guard, write_json, write_text
+from clotclf_core.plugin.io import write_csv, write_guard, write_json, write_text
 from clotclf_core.scoring.calibration import Calibration, fit_calibration, slide_predictions
 from clotclf_core.scoring.evaluate import predictions_frame, write_pictures, write_reliability
 from clotclf_core.scoring.headline import VAL_NOTE, headline_sentence, held_out
@@ -111,13 +111,13 @@ def write_fold(fold_dir: Path, trainer: "Trainer", result: dict[str, Any], val: 
     with write_guard("the model and its results", fold_dir, after=RESUME_HINT):  # checkpoints complete: --resume redoes this
         save_model(trainer.model, fold_dir, sections)
         write_json(fold_dir / "metrics.json", public)
-        write_text(fold_dir / "predictions_val.csv", predictions_frame(val.frame, val.probs, labels).to_csv(index=False))
+        write_csv(fold_dir / "predictions_val.csv", predictions_frame(val.frame, val.probs, labels))
         _plot_history(trainer.history, fold_dir / "plots" / "history.png", f"fold {trainer.fold}")
         write_pictures(fold_dir, val.frame, val.probs, labels, val.metrics, "val")
         for name, res in result["_results"].items():
             write_reliability(fold_dir, name, res, labels)
         if test is not None:
-            write_text(fold_dir / "predictions_test.csv", predictions_frame(test.frame, test.probs, labels).to_csv(index=False))
+            write_csv(fold_dir / "predictions_test.csv", predictions_frame(test.frame, test.probs, labels))
             write_pictures(fold_dir, test.frame, test.probs, labels, test.metrics, "test")
         write_card(fold_dir, public)
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from clotclf_core.plugin import ClotclfError, ConfigError, Options, write_json, write_text
+from clotclf_core.plugin import ClotclfError, ConfigError, Options, csv_rows_text, write_json, write_text
 from clotclf_core.plugin.device import resolve_device
 from clotclf_core.plugin.spec import format_validation_error
 
@@ -279,14 +279,7 @@ def train_filter(data: str | Path, out: str | Path, settings: TrainFilterSetting
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_rows_text(rows)
 
 
 def _card(out: Path, s: TrainFilterSettings, m: dict[str, Any]) -> str:

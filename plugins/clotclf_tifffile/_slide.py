@@ -387,7 +387,8 @@ def _mpp(tif, page) -> float | None:
             if checked_mpp(mpp)[0] is not None or not tif.is_svs:
                 return mpp
     if tif.is_svs:
-        match = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+        # full float syntax: "MPP = 2.5e-01" is 0.25, not 2.5 (10x wrong tiles); "1e308" is refused by checked_mpp
+        match = re.search(r"MPP\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", page.description or "")
         if match:
             return float(match.group(1))
     return None
