@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -43,7 +43,6 @@ from clotclf_core.progress import bar
 from clotclf_core.tiling.fill import SlideBatches
 from clotclf_core.tiling.stain import StainTarget
 from clotclf_core.tiling.tileset import TileSet
-
 
 # ----------------------------------------------------------------------------- reading ahead
 

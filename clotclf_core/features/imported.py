@@ -52,7 +52,7 @@ from clotclf_core.features.store import (
 )
 from clotclf_core.inputs import check_folder
 from clotclf_core.models.config import describe_encoder
-from clotclf_core.plugin.io import atomic_path, write_csv, write_json, write_text
+from clotclf_core.plugin.io import atomic_path, write_csv, write_json
 from clotclf_core.progress import bar
 from clotclf_core.tiling.tileset import npy_problem
 

@@ -52,8 +52,7 @@ import pandas as pd
 
 from clotclf_core.models.runtime import pick_runtime
 from clotclf_core.plugin.io import csv_text as to_csv_text
-from clotclf_core.plugin.io import csv_unescape
-from clotclf_core.plugin.io import write_guard, write_json, write_text
+from clotclf_core.plugin.io import csv_unescape, write_guard, write_json, write_text
 from clotclf_core.predict.ensemble import (
     LoadedModel,
     PredictError,

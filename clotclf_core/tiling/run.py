@@ -19,7 +19,15 @@ import numpy as np
 from clotclf_core.plugin.errors import ClotclfError, Interrupted
 from clotclf_core.slides.open import SLIDE_SUFFIXES, slide_files
 from clotclf_core.tiling.filters import BuiltFilter, FilterRef, as_built, check_coords_only, filters_for
-from clotclf_core.tiling.locate import MISSING_LIST, list_missing, listing, locate_all, missing_example, missing_summary, shorten
+from clotclf_core.tiling.locate import (
+    MISSING_LIST,
+    list_missing,
+    listing,
+    locate_all,
+    missing_example,
+    missing_summary,
+    shorten,
+)
 from clotclf_core.tiling.settings import TileSettings, TilingError
 from clotclf_core.tiling.summary import build_summary, per_slide_row
 

@@ -21,7 +21,7 @@ import pandas as pd
 from clotclf_core.models.card import write_model_card
 from clotclf_core.models.runs import read_config
 from clotclf_core.models.saved import save_model
-from clotclf_core.plugin.io import write_csv, write_guard, write_json, write_text
+from clotclf_core.plugin.io import write_csv, write_guard, write_json
 from clotclf_core.scoring.calibration import Calibration, fit_calibration, slide_predictions
 from clotclf_core.scoring.evaluate import predictions_frame, write_pictures, write_reliability
 from clotclf_core.scoring.headline import VAL_NOTE, headline_sentence, held_out
