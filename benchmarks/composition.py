@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def demo_tiles(n: int, size: int) -> np.ndarray:
-    from clotclf_core.demo.cohort import plan_cohort, render_slide
+    from clotclf_core.demo.cohort import plan_cohort
+    from clotclf_core.demo.paint import render_slide
 
     tiles = []
     for slide in plan_cohort(0, 8):

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from clotclf_core.cli.main import cli
 from clotclf_core.demo import cohort as demo_data
-from clotclf_core.demo.cohort import DEMO_TILING, MANIFEST_COLUMNS, plan_cohort, render_slide, write_demo_cohort
+from clotclf_core.demo.cohort import DEMO_TILING, MANIFEST_COLUMNS, plan_cohort, write_demo_cohort
+from clotclf_core.demo.paint import SIDE_RANGE, render_slide
 from clotclf_core.plugin import ClotclfError
 from clotclf_core.slides.open import find_slide, open_slide
 
@@ -51,7 +52,7 @@ def test_every_slide_opens_with_its_layout(cohort):
     df = pd.read_csv(cohort, dtype=str)
     layouts = {s.image_id: s.layout for s in plan_cohort(1, N_PATIENTS)}
     assert set(layouts.values()) == set(demo_data.LAYOUTS)
-    lo, hi = demo_data.SIDE_RANGE
+    lo, hi = SIDE_RANGE
     for image_id in df["image_id"]:
         path = find_slide(cohort.parent / "slides", image_id)
         with open_slide(path) as slide:

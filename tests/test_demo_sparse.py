@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from clotclf_core.demo import sparse as demo_sparse
-from clotclf_core.demo.cohort import _clear_output, plan_cohort, render_slide, write_demo_cohort
+from clotclf_core.demo.cohort import _clear_output, plan_cohort, write_demo_cohort
+from clotclf_core.demo.paint import render_slide
 
 
 def test_bulk_of_the_tissue_is_independent_of_the_label():

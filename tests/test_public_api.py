@@ -22,8 +22,8 @@ API = "clotclf_core.plugin"
 #: core modules the registry may import besides the API, and the names it may take from each
 #: (keep in step with docs/registry.md, "What the registry imports")
 REGISTRY_ALLOWED = {
-    "clotclf_core.models.runs": {"read_config", "read_safetensors_header", "requirements", "check_requirements",
-                                 "fold_runs", "FOLD_ENSEMBLE_KIND"},
+    "clotclf_core.models.runs": {"read_config", "read_safetensors_header", "fold_runs", "FOLD_ENSEMBLE_KIND"},
+    "clotclf_core.models.requirements": {"requirements", "check_requirements"},
     "clotclf_core.models.saved": {"load_model", "check_buildable"},
     "clotclf_core.models.card": {"BASE_TAGS", "ModelCardError", "assemble", "card_results", "load_model_card", "model_card",
                                  "read_model_card"},

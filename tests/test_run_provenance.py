@@ -202,7 +202,7 @@ def test_check_buildable_compares_shapes_without_building_for_real(tmp_path):
 
 def test_pipeline_providers_come_from_the_tileset_and_the_card_lists_what_to_install(tmp_path):
     from clotclf_core.models.card import render_model_card
-    from clotclf_core.models.runs import pipeline_provenance, requirements
+    from clotclf_core.models.requirements import pipeline_provenance, requirements
 
     reset_manager()
     old = {"settings": {"filters": [{"name": "otsu", "options": {}}], "source": "auto"}}  # a TileSet before providers

@@ -26,6 +26,12 @@ and the summary says that features are then matched by encoder name and patch si
 Manifest rows without a file are listed as ``no_tiles`` (reason: no file), files without a row
 are left out and said. Resumable: a slide already imported from a file of the same size is kept.
 No torch; numpy, pandas and h5py (imported here only).
+
+A slide's matrix is written as every writer of a store writes it (:func:`~clotclf_core.features.store.matrix_file`),
+but the store is opened and its slides recorded here rather than by
+:class:`~clotclf_core.features.writer.FeatureStoreWriter`, because the rules differ: ``import-features
+--overwrite`` keeps the slides of a store of the same encoder and patching (resumed by their source file's
+size, ``source_bytes``) where ``embed --overwrite`` replaces every slide, and there is no TileSet to sync with.
 """
 
 from __future__ import annotations
@@ -46,19 +52,19 @@ from clotclf_core.features.store import (
     SLIDES_DIR,
     FeatureStoreError,
     encoder_identity,
+    matrix_file,
     read_store_meta,
     rows_fingerprint,
     tileset_fingerprint,
 )
 from clotclf_core.inputs import check_folder
 from clotclf_core.models.config import describe_encoder
-from clotclf_core.plugin.io import atomic_path, write_csv, write_json
+from clotclf_core.plugin.io import write_csv, write_json
 from clotclf_core.progress import bar
-from clotclf_core.tiling.tileset import npy_problem
+from clotclf_core.tiling.tileset import MANIFEST_COLUMNS, npy_problem
 
 #: an encoder name as recorded (the component-name rule, so a MIL run's config accepts it)
 ENCODER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-MANIFEST_COLUMNS = ("patient_id", "center_id", "label")
 
 
 class ImportFeaturesError(FeatureStoreError):
@@ -259,8 +265,8 @@ def import_features(h5_dir: str | Path, out: str | Path, encoder_name: str, *, m
                                "the feature store keeps float16; nothing of this slide was written")
         rows = _rows(image_id, entry, data["coords"], heads[image_id]["geometry"])
         root = writer["root"]
-        with atomic_path(root / SLIDES_DIR / f"{image_id}.npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, values.astype(DTYPE), allow_pickle=False)
+        with matrix_file(root / SLIDES_DIR / f"{image_id}.npy", len(values), num_features) as matrix:
+            matrix[:] = values.astype(DTYPE)
         write_csv(root / SLIDES_DIR / f"{image_id}.csv", rows)
         slides[image_id] = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
                             **{c: str(entry[c]) for c in MANIFEST_COLUMNS}, "source_bytes": files[image_id].stat().st_size}

@@ -9,6 +9,7 @@
 - :mod:`.mil` — the MIL model (aggregator on bags, optional backbone, stored standardisation);
 - :mod:`.aggregate` — calling an aggregator plugin with its contract checked;
 - :mod:`.saved` — run directories: save, load, check buildable without memory;
-- :mod:`.runs` — run directories without torch: reading config.json, fold ensembles, what a run needs installed;
+- :mod:`.runs` — run directories without torch: reading config.json, fold ensembles, the safetensors header;
+- :mod:`.requirements` — what a run needs installed (its recorded plugins), and the one ``pip install`` message;
 - :mod:`.card`, :mod:`.card_facts`, :mod:`.card_text` — the model card (README.md) via ``huggingface_hub.ModelCard``.
 """

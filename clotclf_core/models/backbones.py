@@ -165,7 +165,8 @@ def check_backbone_run(path: str | Path) -> dict[str, Any]:
     (what a pull checks before it keeps a run). Returns ``{"parameters", "needs"}``."""
     import torch
 
-    from clotclf_core.models.runs import check_requirements, read_safetensors_header
+    from clotclf_core.models.requirements import check_requirements
+    from clotclf_core.models.runs import read_safetensors_header
     from clotclf_core.plugin.weights import _shape_problems
 
     run = read_backbone_run(str(path))

@@ -283,7 +283,7 @@ _NEEDED_FOR = {"model": "loading the model", "encoder": "embedding new slides' t
 def _requirements_section(config: dict[str, Any]) -> str:
     """The "What must be installed" section: the distribution and version of every component, as
     config.json records them (the model's, then the tiling pipeline's that `clotclf predict` re-creates)."""
-    from clotclf_core.models.runs import install_command, recorded_components
+    from clotclf_core.models.requirements import install_command, recorded_components
 
     rows = recorded_components(config)
     if not rows:

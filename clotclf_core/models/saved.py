@@ -27,13 +27,8 @@ from torch import nn
 from clotclf_core import __version__
 from clotclf_core.models.build import build_model
 from clotclf_core.models.config import MODEL_KINDS, ModelConfig, model_config_from
-from clotclf_core.models.runs import (
-    check_requirements,
-    header_numel,
-    pipeline_provenance,
-    read_config,
-    read_safetensors_header,
-)
+from clotclf_core.models.requirements import check_requirements, pipeline_provenance
+from clotclf_core.models.runs import header_numel, read_config, read_safetensors_header
 from clotclf_core.plugin.errors import ConfigError, ModelLoadError, PluginError, printable
 from clotclf_core.plugin.hookspecs import PLUGIN_API_VERSION
 from clotclf_core.plugin.io import write_json
@@ -84,7 +79,7 @@ def parameter_budget(header: dict[str, Any]) -> int:
 
 
 def _recorded_specs(config: dict[str, Any], label: str, trusted: bool = True) -> tuple[dict[str, ComponentSpec], str]:
-    """The providers the run records (after :func:`~clotclf_core.models.runs.check_requirements`), and
+    """The providers the run records (after :func:`~clotclf_core.models.requirements.check_requirements`), and
     a hint for messages when an installed version differs from the recorded one."""
     mgr = get_manager()
     recorded = config.get("plugins") if isinstance(config.get("plugins"), dict) else {}

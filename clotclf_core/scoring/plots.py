@@ -4,6 +4,9 @@ Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg c
 pyplot), so plotting works without a display, leaks no global figure state between calls and is
 safe in worker processes. Each writes one PNG atomically and returns its path. Sizes are fixed
 (``SIZES``, inches at ``DPI``) so pictures of different runs line up side by side.
+
+At about 400 lines this module is at the project's ~400: it is one concern (a run's pictures, every one
+drawn through the same figure, size table and atomic PNG writer above), so it stays one module.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from clotclf_core.models.runs import FOLD_ENSEMBLE_KIND, fold_runs, read_config, requirements
+from clotclf_core.models.requirements import requirements
+from clotclf_core.models.runs import FOLD_ENSEMBLE_KIND, fold_runs, read_config
 from clotclf_core.plugin import CONFIG_NAME, write_json
 from clotclf_core.plugin.errors import ConfigError, ModelLoadError, os_error_message, printable, warn
 from clotclf_core.plugin.hub import (

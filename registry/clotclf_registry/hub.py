@@ -22,6 +22,10 @@ speaking the Hub's HTTP API), through ``huggingface_hub`` — never a re-impleme
   ``create_repo``, ``create_commit``, ``create_tag``, ``hf_hub_download``,
   ``get_hf_file_metadata``), so the ``huggingface-hub`` floor in pyproject.toml is the oldest
   release the tests were run with.
+
+At about 450 lines this module is over the project's ~400: it is one concern (the one
+:class:`~.backend.RegistryBackend` for the Hub, whose push, verified pull, cache fallback and clean-up share
+the same huggingface_hub calls, error mapping and cache layout), like :mod:`.local` for a folder.
 """
 
 from __future__ import annotations

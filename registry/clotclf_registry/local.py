@@ -21,6 +21,10 @@ normal permissions (the commit's manifest beside it in ``manifests/``, so an off
 every file again), and ``refs/<revision>`` remembers what a branch or tag pointed to.
 Access control is the filesystem's: ``--private`` makes the repo folder readable by its owner only.
 A store this user cannot write to can still be pulled from; a push to it is one clear error.
+
+At about 430 lines this module is over the project's ~400: it is one concern (the one
+:class:`~.backend.RegistryBackend` for a folder: push and pull read and write the same store layout above,
+with the same checks of every file read), like :mod:`.hub` for the Hub.
 """
 
 from __future__ import annotations

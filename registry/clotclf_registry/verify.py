@@ -11,7 +11,7 @@
   model those options describe must have exactly the weights' tensor names and shapes — checked
   on the meta device, without allocating it (:func:`clotclf_core.models.saved.check_buildable`). Any
   failure is an error, never a warning, and the caller keeps nothing.
-- What a model needs installed is the core's check (:func:`clotclf_core.models.runs.check_requirements`):
+- What a model needs installed is the core's check (:func:`clotclf_core.models.requirements.check_requirements`):
   one check, one message.
 """
 
@@ -24,13 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from clotclf_core.models.backbones import BACKBONE_KIND, check_backbone_run, load_backbone_run
-from clotclf_core.models.runs import (
-    check_requirements,
-    fold_runs,
-    read_config,
-    read_safetensors_header,
-    requirements,
-)
+from clotclf_core.models.requirements import check_requirements, requirements
+from clotclf_core.models.runs import fold_runs, read_config, read_safetensors_header
 from clotclf_core.plugin import (
     CONFIG_NAME,
     PICKLE_SUFFIXES,
