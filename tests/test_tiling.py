@@ -120,6 +120,16 @@ def test_small_slide_is_padded_with_its_glass_and_tiny_one_refused(tmp_path):
             tile_slide(slide)
 
 
+def test_a_slide_smaller_than_one_tile_says_so_when_no_tile_keeps_enough_tissue(tmp_path):
+    """Issue 19: the reason named the tissue share only; a slide smaller than one tile now says that
+    it is, and what to change."""
+    with closing(open_tiff(write_slide(tmp_path / "small.tif", size=(300, 200), blobs=((150, 100, 40, DARK),)))) as slide:
+        pixels, rows, info = tile_slide(slide)
+    assert len(rows) == 0 and info["status"] == "no_tissue", info
+    assert "no tile has at least 10%" in info["reason"] and "300 x 200 px, is smaller than one tile (896" in info["reason"]
+    assert "--tile-size" in info["reason"] and "--min-tissue" in info["reason"]
+
+
 class CountingSlide:
     """Wraps a Slide and counts the reads of each stored segment (and any read_region)."""
 

@@ -213,6 +213,10 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     info["rejected"] = rejected
     empty = "the tissue mask is empty (blank or unreadable image?)" if not scan.mask.any() else (
         f"no tile has at least {settings.min_tissue:.0%} of its area in the tissue mask" if len(cells) == 0 else "")
+    if empty and len(cells) == 0 and scan.mask.any() and min(geo["width"], geo["height"]) < side0:
+        empty += (f": the slide, {geo['width']:,} x {geo['height']:,} px, is smaller than one tile ({side0:,} level-0 px a "
+                  "side at these settings), so its tissue covers little of any tile; use a smaller --tile-size / --tile-um "
+                  "or --downsample, or a lower --min-tissue")
 
     xs, ys = grid.xs(), grid.ys()
     by_row: dict[int, list[int]] = {}
