@@ -56,7 +56,7 @@ PEERS = {
     "lazyslide": {"dist": "lazyslide", "version": "0.13.0", "extras": TORCH},
     "tiatoolbox": {"dist": "tiatoolbox", "version": "2.1.3", "extras": [], "override": TORCH},
 }
-TOOLS = ["clotclf", *PEERS]
+TOOLS = ["clotclf", "clotclf-api", *PEERS]
 SLIDES = {  # name: (width, height, seed, glass)
     "mean": (23_000, 37_600, 0, "white"),
     "grey": (12_000, 9_000, 2, "grey"),
@@ -169,8 +169,30 @@ def run_clotclf(slide: str, mode: str, out: str) -> dict:
     return {"boxes": boxes, "note": f"{rec.get('source')}; {rec.get('mask_from', rec.get('reason', ''))}"}
 
 
+def run_clotclf_api(slide: str, mode: str, out: str) -> dict:
+    """clotclf's Python API ``tile_slide``: the same pipeline, tiles returned in memory and nothing
+    written (no pixel cache, index, QC picture or tileset.json), as the peers' runs here."""
+    from clotclf_core.slides.open import open_slide
+    from clotclf_core.tiling.run import tile_slide
+    from clotclf_core.tiling.settings import TileSettings
+
+    with open_slide(slide) as handle:
+        pixels, kept, info = tile_slide(handle, TileSettings(coords_only=mode == "coords"))
+    size = int(kept[0]["size"]) if kept else 0
+    boxes = [[int(r["x"]), int(r["y"]), size, size] for r in kept]
+    return {"boxes": boxes, "read": 0 if pixels is None else len(pixels), "note": f"in memory; {info.get('mask_from', '')}"}
+
+
 def _warm_clotclf() -> None:
+    # every module a run imports (a sys.modules diff around one run), as hs2p's warm-up imports hs2p's
+    import multiprocessing.synchronize  # noqa: F401
+
     import cv2  # noqa: F401
+    import openslide  # noqa: F401
+    import PIL.PngImagePlugin  # noqa: F401
+    import skimage.color  # noqa: F401
+    import skimage.filters.thresholding  # noqa: F401
+    import skimage.transform  # noqa: F401
     import pandas  # noqa: F401
     import PIL.Image  # noqa: F401
     import PIL.ImageDraw  # noqa: F401
@@ -183,11 +205,19 @@ def _warm_clotclf() -> None:
     import tqdm.auto  # noqa: F401
 
     import clotclf_core.slides.manifest  # noqa: F401
+    import clotclf_core.slides.tissue  # noqa: F401
+    import clotclf_core.tiling.execution  # noqa: F401
+    import clotclf_core.tiling.pipeline  # noqa: F401
+    import clotclf_core.tiling.qc  # noqa: F401
+    import clotclf_core.tiling.writer  # noqa: F401
     import clotclf_core.tiling.run  # noqa: F401
     import clotclf_core.tiling.tileset  # noqa: F401
     from clotclf_core.plugin_manager import get_manager
 
     get_manager()
+    import clotclf_openslide._slide  # noqa: F401  (the built-in plugins' modules load on first use)
+    import clotclf_otsu._filter  # noqa: F401
+    import clotclf_tifffile._slide  # noqa: F401
 
 
 def run_hs2p(slide: str, mode: str, out: str) -> dict:
@@ -219,7 +249,7 @@ def _warm_hs2p() -> None:
     import hs2p.wsi  # noqa: F401
 
 
-RUNNERS = {"clotclf": (run_clotclf, _warm_clotclf), "hs2p": (run_hs2p, _warm_hs2p)}
+RUNNERS = {"clotclf": (run_clotclf, _warm_clotclf), "clotclf-api": (run_clotclf_api, _warm_clotclf), "hs2p": (run_hs2p, _warm_hs2p)}
 
 
 def child(tool: str, mode: str, slide: str, out: str) -> None:
@@ -236,7 +266,7 @@ def child(tool: str, mode: str, slide: str, out: str) -> None:
 
 def python_for(tool: str, venvs: Path | None) -> tuple[str | None, str]:
     """The Python that runs ``tool``, or None and why it cannot run here."""
-    if tool == "clotclf":
+    if tool.startswith("clotclf"):
         return sys.executable, ""
     if tool not in RUNNERS:
         return None, f"not run: no runner for {tool} is written in this script yet"
@@ -355,7 +385,7 @@ def render(results: dict, skipped: dict, opts) -> str:
             continue
         kept = med([r["kept_area_mpx"] for r in ok])
         n = med([r["kept"] for r in ok])
-        lines.append(f"| {name} | {shape} | {mode} | {tool} | {med([r['seconds'] for r in ok]):.1f} | {med([r['cpu'] for r in ok]):.1f} | "
+        lines.append(f"| {name} | {shape} | {mode} | {tool} | {med([r['seconds'] for r in ok]):.2f} | {med([r['cpu'] for r in ok]):.2f} | "
                      f"{med([r['rss_mb'] for r in ok]):.0f} | {n:.0f} | {med([r['coverage'] for r in ok]):.3f} | "
                      f"{med([r['glass'] for r in ok]):.3f} | {ok[0].get('note', '')} (kept area {kept:.0f} Mpx) |")
     for tool, why in skipped.items():

@@ -97,3 +97,37 @@ def test_byte_count_prescreen():
     counts[0, -1] = 2_000  # an edge tile whose padding is content: busy, not missed
     busy = byte_count_prescreen(counts, coverage)
     assert not busy[1:, -1].any() and busy[0, -1] and busy[5:12, 8:20].all()
+
+
+def test_the_tissue_primitives_on_channel_planes_equal_numpy_on_interleaved_pixels():
+    """The OpenCV-on-planes versions of the mask's primitives give numpy's interleaved results exactly
+    (a contiguous image, a strided view of one, a 1-pixel one), so masks did not move."""
+    from clotclf_core.slides import tissue as T
+
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    base[:20, :, :3] = 225 + rng.integers(0, 8, (20, 53, 1), dtype=np.uint8)  # grey glass to find
+    for img in (np.ascontiguousarray(base[..., :3]), base[..., :3], base[:1, :1, :3]):
+        r, g, b = (img[..., k] for k in range(3))
+        mx, mn = T._channel_max_min(img)
+        assert np.array_equal(mx, np.maximum(np.maximum(r, g), b)) and np.array_equal(mn, np.minimum(np.minimum(r, g), b))
+        bg = np.array([203, 207, 198], np.uint8)
+        assert np.array_equal(T.relative_od(img, bg), (T._OD_LUT[img] - T._OD_LUT[bg]).max(axis=-1))
+    colour, how = T.estimate_background(base[..., :3])
+    grey = base[..., :3].astype(np.float32).mean(axis=-1)
+    assert "mode" in how and abs(float(np.median(grey[:20])) - float(colour.astype(float).mean())) <= 4
+
+
+def test_glass_fills_any_colour_and_an_opaque_rgba_region_becomes_its_rgb():
+    from clotclf_core.plugin.regions import to_rgb
+    from clotclf_core.tiling.raster import glass
+
+    for shape in ((224, 224, 3), (1, 1, 3), (0, 7, 3), (2, 5, 6, 3)):
+        out = glass(shape, (203, 207, 198))
+        assert out.shape == shape and out.dtype == np.uint8 and (out.reshape(-1, 3) == (203, 207, 198)).all()
+    rgba = np.random.default_rng(0).integers(0, 256, (9, 11, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    got = to_rgb(rgba)
+    assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, rgba[..., :3])
+    rgba[0, 0, 3] = 0  # transparent: composited onto white
+    assert to_rgb(rgba)[0, 0].tolist() == [255, 255, 255]

@@ -44,8 +44,19 @@ DEFAULT_BACKGROUND = (255, 255, 255)
 GLASS_MAX_SATURATION = 0.10
 
 
+def _channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """R, G and B as contiguous planes: OpenCV's per-pixel operations on them are 5-50x numpy's on
+    the interleaved channels (a view's mask went from ~55 to ~15 ms), with the same results."""
+    if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] >= 3 and rgb.size and min(rgb.shape[:2]) > 0:
+        import cv2  # kept out of `import clotclf_core.slides.tissue`
+
+        r, g, b = cv2.split(np.ascontiguousarray(rgb[..., :3]))
+        return r, g, b
+    return rgb[..., 0], rgb[..., 1], rgb[..., 2]
+
+
 def _channel_max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, g, b = _channels(rgb)
     return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
 
 
@@ -85,7 +96,8 @@ def estimate_background(rgb: np.ndarray, valid: np.ndarray | None = None, black_
     if valid is not None:
         ok &= valid
     n_valid = int(ok.sum())
-    grey = rgb.astype(np.float32).mean(axis=-1)
+    r, g, b = _channels(rgb)
+    grey = (r.astype(np.uint16) + g + b).astype(np.float32) / np.float32(3)  # == the channels' float32 mean, exactly
     glassy = ok & (saturation(rgb) < GLASS_MAX_SATURATION) & (grey >= 120)
     if n_valid == 0 or glassy.sum() < max(1, 0.01 * n_valid):
         return np.array(DEFAULT_BACKGROUND, np.uint8), "default white (no glass visible)"
@@ -93,7 +105,7 @@ def estimate_background(rgb: np.ndarray, valid: np.ndarray | None = None, black_
     smooth = np.convolve(hist, np.ones(5), mode="same")
     mode = int(np.argmax(smooth))
     near = glassy & (np.abs(grey - mode) <= 4)
-    colour = np.median(rgb[near].reshape(-1, 3), axis=0)
+    colour = np.array([np.median(plane[near]) for plane in (r, g, b)])  # per plane: 3x faster than axis=0
     share = near.sum() / n_valid
     return np.clip(np.rint(colour), 0, 255).astype(np.uint8), f"mode of bright unsaturated pixels ({share:.0%} of the view)"
 
@@ -102,9 +114,10 @@ def relative_od(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Optical density relative to ``background`` in the most absorbing channel, float32:
     0 for glass, > 0 for anything darker than glass in some channel."""
     rgb = np.asarray(rgb, dtype=np.uint8)[..., :3]
-    bg = _OD_LUT[np.asarray(background, dtype=np.uint8)]
-    od = _OD_LUT[rgb] - bg  # -log((I+1)/256) + log((bg+1)/256) = log((bg+1)/(I+1))
-    return od.max(axis=-1)
+    bg = np.asarray(background, dtype=np.uint8).reshape(3)
+    # per channel: -log((I+1)/256) + log((bg+1)/256) = log((bg+1)/(I+1)), one table per channel
+    ods = [(_OD_LUT - _OD_LUT[bg[k]])[plane] for k, plane in enumerate(_channels(rgb))]
+    return np.maximum(np.maximum(ods[0], ods[1]), ods[2])
 
 
 @dataclass(frozen=True)

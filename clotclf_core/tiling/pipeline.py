@@ -25,6 +25,7 @@ import numpy as np
 from clotclf_core.tiling.filters import BuiltFilter, check_coords_only, run_filters
 from clotclf_core.tiling.grid import Grid, candidates, cell_fractions, plan_grid, rank_tiles, working_factor
 from clotclf_core.tiling.levels import level_problems, mask_level, raster_shape, working_level
+from clotclf_core.tiling.raster import glass
 from clotclf_core.tiling.reading import Scan, scan_slide, windows
 from clotclf_core.tiling.settings import MAX_BATCH_BYTES, MIN_SLIDE_SIDE, SlideSkip, TileSettings
 from clotclf_core.tiling.sparse import WorkingLevel, survey
@@ -333,8 +334,7 @@ def view_windows(scan: Scan, corners: list[tuple[int, int]], tile: int, side: in
     for x, y in corners:
         i0, i1 = int(np.ceil(x / sx - 0.5)), int(np.ceil((x + tile) / sx - 0.5))
         j0, j1 = int(np.ceil(y / sy - 0.5)), int(np.ceil((y + tile) / sy - 0.5))
-        crop = np.empty((max(1, j1 - j0), max(1, i1 - i0), 3), np.uint8)
-        crop[:] = background
+        crop = glass((max(1, j1 - j0), max(1, i1 - i0), 3), background)
         a0, a1, b0, b1 = max(0, i0), min(vw, i1), max(0, j0), min(vh, j1)
         if a1 > a0 and b1 > b0:
             crop[b0 - j0 : b1 - j0, a0 - i0 : a1 - i0] = view[b0:b1, a0:a1]

@@ -35,7 +35,7 @@ import numpy as np
 
 from clotclf_core.plugin.regions import LevelLayout, box_reduce_axis, reduce_block
 from clotclf_core.tiling.levels import level_layout, working_level
-from clotclf_core.tiling.raster import Raster
+from clotclf_core.tiling.raster import Raster, glass
 
 
 @dataclass
@@ -354,8 +354,7 @@ def windows(
             if len(band) == tile and x0 == x and x1 == x + tile and not holes:
                 yield x, y, band[:, x0:x1]  # inside the slide, all decoded: a view (copy it before the next row)
                 continue
-            win = np.empty((tile, tile, 3), np.uint8)
-            win[:] = bg
+            win = glass((tile, tile, 3), background)
             if x1 > x0 and len(band):
                 win[top : top + len(band), x0 - x : x1 - x] = band[:, x0:x1]
             if holes:

@@ -31,6 +31,7 @@ import numpy as np
 
 from clotclf_core.plugin.regions import area_resize, reduce_block
 from clotclf_core.tiling.levels import level_layout, pyramid, working_level
+from clotclf_core.tiling.raster import glass
 from clotclf_core.tiling.reading import Scan
 
 #: the block side (level px) asked of a source that cuts its levels as asked (OpenSlide: a multiple of
@@ -104,10 +105,15 @@ class WorkingLevel:
 
     def window(self, x: int, y: int, side: int, background: np.ndarray) -> np.ndarray:
         """The ``side``-pixel square at working px (x, y) from the held segments (call :meth:`ensure`
-        first); the glass colour ``background`` outside the slide."""
-        out = np.empty((side, side, 3), np.uint8)
-        out[:] = np.asarray(background, np.uint8).reshape(1, 1, 3)
+        first); the glass colour ``background`` outside the slide. A square inside one held segment is
+        a view of it (copy it before the segment is let go: the pipeline copies it into its batch)."""
         rows, cols = self._segments(x, y, side)
+        if len(rows) == 1 and len(cols) == 1 and x >= 0 and y >= 0:
+            block = self._held.get((rows[0], cols[0]))
+            by, bx = rows[0] * self.seg_height, cols[0] * self.seg_width
+            if block is not None and y + side <= by + block.shape[0] and x + side <= bx + block.shape[1]:
+                return block[y - by : y - by + side, x - bx : x - bx + side]
+        out = glass((side, side, 3), background)
         for r in rows:
             for c in cols:
                 block = self._held.get((r, c))
