@@ -133,8 +133,12 @@ class _View:
 
     def view(self, coverage: np.ndarray, background: np.ndarray) -> np.ndarray:
         """The view with never-decoded parts (zeros in the raster) filled with the glass colour."""
-        fill = np.asarray(background, np.float32) * (1 - coverage[..., None])
-        return np.clip(np.rint(self.raw + fill), 0, 255).astype(np.uint8)
+        out = self.raw.copy()
+        part = coverage < 1  # only there is glass added (fully decoded pixels are the raw view: the usual case)
+        if part.any():
+            fill = np.asarray(background, np.float32) * (1 - coverage[part][:, None])
+            out[part] = np.clip(np.rint(self.raw[part] + fill), 0, 255).astype(np.uint8)
+        return out
 
 
 def _skip_plan(layout: LevelLayout) -> tuple[np.ndarray | None, dict[str, Any]]:
