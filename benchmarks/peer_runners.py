@@ -106,27 +106,24 @@ def _warm_lazyslide() -> None:
 
 
 def run_tiatoolbox(slide: str, mode: str, out: str) -> dict:
-    """``WSIReader.open`` (its own choice of reader; where that is the in-memory ``VirtualWSIReader``
-    -- a generic multi-page TIFF under 4 GB, which its TIFF reader refuses and which then has no
-    mpp, so no 1 um/px geometry -- ``OpenSlideWSIReader``, the reader it tries for TIFFs after
-    that), ``reader.tissue_mask()`` (defaults: Otsu at 1.25x objective power) and
-    ``get_patch_extractor("slidingwindow", resolution=1.0, units="mpp", input_mask=mask)`` (defaults:
-    any tissue in the tile keeps it; edge tiles padded). Coordinates: the extractor's list, no read."""
+    """The reader ``WSIReader.open`` tries for a ``.tif`` (``TIFFWSIReader``; ``OpenSlideWSIReader`` where
+    that refuses the file -- a generic multi-page TIFF under 4 GB -- in place of the in-memory
+    ``VirtualWSIReader`` that ``WSIReader.open`` falls back to there, which reads the whole level 0 and
+    has no mpp, so no 1 um/px geometry), ``reader.tissue_mask()`` (defaults: Otsu at 1.25x objective
+    power) and ``get_patch_extractor("slidingwindow", resolution=1.0, units="mpp", input_mask=mask)``
+    (defaults: a tile with any tissue is kept; edge tiles padded). Coordinates: the extractor's list."""
     import logging
 
     from tiatoolbox.tools.patchextraction import get_patch_extractor
-    from tiatoolbox.wsicore.wsireader import (
-        OpenSlideWSIReader,
-        VirtualWSIReader,
-        WSIReader,
-    )
+    from tiatoolbox.wsicore.wsireader import OpenSlideWSIReader, TIFFWSIReader
 
     logging.getLogger("tiatoolbox").setLevel(logging.ERROR)  # one "Scale > 1" warning per tile otherwise
-    reader = WSIReader.open(slide)
-    how = type(reader).__name__
-    if isinstance(reader, VirtualWSIReader):
-        reader = OpenSlideWSIReader(slide)
-        how = f"OpenSlideWSIReader (WSIReader.open gave {how})"
+    try:
+        reader, how = TIFFWSIReader(slide), "TIFFWSIReader"
+    except ValueError as exc:  # "Unsupported TIFF WSI format"
+        if "Unsupported TIFF WSI format" not in str(exc):
+            raise
+        reader, how = OpenSlideWSIReader(slide), "OpenSlideWSIReader (its TIFF reader refuses the file)"
     mask = reader.tissue_mask()
     ext = get_patch_extractor("slidingwindow", input_img=reader, input_mask=mask, patch_size=(TILE_PX, TILE_PX),
                               resolution=MPP_TARGET, units="mpp", stride=(TILE_PX, TILE_PX))
