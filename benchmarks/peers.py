@@ -4,7 +4,8 @@ Peers: hs2p 6.1.0, LazySlide 0.13.0 and TIAToolbox 2.1.3 (from PyPI), each run b
 its own virtual environment under ``--venvs DIR`` (``DIR/<peer>/bin/python``; ``--install`` creates
 and fills them with pip: torch for them is ``torch==2.14.1`` / ``torchvision==0.29.1``, the wheels
 on this machine's disk, never a download; TIAToolbox 2.1.3 pins ``torch<2.13``, so its other
-requirements are installed as it lists them and torch as above). clotclf runs from this Python.
+requirements are installed as it lists them and torch as above). clotclf runs from this Python;
+the peers' runners (their own documented APIs) are in :mod:`peer_runners`.
 
 Slides (**synthetic**, :mod:`synthetic`, cached in ``--workdir``): STRIP-AI-shaped deflate TIFFs at
 0.25 um/px — the mean slide (23,000 x 37,600), a grey-glass slide (12,000 x 9,000, glass RGB
@@ -24,7 +25,7 @@ shared) or ``--timeout`` seconds, and the table says so.
 
 Usage::
 
-    .venv/bin/python benchmarks/peers.py --venvs /tmp/peer-venvs --install     # create the venvs (~15 GB)
+    .venv/bin/python benchmarks/peers.py --venvs /tmp/peer-venvs --install     # create the venvs (~15 GB, minutes from local wheels)
     .venv/bin/python benchmarks/peers.py --venvs /tmp/peer-venvs --rounds 3
     .venv/bin/python benchmarks/peers.py --venvs /tmp/peer-venvs --slides small --shapes pyramid --rounds 1
 
@@ -48,6 +49,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from peer_runners import RUNNERS as PEER_RUNNERS  # stdlib only: the peers' venvs import it too
 
 #: what each peer's venv gets (the torch wheels are on this machine's disk: never a CUDA download)
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
@@ -62,7 +65,6 @@ SLIDES = {  # name: (width, height, seed, glass)
     "grey": (12_000, 9_000, 2, "grey"),
     "small": (4_420, 4_470, 3, "white"),
 }
-TILE_PX, MPP_TARGET = 224, 1.0
 
 
 # ----------------------------------------------------------------------------- installing the peers
@@ -220,36 +222,7 @@ def _warm_clotclf() -> None:
     import clotclf_tifffile._slide  # noqa: F401
 
 
-def run_hs2p(slide: str, mode: str, out: str) -> dict:
-    import cv2
-    from hs2p.api import FilterConfig, SegmentationConfig, SlideSpec, TilingConfig, tile_slide
-    from hs2p.wsi import iter_tile_arrays_from_result
-
-    res = tile_slide(SlideSpec(sample_id=Path(slide).stem, image_path=Path(slide)),
-                     tiling=TilingConfig(requested_spacing_um=MPP_TARGET, requested_tile_size_px=TILE_PX, tolerance=0.05, overlap=0.0),
-                     segmentation=SegmentationConfig(method="hsv"), filtering=FilterConfig())
-    n = 0
-    if mode == "pixels":
-        for arr in iter_tile_arrays_from_result(result=res, num_workers=1):
-            arr = arr[..., :3]
-            if arr.shape[0] != TILE_PX:
-                arr = cv2.resize(arr, (TILE_PX, TILE_PX), interpolation=cv2.INTER_AREA)
-            n += 1
-    side = int(res.tiles.tile_size_lv0)
-    boxes = [[int(x), int(y), side, side] for x, y in zip(res.x, res.y)]
-    return {"boxes": boxes, "read": n, "note": f"{res.backend}, mask from level {res.seg_level} (1/{res.seg_downsample}), "
-                                                f"tiles read at level {res.tiles.read_level}"}
-
-
-def _warm_hs2p() -> None:
-    import cv2  # noqa: F401
-    import openslide  # noqa: F401
-
-    import hs2p.api  # noqa: F401
-    import hs2p.wsi  # noqa: F401
-
-
-RUNNERS = {"clotclf": (run_clotclf, _warm_clotclf), "clotclf-api": (run_clotclf_api, _warm_clotclf), "hs2p": (run_hs2p, _warm_hs2p)}
+RUNNERS = {"clotclf": (run_clotclf, _warm_clotclf), "clotclf-api": (run_clotclf_api, _warm_clotclf), **PEER_RUNNERS}
 
 
 def child(tool: str, mode: str, slide: str, out: str) -> None:
@@ -281,23 +254,27 @@ def run_child(python: str, tool: str, mode: str, slide: Path, timeout: float, ma
     """One measured run in a fresh process, stopped past ``timeout`` s or ``max_rss_mb`` of RSS (its tree)."""
     out = tempfile.mkdtemp(prefix=f"peers-{tool}-")
     cmd = [python, str(Path(__file__).resolve()), "--child", tool, mode, str(slide), out]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    t0, stopped = time.perf_counter(), ""
-    try:
-        while proc.poll() is None:
-            time.sleep(0.5)
-            rss = sum(_status_kb(p, "VmRSS:") for p in [proc.pid, *descendants(proc.pid)]) / 1024
-            if rss > max_rss_mb:
-                stopped = f"stopped: RSS {rss / 1024:.1f} GB > --max-rss-gb"
-            elif time.perf_counter() - t0 > timeout:
-                stopped = f"stopped after {timeout:.0f} s (--timeout)"
-            if stopped:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return {"error": stopped, "seconds": time.perf_counter() - t0}
-        stdout, stderr = proc.communicate()
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    # output to files, not pipes: a chatty tool (a log line per tile) would fill a pipe nobody reads and hang
+    with tempfile.TemporaryFile("w+") as log_out, tempfile.TemporaryFile("w+") as log_err:
+        proc = subprocess.Popen(cmd, stdout=log_out, stderr=log_err, text=True, start_new_session=True)
+        t0, stopped = time.perf_counter(), ""
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                rss = sum(_status_kb(p, "VmRSS:") for p in [proc.pid, *descendants(proc.pid)]) / 1024
+                if rss > max_rss_mb:
+                    stopped = f"stopped: RSS {rss / 1024:.1f} GB > --max-rss-gb"
+                elif time.perf_counter() - t0 > timeout:
+                    stopped = f"stopped after {timeout:.0f} s (--timeout)"
+                if stopped:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return {"error": stopped, "seconds": time.perf_counter() - t0}
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        log_out.seek(0)
+        log_err.seek(0)
+        stdout, stderr = log_out.read(), log_err.read()
     line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         last = (stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -307,7 +284,6 @@ def run_child(python: str, tool: str, mode: str, slide: Path, timeout: float, ma
 
 def slide_files(workdir: Path, names: list[str], shapes: list[str]) -> dict[tuple[str, str], Path]:
     """The synthetic slides (generated once, cached in ``workdir``), single-level and pyramidal."""
-    sys.path.insert(0, str(HERE))
     from synthetic import GREY_GLASS, WHITE_GLASS, ensure_slide, make_pyramid
 
     out = {}
@@ -366,6 +342,8 @@ def main() -> None:
                     if "boxes" in res:
                         boxes = res.pop("boxes")
                         res.update(score(path, boxes), kept=len(boxes))
+                        if mode == "pixels" and res.get("read", len(boxes)) != len(boxes):
+                            res["note"] = f"{res.get('note', '')}; only {res['read']} of the {len(boxes)} tiles read"
                     results.setdefault((name, shape, mode, tool), []).append(res)
                     said = res.get("error") or "{:.1f} CPU-s, {:.0f} MB".format(res["cpu"], res["rss_mb"])
                     print(f"round {rnd + 1} {name} {shape} {mode} {tool}: {said}", file=sys.stderr)
