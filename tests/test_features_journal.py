@@ -1,6 +1,7 @@
-"""The per-slide journal of ``clotclf embed`` (issue 19): features.json is written a fixed number of
+"""Many slides in a feature store (issue 19): features.json is written a fixed number of
 times per run, a killed run's journal is read (a torn last line ignored) and resumed to the same
-bytes; the shared journal helper (:mod:`clotclf_core.journal`) on its own."""
+bytes; the shared journal helper (:mod:`clotclf_core.journal`) on its own; reading every bag of a
+store holds a bounded number of file descriptors (benchmarks/fds.py measures whole commands)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,28 @@ def test_a_torn_last_line_is_ignored_and_the_next_line_stays_whole(tmp_path):
     slides = {}
     assert apply_journal_file(path, slides) == 3 and slides == {"a": {"status": "done"}, "d": {"status": "done"}}
     assert apply_journal_file(tmp_path / "none.journal", slides) == 0
+
+
+def test_reading_every_bag_of_a_many_slide_store_holds_a_bounded_number_of_descriptors(tmp_path):
+    import os
+
+    import numpy as np
+    import pandas as pd
+
+    from clotclf_core.features.writer import FeatureStoreWriter
+    from clotclf_core.tiling import arrays
+
+    n = arrays.MAX_OPEN + 20
+    writer = FeatureStoreWriter(tmp_path / "f", {"backbone": "synthetic"}, {"fingerprint": "x"}, 4)
+    for i in range(n):
+        rows = pd.DataFrame({"image_id": f"s{i}", "patient_id": f"p{i}", "center_id": "c1", "label": "CE", "row": [0, 1],
+                             "x": [0, 8], "y": 0, "size": 8, "downsample": 1.0})
+        with writer.slide(f"s{i}", rows) as matrix:
+            matrix[:] = i
+    store = FeatureStore(tmp_path / "f")  # (no finish(): every slide read from the journal)
+    assert len(store.done) == n
+    before = len(os.listdir("/proc/self/fd"))
+    bags, mask = store.bags(store.done)
+    assert bags.shape == (n, 2, 4) and mask.all() and np.array_equal(bags[:, 0, 0], [int(s[1:]) for s in store.done])
+    assert len(store.index) == 2 * n
+    assert len(os.listdir("/proc/self/fd")) - before <= arrays.MAX_OPEN
