@@ -80,21 +80,22 @@ def run_sampled(cmd: list[str], limit: int | None, timeout: float = 1800) -> dic
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
-    err = tempfile.TemporaryFile()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lower_limit,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    peak_one = peak_all = 0
-    while proc.poll() is None:
-        counts = [c for c in map(open_fds, descendants(proc.pid)) if c is not None]
-        if counts:
-            peak_one, peak_all = max(peak_one, max(counts)), max(peak_all, sum(counts))
-        if time.perf_counter() - t0 > timeout:
-            proc.kill()
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
-    err.seek(0)
-    lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        # (preexec_fn: this script starts no thread of its own; it is how the child gets its own limit)
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lower_limit, env={**os.environ, "PYTHONWARNINGS": "ignore"})  # noqa: PLW1509
+        peak_one = peak_all = 0
+        while proc.poll() is None:
+            counts = [c for c in map(open_fds, descendants(proc.pid)) if c is not None]
+            if counts:
+                peak_one, peak_all = max(peak_one, max(counts)), max(peak_all, sum(counts))
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
     return {"rc": proc.returncode, "wall": wall, "peak_one": peak_one, "peak_all": peak_all,
             "said": lines[-1][:160] if lines else ""}
 
@@ -167,8 +168,8 @@ def main() -> None:
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     try:
         if args.slides:
-            head = ["", f"| slides (synthetic) | command | exit | wall s | peak fds, one process | peak fds, all processes | "
-                        f"passed under `ulimit -n {args.limit}` |", "|---|---|---|---|---|---|---|"]
+            head = ["", (f"| slides (synthetic) | command | exit | wall s | peak fds, one process | peak fds, all processes | "
+                         f"passed under `ulimit -n {args.limit}` |"), "|---|---|---|---|---|---|---|"]
             rows = [row for n in args.slides for row in fd_rows(work, n, args.limit)]
             print("\n".join(head + rows))
         if args.tile:
