@@ -195,6 +195,8 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
         if current is not None:  # the open slide's temporary matrix is removed; committed slides stay
             with contextlib.suppress(BaseException):
                 current[1].__exit__(type(exc), exc, exc.__traceback__)
+        with contextlib.suppress(Exception):  # (what fails here leaves the journal, which readers apply)
+            writer.finish()
         if isinstance(exc, KeyboardInterrupt):
             done = len(plan["kept"]) + len(embedded)
             raise Interrupted(
@@ -207,6 +209,7 @@ def embed_tileset(tiles: str | Path, out: str | Path, backbone: str, options: di
     finally:
         stream.close()
         bar_.close()
+    writer.finish()  # the journal folded into features.json: written a fixed number of times per run
     return _summary(out, record, encoder, writer, plan, embedded, total, time.perf_counter() - t0, str(encoder.device),
                     encoder.precision, unfitted, scale)
 

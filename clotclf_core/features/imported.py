@@ -48,6 +48,7 @@ from clotclf_core.features.store import (
     DTYPE,
     FORMAT,
     FORMAT_VERSION,
+    JOURNAL_NAME,
     META_NAME,
     SLIDES_DIR,
     FeatureStoreError,
@@ -58,6 +59,7 @@ from clotclf_core.features.store import (
     tileset_fingerprint,
 )
 from clotclf_core.inputs import check_folder
+from clotclf_core.journal import Journal
 from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.io import write_csv, write_json
 from clotclf_core.progress import bar
@@ -257,7 +259,7 @@ def import_features(h5_dir: str | Path, out: str | Path, encoder_name: str, *, m
                                 "reason": "the .h5 file holds no patches",
                                 **{c: str(entry[c]) for c in MANIFEST_COLUMNS if entry[c]}}
             empty[image_id] = slides[image_id]["reason"]
-            _write_meta(writer)
+            writer["journal"].record(image_id, slides[image_id])  # (features.json: at the end, see _write_meta)
             continue
         values = data["features"]
         if not np.isfinite(values).all() or (np.abs(values) > np.finfo(DTYPE).max).any():
@@ -270,7 +272,7 @@ def import_features(h5_dir: str | Path, out: str | Path, encoder_name: str, *, m
         write_csv(root / SLIDES_DIR / f"{image_id}.csv", rows)
         slides[image_id] = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
                             **{c: str(entry[c]) for c in MANIFEST_COLUMNS}, "source_bytes": files[image_id].stat().st_size}
-        _write_meta(writer)
+        writer["journal"].record(image_id, slides[image_id])
         imported.append(image_id)
     _write_meta(writer)
     left_out = sorted(set(files) - set(wanted))
@@ -317,7 +319,7 @@ def _open_store(root: Path, encoder: dict[str, Any], tileset: dict[str, Any], nu
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "clotclf_version": __version__, "encoder": encoder,
                 "num_features": int(num_features), "dtype": "float16", "tileset": tileset, "slides": {}}
     meta["encoder"], meta["tileset"] = encoder, tileset
-    writer = {"root": root, "meta": meta}
+    writer = {"root": root, "meta": meta, "journal": Journal(root / JOURNAL_NAME)}
     _write_meta(writer)  # first: it marks the folder as a feature store
     (root / SLIDES_DIR).mkdir(parents=True, exist_ok=True)
     return writer
@@ -338,6 +340,7 @@ def _write_meta(writer: dict[str, Any]) -> None:
     slides.clear()
     slides.update(ordered)  # in place: callers hold this dict
     write_json(writer["root"] / META_NAME, writer["meta"])
+    writer["journal"].remove()  # folded: one line per slide meanwhile, not a rewrite of features.json (quadratic)
 
 
 def format_summary(s: dict[str, Any]) -> str:

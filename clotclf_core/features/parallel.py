@@ -18,6 +18,7 @@ worker checks that its encoder has the weights this process recorded).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -202,10 +203,13 @@ def embed_in_workers(ts: "TileSet", writer: Any, by_slide: dict[str, "pd.DataFra
         for job in jobs:  # a matrix whose slide was never committed is not part of the store
             if job["image_id"] not in embedded:
                 Path(job["matrix"]).unlink(missing_ok=True)
+        with contextlib.suppress(Exception):  # the journal folded into features.json (should this fail: again
+            writer.finish()                    # just below; on an error, readers apply the journal left)
     precisions = {"bf16" if d.startswith("cuda") else "fp32" for d in used if d}
     if precisions and precisions != {writer.meta["encoder"].get("precision")}:  # what the workers really ran in
         writer.meta["encoder"]["precision"] = precisions.pop() if len(precisions) == 1 else "bf16 on CUDA workers, fp32 on CPU ones"
         writer._write_meta()
+    writer.finish()
     if failed:
         shown = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])
         raise ClotclfError(f"{len(failed)} slide(s) could not be embedded ({shown}); {len(embedded)} were embedded and "

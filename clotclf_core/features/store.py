@@ -6,11 +6,15 @@ A feature store is a folder (format in docs/data-formats.md)::
                             normalisation, input size), the TileSet it came from, one entry per slide
     slides/<image_id>.npy   float16 (n_tiles, F): row i is the feature vector of the slide's tile i
     slides/<image_id>.csv   the slide's n_tiles rows of the TileSet's tiles.csv, in the same order
+    features.journal        during a run: one JSON line per slide committed since features.json was written
 
 Slides without tiles (no tissue, failed tiling) are listed in ``features.json`` with status
-``no_tiles`` and have no files. Commit order per slide: the matrix, then its rows, then
-``features.json`` (each atomic), so a slide belongs to the store only once ``features.json`` says
-``done`` and an interrupted ``embed`` leaves only finished slides behind.
+``no_tiles`` and have no files. Commit order per slide: the matrix, then its rows (each atomic),
+then its line in ``features.journal`` (:mod:`clotclf_core.journal`: rewriting ``features.json``
+after every slide made ``embed`` quadratic in the number of slides), so a slide belongs to the
+store only once ``features.json`` or the journal says ``done`` and an interrupted ``embed`` leaves
+only finished slides behind. ``features.json`` is rewritten when a run starts and ends, which
+empties the journal; readers (:func:`read_store_meta`) apply the journal's lines on top of it.
 
 Identity checks, both used by MIL training and prediction:
 
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
+from clotclf_core.journal import apply_journal_file
 from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import csv_unescape_frame
@@ -47,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT = "clotclf-features"
 FORMAT_VERSION = 1
 META_NAME = "features.json"
+#: per-slide records since features.json was written (``{"id": ..., "slide": {...}}`` lines)
+JOURNAL_NAME = "features.journal"
 SLIDES_DIR = "slides"
 DTYPE = np.float16
 #: what makes two encoders the same encoder (everything else in the record is information)
@@ -150,7 +157,8 @@ def encoder_record(store: "FeatureStore") -> "EncoderRecord":
 
 
 def read_store_meta(root: Path) -> dict[str, Any]:
-    """A feature store's ``features.json``, checked (a store of the format this clotclf reads)."""
+    """A feature store's ``features.json``, checked (a store of the format this clotclf reads), with
+    the lines of ``features.journal`` applied (the slides committed since it was written)."""
     path = root / META_NAME
     if not path.is_file():
         raise FeatureStoreError(
@@ -165,6 +173,12 @@ def read_store_meta(root: Path) -> dict[str, Any]:
         raise FeatureStoreError(
             f"feature store '{root}' has format version {meta.get('format_version')}, this clotclf reads version "
             f"{FORMAT_VERSION}; embed the tiles again with this version (`clotclf embed ... --overwrite`)")
+    journal = root / JOURNAL_NAME
+    try:
+        apply_journal_file(journal, meta.setdefault("slides", {}))
+    except OSError as exc:
+        raise FeatureStoreError(f"cannot read '{journal}' ({exc.strerror}); re-run the same `clotclf embed` command, or "
+                                "`clotclf embed ... --overwrite`") from None
     return meta
 
 

@@ -4,7 +4,9 @@
 through its workers: :mod:`clotclf_core.features.parallel`) and the synthetic stores of the
 benchmarks: it checks what the folder holds against the encoder and the TileSet (refusing another
 encoder or other tiles before anything is written), plans what is left to embed (``sync``), and
-commits a slide (matrix, rows, ``features.json``) atomically as soon as it is complete.
+commits a slide (matrix, rows, a line of ``features.journal``) as soon as it is complete;
+:meth:`FeatureStoreWriter.finish` folds the journal into ``features.json`` at the end of the run
+(``features.json`` is written a fixed number of times per run, whatever the number of slides).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from clotclf_core.features.store import (
     DTYPE,
     FORMAT,
     FORMAT_VERSION,
+    JOURNAL_NAME,
     META_NAME,
     SLIDES_DIR,
     FeatureStoreError,
@@ -31,6 +34,7 @@ from clotclf_core.features.store import (
     read_store_meta,
     rows_fingerprint,
 )
+from clotclf_core.journal import Journal
 from clotclf_core.models.config import describe_encoder
 from clotclf_core.plugin.io import write_csv, write_json
 from clotclf_core.tiling.tileset import MANIFEST_COLUMNS, TileSet, npy_problem
@@ -45,6 +49,7 @@ class FeatureStoreWriter:
     def __init__(self, root: str | Path, encoder: dict[str, Any], tileset: dict[str, Any], num_features: int,
                  overwrite: bool = False):
         self.root = Path(root)
+        self.journal = Journal(self.root / JOURNAL_NAME)
         if self.root.exists() and not self.root.is_dir():
             raise FeatureStoreError(f"--out '{self.root}' is a file, not a folder: choose a folder for the feature store")
         has_meta = (self.root / META_NAME).is_file()
@@ -164,12 +169,21 @@ class FeatureStoreWriter:
 
     def commit(self, image_id: str, rows: "pd.DataFrame") -> None:
         """The slide's matrix is in place (written by :meth:`slide`, or by a worker process): its
-        rows, then ``features.json``, make it part of the store."""
+        rows, then its line in ``features.journal``, make it part of the store."""
         write_csv(self._path(image_id, ".csv"), rows)
-        self.meta["slides"][image_id] = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
-                                         **{c: str(rows[c].iloc[0]) for c in MANIFEST_COLUMNS}}
-        self._write_meta()
+        entry = {"status": "done", "n_tiles": len(rows), "tiles_sha256": rows_fingerprint(rows),
+                 **{c: str(rows[c].iloc[0]) for c in MANIFEST_COLUMNS}}
+        self.meta["slides"][image_id] = entry
+        self.journal.record(image_id, entry)
+
+    def finish(self) -> None:
+        """Fold the journal into ``features.json`` (the end of a run; readers apply the journal's
+        lines meanwhile, so a run that never gets here (killed, or a script) is read the same)."""
+        if self.journal.exists():
+            self._write_meta()
 
     def _write_meta(self) -> None:
+        """Rewrite ``features.json`` (slides sorted) and empty the journal it now holds."""
         self.meta["slides"] = dict(sorted(self.meta["slides"].items()))
         write_json(self.root / META_NAME, self.meta)
+        self.journal.remove()  # (killed before this: its lines are applied again, to the same effect)

@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from clotclf_core.inputs import check_folder
+from clotclf_core.journal import apply_journal_file
 from clotclf_core.plugin.errors import ClotclfError
 from clotclf_core.plugin.io import csv_unescape_frame
 from clotclf_core.tiling.arrays import MappedArrays
@@ -97,31 +98,13 @@ def read_tileset_meta(root: Path) -> dict[str, Any]:
 
 
 def apply_journal(root: Path, meta: dict[str, Any]) -> int:
-    """Apply ``tileset.journal``'s lines, in order, to ``meta["slides"]``; returns how many applied.
-
-    A line that is not a complete record (the last one of a run killed while writing it; a disk
-    that lost data) is skipped: its slide is not done, so the next run tiles it again."""
+    """Apply ``tileset.journal``'s lines, in order, to ``meta["slides"]``; returns how many applied
+    (:func:`clotclf_core.journal.apply_journal_file`: a torn line is skipped, its slide tiled again)."""
     path = root / JOURNAL
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
+        return apply_journal_file(path, meta.setdefault("slides", {}))
     except OSError as exc:
         raise TileSetError(f"cannot read '{path}' ({exc.strerror}); {_fix_hint(root)}") from None
-    slides = meta.setdefault("slides", {})
-    applied = 0
-    for line in data.split(b"\n"):
-        try:
-            entry = json.loads(line)
-            image_id = entry["id"]
-            if entry.get("forget"):
-                slides.pop(image_id, None)
-            else:
-                slides[image_id] = dict(entry["slide"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        applied += 1
-    return applied
 
 
 def read_index_file(path: Path, required: list[str], root: Path) -> Any:

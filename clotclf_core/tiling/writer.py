@@ -22,13 +22,13 @@ import io
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from clotclf_core import __version__
+from clotclf_core.journal import Journal
 from clotclf_core.plugin.io import _umask, write_csv, write_text
 from clotclf_core.tiling.tileset import (
     FORMAT,
@@ -186,6 +186,7 @@ class TileSetWriter:
         self.settings = settings
         self.tile_pixels = int(tile_pixels)
         self.order: dict[str, int] = {}
+        self.journal = Journal(self.root / JOURNAL)
         meta_path = self.root / "tileset.json"
         if meta_path.exists() and not overwrite:
             meta = read_tileset_meta(self.root)
@@ -244,7 +245,7 @@ class TileSetWriter:
     def forget(self, image_id: str) -> None:
         """Mark a slide as not done (it is about to be tiled again)."""
         if self.meta["slides"].pop(image_id, None) is not None:
-            self._journal({"id": image_id, "forget": True})
+            self.journal.forget(image_id)
 
     def sync(self, listed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
         """Bring the TileSet up to date with the current manifest, without pixel work.
@@ -300,28 +301,9 @@ class TileSetWriter:
         rec.update({k: v for k, v in info.items() if k not in rec})
         self.meta["slides"][image_id] = rec
         if (self.root / "tileset.json").exists():
-            self._journal({"id": image_id, "slide": rec})
+            self.journal.record(image_id, rec)
         else:  # a writer used without sync() (a script, the 0.1 API): the journal needs a tileset.json to apply to
             self._write_meta()
-
-    #: seconds between two fsyncs of the journal (a kill loses nothing: lines are written at once;
-    #: a power cut loses at most these seconds of slides, which are then tiled again)
-    SYNC_EVERY = 2.0
-    _last_sync = 0.0
-
-    def _journal(self, entry: dict[str, Any]) -> None:
-        """Append one line to ``tileset.journal`` (one write: a killed run never leaves half a line
-        that a reader would take for a record; a torn last line is ignored)."""
-        line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode("utf-8")
-        fd = os.open(self.root / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, line)
-            now = time.monotonic()
-            if now - self._last_sync >= self.SYNC_EVERY:
-                os.fsync(fd)
-                self._last_sync = now
-        finally:
-            os.close(fd)
 
     def merge_index(self) -> int:
         """Write ``tiles.csv``: the kept tiles of every done slide in one file (what readers open
@@ -340,7 +322,7 @@ class TileSetWriter:
         """Rewrite ``tileset.json`` (slides in manifest order) and empty the journal it now holds."""
         self._sort_slides()
         write_text(self.root / "tileset.json", meta_text(self.meta))
-        (self.root / JOURNAL).unlink(missing_ok=True)  # (killed before this: its lines are applied again, to the same effect)
+        self.journal.remove()  # (killed before this: its lines are applied again, to the same effect)
 
     def _sort_slides(self) -> None:
         """Slides in manifest order (a slide no longer listed last)."""
