@@ -4,7 +4,8 @@
   with the best installed source for that file: every source whose ``can_open`` says yes is
   ranked by its optional ``priority(path)`` (higher first; the built-in ``tifffile`` source ranks
   single-level TIFFs above ``openslide``, which must decode a whole level for a thumbnail, and
-  ``openslide`` ranks pyramidal vendor files highest); if the best one fails, the next is tried.
+  generic pyramidal TIFFs too, whose tiles it decodes straight to RGB; ``openslide`` ranks SVS and
+  the other vendor pyramids highest); if the best one fails, the next is tried.
 - :func:`find_slide` turns a manifest's ``image_id`` into ``<folder>/<image_id>.<ext>`` for any
   extension an installed source declares (``ComponentSpec.extra["extensions"]``); :func:`slide_files`
   lists a folder's slide files by the same extensions; :class:`SlideFolder` finds many ids with
