@@ -608,3 +608,19 @@ def test_cli_bad_folder_and_settings_change(tmp_path, slides):
     assert res.exit_code != 0 and "different settings (min_tissue)" in res.output and "--overwrite" in res.output
     res = run_cli(slides, "--out", tmp_path / "ts", *SMALL_ARGS, "--min-tissue", "0.5", "-q", "--overwrite")
     assert res.exit_code == 0, res.output
+
+
+def test_tiling_holds_blas_to_its_threads_and_gives_them_back():
+    """tile_one runs under blas_threads(threads): OpenBLAS's spinning idle threads doubled a small
+    slide's CPU time; the limit is lifted afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from clotclf_core.tiling.pipeline import blas_threads
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS library loaded by numpy here")
+    before = [i["num_threads"] for i in blas]
+    with blas_threads(1):
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

@@ -46,7 +46,7 @@ GLASS_MAX_SATURATION = 0.10
 
 def _channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """R, G and B as contiguous planes: OpenCV's per-pixel operations on them are 5-50x numpy's on
-    the interleaved channels (a view's mask went from ~55 to ~15 ms), with the same results."""
+    the interleaved channels (a 750 x 562 view's mask went from ~55 to ~32 ms), with the same results."""
     if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] >= 3 and rgb.size and min(rgb.shape[:2]) > 0:
         import cv2  # kept out of `import clotclf_core.slides.tissue`
 

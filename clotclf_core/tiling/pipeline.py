@@ -150,7 +150,7 @@ def levels_note(slide: Any, level: int) -> str:
             f"so tiling did not use {'it' if len(bad) == 1 else 'them'} (it read level {level})")
 
 
-_BLAS: Any = None  # threadpoolctl's view of the BLAS libraries loaded (made once: ~1 ms)
+_BLAS: Any = None  # threadpoolctl's view of the BLAS libraries loaded (made once per process: ~15 ms)
 
 
 def blas_threads(threads: int) -> Any:
