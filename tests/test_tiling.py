@@ -624,3 +624,35 @@ def test_tiling_holds_blas_to_its_threads_and_gives_them_back():
     with blas_threads(1):
         assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+# ----------------------------------------------------------------------------- the QC picture
+
+
+def test_qc_outline_is_scikit_images_inner_boundary_and_the_png_holds_the_picture(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from skimage.segmentation import find_boundaries
+
+    from clotclf_core.tiling.qc import inner_boundary, qc_image, write_qc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # random masks, blobs and the image's border
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = rng.random((h, w)) < rng.random()
+        assert (inner_boundary(m) == find_boundaries(m, mode="inner")).all()
+    assert not inner_boundary(np.ones((5, 7), bool)).any()  # the image's border is not outside the mask
+
+    view = np.full((60, 80, 3), 240, np.uint8)
+    view[10:50, 20:60] = (180, 90, 160)
+    mask = np.zeros((60, 80), bool)
+    mask[10:50, 20:60] = True
+    res = SimpleNamespace(view=view, view_decoded=np.ones((60, 80), np.float32), mask=mask,
+                          boxes=[(200, 100, 100, -1), (400, 300, 100, 0)], info={"width": 800, "height": 600})
+    write_qc(tmp_path / "qc" / "s.png", res, ["otsu"], "s")
+    written = np.asarray(Image.open(tmp_path / "qc" / "s.png").convert("RGB"))
+    expected = np.asarray(qc_image(view, res.view_decoded, mask, res.boxes, (800, 600), ["otsu"], "s"))
+    assert written.shape == expected.shape and (written == expected).all()  # lossless, colours in RGB order
+    assert (written == (40, 90, 255)).all(axis=-1).any()  # the blue outline is drawn
+    assert list(tmp_path.joinpath("qc").iterdir()) == [tmp_path / "qc" / "s.png"]  # no temporary file left

@@ -41,11 +41,9 @@ def qc_image(view: np.ndarray, decoded: np.ndarray | None, mask: np.ndarray | No
     if scale < 1.0:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
     if mask is not None and mask.any():
-        from skimage.segmentation import find_boundaries
-
         m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(img.size, Image.NEAREST)) > 0
         a = np.array(img)
-        a[find_boundaries(m, mode="inner")] = (40, 90, 255)
+        a[inner_boundary(m)] = (40, 90, 255)
         img = Image.fromarray(a)
     draw = ImageDraw.Draw(img)
     f = img.width / max(1, dimensions[0])
@@ -74,6 +72,31 @@ def qc_image(view: np.ndarray, decoded: np.ndarray | None, mask: np.ndarray | No
     return framed
 
 
+def inner_boundary(mask: np.ndarray) -> np.ndarray:
+    """The mask's pixels with a 4-neighbour outside it (the image's border is not outside):
+    scikit-image's ``find_boundaries(mask, mode="inner")`` exactly (tested), by an OpenCV erosion,
+    ~10x faster (5 ms for a 750 x 562 mask)."""
+    import cv2
+
+    m = np.ascontiguousarray(mask, dtype=bool)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    return m & (cv2.erode(m.view(np.uint8), cross, borderType=cv2.BORDER_REPLICATE) == 0)
+
+
+def encode_png(img: Any) -> bytes:
+    """A PNG of an RGB PIL image for a QC picture: zlib level 1 and the "up" filter on every row
+    (OpenCV's libpng). Pillow tries all five filters on each row, which took half the time of
+    writing a QC picture; "up" suits a picture of glass and outlines (a 750 x 562 one: 6 ms and
+    199 KiB, against Pillow's 14 ms and 180 KiB at level 1)."""
+    import cv2
+
+    bgr = cv2.cvtColor(np.asarray(img.convert("RGB")), cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
+    if not ok:
+        raise ValueError("OpenCV could not encode the QC picture as PNG")
+    return data.tobytes()
+
+
 def write_mask(path: Path, result: Any) -> None:
     """Write the slide's tissue mask as a 1-bit PNG at the QC view's resolution (one pixel covers
     ``info["mask_level0_px_per_pixel"]`` level-0 px): what the QuPath export traces its outline from."""
@@ -96,5 +119,6 @@ def write_qc(path: Path, result: Any, filter_names: Sequence[str], title: str) -
         return
     img = qc_image(result.view, result.view_decoded, result.mask, result.boxes,
                    (result.info.get("width") or 1, result.info.get("height") or 1), filter_names, title)
+    data = encode_png(img)  # a by-product: zlib level 1 (the default 6 took ~5x as long here)
     with atomic_path(path, suffix=".png") as tmp:
-        img.save(tmp, format="PNG", compress_level=1)  # a by-product: zlib level 1 (~5x faster than the default 6 here)
+        Path(tmp).write_bytes(data)
