@@ -610,20 +610,39 @@ def test_cli_bad_folder_and_settings_change(tmp_path, slides):
     assert res.exit_code == 0, res.output
 
 
-def test_tiling_holds_blas_to_its_threads_and_gives_them_back():
-    """tile_one runs under blas_threads(threads): OpenBLAS's spinning idle threads doubled a small
-    slide's CPU time; the limit is lifted afterwards."""
+def test_tiling_holds_blas_and_opencv_to_its_threads_and_gives_them_back(monkeypatch):
+    """tile_one runs under compute_threads(threads): OpenBLAS's and OpenCV's spinning idle threads
+    doubled a small slide's CPU time; the limits are lifted afterwards."""
+    import cv2
     from threadpoolctl import threadpool_info
 
-    from clotclf_core.tiling.pipeline import blas_threads
+    from clotclf_core.tiling import pipeline
+    from clotclf_core.tiling.settings import TileSettings
 
-    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    if not blas:
-        pytest.skip("no BLAS library loaded by numpy here")
-    before = [i["num_threads"] for i in blas]
-    with blas_threads(1):
-        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
-    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    def blas() -> list[int]:  # the BLAS libraries numpy loaded (those loaded later are not limited: see compute_threads)
+        import numpy.linalg  # noqa: F401
+
+        mine = {lib.filepath for lib in pipeline._BLAS.lib_controllers} if pipeline._BLAS is not None else None
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and (mine is None or i["filepath"] in mine)]
+
+    cv2.setNumThreads(4)
+    with pipeline.compute_threads(1):
+        pass  # (the BLAS controller is made once per process)
+    before = blas()
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(blas=blas(), cv2=cv2.getNumThreads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pipeline, "_tile_one", spy)
+    with pytest.raises(RuntimeError, match="stop here"):
+        pipeline.tile_one(None, TileSettings(), [], None, threads=1)
+    assert seen["cv2"] == 1 and all(n == 1 for n in seen["blas"])
+    assert cv2.getNumThreads() == 4 and blas() == before  # given back, after an error too
+    with pipeline.compute_threads(2):
+        assert cv2.getNumThreads() == 2
+    cv2.setNumThreads(-1)
 
 
 # ----------------------------------------------------------------------------- the QC picture

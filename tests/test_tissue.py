@@ -131,3 +131,48 @@ def test_glass_fills_any_colour_and_an_opaque_rgba_region_becomes_its_rgb():
     assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, rgba[..., :3])
     rgba[0, 0, 3] = 0  # transparent: composited onto white
     assert to_rgb(rgba)[0, 0].tolist() == [255, 255, 255]
+
+
+def _views():
+    """Random, glass-with-a-blob, flat, grey-glass-with-specks and pale views, of 1 to 120 px a side."""
+    rng = np.random.default_rng(11)
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
+        kind = t % 5
+        if kind == 0:
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        elif kind == 1:
+            img = np.clip(rng.integers(180, 256, 3) + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+            y0, x0 = (int(v) for v in rng.integers(0, max(1, h), 2))
+            img[y0 : y0 + h // 2, x0 : x0 + w // 2] = rng.integers(60, 230, 3)
+        elif kind == 2:
+            img = np.full((h, w, 3), rng.integers(0, 256), np.uint8)
+        elif kind == 3:
+            img = np.clip(np.array([203, 207, 198]) + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+            specks = rng.random((h, w)) < 0.3
+            img[specks] = rng.integers(100, 240, (int(specks.sum()), 3))
+        else:
+            img = rng.integers(200, 256, (h, w, 3), dtype=np.uint8)
+            img[: h // 3] = (220, 190, 212)  # pale tissue
+        yield img, (rng.random((h, w)) < 0.9 if t % 3 == 0 else None)
+
+
+def test_the_fast_mask_equals_the_plain_one_bit_for_bit(real_thumbnail):
+    """Tables, histograms of 8-bit codes and OpenCV's components give the plain per-pixel mask,
+    glass colour and Otsu thresholds exactly (tests/tissue_reference.py), so no mask moved."""
+    import tissue_reference as ref
+
+    from clotclf_core.slides import tissue as T
+
+    views = [*_views(), (np.asarray(real_thumbnail)[..., :3], None)]
+    for img, valid in views:
+        assert np.array_equal(T.estimate_background(img, valid)[0], ref.estimate_background(img, valid))
+        for method in ("saturation", "od", "either", "both"):
+            for background in (None, (203, 207, 198)):
+                mask, recipe = T.tissue_mask_recipe(img, method, background=background, valid=valid)
+                want, bg, thresholds = ref.tissue_mask(img, method, background=background, valid=valid)
+                assert np.array_equal(mask, want) and recipe.background == tuple(int(v) for v in bg)
+                assert recipe.thresholds == thresholds  # the floats themselves, not rounded
+        pixels = T.tissue_pixels_recipe(img)[0]
+        for fractions in ((0.0005, 0.002), (0.02, 0.0), (0.0, 0.1), (0.1, 0.05)):
+            assert np.array_equal(T.clean_mask(pixels, *fractions), ref.clean_mask(pixels, *fractions))

@@ -60,15 +60,27 @@ def _channel_max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation in 0..1, float32: 0 for grey/white/black, high for stained tissue."""
-    mx, mn = _channel_max_min(rgb)
+def _saturation_of(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
     mx = mx.astype(np.float32)
     return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
 
 
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation in 0..1, float32: 0 for grey/white/black, high for stained tissue."""
+    return _saturation_of(*_channel_max_min(rgb))
+
+
 #: optical density of each 8-bit intensity, -log((I + 1) / 256)
 _OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
+_SAT_BY_CODE: np.ndarray | None = None  # the saturation of each (max, min) pair, by max * 256 + min
+
+
+def _saturation_by_code() -> np.ndarray:
+    global _SAT_BY_CODE
+    if _SAT_BY_CODE is None:
+        code = np.arange(65536)
+        _SAT_BY_CODE = _saturation_of((code >> 8).astype(np.uint8), (code & 255).astype(np.uint8))
+    return _SAT_BY_CODE
 
 
 def clipped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
@@ -82,6 +94,76 @@ def clipped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
     return float(np.clip(threshold_otsu(v), lo, hi))
 
 
+def clipped_otsu_of_counts(counts: np.ndarray, values: np.ndarray, bounds: tuple[float, float]) -> float:
+    """:func:`clipped_otsu` of the pixels where ``values[i]`` occurs ``counts[i]`` times, the same
+    threshold to the bit (tested): scikit-image's 256-bin histogram of the distinct values, weighted
+    by their counts. A mask's values are a function of a few thousand 8-bit codes, so this histograms
+    thousands of numbers, not every pixel (~0.3 against ~2 ms on a 587 x 359 view)."""
+    from skimage.filters import threshold_otsu
+
+    lo, hi = bounds
+    present = counts > 0
+    v = values[present]
+    if v.size == 0 or float(v.max()) == float(v.min()):
+        return lo
+    # the range as float32 scalars, as numpy takes it from the pixels when scikit-image gives none
+    # (Python floats would make the bin edges float64: thresholds moved in the 8th digit)
+    hist, edges = np.histogram(v, bins=256, range=(v.min(), v.max()), weights=counts[present])
+    return float(np.clip(threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2)), lo, hi))
+
+
+def _histogram(plane: np.ndarray, where: np.ndarray, bins: int) -> np.ndarray:
+    """Counts of each value of an 8- or 16-bit ``plane`` (values below ``bins``) at the pixels of
+    ``where``: OpenCV's masked histogram (float32 counts: exact below 2**24 pixels), numpy's above."""
+    if plane.size < 2**24 and plane.flags.c_contiguous and where.flags.c_contiguous:
+        import cv2
+
+        return cv2.calcHist([plane], [0], where.view(np.uint8), [bins], [0, bins]).ravel().astype(np.int64)
+    return np.bincount(plane[where], minlength=bins)[:bins]
+
+
+def _median_u8(plane: np.ndarray, where: np.ndarray) -> float:
+    """``np.median(plane[where])`` of a uint8 plane, from its 256-bin histogram."""
+    cum = np.cumsum(_histogram(plane, where, 256))
+    n = int(cum[-1])
+    at = lambda k: int(np.searchsorted(cum, k, side="right"))  # noqa: E731 - the k-th smallest value (from 0)
+    return float(at(n // 2)) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
+
+
+class _Planes:
+    """One view's per-pixel quantities, computed once for the glass estimate and the mask."""
+
+    def __init__(self, rgb: np.ndarray):
+        import cv2
+
+        self.r, self.g, self.b = _channels(rgb)
+        self.mx = cv2.max(cv2.max(self.r, self.g), self.b) if self.r.flags.c_contiguous else np.maximum(np.maximum(self.r, self.g), self.b)
+        self.mn = cv2.min(cv2.min(self.r, self.g), self.b) if self.r.flags.c_contiguous else np.minimum(np.minimum(self.r, self.g), self.b)
+        self._sat: np.ndarray | None = None
+
+    @property
+    def sat(self) -> np.ndarray:
+        if self._sat is None:
+            self._sat = _saturation_of(self.mx, self.mn)
+        return self._sat
+
+    def code(self) -> np.ndarray:
+        """max * 256 + min, uint16: what a pixel's saturation is a function of."""
+        return (self.mx.astype(np.uint16) << 8) | self.mn
+
+    def od_ranks(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ranks, values)``: :func:`relative_od` is ``values[ranks]`` (``values`` sorted, distinct).
+        Each channel's OD against the glass is a table of 256 values, and the most absorbing channel
+        has the largest rank, so OpenCV's table look-ups replace float arithmetic on every pixel."""
+        import cv2
+
+        tables = np.stack([_OD_LUT - _OD_LUT[int(background[k])] for k in range(3)])
+        values, inverse = np.unique(tables, return_inverse=True)
+        ranks = inverse.reshape(3, 256).astype(np.uint16)
+        planes = [p if p.flags.c_contiguous else np.ascontiguousarray(p) for p in (self.r, self.g, self.b)]
+        return cv2.max(cv2.max(cv2.LUT(planes[0], ranks[0]), cv2.LUT(planes[1], ranks[1])), cv2.LUT(planes[2], ranks[2])), values
+
+
 def estimate_background(rgb: np.ndarray, valid: np.ndarray | None = None, black_level: int = 25) -> tuple[np.ndarray, str]:
     """The glass colour of a low-resolution view: ``(uint8 RGB (3,), how it was found)``.
 
@@ -91,22 +173,30 @@ def estimate_background(rgb: np.ndarray, valid: np.ndarray | None = None, black_
     ignored). With fewer than 1 % of the valid pixels looking like glass, the view shows no glass:
     :data:`DEFAULT_BACKGROUND`.
     """
-    rgb = np.asarray(rgb)[..., :3]
-    ok = _channel_max_min(rgb)[0] >= black_level
-    if valid is not None:
-        ok &= valid
-    n_valid = int(ok.sum())
-    r, g, b = _channels(rgb)
-    grey = (r.astype(np.uint16) + g + b).astype(np.float32) / np.float32(3)  # == the channels' float32 mean, exactly
-    glassy = ok & (saturation(rgb) < GLASS_MAX_SATURATION) & (grey >= 120)
-    if n_valid == 0 or glassy.sum() < max(1, 0.01 * n_valid):
+    planes = _Planes(np.asarray(rgb)[..., :3])
+    return _estimate_background(planes, _usable(planes, valid, black_level))
+
+
+def _usable(planes: _Planes, valid: np.ndarray | None, black_level: int) -> np.ndarray:
+    ok = planes.mx >= black_level
+    return ok & valid if valid is not None else ok
+
+
+def _estimate_background(planes: _Planes, ok: np.ndarray) -> tuple[np.ndarray, str]:
+    n_valid = int(np.count_nonzero(ok))
+    # the grey level (r + g + b) / 3 as an integer sum: >= 120 is a sum >= 360, its nearest integer
+    # (never a half) (sum + 1) // 3, and within 4 of an integer mode a sum within 12 of 3 * mode
+    total = planes.r.astype(np.uint16) + planes.g + planes.b
+    glassy = ok & (planes.sat < GLASS_MAX_SATURATION) & (total >= 360)
+    if n_valid == 0 or np.count_nonzero(glassy) < max(1, 0.01 * n_valid):
         return np.array(DEFAULT_BACKGROUND, np.uint8), "default white (no glass visible)"
-    hist = np.bincount(np.rint(grey[glassy]).astype(np.int64), minlength=256)[:256]
+    sums = _histogram(total, glassy, 768)
+    hist = np.add.reduceat(np.concatenate([[0], sums, [0, 0]]), np.arange(0, 768, 3))[:256]  # grey k: sums 3k - 1, 3k, 3k + 1
     smooth = np.convolve(hist, np.ones(5), mode="same")
     mode = int(np.argmax(smooth))
-    near = glassy & (np.abs(grey - mode) <= 4)
-    colour = np.array([np.median(plane[near]) for plane in (r, g, b)])  # per plane: 3x faster than axis=0
-    share = near.sum() / n_valid
+    near = glassy & (total >= max(0, 3 * mode - 12)) & (total <= 3 * mode + 12)
+    colour = np.array([_median_u8(plane, near) for plane in (planes.r, planes.g, planes.b)])
+    share = np.count_nonzero(near) / n_valid
     return np.clip(np.rint(colour), 0, 255).astype(np.uint8), f"mode of bright unsaturated pixels ({share:.0%} of the view)"
 
 
@@ -187,23 +277,24 @@ def tissue_pixels_recipe(
         raise ValueError(f"tissue_mask needs uint8 RGB, got {rgb.dtype}")
     if method not in ("saturation", "od", "either", "both"):
         raise ValueError(f"unknown tissue-mask method {method!r}: choose saturation, od, either or both")
+    planes = _Planes(rgb)
+    ok = _usable(planes, valid, black_level)
     if background is None:
-        bg, how = estimate_background(rgb, valid, black_level)
+        bg, how = _estimate_background(planes, ok)
     else:
         bg, how = np.asarray(background, dtype=np.uint8).reshape(3), "given"
 
-    ok = _channel_max_min(rgb)[0] >= black_level
-    if valid is not None:
-        ok &= valid
+    # Otsu's thresholds from each value's count (values[codes] is the plane), the same as on the planes
     masks, thresholds = [], {}
     if method in ("saturation", "either", "both"):
-        sat = saturation(rgb) - float(saturation(bg.reshape(1, 1, 3))[0, 0])
-        thresholds["saturation"] = clipped_otsu(sat[ok], SATURATION_BOUNDS)
-        masks.append(sat > thresholds["saturation"])
+        code = planes.code()
+        values = _saturation_by_code() - float(saturation(bg.reshape(1, 1, 3))[0, 0])
+        thresholds["saturation"] = clipped_otsu_of_counts(np.bincount(code[ok], minlength=65536), values, SATURATION_BOUNDS)
+        masks.append((values > thresholds["saturation"])[code])
     if method in ("od", "either", "both"):
-        od = relative_od(rgb, bg)
-        thresholds["od"] = clipped_otsu(od[ok], OD_BOUNDS)
-        masks.append(od > thresholds["od"])
+        ranks, values = planes.od_ranks(bg)
+        thresholds["od"] = clipped_otsu_of_counts(np.bincount(ranks[ok], minlength=len(values)), values, OD_BOUNDS)
+        masks.append(ranks >= int(np.argmax(np.append(values > thresholds["od"], True))))  # values are sorted
     mask = masks[0]
     for m in masks[1:]:
         mask = (mask & m) if method == "both" else (mask | m)
@@ -218,19 +309,24 @@ def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_f
     ``remove_small_objects``); a hole is a 4-connected piece of background of at most that many
     pixels enclosed by tissue, i.e. not touching the image's border (glass around the clot is not a
     hole). scikit-image's ``remove_small_holes`` would fill small background pieces at the border
-    too, and scipy's ``binary_fill_holes`` + ``remove_small_objects`` (the same holes) took 3-4x as
-    long on a 1,024-px view (45 vs 12 ms), so holes are the background's labels (scikit-image's
-    ``label``) that are small and not on the border.
+    too. Both kinds of piece are OpenCV's connected components with their areas, the same pieces as
+    scikit-image's ``remove_small_objects`` and ``label`` (tested), in a tenth of the time.
     """
-    from skimage.measure import label
-    from skimage.morphology import remove_small_objects
+    import cv2
 
     area = mask.size
     min_size, max_hole = int(round(min_object_fraction * area)), int(round(max_hole_fraction * area))
-    mask = remove_small_objects(mask, max_size=max(min_size - 1, 0), connectivity=2)
+    mask = np.array(mask, dtype=bool, order="C")  # (a new array, as scikit-image's functions return)
+    if mask.size == 0:
+        return mask
+    if min_size > 1 and mask.any():
+        _, pieces = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
+        keep = np.bincount(pieces.ravel()) >= min_size  # (OpenCV's own statistics took 6x as long)
+        keep[0] = False  # glass
+        mask = keep[pieces]
     if max_hole <= 0 or mask.all():
         return mask
-    background = label(~mask, connectivity=1)
+    _, background = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4)
     fill = np.bincount(background.ravel()) <= max_hole
     fill[0] = False  # tissue
     fill[np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))] = False

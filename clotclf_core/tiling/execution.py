@@ -80,7 +80,7 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     from clotclf_core.plugin.errors import SlideReadError
     from clotclf_core.slides.guard import regular_file_problem
     from clotclf_core.tiling.filters import filters_for
-    from clotclf_core.tiling.pipeline import tile_one
+    from clotclf_core.tiling.pipeline import compute_threads, tile_one
     from clotclf_core.tiling.qc import write_mask, write_qc
     from clotclf_core.tiling.writer import slide_pixels, write_shard
 
@@ -109,10 +109,11 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
         write_shard(root, job["image_id"], res.rows)
         out["info"].update(res.info)
         out.update(status=res.status, reason=res.reason)
-        if job.get("qc", True):
-            _by_product(out, "qc", write_qc, root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters],
-                        job["image_id"])
-        _by_product(out, "mask", write_mask, root / "masks" / f"{job['image_id']}.png", res)
+        with compute_threads(int(job.get("threads", 1))):
+            if job.get("qc", True):
+                _by_product(out, "qc", write_qc, root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters],
+                            job["image_id"])
+            _by_product(out, "mask", write_mask, root / "masks" / f"{job['image_id']}.png", res)
     except SlideSkip as skip:
         out.update(status=skip.status, reason=skip.reason)
     except ClotclfError as exc:

@@ -16,9 +16,10 @@ with ``row = -1`` and the filter (or ``max_tiles``) that dropped them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -153,16 +154,29 @@ def levels_note(slide: Any, level: int) -> str:
 _BLAS: Any = None  # threadpoolctl's view of the BLAS libraries loaded (made once per process: ~15 ms)
 
 
-def blas_threads(threads: int) -> Any:
-    """A context keeping BLAS (numpy's OpenBLAS) to ``threads`` threads. Tiling's few small matrix
-    products gain nothing from more, and OpenBLAS's waiting threads spin: on a 2-core machine they
-    doubled the CPU time of tiling a 4,420-px slide (0.10 against 0.05 CPU-s, benchmarks/peers.py)."""
+@contextlib.contextmanager
+def compute_threads(threads: int) -> Iterator[None]:
+    """A context keeping BLAS (numpy's OpenBLAS) and OpenCV to ``threads`` threads each, as they were
+    after. Tiling's few small matrix products and per-view OpenCV calls gain nothing from more, and
+    waiting threads spin: on a 2-core machine OpenBLAS's doubled the CPU time of tiling a 4,420-px
+    slide (0.10 against 0.05 CPU-s, benchmarks/peers.py), and OpenCV's two threads took 1.5-2.5x the
+    CPU time of one on a 587 x 359 view's connected components and channel extremes. The BLAS
+    libraries are those loaded when this first ran in the process (numpy's, which tiling uses):
+    threadpoolctl's look at the loaded libraries takes ~15 ms, too long to repeat for every slide."""
     global _BLAS
+    import cv2
     from threadpoolctl import ThreadpoolController
 
     if _BLAS is None:
         _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=max(1, int(threads)), user_api="blas")
+    n = max(1, int(threads))
+    before = cv2.getNumThreads()
+    with _BLAS.limit(limits=n, user_api="blas"):
+        cv2.setNumThreads(min(n, before) if before > 0 else n)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(before)
 
 
 def tile_one(
@@ -172,8 +186,9 @@ def tile_one(
     """Tile one open slide into ``sink`` (None with ``settings.coords_only``: nothing is cut). Raises
     :class:`SlideSkip` for a slide that cannot be tiled (too small, no usable mpp for ``tile_um``, a
     grid too large, an absent or damaged stored thumbnail with ``mask_from: thumbnail``); a slide
-    without tissue is a result with status ``no_tissue``. BLAS runs on ``threads`` threads meanwhile."""
-    with blas_threads(threads):
+    without tissue is a result with status ``no_tissue``. BLAS and OpenCV run on ``threads`` threads
+    meanwhile (:func:`compute_threads`)."""
+    with compute_threads(threads):
         return _tile_one(slide, settings, filters, sink, threads, scratch_dir, progress)
 
 

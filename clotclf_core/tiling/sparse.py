@@ -165,7 +165,7 @@ def survey(slide: Any, factor: int, source: str, mask_level: int | None, view_si
     """The :class:`Scan` of a slide read where tissue is: view, glass colour and tissue mask from
     ``mask_level`` (``source="level"``) or the stored thumbnail (``source="thumbnail"``), and an
     empty :class:`WorkingLevel` (``scan.work``, made on first use) to decode the tiles' segments."""
-    from clotclf_core.slides.tissue import estimate_background, tissue_mask_recipe
+    from clotclf_core.slides.tissue import tissue_mask_recipe
     from clotclf_core.tiling.levels import stored_thumbnail
 
     level, ratio = working_level(slide, factor)
@@ -181,12 +181,7 @@ def survey(slide: Any, factor: int, source: str, mask_level: int | None, view_si
     h, w = low.shape[:2]
     scale = min(1.0, view_size / max(h, w))
     view = area_resize(low, (max(1, round(w * scale)), max(1, round(h * scale)))) if scale < 1 else np.ascontiguousarray(low)
-    if background is None:
-        est, how = estimate_background(view)
-    else:
-        est, how = np.asarray(background, np.uint8).reshape(3), "given"
-    mask, recipe = tissue_mask_recipe(view, method, background=est)
-    recipe = type(recipe)(recipe.background, how, recipe.method, recipe.thresholds)
+    mask, recipe = tissue_mask_recipe(view, method, background=background)  # (None: the glass estimated from the view)
     vh, vw = view.shape[:2]
     stats = {"prescreen": "not used (mask from a low level)" if source != "thumbnail" else "not used (mask from the stored thumbnail)",
              "mask_from": where, "level": level, "ratio": ratio, "raster": f"{rw} x {rh}"}
