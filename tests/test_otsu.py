@@ -70,6 +70,19 @@ def test_uniform_tiles_and_batch_equals_single():
     assert f.score(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0,)
 
 
+def test_histograms_of_small_and_large_tiles_are_each_rows_counts():
+    """Small tiles (a low-resolution view's) are counted in one bincount, large ones per row by
+    OpenCV: both give each row's 256-bin counts."""
+    from clotclf_otsu._filter import histograms
+
+    rng = np.random.default_rng(4)
+    for n, p in ((1, 1), (3, 196), (5, 1024), (2, 1025), (4, 50176)):
+        values = rng.integers(0, 256, (n, p), dtype=np.uint8)
+        got = histograms(values)
+        assert got.dtype == np.int64 and np.array_equal(got, np.stack([np.bincount(r, minlength=256) for r in values]))
+    assert histograms(np.zeros((0, 196), np.uint8)).shape == (0, 256)
+
+
 def test_options_and_bad_input():
     with pytest.raises(ConfigError, match="option 'threshold'"):
         build(threshold=2)

@@ -106,6 +106,18 @@ def test_candidate_grid_of_whole_tiles():
     assert len(candidate_grid(mask, (150, 150), 200, 200, 0.0)[0]) == 0
 
 
+def test_summed_area_table_equals_numpys_cumulative_sums():
+    from clotclf_core.tiling.grid import summed_area
+
+    rng = np.random.default_rng(3)
+    for h, w in ((1, 1), (1, 9), (7, 1), (37, 53), (200, 3)):
+        m = rng.random((h, w)) < 0.4
+        want = np.zeros((h + 1, w + 1), np.int64)
+        want[1:, 1:] = m.astype(np.int64).cumsum(0).cumsum(1)
+        got = summed_area(m)
+        assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
 def test_small_slide_is_padded_with_its_glass_and_tiny_one_refused(tmp_path):
     """A slide smaller than one tile (the default 896 px) gives a centred padded tile; below 64 px
     a side it is refused with its size."""

@@ -93,10 +93,23 @@ def cell_fractions(mask: np.ndarray, grid: Grid, raster_size: tuple[int, int]) -
 
     c0, c1, cw = bounds(grid.xs(), mw, mw / rw)
     r0, r1, ch = bounds(grid.ys(), mh, mh / rh)
-    sat = np.zeros((mh + 1, mw + 1), np.int64)  # summed-area table
-    sat[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    sat = summed_area(mask)
     inside = sat[r1][:, c1] - sat[r0][:, c1] - sat[r1][:, c0] + sat[r0][:, c0]
     return (inside / np.outer(ch, cw)).astype(np.float32)  # padding counts as not tissue
+
+
+def summed_area(mask: np.ndarray) -> np.ndarray:
+    """The summed-area table of a boolean mask, (h + 1, w + 1) int64 with a zero first row and
+    column: OpenCV's ``integral`` (a tenth of numpy's two cumulative sums) below 2**31 pixels."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    if 0 < mask.size < 2**31 - 1:
+        import cv2
+
+        return cv2.integral(np.ascontiguousarray(mask).view(np.uint8), sdepth=cv2.CV_32S).astype(np.int64)
+    sat = np.zeros((h + 1, w + 1), np.int64)
+    sat[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    return sat
 
 
 def candidates(frac: np.ndarray, min_tissue: float) -> np.ndarray:
