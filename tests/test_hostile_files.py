@@ -328,3 +328,22 @@ def test_export_patches_refuses_a_declared_size_and_names_its_override(tmp_path)
     out = run(["export-patches", tmp_path / "d", "--out", tmp_path / "p", "-q"], timeout=120)
     assert_clean_error(out, mentions=["no slide could be read", "lie", "512 MiB", "--trust-declared-size"])
     assert not temp_leftovers(tmp_path) and not (tmp_path / "p" / "patchset.json").exists()
+
+
+def test_distinct_segment_bytes_count_shared_data_once_in_any_order():
+    import numpy as np
+
+    from clotclf_core.slides.guard import _distinct_bytes
+
+    def plain(offsets, counts):
+        used = {(int(o), int(n)) for o, n in zip(offsets, counts)}
+        return sum(n for _, n in used), len(used)
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        offsets = rng.integers(0, 40, 30).astype(np.uint64) * 100  # repeats, in any order
+        counts = rng.integers(1, 4, 30).astype(np.uint64)
+        assert _distinct_bytes(offsets, counts) == plain(offsets, counts)
+    increasing = np.arange(1, 11, dtype=np.uint64) * 1000
+    assert _distinct_bytes(increasing, np.full(10, 7, np.uint64)) == (70, 10)
+    assert _distinct_bytes(np.zeros(0, np.uint64), np.zeros(0, np.uint64)) == (0, 0)

@@ -82,7 +82,7 @@ class TifffileSource:
         pyramids and 1 for the vendor formats whose quirks OpenSlide knows; 0 when the file cannot be
         read here."""
         try:
-            with TifffileSlide(path) as slide:
+            with TifffileSlide(path, probe=True) as slide:
                 if slide.vendor in _VENDOR_FLAGS:
                     return 1.0
                 if slide.level_count == 1:
@@ -103,7 +103,9 @@ class TifffileSlide(RegionSlide):
 
     source_name = "tifffile"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, probe: bool = False):
+        """``probe``: only what :meth:`TifffileSource.priority` asks (levels, vendor, a stack or a
+        cut-short copy refused); no segment is decoded (``open`` decodes one)."""
         self.path = str(path)
         self.mpp_note = ""
         try:
@@ -117,7 +119,7 @@ class TifffileSlide(RegionSlide):
             ) from None
         self._lock = threading.Lock()
         try:
-            self._setup()
+            self._setup(probe)
         except BaseException:
             self._tif.close()
             raise
@@ -144,7 +146,7 @@ class TifffileSlide(RegionSlide):
         except Exception:
             raise SlideReadError(f"slide '{self.path}': its TIFF structure is damaged ({first})") from None
 
-    def _setup(self) -> None:
+    def _setup(self, probe: bool = False) -> None:
         series = self._series()
         tif = self._tif
         if series is None:
@@ -171,6 +173,8 @@ class TifffileSlide(RegionSlide):
         self.mpp, self.mpp_note = checked_mpp(_mpp(tif, pages[0]), self.path)
         self._check_complete()
         self._shift = 0
+        if probe:
+            return
         self._decode_one()
         self._shift = self._sample_shift()
 
@@ -202,11 +206,12 @@ class TifffileSlide(RegionSlide):
         """A copy cut short keeps its header: compare where the pixel data ends with the file size."""
         size = os.path.getsize(self.path)
         for page in self._pages:
-            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-            if ends and max(ends) > size:
+            offsets, counts = np.asarray(page.dataoffsets, np.uint64), np.asarray(page.databytecounts, np.uint64)
+            end = int((offsets + counts)[counts > 0].max()) if len(counts) and counts.any() else 0
+            if end > size:
                 w, h = self.dimensions
                 raise SlideDamaged(
-                    f"slide '{self.path}' ({w:,} x {h:,} px) is truncated: its image data runs to byte {max(ends):,} but the file "
+                    f"slide '{self.path}' ({w:,} x {h:,} px) is truncated: its image data runs to byte {end:,} but the file "
                     f"has {size:,} bytes; re-copy or re-download it"
                 )
 
