@@ -214,6 +214,10 @@ def _warm_clotclf() -> None:
     import tifffile  # noqa: F401
     import tqdm.auto  # noqa: F401
 
+    import imagecodecs._deflate  # noqa: F401  (tifffile's decoder for these deflate TIFFs, imported on first use)
+    import imagecodecs._zlib  # noqa: F401
+
+    import clotclf_core.slides.guard  # noqa: F401
     import clotclf_core.slides.manifest  # noqa: F401
     import clotclf_core.slides.tissue  # noqa: F401
     import clotclf_core.tiling.execution  # noqa: F401
@@ -359,7 +363,7 @@ def main() -> None:
                         if mode == "pixels" and res.get("read", len(boxes)) != len(boxes):
                             res["note"] = f"{res.get('note', '')}; only {res['read']} of the {len(boxes)} tiles read"
                     results.setdefault((name, shape, mode, tool), []).append(res)
-                    said = res.get("error") or "{:.1f} CPU-s, {:.0f} MB".format(res["cpu"], res["rss_mb"])
+                    said = res.get("error") or "{:.3f} CPU-s, {:.0f} MB".format(res["cpu"], res["rss_mb"])
                     print(f"round {rnd + 1} {name} {shape} {mode} {tool}: {said}", file=sys.stderr)
     print(render(results, skipped, opts))
 
@@ -377,7 +381,7 @@ def render(results: dict, skipped: dict, opts) -> str:
             continue
         kept = med([r["kept_area_mpx"] for r in ok])
         n = med([r["kept"] for r in ok])
-        lines.append(f"| {name} | {shape} | {mode} | {tool} | {med([r['seconds'] for r in ok]):.2f} | {med([r['cpu'] for r in ok]):.2f} | "
+        lines.append(f"| {name} | {shape} | {mode} | {tool} | {med([r['seconds'] for r in ok]):.2f} | {med([r['cpu'] for r in ok]):.3f} | "
                      f"{med([r['rss_mb'] for r in ok]):.0f} | {n:.0f} | {med([r['coverage'] for r in ok]):.3f} | "
                      f"{med([r['glass'] for r in ok]):.3f} | {ok[0].get('note', '')} (kept area {kept:.0f} Mpx) |")
     for tool, why in skipped.items():

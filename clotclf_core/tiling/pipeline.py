@@ -263,7 +263,8 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     order = [(r, c) for r in row_ids for c in by_row[r]]
     if settings.coords_only:  # scores from the low-resolution view: no pixel of the working level is needed
         side = max(8, round(grid.tile / float(np.mean(scan.view_scales()))))
-        cuts = view_windows(scan, [(int(xs[c]), int(ys[r])) for r, c in order], grid.tile, side, bg)
+        rc = np.asarray(order, dtype=np.int64).reshape(-1, 2)
+        cuts = view_windows(scan, np.stack([xs[rc[:, 1]], ys[rc[:, 0]]], axis=1), grid.tile, side, bg)
         tile_px = side
     else:
         if scan.raster is None:  # a survey: decode the working level under the candidates only, row by row
@@ -358,9 +359,9 @@ def work_windows(work: WorkingLevel, ys: list[int], xs_per_row: list[np.ndarray]
         work.release_above(ys[i + 1] if i + 1 < len(ys) else y + tile)
 
 
-def view_windows(scan: Scan, corners: list[tuple[int, int]], tile: int, side: int, background: np.ndarray) -> Iterable[tuple[int, int, np.ndarray]]:
+def view_windows(scan: Scan, corners: Any, tile: int, side: int, background: np.ndarray) -> Iterable[tuple[int, int, np.ndarray]]:
     """Coordinates-only tiling: each ``tile``-pixel square of the working raster at ``corners``
-    (top-left, raster px) cut from the low-resolution view instead (the view pixels whose centres lie
+    (top-left, raster px; (n, 2) or pairs) cut from the low-resolution view instead (the view pixels whose centres lie
     in it, the glass colour past the slide's edge), resized to ``side`` px. Yields ``(x, y, tile)``.
 
     Windows already ``side`` view pixels a side (most of them: a view is about a whole fraction of
@@ -368,18 +369,16 @@ def view_windows(scan: Scan, corners: list[tuple[int, int]], tile: int, side: in
     indexing, the others cropped and resized one by one."""
     sx, sy = scan.view_scales()
     view = scan.view
-    if not corners:
-        return
-    xy = np.asarray(corners, dtype=np.int64)
+    xy = np.asarray(corners, dtype=np.int64).reshape(-1, 2)  # (n, 2): x, y
     i0, i1 = np.ceil(xy[:, 0] / sx - 0.5).astype(np.int64), np.ceil((xy[:, 0] + tile) / sx - 0.5).astype(np.int64)
     j0, j1 = np.ceil(xy[:, 1] / sy - 0.5).astype(np.int64), np.ceil((xy[:, 1] + tile) / sy - 0.5).astype(np.int64)
     whole = (i1 - i0 == side) & (j1 - j0 == side)
-    for a in range(0, len(corners), 256):
-        b = min(len(corners), a + 256)
+    for a in range(0, len(xy), 256):
+        b = min(len(xy), a + 256)
         gathered = _gather(view, i0[a:b], j0[a:b], side, background) if whole[a:b].any() else None
         for k in range(a, b):
             win = gathered[k - a] if whole[k] else _cut(view, int(i0[k]), int(i1[k]), int(j0[k]), int(j1[k]), side, background)
-            yield corners[k][0], corners[k][1], win
+            yield int(xy[k, 0]), int(xy[k, 1]), win
 
 
 def _gather(view: np.ndarray, i0: np.ndarray, j0: np.ndarray, side: int, background: np.ndarray) -> np.ndarray:
