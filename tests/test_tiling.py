@@ -118,6 +118,18 @@ def test_summed_area_table_equals_numpys_cumulative_sums():
         assert got.dtype == np.int64 and np.array_equal(got, want)
 
 
+def test_grow_is_scipys_binary_dilation_by_a_3x3_square():
+    from scipy.ndimage import binary_dilation
+
+    from clotclf_core.tiling.grid import grow
+
+    rng = np.random.default_rng(6)
+    for h, w in ((1, 1), (1, 7), (6, 1), (23, 31)):
+        m = rng.random((h, w)) < 0.2
+        assert np.array_equal(grow(m), binary_dilation(m, structure=np.ones((3, 3), bool)))
+    assert grow(np.zeros((0, 4), bool)).shape == (0, 4)
+
+
 def test_small_slide_is_padded_with_its_glass_and_tiny_one_refused(tmp_path):
     """A slide smaller than one tile (the default 896 px) gives a centred padded tile; below 64 px
     a side it is refused with its size."""

@@ -176,3 +176,43 @@ def test_the_fast_mask_equals_the_plain_one_bit_for_bit(real_thumbnail):
         pixels = T.tissue_pixels_recipe(img)[0]
         for fractions in ((0.0005, 0.002), (0.02, 0.0), (0.0, 0.1), (0.1, 0.05)):
             assert np.array_equal(T.clean_mask(pixels, *fractions), ref.clean_mask(pixels, *fractions))
+
+
+def test_otsu_is_scikit_images_threshold_otsu_to_the_bit():
+    """clotclf's Otsu (to spare `clotclf tile` the import of scipy.ndimage) equals scikit-image's on
+    float32 and float64 values and on histograms with empty ends."""
+    from skimage.filters import threshold_otsu
+
+    from clotclf_core.slides.tissue import otsu_of_histogram, otsu_of_values
+
+    rng = np.random.default_rng(9)
+    for dtype in (np.float32, np.float64):
+        for _ in range(30):
+            n = int(rng.integers(2, 5000))
+            v = np.concatenate([rng.normal(0.02, 0.01, n), rng.normal(0.3, 0.1, int(rng.integers(1, n + 1)))]).astype(dtype)
+            assert otsu_of_values(v) == threshold_otsu(v)
+    for _ in range(30):
+        counts = rng.integers(0, 1000, 256)
+        counts[: int(rng.integers(0, 5))] = 0
+        counts[256 - int(rng.integers(0, 5)) :] = 0
+        centres = np.sort(rng.random(256)).astype(np.float32)
+        if counts.any():
+            assert otsu_of_histogram(counts, centres) == threshold_otsu(hist=(counts, centres))
+
+
+def test_tiling_needs_no_scipy_ndimage():
+    """Importing and running the tissue mask and tiling's mask helpers leaves scipy.ndimage unloaded
+    (~0.3 CPU-s at every `clotclf tile`)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, sys\n"
+            "from clotclf_core.slides.tissue import tissue_mask, byte_count_prescreen\n"
+            "from clotclf_core.tiling.grid import grow\n"
+            "import clotclf_core.tiling.pipeline, clotclf_core.tiling.reading\n"
+            "img = np.full((40, 40, 3), 240, np.uint8); img[10:30, 10:30] = (150, 60, 140)\n"
+            "assert tissue_mask(img).sum() > 300 and grow(np.eye(5, dtype=bool)).sum() == 19\n"
+            "byte_count_prescreen(np.r_[np.full(20, 100), np.full(20, 5000)].reshape(5, 8))\n"
+            "print('scipy.ndimage' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

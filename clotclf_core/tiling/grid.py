@@ -112,6 +112,18 @@ def summed_area(mask: np.ndarray) -> np.ndarray:
     return sat
 
 
+def grow(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one cell into its 8 neighbours (nothing grows in from past the edge):
+    ``scipy.ndimage.binary_dilation(mask, np.ones((3, 3)))`` by OpenCV (tested equal), which
+    spares tiling the import of ``scipy.ndimage`` (~0.3 CPU-s)."""
+    import cv2
+
+    m = np.ascontiguousarray(mask, dtype=bool)
+    if m.size == 0:
+        return m.copy()
+    return cv2.dilate(m.view(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+
 def candidates(frac: np.ndarray, min_tissue: float) -> np.ndarray:
     """(n, 2) (row, col) of the cells with some tissue and at least ``min_tissue`` of it, row-major."""
     keep = (frac > 0) & (frac >= min_tissue)

@@ -143,9 +143,8 @@ class _View:
 
 def _skip_plan(layout: LevelLayout) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Segments not to decode at first (True = skip), from their compressed sizes; None: decode all."""
-    from scipy.ndimage import binary_dilation
-
     from clotclf_core.slides.tissue import byte_count_prescreen
+    from clotclf_core.tiling.grid import grow
 
     counts = layout.byte_counts
     if counts is None or counts.ndim != 2 or min(counts.shape) < 2:
@@ -155,7 +154,7 @@ def _skip_plan(layout: LevelLayout) -> tuple[np.ndarray | None, dict[str, Any]]:
     busy = byte_count_prescreen(counts, np.outer(fy, fx))
     if busy is None:
         return None, {"prescreen": "not used (tile sizes do not split into glass and tissue)"}
-    grown = binary_dilation(busy, structure=np.ones((3, 3), bool))
+    grown = grow(busy)
     lattice = np.zeros_like(busy)
     lattice[::2, ::2] = True  # one in four quiet segments is decoded to check the guess
     skip = ~grown & ~lattice & (counts > 0)
@@ -314,7 +313,7 @@ def _neighbours_of_tissue(
     mask: np.ndarray, decoded: np.ndarray, scale: float, seg_w: int, seg_h: int, raster_size: tuple[int, int]
 ) -> list[tuple[int, int]]:
     """Skipped segments next to (8-neighbourhood) a decoded segment holding tissue in the mask."""
-    from scipy.ndimage import binary_dilation
+    from clotclf_core.tiling.grid import grow
 
     rows, cols = decoded.shape
     vh, vw = mask.shape
@@ -327,7 +326,7 @@ def _neighbours_of_tissue(
     holds = np.zeros_like(decoded)
     holds[r, c] = True
     holds &= decoded
-    want = binary_dilation(holds, structure=np.ones((3, 3), bool)) & ~decoded
+    want = grow(holds) & ~decoded
     return [(int(a), int(b)) for a, b in np.argwhere(want)]
 
 
