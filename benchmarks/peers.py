@@ -225,10 +225,9 @@ def _warm_clotclf() -> None:
     import clotclf_openslide._slide  # noqa: F401  (the built-in plugins' modules load on first use)
     import clotclf_otsu._filter  # noqa: F401
     import clotclf_tifffile._slide  # noqa: F401
-    from clotclf_core.tiling.pipeline import compute_threads
+    from clotclf_core.tiling.pipeline import blas_controller
 
-    with compute_threads(1):  # once per process, like an import: threadpoolctl lists the loaded libraries (~15 ms)
-        pass
+    blas_controller()  # once per process, like an import: threadpoolctl lists the loaded libraries (~15 ms)
 
 
 RUNNERS = {"clotclf": (run_clotclf, _warm_clotclf), "clotclf-api": (run_clotclf_api, _warm_clotclf), **PEER_RUNNERS}

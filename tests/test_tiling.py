@@ -650,8 +650,7 @@ def test_tiling_holds_blas_and_opencv_to_its_threads_and_gives_them_back(monkeyp
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and (mine is None or i["filepath"] in mine)]
 
     cv2.setNumThreads(4)
-    with pipeline.compute_threads(1):
-        pass  # (the BLAS controller is made once per process)
+    pipeline.blas_controller()  # (made once per process)
     before = blas()
     seen = {}
 

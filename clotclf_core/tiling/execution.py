@@ -76,11 +76,19 @@ def _by_product(out: dict[str, Any], what: str, write: Any, *args: Any) -> None:
 def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
     """Open, tile, write (pixels, index shard, QC picture) and close one slide. Never raises for a
     bad slide: returns ``{"image_id", "status", "reason", "info", "fatal"}``; ``fatal`` is set when
-    the TileSet folder itself cannot be written (full disk, read-only), which stops the run."""
+    the TileSet folder itself cannot be written (full disk, read-only), which stops the run. BLAS
+    and OpenCV run on the job's ``threads`` meanwhile (:func:`clotclf_core.tiling.pipeline.compute_threads`)."""
+    from clotclf_core.tiling.pipeline import compute_threads
+
+    with compute_threads(int(job.get("threads", 1))):
+        return _process_slide(job, bar)
+
+
+def _process_slide(job: dict[str, Any], bar: Any) -> dict[str, Any]:
     from clotclf_core.plugin.errors import SlideReadError
     from clotclf_core.slides.guard import regular_file_problem
     from clotclf_core.tiling.filters import filters_for
-    from clotclf_core.tiling.pipeline import compute_threads, tile_one
+    from clotclf_core.tiling.pipeline import tile_one
     from clotclf_core.tiling.qc import write_mask, write_qc
     from clotclf_core.tiling.writer import slide_pixels, write_shard
 
@@ -109,11 +117,10 @@ def process_slide(job: dict[str, Any], bar: Any = None) -> dict[str, Any]:
         write_shard(root, job["image_id"], res.rows)
         out["info"].update(res.info)
         out.update(status=res.status, reason=res.reason)
-        with compute_threads(int(job.get("threads", 1))):
-            if job.get("qc", True):
-                _by_product(out, "qc", write_qc, root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters],
-                            job["image_id"])
-            _by_product(out, "mask", write_mask, root / "masks" / f"{job['image_id']}.png", res)
+        if job.get("qc", True):
+            _by_product(out, "qc", write_qc, root / "qc" / f"{job['image_id']}.png", res, [f.name for f in filters],
+                        job["image_id"])
+        _by_product(out, "mask", write_mask, root / "masks" / f"{job['image_id']}.png", res)
     except SlideSkip as skip:
         out.update(status=skip.status, reason=skip.reason)
     except ClotclfError as exc:

@@ -151,7 +151,18 @@ def levels_note(slide: Any, level: int) -> str:
             f"so tiling did not use {'it' if len(bad) == 1 else 'them'} (it read level {level})")
 
 
-_BLAS: Any = None  # threadpoolctl's view of the BLAS libraries loaded (made once per process: ~15 ms)
+_BLAS: Any = None  # see blas_controller
+
+
+def blas_controller() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded, made once per process (~15 ms: it lists
+    the loaded libraries, like an import)."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS
 
 
 @contextlib.contextmanager
@@ -161,22 +172,21 @@ def compute_threads(threads: int) -> Iterator[None]:
     waiting threads spin: on a 2-core machine OpenBLAS's doubled the CPU time of tiling a 4,420-px
     slide (0.10 against 0.05 CPU-s, benchmarks/peers.py), and OpenCV's two threads took 1.5-2.5x the
     CPU time of one on a 587 x 359 view's connected components and channel extremes. The BLAS
-    libraries are those loaded when this first ran in the process (numpy's, which tiling uses):
-    threadpoolctl's look at the loaded libraries takes ~15 ms, too long to repeat for every slide."""
-    global _BLAS
+    libraries are those loaded when :func:`blas_controller` first ran in the process (numpy's, which
+    tiling uses). OpenCV's count is set only when it changes: each change costs its next calls ~2 ms."""
     import cv2
-    from threadpoolctl import ThreadpoolController
 
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
     n = max(1, int(threads))
     before = cv2.getNumThreads()
-    with _BLAS.limit(limits=n, user_api="blas"):
-        cv2.setNumThreads(min(n, before) if before > 0 else n)
+    want = min(n, before) if before > 0 else n
+    with blas_controller().limit(limits=n, user_api="blas"):
+        if want != before:
+            cv2.setNumThreads(want)
         try:
             yield
         finally:
-            cv2.setNumThreads(before)
+            if want != before:
+                cv2.setNumThreads(before)
 
 
 def tile_one(
