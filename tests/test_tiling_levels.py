@@ -312,7 +312,7 @@ def test_coords_only_windows_from_the_view_are_its_pixels_with_glass_past_the_ed
 
     import cv2
 
-    from clotclf_core.tiling.pipeline import view_windows
+    from clotclf_core.tiling.views import view_windows
 
     rng = np.random.default_rng(8)
     view = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)

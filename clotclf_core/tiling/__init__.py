@@ -12,6 +12,7 @@ Modules, one concern each:
 - :mod:`.raster` — that raster, in memory or in a temporary file;
 - :mod:`.grid` — working resolution, padded / centred grid, candidates, ``max_tiles`` ranking;
 - :mod:`.pipeline` — one slide: scan, grid, cut, filter, stream into a sink;
+- :mod:`.views` — coordinates-only tiling's windows, cut from the low-resolution view;
 - :mod:`.qc` — the QC picture;
 - :mod:`.execution` — one slide in a worker, and the engines (in-process, local pool, Dask);
 - :mod:`.summary` — the run summary and its table;

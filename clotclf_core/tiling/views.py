@@ -1,0 +1,61 @@
+"""Coordinates-only tiling's windows (``clotclf tile --coords-only``): each candidate tile cut from
+the slide's low-resolution view instead of the working level, so no pixel of the working level is
+decoded; the filters score these small windows (a filter declares with ``low_resolution`` that its
+score means the same there).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from clotclf_core.tiling.raster import glass
+
+
+def view_windows(scan: Any, corners: Any, tile: int, side: int, background: np.ndarray) -> Iterable[tuple[int, int, np.ndarray]]:
+    """Coordinates-only tiling: each ``tile``-pixel square of the working raster at ``corners``
+    (top-left, raster px; (n, 2) or pairs) cut from the low-resolution view instead (the view pixels whose centres lie
+    in it, the glass colour past the slide's edge), resized to ``side`` px. Yields ``(x, y, tile)``.
+
+    Windows already ``side`` view pixels a side (most of them: a view is about a whole fraction of
+    the raster) need no resize (OpenCV's would copy them): they are gathered 256 at a time by fancy
+    indexing, the others cropped and resized one by one."""
+    sx, sy = scan.view_scales()
+    view = scan.view
+    xy = np.asarray(corners, dtype=np.int64).reshape(-1, 2)  # (n, 2): x, y
+    i0, i1 = np.ceil(xy[:, 0] / sx - 0.5).astype(np.int64), np.ceil((xy[:, 0] + tile) / sx - 0.5).astype(np.int64)
+    j0, j1 = np.ceil(xy[:, 1] / sy - 0.5).astype(np.int64), np.ceil((xy[:, 1] + tile) / sy - 0.5).astype(np.int64)
+    whole = (i1 - i0 == side) & (j1 - j0 == side)
+    for a in range(0, len(xy), 256):
+        b = min(len(xy), a + 256)
+        gathered = _gather(view, i0[a:b], j0[a:b], side, background) if whole[a:b].any() else None
+        for k in range(a, b):
+            win = gathered[k - a] if whole[k] else _cut(view, int(i0[k]), int(i1[k]), int(j0[k]), int(j1[k]), side, background)
+            yield int(xy[k, 0]), int(xy[k, 1]), win
+
+
+def _gather(view: np.ndarray, i0: np.ndarray, j0: np.ndarray, side: int, background: np.ndarray) -> np.ndarray:
+    """The ``side``-pixel windows of ``view`` at columns ``i0`` and rows ``j0``, (n, side, side, 3),
+    the glass colour past the view's edge."""
+    vh, vw = view.shape[:2]
+    step = np.arange(side)
+    rows, cols = j0[:, None] + step, i0[:, None] + step
+    out = view[np.clip(rows, 0, vh - 1)[:, :, None], np.clip(cols, 0, vw - 1)[:, None, :]]
+    outside = ~(((rows >= 0) & (rows < vh))[:, :, None] & ((cols >= 0) & (cols < vw))[:, None, :])
+    if outside.any():
+        out[outside] = background
+    return out
+
+
+def _cut(view: np.ndarray, i0: int, i1: int, j0: int, j1: int, side: int, background: np.ndarray) -> np.ndarray:
+    """One window of ``view`` (columns ``i0:i1``, rows ``j0:j1``; glass past the edge) resized to ``side`` px."""
+    import cv2
+
+    vh, vw = view.shape[:2]
+    crop = glass((max(1, j1 - j0), max(1, i1 - i0), 3), background)
+    a0, a1, b0, b1 = max(0, i0), min(vw, i1), max(0, j0), min(vh, j1)
+    if a1 > a0 and b1 > b0:
+        crop[b0 - j0 : b1 - j0, a0 - i0 : a1 - i0] = view[b0:b1, a0:a1]
+    how = cv2.INTER_AREA if crop.shape[0] > side else cv2.INTER_LINEAR
+    return cv2.resize(crop, (side, side), interpolation=how)
