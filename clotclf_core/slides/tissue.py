@@ -17,7 +17,12 @@ How:
    (≈ 220, 190, 212 on white glass) beside dark tissue stays in the mask: Otsu alone would split
    dark tissue from everything else.
 3. Specks smaller than ``min_object_fraction`` of the image are removed and holes smaller than
-   ``max_hole_fraction`` filled (scikit-image's ``remove_small_objects`` and ``label``).
+   ``max_hole_fraction`` filled (OpenCV's connected components).
+
+The mask is computed per 8-bit code, not per pixel, where it can be (a pixel's saturation is a
+function of its channels' max and min, its relative OD of a rank in three 256-value tables), so a
+view's mask costs a few ms; ``tests/tissue_reference.py`` is the same mask written plainly, per
+pixel, and a test holds the two equal bit for bit.
 
 :func:`byte_count_prescreen` guesses from the compressed size of each TIFF tile where tissue is,
 without decoding (tiling's reader uses it to skip decoding glass far from tissue).
