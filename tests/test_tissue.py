@@ -164,7 +164,8 @@ def test_the_fast_mask_equals_the_plain_one_bit_for_bit(real_thumbnail):
 
     from clotclf_core.slides import tissue as T
 
-    views = [*_views(), (np.asarray(real_thumbnail)[..., :3], None)]
+    views = [*_views(), (np.asarray(real_thumbnail)[..., :3], None),
+             (np.zeros((0, 5, 3), np.uint8), None), (np.zeros((4, 0, 3), np.uint8), None)]  # (empty views too)
     for img, valid in views:
         assert np.array_equal(T.estimate_background(img, valid)[0], ref.estimate_background(img, valid))
         for method in ("saturation", "od", "either", "both"):

@@ -113,20 +113,13 @@ def otsu_of_values(values: np.ndarray) -> float:
     return otsu_of_histogram(counts, (edges[:-1] + edges[1:]) / 2.0)
 
 
-def clipped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
-    """Otsu's threshold of ``values``, clipped into ``bounds`` (see the module docstring)."""
-    lo, hi = bounds
-    v = values.ravel()
-    if v.size == 0 or float(v.max()) == float(v.min()):
-        return lo  # one value only: Otsu is undefined; the lower bound decides
-    return float(np.clip(otsu_of_values(v), lo, hi))
-
-
 def clipped_otsu_of_counts(counts: np.ndarray, values: np.ndarray, bounds: tuple[float, float]) -> float:
-    """:func:`clipped_otsu` of the pixels where ``values[i]`` occurs ``counts[i]`` times, the same
-    threshold to the bit (tested): scikit-image's 256-bin histogram of the distinct values, weighted
-    by their counts. A mask's values are a function of a few thousand 8-bit codes, so this histograms
-    thousands of numbers, not every pixel (~0.3 against ~2 ms on a 587 x 359 view)."""
+    """Otsu's threshold of the pixels where ``values[i]`` occurs ``counts[i]`` times, clipped into
+    ``bounds`` (see the module docstring; the lower bound when they hold one value only): the same
+    threshold to the bit as on the pixels themselves (tested): scikit-image's 256-bin histogram of
+    the distinct values, weighted by their counts. A mask's values are a function of a few thousand
+    8-bit codes, so this histograms thousands of numbers, not every pixel (~0.3 against ~2 ms on a
+    587 x 359 view)."""
     lo, hi = bounds
     present = counts > 0
     v = values[present]
@@ -163,8 +156,9 @@ class _Planes:
         import cv2
 
         self.r, self.g, self.b = _channels(rgb)
-        self.mx = cv2.max(cv2.max(self.r, self.g), self.b) if self.r.flags.c_contiguous else np.maximum(np.maximum(self.r, self.g), self.b)
-        self.mn = cv2.min(cv2.min(self.r, self.g), self.b) if self.r.flags.c_contiguous else np.minimum(np.minimum(self.r, self.g), self.b)
+        opencv = self.r.size > 0 and self.r.flags.c_contiguous  # (OpenCV returns None for an empty image)
+        self.mx = cv2.max(cv2.max(self.r, self.g), self.b) if opencv else np.maximum(np.maximum(self.r, self.g), self.b)
+        self.mn = cv2.min(cv2.min(self.r, self.g), self.b) if opencv else np.minimum(np.minimum(self.r, self.g), self.b)
         self._sat: np.ndarray | None = None
 
     @property
@@ -186,6 +180,8 @@ class _Planes:
         tables = np.stack([_OD_LUT - _OD_LUT[int(background[k])] for k in range(3)])
         values, inverse = np.unique(tables, return_inverse=True)
         ranks = inverse.reshape(3, 256).astype(np.uint16)
+        if self.r.size == 0:
+            return np.zeros(self.r.shape, np.uint16), values
         planes = [p if p.flags.c_contiguous else np.ascontiguousarray(p) for p in (self.r, self.g, self.b)]
         return cv2.max(cv2.max(cv2.LUT(planes[0], ranks[0]), cv2.LUT(planes[1], ranks[1])), cv2.LUT(planes[2], ranks[2])), values
 
