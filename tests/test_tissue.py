@@ -217,3 +217,20 @@ def test_tiling_needs_no_scipy_ndimage():
             "print('scipy.ndimage' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_masked_histograms_agree_on_both_paths():
+    """OpenCV's masked histogram (views under 2**24 pixels) and numpy's (larger views, or strided
+    planes) count the same."""
+    from clotclf_core.slides.tissue import _histogram, _median_u8
+
+    rng = np.random.default_rng(12)
+    plane = rng.integers(0, 256, (60, 70), dtype=np.uint8)
+    where = rng.random((60, 70)) < 0.3
+    strided = np.zeros((60, 140), bool)
+    strided[:, ::2] = where
+    fast, plain = _histogram(plane, where, 256), _histogram(plane, strided[:, ::2], 256)
+    assert np.array_equal(fast, plain) and np.array_equal(fast, np.bincount(plane[where], minlength=256))
+    assert _median_u8(plane, where) == float(np.median(plane[where]))
+    total = plane.astype(np.uint16) * 3
+    assert np.array_equal(_histogram(total, where, 768), np.bincount(total[where], minlength=768))
