@@ -68,9 +68,9 @@ def pyramids(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _tile(path: Path, source: str, **update):
+def _tile(path: Path, source: str, threads: int = 1, **update):
     with closing(open_slide(str(path), source=source)) as slide:
-        return tile_slide(slide, SETTINGS.model_copy(update=update))
+        return tile_slide(slide, SETTINGS.model_copy(update=update), threads=threads)
 
 
 def _by_xy(pixels, rows) -> dict[tuple[int, int], np.ndarray]:
@@ -90,6 +90,8 @@ def test_a_pyramid_is_read_only_under_tissue_and_gives_the_scans_tiles(pyramids,
     assert len(sparse_rows) >= 8
     # the same candidates, tiles and scores: a survey cuts the tiles from the same level, reduced the same way
     assert sparse_rows == scan_rows and np.array_equal(sparse_pixels, scan_pixels)
+    threaded_pixels, threaded_rows, _ = _tile(pyramids[kind], source, threads=3)  # (the low level read by a pool)
+    assert threaded_rows == sparse_rows and np.array_equal(threaded_pixels, sparse_pixels)
 
 
 def test_levels_that_disagree_with_level_0_are_not_read_and_tiling_says_so(pyramids, tmp_path):
