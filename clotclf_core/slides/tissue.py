@@ -60,9 +60,18 @@ def _channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rgb[..., 0], rgb[..., 1], rgb[..., 2]
 
 
-def _channel_max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r, g, b = _channels(rgb)
+def _max_min(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The channels' max and min per pixel (OpenCV's on contiguous planes; numpy's otherwise, and on
+    empty ones, where OpenCV returns None)."""
+    if r.size and r.flags.c_contiguous and g.flags.c_contiguous and b.flags.c_contiguous:
+        import cv2
+
+        return cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b)
     return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+
+
+def _channel_max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _max_min(*_channels(rgb))
 
 
 def _saturation_of(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
@@ -153,12 +162,8 @@ class _Planes:
     """One view's per-pixel quantities, computed once for the glass estimate and the mask."""
 
     def __init__(self, rgb: np.ndarray):
-        import cv2
-
         self.r, self.g, self.b = _channels(rgb)
-        opencv = self.r.size > 0 and self.r.flags.c_contiguous  # (OpenCV returns None for an empty image)
-        self.mx = cv2.max(cv2.max(self.r, self.g), self.b) if opencv else np.maximum(np.maximum(self.r, self.g), self.b)
-        self.mn = cv2.min(cv2.min(self.r, self.g), self.b) if opencv else np.minimum(np.minimum(self.r, self.g), self.b)
+        self.mx, self.mn = _max_min(self.r, self.g, self.b)
         self._sat: np.ndarray | None = None
 
     @property
@@ -172,7 +177,8 @@ class _Planes:
         return (self.mx.astype(np.uint16) << 8) | self.mn
 
     def od_ranks(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(ranks, values)``: :func:`relative_od` is ``values[ranks]`` (``values`` sorted, distinct).
+        """``(ranks, values)``: the optical density relative to ``background`` in the most absorbing
+        channel (``max_c log((bg_c + 1) / (I_c + 1))``, float32) is ``values[ranks]`` (``values`` sorted, distinct).
         Each channel's OD against the glass is a table of 256 values, and the most absorbing channel
         has the largest rank, so OpenCV's table look-ups replace float arithmetic on every pixel."""
         import cv2
@@ -220,16 +226,6 @@ def _estimate_background(planes: _Planes, ok: np.ndarray) -> tuple[np.ndarray, s
     colour = np.array([_median_u8(plane, near) for plane in (planes.r, planes.g, planes.b)])
     share = np.count_nonzero(near) / n_valid
     return np.clip(np.rint(colour), 0, 255).astype(np.uint8), f"mode of bright unsaturated pixels ({share:.0%} of the view)"
-
-
-def relative_od(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Optical density relative to ``background`` in the most absorbing channel, float32:
-    0 for glass, > 0 for anything darker than glass in some channel."""
-    rgb = np.asarray(rgb, dtype=np.uint8)[..., :3]
-    bg = np.asarray(background, dtype=np.uint8).reshape(3)
-    # per channel: -log((I+1)/256) + log((bg+1)/256) = log((bg+1)/(I+1)), one table per channel
-    ods = [(_OD_LUT - _OD_LUT[bg[k]])[plane] for k, plane in enumerate(_channels(rgb))]
-    return np.maximum(np.maximum(ods[0], ods[1]), ods[2])
 
 
 @dataclass(frozen=True)
