@@ -53,6 +53,44 @@ def run_hs2p(slide: str, mode: str, out: str) -> dict:
                                                 f"tiles read at level {res.tiles.read_level}"}
 
 
+def run_hs2p_files(slide: str, mode: str, out: str) -> dict:
+    """hs2p as its command line runs (``python -m hs2p`` with its default config): ``tile_slides``
+    writes the coordinates (``.npz`` + ``.meta.json``), ``process_list.csv`` and both previews (mask
+    and tile layout, on by default in its ``default.yaml``); in mode ``pixels`` also the tiles
+    (``save_tiles``: a tar of JPEGs, through Pillow: PyTurboJPEG is an optional extra). The peer of
+    ``clotclf tile``, which writes its TileSet, QC picture and mask."""
+    from hs2p.api import (
+        FilterConfig,
+        PreviewConfig,
+        SegmentationConfig,
+        SlideSpec,
+        TilingConfig,
+        tile_slides,
+    )
+
+    out_dir = Path(out) / "hs2p"
+    [art] = tile_slides([SlideSpec(sample_id=Path(slide).stem, image_path=Path(slide))],
+                        tiling=TilingConfig(requested_spacing_um=MPP_TARGET, requested_tile_size_px=TILE_PX, tolerance=0.05, overlap=0.0),
+                        segmentation=SegmentationConfig(method="hsv"), filtering=FilterConfig(),
+                        preview=PreviewConfig(save_mask_preview=True, save_tiling_preview=True), output_dir=out_dir,
+                        num_workers=1, save_tiles=mode == "pixels", jpeg_backend="pil")
+    return {"read_back_hs2p": str(art.coordinates_npz_path)}
+
+
+def read_back_hs2p(npz: str) -> dict:
+    """The kept tiles from hs2p's coordinates file (after the clock, as clotclf's TileSet is read back)."""
+    import json
+
+    import numpy as np
+
+    with np.load(npz, allow_pickle=False) as z:
+        x, y = z["x"], z["y"]
+    meta = json.loads(Path(npz).with_name(Path(npz).name.replace(".npz", ".meta.json")).read_text())
+    side = int(meta["tiling"]["tile_size_lv0"])
+    files = sorted(p.relative_to(Path(npz).parents[1]).as_posix() for p in Path(npz).parents[1].rglob("*") if p.is_file())
+    return {"boxes": [[int(a), int(b), side, side] for a, b in zip(x, y)], "note": "written: " + ", ".join(files)}
+
+
 def _warm_hs2p() -> None:
     import cv2  # noqa: F401
     import hs2p.api
@@ -149,5 +187,5 @@ def _warm_tiatoolbox() -> None:
     import tiatoolbox.wsicore.wsireader  # noqa: F401
 
 
-RUNNERS = {"hs2p": (run_hs2p, _warm_hs2p), "lazyslide": (run_lazyslide, _warm_lazyslide),
+RUNNERS = {"hs2p": (run_hs2p, _warm_hs2p), "hs2p-files": (run_hs2p_files, _warm_hs2p), "lazyslide": (run_lazyslide, _warm_lazyslide),
            "tiatoolbox": (run_tiatoolbox, _warm_tiatoolbox)}

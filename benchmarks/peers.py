@@ -15,6 +15,12 @@ pyramidal copies (levels by 4, the same level-0 pixels). Geometry for everyone: 
 two modes: **pixels** (the RGB pixels of every kept tile extracted, as uint8 arrays in memory; a
 tool's own way to read them) and **coords** (coordinates only).
 
+Rows: **clotclf** is ``clotclf tile`` (``tile_slides``: the TileSet written, with its QC picture and
+mask) and **clotclf-api** the Python ``tile_slide`` (tiles in memory, nothing written); the peers'
+rows run their Python APIs in memory, and **hs2p-files** is hs2p as its command line runs
+(``tile_slides`` with its default config: coordinates ``.npz``, process list and both previews; in
+mode pixels also its tar of JPEG tiles), the like-for-like peer of ``clotclf tile``.
+
 Each run is a fresh child process that imports its tool first and then times the work: wall, CPU
 (user + system, its threads and child processes included; **process CPU-s**: the whole process, the
 interpreter's start and the imports included, what one command on one slide costs), peak RSS (``VmHWM``, or its
@@ -51,7 +57,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from peer_runners import RUNNERS as PEER_RUNNERS  # stdlib only: the peers' venvs import it too
+from peer_runners import RUNNERS as PEER_RUNNERS, read_back_hs2p  # stdlib only: the peers' venvs import it too
 
 #: what each peer's venv gets (the torch wheels are on this machine's disk: never a CUDA download)
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
@@ -60,7 +66,9 @@ PEERS = {
     "lazyslide": {"dist": "lazyslide", "version": "0.13.0", "extras": TORCH},
     "tiatoolbox": {"dist": "tiatoolbox", "version": "2.1.3", "extras": [], "override": TORCH},
 }
-TOOLS = ["clotclf", "clotclf-api", *PEERS]
+#: extra rows run in a peer's venv: hs2p as its command line writes its results (the peer of `clotclf tile`)
+VENV_OF = {"hs2p-files": "hs2p"}
+TOOLS = ["clotclf", "clotclf-api", "hs2p", "hs2p-files", "lazyslide", "tiatoolbox"]
 SLIDES = {  # name: (width, height, seed, glass)
     "mean": (23_000, 37_600, 0, "white"),
     "grey": (12_000, 9_000, 2, "grey"),
@@ -242,6 +250,8 @@ def child(tool: str, mode: str, slide: str, out: str) -> None:
                cpu_process=tree_cpu())  # (the whole process: the interpreter's start, the imports and the work)
     if "read_back" in res:  # (after the clock)
         res.update(read_back(res.pop("read_back")))
+    if "read_back_hs2p" in res:
+        res.update(read_back_hs2p(res.pop("read_back_hs2p")))
     print("RESULT " + json.dumps(res))
 
 
@@ -254,9 +264,10 @@ def python_for(tool: str, venvs: Path | None) -> tuple[str | None, str]:
         return sys.executable, ""
     if tool not in RUNNERS:
         return None, f"not run: no runner for {tool} is written in this script yet"
-    python = (venvs / tool / "bin" / "python") if venvs else None
+    venv = VENV_OF.get(tool, tool)
+    python = (venvs / venv / "bin" / "python") if venvs else None
     if python is None or not python.exists():
-        return None, (f"not run: {tool} {PEERS[tool]['version']} is not installed here "
+        return None, (f"not run: {venv} {PEERS[venv]['version']} is not installed here "
                       f"({'no --venvs given' if venvs is None else f'no {python}'}; `--install` creates it)")
     return str(python), ""
 
@@ -336,7 +347,7 @@ def main() -> None:
     if opts.install:
         if opts.venvs is None:
             ap.error("--install needs --venvs DIR")
-        install(opts.venvs, [t for t in opts.tools if t in PEERS])
+        install(opts.venvs, sorted({VENV_OF.get(t, t) for t in opts.tools} & set(PEERS)))
         return
     files = slide_files(opts.workdir, opts.slides, opts.shapes)
     runnable, skipped = {}, {}

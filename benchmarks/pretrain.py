@@ -130,7 +130,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clotclf-bench-pretrain-"))
     try:
         tiles = make_tiles(work / "tiles", args.tiles, args.size)
-        print(f"| method | device | backbone | tiles x px | batch | clotclf pretrain img/s | bare loop img/s | ratio |")
+        print("| method | device | backbone | tiles x px | batch | clotclf pretrain img/s | bare loop img/s | ratio |")
         print("|---|---|---|---|---:|---:|---:|---:|")
         for method in args.methods.split(","):
             ours, bare = [], []
