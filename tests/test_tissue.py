@@ -235,3 +235,29 @@ def test_masked_histograms_agree_on_both_paths():
     assert _median_u8(plane, where) == float(np.median(plane[where]))
     total = plane.astype(np.uint16) * 3
     assert np.array_equal(_histogram(total, where, 768), np.bincount(total[where], minlength=768))
+
+
+def test_code_counts_and_per_max_thresholds_equal_their_plain_definitions():
+    """The saturation tests by (max, min) pair: the 2-D histogram of codes equals numpy's on both
+    paths, and each threshold read as "min below a per-max length" is the plain per-code test (the
+    passing mins are a prefix at every max, for any glass and any threshold in the bounds)."""
+    from clotclf_core.slides import tissue as T
+
+    rng = np.random.default_rng(13)
+    img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    planes = T._Planes(img)
+    where = rng.random((40, 50)) < 0.4
+    code = (planes.mx.astype(np.int64) << 8) | planes.mn
+    plain = np.bincount(code[where], minlength=65536)
+    strided = np.zeros((40, 100), bool)
+    strided[:, ::2] = where
+    assert np.array_equal(planes.code_counts(where), plain) and np.array_equal(planes.code_counts(strided[:, ::2]), plain)
+
+    sat = T._saturation_by_code()
+    mx, mn = np.divmod(np.arange(65536), 256)
+    assert np.array_equal(mn >= T._GLASSY_MIN[mx], sat < T.GLASS_MAX_SATURATION)
+    for glass in ((255, 255, 255), (203, 207, 198), (190, 150, 120), (0, 0, 0)):
+        values = sat - float(T.saturation(np.array(glass, np.uint8).reshape(1, 1, 3))[0, 0])
+        for threshold in (*T.SATURATION_BOUNDS, 0.0873):
+            passing = values > threshold
+            assert np.array_equal(mn < T._below_by_max(passing)[mx], passing)

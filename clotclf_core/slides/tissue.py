@@ -87,14 +87,33 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 #: optical density of each 8-bit intensity, -log((I + 1) / 256)
 _OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
 _SAT_BY_CODE: np.ndarray | None = None  # the saturation of each (max, min) pair, by max * 256 + min
+_GLASSY_MIN: np.ndarray | None = None  # per max, the least min whose saturation is below GLASS_MAX_SATURATION
 
 
 def _saturation_by_code() -> np.ndarray:
-    global _SAT_BY_CODE
+    global _SAT_BY_CODE, _GLASSY_MIN
     if _SAT_BY_CODE is None:
         code = np.arange(65536)
         _SAT_BY_CODE = _saturation_of((code >> 8).astype(np.uint8), (code & 255).astype(np.uint8))
+        _GLASSY_MIN = _below_by_max(_SAT_BY_CODE >= GLASS_MAX_SATURATION)
     return _SAT_BY_CODE
+
+
+def _below_by_max(passing: np.ndarray) -> np.ndarray:
+    """A test on the pairs (max, min) that holds for a prefix of mins at each max (as saturation
+    falls with the min), given as 65536 booleans by max * 256 + min: the length of each max's
+    prefix, uint8 (the pair passes where min < that length). The pair (255, 255) (saturation 0)
+    must not pass, so a length is at most 255; the tests check the prefixes."""
+    return passing.reshape(256, 256).sum(axis=1).astype(np.uint8)
+
+
+def _look_up(plane: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[plane]`` for a uint8 plane: OpenCV's table look-up on contiguous planes, numpy's otherwise."""
+    if plane.size and plane.flags.c_contiguous:
+        import cv2
+
+        return cv2.LUT(plane, table)
+    return table[plane]
 
 
 def otsu_of_histogram(counts: np.ndarray, centres: np.ndarray) -> float:
@@ -164,17 +183,17 @@ class _Planes:
     def __init__(self, rgb: np.ndarray):
         self.r, self.g, self.b = _channels(rgb)
         self.mx, self.mn = _max_min(self.r, self.g, self.b)
-        self._sat: np.ndarray | None = None
 
-    @property
-    def sat(self) -> np.ndarray:
-        if self._sat is None:
-            self._sat = _saturation_of(self.mx, self.mn)
-        return self._sat
+    def code_counts(self, where: np.ndarray) -> np.ndarray:
+        """How many pixels of ``where`` have each code max * 256 + min (what a pixel's saturation is
+        a function of): OpenCV's 2-D histogram of the (max, min) planes, numpy's past 2**24 pixels."""
+        planes = (self.mx, self.mn, where)
+        if 0 < self.mx.size < 2**24 and all(p.flags.c_contiguous for p in planes):
+            import cv2
 
-    def code(self) -> np.ndarray:
-        """max * 256 + min, uint16: what a pixel's saturation is a function of."""
-        return (self.mx.astype(np.uint16) << 8) | self.mn
+            counts = cv2.calcHist([self.mx, self.mn], [0, 1], where.view(np.uint8), [256, 256], [0, 256, 0, 256])
+            return counts.ravel().astype(np.int64)
+        return np.bincount(((self.mx.astype(np.int64) << 8) | self.mn)[where], minlength=65536)
 
     def od_ranks(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ranks, values)``: the optical density relative to ``background`` in the most absorbing
@@ -215,7 +234,8 @@ def _estimate_background(planes: _Planes, ok: np.ndarray) -> tuple[np.ndarray, s
     # the grey level (r + g + b) / 3 as an integer sum: >= 120 is a sum >= 360, its nearest integer
     # (never a half) (sum + 1) // 3, and within 4 of an integer mode a sum within 12 of 3 * mode
     total = planes.r.astype(np.uint16) + planes.g + planes.b
-    glassy = ok & (planes.sat < GLASS_MAX_SATURATION) & (total >= 360)
+    _saturation_by_code()
+    glassy = ok & (planes.mn >= _look_up(planes.mx, _GLASSY_MIN)) & (total >= 360)  # saturation < GLASS_MAX_SATURATION
     if n_valid == 0 or np.count_nonzero(glassy) < max(1, 0.01 * n_valid):
         return np.array(DEFAULT_BACKGROUND, np.uint8), "default white (no glass visible)"
     sums = _histogram(total, glassy, 768)
@@ -305,13 +325,12 @@ def tissue_pixels_recipe(
     # Otsu's thresholds from each value's count (values[codes] is the plane), the same as on the planes
     masks, thresholds = [], {}
     if method in ("saturation", "either", "both"):
-        code = planes.code()
         values = _saturation_by_code() - float(saturation(bg.reshape(1, 1, 3))[0, 0])
-        thresholds["saturation"] = clipped_otsu_of_counts(np.bincount(code[ok], minlength=65536), values, SATURATION_BOUNDS)
-        masks.append((values > thresholds["saturation"])[code])
+        thresholds["saturation"] = clipped_otsu_of_counts(planes.code_counts(ok), values, SATURATION_BOUNDS)
+        masks.append(planes.mn < _look_up(planes.mx, _below_by_max(values > thresholds["saturation"])))
     if method in ("od", "either", "both"):
         ranks, values = planes.od_ranks(bg)
-        thresholds["od"] = clipped_otsu_of_counts(np.bincount(ranks[ok], minlength=len(values)), values, OD_BOUNDS)
+        thresholds["od"] = clipped_otsu_of_counts(_histogram(ranks, ok, len(values)), values, OD_BOUNDS)
         masks.append(ranks >= int(np.argmax(np.append(values > thresholds["od"], True))))  # values are sorted
     mask = masks[0]
     for m in masks[1:]:
@@ -341,14 +360,16 @@ def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_f
         _, pieces = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
         keep = np.bincount(pieces.ravel()) >= min_size  # (OpenCV's own statistics took 6x as long)
         keep[0] = False  # glass
-        mask = keep[pieces]
+        if not keep[1:].all():  # (no speck: the mask stays as it is)
+            mask = keep[pieces]
     if max_hole <= 0 or mask.all():
         return mask
     _, background = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4)
     fill = np.bincount(background.ravel()) <= max_hole
     fill[0] = False  # tissue
-    fill[np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))] = False
-    return mask | fill[background]
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        fill[edge] = False  # background touching the border: glass, not a hole
+    return mask | fill[background] if fill.any() else mask
 
 
 def byte_count_prescreen(

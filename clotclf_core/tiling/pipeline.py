@@ -293,23 +293,26 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
     rows: list[dict[str, Any]] = []
     pending: list[tuple[int, int, float]] = []
     buf = np.empty((settings.batch_size, tile_px, tile_px, 3), np.uint8)  # reused: no fresh pages per batch
+    px4 = round(px, 4)
 
     def flush() -> None:
         batch = buf[: len(pending)]
         if grid.tile != S and not settings.coords_only:
             batch = _resize(batch, S)
         alive, scores, by = run_filters(filters, batch, bg)
-        dark = darkness(batch, bg)
-        for j, (x, y, fr) in enumerate(pending):
+        dark = darkness(batch, bg).tolist()  # (Python floats: one conversion a batch, not one a tile)
+        columns = [(f"score_{name}", [round(v, 4) for v in values.tolist()]) for name, values in scores.items()]
+        for j, ((x, y, fr), ok, by_j) in enumerate(zip(pending, alive.tolist(), by.tolist())):
             row = {"x": int(round(x * f)), "y": int(round(y * f)), "size": side0, "downsample": settings.downsample,
-                   "level0_px_per_pixel": round(px, 4), "tissue": round(float(fr), 4), "darkness": round(float(dark[j]), 4)}
-            row.update({f"score_{name}": round(float(v[j]), 4) for name, v in scores.items()})
-            if alive[j]:
+                   "level0_px_per_pixel": px4, "tissue": round(fr, 4), "darkness": round(dark[j], 4)}
+            for key, values in columns:
+                row[key] = values[j]
+            if ok:
                 row.update(row=len(kept_rank), kept=True, rejected_by="")
-                kept_rank.append((float(fr), float(dark[j])))
+                kept_rank.append((fr, dark[j]))
             else:
-                row.update(row=-1, kept=False, rejected_by=filters[int(by[j])].name)
-                rejected[filters[int(by[j])].name] += 1
+                row.update(row=-1, kept=False, rejected_by=filters[by_j].name)
+                rejected[filters[by_j].name] += 1
             rows.append(row)
         if alive.any() and sink is not None and not settings.coords_only:
             sink.add(batch if alive.all() else batch[alive])
