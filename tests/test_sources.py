@@ -218,8 +218,9 @@ def test_other_pixel_layouts(tmp_path):
 
 
 def test_mpp_from_resolution_tags(files):
-    assert open_slide(files["inch"], "tifffile").mpp == pytest.approx(0.5)  # 50800 dpi
-    assert open_slide(files["nounit"], "tifffile").mpp is None
+    with open_slide(files["inch"], "tifffile") as inch, open_slide(files["nounit"], "tifffile") as nounit:
+        assert inch.mpp == pytest.approx(0.5)  # 50800 dpi
+        assert nounit.mpp is None
 
 
 # ----------------------------------------------------------------------------- bounded memory
@@ -545,3 +546,36 @@ def test_level_layouts_cover_the_level_once(files, source):
             assert np.abs(canvas.astype(int) - expect.astype(int)).max() <= 1, (source, level)
     assert choose_level([1.0, 4.0003, 16.001], 4) == (1, 1)
     assert choose_level([1.0, 3.0], 4) == (0, 4) and choose_level([1.0], 16) == (0, 16)
+
+
+def test_opening_reuses_the_priority_probe_only_for_the_same_unchanged_file(files, tmp_path):
+    """``priority`` keeps its header parse for ``open`` (one parse a slide); ``open`` of another
+    path, or of the same path changed since, parses again and closes the kept one."""
+    import os
+    import shutil
+
+    from clotclf_tifffile._slide import TifffileSource
+
+    path = str(files["pages"])
+    src = TifffileSource()
+    assert src.priority(path) == 11.0
+    probe = src._probe[2]
+    with src.open(path) as slide, TifffileSource().open(path) as fresh:
+        assert slide is probe and src._probe is None
+        assert np.array_equal(slide.read_region(0, 0, 200, 150, 2.0), fresh.read_region(0, 0, 200, 150, 2.0))
+    copy = tmp_path / "copy.tif"
+    shutil.copy(path, copy)
+    src.priority(str(copy))
+    probe = src._probe[2]
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # changed after the probe
+    with src.open(str(copy)) as slide:
+        assert slide is not probe and probe._tif.filehandle.closed
+    src.priority(str(copy))
+    probe = src._probe[2]
+    with src.open(path) as slide:  # another file
+        assert slide is not probe and probe._tif.filehandle.closed
+    src.priority(path)
+    probe = src._probe[2]
+    del src  # a source dropped between the two (another source won): its probe is closed
+    assert probe._tif.filehandle.closed

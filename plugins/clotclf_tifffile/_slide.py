@@ -64,8 +64,35 @@ class TileByteCounts:
     downsample: float
 
 
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class TifffileSource:
-    """The ``tifffile`` PatchSource."""
+    """The ``tifffile`` PatchSource.
+
+    :meth:`priority` parses the file's header (levels, vendor, a stack or a cut-short copy refused);
+    when it ranks the file high enough to be read here, it keeps that parse for :meth:`open` of the
+    same, unchanged file, which then only decodes one segment (one header parse per slide, not two).
+    """
+
+    def __init__(self) -> None:
+        self._probe: tuple[str, tuple[int, int, int, int] | None, TifffileSlide] | None = None
+        self._probe_lock = threading.Lock()
+
+    def _drop_probe(self) -> tuple[str, tuple[int, int, int, int] | None, TifffileSlide] | None:
+        with self._probe_lock:
+            probe, self._probe = self._probe, None
+        return probe
+
+    def __del__(self) -> None:
+        probe = self._drop_probe()
+        if probe is not None:
+            probe[2].close()
 
     def can_open(self, path: str) -> bool:
         try:
@@ -81,20 +108,33 @@ class TifffileSource:
         tissue: 0.22 against 0.79 CPU-s, the same pixels; benchmarks/peers.py); 5 for Aperio SVS
         pyramids and 1 for the vendor formats whose quirks OpenSlide knows; 0 when the file cannot be
         read here."""
+        stale = self._drop_probe()
+        if stale is not None:
+            stale[2].close()
         try:
-            with TifffileSlide(path, probe=True) as slide:
-                if slide.vendor in _VENDOR_FLAGS:
-                    return 1.0
-                if slide.level_count == 1:
-                    return 6.0
-                return 11.0 if not slide.vendor else 5.0
+            slide = TifffileSlide(path, probe=True)
         except SlideUnusable:
             raise  # cut short, or a stack: no other reader should be tried (OpenSlide would fail later,
             # hang, or read a stack's first plane as if it were the slide)
         except SlideReadError:
             return 0.0
+        rank = 1.0 if slide.vendor in _VENDOR_FLAGS else 6.0 if slide.level_count == 1 else 11.0 if not slide.vendor else 5.0
+        if rank >= 6.0:
+            stale = self._drop_probe()
+            with self._probe_lock:
+                self._probe = (str(path), _identity(str(path)), slide)
+            if stale is not None:
+                stale[2].close()
+        else:
+            slide.close()
+        return rank
 
     def open(self, path: str) -> "TifffileSlide":
+        probe = self._drop_probe()
+        if probe is not None:
+            if probe[0] == str(path) and probe[1] is not None and probe[1] == _identity(str(path)):
+                return probe[2].finish_opening()
+            probe[2].close()
         return TifffileSlide(path)
 
 
@@ -173,11 +213,20 @@ class TifffileSlide(RegionSlide):
         self.mpp, self.mpp_note = checked_mpp(_mpp(tif, pages[0]), self.path)
         self._check_complete()
         self._shift = 0
-        if probe:
-            return
-        self._decode_one()
-        self._shift = self._sample_shift()
+        if not probe:
+            self._decode_one()
+            self._shift = self._sample_shift()
 
+    def finish_opening(self) -> "TifffileSlide":
+        """What opening does after a probe's header checks: one segment decoded (an unsupported codec
+        fails now), 16-bit samples' shift found."""
+        try:
+            self._decode_one()
+            self._shift = self._sample_shift()
+        except BaseException:
+            self.close()
+            raise
+        return self
     def _check_page(self, page) -> None:
         why = ""
         photometric = int(page.photometric)
