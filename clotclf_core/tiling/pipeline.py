@@ -29,7 +29,7 @@ from clotclf_core.tiling.levels import level_problems, mask_level, raster_shape,
 from clotclf_core.tiling.reading import Scan, scan_slide, windows
 from clotclf_core.tiling.settings import MAX_BATCH_BYTES, MIN_SLIDE_SIDE, SlideSkip, TileSettings
 from clotclf_core.tiling.sparse import WorkingLevel, survey
-from clotclf_core.tiling.views import view_windows
+from clotclf_core.tiling.views import view_window_batches
 
 
 class TileSink(Protocol):
@@ -266,24 +266,10 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
                   "or --downsample, or a lower --min-tissue")
 
     xs, ys = grid.xs(), grid.ys()
-    by_row: dict[int, list[int]] = {}
-    for r, c in cells:
-        by_row.setdefault(int(r), []).append(int(c))
-    row_ids = sorted(by_row)
-    order = [(r, c) for r in row_ids for c in by_row[r]]
+    corners = np.stack([xs[cells[:, 1]], ys[cells[:, 0]]], axis=1)  # (cells are row-major, as the windows come)
+    tissue = frac[cells[:, 0], cells[:, 1]].tolist()
     if settings.coords_only:  # scores from the low-resolution view: no pixel of the working level is needed
         side = max(8, round(grid.tile / float(np.mean(scan.view_scales()))))
-        rc = np.asarray(order, dtype=np.int64).reshape(-1, 2)
-        cuts = view_windows(scan, np.stack([xs[rc[:, 1]], ys[rc[:, 0]]], axis=1), grid.tile, side, bg)
-        tile_px = side
-    else:
-        if scan.raster is None:  # a survey: decode the working level under the candidates only, row by row
-            scan.work = open_work()
-            cuts = work_windows(scan.work, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
-        else:
-            cuts = windows(scan, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
-        tile_px = grid.tile
-    if settings.coords_only:
         info["scores_from"] = f"the low-resolution view ({side} px a tile)"
     if empty:
         _describe_reading(scan, info)
@@ -291,12 +277,9 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
 
     kept_rank: list[tuple[float, float]] = []
     rows: list[dict[str, Any]] = []
-    pending: list[tuple[int, int, float]] = []
-    buf = np.empty((settings.batch_size, tile_px, tile_px, 3), np.uint8)  # reused: no fresh pages per batch
     px4 = round(px, 4)
 
-    def flush() -> None:
-        batch = buf[: len(pending)]
+    def flush(batch: np.ndarray, pending: list[tuple[int, int, float]]) -> None:
         if grid.tile != S and not settings.coords_only:
             batch = _resize(batch, S)
         alive, scores, by = run_filters(filters, batch, bg)
@@ -316,15 +299,32 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
             rows.append(row)
         if alive.any() and sink is not None and not settings.coords_only:
             sink.add(batch if alive.all() else batch[alive])
-        pending.clear()
 
-    for (r, c), (x, y, win) in zip(order, cuts):
-        buf[len(pending)] = win
-        pending.append((x, y, float(frac[r, c])))
-        if len(pending) >= settings.batch_size:
-            flush()
-    if pending:
-        flush()
+    B = settings.batch_size
+    if settings.coords_only:
+        xy = corners.tolist()
+        for a, batch in view_window_batches(scan, corners, grid.tile, side, bg, B):
+            flush(batch, [(x, y, fr) for (x, y), fr in zip(xy[a : a + len(batch)], tissue[a : a + len(batch)])])
+    else:
+        by_row: dict[int, list[int]] = {}
+        for r, c in cells.tolist():
+            by_row.setdefault(r, []).append(c)
+        row_ids = sorted(by_row)
+        if scan.raster is None:  # a survey: decode the working level under the candidates only, row by row
+            scan.work = open_work()
+            cuts = work_windows(scan.work, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
+        else:
+            cuts = windows(scan, [int(ys[r]) for r in row_ids], [xs[by_row[r]] for r in row_ids], grid.tile, bg)
+        buf = np.empty((B, grid.tile, grid.tile, 3), np.uint8)  # reused: no fresh pages per batch
+        pending: list[tuple[int, int, float]] = []
+        for fr, (x, y, win) in zip(tissue, cuts):
+            buf[len(pending)] = win
+            pending.append((x, y, fr))
+            if len(pending) >= B:
+                flush(buf[:B], pending)
+                pending = []
+        if pending:
+            flush(buf[: len(pending)], pending)
     _describe_reading(scan, info)  # after the cutting: how much of the working level a survey decoded
 
     keep = None

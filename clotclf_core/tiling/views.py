@@ -6,33 +6,42 @@ score means the same there).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 import numpy as np
 
 from clotclf_core.tiling.raster import glass
 
 
-def view_windows(scan: Any, corners: Any, tile: int, side: int, background: np.ndarray) -> Iterable[tuple[int, int, np.ndarray]]:
+def view_window_batches(scan: Any, corners: Any, tile: int, side: int, background: np.ndarray,
+                        batch: int) -> Iterator[tuple[int, np.ndarray]]:
     """Coordinates-only tiling: each ``tile``-pixel square of the working raster at ``corners``
-    (top-left, raster px; (n, 2) or pairs) cut from the low-resolution view instead (the view pixels whose centres lie
-    in it, the glass colour past the slide's edge), resized to ``side`` px. Yields ``(x, y, tile)``.
+    (top-left, raster px; (n, 2)) cut from the low-resolution view instead (the view pixels whose
+    centres lie in it, the glass colour past the slide's edge), resized to ``side`` px. Yields
+    ``(start, windows)``: the windows of corners ``start`` to ``start + len(windows)``, (m, side,
+    side, 3) uint8, ``batch`` at a time.
 
     Windows already ``side`` view pixels a side (most of them: a view is about a whole fraction of
-    the raster) need no resize (OpenCV's would copy them): they are gathered 256 at a time by fancy
-    indexing, the others cropped and resized one by one."""
+    the raster) need no resize (OpenCV's would copy them): they are gathered by fancy indexing, the
+    others cropped and resized one by one."""
     sx, sy = scan.view_scales()
     view = scan.view
     xy = np.asarray(corners, dtype=np.int64).reshape(-1, 2)  # (n, 2): x, y
     i0, i1 = np.ceil(xy[:, 0] / sx - 0.5).astype(np.int64), np.ceil((xy[:, 0] + tile) / sx - 0.5).astype(np.int64)
     j0, j1 = np.ceil(xy[:, 1] / sy - 0.5).astype(np.int64), np.ceil((xy[:, 1] + tile) / sy - 0.5).astype(np.int64)
     whole = (i1 - i0 == side) & (j1 - j0 == side)
-    for a in range(0, len(xy), 256):
-        b = min(len(xy), a + 256)
-        gathered = _gather(view, i0[a:b], j0[a:b], side, background) if whole[a:b].any() else None
-        for k in range(a, b):
-            win = gathered[k - a] if whole[k] else _cut(view, int(i0[k]), int(i1[k]), int(j0[k]), int(j1[k]), side, background)
-            yield int(xy[k, 0]), int(xy[k, 1]), win
+    for a in range(0, len(xy), batch):
+        b = min(len(xy), a + batch)
+        if whole[a:b].all():
+            yield a, _gather(view, i0[a:b], j0[a:b], side, background)
+            continue
+        out = np.empty((b - a, side, side, 3), np.uint8)
+        some = np.flatnonzero(whole[a:b])
+        if len(some):
+            out[some] = _gather(view, i0[a:b][some], j0[a:b][some], side, background)
+        for k in np.flatnonzero(~whole[a:b]).tolist():
+            out[k] = _cut(view, int(i0[a + k]), int(i1[a + k]), int(j0[a + k]), int(j1[a + k]), side, background)
+        yield a, out
 
 
 def _gather(view: np.ndarray, i0: np.ndarray, j0: np.ndarray, side: int, background: np.ndarray) -> np.ndarray:
