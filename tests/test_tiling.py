@@ -698,3 +698,22 @@ def test_qc_outline_is_scikit_images_inner_boundary_and_the_png_holds_the_pictur
     assert written.shape == expected.shape and (written == expected).all()  # lossless, colours in RGB order
     assert (written == (40, 90, 255)).all(axis=-1).any()  # the blue outline is drawn
     assert list(tmp_path.joinpath("qc").iterdir()) == [tmp_path / "qc" / "s.png"]  # no temporary file left
+
+
+def test_darkness_of_small_tiles_summed_at_once_is_opencvs_mean_per_tile():
+    """darkness: tiles of up to 1,024 px (coordinates only) summed in one numpy call give the same
+    floats as OpenCV's per-tile mean (its integer sum times 1 / pixels), which larger tiles use."""
+    import cv2
+
+    from clotclf_core.tiling.pipeline import darkness
+
+    rng = np.random.default_rng(21)
+    bg = np.array([203, 207, 198], np.uint8)
+    for side in (1, 7, 14, 32):
+        tiles = rng.integers(0, 256, (300, side, side, 3), dtype=np.uint8)
+        tiles[:5] = 255  # brighter than the glass: 0
+        grey = np.array([sum(cv2.mean(t)[:3]) / 3.0 for t in tiles])
+        want = np.clip(1.0 - grey / max(float(np.mean(bg)), 1.0), 0.0, 1.0)
+        assert np.array_equal(darkness(tiles, bg), want)
+    big = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)  # past 1,024 px: OpenCV's own
+    assert darkness(big, bg).shape == (3,) and np.array_equal(darkness(big[:0], bg), np.zeros(0))

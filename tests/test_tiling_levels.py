@@ -215,6 +215,20 @@ def test_coords_only_tileset_is_filled_later_with_the_tiles_tiling_would_cache(p
         assert np.array_equal(np.asarray(chw).transpose(1, 2, 0), got[(int(x), int(y))]) and target == -1 and row == i
 
 
+def test_coords_only_rows_do_not_depend_on_the_batch_size(pyramids):
+    """The view's small windows go to the filters many at a time (as many as --batch-size tiles of
+    pixels would hold): the same rows and scores whatever --batch-size is."""
+    from clotclf_core.slides.open import open_slide
+    from clotclf_core.tiling.run import tile_slide
+
+    got = []
+    for batch_size in (1, 3, 16, 512):
+        with open_slide(pyramids["pages"]) as slide:
+            _, rows, info = tile_slide(slide, SETTINGS.model_copy(update={"coords_only": True, "batch_size": batch_size}))
+        got.append((rows, info["rejected"], info.get("rejected_rows")))
+    assert len(got[0][0]) > 3 and all(g == got[0] for g in got[1:])
+
+
 def test_coords_only_embed_reads_the_slides_where_they_are_now(pyramids, tmp_path):
     from clotclf_core.features.embed import embed_tileset
     from clotclf_core.features.store import FeatureStore
