@@ -700,20 +700,21 @@ def test_qc_outline_is_scikit_images_inner_boundary_and_the_png_holds_the_pictur
     assert list(tmp_path.joinpath("qc").iterdir()) == [tmp_path / "qc" / "s.png"]  # no temporary file left
 
 
-def test_darkness_of_small_tiles_summed_at_once_is_opencvs_mean_per_tile():
-    """darkness: tiles of up to 1,024 px (coordinates only) summed in one numpy call give the same
-    floats as OpenCV's per-tile mean (its integer sum times 1 / pixels), which larger tiles use."""
+def test_darkness_summed_a_batch_at_once_is_opencvs_mean_per_tile():
+    """darkness: small tiles' sums taken by one cv2.reduce a batch give the same floats as OpenCV's
+    per-tile mean (its integer sum times 1 / pixels), which larger tiles use."""
     import cv2
 
     from clotclf_core.tiling.pipeline import darkness
 
     rng = np.random.default_rng(21)
     bg = np.array([203, 207, 198], np.uint8)
-    for side in (1, 7, 14, 32):
-        tiles = rng.integers(0, 256, (300, side, side, 3), dtype=np.uint8)
+    for side, n in ((1, 300), (7, 300), (14, 300), (20, 300), (21, 30), (224, 5)):
+        tiles = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
         tiles[:5] = 255  # brighter than the glass: 0
         grey = np.array([sum(cv2.mean(t)[:3]) / 3.0 for t in tiles])
         want = np.clip(1.0 - grey / max(float(np.mean(bg)), 1.0), 0.0, 1.0)
         assert np.array_equal(darkness(tiles, bg), want)
-    big = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)  # past 1,024 px: OpenCV's own
-    assert darkness(big, bg).shape == (3,) and np.array_equal(darkness(big[:0], bg), np.zeros(0))
+    strided = rng.integers(0, 256, (6, 20, 20, 3), dtype=np.uint8)[::2, 2:18]  # (16 px: the reduce)
+    assert np.array_equal(darkness(strided, bg), darkness(np.ascontiguousarray(strided), bg))
+    assert np.array_equal(darkness(strided[:0], bg), np.zeros(0))
