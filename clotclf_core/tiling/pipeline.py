@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol
 
@@ -298,19 +299,22 @@ def _tile_scanned(scan: Scan, settings: TileSettings, filters: list[BuiltFilter]
             batch = _resize(batch, S)
         alive, scores, by = run_filters(filters, batch, bg)
         dark = darkness(batch, bg).tolist()  # (Python floats: one conversion a batch, not one a tile)
-        columns = [(f"score_{name}", [round(v, 4) for v in values.tolist()]) for name, values in scores.items()]
-        for j, ((x, y, fr), ok, by_j) in enumerate(zip(pending, alive.tolist(), by.tolist())):
-            row = {"x": int(round(x * f)), "y": int(round(y * f)), "size": side0, "downsample": settings.downsample,
-                   "level0_px_per_pixel": px4, "tissue": round(fr, 4), "darkness": round(dark[j], 4)}
-            for key, values in columns:
-                row[key] = values[j]
-            if ok:
-                row.update(row=len(kept_rank), kept=True, rejected_by="")
-                kept_rank.append((fr, dark[j]))
-            else:
-                row.update(row=-1, kept=False, rejected_by=filters[by_j].name)
-                rejected[filters[by_j].name] += 1
-            rows.append(row)
+        xs_, ys_, frs = zip(*pending)
+        # level-0 corners: round(x * f) as Python rounds it (to even), in numpy; the rest column by column
+        x0, y0 = (np.rint(np.asarray(v, np.float64) * f).astype(np.int64).tolist() for v in (xs_, ys_))
+        kept = alive.tolist()
+        number = np.where(alive, np.cumsum(alive) - 1 + len(kept_rank), -1).tolist()
+        why = ["" if ok else filters[b].name for ok, b in zip(kept, by.tolist())]
+        kept_rank.extend((fr, d) for fr, d, ok in zip(frs, dark, kept) if ok)
+        for name in why:
+            if name:
+                rejected[name] += 1
+        keys = ("x", "y", "size", "downsample", "level0_px_per_pixel", "tissue", "darkness",
+                *(f"score_{name}" for name in scores), "row", "kept", "rejected_by")
+        columns = [[round(v, 4) for v in values.tolist()] for values in scores.values()]
+        rows.extend(dict(zip(keys, values)) for values in zip(
+            x0, y0, repeat(side0), repeat(settings.downsample), repeat(px4), [round(v, 4) for v in frs],
+            [round(v, 4) for v in dark], *columns, number, kept, why))
         if alive.any() and sink is not None and not settings.coords_only:
             sink.add(batch if alive.all() else batch[alive])
 
