@@ -261,3 +261,22 @@ def test_code_counts_and_per_max_thresholds_equal_their_plain_definitions():
         for threshold in (*T.SATURATION_BOUNDS, 0.0873):
             passing = values > threshold
             assert np.array_equal(mn < T._below_by_max(passing)[mx], passing)
+
+
+def test_pieces_are_opencvs_components_with_their_areas_on_both_label_widths():
+    """_pieces: 16-bit labels counted by OpenCV where they fit, 32-bit ones past 65,534 pieces (a
+    checkerboard's 80,000 one-pixel pieces); the same labels and areas as 32-bit labels counted plainly."""
+    import cv2
+
+    from clotclf_core.slides.tissue import _pieces, clean_mask
+
+    rng = np.random.default_rng(14)
+    blobs = rng.random((90, 70)) < 0.45
+    checker = (np.indices((400, 400)).sum(axis=0) % 2).astype(bool)
+    for image, connectivity in ((blobs, 8), (blobs, 4), (~blobs, 4), (checker, 4)):
+        labels, areas = _pieces(image, connectivity)
+        n, plain = cv2.connectedComponents(image.view(np.uint8), connectivity=connectivity)
+        assert np.array_equal(labels, plain) and np.array_equal(areas, np.bincount(plain.ravel(), minlength=n))
+    assert _pieces(checker, 4)[0].dtype == np.int32 and _pieces(blobs, 8)[0].dtype == np.uint16
+    filled = clean_mask(checker, min_object_fraction=0, max_hole_fraction=1 / checker.size)  # 80,000 one-pixel holes
+    assert filled[1:-1, 1:-1].all() and np.array_equal(filled[0], checker[0])  # (glass at the border stays)

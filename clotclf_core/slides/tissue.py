@@ -93,8 +93,8 @@ _GLASSY_MIN: np.ndarray | None = None  # per max, the least min whose saturation
 def _saturation_by_code() -> np.ndarray:
     global _SAT_BY_CODE, _GLASSY_MIN
     if _SAT_BY_CODE is None:
-        code = np.arange(65536)
-        _SAT_BY_CODE = _saturation_of((code >> 8).astype(np.uint8), (code & 255).astype(np.uint8))
+        levels = np.arange(256, dtype=np.uint8)
+        _SAT_BY_CODE = _saturation_of(levels[:, None], levels[None, :]).reshape(65536)  # row: max, column: min
         _GLASSY_MIN = _below_by_max(_SAT_BY_CODE >= GLASS_MAX_SATURATION)
     return _SAT_BY_CODE
 
@@ -339,6 +339,25 @@ def tissue_pixels_recipe(
     return mask & ok, recipe
 
 
+def _pieces(binary: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's connected components of a boolean image and their areas in pixels (label 0: the
+    False pixels): 16-bit labels, counted by OpenCV's histogram, where they fit (2.5x faster than
+    numpy's bincount of 32-bit ones); 32-bit labels and numpy's count past 65,534 pieces or 2**24
+    pixels. (OpenCV's own statistics took 6x as long.)"""
+    import cv2
+
+    image = binary.view(np.uint8)
+    if binary.size < 2**24:
+        try:
+            n, labels = cv2.connectedComponents(image, connectivity=connectivity, ltype=cv2.CV_16U)
+        except cv2.error:  # more pieces than 16-bit labels hold
+            pass
+        else:
+            return labels, cv2.calcHist([labels], [0], None, [n], [0, n]).ravel().astype(np.int64)
+    n, labels = cv2.connectedComponents(image, connectivity=connectivity, ltype=cv2.CV_32S)
+    return labels, np.bincount(labels.ravel(), minlength=n)
+
+
 def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_fraction: float = 0.002) -> np.ndarray:
     """Drop specks smaller than ``min_object_fraction`` of the image and fill holes up to ``max_hole_fraction``.
 
@@ -349,23 +368,21 @@ def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_f
     too. Both kinds of piece are OpenCV's connected components with their areas, the same pieces as
     scikit-image's ``remove_small_objects`` and ``label`` (tested), in a tenth of the time.
     """
-    import cv2
-
     area = mask.size
     min_size, max_hole = int(round(min_object_fraction * area)), int(round(max_hole_fraction * area))
     mask = np.array(mask, dtype=bool, order="C")  # (a new array, as scikit-image's functions return)
     if mask.size == 0:
         return mask
     if min_size > 1 and mask.any():
-        _, pieces = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
-        keep = np.bincount(pieces.ravel()) >= min_size  # (OpenCV's own statistics took 6x as long)
+        pieces, areas = _pieces(mask, 8)
+        keep = areas >= min_size
         keep[0] = False  # glass
         if not keep[1:].all():  # (no speck: the mask stays as it is)
             mask = keep[pieces]
     if max_hole <= 0 or mask.all():
         return mask
-    _, background = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4)
-    fill = np.bincount(background.ravel()) <= max_hole
+    background, areas = _pieces(~mask, 4)
+    fill = areas <= max_hole
     fill[0] = False  # tissue
     for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
         fill[edge] = False  # background touching the border: glass, not a hole
