@@ -166,7 +166,7 @@ def test_a_vendor_pyramid_stays_with_openslide(files, tmp_path):
     import tifffile
 
     from clotclf_openslide._slide import OpenSlideSource
-    from clotclf_tifffile._slide import TifffileSource
+    from clotclf_tifffile._source import TifffileSource
 
     path = tmp_path / "aperio.svs"
     level0 = np.full((512, 512, 3), 200, np.uint8)
@@ -554,7 +554,7 @@ def test_opening_reuses_the_priority_probe_only_for_the_same_unchanged_file(file
     import os
     import shutil
 
-    from clotclf_tifffile._slide import TifffileSource
+    from clotclf_tifffile._source import TifffileSource
 
     path = str(files["pages"])
     src = TifffileSource()

@@ -80,7 +80,7 @@ def test_bad_input_is_refused():
 
 
 def test_byte_count_prescreen():
-    from clotclf_core.slides.tissue import byte_count_prescreen
+    from clotclf_core.slides.prescreen import byte_count_prescreen
 
     rng = np.random.default_rng(3)
     counts = rng.normal(2_000, 100, (20, 30))  # glass compresses to ~2 kB per tile
@@ -209,7 +209,8 @@ def test_tiling_needs_no_scipy_ndimage():
     import sys
 
     code = ("import numpy as np, sys\n"
-            "from clotclf_core.slides.tissue import tissue_mask, byte_count_prescreen\n"
+            "from clotclf_core.slides.tissue import tissue_mask\n"
+            "from clotclf_core.slides.prescreen import byte_count_prescreen\n"
             "from clotclf_core.tiling.grid import grow\n"
             "import clotclf_core.tiling.pipeline, clotclf_core.tiling.reading\n"
             "img = np.full((40, 40, 3), 240, np.uint8); img[10:30, 10:30] = (150, 60, 140)\n"

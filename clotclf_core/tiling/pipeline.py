@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np

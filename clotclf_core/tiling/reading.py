@@ -19,7 +19,7 @@ The raster (:class:`clotclf_core.tiling.raster.Raster`) is held in memory up to 
 anonymous temporary file read and written by rows, so memory stays bounded whatever the slide's size.
 
 With ``prescreen``, a tiled TIFF's segments whose compressed size says glass
-(:func:`clotclf_core.slides.tissue.byte_count_prescreen`), away from every busy segment, are not decoded;
+(:func:`clotclf_core.slides.prescreen.byte_count_prescreen`), away from every busy segment, are not decoded;
 a lattice of one in four of them is, as a check, and any segment found to hold tissue gets its
 skipped neighbours decoded too, until no tissue touches a skipped segment. Skipped segments are
 filled with the slide's glass colour and shown as never decoded in the QC picture.
@@ -143,7 +143,7 @@ class _View:
 
 def _skip_plan(layout: LevelLayout) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Segments not to decode at first (True = skip), from their compressed sizes; None: decode all."""
-    from clotclf_core.slides.tissue import byte_count_prescreen
+    from clotclf_core.slides.prescreen import byte_count_prescreen
     from clotclf_core.tiling.grid import grow
 
     counts = layout.byte_counts

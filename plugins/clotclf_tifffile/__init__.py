@@ -19,7 +19,7 @@ EXTENSIONS = (".tif", ".tiff", ".svs", ".btf", ".tf2", ".tf8")
 
 
 def build(opts: NoOptions):
-    from ._slide import TifffileSource
+    from ._source import TifffileSource
 
     return TifffileSource()
 
