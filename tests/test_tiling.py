@@ -230,7 +230,8 @@ def test_prescreen_skips_glass_and_finds_pale_tissue_by_flooding(tmp_path):
     assert dec["flood_rounds"] >= 1 and info["decoded_fraction"] < 0.9
     kept = {(r["x"], r["y"]) for r in rows}
     assert any(abs(x + 100 - 760) < 150 and abs(y + 100 - 760) < 150 for x, y in kept), "the pale blob was lost"
-    off = tile_slide(open_tiff(path), SMALL.model_copy(update={"prescreen": False}))[1]
+    with closing(open_tiff(path)) as slide:
+        off = tile_slide(slide, SMALL.model_copy(update={"prescreen": False}))[1]
     assert kept == {(r["x"], r["y"]) for r in off}, "the prescreen changed which tiles are kept"
 
 

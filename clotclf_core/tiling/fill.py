@@ -186,5 +186,11 @@ class SlideTileCache:
             reader.close()
         self._open = {}
 
+    def __del__(self) -> None:  # a dataset dropped without close(): its slides' files are closed, not leaked
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": {}}
