@@ -579,3 +579,14 @@ def test_opening_reuses_the_priority_probe_only_for_the_same_unchanged_file(file
     probe = src._probe[2]
     del src  # a source dropped between the two (another source won): its probe is closed
     assert probe._tif.filehandle.closed
+
+
+def test_area_resize_of_a_view_is_that_of_its_copy():
+    """area_resize hands OpenCV a cropped view as it is (rows at any stride) and copies only what
+    OpenCV cannot take (an alpha channel, pixels at a stride, rows backwards): the same pixels."""
+    import cv2
+
+    a = np.random.default_rng(9).integers(0, 256, (100, 120, 4), dtype=np.uint8)
+    for view in (a[10:90, 5:100, :3], a[..., :3], a[::-1, :, :3], a[:, ::2, :3], np.ascontiguousarray(a[..., :3])):
+        want = cv2.resize(np.ascontiguousarray(view[..., :3]), (37, 29), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(regions.area_resize(view, (37, 29)), want)

@@ -176,7 +176,10 @@ def area_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return np.ascontiguousarray(pixels[..., :3])
     import cv2  # OpenCV stays out of `import clotclf_core.plugin.regions` until a reduction runs
 
-    return cv2.resize(np.ascontiguousarray(pixels[..., :3]), tuple(size), interpolation=cv2.INTER_AREA)
+    src = pixels[..., :3]
+    if src.strides[1:] != (3, 1) or src.strides[0] <= 0:  # OpenCV takes rows at any stride (a cropped view), packed pixels
+        src = np.ascontiguousarray(src)
+    return cv2.resize(src, tuple(size), interpolation=cv2.INTER_AREA)
 
 
 def reduce_block(block: np.ndarray, ratio: int) -> np.ndarray:
