@@ -256,7 +256,7 @@ def test_code_counts_and_per_max_thresholds_equal_their_plain_definitions():
 
     sat = T._saturation_by_code()
     mx, mn = np.divmod(np.arange(65536), 256)
-    assert np.array_equal(mn >= T._GLASSY_MIN[mx], sat < T.GLASS_MAX_SATURATION)
+    assert np.array_equal(mn >= T._glassy_min()[mx], sat < T.GLASS_MAX_SATURATION)
     for glass in ((255, 255, 255), (203, 207, 198), (190, 150, 120), (0, 0, 0)):
         values = sat - float(T.saturation(np.array(glass, np.uint8).reshape(1, 1, 3))[0, 0])
         for threshold in (*T.SATURATION_BOUNDS, 0.0873):

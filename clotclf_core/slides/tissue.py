@@ -100,6 +100,12 @@ def _saturation_by_code() -> np.ndarray:
     return _SAT_BY_CODE
 
 
+def _glassy_min() -> np.ndarray:
+    """Per max, the least min whose saturation is below GLASS_MAX_SATURATION (uint8, 256)."""
+    _saturation_by_code()
+    return _GLASSY_MIN
+
+
 def _below_by_max(passing: np.ndarray) -> np.ndarray:
     """A test on the pairs (max, min) that holds for a prefix of mins at each max (as saturation
     falls with the min), given as 65536 booleans by max * 256 + min: the length of each max's
@@ -235,8 +241,7 @@ def _estimate_background(planes: _Planes, ok: np.ndarray) -> tuple[np.ndarray, s
     # the grey level (r + g + b) / 3 as an integer sum: >= 120 is a sum >= 360, its nearest integer
     # (never a half) (sum + 1) // 3, and within 4 of an integer mode a sum within 12 of 3 * mode
     total = planes.r.astype(np.uint16) + planes.g + planes.b
-    _saturation_by_code()
-    glassy = ok & (planes.mn >= _look_up(planes.mx, _GLASSY_MIN)) & (total >= 360)  # saturation < GLASS_MAX_SATURATION
+    glassy = ok & (planes.mn >= _look_up(planes.mx, _glassy_min())) & (total >= 360)  # saturation < GLASS_MAX_SATURATION
     if n_valid == 0 or np.count_nonzero(glassy) < max(1, 0.01 * n_valid):
         return np.array(DEFAULT_BACKGROUND, np.uint8), "default white (no glass visible)"
     sums = _histogram(total, glassy, 768)
@@ -388,4 +393,3 @@ def clean_mask(mask: np.ndarray, min_object_fraction: float = 0.0005, max_hole_f
     for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
         fill[edge] = False  # background touching the border: glass, not a hole
     return mask | fill[background] if fill.any() else mask
-

@@ -31,15 +31,19 @@ class TifffileSource:
         self._probe: tuple[str, tuple[int, int, int, int] | None, TifffileSlide] | None = None
         self._probe_lock = threading.Lock()
 
-    def _drop_probe(self) -> tuple[str, tuple[int, int, int, int] | None, TifffileSlide] | None:
+    def _swap_probe(self, new: tuple[str, tuple[int, int, int, int] | None, TifffileSlide] | None = None):
+        """Keep ``new`` (or nothing); returns the parse kept before."""
         with self._probe_lock:
-            probe, self._probe = self._probe, None
-        return probe
+            old, self._probe = self._probe, new
+        return old
+
+    def _close_probe(self, new: tuple[str, tuple[int, int, int, int] | None, TifffileSlide] | None = None) -> None:
+        old = self._swap_probe(new)
+        if old is not None:
+            old[2].close()
 
     def __del__(self) -> None:
-        probe = self._drop_probe()
-        if probe is not None:
-            probe[2].close()
+        self._close_probe()
 
     def can_open(self, path: str) -> bool:
         try:
@@ -55,9 +59,7 @@ class TifffileSource:
         tissue: 0.22 against 0.79 CPU-s, the same pixels; benchmarks/peers.py); 5 for Aperio SVS
         pyramids and 1 for the vendor formats whose quirks OpenSlide knows; 0 when the file cannot be
         read here."""
-        stale = self._drop_probe()
-        if stale is not None:
-            stale[2].close()
+        self._close_probe()
         try:
             slide = TifffileSlide(path, probe=True)
         except SlideUnusable:
@@ -67,17 +69,13 @@ class TifffileSource:
             return 0.0
         rank = 1.0 if slide.vendor in _VENDOR_FLAGS else 6.0 if slide.level_count == 1 else 11.0 if not slide.vendor else 5.0
         if rank >= 6.0:
-            stale = self._drop_probe()
-            with self._probe_lock:
-                self._probe = (str(path), _identity(str(path)), slide)
-            if stale is not None:
-                stale[2].close()
+            self._close_probe((str(path), _identity(str(path)), slide))
         else:
             slide.close()
         return rank
 
     def open(self, path: str) -> "TifffileSlide":
-        probe = self._drop_probe()
+        probe = self._swap_probe()
         if probe is not None:
             if probe[0] == str(path) and probe[1] is not None and probe[1] == _identity(str(path)):
                 return probe[2].finish_opening()
